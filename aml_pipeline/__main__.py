@@ -1,0 +1,29 @@
+"""Command line: ``python -m aml_pipeline [task=...] [group=option ...] [key=value ...]``.
+
+Composes ``conf/`` with Hydra, validates it against the typed schemas, then runs the
+chosen task. User errors print one line and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from aml_pipeline.config import register_configs
+from aml_pipeline.errors import UserError
+from aml_pipeline.progress import fail
+from aml_pipeline.tasks import run_task
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> object:
+    try:
+        return run_task(cfg)
+    except UserError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

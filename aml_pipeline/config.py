@@ -1,0 +1,278 @@
+"""Typed config schemas, registered in Hydra's ConfigStore.
+
+Every group option in ``conf/`` extends one of these schemas (``defaults: [base_<name>]``),
+so a misspelt key or a value of the wrong type fails at composition, before any work,
+with the full key named (``full_key: source.pth``). Enum fields list their allowed values
+in the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Task(str, Enum):
+    data = "data"  # read, validate, quarantine
+    features = "features"  # split by time, fit the feature plan on train, write feature tables
+    train = "train"  # fit the classifier, choose thresholds on validation, write the bundle
+    evaluate = "evaluate"  # judge the bundle on the test window, write reports, register in MLflow
+    score = "score"  # score a file with a bundle
+    all = "all"  # data -> features -> train -> evaluate
+    sweep_summary = "sweep_summary"  # rank the jobs of a multirun by PR-AUC
+
+
+class FileFormat(str, Enum):
+    csv = "csv"
+    parquet = "parquet"
+
+
+class AccountLabelRule(str, Enum):
+    """How AMLSim's per-account fraud flags become per-transaction labels."""
+
+    both = "both"  # sender and receiver are both fraud accounts
+    either = "either"  # at least one end is a fraud account
+    source = "source"  # the sender is a fraud account
+    target = "target"  # the receiver is a fraud account
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "data"
+    reports_dir: str = "reports"
+    #: Where train writes the model bundle (a folder).
+    models_dir: str = "models"
+
+
+@dataclass
+class ValidationConfig:
+    #: ISO 4217 codes accepted in ``currency`` (BTC for Bitcoin); others are quarantined.
+    currencies: list[str] = MISSING
+    #: Require a 0/1 label on every row when the source has labels (training data).
+    require_label: bool = True
+
+
+# ----------------------------------------------------------------------------- sources
+@dataclass
+class SourceConfig:
+    _target_: str = MISSING
+    #: Jurisdiction of transactions whose sender's country is unknown (ISO 3166 alpha-2).
+    jurisdiction: str = "US"
+
+
+@dataclass
+class SyntheticSourceConfig(SourceConfig):
+    _target_: str = "aml_pipeline.sources.synthetic.SyntheticSource"
+    n_accounts: int = 20_000
+    days: int = 90
+    start: str = "2025-01-01T00:00:00Z"
+    #: Target fraction of transactions that belong to laundering instances.
+    laundering_rate: float = 0.004
+    #: Relative weight of each typology among laundering instances.
+    typology_mix: dict[str, float] = field(default_factory=lambda: {
+        "fan_in": 1.0, "fan_out": 1.0, "cycle": 1.0, "scatter_gather": 1.0, "gather_scatter": 1.0,
+        "bipartite": 1.0, "stack": 1.0, "random": 1.0, "structuring": 1.0, "pass_through": 1.0,
+    })
+    #: Cash/transfer reporting threshold that structuring stays just below (source currency).
+    reporting_threshold: float = 10_000.0
+    seed: int = 42
+
+
+@dataclass
+class PaySimSourceConfig(SourceConfig):
+    _target_: str = "aml_pipeline.sources.paysim.PaySimSource"
+    path: str = MISSING
+    #: Event time of step 1 (PaySim steps are hours of simulated time).
+    start: str = "2025-01-01T00:00:00Z"
+    currency: str = "USD"
+    separator: str = ","
+
+
+@dataclass
+class AmlSimSourceConfig(SourceConfig):
+    _target_: str = "aml_pipeline.sources.amlsim.AmlSimSource"
+    #: Folder holding an AMLSim output: nodes.csv + transactions.csv (early format) or
+    #: transactions.csv + alert_transactions.csv / alert_accounts.csv (newer format).
+    path: str = MISSING
+    #: early | v2 | auto (decided by the columns of transactions.csv).
+    format: str = "auto"
+    #: Early format only: which ends of a transaction must be fraud accounts for label 1.
+    label_rule: AccountLabelRule = AccountLabelRule.both
+    #: Early format only: a fraud *sender* counts only from its fraudStep on (the step of
+    #: its first laundering transfer; -1 marks fraud accounts that never forward money, which
+    #: still count as receivers). Receivers count at any time.
+    respect_fraud_step: bool = True
+    #: Early format only: typology to record on positives (the early format does not say).
+    typology: Optional[str] = None
+    #: Early format only: time of step 0 and the length of one step.
+    start: str = "2025-01-01T00:00:00Z"
+    step: str = "1d"
+    currency: str = "USD"
+
+
+@dataclass
+class AmlWorldSourceConfig(SourceConfig):
+    _target_: str = "aml_pipeline.sources.amlworld.AmlWorldSource"
+    #: A ``*_Trans.csv`` file.
+    path: str = MISSING
+    #: The matching ``*_Patterns.txt`` (optional): gives typology and attempt id of positives.
+    patterns: Optional[str] = None
+    #: Timezone the naive timestamps are in.
+    timezone: str = "UTC"
+
+
+@dataclass
+class TabularSourceConfig(SourceConfig):
+    """Any CSV or parquet export, described by config alone."""
+
+    _target_: str = "aml_pipeline.sources.tabular.TabularSource"
+    path: str = MISSING
+    format: FileFormat = FileFormat.csv
+    separator: str = ","
+    #: canonical column -> column in the file (event_time, src_account, dst_account and
+    #: amount are required; others optional, see docs/schema.md).
+    columns: Any = None
+    #: canonical column -> constant, for columns the file lacks (e.g. currency: EUR).
+    constants: Any = None
+    #: strptime format of the time column; null = ISO 8601.
+    time_format: Optional[str] = None
+    #: Timezone of naive times in the file.
+    timezone: str = "UTC"
+    #: Multiply amounts by this (0.01 when the file holds cents).
+    amount_scale: float = 1.0
+    #: Values of the label column that mean laundering, all others meaning 0; empty = the
+    #: usual 1/true/yes and 0/false/no, anything else being quarantined as invalid_label.
+    positive_labels: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- features
+@dataclass
+class FeaturesConfig:
+    #: Ordered feature steps: step name -> {_target_: aml_pipeline.features..., params}.
+    #: Each step's parameters are checked against its class when the plan is built.
+    steps: dict[str, Any] = MISSING
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    #: Stop adding trees when validation average precision has not improved for this many
+    #: rounds (classifiers that support it); 0 turns early stopping off.
+    early_stopping_rounds: int = 50
+    #: Classifier-specific hyper-parameters passed through to the library.
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WeightingConfig:
+    _target_: str = MISSING
+    #: fixed_positive only: weight of a positive example (negatives weigh 1).
+    positive_weight: float = 1.0
+
+
+# ----------------------------------------------------------------------------- split
+@dataclass
+class SplitConfig:
+    """Train / validation / test windows by event time (never shuffled)."""
+
+    #: fraction: windows are fractions of the time range; dates: explicit cut dates.
+    method: str = "fraction"
+    train: float = 0.6
+    valid: float = 0.2
+    #: method=dates: the first instant of the validation and test windows (ISO 8601, UTC).
+    valid_start: Optional[str] = None
+    test_start: Optional[str] = None
+    #: Drop this much time at the start of each later window so rolling features of the
+    #: first events are not computed on a truncated history (0s keeps every event).
+    gap: str = "0s"
+
+
+# ----------------------------------------------------------------------------- thresholds
+class ThresholdTarget(str, Enum):
+    precision = "precision"  # the lowest threshold whose validation precision >= value
+    recall = "recall"  # the highest threshold whose validation recall >= value
+    fixed = "fixed"  # the threshold is value itself
+
+
+@dataclass
+class ThresholdRule:
+    target: ThresholdTarget = ThresholdTarget.precision
+    value: float = 0.5
+
+
+@dataclass
+class ThresholdsConfig:
+    #: Rule for jurisdictions not listed below.
+    default: ThresholdRule = field(default_factory=ThresholdRule)
+    #: ISO country code -> rule.
+    jurisdictions: dict[str, ThresholdRule] = field(default_factory=dict)
+    #: A jurisdiction with fewer validation positives than this uses the pooled
+    #: validation scores of all jurisdictions to pick its threshold (and says so).
+    min_positives: int = 5
+    #: Precision targets at which every report states the recall.
+    report_precisions: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
+
+
+# ----------------------------------------------------------------------------- tracking
+@dataclass
+class MlflowConfig:
+    #: Any MLflow tracking URI; the default is a local store in the project directory.
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str = "mlruns/artifacts"
+    experiment_name: str = "aml_pipeline"
+    registered_model: str = "aml-scorer"
+    #: Alias the new version gets (deploy by models:/<name>@<alias>).
+    alias: str = "challenger"
+    enabled: bool = True
+
+
+# ----------------------------------------------------------------------------- root
+@dataclass
+class AppConfig:
+    task: Task = Task.all
+    seed: int = 42
+    #: Name of the experiment, used in run names and reports.
+    name: str = "default"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    source: Any = MISSING
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    #: task=score: the bundle (folder path, runs:/<id>/bundle or models:/<name>@<alias>)
+    #: and the input file (parquet in the canonical schema, or the configured source).
+    bundle: Optional[str] = None
+    input: Optional[str] = None
+    output: Optional[str] = None
+
+
+SOURCE_SCHEMAS = {
+    "base_synthetic": SyntheticSourceConfig,
+    "base_paysim": PaySimSourceConfig,
+    "base_amlsim": AmlSimSourceConfig,
+    "base_amlworld": AmlWorldSourceConfig,
+    "base_tabular": TabularSourceConfig,
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=AppConfig)
+    cs.store(group="paths", name="base_paths", node=PathsConfig)
+    cs.store(group="validation", name="base_validation", node=ValidationConfig)
+    for name, node in SOURCE_SCHEMAS.items():
+        cs.store(group="source", name=name, node=node)
+    cs.store(group="features", name="base_features", node=FeaturesConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="weighting", name="base_weighting", node=WeightingConfig)
+    cs.store(group="split", name="base_split", node=SplitConfig)
+    cs.store(group="thresholds", name="base_thresholds", node=ThresholdsConfig)
+    cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)

@@ -1,0 +1,1 @@
+"""Source adapters: each maps one real format onto the canonical transaction schema."""

@@ -1,0 +1,116 @@
+"""``task=data``: read the configured source, validate every row, write the data layers.
+
+load (adapter) → validate (rules) → save: ``data/validated/transactions.parquet`` (valid
+rows, canonical schema, checked by pandera), ``data/quarantine/quarantine.parquet`` (failing
+rows with reasons and original text) and ``data/validated/summary.json`` (counts that
+reconcile: rows read = valid + quarantined).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from omegaconf import DictConfig
+
+from aml_pipeline.build import build
+from aml_pipeline.progress import status, table
+from aml_pipeline.schema import ValidatedTransactions
+from aml_pipeline.sources.base import Source
+from aml_pipeline.validation import ValidationResult, build_rules, validate
+
+
+@dataclass
+class Ingested:
+    source: Source
+    result: ValidationResult
+    seconds: float
+
+
+def ingest(cfg: DictConfig) -> Ingested:
+    """Read and validate the configured source in memory (no files written)."""
+    start = time.perf_counter()
+    source: Source = build(cfg.source, "source")
+    with status(f"reading {source.describe()}"):
+        staged = source.read()
+    rules = build_rules(cfg.validation.currencies, bool(cfg.validation.require_label) and source.has_labels)
+    with status(f"validating {staged.height:,} rows"):
+        result = validate(staged, rules)
+        if result.valid.height:
+            ValidatedTransactions.validate(result.valid)
+    return Ingested(source, result, time.perf_counter() - start)
+
+
+def summarise(ing: Ingested, outputs: dict[str, str]) -> dict:
+    """Counts by reason, labels, typologies and time range: what summary.json holds."""
+    r = ing.result
+    valid = r.valid
+    labels = valid["label"]
+    positives = int((labels == 1).sum())
+    negatives = int((labels == 0).sum())
+    typologies = (
+        valid.filter(pl.col("typology").is_not_null())["typology"].value_counts(sort=True)
+        if valid.height else pl.DataFrame({"typology": [], "count": []})
+    )
+    times = valid["event_time"]
+    return {
+        "source": ing.source.name,
+        "description": ing.source.describe(),
+        "rows_read": r.rows_read,
+        "rows_valid": r.rows_valid,
+        "rows_quarantined": r.rows_quarantined,
+        "reconciles": r.reconciles(),
+        "quarantined_by_reason": dict(sorted(r.by_reason.items(), key=lambda kv: -kv[1])),
+        "labels": {"positive": positives, "negative": negatives, "unknown": valid.height - positives - negatives},
+        "label_rate": positives / (positives + negatives) if positives + negatives else None,
+        "typologies": {t: int(c) for t, c in typologies.iter_rows()},
+        "time_range": [times.min().isoformat(), times.max().isoformat()] if valid.height else None,
+        "accounts": int(pl.concat([valid["src_account"], valid["dst_account"]]).n_unique()) if valid.height else 0,
+        "jurisdictions": {j: int(c) for j, c in valid["jurisdiction"].value_counts(sort=True).iter_rows()} if valid.height else {},
+        "seconds": round(ing.seconds, 3),
+        "outputs": outputs,
+    }
+
+
+def write_layers(result: ValidationResult, data_dir: Path) -> dict[str, str]:
+    """Rewrite the validated and quarantine layers whole (stale files never linger)."""
+    validated = data_dir / "validated" / "transactions.parquet"
+    quarantine = data_dir / "quarantine" / "quarantine.parquet"
+    for p in (validated, quarantine):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    with status(f"writing {validated}"):
+        result.valid.write_parquet(validated)
+        result.quarantine.write_parquet(quarantine)
+    return {"validated": str(validated), "quarantine": str(quarantine), "summary": str(data_dir / "validated" / "summary.json")}
+
+
+def print_summary(s: dict) -> None:
+    rows = [
+        ("source", s["description"]),
+        ("rows read", f"{s['rows_read']:,}"),
+        ("valid", f"{s['rows_valid']:,}"),
+        ("quarantined", f"{s['rows_quarantined']:,}"),
+    ]
+    rows += [(f"  {k}", f"{v:,}") for k, v in s["quarantined_by_reason"].items()]
+    rate = s["label_rate"]
+    rows.append(("label rate", "n/a" if rate is None else f"{rate:.4%} ({s['labels']['positive']:,} positive)"))
+    rows += [(f"  {k}", f"{v:,}") for k, v in s["typologies"].items()]
+    if s["time_range"]:
+        rows.append(("time range", f"{s['time_range'][0][:16]} .. {s['time_range'][1][:16]}"))
+    rows.append(("accounts", f"{s['accounts']:,}"))
+    rows.append(("took", f"{s['seconds']:.1f}s"))
+    rows.append(("validated", s["outputs"]["validated"]))
+    rows.append(("quarantine", s["outputs"]["quarantine"]))
+    table("data: " + ("counts reconcile" if s["reconciles"] else "COUNTS DO NOT RECONCILE"), rows)
+
+
+def run(cfg: DictConfig) -> dict:
+    ing = ingest(cfg)
+    outputs = write_layers(ing.result, Path(cfg.paths.data_dir))
+    s = summarise(ing, outputs)
+    Path(outputs["summary"]).write_text(json.dumps(s, indent=2) + "\n")
+    print_summary(s)
+    return s
