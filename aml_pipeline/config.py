@@ -166,6 +166,7 @@ class ModelConfig:
     early_stopping_rounds: int = 50
     #: Classifier-specific hyper-parameters passed through to the library.
     params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 42
 
 
 @dataclass
@@ -187,9 +188,6 @@ class SplitConfig:
     #: method=dates: the first instant of the validation and test windows (ISO 8601, UTC).
     valid_start: Optional[str] = None
     test_start: Optional[str] = None
-    #: Drop this much time at the start of each later window so rolling features of the
-    #: first events are not computed on a truncated history (0s keeps every event).
-    gap: str = "0s"
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -231,6 +229,21 @@ class MlflowConfig:
     enabled: bool = True
 
 
+# ----------------------------------------------------------------------------- scoring
+class Explain(str, Enum):
+    alerts = "alerts"  # per-row contributions for alerted events only (SHAP is costly)
+    all = "all"  # for every scored event
+    none = "none"
+
+
+@dataclass
+class ScoringConfig:
+    #: Which events get their top contributing features computed.
+    explain: Explain = Explain.alerts
+    #: How many contributing features each explained decision lists.
+    top_k: int = 5
+
+
 # ----------------------------------------------------------------------------- root
 @dataclass
 class AppConfig:
@@ -247,6 +260,7 @@ class AppConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     #: task=score: the bundle (folder path, runs:/<id>/bundle or models:/<name>@<alias>)
     #: and the input file (parquet in the canonical schema, or the configured source).
     bundle: Optional[str] = None

@@ -1,0 +1,327 @@
+"""Assemble the evaluation metrics and write the report files a reviewer reads.
+
+``reports/`` gets four files per evaluation:
+
+* ``metrics.json`` — every number (model and rule baseline side by side), sorted keys,
+  floats rounded to 6 digits, NaN/inf as null, so diffs between runs are readable;
+* ``pr_curve.png`` — the model's and the baseline's precision-recall curves with the
+  operating points actually used;
+* ``feature_importance.png`` — the classifier's importances (or a figure saying there are
+  none, so the file set never depends on the classifier);
+* ``summary.md`` — a one-page markdown summary of the above.
+
+Plots use matplotlib's object API (``Figure`` + Agg canvas) rather than ``pyplot``: no
+display is needed and no global backend or figure state is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from aml_pipeline.evaluation.baseline import BASELINE_THRESHOLD
+from aml_pipeline.evaluation.metrics import (
+    alert_metrics,
+    as_labels,
+    as_scores,
+    per_typology_recall,
+    pr_auc,
+    pr_table,
+    recall_at_precision,
+    roc_auc,
+)
+from aml_pipeline.evaluation.thresholds import DEFAULT_KEY, apply_thresholds, jurisdiction_labels
+
+REPORT_FILES = {
+    "metrics": "metrics.json",
+    "pr_curve": "pr_curve.png",
+    "feature_importance": "feature_importance.png",
+    "summary": "summary.md",
+}
+
+
+# ----------------------------------------------------------------------------- metrics
+def _per_jurisdiction(y, score, alert, jur, threshold) -> dict[str, dict]:
+    """Operating figures of each jurisdiction present in the evaluated data."""
+    out = {}
+    for key in np.unique(jur).tolist():
+        m = jur == key
+        out[key] = {
+            **alert_metrics(y[m], alert[m]),
+            "n": int(m.sum()),
+            "positives": int(y[m].sum()),
+            "threshold": float(threshold[m][0]),
+            "pr_auc": pr_auc(y[m], score[m]),
+        }
+    return out
+
+
+def _baseline_block(y, typology, baseline_score, baseline_alert, report_precisions) -> dict | None:
+    """The same headline metrics for the rule baseline (None when no baseline was given)."""
+    if baseline_score is None:
+        return None
+    bscore = as_scores(baseline_score)
+    balert = (bscore >= BASELINE_THRESHOLD) if baseline_alert is None else np.asarray(baseline_alert, bool)
+    return {
+        "pr_auc": pr_auc(y, bscore),
+        "roc_auc": roc_auc(y, bscore),
+        "recall_at_precision": recall_at_precision(y, bscore, report_precisions),
+        "operating_point": alert_metrics(y, balert),
+        "per_typology_recall": per_typology_recall(y, balert, typology),
+    }
+
+
+def evaluation_report(y, score, jurisdiction, typology, thresholds: Mapping, report_precisions,
+                      baseline_score=None, baseline_alert=None) -> dict:
+    """The metrics dict written to ``reports/metrics.json``.
+
+    ``operating_point`` applies the per-jurisdiction ``thresholds`` (unseen jurisdictions
+    use ``"*"``), so it is the alert volume and quality the bank would actually get.
+    ``baseline_alert`` defaults to "any rule fired" on ``baseline_score``.
+    """
+    y, score = as_labels(y), as_scores(score)
+    jur = jurisdiction_labels(jurisdiction, score.size)
+    threshold, alert = apply_thresholds(score, jur, thresholds)
+    report_precisions = [float(p) for p in report_precisions]
+    return {
+        "n_events": int(y.size),
+        "n_positive": int(y.sum()),
+        "pr_auc": pr_auc(y, score),
+        "roc_auc": roc_auc(y, score),
+        "report_precisions": report_precisions,
+        "recall_at_precision": recall_at_precision(y, score, report_precisions),
+        "operating_point": alert_metrics(y, alert),
+        "per_jurisdiction": _per_jurisdiction(y, score, alert, jur, threshold),
+        "per_typology_recall": per_typology_recall(y, alert, typology),
+        "thresholds": {str(k): dict(v) if isinstance(v, Mapping) else {"threshold": float(v)}
+                       for k, v in thresholds.items()},
+        "baseline": _baseline_block(y, typology, baseline_score, baseline_alert, report_precisions),
+    }
+
+
+# ----------------------------------------------------------------------------- json
+def json_ready(obj):
+    """A JSON-safe copy: floats rounded to 6 digits, NaN/inf -> None, numpy -> python."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, np.ndarray)):
+        return [json_ready(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, Enum):
+        return json_ready(obj.value)
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return round(obj, 6) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def write_metrics_json(path, metrics: Mapping) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(json_ready(metrics), sort_keys=True, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- plots
+def _new_figure(width=7.0, height=5.0):
+    from matplotlib.figure import Figure  # imported lazily: matplotlib is slow to import
+
+    fig = Figure(figsize=(width, height))
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _message_figure(path, title: str, message: str) -> Path:
+    fig, ax = _new_figure(6.0, 3.0)
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11)
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def _curve(y, score):
+    """(recall, precision) step points of the PR curve from our own PR table."""
+    table = pr_table(y, score)
+    recall = np.r_[0.0, table.recall]
+    precision = np.r_[table.precision[0] if table.precision.size else 1.0, table.precision]
+    return recall, precision
+
+
+def _threshold_points(thresholds) -> dict[str, float]:
+    """label -> threshold, grouping jurisdictions that share a threshold value."""
+    if thresholds is None:
+        return {}
+    if not isinstance(thresholds, Mapping):
+        return {"threshold": float(thresholds)}
+    by_value: dict[float, list[str]] = {}
+    for key, entry in thresholds.items():
+        value = float(entry["threshold"] if isinstance(entry, Mapping) else entry)
+        by_value.setdefault(value, []).append(str(key))
+    items = sorted(by_value.items())[:12]  # more would be unreadable
+    return {f"t={v:.3g} ({', '.join(keys[:4])}{'…' if len(keys) > 4 else ''})": v for v, keys in items}
+
+
+def plot_pr_curve(path, y, score, baseline_score=None, thresholds=None, operating_points=None) -> Path:
+    """PNG of the PR curves of the model (and baseline) with operating points.
+
+    ``thresholds`` (jurisdiction -> entry or float, or one float) are marked at their
+    pooled precision/recall on ``score``; ``operating_points`` (label -> dict with
+    precision and recall) are marked as given, which is how per-jurisdiction thresholds,
+    whose combined effect is not one point on the pooled curve, are shown.
+    """
+    y, score = as_labels(y), as_scores(score)
+    if y.size == 0 or y.sum() == 0:
+        return _message_figure(path, "Precision-recall curve", "Not defined: no positive labels.")
+    fig, ax = _new_figure()
+    recall, precision = _curve(y, score)
+    ax.step(recall, precision, where="post", label=f"model (AP {_fmt(pr_auc(y, score))})", color="C0")
+    if baseline_score is not None:
+        b_recall, b_precision = _curve(y, baseline_score)
+        ax.step(b_recall, b_precision, where="post", marker=".", color="C1",
+                label=f"rule baseline (AP {_fmt(pr_auc(y, baseline_score))})")
+    ax.axhline(y.mean(), color="grey", linestyle=":", linewidth=1, label=f"prevalence {y.mean():.4f}")
+    for i, (label, value) in enumerate(_threshold_points(thresholds).items()):
+        alert = score >= value
+        m = alert_metrics(y, alert)
+        ax.plot([m["recall"]], [m["precision"]], marker="o", linestyle="none", color=f"C{(i + 2) % 10}",
+                label=label)
+    for i, (label, point) in enumerate((operating_points or {}).items()):
+        if point and point.get("recall") is not None:
+            ax.plot([point["recall"]], [point["precision"]], marker="*", markersize=14, linestyle="none",
+                    color=("C3", "C1", "C4", "C5")[i % 4], markeredgecolor="black", label=label)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Precision-recall curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_feature_importance(path, importance: Mapping[str, float] | None, top: int = 25) -> Path:
+    """Horizontal bar PNG of the ``top`` features by |importance| (largest at the top)."""
+    items = [(str(k), float(v)) for k, v in (importance or {}).items() if v is not None and math.isfinite(float(v))]
+    if not items:
+        return _message_figure(path, "Feature importance", "Not available for this classifier.")
+    items = sorted(items, key=lambda kv: abs(kv[1]), reverse=True)[:top]
+    names, values = [k for k, _ in reversed(items)], [v for _, v in reversed(items)]
+    fig, ax = _new_figure(7.0, max(2.5, 0.28 * len(items) + 1.2))
+    ax.barh(np.arange(len(items)), values, color="C0")
+    ax.set_yticks(np.arange(len(items)), labels=names, fontsize=8)
+    ax.set(xlabel="importance", title=f"Feature importance (top {len(items)})")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- markdown
+def _fmt(x, kind: str = "num") -> str:
+    """Numbers for humans: 4 decimals, thousands separators for counts, — for undefined."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    if kind == "pct":
+        return f"{x:.3%}"
+    if isinstance(x, (bool, np.bool_, str)):
+        return str(x)
+    if isinstance(x, (int, np.integer)):
+        return f"{x:,}"
+    return f"{x:.4f}"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _headline(metrics: Mapping) -> list[str]:
+    base = metrics.get("baseline") or {}
+    model_op, base_op = metrics.get("operating_point") or {}, base.get("operating_point") or {}
+    rows = [["PR-AUC (average precision)", _fmt(metrics.get("pr_auc")), _fmt(base.get("pr_auc"))],
+            ["ROC-AUC", _fmt(metrics.get("roc_auc")), _fmt(base.get("roc_auc"))]]
+    base_rap = base.get("recall_at_precision") or {}
+    for key, value in (metrics.get("recall_at_precision") or {}).items():
+        rows.append([f"recall @ precision ≥ {key}", _fmt(value), _fmt(base_rap.get(key))])
+    rows += [
+        ["operating point: precision", _fmt(model_op.get("precision")), _fmt(base_op.get("precision"))],
+        ["operating point: recall", _fmt(model_op.get("recall")), _fmt(base_op.get("recall"))],
+        ["operating point: alert rate", _fmt(model_op.get("alert_rate"), "pct"), _fmt(base_op.get("alert_rate"), "pct")],
+        ["operating point: alerts", _fmt(model_op.get("alerts")), _fmt(base_op.get("alerts"))],
+    ]
+    return _table(["metric", "model", "rule baseline"], rows)
+
+
+def _thresholds_table(metrics: Mapping) -> list[str]:
+    rows = []
+    for key, e in sorted((metrics.get("thresholds") or {}).items()):
+        target = f"{e.get('target', '?')} {e.get('value', '')}".strip() if "target" in e else "—"
+        rows.append([f"`{key}`", target, _fmt(e.get("threshold")), _fmt(e.get("precision")),
+                     _fmt(e.get("recall")), "yes" if e.get("pooled") else "no",
+                     e.get("fallback") or "—", e.get("note") or ""])
+    header = ["jurisdiction", "target", "threshold", "valid precision", "valid recall", "pooled", "fallback", "note"]
+    return _table(header, rows)
+
+
+def _jurisdiction_table(metrics: Mapping) -> list[str]:
+    rows = [[f"`{k}`", _fmt(e.get("n")), _fmt(e.get("positives")), _fmt(e.get("threshold")),
+             _fmt(e.get("alerts")), _fmt(e.get("precision")), _fmt(e.get("recall"))]
+            for k, e in sorted((metrics.get("per_jurisdiction") or {}).items())]
+    return _table(["jurisdiction", "events", "positives", "threshold", "alerts", "precision", "recall"], rows)
+
+
+def _typology_table(metrics: Mapping) -> list[str]:
+    base = (metrics.get("baseline") or {}).get("per_typology_recall") or {}
+    rows = [[k, _fmt(e["positives"]), _fmt(e["detected"]), _fmt(e["recall"]),
+             _fmt((base.get(k) or {}).get("recall"))]
+            for k, e in sorted((metrics.get("per_typology_recall") or {}).items())]
+    return _table(["typology", "positives", "model detected", "model recall", "baseline recall"], rows)
+
+
+def summary_markdown(metrics: Mapping, context: Mapping) -> str:
+    """A one-page markdown report: context, model vs baseline, thresholds, typologies."""
+    title = context.get("experiment") or context.get("name") or "evaluation"
+    lines = [f"# AML evaluation — {title}", ""]
+    lines += [f"- **{k}**: {_cell(v)}" for k, v in context.items()]
+    lines += ["", f"Test window: {_fmt(metrics.get('n_events'))} events, "
+                  f"{_fmt(metrics.get('n_positive'))} positives.", ""]
+    lines += ["## Model vs rule baseline", ""] + _headline(metrics)
+    lines += ["", "Operating point = per-jurisdiction thresholds chosen on validation; "
+                  "baseline alerts when any rule fires.", ""]
+    lines += ["## Thresholds by jurisdiction (chosen on validation)", ""] + _thresholds_table(metrics)
+    lines += ["", f"`{DEFAULT_KEY}` applies to jurisdictions not seen in validation.", ""]
+    lines += ["## Test results by jurisdiction", ""] + _jurisdiction_table(metrics)
+    lines += ["", "## Recall by typology", ""] + _typology_table(metrics)
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- files
+def write_reports(reports_dir, metrics: Mapping, context: Mapping, y, score, baseline_score=None,
+                  importance: Mapping[str, float] | None = None) -> dict[str, str]:
+    """Write the four report files into ``reports_dir``; returns name -> path.
+
+    The PR plot marks the model's real operating point (per-jurisdiction thresholds) and
+    the baseline's, taken from ``metrics``, rather than re-deriving them.
+    """
+    out = Path(reports_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / file for name, file in REPORT_FILES.items()}
+    write_metrics_json(paths["metrics"], metrics)
+    points = {"model operating point": metrics.get("operating_point")}
+    if metrics.get("baseline"):
+        points["baseline (any rule fired)"] = metrics["baseline"].get("operating_point")
+    plot_pr_curve(paths["pr_curve"], y, score, baseline_score=baseline_score, operating_points=points)
+    plot_feature_importance(paths["feature_importance"], importance)
+    paths["summary"].write_text(summary_markdown(metrics, context), encoding="utf-8")
+    return {name: str(p) for name, p in paths.items()}

@@ -1,0 +1,173 @@
+"""Encodings learnt from the training window: target encoding, category codes, buckets.
+
+All three keep their fitted state as plain JSON (value -> number maps, bucket edges) in
+the bundle. Values never seen in training get a documented fallback (the prior, -1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from aml_pipeline.features.base import FeatureStep, register
+
+
+@register
+@dataclass
+class TargetEncoding(FeatureStep):
+    """Smoothed laundering rate of high-cardinality ids (``te_<column>``), without leakage.
+
+    Scoring (validation, test, live): the rate frozen at the end of the training window,
+    ``(positives + smoothing · prior) / (events + smoothing)``; an id never seen in training
+    gets the prior. Training rows: the same formula over the id's training events strictly
+    *before* the row's instant only, with the prior of all training labels strictly before
+    that instant (0 when there are none yet), so no row sees its own label or a later one
+    (the time-respecting rule; labels are assumed known as soon as the event happens).
+    """
+
+    columns: list[str] = field(default_factory=lambda: ["src_account", "dst_account"])
+    smoothing: float = 20.0
+
+    kind = "target_encoding"
+
+    def __post_init__(self) -> None:
+        if self.smoothing < 0:
+            raise ValueError("smoothing must be >= 0")
+
+    def required_columns(self) -> list[str]:
+        # The label and event time are needed to fit only; scoring needs the ids alone.
+        return list(self.columns)
+
+    def output_columns(self) -> dict[str, pl.DataType]:
+        return {f"te_{c}": pl.Float64 for c in self.columns}
+
+    def fit(self, frame: pl.DataFrame) -> "TargetEncoding":
+        if "label" not in frame.columns:
+            raise ValueError("target_encoding needs labelled training data (column 'label')")
+        labelled = frame.filter(pl.col("label").is_not_null())
+        self.prior_ = float(labelled["label"].mean()) if labelled.height else 0.0
+        self.tables_ = {}
+        for c in self.columns:
+            stats = labelled.group_by(c).agg(pl.len().alias("n"), pl.col("label").sum().alias("pos"))
+            rate = (pl.col("pos") + self.smoothing * self.prior_) / (pl.col("n") + self.smoothing)
+            stats = stats.with_columns(rate.alias("rate")).sort(c)
+            self.tables_[c] = dict(zip(stats[c].to_list(), stats["rate"].to_list()))
+        return self
+
+    def fit_transform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        self.fit(frame)
+        m = self.smoothing
+        # The prior of a training row is the rate of the labels known strictly before its
+        # instant (0 when none): the frozen prior_ includes the row's own and later labels.
+        known = pl.col("label").is_not_null()
+        priors = (
+            frame.group_by("event_time")
+            .agg(known.sum().cast(pl.Int64).alias("_n"), pl.col("label").cast(pl.Int64).sum().alias("_p"))
+            .sort("event_time")
+            .with_columns((pl.col("_n").cum_sum() - pl.col("_n")).alias("_n"), (pl.col("_p").cum_sum() - pl.col("_p")).alias("_p"))
+            .select("event_time", pl.when(pl.col("_n") > 0).then(pl.col("_p") / pl.col("_n")).otherwise(0.0).alias("_prior"))
+        )
+        out = frame.join(priors, on="event_time", how="left", maintain_order="left")
+        prior = pl.col("_prior")
+        for c in self.columns:
+            # Per id and instant: labelled events and positives at that instant, then running
+            # totals of the instants strictly before (shift by one instant within the id).
+            # Every row's instant is kept, so an unlabelled row still sees its id's history.
+            per_instant = (
+                frame.group_by(c, "event_time")
+                .agg(known.sum().cast(pl.Int64).alias("_n"), pl.col("label").cast(pl.Int64).sum().alias("_p"))
+                .sort(c, "event_time")
+                .with_columns(
+                    (pl.col("_n").cum_sum().over(c) - pl.col("_n")).alias("_n_before"),
+                    (pl.col("_p").cum_sum().over(c) - pl.col("_p")).alias("_p_before"),
+                )
+            )
+            out = out.join(
+                per_instant.select(c, "event_time", "_n_before", "_p_before"), on=[c, "event_time"], how="left", maintain_order="left"
+            )
+            n = pl.col("_n_before").fill_null(0)
+            p = pl.col("_p_before").fill_null(0)
+            rate = pl.when(n + m > 0).then((p + m * prior) / (n + m)).otherwise(prior)
+            out = out.with_columns(rate.cast(pl.Float64).alias(f"te_{c}")).drop("_n_before", "_p_before")
+        return out.drop("_prior")
+
+    def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(
+            pl.col(c).replace_strict(self.tables_[c], default=self.prior_, return_dtype=pl.Float64).alias(f"te_{c}")
+            for c in self.columns
+        )
+
+
+@register
+@dataclass
+class CategoryCodes(FeatureStep):
+    """Integer codes of low-cardinality categories (``code_<column>``); unseen values get -1.
+
+    Codes follow the sorted training vocabulary, so the same training data always gives
+    the same codes.
+    """
+
+    columns: list[str] = field(default_factory=lambda: ["channel", "currency"])
+
+    kind = "category_codes"
+
+    def required_columns(self) -> list[str]:
+        return list(self.columns)
+
+    def output_columns(self) -> dict[str, pl.DataType]:
+        return {f"code_{c}": pl.Int32 for c in self.columns}
+
+    def fit(self, frame: pl.DataFrame) -> "CategoryCodes":
+        self.vocab_ = {c: sorted(v for v in frame[c].unique().to_list() if v is not None) for c in self.columns}
+        return self
+
+    def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns(
+            pl.col(c).replace_strict({v: i for i, v in enumerate(self.vocab_[c])}, default=-1, return_dtype=pl.Int32).alias(f"code_{c}")
+            for c in self.columns
+        )
+
+
+@register
+@dataclass
+class Bucketing(FeatureStep):
+    """Quantile bucket index of numeric columns (``bucket_<column>``), edges from training.
+
+    Bucket i holds values in [edge[i-1], edge[i]); values below the first edge are bucket 0
+    and above the last edge the last bucket; null stays null.
+    """
+
+    columns: list[str] = field(default_factory=lambda: ["amount"])
+    n_buckets: int = 10
+
+    kind = "bucketing"
+
+    def __post_init__(self) -> None:
+        if self.n_buckets < 2:
+            raise ValueError("n_buckets must be >= 2")
+
+    def required_columns(self) -> list[str]:
+        return list(self.columns)
+
+    def output_columns(self) -> dict[str, pl.DataType]:
+        return {f"bucket_{c}": pl.Int32 for c in self.columns}
+
+    def fit(self, frame: pl.DataFrame) -> "Bucketing":
+        qs = [i / self.n_buckets for i in range(1, self.n_buckets)]
+        self.edges_ = {}
+        for c in self.columns:
+            values = frame[c].drop_nulls().cast(pl.Float64)
+            edges = sorted({float(values.quantile(q, interpolation="linear")) for q in qs}) if values.len() else []
+            self.edges_[c] = edges
+        return self
+
+    def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        exprs = []
+        for c in self.columns:
+            edges = self.edges_[c]
+            bucket = pl.lit(0, pl.Int32)
+            for e in edges:
+                bucket = bucket + (pl.col(c) >= e).cast(pl.Int32)
+            exprs.append(pl.when(pl.col(c).is_null()).then(None).otherwise(bucket).cast(pl.Int32).alias(f"bucket_{c}"))
+        return frame.with_columns(exprs)

@@ -1,0 +1,49 @@
+"""Time signals: when an event happens and how long its accounts had been quiet.
+
+Laundering often runs at odd hours and in bursts after dormancy; both are cheap to see.
+Hours and weekdays are in UTC (the canonical event time) so every engine agrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from aml_pipeline.features.base import ROW, FeatureStep, register
+from aml_pipeline.features.windows import QID, any_history, as_of_previous_time, attach, side_queries
+
+
+@register
+@dataclass
+class TimeSignals(FeatureStep):
+    """hour (0-23), weekday (1 = Monday) and seconds since each account's previous event.
+
+    ``{src,dst}_secs_since_prev``: seconds since the account last took part in an event (as
+    sender or receiver) strictly before this one; null when it has none in the data seen.
+    """
+
+    kind = "time"
+    uses_history = True
+
+    def required_columns(self) -> list[str]:
+        return ["event_time", "src_account", "dst_account"]
+
+    def output_columns(self) -> dict[str, pl.DataType]:
+        return {"hour": pl.Int8, "weekday": pl.Int8, "src_secs_since_prev": pl.Float64, "dst_secs_since_prev": pl.Float64}
+
+    def history_window(self) -> str | None:
+        return None  # unbounded: the previous event may be arbitrarily old
+
+    def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        history = any_history(frame)
+        out = frame.with_columns(
+            pl.col("event_time").dt.hour().cast(pl.Int8).alias("hour"),
+            pl.col("event_time").dt.weekday().cast(pl.Int8).alias("weekday"),
+        )
+        for side in ("src", "dst"):
+            prev = as_of_previous_time(history, side_queries(frame, side, ROW))
+            out = attach(out, prev, QID).with_columns(
+                ((pl.col("event_time") - pl.col("_prev")).dt.total_microseconds() / 1e6).alias(f"{side}_secs_since_prev")
+            ).drop("_prev")
+        return out

@@ -1,0 +1,667 @@
+"""Binary classifiers behind one small numpy API, chosen by ``conf/model/<option>.yaml``.
+
+Every classifier is built as ``Cls(early_stopping_rounds=50, params=None, seed=42)``; the
+constructor only merges ``params`` over defaults tuned for rare positives and checks the
+keys (a misspelt hyper-parameter fails at build time, naming ``model.params.<key>``, not
+silently after an hour of training). Then:
+
+* ``fit(X, y, sample_weight, X_valid, y_valid, feature_names)``: X float64 2-D, NaN = missing.
+* ``predict_proba(X)`` -> 1-D P(label=1); ``predict_one(x)`` for online scoring.
+* ``contributions(X)`` -> (n, n_features) per-row attributions in log-odds, or ``None``
+  when the model has no cheap exact local attribution (HGB, RF): callers fall back to
+  ``feature_importance()``.
+* ``save(dir) -> meta`` / ``load_classifier(dir, meta)``: LightGBM as a plain Booster text
+  file, sklearn models via skops (never pickle); loading picks the class from
+  :data:`CLASSIFIERS` only and gives bit-identical scores.
+
+Early stopping monitors validation average precision (PR-AUC), the metric the pipeline
+ranks models by; it is used by LightGBM (native) and HGB (warm-start loop, see
+:class:`HistGradientBoostingClassifier`). LR and RF train to completion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightgbm as lgb
+import numpy as np
+import sklearn
+import skops.io as sio
+from joblib import effective_n_jobs
+from sklearn import ensemble
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from aml_pipeline.errors import ConfigError, UserError
+from aml_pipeline.models.weighting import binary_labels
+
+#: Keys every pipeline-owned setting is refused under, with the reason shown to the user.
+_WEIGHTING_HINT = "class weighting is chosen by the weighting group (weighting=inverse_frequency, ...)"
+_SEED_HINT = "the seed comes from the run's top-level `seed`"
+
+
+# ----------------------------------------------------------------------------- input checks
+def _as_matrix(X: Any, n_features: int | None = None) -> np.ndarray:
+    """X as float64 2-D (no copy when it already is), with the expected column count."""
+    arr = np.asarray(X, dtype=np.float64)
+    if arr.ndim != 2:
+        raise ValueError(f"X must be 2-D (rows x features), got shape {arr.shape}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"X has {arr.shape[1]} features, the model was trained on {n_features}")
+    return arr
+
+
+def _as_weights(sample_weight: Any, n_rows: int) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if w.shape != (n_rows,):
+        raise ValueError(f"sample_weight must have shape ({n_rows},), got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and >= 0")
+    return w
+
+
+def _feature_names(names: Any, n_features: int) -> list[str]:
+    if names is None:
+        return [f"f{i}" for i in range(n_features)]
+    out = [str(n) for n in names]
+    if len(out) != n_features:
+        raise ValueError(f"{len(out)} feature names for {n_features} features")
+    if len(set(out)) != len(out):
+        raise ValueError("feature names must be unique")
+    return out
+
+
+def _check_rounds(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(f"model.early_stopping_rounds={value!r} must be an integer >= 0 (0 turns early stopping off)")
+    return int(value)
+
+
+def _refuse_reserved(params: dict[str, Any], reserved: dict[str, str]) -> None:
+    for key in params:
+        if key in reserved:
+            raise ConfigError(f"model.params.{key} cannot be set: {reserved[key]}")
+
+
+# ----------------------------------------------------------------------------- base class
+class Classifier(ABC):
+    """A fitted-or-not binary classifier with the pipeline's numpy API (see module doc)."""
+
+    #: Registry key, written to the bundle as ``meta["class"]``.
+    name: ClassVar[str]
+    library: ClassVar[str]
+    library_version: ClassVar[str]
+    #: File the model is written to inside the bundle folder.
+    model_file: ClassVar[str]
+    #: Defaults merged under the user's params; mirrored in conf/model/<name>.yaml.
+    default_params: ClassVar[dict[str, Any]]
+    #: Whether ``early_stopping_rounds`` and the validation set are used.
+    supports_early_stopping: ClassVar[bool] = False
+
+    def __init__(self, early_stopping_rounds: int = 50, params: dict | None = None, seed: int = 42) -> None:
+        self.early_stopping_rounds = _check_rounds(early_stopping_rounds)
+        self.seed = int(seed)
+        self.params: dict[str, Any] = self._resolve_params(dict(params or {}))
+        self.feature_names: list[str] | None = None
+        self.best_iteration: int | None = None
+        self._model: Any = None
+
+    # -- configuration
+    @abstractmethod
+    def _resolve_params(self, user: dict[str, Any]) -> dict[str, Any]:
+        """Check user keys (ConfigError naming ``model.params.<key>``) and merge over defaults."""
+
+    # -- training
+    def fit(self, X, y, sample_weight=None, X_valid=None, y_valid=None, feature_names=None) -> "Classifier":
+        """Train on (X, y); the validation set is only used for early stopping."""
+        X = _as_matrix(X)
+        labels = binary_labels(y, "training window")
+        if labels.shape[0] != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but y has {labels.shape[0]}")
+        weights = _as_weights(sample_weight, X.shape[0])
+        valid = self._validation_set(X_valid, y_valid, X.shape[1])
+        self.feature_names = _feature_names(feature_names, X.shape[1])
+        self.best_iteration = None
+        self._fit(X, labels, weights, valid)
+        return self
+
+    def _validation_set(self, X_valid, y_valid, n_features: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The validation set when early stopping will use it, else None (silently ignored)."""
+        if not self.supports_early_stopping or self.early_stopping_rounds == 0 or X_valid is None:
+            return None
+        if y_valid is None:
+            raise ValueError("X_valid given without y_valid")
+        Xv = _as_matrix(X_valid, n_features)
+        try:
+            yv = binary_labels(y_valid, "validation window")
+        except UserError as exc:
+            raise UserError(f"{exc}; early stopping on average precision needs both classes "
+                            "(or set model.early_stopping_rounds=0)") from None
+        if yv.shape[0] != Xv.shape[0]:
+            raise ValueError(f"X_valid has {Xv.shape[0]} rows but y_valid has {yv.shape[0]}")
+        return Xv, yv
+
+    @abstractmethod
+    def _fit(self, X: np.ndarray, y: np.ndarray, w: np.ndarray | None,
+             valid: tuple[np.ndarray, np.ndarray] | None) -> None: ...
+
+    # -- scoring
+    def _checked(self, X: Any) -> np.ndarray:
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        return _as_matrix(X, len(self.feature_names))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """P(label=1) per row, 1-D float64; deterministic (row results never depend on batching)."""
+        return np.ascontiguousarray(self._predict(self._checked(X)), dtype=np.float64)
+
+    def predict_one(self, x: np.ndarray) -> float:
+        """P(label=1) of one feature vector, the low-latency path for online scoring.
+
+        Equal to ``predict_proba`` of the same row. sklearn models run their normal 2-D
+        path here; they may start OpenMP/BLAS threads, so a scoring service should cap
+        thread pools (``threadpoolctl.threadpool_limits(1)``) around its request loop.
+        """
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        row = np.asarray(x, dtype=np.float64).reshape(1, -1)
+        if row.shape[1] != len(self.feature_names):
+            raise ValueError(f"x has {row.shape[1]} features, the model was trained on {len(self.feature_names)}")
+        return float(self._predict_one(row))
+
+    @abstractmethod
+    def _predict(self, X: np.ndarray) -> np.ndarray: ...
+
+    def _predict_one(self, row: np.ndarray) -> float:
+        return self._predict(row)[0]
+
+    def contributions(self, X) -> np.ndarray | None:
+        """(n, n_features) per-row feature contributions in log-odds, or None if not available."""
+        return None
+
+    @abstractmethod
+    def feature_importance(self) -> dict[str, float]:
+        """Global importance per feature name ({} when the model has no honest cheap measure)."""
+
+    # -- persistence
+    def save(self, directory: Path) -> dict[str, Any]:
+        """Write the model into ``directory`` and return JSON-serialisable metadata for load."""
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_model(directory / self.model_file)
+        return {
+            "class": self.name,
+            "class_name": type(self).__name__,
+            "file": self.model_file,
+            "library": self.library,
+            "library_version": self.library_version,
+            "feature_names": list(self.feature_names),
+            "best_iteration": self.best_iteration,
+            "early_stopping_rounds": self.early_stopping_rounds,
+            "seed": self.seed,
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict[str, Any]) -> "Classifier":
+        """Restore a model written by :meth:`save` (params are not re-validated: they trained)."""
+        if meta.get("class") != cls.name:
+            raise ValueError(f"bundle holds a {meta.get('class')!r} model, not {cls.name!r}")
+        if meta.get("file", cls.model_file) != cls.model_file:
+            raise ValueError(f"{cls.name} models are stored as {cls.model_file}, not {meta.get('file')!r}")
+        if meta.get("library_version") != cls.library_version:
+            warnings.warn(f"model saved with {cls.library} {meta.get('library_version')}, loading with "
+                          f"{cls.library_version}; scores may differ slightly", stacklevel=2)
+        obj = cls.__new__(cls)
+        obj.early_stopping_rounds = int(meta.get("early_stopping_rounds", 0))
+        obj.seed = int(meta.get("seed", 42))
+        obj.params = dict(meta.get("params", {}))
+        obj.feature_names = [str(n) for n in meta["feature_names"]]
+        obj.best_iteration = meta.get("best_iteration")
+        obj._model = obj._load_model(Path(directory) / cls.model_file)
+        return obj
+
+    @abstractmethod
+    def _save_model(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def _load_model(self, path: Path) -> Any: ...
+
+    def __repr__(self) -> str:
+        fields = ("early_stopping_rounds", "params", "seed")
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k, None)!r}' for k in fields)})"
+
+
+# ----------------------------------------------------------------------------- LightGBM
+def _lightgbm_aliases() -> dict[str, str] | None:
+    """alias -> main name for every LightGBM parameter, or None if the library hides them.
+
+    ``_ConfigAliases`` is private; if it moves we skip the key check and LightGBM itself
+    warns about unknown parameters at train time.
+    """
+    try:
+        from lightgbm.basic import _ConfigAliases
+
+        _ConfigAliases.get("seed")  # loads the table from the C library
+        table = _ConfigAliases.aliases
+    except Exception:  # pragma: no cover - depends on LightGBM internals
+        return None
+    return {alias: main for main, aliases in table.items() for alias in aliases}
+
+
+def _safe_lightgbm_names(names: list[str]) -> list[str] | str:
+    """LightGBM rejects JSON punctuation and rewrites spaces in names: fall back to Column_i.
+
+    The real names are kept in the bundle metadata either way.
+    """
+    ok = all(re.fullmatch(r"[A-Za-z0-9_.\-]+", n) for n in names)
+    return names if ok else "auto"
+
+
+class LightGBMClassifier(Classifier):
+    """Gradient-boosted trees via ``lightgbm.train`` (a plain Booster, saved as text).
+
+    Parameters are LightGBM's own (any documented name or alias, e.g. ``n_estimators`` or
+    ``num_iterations``); they are stored under LightGBM's main names so two spellings of
+    one parameter are caught. Early stopping watches validation ``average_precision``.
+    The in-memory booster is rebuilt from its own text dump after training, so the model
+    that scores in this process is byte-for-byte the one written to ``model.txt``.
+    """
+
+    name = "lightgbm"
+    library = "lightgbm"
+    library_version = lgb.__version__
+    model_file = "model.txt"
+    supports_early_stopping = True
+    default_params = {
+        "n_estimators": 500,
+        "learning_rate": 0.05,
+        "num_leaves": 31,
+        "min_child_samples": 20,
+        "feature_fraction": 1.0,
+        "lambda_l2": 0.0,
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": 0,
+        "verbosity": -1,
+    }
+    _reserved = {
+        "objective": "the objective is fixed to binary",
+        "num_class": "the objective is fixed to binary",
+        "metric": "early stopping monitors average_precision",
+        "seed": _SEED_HINT,
+        "early_stopping_round": "use model.early_stopping_rounds",
+        "is_unbalance": _WEIGHTING_HINT,
+        "scale_pos_weight": _WEIGHTING_HINT,
+    }
+    _wrapper_only = {
+        "class_weight": _WEIGHTING_HINT,
+        "importance_type": "feature_importance() always reports gain",
+    }
+
+    def _resolve_params(self, user: dict[str, Any]) -> dict[str, Any]:
+        aliases = _lightgbm_aliases()
+        if aliases is None:
+            return {**self.default_params, **user}
+        merged = {aliases.get(k, k): v for k, v in self.default_params.items()}
+        seen: dict[str, str] = {}
+        for key, value in user.items():
+            main = self._main_name(key, aliases)
+            if main in seen:
+                raise ConfigError(f"model.params.{seen[main]} and model.params.{key} are the same LightGBM "
+                                  f"parameter ({main}); set only one")
+            seen[main] = key
+            merged[main] = value
+        return merged
+
+    def _main_name(self, key: str, aliases: dict[str, str]) -> str:
+        if key in self._wrapper_only:
+            raise ConfigError(f"model.params.{key} cannot be set: {self._wrapper_only[key]}")
+        if key not in aliases:
+            close = difflib.get_close_matches(key, list(aliases), n=3, cutoff=0.75)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"model.params.{key} is not a LightGBM parameter{hint}; allowed: any name "
+                              "at https://lightgbm.readthedocs.io/en/stable/Parameters.html")
+        main = aliases[key]
+        if main in self._reserved:
+            raise ConfigError(f"model.params.{key} cannot be set: {self._reserved[main]}")
+        return main
+
+    def _train_params(self) -> dict[str, Any]:
+        params = {k: v for k, v in self.params.items() if k not in ("num_iterations", "n_estimators")}
+        return {**params, "objective": "binary", "metric": "average_precision", "seed": self.seed}
+
+    def _num_rounds(self) -> int:
+        return int(self.params.get("num_iterations", self.params.get("n_estimators", 100)))
+
+    def _fit(self, X, y, w, valid) -> None:
+        params = self._train_params()
+        train = lgb.Dataset(X, label=y, weight=w, feature_name=_safe_lightgbm_names(self.feature_names),
+                            params=params, free_raw_data=True)
+        valid_sets, callbacks = [], []
+        if valid is not None:
+            valid_sets = [train.create_valid(valid[0], label=valid[1])]
+            callbacks = [lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False)]
+        booster = lgb.train(params, train, num_boost_round=self._num_rounds(), valid_sets=valid_sets,
+                            valid_names=["valid"] * len(valid_sets), callbacks=callbacks)
+        if valid is not None and booster.best_iteration > 0:
+            self.best_iteration = int(booster.best_iteration)
+        # keep only the trees that score (best_iteration) and make memory == file
+        self._model = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration or -1))
+
+    def _threads(self) -> int:
+        aliases = _lightgbm_aliases() or {}
+        for key, value in self.params.items():
+            if aliases.get(key, key) == "num_threads":
+                return int(value)
+        return 0
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict(X, num_threads=self._threads())
+
+    def _predict_one(self, row: np.ndarray) -> float:
+        return self._model.predict(row, num_threads=1)[0]
+
+    def raw_score(self, X) -> np.ndarray:
+        """Log-odds per row (what the contributions plus bias add up to)."""
+        return self._model.predict(self._checked(X), raw_score=True, num_threads=self._threads())
+
+    def contributions(self, X) -> np.ndarray:
+        """TreeSHAP values (``pred_contrib=True``) in log-odds, bias column dropped.
+
+        ``contributions(X).sum(1) + bias == raw_score(X)``; the bias is the same for every row.
+        """
+        contrib = self._model.predict(self._checked(X), pred_contrib=True, num_threads=self._threads())
+        return np.ascontiguousarray(contrib[:, :-1])
+
+    def feature_importance(self) -> dict[str, float]:
+        """Total split gain per feature (LightGBM ``importance_type="gain"``)."""
+        gain = self._model.feature_importance(importance_type="gain")
+        return {n: float(g) for n, g in zip(self.feature_names, gain)}
+
+    def _save_model(self, path: Path) -> None:
+        self._model.save_model(str(path))
+
+    def _load_model(self, path: Path) -> lgb.Booster:
+        return lgb.Booster(model_file=str(path))
+
+
+# ----------------------------------------------------------------------------- sklearn
+#: Only these module prefixes may be instantiated when a skops file is loaded.
+_SKOPS_ALLOWED_PREFIXES = ("sklearn.", "numpy.")
+
+
+def _skops_load(path: Path, expected: type) -> Any:
+    """Load a skops file trusting only sklearn/numpy types, and check what came out.
+
+    skops lists the types it does not trust by default; we trust exactly those, provided
+    all come from sklearn or numpy. Anything else (a function from ``os``, a class from
+    some other package) means the file was not written by this pipeline: refuse it.
+    """
+    untrusted = sio.get_untrusted_types(file=path)
+    foreign = [t for t in untrusted if not t.startswith(_SKOPS_ALLOWED_PREFIXES)]
+    if foreign:
+        raise ValueError(f"{path} contains types outside sklearn/numpy ({', '.join(sorted(foreign))}); "
+                         "refusing to load it")
+    model = sio.load(path, trusted=untrusted)
+    if not isinstance(model, expected):
+        raise ValueError(f"{path} holds a {type(model).__name__}, expected {expected.__name__}")
+    return model
+
+
+_PARAM_IN_MESSAGE = re.compile(r"The '(\w+)' parameter")
+
+
+class _SklearnClassifier(Classifier):
+    """Shared plumbing: params checked against the estimator's own ``get_params()``."""
+
+    library = "scikit-learn"
+    library_version = sklearn.__version__
+    model_file = "model.skops"
+    _estimator_cls: ClassVar[type]
+    _reserved: ClassVar[dict[str, str]] = {"random_state": _SEED_HINT, "class_weight": _WEIGHTING_HINT}
+
+    def _resolve_params(self, user: dict[str, Any]) -> dict[str, Any]:
+        _refuse_reserved(user, self._reserved)
+        allowed = sorted(set(self._estimator_cls().get_params(deep=False)) - set(self._reserved))
+        for key in user:
+            if key not in allowed:
+                raise ConfigError(f"model.params.{key} is not a {self._estimator_cls.__name__} parameter; "
+                                  f"allowed: {', '.join(allowed)}")
+        merged = {**self.default_params, **user}
+        self._validate_values(merged)
+        return merged
+
+    def _validate_values(self, params: dict[str, Any]) -> None:
+        """Run sklearn's own type/range checks now, so bad values fail before training."""
+        est = self._estimator_cls(**params)
+        check = getattr(est, "_validate_params", None)  # private, present since sklearn 1.2
+        if check is None:  # pragma: no cover
+            return
+        try:
+            check()
+        except (ValueError, TypeError) as exc:
+            match = _PARAM_IN_MESSAGE.search(str(exc))
+            key = f"model.params.{match.group(1)}" if match else "model.params"
+            raise ConfigError(f"{key}: {exc}") from None
+
+    def _positive_column(self, est: Any) -> int:
+        return int(np.flatnonzero(est.classes_ == 1)[0])
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return self._model.predict_proba(X)[:, self._positive_column(self._model)]
+
+    def _save_model(self, path: Path) -> None:
+        sio.dump(self._model, path)
+
+    def _load_model(self, path: Path) -> Any:
+        return _skops_load(path, self._model_type())
+
+    def _model_type(self) -> type:
+        return self._estimator_cls
+
+
+class HistGradientBoostingClassifier(_SklearnClassifier):
+    """sklearn's histogram gradient boosting (NaN handled natively).
+
+    Early stopping, honestly on the given validation set: sklearn's built-in
+    ``early_stopping`` can only carve its own random split out of the training data, which
+    would mix time windows. Instead we grow the model with ``warm_start`` in chunks of
+    ``max(early_stopping_rounds, 10)`` iterations, score validation average precision at
+    every iteration (``staged_decision_function``), and stop once the best iteration is
+    ``early_stopping_rounds`` behind. As sklearn cannot drop trees, the final model is then
+    refit from scratch with ``max_iter = best_iteration`` (same seed, same data), costing
+    at most ``best_iteration`` extra trees. Without a validation set (or with rounds 0) it
+    trains ``max_iter`` iterations.
+    """
+
+    name = "sklearn_hgb"
+    _estimator_cls = ensemble.HistGradientBoostingClassifier
+    supports_early_stopping = True
+    default_params = {
+        "max_iter": 500,
+        "learning_rate": 0.05,
+        "max_leaf_nodes": 31,
+        "min_samples_leaf": 20,
+        "l2_regularization": 0.0,
+        "max_bins": 255,
+    }
+    _reserved = {
+        **_SklearnClassifier._reserved,
+        "early_stopping": "early stopping uses the validation window; set model.early_stopping_rounds",
+        "n_iter_no_change": "use model.early_stopping_rounds",
+        "validation_fraction": "early stopping uses the validation window, not a random split",
+        "scoring": "early stopping monitors validation average precision",
+        "tol": "only used by sklearn's internal early stopping, which is off",
+        "warm_start": "managed by the early-stopping loop",
+    }
+
+    def _make(self, max_iter: int, warm_start: bool = False) -> ensemble.HistGradientBoostingClassifier:
+        params = {**self.params, "max_iter": max_iter}
+        return self._estimator_cls(**params, early_stopping=False, warm_start=warm_start, random_state=self.seed)
+
+    def _fit(self, X, y, w, valid) -> None:
+        if valid is None:
+            self._model = self._make(int(self.params["max_iter"])).fit(X, y, sample_weight=w)
+            return
+        best = self._search_best_iteration(X, y, w, *valid)
+        self._model = self._make(best).fit(X, y, sample_weight=w)
+        self.best_iteration = best
+
+    def _search_best_iteration(self, X, y, w, X_valid, y_valid) -> int:
+        """Warm-start loop: the 1-based iteration with the highest validation AP."""
+        max_iter, rounds = int(self.params["max_iter"]), self.early_stopping_rounds
+        step = max(rounds, 10)
+        est = self._make(min(step, max_iter), warm_start=True)
+        scores: list[float] = []
+        while True:
+            est.fit(X, y, sample_weight=w)
+            scores = self._stage_scores(est, X_valid, y_valid, scores)
+            best = int(np.argmax(scores)) + 1  # first maximum: ties are not an improvement
+            stalled = est.n_iter_ < est.max_iter  # no split gained anything: sklearn stopped
+            if est.n_iter_ >= max_iter or stalled or len(scores) - best >= rounds:
+                return best
+            est.set_params(max_iter=min(est.max_iter + step, max_iter))
+
+    @staticmethod
+    def _stage_scores(est, X_valid, y_valid, known: list[float]) -> list[float]:
+        """Validation AP after every iteration, scoring only the iterations not yet known."""
+        scores = list(known)
+        for i, raw in enumerate(est.staged_decision_function(X_valid)):
+            if i >= len(known):
+                scores.append(float(average_precision_score(y_valid, raw)))
+        return scores
+
+    def feature_importance(self) -> dict[str, float]:
+        """Total split gain per feature, read from the fitted trees (like LightGBM's gain).
+
+        sklearn has no public importance for HGB; the per-node ``gain`` lives in the
+        private ``_predictors``. If that layout changes we return {} rather than guess.
+        """
+        try:
+            nodes = [p.nodes for per_iter in self._model._predictors for p in per_iter]
+            splits = np.concatenate([n[n["is_leaf"] == 0] for n in nodes])
+            totals = np.bincount(splits["feature_idx"].astype(np.intp), weights=splits["gain"],
+                                 minlength=len(self.feature_names))
+        except (AttributeError, KeyError, ValueError, IndexError, TypeError):
+            return {}
+        return {n: float(g) for n, g in zip(self.feature_names, totals)}
+
+
+class LogisticRegressionClassifier(_SklearnClassifier):
+    """Median imputation -> standardisation -> logistic regression: the linear baseline.
+
+    ``params`` go to ``LogisticRegression``. Coefficients are on standardised features, so
+    ``contributions`` (coef x standardised value, log-odds) and |coef| importances compare
+    across features. All-NaN training columns are kept (imputed 0) so shapes stay fixed.
+    """
+
+    name = "sklearn_lr"
+    _estimator_cls = LogisticRegression
+    default_params = {"C": 1.0, "max_iter": 2000}
+
+    def _model_type(self) -> type:
+        return Pipeline
+
+    def _fit(self, X, y, w, valid) -> None:
+        pipe = Pipeline([
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("model", LogisticRegression(**self.params, random_state=self.seed)),
+        ])
+        self._model = pipe.fit(X, y, model__sample_weight=w)
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        est = self._model[-1]
+        return self._model.predict_proba(X)[:, self._positive_column(est)]
+
+    def _sign(self) -> float:
+        """coef_ is for classes_[1]; it is label 1 here (labels are 0/1), but be explicit."""
+        return 1.0 if self._positive_column(self._model[-1]) == 1 else -1.0
+
+    def contributions(self, X) -> np.ndarray:
+        """coef x standardised (imputed) value; row sums + intercept = decision_function."""
+        z = self._model[:-1].transform(self._checked(X))
+        return z * (self._sign() * self._model[-1].coef_[0])
+
+    def feature_importance(self) -> dict[str, float]:
+        """|coef| on standardised features."""
+        return {n: float(abs(c)) for n, c in zip(self.feature_names, self._model[-1].coef_[0])}
+
+
+class RandomForestClassifier(_SklearnClassifier):
+    """sklearn random forest (NaN handled natively since sklearn 1.4).
+
+    ``n_jobs`` parallelises training. Prediction runs each tree in a fixed order per row
+    (``n_jobs=1`` inside the estimator: sklearn's threaded prediction adds tree outputs in
+    completion order, which can change the last bits) and parallelises over row chunks
+    instead, so scores are deterministic and independent of batching.
+    """
+
+    name = "sklearn_rf"
+    _estimator_cls = ensemble.RandomForestClassifier
+    default_params = {"n_estimators": 300, "min_samples_leaf": 5, "max_features": "sqrt", "n_jobs": 2}
+    #: Rows per thread below which splitting a batch costs more than it saves.
+    _min_chunk = 20_000
+
+    def _fit(self, X, y, w, valid) -> None:
+        est = self._estimator_cls(**self.params, random_state=self.seed)
+        est.fit(X, y, sample_weight=w)
+        self._model = est.set_params(n_jobs=1)
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        jobs = min(effective_n_jobs(self.params.get("n_jobs")), max(1, len(X) // self._min_chunk))
+        if jobs <= 1:
+            return super()._predict(X)
+        chunks = np.array_split(X, jobs)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # tree code releases the GIL
+            return np.concatenate(list(pool.map(super()._predict, chunks)))
+
+    def feature_importance(self) -> dict[str, float]:
+        """Mean impurity decrease (``feature_importances_``; biased to high-cardinality features)."""
+        return {n: float(v) for n, v in zip(self.feature_names, self._model.feature_importances_)}
+
+
+# ----------------------------------------------------------------------------- registry
+CLASSIFIERS: dict[str, type[Classifier]] = {
+    cls.name: cls
+    for cls in (LightGBMClassifier, HistGradientBoostingClassifier, LogisticRegressionClassifier,
+                RandomForestClassifier)
+}
+
+
+def load_classifier(directory: Path, meta: dict[str, Any]) -> Classifier:
+    """Restore a saved classifier, choosing its class from :data:`CLASSIFIERS` only.
+
+    A bundle can name a class but never an import path, so a crafted ``meta`` cannot make
+    us import or run anything outside this module.
+    """
+    name = meta.get("class")
+    if not isinstance(name, str) or name not in CLASSIFIERS:
+        raise UserError(f"the bundle's model class {name!r} is unknown to this version of aml_pipeline; "
+                        f"known: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name].load(Path(directory), meta)
+
+
+__all__ = [
+    "CLASSIFIERS",
+    "Classifier",
+    "HistGradientBoostingClassifier",
+    "LightGBMClassifier",
+    "LogisticRegressionClassifier",
+    "RandomForestClassifier",
+    "load_classifier",
+]

@@ -1,0 +1,166 @@
+"""MLflow tracking and registry: log a run, register the bundle, resolve a bundle reference.
+
+A run logs a bounded set of parameters, the headline metrics, the whole resolved config as
+a file, the reports and the bundle. The bundle is registered as a model version (an MLflow
+pyfunc wrapper around the bundle folder, so the registry shows a signature and an input
+example) tagged with the bundle hash, and given an alias (``models:/aml-scorer@challenger``).
+
+Loading never goes through the pyfunc wrapper: :func:`resolve_bundle` downloads the
+version's files and :class:`~aml_pipeline.bundle.ModelBundle` loads them only if the
+manifest hash equals the hash recorded on the version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aml_pipeline.errors import UserError
+
+BUNDLE_ARTIFACT = "bundle"
+HASH_TAG = "bundle_sha256"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """MLflow logs migrations, hints and progress bars on every call; keep the CLI to our summary."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    loggers = [logging.getLogger(n) for n in ("mlflow", "alembic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def _client(cfg: DictConfig):
+    import mlflow
+
+    uri = cfg.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def _experiment_id(mlflow, cfg: DictConfig) -> str:
+    exp = mlflow.get_experiment_by_name(cfg.experiment_name)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(cfg.artifact_location).resolve().as_uri() if "://" not in cfg.artifact_location else cfg.artifact_location
+    return mlflow.create_experiment(cfg.experiment_name, artifact_location=location)
+
+
+def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, reports: dict[str, str], params: dict[str, Any],
+                     metrics: dict[str, float], tags: dict[str, str], input_example=None) -> dict[str, Any]:
+    """Log one MLflow run with the bundle and reports; register a version with an alias."""
+    with _quiet():
+        mlflow = _client(cfg.mlflow)
+        from mlflow.models import infer_signature
+        from mlflow.pyfunc import PythonModel
+
+        class BundleModel(PythonModel):
+            """Registry wrapper: scoring uses aml_pipeline's verified loader, not this class."""
+
+            def load_context(self, context):
+                from aml_pipeline.bundle import ModelBundle
+
+                self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+
+            def predict(self, context, model_input, params=None):
+                import polars as pl
+
+                return self.bundle.predict_features(pl.from_pandas(model_input))
+
+        exp_id = _experiment_id(mlflow, cfg.mlflow)
+        with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name) as run:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+            mlflow.set_tags({**tags, HASH_TAG: bundle_hash})
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            for path in reports.values():
+                mlflow.log_artifact(path, artifact_path="reports")
+            signature = None
+            if input_example is not None:
+                signature = infer_signature(input_example.to_pandas(), None)
+            info = mlflow.pyfunc.log_model(
+                name=BUNDLE_ARTIFACT,
+                python_model=BundleModel(),
+                artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                signature=signature,
+            )
+            run_id = run.info.run_id
+        client = mlflow.MlflowClient()
+        name = cfg.mlflow.registered_model
+        mv = mlflow.register_model(info.model_uri, name, tags={HASH_TAG: bundle_hash})
+        client.set_registered_model_alias(name, cfg.mlflow.alias, mv.version)
+    return {"run_id": run_id, "name": name, "version": int(mv.version), "alias": cfg.mlflow.alias,
+            "model_uri": f"models:/{name}@{cfg.mlflow.alias}", "experiment_id": exp_id, "bundle_sha256": bundle_hash}
+
+
+def _find_bundle(root: Path) -> Path:
+    for manifest in sorted(root.rglob("manifest.json")):
+        return manifest.parent
+    raise UserError(f"no model bundle found in the downloaded artifacts ({root})")
+
+
+def resolve_bundle(ref: str, cfg: DictConfig):
+    """Load a bundle from a folder, ``runs:/<run id>/bundle`` or ``models:/<name>@<alias>|/<version>``."""
+    from aml_pipeline.bundle import ModelBundle
+
+    if not ref:
+        raise UserError("no bundle given: set bundle=<folder> or bundle=models:/<name>@<alias>")
+    if "://" not in ref and ":/" not in ref:
+        if not Path(ref).exists():
+            raise UserError(f"bundle {ref}: no such folder (train one with task=train, or use models:/<name>@<alias>)")
+        return ModelBundle.load(ref)
+    with _quiet():
+        mlflow = _client(cfg.mlflow)
+        client = mlflow.MlflowClient()
+        registry: dict[str, Any] = {}
+        expected = None
+        if ref.startswith("models:/"):
+            spec = ref[len("models:/"):]
+            try:
+                if "@" in spec:
+                    name, alias = spec.split("@", 1)
+                    mv = client.get_model_version_by_alias(name, alias)
+                else:
+                    name, version = spec.split("/", 1)
+                    mv = client.get_model_version(name, version)
+            except Exception as exc:  # the registry's own message names what is missing
+                raise UserError(f"bundle {ref}: {str(exc).splitlines()[0]}") from None
+            expected = mv.tags.get(HASH_TAG)
+            if not expected:
+                raise UserError(f"bundle {ref}: version {mv.version} has no {HASH_TAG} tag; refusing to load an unverified bundle")
+            registry = {"name": mv.name, "version": mv.version, "run_id": mv.run_id}
+            uri = f"models:/{mv.name}/{mv.version}"
+        elif ref.startswith("runs:/"):
+            run_id = ref[len("runs:/"):].split("/", 1)[0]
+            expected = client.get_run(run_id).data.tags.get(HASH_TAG)
+            registry = {"run_id": run_id}
+            uri = ref
+        else:
+            raise UserError(f"bundle {ref}: use a folder, runs:/<run id>/bundle or models:/<name>@<alias>")
+        target = Path(tempfile.mkdtemp(prefix="aml_bundle_"))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    return ModelBundle.load(_find_bundle(local), expected_hash=expected, registry=registry)
+
+
+def write_registration(path: Path, info: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,265 @@
+"""No feature may see the future, the arrival order, or the batch it is computed in.
+
+On a generated data set (two weeks of the simulator, plus a few fast 3-cycles and
+same-instant bursts so that every feature fires), a plan with every history-based step:
+
+(a) truncating the data at T does not change the features of the events before T;
+(b) shuffling the input rows does not change any event's features;
+(c) changing the labels of the events at/after T does not change the features of the
+    events before T, neither when fitting nor when scoring;
+(d) scoring the later events with the earlier ones as history equals scoring everything
+    (the streaming contract), also with only ``history_window`` of history;
+(e) three consecutive micro-batches, each with all earlier events as history, concatenated,
+    equal scoring everything, even when a batch boundary cuts an instant in two.
+
+Comparisons are exact (``assert_frame_equal`` with ``check_exact``), nulls included.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.schema import conform
+from aml_pipeline.sources.synthetic import SyntheticSource
+
+CONFIG = {
+    "time": {},
+    "amount": {"trailing_window": "24h"},
+    "rolling": {"windows": ["1h", "24h"]},
+    "graph": {"window": "24h", "max_intermediary_degree": 10},
+    "target_encoding": {"columns": ["src_account", "dst_account"], "smoothing": 10.0},
+    "category_codes": {"columns": ["channel", "currency", "jurisdiction"]},
+    "bucketing": {"columns": ["amount"], "n_buckets": 8},
+}
+T = "event_time"
+
+
+def exact(left: pl.DataFrame, right: pl.DataFrame) -> None:
+    assert_frame_equal(left, right, check_exact=True)
+
+
+def _extra_patterns(df: pl.DataFrame, seed: int = 11) -> pl.DataFrame:
+    """Fast 3-cycles (so cycle3 fires within 24 h) and same-instant bursts of one sender."""
+    rng = np.random.default_rng(seed)
+    accounts = np.unique(df["src_account"].to_numpy())
+    t0, span = df[T].min(), int((df[T].max() - df[T].min()).total_seconds()) - 7200
+    rows = []
+    for i in range(40):  # a -> b -> c -> a, 10-50 minutes apart
+        a, b, c = rng.choice(accounts, 3, replace=False)
+        start = t0 + timedelta(seconds=int(rng.integers(0, span)))
+        for j, (s, d) in enumerate([(a, b), (b, c), (c, a)]):
+            rows.append((f"cyc-{i}-{j}", start + timedelta(minutes=int(j * rng.integers(10, 50))), s, d, float(rng.integers(100, 5000)) + 0.37, int(i % 4 == 0)))
+    for i in range(40):  # one sender, three payments at the same instant, awkward cents
+        a = rng.choice(accounts)
+        at = t0 + timedelta(seconds=int(rng.integers(0, span)))
+        for j in range(3):
+            rows.append((f"burst-{i}-{j}", at, a, rng.choice(accounts), [0.1, 0.2, 0.3][j] + float(rng.integers(0, 3000)), 0))
+    extra = pl.DataFrame(rows, schema=["event_id", T, "src_account", "dst_account", "amount", "label"], orient="row")
+    extra = extra.with_columns(
+        pl.col(T).cast(pl.Datetime("us", "UTC")),
+        pl.lit("USD").alias("currency"),
+        pl.lit("p2p").alias("channel"),
+        pl.lit("US").alias("jurisdiction"),
+    )
+    return pl.concat([df, conform(extra)], how="vertical_relaxed").sort(T, "event_id")
+
+
+@pytest.fixture(scope="module")
+def data() -> pl.DataFrame:
+    df = _extra_patterns(SyntheticSource(n_accounts=400, days=14, seed=3).read())
+    assert df.height > 2000 and df["event_id"].is_unique().all()
+    assert df.height - df[T].n_unique() > 80  # plenty of same-instant events
+    return df
+
+
+@pytest.fixture(scope="module")
+def start(data):
+    return data[T].min()
+
+
+@pytest.fixture(scope="module")
+def fitted(data, start) -> FeaturePlan:
+    """The plan fitted once on the first week."""
+    plan = FeaturePlan.from_config(CONFIG)
+    plan.fit_transform(data.filter(pl.col(T) < start + timedelta(days=7)))
+    return plan
+
+
+@pytest.fixture(scope="module")
+def full(data, fitted) -> pl.DataFrame:
+    return fitted.transform(data)
+
+
+def shared_instants(data: pl.DataFrame) -> list:
+    """Instants holding several events, in time order (cutting there is the hard case)."""
+    return data.filter(pl.col(T).is_duplicated())[T].unique().sort().to_list()
+
+
+def test_features_are_not_trivial(full, fitted):
+    # Every feature family takes several values here, so the comparisons below mean something.
+    assert fitted.steps[3][1].hubs_  # at least one hub is excluded
+    for col in ["cycle3_24h", "reciprocal_24h", "dst_2hop_in_24h", "src_2hop_in_24h", "src_out_degree_24h",
+                "src_out_count_1h", "dst_in_sum_24h", "amount_vs_src_mean", "src_secs_since_prev",
+                "te_src_account", "code_channel", "bucket_amount"]:  # fmt: skip
+        assert full[col].drop_nulls().n_unique() > 1, col
+    assert full["cycle3_24h"].sum() >= 20
+
+
+# --------------------------------------------------------------------------- (a)
+def test_future_events_never_change_the_past(data, fitted, full, start):
+    instants = shared_instants(data)
+    cuts = [start + timedelta(days=2, hours=5, minutes=17), instants[len(instants) // 2], instants[-3], data[T].max()]
+    for cut in cuts:
+        truncated = fitted.transform(data.filter(pl.col(T) < cut))
+        exact(truncated, full.filter(pl.col(T) < cut))
+
+
+def test_future_training_events_never_change_past_target_encoding(data, start):
+    """Training-row target encodings of events before T do not depend on anything at/after T."""
+    train = data.filter(pl.col(T) < start + timedelta(days=9))
+    te = ["te_src_account", "te_dst_account"]
+    whole = FeaturePlan.from_config(CONFIG).fit_transform(train)
+    instants = shared_instants(train)
+    for cut in [start + timedelta(days=3, hours=1), instants[len(instants) // 2]]:
+        part = FeaturePlan.from_config(CONFIG).fit_transform(train.filter(pl.col(T) < cut))
+        exact(part.select("event_id", *te), whole.filter(pl.col(T) < cut).select("event_id", *te))
+
+
+# --------------------------------------------------------------------------- (b)
+def test_row_order_does_not_matter(data, fitted, full, start):
+    for seed in (1, 2):
+        shuffled = data.sample(fraction=1.0, shuffle=True, seed=seed)
+        out = fitted.transform(shuffled)
+        assert out["event_id"].to_list() == shuffled["event_id"].to_list()
+        exact(out.sort("event_id"), full.sort("event_id"))
+    train = data.filter(pl.col(T) < start + timedelta(days=7))
+    plan_a, plan_b = FeaturePlan.from_config(CONFIG), FeaturePlan.from_config(CONFIG)
+    a = plan_a.fit_transform(train)
+    b = plan_b.fit_transform(train.sample(fraction=1.0, shuffle=True, seed=3))
+    exact(b.sort("event_id"), a.sort("event_id"))
+    assert plan_b.to_dict() == plan_a.to_dict()
+
+
+# --------------------------------------------------------------------------- (c)
+def _flip_labels_from(data: pl.DataFrame, cut) -> pl.DataFrame:
+    flipped = pl.when(pl.col(T) >= cut).then(1 - pl.col("label")).otherwise(pl.col("label")).cast(pl.Int8)
+    return data.with_columns(flipped.alias("label"))
+
+
+def test_later_labels_never_change_earlier_features(data, start):
+    cut = shared_instants(data)[len(shared_instants(data)) // 3]
+    flipped = _flip_labels_from(data, cut)
+    assert not flipped["label"].equals(data["label"])
+    before = pl.col(T) < cut
+    # Fitted on the rows before T: scoring everything reads no label at all.
+    plan = FeaturePlan.from_config(CONFIG)
+    train_out = plan.fit_transform(data.filter(before))
+    exact(FeaturePlan.from_config(CONFIG).fit_transform(flipped.filter(before)), train_out)
+    features = plan.feature_columns()
+    exact(plan.transform(flipped).select("event_id", *features), plan.transform(data).select("event_id", *features))
+    # Fitted on a training window that runs past T: the training rows before T (target
+    # encoding included) are unchanged; only later rows and the frozen tables may move.
+    train_end = pl.col(T) < start + timedelta(days=10)
+    a = FeaturePlan.from_config(CONFIG).fit_transform(data.filter(train_end))
+    b = FeaturePlan.from_config(CONFIG).fit_transform(flipped.filter(train_end))
+    exact(b.filter(before).drop("label"), a.filter(before).drop("label"))
+    assert not b["te_src_account"].equals(a["te_src_account"])  # the flip did reach later rows
+
+
+# --------------------------------------------------------------------------- (d)
+def test_streaming_with_history_equals_offline(data, fitted, full, start):
+    instants = shared_instants(data)
+    for cut in [start + timedelta(days=8, hours=3, minutes=41), instants[-5]]:
+        later = pl.col(T) >= cut
+        streamed = fitted.transform(data.filter(later), history=data.filter(~later))
+        exact(streamed, full.filter(later))
+
+
+def test_streaming_with_only_the_history_window(data, start):
+    """Bounded steps need no more history than ``history_window`` (bit-identical sums)."""
+    bounded = {k: v for k, v in CONFIG.items() if k != "time"}  # time needs unbounded history
+    plan = FeaturePlan.from_config(bounded)
+    plan.fit_transform(data.filter(pl.col(T) < start + timedelta(days=7)))
+    assert plan.history_window() == "24h"
+    full = plan.transform(data)
+    for day in (4, 8, 11):
+        cut = start + timedelta(days=day, hours=5)
+        batch = (pl.col(T) >= cut) & (pl.col(T) < cut + timedelta(hours=12))
+        history = (pl.col(T) < cut) & (pl.col(T) >= cut - timedelta(hours=24))
+        exact(plan.transform(data.filter(batch), history=data.filter(history)), full.filter(batch))
+
+
+# --------------------------------------------------------------------------- (e)
+def test_micro_batches_equal_offline(data, fitted, full, start):
+    cut = start + timedelta(days=9)
+    ordered = data.sort(T, "event_id").with_row_index("_pos")
+    later = ordered.filter(pl.col(T) >= cut)
+    # Batch boundaries by position: the second one falls inside a same-instant group, so
+    # that instant's first events are history of the third batch and must stay invisible.
+    shared = later.filter(pl.col(T).is_duplicated())
+    split_inside = int(shared["_pos"][1])  # second event of the first shared instant
+    assert later.filter(pl.col("_pos") == split_inside - 1)[T].item() == later.filter(pl.col("_pos") == split_inside)[T].item()
+    first = int(later["_pos"][0])
+    bounds = [first, (first + split_inside) // 2, split_inside, int(later["_pos"][-1]) + 1]
+    assert len(set(bounds)) == 4
+    parts = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        batch = ordered.filter((pl.col("_pos") >= lo) & (pl.col("_pos") < hi)).drop("_pos")
+        history = ordered.filter(pl.col("_pos") < lo).drop("_pos")
+        parts.append(fitted.transform(batch, history=history))
+    exact(pl.concat(parts), full.sort(T, "event_id").filter(pl.col(T) >= cut))
+
+
+# ----------------------------------------------------------------- reference check
+def test_history_features_match_a_brute_force_reference(data, fitted, full):
+    """400 random events against the docstring definitions, evaluated by plain loops."""
+    rows = data.select("event_id", T, "src_account", "dst_account", "amount").rows()
+    got = full.rows(named=True)
+    hubs = set(fitted.steps[3][1].hubs_)
+    windows = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+
+    def close(a, b):
+        return (a is None and b is None) or (a is not None and b is not None and a == pytest.approx(b, rel=1e-12, abs=1e-9))
+
+    def paths(win, start, end):  # time-ordered start -> x -> end (any start if None), 3 distinct, x no hub
+        into_end = [e2 for e2 in win if e2[3] == end and e2[2] not in hubs and e2[2] != end]
+        return sum(
+            1
+            for e2 in into_end
+            for e1 in win
+            if e1[3] == e2[2] and e1[1] < e2[1] and e1[2] not in (e2[2], end) and (start is None or e1[2] == start)
+        )
+
+    rng = np.random.default_rng(5)
+    for i in rng.choice(len(rows), 400, replace=False):
+        eid, t, s, d, a = rows[i]
+        r = got[i]
+        assert r["event_id"] == eid
+        for side, acc in (("src", s), ("dst", d)):
+            prev = [e[1] for e in rows if e[1] < t and acc in (e[2], e[3])]
+            assert close(r[f"{side}_secs_since_prev"], (t - max(prev)).total_seconds() if prev else None)
+            for flow in ("in", "out"):
+                mine = [e for e in rows if (e[2] if flow == "out" else e[3]) == acc]
+                for wn, w in windows.items():
+                    vals = [e[4] for e in mine if t - w <= e[1] < t]
+                    assert r[f"{side}_{flow}_count_{wn}"] == len(vals)
+                    assert close(r[f"{side}_{flow}_sum_{wn}"], sum(vals))
+                    assert close(r[f"{side}_{flow}_mean_{wn}"], sum(vals) / len(vals) if vals else None)
+                    assert close(r[f"{side}_{flow}_max_{wn}"], max(vals) if vals else None)
+                cps = {e[3] if flow == "out" else e[2] for e in mine if t - windows["24h"] <= e[1] < t}
+                assert r[f"{side}_{flow}_degree_24h"] == len(cps)
+        win = [e for e in rows if t - windows["24h"] <= e[1] < t]
+        sent = [e[4] for e in win if e[2] == s]
+        received = sum(e[4] for e in win if e[3] == s)
+        assert close(r["amount_vs_src_mean"], a / (sum(sent) / len(sent)) if sent else None)
+        assert close(r["src_pass_through_24h"], (sum(sent) + a) / received if received > 0 else None)
+        assert r["reciprocal_24h"] == sum(1 for e in win if e[2] == d and e[3] == s)
+        assert r["cycle3_24h"] == paths(win, d, s)
+        assert r["dst_2hop_in_24h"] == paths(win, None, d)
+        assert r["src_2hop_in_24h"] == paths(win, None, s)
