@@ -1,7 +1,9 @@
 """Temporal train / validation / test windows: never shuffled, so no event is trained on its future.
 
 ``fraction``: the windows are shares of the data's time range (train first, then
-validation, then test). ``dates``: explicit first instants of validation and test. A
+validation, then test). ``events``: the windows hold those shares of the *events*, still
+cut by time (for data whose volume is uneven over time, such as PaySim). ``dates``:
+explicit first instants of validation and test. Events at one instant never straddle a cut. A
 window that ends up empty is a user error: it names the window and the cut times.
 """
 
@@ -29,9 +31,13 @@ def _parse(value: str, key: str) -> datetime:
 
 def cut_times(times: pl.Series, cfg: DictConfig) -> tuple[datetime, datetime]:
     """The first instants of the validation and test windows."""
-    if cfg.method == "fraction":
+    if cfg.method in ("fraction", "events"):
         if not (0 < cfg.train and 0 < cfg.valid and cfg.train + cfg.valid < 1):
             raise ConfigError(f"split.train={cfg.train}, split.valid={cfg.valid}: both must be > 0 and sum to < 1 (the rest tests)")
+        if cfg.method == "events":
+            ordered = times.sort()
+            at = lambda share: ordered[min(int(share * len(ordered)), len(ordered) - 1)]  # noqa: E731
+            return at(cfg.train), at(cfg.train + cfg.valid)
         lo, hi = times.min(), times.max()
         span: timedelta = hi - lo
         return lo + span * cfg.train, lo + span * (cfg.train + cfg.valid)
@@ -42,7 +48,7 @@ def cut_times(times: pl.Series, cfg: DictConfig) -> tuple[datetime, datetime]:
         if not v < t:
             raise ConfigError(f"split.valid_start ({v}) must be before split.test_start ({t})")
         return v, t
-    raise ConfigError(f"split.method={cfg.method!r}; allowed: fraction, dates")
+    raise ConfigError(f"split.method={cfg.method!r}; allowed: fraction, events, dates")
 
 
 def assign(events: pl.DataFrame, cfg: DictConfig) -> tuple[pl.DataFrame, dict]:

@@ -70,3 +70,69 @@ def test_docs_list_every_schema_field_and_reason():
     doc = (CONF.parent / "docs" / "data.md").read_text()
     assert schema_markdown() in doc
     assert rules_markdown(build_rules(["USD"], True)) in doc
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_every_model_option_builds(compose_cfg, option):
+    from aml_pipeline.models.classifiers import Classifier
+
+    cfg = compose_cfg([f"model={option}", "seed=3"])
+    model = build(cfg.model, "model")
+    assert isinstance(model, Classifier) and model.name == option
+
+
+@pytest.mark.parametrize("option", options("weighting"))
+def test_every_weighting_option_builds(compose_cfg, option):
+    import numpy as np
+
+    weighting = build(compose_cfg([f"weighting={option}"]).weighting, "weighting")
+    w = weighting.weights(np.array([0, 0, 0, 1]))
+    assert w is None or (len(w) == 4 and w[3] >= w[0])
+
+
+@pytest.mark.parametrize("option", options("features"))
+def test_every_feature_plan_builds(compose_cfg, option):
+    from aml_pipeline.features.plan import FeaturePlan
+
+    plan = FeaturePlan.from_config(compose_cfg([f"features={option}"]).features.steps)
+    assert plan.feature_columns() and len(set(plan.feature_columns())) == len(plan.feature_columns())
+
+
+@pytest.mark.parametrize("group", ["split", "thresholds", "mlflow", "paths", "validation"])
+def test_every_option_of_other_groups_composes(compose_cfg, group):
+    for option in options(group):
+        cfg = compose_cfg([f"{group}={option}"])
+        assert OmegaConf.select(cfg, group) is not None
+
+
+def test_thresholds_config_parses(compose_cfg):
+    from aml_pipeline.evaluation.thresholds import parse_thresholds_config
+
+    default, per_jurisdiction, min_pos = parse_thresholds_config(compose_cfg([]).thresholds)
+    assert "US" in per_jurisdiction and min_pos >= 1
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(compose_cfg, experiment):
+    cfg = compose_cfg([f"+experiment={experiment}"])
+    assert cfg.name == experiment
+
+
+def test_hparams_search_composes(compose_cfg):
+    for option in options("hparams_search"):
+        cfg = compose_cfg([f"+hparams_search={option}"])
+        assert cfg.model._target_.endswith("LightGBMClassifier")
+
+
+def test_unknown_feature_step_parameter_names_key_and_allowed(compose_cfg):
+    from aml_pipeline.features.plan import FeaturePlan
+
+    cfg = compose_cfg(["+features.steps.rolling.windws=[1h]"])
+    with pytest.raises(ConfigError, match=r"features\.steps\.rolling\.windws.*allowed: windows"):
+        FeaturePlan.from_config(cfg.features.steps)
+
+
+def test_unknown_model_param_names_key(compose_cfg):
+    cfg = compose_cfg(["+model.params.num_leafs=7"])
+    with pytest.raises(ConfigError, match=r"model\.params\.num_leafs"):
+        build(cfg.model, "model")
