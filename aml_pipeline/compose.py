@@ -26,18 +26,27 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def compose_params(overrides: list[str]) -> str:
+    """params.yaml's text, byte for byte what ``dvc exp run`` writes for the same overrides.
+
+    Mirrors ``dvc.utils.hydra.compose_and_dump`` (compose, resolve in place, ``to_yaml``),
+    so running this stage after an experiment never rewrites params.yaml by formatting
+    alone; tests/test_dvc.py compares the two.
+    """
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    OmegaConf.resolve(cfg)
+    return OmegaConf.to_yaml(cfg)
 
 
 def main() -> None:
     STAMP.parent.mkdir(parents=True, exist_ok=True)
     if not os.environ.get("DVC_EXP_BASELINE_REV"):
         text = compose_params(sys.argv[1:])
-        if not Path("params.yaml").exists() or Path("params.yaml").read_text() != text:
-            Path("params.yaml").write_text(text)
+        params = Path("params.yaml")
+        # Rewrite only on a change: an untouched file keeps its mtime.
+        if not params.exists() or params.read_text(encoding="utf-8") != text:
+            params.write_text(text, encoding="utf-8")
     STAMP.write_text("params.yaml is composed from conf/ by aml_pipeline.compose\n")
 
 

@@ -102,6 +102,8 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
                 python_model=BundleModel(),
                 artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
                 signature=signature,
+                # Explicit requirements: MLflow's inference runs the model in a subprocess (~7 s).
+                pip_requirements=_requirements(),
             )
             run_id = run.info.run_id
         client = mlflow.MlflowClient()
@@ -110,6 +112,13 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
         client.set_registered_model_alias(name, cfg.mlflow.alias, mv.version)
     return {"run_id": run_id, "name": name, "version": int(mv.version), "alias": cfg.mlflow.alias,
             "model_uri": f"models:/{name}@{cfg.mlflow.alias}", "experiment_id": exp_id, "bundle_sha256": bundle_hash}
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = ["polars", "numpy", "lightgbm", "scikit-learn", "skops", "mlflow"]
+    return [f"aml_pipeline=={version('aml_pipeline')}"] + [f"{p}=={version(p)}" for p in pins]
 
 
 def _find_bundle(root: Path) -> Path:

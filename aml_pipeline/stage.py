@@ -8,6 +8,7 @@ so a bad value fails here exactly as it would there.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,48 @@ def load_params(path: Path = PARAMS):
         raise UserError(f"{path}: {str(exc).splitlines()[0]} (full_key: {exc.full_key})") from None
 
 
+def anchor_mlflow(cfg, root: str | None = None) -> None:
+    """Keep a relative MLflow store in the project even when DVC runs the stage elsewhere.
+
+    ``dvc exp run --queue`` / ``--temp`` run stages in a throwaway copy under
+    ``.dvc/tmp/exps``; a relative ``sqlite:///mlruns/mlflow.db`` or artifact folder would be
+    written there and deleted with it, leaving registered.json pointing at a run that no
+    longer exists. DVC sets ``DVC_ROOT`` to the real project for exactly this, so relative
+    locations are resolved against it. Remote and absolute locations are left alone.
+    """
+    root = root or os.environ.get("DVC_ROOT")
+    if not root or Path(root).resolve() == Path.cwd().resolve():
+        return
+    uri = str(cfg.mlflow.tracking_uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        cfg.mlflow.tracking_uri = "sqlite:///" + str(Path(root).resolve() / uri[len("sqlite:///"):])
+    elif "://" not in uri and not Path(uri).is_absolute():
+        cfg.mlflow.tracking_uri = str(Path(root).resolve() / uri)
+    location = str(cfg.mlflow.artifact_location)
+    if "://" not in location and not Path(location).is_absolute():
+        cfg.mlflow.artifact_location = str(Path(root).resolve() / location)
+
+
+def run_stage(cfg) -> None:
+    """Run one task so that every out dvc.yaml declares for it exists afterwards.
+
+    evaluate registers the bundle in MLflow and records that in models/registered.json
+    only when ``mlflow.enabled``; as a DVC out the file must exist either way, and must
+    not survive from an earlier run that did register. So it is removed first and, with
+    MLflow off, replaced by a record saying nothing was registered.
+    """
+    from aml_pipeline.registry import write_registration
+    from aml_pipeline.tasks import run_task
+    from aml_pipeline.tasks.layout import Layout
+
+    registration = Layout.of(cfg).registration if cfg.task == Task.evaluate.value else None
+    if registration is not None:
+        registration.unlink(missing_ok=True)
+    run_task(cfg)
+    if registration is not None and not registration.exists():
+        write_registration(registration, {"registered": False, "reason": "mlflow.enabled is false"})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     allowed = [t.value for t in Task]
@@ -41,9 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = load_params()
         cfg.task = args[0]
-        from aml_pipeline.tasks import run_task
-
-        run_task(cfg)
+        anchor_mlflow(cfg)
+        run_stage(cfg)
     except UserError as exc:
         fail(str(exc), exc.exit_code)
 
