@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from aml_pipeline.features.base import ROW, FeatureStep, register
-from aml_pipeline.features.windows import QID, as_of_aggregates, attach, flow_history, side_queries
+from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.windows import timeline
 
 
 @register
@@ -63,6 +63,8 @@ class AmountSignals(FeatureStep):
             ((a >= lo) & (a < self.reporting_threshold)).cast(pl.Int8).alias("near_threshold"),
         )
         w = self.trailing_window
-        agg = as_of_aggregates(flow_history(frame, "out"), side_queries(frame, "src", ROW), [w], ["mean"])
-        out = attach(out, agg, QID)
+        # The sender's trailing mean is the rolling step's src_out_mean when the windows
+        # agree; the shared timeline computes it once for both.
+        tl = timeline(frame)
+        out = out.hstack(tl.columns("src", {f"mean_{w}": (tl.aggregate("out", "src", w, "mean"), pl.Float64)}))
         return out.with_columns((a / pl.col(f"mean_{w}")).alias("amount_vs_src_mean")).drop(f"mean_{w}")

@@ -25,31 +25,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
-from aml_pipeline.features.base import DST, ROW, SRC, FeatureStep, register
-from aml_pipeline.features.windows import (
-    CP,
-    FLOWS,
-    KEY,
-    QID,
-    SIDES,
-    T,
-    VALUE,
-    as_of_aggregates,
-    as_of_distinct,
-    as_of_interval_count,
-    attach,
-    both_side_queries,
-    split_sides,
-    duration_us,
-    flow_history,
-    side_queries,
-)
+from aml_pipeline.features.base import DST, SRC, FeatureStep, register
+from aml_pipeline.features.windows import FLOWS, SIDES, Index, Timeline, duration_in, duration_us, timeline
 
-def _pair(a: str, b: str) -> pl.Expr:
-    """One integer key for an ordered pair of account codes (codes are < 2**31)."""
-    return pl.col(a) * (1 << 32) + pl.col(b)
+
+def _pair_index(tl: Timeline) -> tuple[np.ndarray, np.ndarray, Index]:
+    """Events grouped by ordered pair (sender, receiver), in time order within a pair.
+
+    Returns the rows in that order, the sorted distinct pair labels ``src * n + dst`` and
+    an index over (pair, time), so "payments a -> b in [s, t)" is two binary searches.
+    """
+
+    def build() -> tuple[np.ndarray, np.ndarray, Index]:
+        rows = tl.pairs("out")
+        labels = tl.src[rows] * tl.n_accounts + tl.dst[rows]
+        new = np.r_[True, labels[1:] != labels[:-1]] if labels.size else np.zeros(0, dtype=bool)
+        return rows, labels[new], Index(tl.axis, int(new.sum()), np.cumsum(new) - 1, tl.t[rows])
+
+    return tl.memo(("pair_index",), build)
+
+
+def _lookup(labels: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which x are in the sorted ``labels``, their positions there) for unsorted ``x``.
+
+    Most 2-hop paths close no cycle, so a hashed bitmap of ``labels`` (~8 bits per label)
+    rules almost all of them out with one lookup each; only the candidates are binary
+    searched (random binary searches of millions of keys cost ~7x more).
+    """
+    bits = max(10, int(8 * max(labels.size, 1)).bit_length())
+    mult, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(64 - bits)
+    table = np.zeros(1 << bits, dtype=bool)
+    table[(labels.astype(np.uint64) * mult) >> shift] = True
+    candidates = np.flatnonzero(table[(x.astype(np.uint64) * mult) >> shift])
+    pos = np.minimum(np.searchsorted(labels, x[candidates]), max(labels.size - 1, 0))
+    hit = labels[pos] == x[candidates] if labels.size else np.zeros(candidates.size, dtype=bool)
+    return candidates[hit], pos[hit]
 
 
 @register
@@ -89,68 +102,130 @@ class CounterpartyGraph(FeatureStep):
     def history_window(self) -> str | None:
         return self.window
 
-    # -- pieces -------------------------------------------------------------------------
-    def _degrees(self, frame: pl.DataFrame, out: pl.DataFrame) -> pl.DataFrame:
-        w = self.window
-        queries = both_side_queries(frame, list(SIDES), ROW)
-        for flow in FLOWS:
-            d = as_of_distinct(flow_history(frame, flow, value=None), queries, [w])
-            for side, part in split_sides(d, list(SIDES), ROW).items():
-                out = attach(out, part, ROW, {f"distinct_{w}": f"{side}_{flow}_degree_{w}"})
-        return out
-
-    def _pass_through(self, frame: pl.DataFrame, out: pl.DataFrame) -> pl.DataFrame:
-        w = self.window
-        q = side_queries(frame, "src", ROW)
-        sent = as_of_aggregates(flow_history(frame, "out"), q, [w], ["sum"]).rename({f"sum_{w}": "_sent"})
-        got = as_of_aggregates(flow_history(frame, "in"), q, [w], ["sum"]).rename({f"sum_{w}": "_got"})
-        out = attach(attach(out, sent, QID), got, QID)
-        ratio = pl.when(pl.col("_got") > 0).then((pl.col("_sent") + pl.col("amount")) / pl.col("_got"))
-        return out.with_columns(ratio.alias(f"src_pass_through_{w}")).drop("_sent", "_got")
-
     def fit(self, frame: pl.DataFrame) -> "CounterpartyGraph":
+        if SRC in frame.columns and DST in frame.columns:
+            # A plan's frame: count distinct receivers per sender on the shared timeline
+            # (its pairs are grouped already), instead of grouping the account names.
+            tl = timeline(frame)
+            rows = tl.pairs("out")
+            src, dst = tl.src[rows], tl.dst[rows]
+            new_pair = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])] if rows.size else np.zeros(0, dtype=bool)
+            degree = np.bincount(src[new_pair], minlength=tl.n_accounts)
+            hubs = tl.frame.filter(pl.col(SRC).is_in(np.flatnonzero(degree > self.max_intermediary_degree).tolist()))
+            self.hubs_ = sorted(hubs["src_account"].unique().to_list())
+            return self
         degree = frame.group_by("src_account").agg(pl.col("dst_account").n_unique().alias("n"))
         self.hubs_ = sorted(degree.filter(pl.col("n") > self.max_intermediary_degree)["src_account"].to_list())
         return self
 
-    def _edges(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.select(pl.col(SRC).alias("a"), pl.col(DST).alias("b"), pl.col("event_time").alias("s"))
+    # -- pieces (numpy on the shared timeline; rows in the order each piece sorts them) ----
+    def _hubs(self, tl: Timeline) -> np.ndarray:
+        """Per account code: True for a hub (fitted by name; only senders can be intermediaries).
 
-    def _two_hop_paths(self, frame: pl.DataFrame, edges: pl.DataFrame) -> pl.DataFrame:
-        """Time-ordered 2-hop paths (a, x, b, s1, s2) within the window, hubs excluded."""
-        width = pl.duration(microseconds=duration_us(self.window))
-        hubs = frame.filter(pl.col("src_account").is_in(self.hubs_)).select(pl.col(SRC).alias("x")).unique()
-        first = edges.select(pl.col("a"), pl.col("b").alias("x"), pl.col("s").alias("s1")).join(hubs, on="x", how="anti")
-        second = edges.select(pl.col("a").alias("x"), pl.col("b"), pl.col("s").alias("s2")).join(hubs, on="x", how="anti")
-        paths = first.join(second, on="x", how="inner")
-        # Three distinct accounts: a == b is a 2-cycle (reciprocal_), and a self-payment
-        # (x == a or x == b, e.g. a cash deposit) is not a hop.
-        distinct = (pl.col("a") != pl.col("b")) & (pl.col("x") != pl.col("a")) & (pl.col("x") != pl.col("b"))
-        return paths.filter((pl.col("s1") < pl.col("s2")) & (pl.col("s2") - pl.col("s1") < width) & distinct)
+        Read from every event of the timeline, history included: the steps may see only
+        the scored ones.
+        """
+        is_hub = np.zeros(tl.n_accounts, dtype=bool)
+        is_hub[tl.frame.filter(pl.col("src_account").is_in(self.hubs_))[SRC].to_numpy()] = True
+        return is_hub
 
-    def _interval_counts(self, intervals: pl.DataFrame, queries: pl.DataFrame, name: str, out: pl.DataFrame) -> pl.DataFrame:
-        counts = as_of_interval_count(intervals, queries, name)
-        return attach(out, counts, QID)
+    def _reciprocal(self, tl: Timeline, width: int) -> np.ndarray:
+        """Per event a -> b at t: earlier payments b -> a in [t - window, t) (``pairs_in`` order)."""
+        _, labels, index = _pair_index(tl)
+        rows = tl.scored("pairs_in")  # by (receiver, sender, time): the reversed labels, ascending
+        back = tl.dst[rows] * tl.n_accounts + tl.src[rows]
+        g = np.minimum(np.searchsorted(labels, back), max(labels.size - 1, 0))
+        found = labels[g] == back if labels.size else np.zeros(rows.size, dtype=bool)
+        t = tl.t[rows]
+        at = index.key(g, t)
+        count = index.before(at) - index.before(index.shifted(at, g, t, -width))
+        return np.where(found, count, 0)
+
+    def _two_hop_paths(self, tl: Timeline, width: int, is_hub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Time-ordered 2-hop paths a -> x -> b within the window, hubs excluded.
+
+        Returned as (first hop, second hop) positions in the ``in`` and ``out`` views. For
+        each first hop a -> x at s1, the second hops are x's payments in (s1, s1 + window):
+        one contiguous slice of the ``out`` view, found by binary search and expanded, so
+        no join ever pairs hops that are too far apart.
+        """
+        vin, vout = tl.view("in"), tl.view("out")
+        x, a, s1 = vin.acc, vin.cp, vin.t
+        lo = np.searchsorted(vout.index.keys, vin.index.keys, "right")  # strictly after s1
+        hi = vout.index.before(vout.index.key(x, s1 + width))  # strictly before s1 + window
+        # a -> x must be a real hop (no self-payment) through a non-hub
+        count = np.where(~is_hub[x] & (a != x), np.maximum(hi - lo, 0), 0)
+        first = np.repeat(np.arange(tl.n), count)
+        second = np.arange(first.size) - np.repeat(np.cumsum(count) - count - lo, count)
+        # Three distinct accounts: a == b is a 2-cycle (reciprocal_), x == b a self-payment.
+        b = vout.cp[second]
+        keep = (b != vout.acc[second]) & (a[first] != b)
+        return first[keep], second[keep]
+
+    def _paths_into(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> dict[str, np.ndarray]:
+        """Per side: paths ending at the side's account visible at t (s2 < t <= s1 + window).
+
+        Count = (paths whose second hop is before t) - (paths with s1 + window before t),
+        for the account: the first is a running sum, in the ``in`` view, of the number of
+        paths each payment ends; the second needs one sort of the paths' ends.
+        """
+        vin, vout = tl.view("in"), tl.view("out")
+        ending = np.bincount(vout.order[second], minlength=tl.n)[vin.order]
+        started = np.concatenate([[0], np.cumsum(ending)])
+        ends = np.sort(vin.index.key(vout.cp[second], vin.t[first] + width))
+        return {side: started[tl.before("in", side)] - np.searchsorted(ends, tl.queries(side).keys, "left") for side in SIDES}
+
+    def _cycles(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> np.ndarray:
+        """Per event u -> v at t: paths v -> x -> u visible at t, this payment closing them
+        (``pairs_out`` order)."""
+        vin, vout = tl.view("in"), tl.view("out")
+        rows, labels, index = _pair_index(tl)
+        closes = vout.cp[second] * tl.n_accounts + vin.cp[first]  # (b, a): the payment b -> a closes it
+        found, g = _lookup(labels, closes)
+        first, second = first[found], second[found]
+        starts = np.sort(index.key(g, vout.t[second]))
+        ends = np.sort(index.key(g, vin.t[first] + width))
+        keys = index.keys if tl.query is None else index.keys[tl.query[rows]]
+        return np.searchsorted(starts, keys, "left") - np.searchsorted(ends, keys, "left")
 
     # -- transform ----------------------------------------------------------------------
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         w = self.window
-        width = pl.duration(microseconds=duration_us(w))
-        out = self._degrees(frame, frame)
-        out = self._pass_through(frame, out)
+        tl = timeline(frame)
+        width = duration_in(w, tl.unit)
+        key = (width, tuple(self.hubs_))
 
-        edges = self._edges(frame)
-        # 2-cycles: an earlier payment b -> a counts for a later a -> b within the window.
-        back = edges.select(_pair("b", "a").alias(KEY), pl.col("s").alias("_start"), (pl.col("s") + width).alias("_end"))
-        q_pair = frame.select(_pair(SRC, DST).alias(KEY), pl.col("event_time").alias(T), pl.col(ROW).alias(QID))
-        out = self._interval_counts(back, q_pair, f"reciprocal_{w}", out)
+        def paths() -> tuple[np.ndarray, np.ndarray]:
+            return tl.memo(("paths", *key), lambda: self._two_hop_paths(tl, width, self._hubs(tl)))
 
-        paths = self._two_hop_paths(frame, edges)
-        # A path is visible at t when s2 < t <= s1 + window.
-        visible = [pl.col("s2").alias("_start"), (pl.col("s1") + width).alias("_end")]
-        closing = paths.select(_pair("b", "a").alias(KEY), *visible)  # path v->x->u closes u->v
-        out = self._interval_counts(closing, q_pair, f"cycle3_{w}", out)
-        into = paths.select(pl.col("b").alias(KEY), *visible)
-        for side in ("dst", "src"):
-            out = self._interval_counts(into, side_queries(frame, side, ROW), f"{side}_2hop_in_{w}", out)
-        return out.select(*frame.columns, *self.output_columns())
+        def reciprocal() -> np.ndarray:
+            return tl.memo(("reciprocal", width), lambda: self._reciprocal(tl, width))
+
+        def cycles() -> np.ndarray:
+            return tl.memo(("cycles", *key), lambda: self._cycles(tl, *paths(), width))
+
+        def into() -> dict[str, np.ndarray]:
+            return tl.memo(("into", *key), lambda: self._paths_into(tl, *paths(), width))
+
+        # Independent pieces on all cores (cycles and into wait for the paths they share).
+        tl.prefetch([
+            lambda: [tl.distinct(f, s, w) for f in FLOWS for s in SIDES],
+            lambda: [tl.aggregate(f, "src", w, "sum") for f in FLOWS],
+            reciprocal,
+            cycles,
+            into,
+        ])
+        by_side = {
+            side: {f"{side}_{flow}_degree_{w}": (tl.distinct(flow, side, w), pl.Int64) for flow in FLOWS}
+            | {f"{side}_2hop_in_{w}": (into()[side], pl.Int64)}
+            for side in SIDES
+        }
+        # pass-through = (sent + this payment) / received, over the sender's window
+        by_side["src"] |= {"_sent": (tl.aggregate("out", "src", w, "sum"), pl.Float64), "_got": (tl.aggregate("in", "src", w, "sum"), pl.Float64)}
+        cols = {c.name: c for side, values in by_side.items() for c in tl.columns(side, values)}
+        cols |= {c.name: c for c in tl.columns("pairs_in", {f"reciprocal_{w}": (reciprocal(), pl.Int64)})}
+        cols |= {c.name: c for c in tl.columns("pairs_out", {f"cycle3_{w}": (cycles(), pl.Int64)})}
+        ratio = pl.when(pl.col("_got") > 0).then((pl.col("_sent") + pl.col("amount")) / pl.col("_got"))
+        name = f"src_pass_through_{w}"
+        cols[name] = frame.select(pl.col("amount"), cols["_sent"], cols["_got"]).select(ratio.alias(name)).to_series()
+        return frame.hstack([cols[c] for c in self.output_columns()])

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import ConfigError
 from aml_pipeline.features.base import DST, IS_QUERY, ROW, SRC, STEPS, FeatureStep, check_json, make_step
-from aml_pipeline.features.windows import duration_us
+from aml_pipeline.features.windows import duration_us, scored_events, shared_timelines
 
 # Import the step modules so their @register decorators fill STEPS.
 from aml_pipeline.features import amount_signals, balance, encoding, graph, rolling, time_signals  # noqa: F401,E402
@@ -122,15 +122,21 @@ class FeaturePlan:
         """Fit every step on the training window and return its features."""
         self.check(train)
         frame = self._prepare(train, None)
-        for name, step in self.steps:
-            frame = step.fit_transform(frame)
-            check_json(step.state(), f"features.steps.{name}")
+        with shared_timelines():  # the steps share one sorted timeline of the events
+            for name, step in self.steps:
+                frame = step.fit_transform(frame)
+                check_json(step.state(), f"features.steps.{name}")
         return self._finish(frame)
 
     def transform(self, events: pl.DataFrame, history: pl.DataFrame | None = None) -> pl.DataFrame:
         """Features of ``events``; ``history`` rows take part in aggregates but are not returned."""
         self.check(events)
         frame = self._prepare(events, history)
-        for _, step in self.steps:
-            frame = step.transform(frame)
+        with shared_timelines():  # the steps share one sorted timeline of the events
+            # History rows live on in the shared timeline, where every window sees them
+            # (the history-based steps read their windows there); the steps compute and
+            # carry columns for the events to be scored only.
+            frame = scored_events(frame) if any(s.uses_history for _, s in self.steps) else frame.filter(pl.col(IS_QUERY))
+            for _, step in self.steps:
+                frame = step.transform(frame)
         return self._finish(frame)

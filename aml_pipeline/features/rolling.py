@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from aml_pipeline.features.base import ROW, FeatureStep, register
-from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, as_of_aggregates, attach, both_side_queries, duration_us, flow_history, split_sides
+from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, duration_us, timeline
 
 
 @register
@@ -57,11 +57,34 @@ class RollingAggregates(FeatureStep):
         return max(self.windows, key=duration_us)
 
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
-        out = frame
-        queries = both_side_queries(frame, self.sides, ROW)
-        for flow in self.flows:
-            agg = as_of_aggregates(flow_history(frame, flow), queries, self.windows, self.aggs)
-            for side, part in split_sides(agg, self.sides, ROW).items():
-                rename = {f"{a}_{w}": f"{side}_{flow}_{a}_{w}" for w in self.windows for a in self.aggs}
-                out = attach(out, part, ROW, rename)
-        return out.select(*frame.columns, *self.output_columns())
+        # One sorted view per flow serves every side, window and aggregate (see windows.py).
+        tl = timeline(frame)
+        outputs = self.output_columns()
+        # The mean is sum / count, computed after the results are in row order: one
+        # division instead of one more random-access permutation per column.
+        base = [a for a in ("count", "sum", "max") if a in self.aggs or (a != "max" and "mean" in self.aggs)]
+        combos = [(side, flow) for side in self.sides for flow in self.flows]
+        # Each (side, flow) is independent: compute them on all cores, then read the memo.
+        tl.prefetch([lambda s=s, f=f: [tl.aggregate(f, s, w, a) for w in self.windows for a in base] for s, f in combos])
+
+        def name(side: str, flow: str, agg: str, w: str) -> str:
+            col = f"{side}_{flow}_{agg}_{w}"
+            return col if col in outputs else f"_{col}"  # a count or sum only the mean needs
+
+        cols = []
+        for side in self.sides:
+            cols += tl.columns(side, {
+                name(side, flow, agg, w): (tl.aggregate(flow, side, w, agg), pl.Int64 if agg == "count" else pl.Float64)
+                for flow in self.flows
+                for w in self.windows
+                for agg in base
+            })
+        out = frame.hstack(cols)
+        if "mean" in self.aggs:
+            means = []
+            for side, flow in combos:
+                for w in self.windows:
+                    n, s = pl.col(name(side, flow, "count", w)), pl.col(name(side, flow, "sum", w))
+                    means.append(pl.when(n > 0).then(s / n).alias(f"{side}_{flow}_mean_{w}"))
+            out = out.with_columns(means)
+        return out.select(*frame.columns, *outputs)

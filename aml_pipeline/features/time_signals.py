@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
-from aml_pipeline.features.base import ROW, FeatureStep, register
-from aml_pipeline.features.windows import QID, any_history, as_of_previous_time, attach, side_queries
+from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.windows import timeline, to_microseconds
 
 
 @register
@@ -36,14 +37,15 @@ class TimeSignals(FeatureStep):
         return None  # unbounded: the previous event may be arbitrarily old
 
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
-        history = any_history(frame)
+        tl = timeline(frame)
         out = frame.with_columns(
             pl.col("event_time").dt.hour().cast(pl.Int8).alias("hour"),
             pl.col("event_time").dt.weekday().cast(pl.Int8).alias("weekday"),
         )
+        cols = []
         for side in ("src", "dst"):
-            prev = as_of_previous_time(history, side_queries(frame, side, ROW))
-            out = attach(out, prev, QID).with_columns(
-                ((pl.col("event_time") - pl.col("_prev")).dt.total_microseconds() / 1e6).alias(f"{side}_secs_since_prev")
-            ).drop("_prev")
-        return out
+            prev, found = tl.previous_time(side)
+            # (event_time - previous).dt.total_microseconds() / 1e6, as floats
+            secs = to_microseconds(tl.queries(side).t - prev, tl.unit) / 1e6
+            cols += tl.columns(side, {f"{side}_secs_since_prev": (np.where(found, secs, np.nan), pl.Float64)})
+        return out.hstack(cols)
