@@ -24,6 +24,7 @@ class Task(str, Enum):
     score = "score"  # score a file with a bundle
     all = "all"  # data -> features -> train -> evaluate
     sweep_summary = "sweep_summary"  # rank the jobs of a multirun by PR-AUC
+    serve = "serve"  # online scoring service (FastAPI) over the online feature store
 
 
 class FileFormat(str, Enum):
@@ -244,6 +245,90 @@ class ScoringConfig:
     top_k: int = 5
 
 
+# ----------------------------------------------------------------------------- deploy
+class StoreBackend(str, Enum):
+    memory = "memory"  # embedded in the service process (state lives as long as the process)
+    redis = "redis"  # a Redis server (state survives service restarts; shared with other scorers)
+
+
+class OnlineEngine(str, Enum):
+    online = "online"  # per-event engine over the store's histories (same values as polars)
+    polars = "polars"  # FeaturePlan.transform(event, history) per request (the offline code; slow)
+
+
+@dataclass
+class StoreConfig:
+    """The online feature store: each account's recent events, shared by online scorers."""
+
+    backend: StoreBackend = StoreBackend.memory
+    #: Redis backend: server URL, and the prefix of every key the store writes.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "aml:"
+    #: How long a scored event id is remembered for idempotent replays (a duration).
+    dedup_ttl: str = "30d"
+
+
+@dataclass
+class DeployConfig:
+    """``task=serve``: the online scoring service (``conf/deploy/service.yaml``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: API key required in the X-API-Key header; null = take it from env AML_API_KEY.
+    api_key: Optional[str] = None
+    #: Requests with a larger body are refused with 413.
+    max_body_bytes: int = 262_144
+    #: Most transactions one POST /score/batch may carry.
+    max_batch: int = 500
+    #: online: per-event engine (~0.3 ms); polars: FeaturePlan.transform per request (~45 ms).
+    feature_engine: OnlineEngine = OnlineEngine.online
+    #: Which decisions get their top contributing features (per-row SHAP costs ~3 ms).
+    explain: Explain = Explain.alerts
+    top_k: int = 5
+    #: JSON lines, one per decision (features, score, threshold, model version).
+    decision_log: str = "${paths.data_dir}/decisions/decisions.jsonl"
+    #: Warm the store before serving: validated parquet, events strictly before warm_until.
+    warm_from: Optional[str] = None
+    warm_until: Optional[str] = None
+    #: Warm the store and exit without serving (Redis backend: warm once, serve many times).
+    warm_only: bool = False
+    #: Re-score logged decisions and exit: an event id, "alerts" or "all".
+    replay: Optional[str] = None
+    log_level: str = "warning"
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+# ----------------------------------------------------------------------------- engine
+class EngineName(str, Enum):
+    polars = "polars"  # in-process polars (the reference engine)
+    spark = "spark"  # the same rules and feature plan compiled to Spark (aml_pipeline/spark, docs/spark.md)
+
+
+@dataclass
+class EngineConfig:
+    """Which engine runs the validation split (task=data) and the feature plan (task=features).
+
+    Every other key applies to ``name: spark`` only and is ignored by polars.
+    """
+
+    name: EngineName = EngineName.polars
+    #: Spark master URL: local[*], local[2], spark://host:7077, yarn, k8s://https://host:6443.
+    master: str = "local[*]"
+    app_name: str = "aml_pipeline"
+    #: spark.driver.memory (takes effect only when this process starts the JVM).
+    driver_memory: str = "2g"
+    #: spark.executor.memory (cluster masters; local mode runs inside the driver).
+    executor_memory: str = "2g"
+    #: spark.sql.shuffle.partitions.
+    shuffle_partitions: int = 8
+    #: Any further Spark conf, passed through as is (e.g. {spark.executor.instances: 4}).
+    conf: dict[str, Any] = field(default_factory=dict)
+    #: sparkContext.setCheckpointDir; null = <paths.data_dir>/_spark/checkpoints on a
+    #: cluster master (local masters need none). On a cluster it must be a shared path
+    #: (hdfs://, s3a://, ...).
+    checkpoint_dir: Optional[str] = None
+
+
 # ----------------------------------------------------------------------------- root
 @dataclass
 class AppConfig:
@@ -261,6 +346,8 @@ class AppConfig:
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     #: task=score: the bundle (folder path, runs:/<id>/bundle or models:/<name>@<alias>)
     #: and the input file (parquet in the canonical schema, or the configured source).
     bundle: Optional[str] = None
@@ -290,3 +377,5 @@ def register_configs() -> None:
     cs.store(group="split", name="base_split", node=SplitConfig)
     cs.store(group="thresholds", name="base_thresholds", node=ThresholdsConfig)
     cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
+    cs.store(group="engine", name="base_engine", node=EngineConfig)
+    cs.store(group="deploy", name="base_deploy", node=DeployConfig)

@@ -108,6 +108,13 @@ def print_summary(s: dict) -> None:
 
 
 def run(cfg: DictConfig) -> dict:
+    from aml_pipeline.spark.session import engine_name
+
+    if engine_name(cfg) == "spark":
+        # engine=spark: the same rules compiled to Spark write the same files (aml_pipeline/spark/tasks.py).
+        from aml_pipeline.spark.tasks import run_data
+
+        return run_data(cfg)
     ing = ingest(cfg)
     outputs = write_layers(ing.result, Path(cfg.paths.data_dir))
     s = summarise(ing, outputs)

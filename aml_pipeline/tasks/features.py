@@ -35,17 +35,26 @@ def build_features(events: pl.DataFrame, plan: FeaturePlan, split_cfg: DictConfi
 
 
 def run(cfg: DictConfig) -> dict:
+    from aml_pipeline.spark.session import engine_name
+
     layout = Layout.of(cfg)
     start = time.perf_counter()
-    events = pl.read_parquet(need(layout.validated, "data"))
     plan = FeaturePlan.from_config(cfg.features.steps)
-    features, bounds = build_features(events, plan, cfg.split)
-    layout.features.parent.mkdir(parents=True, exist_ok=True)
-    features.write_parquet(layout.features)
+    if engine_name(cfg) == "spark":
+        # engine=spark: the same plan compiled to Spark writes the same file (aml_pipeline/spark/tasks.py).
+        from aml_pipeline.spark.tasks import run_features
+
+        bounds, n_events = run_features(cfg, plan, layout)
+    else:
+        events = pl.read_parquet(need(layout.validated, "data"))
+        features, bounds = build_features(events, plan, cfg.split)
+        layout.features.parent.mkdir(parents=True, exist_ok=True)
+        features.write_parquet(layout.features)
+        n_events = events.height
     layout.plan.write_text(json.dumps(plan.to_dict(), indent=1, sort_keys=True) + "\n")
     secs = time.perf_counter() - start
     bounds["seconds"] = round(secs, 3)
-    bounds["events_per_second"] = round(events.height / secs) if secs else None
+    bounds["events_per_second"] = round(n_events / secs) if secs else None
     bounds["feature_columns"] = len(plan.feature_columns())
     layout.split.write_text(json.dumps(bounds, indent=2) + "\n")
     table("features", [

@@ -1,0 +1,187 @@
+"""``task=serve``: check everything, then serve on uvicorn.
+
+Start-up, in order; any failure before serving is one line and exit code 2:
+
+1. the API key (``deploy.api_key`` or env ``AML_API_KEY``): the service never runs open;
+2. the bundle, through :func:`aml_pipeline.registry.resolve_bundle`, which loads it only if
+   every file matches the manifest and the manifest matches the hash the registry recorded;
+3. the plan's needs from the store (window, 1-hop expansion) and the feature engine;
+4. the store (Redis must answer) and the warm-up file; the port must be free;
+5. ``deploy.replay`` / ``deploy.warm_only`` run and exit here;
+6. uvicorn starts; ``/health`` answers 503 while the store is warmed in the background,
+   then 200. A failure while warming is printed as one line and stops the server (exit 2).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aml_pipeline.errors import UserError
+from aml_pipeline.progress import table
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def api_key(cfg: DictConfig) -> str:
+    key = cfg.deploy.api_key or os.environ.get("AML_API_KEY")
+    if not key:
+        raise UserError("no API key: set the environment variable AML_API_KEY (or deploy.api_key); "
+                        "the service does not run without one")
+    if len(str(key)) < 8:
+        raise UserError("the API key is shorter than 8 characters; use a long random key")
+    return str(key)
+
+
+def _check_port(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"deploy.host/port {host}:{port}: cannot listen there ({exc.strerror})") from None
+
+
+def request_columns(bundle) -> list[str]:
+    from aml_pipeline.serving.schemas import NOT_IN_REQUESTS
+    from aml_pipeline.schema import CANONICAL_FIELDS, EXTRA_FIELDS
+
+    return [f.name for f in CANONICAL_FIELDS + EXTRA_FIELDS if f.name not in NOT_IN_REQUESTS]
+
+
+def build(cfg: DictConfig):
+    """Everything but the HTTP server: (bundle, store, needs, engine). Raises UserError."""
+    from aml_pipeline.registry import resolve_bundle
+    from aml_pipeline.serving.scorer import make_engine, single_threaded
+    from aml_pipeline.store import open_store
+    from aml_pipeline.store.engine import plan_needs
+
+    bundle = resolve_bundle(cfg.bundle, cfg)
+    single_threaded(bundle)
+    needs = plan_needs(bundle.plan)
+    engine = make_engine(str(_value(cfg.deploy.feature_engine)), bundle, needs, request_columns(bundle))
+    store = open_store(cfg.deploy.store, needs.layout())
+    return bundle, store, needs, engine
+
+
+def _warm(cfg: DictConfig, store) -> tuple[int, float]:
+    from aml_pipeline.store import parse_time, warm_from_parquet
+
+    if not cfg.deploy.warm_from:
+        return 0, 0.0
+    until = parse_time(cfg.deploy.warm_until, "deploy.warm_until") if cfg.deploy.warm_until else None
+    start = time.perf_counter()
+    n = warm_from_parquet(store, cfg.deploy.warm_from, until)
+    return n, time.perf_counter() - start
+
+
+def _replay(cfg: DictConfig, bundle) -> dict:
+    from aml_pipeline.serving.replay import replay
+
+    results = replay(bundle, cfg.deploy.decision_log, cfg.deploy.replay)
+    for r in results:
+        mark = "same" if r["same"] else "DIFFERS"
+        print(f"{r['event_id']}: logged {r['logged_score']!r} rescored {r['score']!r} threshold {r['threshold']!r} "
+              f"alert {r['alert']} -> {mark}" + (f" ({r['note']})" if r.get("note") else ""))
+    bad = [r for r in results if not r["same"]]
+    if bad:
+        raise UserError(f"replay: {len(bad)} of {len(results)} decisions do not re-score to the logged value "
+                        f"(first: {bad[0]['event_id']})")
+    print(f"replay: {len(results)} decision(s) re-scored to the logged score and threshold")
+    return {"replayed": len(results)}
+
+
+def serve(cfg: DictConfig) -> dict:
+    d = cfg.deploy
+    if d.replay:
+        from aml_pipeline.registry import resolve_bundle
+
+        return _replay(cfg, resolve_bundle(cfg.bundle, cfg))
+    key = None if d.warm_only else api_key(cfg)
+    if d.warm_from and not os.path.isfile(d.warm_from):
+        raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
+    if d.warm_until:
+        from aml_pipeline.store import parse_time
+
+        parse_time(d.warm_until, "deploy.warm_until")
+    if not d.warm_only:
+        _check_port(d.host, int(d.port))
+    bundle, store, needs, engine = build(cfg)
+
+    if d.warm_only:
+        n, secs = _warm(cfg, store)
+        table("warm", [("store", str(store.stats())), ("events added", f"{n:,}"), ("took", f"{secs:.1f}s")])
+        return {"warmed": n}
+
+    import uvicorn
+
+    from aml_pipeline.serving.app import ServiceState, create_app
+    from aml_pipeline.serving.metrics import Metrics
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer
+
+    state = ServiceState(key, d.max_body_bytes, Metrics())
+    currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
+    app = create_app(state, currencies, bundle.plan.required_columns(), int(d.max_batch))
+    http = "httptools" if _has("httptools") else "h11"
+    loop = "uvloop" if _has("uvloop") else "asyncio"
+    config = uvicorn.Config(app, host=d.host, port=int(d.port), log_level=str(d.log_level).lower(), access_log=False,
+                            http=http, loop=loop, lifespan="off", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    failure: list[str] = []
+
+    def prepare() -> None:
+        try:
+            state.detail = "warming the store"
+            n, secs = _warm(cfg, store)
+            scorer = Scorer(bundle, store, needs, engine, DecisionLog(d.decision_log), explain=str(_value(d.explain)),
+                            top_k=int(d.top_k))
+            scorer.warm_up()
+            gc.collect()
+            gc.freeze()  # the warmed store is long-lived: keep full collections from walking it
+            state.set_ready(scorer)
+            print(f"serving {scorer.trace['model_name']} version {scorer.trace['model_version']} "
+                  f"(sha256 {bundle.bundle_hash[:12]}) on http://{d.host}:{d.port} "
+                  f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s, engine {engine.name}]",
+                  file=sys.stderr, flush=True)
+        except UserError as exc:
+            failure.append(str(exc))
+        except Exception as exc:  # a bug: keep the traceback in the log, stop serving
+            import traceback
+
+            traceback.print_exc()
+            failure.append(f"start-up failed: {exc!r}")
+        if failure:
+            state.set_failed(failure[0])
+            server.should_exit = True
+
+    threading.Thread(target=prepare, name="aml-warm", daemon=True).start()
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
+    # handlers it found; no-op ones let us close the decision log and the store, exit 0.
+    stopped: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
+    server.run()
+    if stopped:
+        print(f"stopped ({signal.Signals(stopped[-1]).name})", file=sys.stderr, flush=True)
+    if failure:
+        raise UserError(failure[0])
+    if state.scorer is not None:
+        state.scorer.log.close()
+    store.close()
+    return {"served": True}
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

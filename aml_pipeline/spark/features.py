@@ -1,0 +1,652 @@
+"""The feature plan compiled to Spark: one compilation per step kind, driven by the FeaturePlan.
+
+The :class:`~aml_pipeline.features.plan.FeaturePlan` (built from ``conf/features/*.yaml``
+or loaded from a bundle's ``plan.json``) stays the one definition of the steps, their
+parameters and their fitted state. This module maps each step *kind* to a Spark
+compilation (:data:`SPARK_STEPS`): a ``transform`` that adds the step's columns to a Spark
+DataFrame from the step's parameters and fitted state, and, for steps with state, a ``fit``
+that learns the *same* state (same JSON) from the training rows, in Spark. A plan with a
+step kind that has no Spark compilation is refused before any work, naming the step.
+
+Every history feature follows the same-instant rule exactly as the polars engine does
+(windows ``[t - w, t)`` over microsecond event times, see :mod:`.windows`), and values are
+bit-identical to polars': sums are exact fixed-point sums, divisions and products happen in
+the same order on the same doubles, ``log1p`` is computed by the same C library function
+(through an Arrow UDF: the JVM's fdlibm differs from it in the last bit for ~0.02% of
+amounts). ``tests/test_spark_parity.py`` proves it column by column.
+
+Offline (``task=features``) the training rows and the later rows are transformed in one
+pass over all events, which gives the polars engine's values because a row only ever sees
+strictly earlier events and the windows are cut by time: the training rows' history is the
+training window, the later rows' history is everything before them. Only the target
+encoding differs between the two (time-respecting on training rows, frozen after), and its
+compilation takes the training flag into account.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import polars as pl
+import pyarrow as pa
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType
+
+from aml_pipeline.errors import ConfigError
+from aml_pipeline.features.balance import BALANCES
+from aml_pipeline.features.base import FeatureStep
+from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
+from aml_pipeline.spark.windows import T, ieee_divide, interval_changes, kth_smallest, micros, run_pass
+
+IQ = "_is_query"  # True for events to return, False for history-only rows
+DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+
+SPARK_TYPES: dict[type, str] = {
+    pl.Int8: "tinyint",
+    pl.Int16: "smallint",
+    pl.Int32: "int",
+    pl.Int64: "bigint",
+    pl.Float64: "double",
+    pl.Float32: "float",
+    pl.String: "string",
+    pl.Boolean: "boolean",
+}
+
+
+def spark_type(dtype: pl.DataType) -> str:
+    for cls, name in SPARK_TYPES.items():
+        if dtype == cls:
+            return name
+    raise TypeError(f"no Spark type for polars dtype {dtype}")
+
+
+# ----------------------------------------------------------------------------- context
+@dataclass
+class Context:
+    """What a compilation may use besides the frame it transforms.
+
+    ``events``: every event of the run (history-only rows included): accounts, amount and
+    ``_t``; the source of every history view. ``input``: the same rows with all their input
+    columns, before any step. ``train``: a boolean column marking the
+    training window (fit_transform semantics), or None when only applying fitted state.
+    ``persisted``: cached DataFrames to release once the result is written.
+    """
+
+    spark: SparkSession
+    events: DataFrame
+    input: DataFrame
+    train: Column | None = None
+    persisted: list[DataFrame] = field(default_factory=list)
+
+    def persist(self, frame: DataFrame) -> DataFrame:
+        frame = frame.persist()
+        self.persisted.append(frame)
+        return frame
+
+    def release(self) -> None:
+        for frame in self.persisted:
+            frame.unpersist()
+        self.persisted.clear()
+
+
+@dataclass
+class Compiled:
+    """The Spark compilation of one step kind."""
+
+    transform: Callable[[FeatureStep, DataFrame, Context], DataFrame]
+    #: Learns the step's fitted state from the training rows (None: stateless).
+    fit: Callable[[FeatureStep, DataFrame, Context], dict[str, Any]] | None = None
+
+
+SPARK_STEPS: dict[str, Compiled] = {}
+
+
+def compiles(kind: str, fit: Callable | None = None):
+    """Decorator: register the Spark ``transform`` of step ``kind`` (and its ``fit``)."""
+
+    def deco(fn):
+        SPARK_STEPS[kind] = Compiled(fn, fit)
+        return fn
+
+    return deco
+
+
+def _width(step_name: str, window: str) -> int:
+    """A window in microseconds; calendar lengths (months, years) have no fixed width."""
+    if any(unit in window for unit in ("mo", "y", "q")):
+        raise ConfigError(f"features.steps.{step_name}: window {window!r} is a calendar length; "
+                          f"the Spark engine supports fixed durations (us, ms, s, m, h, d, w)")
+    return duration_us(window)
+
+
+def _account(side: str) -> Column:
+    return F.col("src_account" if side == "src" else "dst_account")
+
+
+def _view(events: DataFrame, flow: str, key: str = "_k0", extra: dict[str, Column] | None = None) -> DataFrame:
+    """Events seen from one account: ``out`` keyed by sender, ``in`` keyed by receiver."""
+    account = "src_account" if flow == "out" else "dst_account"
+    return events.select(F.col(account).alias(key), F.col(T), *[c.alias(n) for n, c in (extra or {}).items()])
+
+
+def _finish(step: FeatureStep, frame: DataFrame, out: DataFrame) -> DataFrame:
+    """The frame's columns, then the step's columns with their declared types, in order."""
+    outputs = step.output_columns()
+    return out.select(*[F.col(f"`{c}`") for c in frame.columns],
+                      *[F.col(c).cast(spark_type(d)).alias(c) for c, d in outputs.items()])
+
+
+# ----------------------------------------------------------------------------- time
+@F.arrow_udf(DoubleType())
+def _log1p(values: pa.Array) -> pa.Array:
+    """log(1 + x) by the C library, as polars computes it (the JVM's fdlibm differs by an ulp)."""
+    import pyarrow.compute as pc
+
+    return pc.log1p(values)
+
+
+@compiles("time")
+def time_signals(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    t = F.col(T)
+    days = F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}")
+    out = frame.withColumns({
+        "hour": F.expr(f"pmod({T}, {DAY_US}) div {HOUR_US}"),
+        "weekday": F.pmod(days + 3, 7) + 1,  # 1970-01-01 was a Thursday (4)
+    })
+    for side, own_flow, other_flow in (("src", "out", "in"), ("dst", "in", "out")):
+        # Any activity of the account: the rows where it is on this side, plus the
+        # events where it is on the other side.
+        out = run_pass(
+            out, [_account(side)], own={"_h": t}, others=[_view(ctx.events, other_flow, extra={"_h": t})],
+            types={"_h": "bigint"},
+            build=lambda p: {"_prev": p.latest("_h")},
+        )
+        out = out.withColumn(f"{side}_secs_since_prev", (t - F.col("_prev")).cast("double") / F.lit(1e6)).drop("_prev")
+    return _finish(step, frame, out)
+
+
+# ----------------------------------------------------------------------------- amount
+@compiles("amount")
+def amount_signals(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    a = F.col("amount")
+    cents = F.bround(a * F.lit(100.0), 0).cast("long")  # polars rounds half to even
+    lo = step.reporting_threshold * (1 - step.band)
+    out = frame.withColumns({
+        "log_amount": _log1p(a),
+        "round_100": (F.pmod(cents, F.lit(10_000)) == 0),
+        "round_1000": (F.pmod(cents, F.lit(100_000)) == 0),
+        "whole_amount": (F.pmod(cents, F.lit(100)) == 0),
+        "near_threshold": (a >= F.lit(lo)) & (a < F.lit(float(step.reporting_threshold))),
+    })
+    width = _width("amount", step.trailing_window)
+
+    def build(p):
+        n = p.count("_v", width)
+        s = (p.fixed_sum("_fv", width))
+        return {"_mean": F.when(n > 0, s / n.cast("double"))}
+
+    out = run_pass(out, [F.col("src_account")], own={"_v": a}, others=[], types={"_v": "double"},
+                   fixed={"_v": "_fv"}, build=build)
+    out = out.withColumn("amount_vs_src_mean", ieee_divide(a, F.col("_mean"))).drop("_mean")
+    return _finish(step, frame, out)
+
+
+# ----------------------------------------------------------------------------- balance
+@compiles("balance")
+def balance(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    a, sb, sa, db, da = (F.col(c) for c in ["amount", *BALANCES])
+    out = frame.withColumns({
+        "src_balance_error": sb - a - sa,
+        "dst_balance_error": db + a - da,
+        "src_emptied": (sa == 0) & (sb > 0),
+        "dst_was_empty": db == 0,
+        "amount_to_src_balance": F.when(sb > 0, a / sb),
+    })
+    return _finish(step, frame, out)
+
+
+# ----------------------------------------------------------------------------- rolling
+def _aggregates(p, value: str, fixed: str, width: int, aggs: list[str], prefix: str) -> dict[str, Column]:
+    n = p.count(value, width)
+    s = (p.fixed_sum(fixed, width))
+    cols: dict[str, Column] = {}
+    for agg in aggs:
+        if agg == "count":
+            cols[prefix.format(agg=agg)] = n
+        elif agg == "sum":
+            cols[prefix.format(agg=agg)] = s
+        elif agg == "mean":
+            cols[prefix.format(agg=agg)] = F.when(n > 0, s / n.cast("double"))
+        else:
+            cols[prefix.format(agg=agg)] = p.max(value, width)
+    return cols
+
+
+@compiles("rolling")
+def rolling(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    widths = {w: _width("rolling", w) for w in step.windows}
+    out = frame
+    for side in step.sides:
+        # One pass per side: the flow where the account is on this side rides on the
+        # frame's own rows, the other flow comes from the events keyed the other way.
+        own_flow = "out" if side == "src" else "in"
+        own, others, types, fixed = {}, [], {}, {}
+        for flow in step.flows:
+            types[f"_v_{flow}"] = "double"
+            fixed[f"_v_{flow}"] = f"_f_{flow}"
+            if flow == own_flow:
+                own[f"_v_{flow}"] = F.col("amount")
+            else:
+                others.append(_view(ctx.events, flow, extra={f"_v_{flow}": F.col("amount")}))
+
+        def build(p, side=side):
+            cols: dict[str, Column] = {}
+            for flow in step.flows:
+                for w, width in widths.items():
+                    cols.update(_aggregates(p, f"_v_{flow}", f"_f_{flow}", width, step.aggs, f"{side}_{flow}_{{agg}}_{w}"))
+            return cols
+
+        out = run_pass(out, [_account(side)], own=own, others=others, types=types, fixed=fixed, build=build)
+    return _finish(step, frame, out)
+
+
+# ----------------------------------------------------------------------------- graph
+def _fit_graph(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
+    degree = train.groupBy("src_account").agg(F.countDistinct("dst_account").alias("n"))
+    hubs = [r[0] for r in degree.filter(F.col("n") > step.max_intermediary_degree).select("src_account").collect()]
+    return {"hubs_": sorted(hubs)}
+
+
+def _distinct_changes(events: DataFrame, flow: str, width: int, delta: str) -> DataFrame:
+    """Degree intervals: a contact (key, cp, s) is the latest with cp for t in (s, min(next, s + w)]."""
+    cp = "dst_account" if flow == "out" else "src_account"
+    contacts = _view(events, flow, extra={"_cp": F.col(cp)}).distinct()
+    nxt = F.lead(T).over(Window.partitionBy("_k0", "_cp").orderBy(T))
+    iv = contacts.select("_k0", F.col(T).alias("_s"), F.least(nxt, F.col(T) + F.lit(width)).alias("_e"))
+    return interval_changes(iv, "_s", "_e", delta, ["_k0"])
+
+
+def _two_hop_paths(step, events: DataFrame, width: int, ctx: Context) -> DataFrame:
+    """Time-ordered 2-hop paths a -> x -> b (three distinct accounts, s1 < s2 < s1 + w), hubs excluded.
+
+    The join is on x and a time bucket (s // w): a path's second hop falls in the first
+    hop's bucket or the next, so each first hop is offered to those two buckets only.
+    """
+    edges = events.select(F.col("src_account").alias("a"), F.col("dst_account").alias("b"), F.col(T).alias("s"))
+    first = edges.select("a", F.col("b").alias("x"), F.col("s").alias("s1"))
+    second = edges.select(F.col("a").alias("x"), "b", F.col("s").alias("s2"))
+    hubs = list(getattr(step, "hubs_", []) or [])
+    if hubs:
+        hub_frame = F.broadcast(ctx.spark.createDataFrame([(h,) for h in hubs], "x string"))
+        first = first.join(hub_frame, on="x", how="left_anti")
+        second = second.join(hub_frame, on="x", how="left_anti")
+    bucket = F.expr(f"(s1 - pmod(s1, {width})) div {width}")
+    first = first.withColumn("_b", F.explode(F.array(bucket, bucket + 1)))
+    second = second.withColumn("_b", F.expr(f"(s2 - pmod(s2, {width})) div {width}"))
+    paths = first.join(second, on=["x", "_b"], how="inner")
+    distinct = (F.col("a") != F.col("b")) & (F.col("x") != F.col("a")) & (F.col("x") != F.col("b"))
+    return paths.filter((F.col("s1") < F.col("s2")) & (F.col("s2") - F.col("s1") < F.lit(width)) & distinct) \
+        .select("a", "x", "b", "s1", "s2")
+
+
+@compiles("graph", fit=_fit_graph)
+def graph(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    w = step.window
+    width = _width("graph", w)
+    ev = ctx.events
+    deg = {flow: ctx.persist(_distinct_changes(ev, flow, width, f"_d_deg_{flow}")) for flow in FLOWS}
+
+    paths = _two_hop_paths(step, ev, width, ctx)
+    # A path is visible at t when s2 < t <= s1 + window.
+    visible = ctx.persist(paths.select("a", "b", F.col("s2").alias("_s"), (F.col("s1") + F.lit(width)).alias("_e")))
+    hops = interval_changes(visible.select(F.col("b").alias("_k0"), "_s", "_e"), "_s", "_e", "_d_hop", ["_k0"])
+
+    out = frame
+    for side in SIDES:
+        tracks = {f"_d_deg_{flow}": "bigint" for flow in FLOWS} | {"_d_hop": "bigint"}
+        others = [deg["out"], deg["in"], hops]
+        own: dict[str, Column] = {}
+        fixed: dict[str, str] = {}
+        if side == "src":
+            # Pass-through: money the sender sent (its own rows) and received (keyed by receiver).
+            tracks |= {"_v_out": "double", "_v_in": "double"}
+            own["_v_out"] = F.col("amount")
+            others.append(_view(ev, "in", extra={"_v_in": F.col("amount")}))
+            fixed = {"_v_out": "_f_out", "_v_in": "_f_in"}
+
+        def build(p, side=side):
+            cols = {f"{side}_{flow}_degree_{w}": p.running(f"_d_deg_{flow}") for flow in FLOWS}
+            cols[f"{side}_2hop_in_{w}"] = p.running("_d_hop")
+            if side == "src":
+                cols["_sent"] = (p.fixed_sum("_f_out", width))
+                cols["_got"] = (p.fixed_sum("_f_in", width))
+            return cols
+
+        out = run_pass(out, [_account(side)], own=own, others=others, types=tracks, fixed=fixed, build=build)
+    ratio = F.when(F.col("_got") > 0, (F.col("_sent") + F.col("amount")) / F.col("_got"))
+    out = out.withColumn(f"src_pass_through_{w}", ratio).drop("_sent", "_got")
+
+    # Pair passes, keyed (sender, receiver): an earlier payment b -> a within the window
+    # (2-cycle), and an earlier path b -> x -> a (this payment a -> b closes a 3-cycle).
+    back = ev.select(F.col("dst_account").alias("_k0"), F.col("src_account").alias("_k1"),
+                     F.col(T).alias("_s"), (F.col(T) + F.lit(width)).alias("_e"))
+    closing = visible.select(F.col("b").alias("_k0"), F.col("a").alias("_k1"), "_s", "_e")
+    out = run_pass(
+        out, [F.col("src_account"), F.col("dst_account")], own={},
+        others=[interval_changes(back, "_s", "_e", "_d_rec", ["_k0", "_k1"]),
+                interval_changes(closing, "_s", "_e", "_d_cyc", ["_k0", "_k1"])],
+        types={"_d_rec": "bigint", "_d_cyc": "bigint"},
+        build=lambda p: {f"reciprocal_{w}": p.running("_d_rec"), f"cycle3_{w}": p.running("_d_cyc")},
+    )
+    return _finish(step, frame, out)
+
+
+# ----------------------------------------------------------------------------- encodings
+#: Up to this many entries a fitted map becomes a literal map expression; larger maps
+#: (account ids) are broadcast and joined.
+LITERAL_MAP_MAX = 512
+
+
+def _lookup(frame: DataFrame, ctx: Context, column: str, mapping: dict, value_type: str, default: Any, name: str) -> DataFrame:
+    """``name`` = mapping[column], or ``default`` for a value not in the map (and for null)."""
+    col = F.col(f"`{column}`")
+    if len(mapping) <= LITERAL_MAP_MAX:
+        if not mapping:
+            return frame.withColumn(name, F.lit(default).cast(value_type))
+        literal = F.create_map(*[x for k, v in mapping.items() for x in (F.lit(k), F.lit(v).cast(value_type))])
+        return frame.withColumn(name, F.coalesce(F.try_element_at(literal, col), F.lit(default).cast(value_type)))
+    key_type = dict(frame.dtypes)[column]
+    table = ctx.spark.createDataFrame(list(mapping.items()), f"_key {key_type}, _value {value_type}")
+    joined = frame.join(F.broadcast(table), col == F.col("_key"), "left")
+    return joined.withColumn(name, F.coalesce(F.col("_value"), F.lit(default).cast(value_type))).drop("_key", "_value")
+
+
+def _fit_category_codes(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
+    row = train.agg(*[F.collect_set(F.col(f"`{c}`")).alias(c) for c in step.columns]).first()  # nulls are skipped
+    return {"vocab_": {c: sorted(row[c]) for c in step.columns}}
+
+
+@compiles("category_codes", fit=_fit_category_codes)
+def category_codes(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    out = frame
+    for c in step.columns:
+        out = _lookup(out, ctx, c, {v: i for i, v in enumerate(step.vocab_[c])}, "int", -1, f"code_{c}")
+    return _finish(step, frame, out)
+
+
+def quantile_linear(values: DataFrame, column: str, n: int, qs: list[float]) -> list[float]:
+    """polars' ``quantile(q, interpolation="linear")`` of a column with ``n`` non-null values.
+
+    The two neighbouring order statistics come from Spark; the interpolation is polars'
+    own arithmetic: ``idx = (n - 1) * q``, ``(idx - floor) * (upper - lower) + lower``.
+    """
+    positions = {}
+    for q in qs:
+        float_idx = (n - 1.0) * q
+        lo = int(float_idx)
+        positions[q] = (float_idx, lo, min(-int(-float_idx // 1), n - 1))
+    ranks = sorted({r for _, lo, hi in positions.values() for r in (lo, hi)})
+    found = kth_smallest(values, column, ranks)
+    result = []
+    for q in qs:
+        float_idx, lo, hi = positions[q]
+        lower, upper = float(found[lo]), float(found[hi])
+        result.append(lower if lower == upper else (float_idx - float(lo)) * (upper - lower) + lower)
+    return result
+
+
+def _fit_bucketing(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
+    qs = [i / step.n_buckets for i in range(1, step.n_buckets)]
+    edges = {}
+    for c in step.columns:
+        values = train.select(F.col(f"`{c}`").cast("double").alias("_x")).where(F.col("_x").isNotNull())
+        n = values.count()
+        edges[c] = sorted(set(quantile_linear(values, "_x", n, qs))) if n else []
+    return {"edges_": edges}
+
+
+@compiles("bucketing", fit=_fit_bucketing)
+def bucketing(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    cols = {}
+    for c in step.columns:
+        col = F.col(f"`{c}`")
+        bucket = F.lit(0)
+        for e in step.edges_[c]:
+            bucket = bucket + (col >= F.lit(float(e))).cast("int")
+        cols[f"bucket_{c}"] = F.when(col.isNull(), F.lit(None)).otherwise(bucket)
+    return _finish(step, frame, frame.withColumns(cols))
+
+
+def _fit_target_encoding(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
+    if "label" not in train.columns:
+        raise ValueError("target_encoding needs labelled training data (column 'label')")
+    labelled = train.where(F.col("label").isNotNull())
+    row = labelled.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("label").cast("long")).alias("p")).first()
+    n, p = int(row["n"]), int(row["p"] or 0)
+    prior = p / n if n else 0.0
+    m = float(step.smoothing)
+    tables = {}
+    for c in step.columns:
+        stats = labelled.groupBy(F.col(f"`{c}`").alias("_id")).agg(
+            F.count(F.lit(1)).alias("_n"), F.sum(F.col("label").cast("long")).alias("_p"))
+        rate = (F.col("_p").cast("double") + F.lit(m * prior)) / (F.col("_n").cast("double") + F.lit(m))
+        tables[c] = {r[0]: r[1] for r in stats.select("_id", rate.alias("_r")).collect()}
+        tables[c] = dict(sorted(tables[c].items(), key=lambda kv: (kv[0] is None, kv[0])))
+    return {"prior_": prior, "tables_": tables}
+
+
+def _time_respecting(step, frame: DataFrame, ctx: Context, c: str) -> DataFrame:
+    """Training rows' encodings from labels strictly before their instant (polars' fit_transform).
+
+    The prior at each instant is the rate of all training labels before it: running totals
+    over instants, computed per day and offset by the totals of the earlier days (so no
+    single-partition window over the whole table).
+    """
+    m = float(step.smoothing)
+    source = ctx.input if c in ctx.input.columns else frame
+    train = source.where(ctx.train)
+    known = F.col("label").isNotNull().cast("long")
+    label = F.coalesce(F.col("label").cast("long"), F.lit(0).cast("long"))
+    inst = train.groupBy(T).agg(F.sum(known).alias("_n"), F.sum(label).alias("_p")) \
+        .withColumn("_day", F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}"))
+    in_day = Window.partitionBy("_day").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
+    inst = inst.withColumns({"_n0": F.coalesce(F.sum("_n").over(in_day), F.lit(0)),
+                             "_p0": F.coalesce(F.sum("_p").over(in_day), F.lit(0))})
+    days = train.groupBy(F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}").alias("_day")) \
+        .agg(F.sum(known).alias("_dn"), F.sum(label).alias("_dp"))
+    earlier = Window.orderBy("_day").rowsBetween(Window.unboundedPreceding, -1)  # one row per day
+    days = days.withColumns({"_dn0": F.coalesce(F.sum("_dn").over(earlier), F.lit(0)),
+                             "_dp0": F.coalesce(F.sum("_dp").over(earlier), F.lit(0))}).select("_day", "_dn0", "_dp0")
+    priors = inst.join(F.broadcast(days), "_day").select(
+        T, (F.col("_n0") + F.col("_dn0")).alias("_pn"), (F.col("_p0") + F.col("_dp0")).alias("_pp"))
+    priors = priors.select(T, F.when(F.col("_pn") > 0, F.col("_pp").cast("double") / F.col("_pn").cast("double"))
+                           .otherwise(F.lit(0.0)).alias("_prior"))
+
+    by_id = Window.partitionBy("_id").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
+    per_instant = train.groupBy(F.col(f"`{c}`").alias("_id"), F.col(T)).agg(F.sum(known).alias("_n"), F.sum(label).alias("_p"))
+    per_instant = per_instant.select("_id", T, F.coalesce(F.sum("_n").over(by_id), F.lit(0)).alias("_nb"),
+                                     F.coalesce(F.sum("_p").over(by_id), F.lit(0)).alias("_pb"))
+    rows = train.select(F.col(f"`{c}`").alias("_id"), F.col(T)).distinct()
+    values = rows.join(priors, T, "left").join(per_instant, ["_id", T], "left")
+    n = F.coalesce(F.col("_nb"), F.lit(0)).cast("double")
+    p = F.coalesce(F.col("_pb"), F.lit(0)).cast("double")
+    prior = F.col("_prior")
+    rate = F.when(n + F.lit(m) > 0, (p + F.lit(m) * prior) / (n + F.lit(m))).otherwise(prior)
+    return values.select("_id", F.col(T).alias("_te_t"), rate.alias("_te_train"))
+
+
+@compiles("target_encoding", fit=_fit_target_encoding)
+def target_encoding(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    out = frame
+    for c in step.columns:
+        out = _lookup(out, ctx, c, step.tables_[c], "double", float(step.prior_), f"te_{c}")
+        if ctx.train is not None:
+            values = _time_respecting(step, frame, ctx, c)
+            on = (F.col(f"`{c}`") == F.col("_id")) & (F.col(T) == F.col("_te_t"))
+            out = out.join(values, on, "left").drop("_id", "_te_t")
+            out = out.withColumn(f"te_{c}", F.when(ctx.train, F.col("_te_train")).otherwise(F.col(f"te_{c}"))) \
+                .drop("_te_train")
+    return _finish(step, frame, out)
+
+
+# ----------------------------------------------------------------------------- the plan
+def check_compiled(plan: FeaturePlan) -> None:
+    """Refuse a plan with a step kind that has no Spark compilation, naming the step."""
+    for name, step in plan.steps:
+        if step.kind not in SPARK_STEPS:
+            raise ConfigError(
+                f"features.steps.{name} ({step.kind}): the Spark engine has no compilation for step kind "
+                f"{step.kind!r}; run it with engine=polars or add one to aml_pipeline/spark/features.py "
+                f"(compiled: {', '.join(sorted(SPARK_STEPS))})"
+            )
+        for attr in ("window", "trailing_window"):
+            if hasattr(step, attr):
+                _width(name, getattr(step, attr))
+        for w in getattr(step, "windows", []) or []:
+            _width(name, w)
+
+
+def check_columns(plan: FeaturePlan, frame: DataFrame, source: str = "the source") -> None:
+    """Spark version of ``FeaturePlan.check``: refuse a step whose columns are absent or all null."""
+    needed = plan.required_columns()
+    present = [c for c in needed if c in frame.columns]
+    counts = frame.agg(F.count(F.lit(1)).alias("_rows"), *[F.count(F.col(f"`{c}`")).alias(c) for c in present]).first() \
+        if present else None
+    rows = int(counts["_rows"]) if counts else 0
+    for name, step in plan.steps:
+        missing = [c for c in step.required_columns() if c not in frame.columns]
+        if not missing and rows:
+            missing = [c for c in step.required_columns() if int(counts[c]) == 0]
+        if missing:
+            raise ConfigError(
+                f"features.steps.{name} ({step.kind}) needs column {missing[0]!r}, which {source} does not provide; "
+                f"remove the step or choose a source that has it"
+            )
+
+
+def _free(frame: DataFrame) -> None:
+    """Drop a frame's cached blocks: a cache, or the blocks of a local checkpoint (which
+    ``unpersist`` does not reach; they would otherwise wait for the JVM's garbage collector)."""
+    frame.unpersist()
+    try:
+        logical = frame._jdf.queryExecution().logical()
+        if logical.getClass().getSimpleName() == "LogicalRDD":
+            logical.rdd().unpersist(False)
+    except Exception:  # noqa: BLE001 - best effort: another Spark build may differ
+        pass
+
+
+RID = "_rid"  # row id: joins each step's columns back to its event
+TRAIN = "_train"  # the training-window flag, as a column of the prepared rows
+#: Input columns every history view reads.
+BASE_COLUMNS = ("event_time", "src_account", "dst_account", "amount")
+
+
+class SparkFeatures:
+    """A FeaturePlan, compiled to Spark. The plan's steps hold the parameters and the state.
+
+    ``fit_transform(events, train)`` fits every step on the rows where ``train`` holds (the
+    training window; the state is loaded into the plan's steps, identical to what polars
+    would fit) and returns every row's features; ``transform(events, history)`` applies a
+    fitted plan, ``history`` rows taking part in aggregates without being returned.
+
+    Evaluation: the input rows get a row id and are materialised once; each step runs on a
+    *narrow* frame (row id, time, the input columns the plan reads) and yields a narrow
+    table (row id, its columns), materialised after history steps so the next step starts
+    from a short plan; one join by row id puts the columns back on the full rows, in plan
+    order. Wide rows never go through the per-step shuffles.
+    """
+
+    def __init__(self, plan: FeaturePlan, spark: SparkSession | None = None, cut_lineage: bool = True):
+        check_compiled(plan)
+        self.plan = plan
+        self.spark = spark or SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
+        self.cut_lineage = cut_lineage
+        self.ctx: Context | None = None
+        self._held: list[DataFrame] = []
+
+    # -- materialisation ----------------------------------------------------------------
+    def _local(self) -> bool:
+        return self.spark.sparkContext.master.startswith("local")
+
+    def _materialise(self, frame: DataFrame) -> DataFrame:
+        """Compute ``frame`` once and cut its lineage.
+
+        Local mode: a local checkpoint (cached blocks). On a cluster: cached, then a
+        reliable checkpoint to ``engine.checkpoint_dir``, so a lost executor costs a re-read
+        instead of a failed job (a local checkpoint when no directory is set).
+        """
+        if not self.cut_lineage:
+            return self._hold(frame.persist())
+        reliable = self.spark.sparkContext._jsc.sc().getCheckpointDir().isDefined()
+        if self._local() or not reliable:
+            return self._hold(frame.localCheckpoint(eager=True))
+        self._hold(frame.persist())
+        return self._hold(frame.checkpoint(eager=True))
+
+    def _hold(self, frame: DataFrame) -> DataFrame:
+        self._held.append(frame)
+        return frame
+
+    def release(self) -> None:
+        """Release cached intermediate tables (after the result has been written)."""
+        if self.ctx is not None:
+            self.ctx.release()
+        for frame in self._held:
+            _free(frame)
+        self._held.clear()
+
+    # -- evaluation -----------------------------------------------------------------------
+    def _prepare(self, events: DataFrame, history: DataFrame | None, train: Column | None) -> DataFrame:
+        frame = events.withColumn(IQ, F.lit(True))
+        if history is not None:
+            frame = history.select(*events.columns).withColumn(IQ, F.lit(False)).unionByName(frame)
+        frame = frame.withColumns({T: micros("event_time"), RID: F.monotonically_increasing_id()})
+        if train is not None:
+            frame = frame.withColumn(TRAIN, F.coalesce(train, F.lit(False)))
+        return self._materialise(frame)
+
+    def _run(self, prepared: DataFrame, fitting: bool) -> DataFrame:
+        train = F.col(TRAIN) if fitting else None
+        needed = list(dict.fromkeys([*BASE_COLUMNS, *self.plan.required_columns(), "label"]))
+        narrow_cols = [RID, T, IQ, *([TRAIN] if fitting else []), *[c for c in needed if c in prepared.columns]]
+        narrow = self._materialise(prepared.select(*narrow_cols))
+        ctx = Context(self.spark, narrow.select(*[c for c in (*BASE_COLUMNS, T) if c in narrow.columns]), prepared, train)
+        self.ctx = ctx
+        parts: list[DataFrame] = []
+        for name, step in self.plan.steps:
+            compiled = SPARK_STEPS[step.kind]
+            reads = set(step.required_columns())
+            frame = narrow if reads <= set(narrow.columns) else self._assemble(narrow, parts)
+            if fitting and compiled.fit is not None:
+                fit_on = prepared if reads <= set(prepared.columns) else frame
+                step.load_state(compiled.fit(step, fit_on.where(train), ctx))
+            out = compiled.transform(step, frame, ctx).select(RID, *step.output_columns())
+            if step.uses_history:
+                out = self._materialise(out)
+                ctx.release()  # the step's intermediate caches are no longer needed
+            parts.append(out)
+        result = self._assemble(prepared, parts)
+        if not fitting:
+            result = result.where(F.col(IQ))
+        return result.drop(IQ, T, RID, TRAIN)
+
+    @staticmethod
+    def _assemble(frame: DataFrame, parts: list[DataFrame]) -> DataFrame:
+        for part in parts:
+            frame = frame.join(part, RID, "left")
+        return frame
+
+    def fit_transform(self, events: DataFrame, train: Column) -> DataFrame:
+        """Fit on the rows where ``train`` is true, return the features of every row."""
+        check_columns(self.plan, events.where(train))
+        return self._run(self._prepare(events, None, train), fitting=True)
+
+    def transform(self, events: DataFrame, history: DataFrame | None = None) -> DataFrame:
+        """Features of ``events`` with the plan's fitted state; ``history`` rows are not returned."""
+        check_columns(self.plan, events)
+        return self._run(self._prepare(events, history, None), fitting=False)

@@ -1,0 +1,76 @@
+"""The online feature store: per-account recent events for online scorers.
+
+``open_store(cfg.deploy.store, layout)`` gives the configured backend: ``memory`` (embedded
+in the process, the default) or ``redis``. :mod:`.engine` turns what a store returns into
+the plan's feature values for one event; :func:`warm_from_parquet` fills a store from
+validated history. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from aml_pipeline.errors import UserError
+from aml_pipeline.features.windows import duration_us
+from aml_pipeline.store.base import OnlineStore, Reading, StoreLayout
+from aml_pipeline.store.memory import MemoryStore
+
+__all__ = ["OnlineStore", "Reading", "StoreLayout", "MemoryStore", "open_store", "warm_from_parquet", "parse_time"]
+
+
+def _ttl_seconds(text: str) -> float:
+    try:
+        us = duration_us(str(text))
+    except Exception:
+        us = 0
+    if us <= 0:
+        raise UserError(f"deploy.store.dedup_ttl={text!r} is not a duration such as 7d or 30d")
+    return us / 1e6
+
+
+def open_store(store_cfg, layout: StoreLayout) -> OnlineStore:
+    """The backend ``store_cfg.backend`` names (``memory`` or ``redis``)."""
+    backend = str(getattr(store_cfg.backend, "value", store_cfg.backend))
+    ttl = _ttl_seconds(store_cfg.dedup_ttl)
+    if backend == "memory":
+        return MemoryStore(layout, dedup_ttl_s=ttl)
+    if backend == "redis":
+        from aml_pipeline.store.redis_store import RedisStore
+
+        return RedisStore(layout, store_cfg.redis_url, prefix=store_cfg.prefix, dedup_ttl_s=ttl)
+    raise UserError(f"deploy.store.backend={backend!r}; allowed: memory, redis")
+
+
+def parse_time(text: str, key: str) -> datetime:
+    """An ISO-8601 time with an offset (naive times are refused: which zone would it be?)."""
+    try:
+        ts = datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        raise UserError(f"{key}={text!r} is not an ISO-8601 time such as 2025-01-25T00:00:00Z") from None
+    if ts.tzinfo is None:
+        raise UserError(f"{key}={text!r} has no UTC offset; write e.g. 2025-01-25T00:00:00Z")
+    return ts
+
+
+def warm_from_parquet(store: OnlineStore, path: str | Path, until: datetime | None) -> int:
+    """Append the events of a validated parquet file strictly before ``until`` (time order).
+
+    Returns how many events were new to the store. The file is the ``data/validated``
+    layer: it passed validation once, so it is not validated again here.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"deploy.warm_from={p}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
+    columns = list(store.layout.columns)
+    lf = pl.scan_parquet(p)
+    missing = [c for c in columns if c not in lf.collect_schema().names()]
+    if missing:
+        raise UserError(f"deploy.warm_from={p}: column {missing[0]!r} is missing (the store keeps {', '.join(columns)})")
+    if until is not None:
+        lf = lf.filter(pl.col("event_time") < until)
+    frame = (lf.select(columns).sort("event_time", maintain_order=True)
+             .with_columns(pl.col("event_time").dt.epoch("us")).collect())
+    return store.warm(frame.iter_rows())

@@ -1,0 +1,147 @@
+"""The online feature store's contract: each account's recent events, by direction.
+
+An online scorer (the FastAPI service, later the streaming scorer) needs, for an incoming
+transaction at time ``t``, the events that its history features look at: the events of
+its two accounts in the plan's window ``[t - window, t)``, the latest event of each
+account before ``t`` even when it is older (``time``'s seconds since the previous event),
+and, for the graph step's 2-hop paths ``a -> x -> b``, the payments received by the
+accounts ``x`` that paid the two accounts recently (the *1-hop expansion*).
+
+So the store keeps, per account, two time-ordered sets of event rows: the payments it
+**sent** and the payments it **received**. After every append a set is trimmed to the
+events within ``window`` of its newest event, always keeping every event at its two most
+recent distinct instants (when the newest instant is the query's own instant, the
+previous one is the one ``time`` needs). An event id is appended at most once (replays do
+not change state), and the decision taken for it can be stored next to it, so a replayed
+request returns the logged decision.
+
+A row is a tuple ``(event_id, t_us, src_account, dst_account, amount, *extra)``: the
+columns history steps read, ``t_us`` being microseconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Positions in a row.
+ID, T, SRC, DST, AMOUNT = 0, 1, 2, 3, 4
+CORE_COLUMNS = ("event_id", "event_time", "src_account", "dst_account", "amount")
+FORMAT_VERSION = 1
+
+Row = Sequence[Any]
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """What a store keeps: the window (µs) sets are trimmed to, and the row's extra columns."""
+
+    window_us: int
+    extra_columns: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*CORE_COLUMNS, *self.extra_columns)
+
+    def to_json(self) -> str:
+        return json.dumps({"format_version": FORMAT_VERSION, "window_us": self.window_us,
+                           "columns": list(self.columns)}, sort_keys=True)
+
+
+@dataclass
+class Reading:
+    """What one read returns for the query accounts (all rows strictly before ``end``).
+
+    ``sent`` / ``received``: account -> its rows in ``[start, end)``, oldest first;
+    ``latest``: account -> time of its latest event (either direction) before ``end``, or
+    None when the store holds none; ``decision``: the stored decision of the event id.
+    """
+
+    decision: dict | None = None
+    sent: dict[str, list[Row]] = field(default_factory=dict)
+    received: dict[str, list[Row]] = field(default_factory=dict)
+    latest: dict[str, int | None] = field(default_factory=dict)
+
+
+def trim_start(times: Sequence[int], window_us: int) -> int:
+    """Index of the first row a set keeps (``times`` ascending, non-empty).
+
+    Rows older than ``newest - window`` go, except those at the two most recent distinct
+    instants, which always stay.
+    """
+    newest = times[-1]
+    cutoff = newest - window_us
+    first_newest = bisect_left(times, newest)
+    if first_newest > 0:
+        cutoff = min(cutoff, times[first_newest - 1])
+    return bisect_left(times, cutoff)
+
+
+def latest_of(sent: Sequence[Row], received: Sequence[Row]) -> int | None:
+    """Latest time among two time-ordered row lists, or None when both are empty."""
+    a = sent[-1][T] if sent else None
+    b = received[-1][T] if received else None
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
+
+
+class OnlineStore(ABC):
+    """Per-account event histories for online feature computation (see module doc)."""
+
+    backend: str = ""
+
+    def __init__(self, layout: StoreLayout):
+        self.layout = layout
+
+    @abstractmethod
+    def read(self, event_id: str, accounts: Iterable[str], start_us: int, end_us: int) -> Reading:
+        """The stored decision of ``event_id`` and the query accounts' rows in ``[start, end)``.
+
+        When a decision is stored the rows may be left out (the caller replays it).
+        """
+
+    def read_expanded(self, event_id: str, accounts: Sequence[str], start_us: int, end_us: int,
+                      expand_start_us: int | None, hubs: frozenset[str]) -> Reading:
+        """:meth:`read`, plus the received rows in ``[expand_start, end)`` of every account
+        that paid a query account in that span (the 1-hop expansion), hubs and the query
+        accounts excepted. Backends may do it in one round trip."""
+        reading = self.read(event_id, accounts, start_us, end_us)
+        if reading.decision is not None or expand_start_us is None:
+            return reading
+        neighbours = {r[SRC] for acc in accounts for r in reading.received[acc] if r[T] >= expand_start_us}
+        neighbours.difference_update(accounts)
+        neighbours.difference_update(hubs)
+        if neighbours:
+            reading.received.update(self.read_received(sorted(neighbours), expand_start_us, end_us))
+        return reading
+
+    @abstractmethod
+    def read_received(self, accounts: Iterable[str], start_us: int, end_us: int) -> dict[str, list[Row]]:
+        """Rows each account received in ``[start, end)`` (the 1-hop expansion)."""
+
+    @abstractmethod
+    def commit(self, row: Row, decision: dict | None) -> bool:
+        """Append ``row`` to its sender's and receiver's sets (trimmed) and store the decision.
+
+        Returns False, changing no history, when the event id was already appended.
+        """
+
+    @abstractmethod
+    def warm(self, rows: Iterable[Row]) -> int:
+        """Bulk-append rows (time-ordered); returns how many were new."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise when the store cannot be reached."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Small description for /health and logs."""
+
+    def close(self) -> None:  # pragma: no cover - trivial
+        pass

@@ -1,0 +1,213 @@
+"""The embedded backend: the store lives in the scoring process (the default).
+
+Fast (no network, no decoding) and simple; its state lasts as long as the process, so a
+restarted service warms it again from the validated history (``deploy.warm_from``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
+
+_EMPTY: list = []
+
+
+class _Set:
+    """One account's rows in one direction, ordered by time (arrival order within an instant)."""
+
+    __slots__ = ("times", "rows")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.rows: list[Row] = []
+
+    def add(self, row: Row, window_us: int) -> None:
+        t = row[T]
+        if not self.times or t >= self.times[-1]:
+            self.times.append(t)
+            self.rows.append(row)
+        else:  # late event: keep the set ordered
+            i = bisect_right(self.times, t)
+            self.times.insert(i, t)
+            self.rows.insert(i, row)
+        self.trim(window_us)
+
+    def trim(self, window_us: int) -> None:
+        start = trim_start(self.times, window_us)
+        if start:
+            del self.times[:start]
+            del self.rows[:start]
+
+    def between(self, start_us: int, end_us: int) -> list[Row]:
+        times = self.times
+        j = bisect_left(times, end_us)
+        i = bisect_left(times, start_us, 0, j)
+        return self.rows[i:j]
+
+    def latest_before(self, end_us: int) -> int | None:
+        j = bisect_left(self.times, end_us)
+        return self.times[j - 1] if j else None
+
+
+class MemoryStore(OnlineStore):
+    """Dicts of per-account sets plus a TTL map of seen event ids and their decisions."""
+
+    backend = "memory"
+
+    def __init__(self, layout: StoreLayout, dedup_ttl_s: float = 30 * 86400.0):
+        super().__init__(layout)
+        self.dedup_ttl_s = float(dedup_ttl_s)
+        self._sent: dict[str, _Set] = {}
+        self._received: dict[str, _Set] = {}
+        #: event id -> (expiry (monotonic s), decision or None); insertion-ordered for purging.
+        self._seen: OrderedDict[str, tuple[float, dict | None]] = OrderedDict()
+        self._commits = 0
+        self._lock = threading.RLock()
+
+    # -- reads ----------------------------------------------------------------------------
+    def _decision(self, event_id: str) -> tuple[bool, dict | None]:
+        entry = self._seen.get(event_id)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def read(self, event_id: str, accounts: Iterable[str], start_us: int, end_us: int) -> Reading:
+        with self._lock:
+            out = Reading(decision=self._decision(event_id)[1])
+            if out.decision is not None:
+                return out
+            for acc in accounts:
+                s, r = self._sent.get(acc), self._received.get(acc)
+                sent = s.between(start_us, end_us) if s else _EMPTY
+                received = r.between(start_us, end_us) if r else _EMPTY
+                out.sent[acc], out.received[acc] = sent, received
+                latest = latest_of(sent, received)
+                if latest is None:  # nothing in the window: the previous event may be older
+                    a = s.latest_before(end_us) if s else None
+                    b = r.latest_before(end_us) if r else None
+                    latest = max((x for x in (a, b) if x is not None), default=None)
+                out.latest[acc] = latest
+            return out
+
+    def read_expanded(self, event_id: str, accounts, start_us: int, end_us: int,
+                      expand_start_us: int | None, hubs: frozenset[str]) -> Reading:
+        """One pass: read the query accounts, then slice each new in-neighbour's received rows."""
+        with self._lock:
+            reading = self.read(event_id, accounts, start_us, end_us)
+            if reading.decision is not None or expand_start_us is None:
+                return reading
+            table = self._received
+            received = reading.received
+            for acc in accounts:
+                for r in received[acc]:
+                    x = r[SRC]
+                    if x in received or r[T] < expand_start_us or x in hubs:
+                        continue
+                    got = table.get(x)
+                    if got is None:
+                        received[x] = _EMPTY
+                        continue
+                    times = got.times
+                    j = bisect_left(times, end_us)
+                    received[x] = got.rows[bisect_left(times, expand_start_us, 0, j):j]
+            return reading
+
+    def read_received(self, accounts: Iterable[str], start_us: int, end_us: int) -> dict[str, list[Row]]:
+        with self._lock:
+            got = {}
+            table = self._received
+            for acc in accounts:
+                r = table.get(acc)
+                if r is None:
+                    got[acc] = _EMPTY
+                    continue
+                times = r.times
+                j = bisect_left(times, end_us)
+                got[acc] = r.rows[bisect_left(times, start_us, 0, j):j]
+            return got
+
+    # -- writes ---------------------------------------------------------------------------
+    def _purge(self) -> None:
+        now = time.monotonic()
+        seen = self._seen
+        while seen:
+            key, (expiry, _) = next(iter(seen.items()))
+            if expiry >= now:
+                break
+            seen.popitem(last=False)
+
+    def _remember(self, event_id: str, decision: dict | None) -> None:
+        self._seen[event_id] = (time.monotonic() + self.dedup_ttl_s, decision)
+        self._seen.move_to_end(event_id)
+
+    def commit(self, row: Row, decision: dict | None) -> bool:
+        with self._lock:
+            event_id = row[ID]
+            known, old = self._decision(event_id)
+            if known:
+                if decision is not None and old is None:
+                    self._remember(event_id, decision)
+                return False
+            w = self.layout.window_us
+            self._sent.setdefault(row[SRC], _Set()).add(row, w)
+            self._received.setdefault(row[DST], _Set()).add(row, w)
+            self._remember(event_id, decision)
+            self._commits += 1
+            if self._commits % 4096 == 0:
+                self._purge()
+            return True
+
+    def warm(self, rows: Iterable[Row]) -> int:
+        """Append many rows at once, trimming each set once at the end."""
+        with self._lock:
+            n = 0
+            touched: set[int] = set()
+            sets = []
+            for row in rows:
+                if self._decision(row[ID])[0]:
+                    continue
+                for table, acc in ((self._sent, row[SRC]), (self._received, row[DST])):
+                    s = table.get(acc)
+                    if s is None:
+                        s = table[acc] = _Set()
+                    if id(s) not in touched:
+                        touched.add(id(s))
+                        sets.append(s)
+                    if s.times and row[T] < s.times[-1]:
+                        i = bisect_right(s.times, row[T])
+                        s.times.insert(i, row[T])
+                        s.rows.insert(i, row)
+                    else:
+                        s.times.append(row[T])
+                        s.rows.append(row)
+                self._remember(row[ID], None)
+                n += 1
+            for s in sets:
+                s.trim(self.layout.window_us)
+            return n
+
+    def sets(self) -> Iterable[tuple[str, str, list[Row]]]:
+        """(direction, account, rows) of every set: ``sent`` / ``received``."""
+        for acc, s in self._sent.items():
+            yield "sent", acc, s.rows
+        for acc, s in self._received.items():
+            yield "received", acc, s.rows
+
+    def seen_ids(self) -> list[str]:
+        return list(self._seen)
+
+    # -- misc -----------------------------------------------------------------------------
+    def ping(self) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            rows = sum(len(s.rows) for s in self._sent.values())
+            return {"backend": self.backend, "accounts": len(set(self._sent) | set(self._received)), "events": rows,
+                    "event_ids": len(self._seen)}

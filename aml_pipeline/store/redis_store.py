@@ -1,0 +1,428 @@
+"""The Redis backend: state outside the scorer, surviving restarts, shareable.
+
+Keys (``prefix`` first, ``aml:`` by default):
+
+- ``o:<account>`` / ``i:<account>``: sorted sets of the rows the account sent / received,
+  scored by event time in µs (exact in a double until the year 2255), each member a row
+  as compact JSON;
+- ``v:<account>``: how many times the account's sets changed (its *version*);
+- ``s:<event id>``: the event id was appended (expires after ``dedup_ttl``);
+- ``d:<event id>``: the decision taken for it, JSON (same expiry);
+- ``epoch``: a random id made when the store is empty (a flushed store gets a new one);
+- ``meta``: the store layout (window, row columns), checked when a scorer connects.
+
+Appending is one Lua script (atomic): it sets ``s:<id>`` only if absent, adds the row to
+both sets, trims them by the rule of :mod:`aml_pipeline.store.base` and bumps both
+versions, so two scorers racing on the same event id cannot append it twice.
+
+Reading is one script call, and ships few rows: the scorer keeps a cache of accounts'
+whole sets tagged with their versions. The call sends the versions it holds for the two
+query accounts and gets their sets back only if they changed, plus the versions of the
+accounts that paid them in the graph window (the 1-hop expansion); only stale ones are
+fetched, with their version, in a second call. After its own append the scorer applies the
+same insert-and-trim to its copies when the new versions are exactly one step on (no other
+writer came in between), else drops them. A scorer alone on the store thus reads almost
+no rows; with several, versions keep every copy exact. A new ``epoch`` (flushed store)
+empties the cache. Single-instance Redis only: a script touches keys of several accounts.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from bisect import bisect_left, bisect_right
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from aml_pipeline.errors import UserError
+from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
+from aml_pipeline.store.memory import MemoryStore
+
+# Trim one set: keep rows within window of the newest, and all rows at the two latest instants.
+# Scores are formatted with %.0f: Lua's default number format has 14 digits, µs need 16.
+_TRIM = """
+local function trim(key, window)
+  local top = redis.call('ZREVRANGE', key, 0, 0, 'WITHSCORES')
+  if #top == 0 then return end
+  local newest = tonumber(top[2])
+  local cutoff = newest - window
+  local second = redis.call('ZREVRANGEBYSCORE', key, '(' .. top[2], '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #second > 0 and tonumber(second[2]) < cutoff then cutoff = tonumber(second[2]) end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.0f', cutoff))
+end
+"""
+
+# KEYS: seen, sent set of src, received set of dst, decision, version of src, version of dst;
+# ARGV: member, t, window, ttl, decision. Versions count the changes of an account's sets.
+_APPEND = _TRIM + """
+local window = tonumber(ARGV[3])
+if ARGV[5] ~= '' then
+  if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[4]) end
+end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return {0, 0, 0} end
+for i = 2, 3 do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  trim(KEYS[i], window)
+end
+local vs = redis.call('INCR', KEYS[5])
+local vd = redis.call('INCR', KEYS[6])
+return {1, vs, vd}
+"""
+
+# One round trip for what a query needs. ARGV: prefix, event id, the client's epoch, the
+# expansion start ('' = none), the event time, number of query accounts, then per query
+# account its name and the version the client holds ('' = none), then the same for the
+# accounts that paid them (the client's guess of the 1-hop expansion, from its copies).
+# Returns one JSON text, {"decision": ...} or {"epoch": ..., "accounts": [[version, null |
+# [sent, received]], ...], "stale": [[account, version], ...], "found": [[account, version],
+# ...]}: a query account's whole sets only when the client's copy is not current (rows are
+# the stored JSON members, not re-encoded); the guessed accounts whose copy is not
+# current; and, for query accounts sent whole, the accounts that paid them in the
+# expansion window which the client did not guess (it filters hubs itself).
+_READ = """
+local p = ARGV[1]
+local d = redis.call('GET', p .. 'd:' .. ARGV[2])
+if d then return '{"decision":' .. d .. '}' end
+local epoch = redis.call('GET', p .. 'epoch') or ''
+local trusted = epoch == ARGV[3]
+local expand, stop = ARGV[4], '(' .. ARGV[5]
+local n = tonumber(ARGV[6])
+local skip = {}
+for i = 1, n do skip[ARGV[5 + 2 * i]] = true end
+for j = 7 + 2 * n, #ARGV, 2 do skip[ARGV[j]] = true end
+local parts, found = {}, {}
+for i = 1, n do
+  local acc, known = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local version = redis.call('GET', p .. 'v:' .. acc) or '0'
+  if trusted and version == known then
+    parts[i] = '[' .. version .. ',null]'
+  else
+    local sent = redis.call('ZRANGE', p .. 'o:' .. acc, 0, -1)
+    local recv = redis.call('ZRANGE', p .. 'i:' .. acc, 0, -1)
+    parts[i] = '[' .. version .. ',[[' .. table.concat(sent, ',') .. '],[' .. table.concat(recv, ',') .. ']]]'
+    if expand ~= '' then
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', p .. 'i:' .. acc, expand, stop)) do
+        local x = cjson.decode(m)[3]
+        if not skip[x] then
+          skip[x] = true
+          found[#found + 1] = '[' .. cjson.encode(x) .. ',' .. (redis.call('GET', p .. 'v:' .. x) or '0') .. ']'
+        end
+      end
+    end
+  end
+end
+local stale = {}
+for j = 7 + 2 * n, #ARGV, 2 do
+  local x = ARGV[j]
+  local version = redis.call('GET', p .. 'v:' .. x) or '0'
+  if not trusted or version ~= ARGV[j + 1] then
+    stale[#stale + 1] = '[' .. cjson.encode(x) .. ',' .. version .. ']'
+  end
+end
+return '{"epoch":' .. cjson.encode(epoch) .. ',"accounts":[' .. table.concat(parts, ',') .. '],"stale":[' ..
+  table.concat(stale, ',') .. '],"found":[' .. table.concat(found, ',') .. ']}'
+"""
+
+# The whole received set and its version, atomically, for accounts whose cached copy is stale.
+# ARGV: prefix, accounts. Returns [[account, version, [rows]], ...].
+_RECEIVED = """
+local p = ARGV[1]
+local out = {}
+for i = 2, #ARGV do
+  local x = ARGV[i]
+  local rows = redis.call('ZRANGE', p .. 'i:' .. x, 0, -1)
+  out[i - 1] = '[' .. cjson.encode(x) .. ',' .. (redis.call('GET', p .. 'v:' .. x) or '0') .. ',[' .. table.concat(rows, ',') .. ']]'
+end
+return '[' .. table.concat(out, ',') .. ']'
+"""
+
+_TRIM_KEY = _TRIM + """
+trim(KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+class _Entry:
+    """A cached copy of an account's whole sets (``sent`` None: not held) at a version."""
+
+    __slots__ = ("version", "sent", "sent_t", "received", "received_t")
+
+    def __init__(self, version: int, sent: list | None, received: list):
+        self.version = version
+        self.sent, self.received = sent, received
+        self.sent_t = [r[T] for r in sent] if sent is not None else None
+        self.received_t = [r[T] for r in received]
+
+    @staticmethod
+    def _slice(rows: list, times: list[int], start_us: int, end_us: int) -> list:
+        j = bisect_left(times, end_us)
+        return rows[bisect_left(times, start_us, 0, j):j]
+
+    def sent_between(self, start_us: int, end_us: int) -> list:
+        return self._slice(self.sent, self.sent_t, start_us, end_us)
+
+    def received_between(self, start_us: int, end_us: int) -> list:
+        return self._slice(self.received, self.received_t, start_us, end_us)
+
+    def latest_before(self, end_us: int) -> int | None:
+        best = None
+        for times in (self.sent_t, self.received_t):
+            j = bisect_left(times, end_us)
+            if j and (best is None or times[j - 1] > best):
+                best = times[j - 1]
+        return best
+
+    def add(self, row: Row, window_us: int, sent: bool) -> None:
+        """Insert and trim exactly as the append script does in Redis."""
+        rows, times = (self.sent, self.sent_t) if sent else (self.received, self.received_t)
+        i = bisect_right(times, row[T])
+        times.insert(i, row[T])
+        rows.insert(i, row)
+        cut = trim_start(times, window_us)
+        if cut:
+            del times[:cut]
+            del rows[:cut]
+
+
+class RedisStore(OnlineStore):
+    backend = "redis"
+
+    def __init__(self, layout: StoreLayout, url: str, prefix: str = "aml:", dedup_ttl_s: float = 30 * 86400.0,
+                 cache_size: int = 20_000):
+        super().__init__(layout)
+        try:
+            import redis
+        except ImportError:  # pragma: no cover - a dependency of the package
+            raise UserError("deploy.store.backend=redis needs the redis client: pip install redis") from None
+        self.url = url
+        self.prefix = prefix
+        self.ttl = max(1, int(dedup_ttl_s))
+        self._redis_errors = (redis.RedisError, OSError)
+        self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        self._append = self._r.register_script(_APPEND)
+        self._trim = self._r.register_script(_TRIM_KEY)
+        self._read = self._r.register_script(_READ)
+        self._received_script = self._r.register_script(_RECEIVED)
+        #: account -> its whole sets at a version (see the module doc): most reads ship no rows.
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self.cache_size = cache_size
+        self._epoch = None
+        self._p = prefix.encode()
+        self.ping()
+        self._check_meta()
+        self._r.set(self._p + b"epoch", uuid.uuid4().hex, nx=True)  # new on an empty (or flushed) store
+
+    # -- keys -----------------------------------------------------------------------------
+    def _k(self, kind: str, name: str) -> bytes:
+        return self._p + kind.encode() + b":" + name.encode()
+
+    def _check_meta(self) -> None:
+        key = self._p + b"meta"
+        raw = self._r.get(key)
+        mine = json.loads(self.layout.to_json())
+        if raw is not None:
+            theirs = json.loads(raw)
+            if theirs.get("columns") != mine["columns"]:
+                raise UserError(f"store {self.url} ({self.prefix}): rows have columns {theirs.get('columns')}, this plan "
+                                f"needs {mine['columns']}; use another deploy.store.prefix or flush the store")
+            if int(theirs.get("window_us", 0)) >= self.layout.window_us:
+                return
+        self._r.set(key, self.layout.to_json())
+
+    def ping(self) -> None:
+        try:
+            self._r.ping()
+        except self._redis_errors as exc:
+            raise UserError(f"store: cannot reach Redis at {self.url}: {exc}") from None
+
+    # -- reads ----------------------------------------------------------------------------
+    @staticmethod
+    def _decode(chunks: list[list[bytes]]) -> list[list[Row]]:
+        """Decode many member lists with one json.loads call."""
+        flat = [m for chunk in chunks for m in chunk]
+        if not flat:
+            return [[] for _ in chunks]
+        rows = json.loads(b"[" + b",".join(flat) + b"]")
+        out, i = [], 0
+        for chunk in chunks:
+            out.append(rows[i:i + len(chunk)])
+            i += len(chunk)
+        return out
+
+    def read(self, event_id: str, accounts: Iterable[str], start_us: int, end_us: int) -> Reading:
+        accounts = list(dict.fromkeys(accounts))
+        hi = f"({end_us}"
+        p = self._r.pipeline(transaction=False)
+        p.get(self._k("d", event_id))
+        for acc in accounts:
+            p.zrangebyscore(self._k("o", acc), start_us, hi)
+            p.zrangebyscore(self._k("i", acc), start_us, hi)
+        res = p.execute()
+        out = Reading()
+        if res[0] is not None:
+            out.decision = json.loads(res[0])
+            return out
+        decoded = self._decode(res[1:])
+        empty = []
+        for n, acc in enumerate(accounts):
+            sent, received = decoded[2 * n], decoded[2 * n + 1]
+            out.sent[acc], out.received[acc] = sent, received
+            out.latest[acc] = latest_of(sent, received)
+            if out.latest[acc] is None:
+                empty.append(acc)
+        if empty:  # nothing in the window: the previous event may be older
+            p = self._r.pipeline(transaction=False)
+            for acc in empty:
+                for kind in ("o", "i"):
+                    p.zrevrangebyscore(self._k(kind, acc), hi, "-inf", start=0, num=1, withscores=True)
+            res = p.execute()
+            for n, acc in enumerate(empty):
+                times = [int(hit[0][1]) for hit in res[2 * n:2 * n + 2] if hit]
+                out.latest[acc] = max(times) if times else None
+        return out
+
+    @staticmethod
+    def _neighbours(entries, accounts, expand_start_us: int, end_us: int, hubs: frozenset[str]) -> set[str]:
+        """Accounts that paid a query account in [expand_start, end), hubs and query accounts excepted."""
+        found: set[str] = set()
+        for entry in entries:
+            found.update(r[SRC] for r in entry.received_between(expand_start_us, end_us))
+        found.difference_update(accounts)
+        found.difference_update(hubs)
+        return found
+
+    def read_expanded(self, event_id: str, accounts, start_us: int, end_us: int,
+                      expand_start_us: int | None, hubs: frozenset[str]) -> Reading:
+        accounts = list(dict.fromkeys(accounts))
+        cache = self._cache
+        held = [cache.get(acc) for acc in accounts]
+        held = [e if e is not None and e.sent is not None else None for e in held]
+        guess: set[str] = set()
+        if expand_start_us is not None:  # from the copies we hold; the script finds the others' own
+            guess = self._neighbours([e for e in held if e is not None], accounts, expand_start_us, end_us, hubs)
+        args = [self.prefix, event_id, self._epoch or "", "" if expand_start_us is None else expand_start_us, end_us,
+                len(accounts)]
+        for acc, entry in zip(accounts, held):
+            args += [acc, entry.version if entry is not None else ""]
+        for x in guess:
+            entry = cache.get(x)
+            args += [x, entry.version if entry is not None else ""]
+        got = json.loads(self._read(args=args))
+        out = Reading()
+        if "decision" in got:
+            out.decision = got["decision"]
+            return out
+        if got["epoch"] != self._epoch:  # a new (or flushed) store: versions mean nothing any more
+            cache.clear()
+            self._epoch = got["epoch"]
+        entries = []
+        for acc, (version, sets) in zip(accounts, got["accounts"]):
+            if sets is None:
+                entry = cache[acc]
+                cache.move_to_end(acc)
+            else:
+                entry = cache[acc] = _Entry(version, sets[0], sets[1])
+            entries.append(entry)
+            out.sent[acc] = entry.sent_between(start_us, end_us)
+            out.received[acc] = entry.received_between(start_us, end_us)
+            out.latest[acc] = entry.latest_before(end_us)
+        if expand_start_us is not None:
+            neighbours = self._neighbours(entries, accounts, expand_start_us, end_us, hubs)
+            # current: guessed and not reported stale, or found at the version we hold
+            current = guess.difference(acc for acc, _ in got["stale"])
+            for acc, version in got["found"]:
+                entry = cache.get(acc)
+                if entry is not None and entry.version == version:
+                    current.add(acc)
+            stale = neighbours - current
+            if stale:
+                for acc, version, rows in json.loads(self._received_script(args=[self.prefix, *sorted(stale)])):
+                    cache[acc] = _Entry(version, None, rows)
+            for x in neighbours:
+                out.received[x] = cache[x].received_between(expand_start_us, end_us)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return out
+
+    def read_received(self, accounts: Iterable[str], start_us: int, end_us: int) -> dict[str, list[Row]]:
+        accounts = list(accounts)
+        if not accounts:
+            return {}
+        p = self._r.pipeline(transaction=False)
+        hi = f"({end_us}"
+        for acc in accounts:
+            p.zrangebyscore(self._k("i", acc), start_us, hi)
+        return dict(zip(accounts, self._decode(p.execute())))
+
+    # -- writes ---------------------------------------------------------------------------
+    def commit(self, row: Row, decision: dict | None) -> bool:
+        keys = [self._k("s", row[ID]), self._k("o", row[SRC]), self._k("i", row[DST]), self._k("d", row[ID]),
+                self._k("v", row[SRC]), self._k("v", row[DST])]
+        args = [_dumps(list(row)), row[T], self.layout.window_us, self.ttl, _dumps(decision) if decision is not None else ""]
+        appended, v_src, v_dst = self._append(keys=keys, args=args)
+        if appended:
+            self._mirror(row, int(v_src), int(v_dst))
+        return bool(appended)
+
+    def _mirror(self, row: Row, v_src: int, v_dst: int) -> None:
+        """Apply our own append to the cached sets, if no other writer came in between."""
+        cache, w = self._cache, self.layout.window_us
+        src, dst = row[SRC], row[DST]
+        if src == dst:  # both versions were bumped on the same counter
+            entry = cache.get(src)
+            if entry is not None and entry.version + 2 == v_dst and entry.sent is not None:
+                entry.add(row, w, sent=True)
+                entry.add(row, w, sent=False)
+                entry.version = v_dst
+            else:
+                cache.pop(src, None)
+            return
+        for acc, version, sent in ((src, v_src, True), (dst, v_dst, False)):
+            entry = cache.get(acc)
+            if entry is None:
+                continue
+            if entry.version + 1 != version or (sent and entry.sent is None):
+                del cache[acc]  # another writer touched it, or we never held that set
+                continue
+            entry.add(row, w, sent=sent)
+            entry.version = version
+
+    def warm(self, rows: Iterable[Row]) -> int:
+        """Trim locally (same rule), then write each set with ZADD and trim it in Redis."""
+        local = MemoryStore(self.layout)
+        n = local.warm(rows)
+        p = self._r.pipeline(transaction=False)
+        pending = 0
+        touched = set()
+        for direction, acc, set_rows in local.sets():
+            touched.add(acc)
+            key = self._k("o" if direction == "sent" else "i", acc)
+            for i in range(0, len(set_rows), 1000):
+                p.zadd(key, {_dumps(list(r)): r[T] for r in set_rows[i:i + 1000]})
+            self._trim(keys=[key], args=[self.layout.window_us], client=p)
+            pending += 1
+            if pending >= 500:
+                p.execute()
+                pending = 0
+        for acc in touched:  # cached copies of these accounts' sets are now stale
+            p.incr(self._k("v", acc))
+        for event_id in local.seen_ids():
+            p.set(self._k("s", event_id), b"1", ex=self.ttl)
+            pending += 1
+            if pending >= 5000:
+                p.execute()
+                pending = 0
+        p.execute()
+        return n
+
+    # -- misc -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        return {"backend": self.backend, "url": self.url, "prefix": self.prefix, "keys": int(self._r.dbsize())}
+
+    def close(self) -> None:
+        self._r.close()

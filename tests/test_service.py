@@ -1,0 +1,499 @@
+"""The scoring service as clients see it: a real uvicorn server, real HTTP, a real Redis.
+
+A small quickstart run (simulator, default plan, LightGBM) gives a bundle and the events;
+a few extra events at the same instants as test-window events (same accounts, both
+directions) are added. ``task=score`` over all events is the reference. The service is a
+real uvicorn server on 127.0.0.1 and a free port (in a thread of this process for the
+parity and request tests, as the real command ``python -m aml_pipeline task=serve`` for
+start-up, restart and replay), warmed with the events before the test window; the
+test-window events are sent one by one in event-time order (same-instant events in reverse
+file order) and must get the reference's feature values and scores, on both store backends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+
+from aml_pipeline.serving.launcher import ROOT, ServiceProcess
+from aml_pipeline.store.local_redis import LocalRedis, free_port
+
+httpx = pytest.importorskip("httpx")
+
+KEY = "test-api-key-0123456789"
+SMALL = ["+experiment=quickstart", "source.n_accounts=400", "source.days=21", "source.laundering_rate=0.03",
+         "model.params.n_estimators=80"]
+NOT_REQUEST = ("label", "typology", "instance_id")
+
+
+# ----------------------------------------------------------------------------- fixtures
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _same_instant_twins(frame: pl.DataFrame, test_start) -> pl.DataFrame:
+    """For a few test-window events: another payment by the same sender and one back, same instant."""
+    picks = frame.filter(pl.col("event_time") >= test_start).gather_every(97).head(8)
+    other = frame["dst_account"].unique().sort()
+    rows = []
+    for n, e in enumerate(picks.iter_rows(named=True)):
+        rows.append({**e, "event_id": f"{e['event_id']}-twin-a", "dst_account": other[(n * 7) % len(other)],
+                     "amount": round(e["amount"] * 0.5 + 1, 2)})
+        rows.append({**e, "event_id": f"{e['event_id']}-twin-b", "src_account": e["dst_account"],
+                     "dst_account": e["src_account"], "amount": 9_500.0})
+    return pl.DataFrame(rows, schema=frame.schema)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """data -> features -> train in-process (no MLflow), extra same-instant events, task=score reference."""
+    from aml_pipeline.tasks import run_task
+
+    d = tmp_path_factory.mktemp("service_run")
+    paths = [f"paths.data_dir={d / 'data'}", f"paths.models_dir={d / 'models'}", f"paths.reports_dir={d / 'reports'}"]
+    for task in ("data", "features", "train"):
+        run_task(_compose([*SMALL, *paths, f"task={task}"]))
+    split = json.loads((d / "data/features/split.json").read_text())
+    test_start = pl.Series([split["test_start"]]).str.to_datetime(time_zone="UTC")[0]
+    valid = pl.read_parquet(d / "data/validated/transactions.parquet")
+    events = pl.concat([valid, _same_instant_twins(valid, test_start)])
+    events.write_parquet(d / "events.parquet")
+    run_task(_compose([*SMALL, *paths, "task=score", f"bundle={d / 'models/bundle'}", f"input={d / 'events.parquet'}",
+                       f"output={d / 'reference.parquet'}", "scoring.explain=none"]))
+    ref = pl.read_parquet(d / "reference.parquet")
+    window = (events.with_row_index("_pos").filter(pl.col("event_time") >= test_start)
+              .sort(["event_time", "_pos"], descending=[False, True]).drop("_pos"))  # same instant: reverse order
+    from aml_pipeline.bundle import ModelBundle
+
+    bundle = ModelBundle.load(d / "models/bundle")
+    return SimpleNamespace(dir=d, bundle_dir=d / "models/bundle", events=d / "events.parquet", test_start=split["test_start"],
+                           ref={r["event_id"]: r for r in ref.iter_rows(named=True)}, window=window,
+                           columns=bundle.feature_columns(), bundle=bundle, paths=paths)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if not LocalRedis.available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing (.ci/run installs it with apt-get)")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def start(run, name: str, *overrides: str, warm: bool = True) -> ServiceProcess:
+    args = [f"bundle={run.bundle_dir}", f"deploy.decision_log={run.dir / f'decisions-{name}.jsonl'}", *run.paths, *overrides]
+    if warm:
+        args += [f"deploy.warm_from={run.events}", f"deploy.warm_until='{run.test_start}'"]
+    return ServiceProcess(args, cwd=run.dir, api_key=KEY).start()
+
+
+@pytest.fixture(scope="module")
+def memory_service(run):
+    """The embedded backend on a real uvicorn server in a thread of this process (no start-up
+    imports); the real command line is exercised by the restart, refusal and replay tests."""
+    with ThreadService(run, "memory") as svc:
+        yield svc
+
+
+class ThreadService:
+    """The same app on a real uvicorn server, in a thread of the test process (no start-up imports)."""
+
+    def __init__(self, run, name: str, engine: str = "online", store=None, warm: bool = True):
+        import uvicorn
+
+        from aml_pipeline.bundle import ModelBundle
+        from aml_pipeline.serving.app import ServiceState, create_app
+        from aml_pipeline.serving.metrics import Metrics
+        from aml_pipeline.serving.scorer import DecisionLog, Scorer, make_engine, single_threaded
+        from aml_pipeline.serving.server import request_columns
+        from aml_pipeline.store import parse_time, warm_from_parquet
+        from aml_pipeline.store.engine import plan_needs
+        from aml_pipeline.store.memory import MemoryStore
+
+        bundle = ModelBundle.load(run.bundle_dir)
+        single_threaded(bundle)
+        needs = plan_needs(bundle.plan)
+        store = store(needs.layout()) if store else MemoryStore(needs.layout())
+        if warm:
+            warm_from_parquet(store, run.events, parse_time(run.test_start, "test_start"))
+        self.scorer = Scorer(bundle, store, needs, make_engine(engine, bundle, needs, request_columns(bundle)),
+                             DecisionLog(run.dir / f"decisions-{name}.jsonl"))
+        self.scorer.warm_up()
+        state = ServiceState(KEY, 262_144, Metrics())
+        state.set_ready(self.scorer)
+        currencies = list(_compose([]).validation.currencies)
+        app = create_app(state, currencies, bundle.plan.required_columns(), 500)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "ThreadService":
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.server.started
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.scorer.log.close()
+
+    def health(self) -> tuple[int, dict]:
+        r = httpx.get(self.url + "/health")
+        return r.status_code, r.json()
+
+
+def client(svc, key: str | None = KEY) -> "httpx.Client":
+    return httpx.Client(base_url=svc.url, headers={"X-API-Key": key} if key else {}, timeout=30)
+
+
+def payload(row: dict) -> dict:
+    out = {k: v for k, v in row.items() if k not in NOT_REQUEST and v is not None}
+    out["event_time"] = row["event_time"].isoformat()
+    return out
+
+
+def tx(event_id: str, t: str, src: str, dst: str, amount: float = 120.0, **extra) -> dict:
+    return {"event_id": event_id, "event_time": t, "src_account": src, "dst_account": dst, "amount": amount,
+            "currency": "USD", "channel": "transfer", "jurisdiction": "US", **extra}
+
+
+def assert_parity(run, got: dict, decisions: dict) -> None:
+    for eid, features in got.items():
+        ref = run.ref[eid]
+        for c in run.columns:
+            e, g = ref[c], features[c]
+            if e is None or (isinstance(e, float) and math.isnan(e)):
+                assert g is None, (eid, c, e, g)
+            else:
+                assert g is not None and abs(e - g) <= 1e-9 * max(1.0, abs(e)), (eid, c, e, g)
+        d = decisions[eid]
+        assert abs(d["score"] - ref["score"]) <= 1e-9, (eid, d["score"], ref["score"])
+        assert d["threshold"] == ref["threshold"] and d["alert"] == ref["alert"]
+
+
+def send_window(run, svc, limit: int | None = None) -> tuple[dict, dict]:
+    got, decisions = {}, {}
+    rows = run.window.head(limit) if limit else run.window
+    with client(svc) as c:
+        for row in rows.iter_rows(named=True):
+            r = c.post("/score", params={"include_features": "true"}, json=payload(row))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["replayed"] is False and body["event_id"] == row["event_id"]
+            got[row["event_id"]] = body["features"]
+            decisions[row["event_id"]] = body
+    return got, decisions
+
+
+# ----------------------------------------------------------------------------- parity
+def _check_window(run, svc, name):
+    got, decisions = send_window(run, svc)
+    assert len(got) == run.window.height > 500
+    twins = [e for e in got if "-twin-" in e]
+    assert len(twins) == 16
+    assert_parity(run, got, decisions)
+    alerts = [d for d in decisions.values() if d["alert"]]
+    assert all(d["top_features"] and len(d["top_features"]) == 5 for d in alerts)
+    assert all(d["latency_ms"] > 0 and d["bundle_hash"] == run.bundle.bundle_hash for d in decisions.values())
+    # the decision log holds the same features, and re-scores to the same values
+    from aml_pipeline.serving.replay import read_decisions, rescore
+
+    logged = [r for r in read_decisions(run.dir / f"decisions-{name}.jsonl") if r["event_id"] in got]
+    assert len(logged) == len(got)
+    for record in logged:
+        assert record["features"] == got[record["event_id"]]
+        assert rescore(run.bundle, record)["same"]
+
+
+def test_parity_one_by_one_memory_store(run, memory_service):
+    _check_window(run, memory_service, "memory")
+
+
+def test_parity_one_by_one_redis_store(run, redis_server):
+    """The Redis backend, served in a thread (the restart test below runs it as the real command)."""
+    from aml_pipeline.store.redis_store import RedisStore
+
+    store = lambda layout: RedisStore(layout, redis_server.url, prefix="parity:")  # noqa: E731
+    with ThreadService(run, "redis", store=store) as svc:
+        _check_window(run, svc, "redis")
+        assert svc.health()[1]["store"]["backend"] == "redis"
+
+
+def test_store_outage_is_503_not_500(run, tmp_path):
+    if not LocalRedis.available():
+        pytest.skip("redis-server is not installed")
+    from aml_pipeline.store.redis_store import RedisStore
+
+    redis = LocalRedis(tmp_path / "redis").start()
+    try:
+        store = lambda layout: RedisStore(layout, redis.url, prefix="outage:")  # noqa: E731
+        with ThreadService(run, "outage", store=store, warm=False) as svc, client(svc) as c:
+            assert c.post("/score", json=tx("out-1", "2030-07-01T00:00:00Z", "OUT-A", "OUT-B")).status_code == 200
+            redis.stop()
+            r = c.post("/score", json=tx("out-2", "2030-07-01T01:00:00Z", "OUT-A", "OUT-B"))
+            assert r.status_code == 503 and "store unavailable" in r.json()["error"]
+            assert c.get("/health").status_code == 503
+            assert 'aml_errors_total{kind="unavailable"}' in c.get("/metrics").text
+    finally:
+        redis.stop()
+
+
+@pytest.mark.slow
+def test_parity_polars_engine(run):
+    """deploy.feature_engine=polars runs plan.transform per request: same values, ~45 ms each."""
+    with ThreadService(run, "polars", engine="polars") as svc:
+        got, decisions = send_window(run, svc, limit=40)
+    assert_parity(run, got, decisions)
+    assert {d["feature_engine"] for d in decisions.values()} == {"polars"}
+
+
+# ----------------------------------------------------------------------------- safety
+def test_auth_required(memory_service):
+    body = tx("auth-1", "2030-01-01T00:00:00Z", "AUTH-A", "AUTH-B")
+    with client(memory_service, key=None) as c:
+        assert c.post("/score", json=body).status_code == 401
+        assert c.post("/score/batch", json={"transactions": [body]}).status_code == 401
+    with client(memory_service, key="wrong-key-0123456789") as c:
+        r = c.post("/score", json=body)
+        assert r.status_code == 401 and "X-API-Key" in r.json()["error"]
+    with client(memory_service, key=None) as c:  # probes and scrapes need no key
+        assert c.get("/health").status_code == 200
+        assert c.get("/metrics").status_code == 200
+
+
+def test_body_too_large(memory_service):
+    big = tx("big-1", "2030-01-01T00:00:00Z", "BIG-A", "BIG-B", merchant="m" * 300_000)
+    with client(memory_service) as c:
+        r = c.post("/score", json=big)
+        assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]
+
+        def chunks():  # no Content-Length: the limit holds on the bytes received
+            data = json.dumps(big).encode()
+            for i in range(0, len(data), 8192):
+                yield data[i:i + 8192]
+
+        r = c.post("/score", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"extra_field": 1}, "extra_field"),
+    ({"amount": float("nan")}, "amount"),
+    ({"amount": float("inf")}, "amount"),
+    ({"amount": -5.0}, "amount"),
+    ({"amount": 0}, "amount"),
+    ({"amount": "12.5"}, "amount"),
+    ({"amount": None}, "amount"),
+    ("drop amount", "amount"),
+    ({"currency": "XYZ"}, "currency"),
+    ({"event_time": "2025-13-45T99:00:00Z"}, "event_time"),
+    ({"event_time": "2025-01-01T10:00:00"}, "event_time"),  # no UTC offset
+    ({"event_time": 1735725600}, "event_time"),
+    ({"src_account": "  "}, "src_account"),
+    ("drop event_id", "event_id"),
+])
+def test_invalid_transaction_is_422_naming_the_field(memory_service, change, field):
+    body = tx("bad-1", "2030-01-01T00:00:00Z", "BAD-A", "BAD-B")
+    if isinstance(change, str):
+        body.pop(change.split()[1])
+    else:
+        body.update(change)
+    raw = json.dumps(body)  # Python writes NaN / Infinity literals, as a careless client would
+    with client(memory_service) as c:
+        r = c.post("/score", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()
+    assert field in err["fields"] and field in err["error"]
+
+
+def test_idempotent_replay(run, memory_service):
+    first = tx("idem-1", "2030-02-01T10:00:00Z", "IDEM-A", "IDEM-B", 500.0)
+    with client(memory_service) as c:
+        a = c.post("/score", json=first).json()
+        b = c.post("/score", json=first).json()
+        assert a["replayed"] is False and b["replayed"] is True
+        assert {k: v for k, v in a.items() if k not in ("replayed", "latency_ms")} == \
+               {k: v for k, v in b.items() if k not in ("replayed", "latency_ms")}
+        # state was not updated twice: the next payment of IDEM-A sees one earlier payment
+        nxt = c.post("/score", params={"include_features": "true"},
+                     json=tx("idem-2", "2030-02-01T11:00:00Z", "IDEM-A", "IDEM-C", 40.0)).json()
+        assert nxt["features"]["src_out_count_24h"] == 1 and nxt["features"]["src_out_sum_24h"] == 500.0
+        assert nxt["features"]["src_secs_since_prev"] == 3600.0
+    lines = [json.loads(x) for x in (run.dir / "decisions-memory.jsonl").read_text().splitlines()]
+    assert sum(1 for x in lines if x["event_id"] == "idem-1") == 1
+
+
+def test_batch_scores_in_event_time_order(run, memory_service):
+    events = [tx("batch-3", "2030-03-01T12:00:00Z", "BAT-A", "BAT-C", 30.0),
+              tx("batch-1", "2030-03-01T10:00:00Z", "BAT-A", "BAT-B", 10.0),
+              tx("batch-2", "2030-03-01T10:00:00Z", "BAT-B", "BAT-A", 20.0)]  # same instant as batch-1
+    with client(memory_service) as c:
+        r = c.post("/score/batch", params={"include_features": "true"}, json={"transactions": events})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["event_id"] for x in results] == ["batch-3", "batch-1", "batch-2"]
+    frame = pl.DataFrame([{**e, "event_time": e["event_time"]} for e in events]).with_columns(
+        pl.col("event_time").str.to_datetime(time_zone="UTC"))
+    expected = run.bundle.plan.transform(frame)
+    for x, row in zip(results, expected.iter_rows(named=True)):
+        for col in run.columns:
+            assert x["features"][col] == row[col], (x["event_id"], col)
+    assert results[0]["features"]["src_out_count_24h"] == 1  # batch-1 is history of batch-3
+    assert results[1]["features"]["dst_secs_since_prev"] is None  # batch-2 is not history of batch-1
+    with client(memory_service) as c:
+        too_many = {"transactions": [tx(f"m{i}", "2030-03-02T00:00:00Z", "X", "Y") for i in range(501)]}
+        assert c.post("/score/batch", json=too_many).status_code == 422
+
+
+def test_openapi_health_metrics(memory_service):
+    with client(memory_service) as c:
+        assert c.post("/score", json=tx("metrics-1", "2030-06-01T00:00:00Z", "MET-A", "MET-B")).status_code == 200
+    with client(memory_service, key=None) as c:
+        spec = c.get("/openapi.json").json()
+        health = c.get("/health").json()
+        metrics = c.get("/metrics").text
+    tx_schema = spec["components"]["schemas"]["Transaction"]
+    assert tx_schema["additionalProperties"] is False
+    assert {"event_id", "event_time", "amount", "currency"} <= set(tx_schema["required"])
+    assert spec["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
+    assert "Decision" in spec["components"]["schemas"] and "/score/batch" in spec["paths"]
+    assert health["status"] == "ready" and health["feature_engine"] == "online" and health["store"]["backend"] == "memory"
+    for name in ('aml_requests_total{endpoint="/score",status="200"}', "aml_request_latency_seconds_bucket",
+                 "aml_decisions_total", "aml_errors_total", "aml_ready 1.0"):
+        assert name in metrics, name
+
+
+def test_health_is_503_until_ready_and_plain_metrics(run):
+    """In-process uvicorn (a real server on a real port) driven through start-up states."""
+    import uvicorn
+
+    from aml_pipeline.serving.app import ServiceState, create_app
+    from aml_pipeline.serving.metrics import Metrics
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer, make_engine
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.store.memory import MemoryStore
+
+    state = ServiceState(KEY, 65536, Metrics(plain=True))
+    app = create_app(state, ["USD", "EUR"], run.bundle.plan.required_columns(), 10)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with httpx.Client(base_url=url, headers={"X-API-Key": KEY}) as c:
+            assert c.get("/health").status_code == 503
+            assert c.post("/score", json=tx("early", "2030-01-01T00:00:00Z", "E-A", "E-B")).status_code == 503
+            needs = plan_needs(run.bundle.plan)
+            scorer = Scorer(run.bundle, MemoryStore(needs.layout()), needs, make_engine("online", run.bundle, needs, []),
+                            DecisionLog(run.dir / "decisions-inproc.jsonl"))
+            state.set_ready(scorer)
+            assert c.get("/health").status_code == 200
+            r = c.post("/score", json=tx("late", "2030-01-01T00:00:00Z", "E-A", "E-B"))
+            assert r.status_code == 200 and r.json()["model_version"] == "unregistered"
+            text = c.get("/metrics").text
+        assert "# TYPE aml_request_latency_seconds histogram" in text
+        assert 'aml_requests_total{endpoint="/health",status="503"} 1.0' in text
+        assert 'aml_errors_total{kind="unavailable"} 1.0' in text and "aml_ready 1.0" in text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------- start-up
+def cli(args: list[str], cwd: Path, env_key: str | None = KEY, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("AML_API_KEY", None)
+    if env_key:
+        env["AML_API_KEY"] = env_key
+    return subprocess.run([sys.executable, "-m", "aml_pipeline", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_tampered_bundle_is_refused_at_start_up(run, tmp_path):
+    bad = tmp_path / "bundle"
+    shutil.copytree(run.bundle_dir, bad)
+    with open(bad / "model.txt", "a") as f:
+        f.write("\n")
+    res = cli(["task=serve", f"bundle={bad}", f"deploy.port={free_port()}"], cwd=tmp_path)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.txt" in lines[0] and "refusing to load" in lines[0], res.stderr
+    res = cli(["task=serve", f"bundle={run.bundle_dir}"], cwd=tmp_path, env_key=None)
+    assert res.returncode == 2 and "AML_API_KEY" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_redis_backend_keeps_state_across_service_restart(run, redis_server):
+    store = ["deploy.store.backend=redis", f"deploy.store.redis_url={redis_server.url}", "deploy.store.prefix=restart:"]
+    # warm once (and exit), then serve without warming: the history is already in Redis
+    res = cli(["task=serve", f"bundle={run.bundle_dir}", "deploy.warm_only=true", f"deploy.warm_from={run.events}",
+               f"deploy.warm_until='{run.test_start}'", *store, *run.paths], cwd=run.dir, env_key=None)
+    assert res.returncode == 0 and "events added" in res.stdout, res.stderr
+    first = run.window.row(0, named=True)
+    svc = start(run, "restart", *store, warm=False)
+    try:
+        with client(svc) as c:
+            r = c.post("/score", params={"include_features": "true"}, json=payload(first))
+            assert_parity(run, {first["event_id"]: r.json()["features"]}, {first["event_id"]: r.json()})
+            assert c.post("/score", json=tx("r-1", "2030-04-01T08:00:00Z", "RS-X", "RS-Y", 100.0)).status_code == 200
+            assert c.post("/score", json=tx("r-2", "2030-04-01T09:00:00Z", "RS-X", "RS-Z", 250.0)).status_code == 200
+    finally:
+        assert svc.stop() == 0
+    svc = start(run, "restart", *store, warm=False)
+    try:
+        with client(svc) as c:
+            r = c.post("/score", params={"include_features": "true"},
+                       json=tx("r-3", "2030-04-01T10:00:00Z", "RS-X", "RS-W", 40.0)).json()
+            again = c.post("/score", json=tx("r-1", "2030-04-01T08:00:00Z", "RS-X", "RS-Y", 100.0)).json()
+    finally:
+        svc.stop()
+    f = r["features"]
+    assert f["src_out_count_24h"] == 2 and f["src_out_sum_24h"] == 350.0 and f["src_secs_since_prev"] == 3600.0
+    assert f["src_out_degree_7d"] == 2
+    assert again["replayed"] is True
+
+
+def test_replay_cli_rescores_logged_decisions(run, memory_service, tmp_path):
+    log = run.dir / "decisions-memory.jsonl"
+    with client(memory_service) as c:  # make sure the log has at least one line
+        c.post("/score", json=tx("replay-1", "2030-05-01T00:00:00Z", "RP-A", "RP-B"))
+    res = cli(["task=serve", f"bundle={run.bundle_dir}", f"deploy.decision_log={log}", "deploy.replay=all"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "re-scored to the logged score" in res.stdout
+    from aml_pipeline.serving.replay import replay, rescore
+
+    first = json.loads(log.read_text().splitlines()[0])
+    assert rescore(run.bundle, first)["same"]
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text(json.dumps({**first, "score": first["score"] + 1e-6}) + "\n")
+    assert [r["same"] for r in replay(run.bundle, tampered, "all")] == [False]
+    assert replay(run.bundle, log, first["event_id"])[0]["same"]

@@ -1,0 +1,331 @@
+"""The online feature store and the per-event engine against the offline code.
+
+For fitted plans on real sample data (the simulator with the ``full`` plan: two graph
+windows, target encoding, buckets; the PaySim slice with the ``paysim`` plan: balances,
+and hourly steps, so hundreds of events share each instant), every event after a cut is
+fed one by one through a store (embedded and a real ``redis-server``) and the online
+engine, and must get exactly the features ``plan.transform`` gives over all events at
+once. Also: the same-instant rule in any arrival order, the trimming rule (the previous
+event stays however old), idempotent appends, and Redis state surviving a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import datetime, timedelta, timezone
+
+import polars as pl
+import pytest
+
+from aml_pipeline.errors import UserError
+from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.store import StoreLayout, open_store, warm_from_parquet
+from aml_pipeline.store.base import trim_start
+from aml_pipeline.store.engine import Event, OnlineFeatures, PolarsFeatures, gather, plan_needs
+from aml_pipeline.store.local_redis import LocalRedis
+from aml_pipeline.store.memory import MemoryStore
+from aml_pipeline.store.redis_store import RedisStore
+
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if not LocalRedis.available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing (.ci/run installs it with apt-get)")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+def _store(kind: str, layout: StoreLayout, redis_server, name: str):
+    if kind == "memory":
+        return MemoryStore(layout)
+    return RedisStore(layout, redis_server.url, prefix=f"{name}:")
+
+
+def _fitted(compose_cfg, overrides: list[str], train_share: float = 0.6):
+    from aml_pipeline.tasks.data import ingest
+
+    cfg = compose_cfg(overrides)
+    frame = ingest(cfg).result.valid.sort("event_time", maintain_order=True)
+    cut = frame["event_time"][int(frame.height * train_share)]
+    plan = FeaturePlan.from_config(cfg.features.steps)
+    plan.fit_transform(frame.filter(pl.col("event_time") < cut))
+    return plan, frame, cut
+
+
+@pytest.fixture(scope="module")
+def synthetic(compose_cfg_module):
+    return _fitted(compose_cfg_module, ["source.n_accounts=300", "source.days=21", "source.laundering_rate=0.03",
+                                        "features=full"])
+
+
+@pytest.fixture(scope="module")
+def paysim(compose_cfg_module, data_dir_module):
+    return _fitted(compose_cfg_module, ["source=paysim", f"source.path={data_dir_module / 'paysim_head3000.csv'}",
+                                        "features=paysim"], train_share=0.5)
+
+
+@pytest.fixture(scope="module")
+def compose_cfg_module():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF
+
+    def _compose(overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def data_dir_module():
+    from tests.conftest import DATA
+
+    return DATA
+
+
+def request_values(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("label", "typology", "instance_id", "flagged")}
+
+
+def run_online(plan, frame, cut, store, engine=None, reverse_instants=False, limit=None):
+    """Warm with events before ``cut``, then score the rest one by one; {event_id: features}."""
+    needs = plan_needs(plan)
+    before = frame.filter(pl.col("event_time") < cut)
+    store.warm(before.select(needs.layout().columns).with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    after = frame.filter(pl.col("event_time") >= cut)
+    if reverse_instants:  # same-instant events arrive in the opposite order
+        after = after.with_row_index("_pos").sort(["event_time", "_pos"], descending=[False, True]).drop("_pos")
+    if limit:
+        after = after.head(limit)
+    engine = engine or OnlineFeatures(plan)
+    out = {}
+    for row in after.iter_rows(named=True):
+        ev = Event(request_values(row))
+        decision, history = gather(store, needs, ev)
+        assert decision is None
+        out[ev.event_id] = engine.compute(ev, history)
+        assert store.commit(ev.row(needs.extra_columns), None)
+    return out
+
+
+def assert_same_features(plan, frame, got: dict, tol: float = 1e-9):
+    ref = plan.transform(frame).filter(pl.col("event_id").is_in(list(got)))
+    assert ref.height == len(got)
+    cols = plan.feature_columns()
+    exact = total = 0
+    for row in ref.select("event_id", *cols).iter_rows(named=True):
+        mine = got[row["event_id"]]
+        for c in cols:
+            e, g = row[c], mine[c]
+            total += 1
+            if e is None or g is None:
+                assert e is None and g is None, (row["event_id"], c, e, g)
+                exact += 1
+                continue
+            if isinstance(e, float) and math.isnan(e):
+                assert math.isnan(g), (row["event_id"], c, e, g)
+                exact += 1
+                continue
+            assert abs(e - g) <= tol * max(1.0, abs(e)), (row["event_id"], c, e, g)
+            exact += e == g
+    return exact, total
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_online_engine_equals_offline_full_plan(synthetic, backend, redis_server):
+    plan, frame, cut = synthetic
+    store = _store(backend, plan_needs(plan).layout(), redis_server, f"full-{backend}")
+    got = run_online(plan, frame, cut, store)
+    assert len(got) > 500
+    exact, total = assert_same_features(plan, frame, got)
+    assert exact == total  # not just within 1e-9: bit for bit
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_online_engine_equals_offline_paysim_same_instants(paysim, backend, redis_server):
+    plan, frame, cut = paysim
+    after = frame.filter(pl.col("event_time") >= cut)
+    assert after.height - after["event_time"].n_unique() > 100  # many events share an instant
+    store = _store(backend, plan_needs(plan).layout(), redis_server, f"paysim-{backend}")
+    got = run_online(plan, frame, cut, store, reverse_instants=True)
+    exact, total = assert_same_features(plan, frame, got)
+    assert exact == total
+
+
+def test_polars_engine_equals_offline(synthetic):
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    columns = [c for c in frame.columns if c not in ("label", "typology", "instance_id")]
+    got = run_online(plan, frame, cut, MemoryStore(needs.layout()), PolarsFeatures(plan, columns, needs.extra_columns),
+                     limit=25)
+    exact, total = assert_same_features(plan, frame, got)
+    assert exact == total
+
+
+def test_transform_enforces_strictly_earlier_given_same_instant_history(synthetic):
+    """plan.transform(e, history=H + events at e's instant) == plan.transform(e, history=H)."""
+    plan, frame, cut = synthetic
+    e = frame.filter(pl.col("event_time") >= cut).head(1)
+    t = e["event_time"][0]
+    hist = frame.filter(pl.col("event_time") < t)
+    twins = pl.concat([e, e.with_columns(dst_account=pl.col("src_account"), src_account=pl.col("dst_account")),
+                       e.with_columns(dst_account=pl.lit("Z-other"))]).with_columns(
+        event_id=pl.format("twin-{}", pl.int_range(pl.len()).cast(pl.String)))
+    cols = plan.feature_columns()
+    base = plan.transform(e, history=hist).select(cols)
+    with_twins = plan.transform(e, history=pl.concat([hist, twins])).select(cols)
+    assert base.equals(with_twins)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_same_instant_events_never_see_each_other_in_any_order(synthetic, backend, redis_server):
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    engine = OnlineFeatures(plan)
+    base = frame.filter(pl.col("event_time") >= cut).row(0, named=True)
+    a = request_values({**base, "event_id": "inst-a"})
+    b = request_values({**base, "event_id": "inst-b", "src_account": base["dst_account"], "dst_account": base["src_account"],
+                        "amount": 777.0})
+    results = []
+    for n, order in enumerate(([a, b], [b, a])):
+        store = _store(backend, needs.layout(), redis_server, f"inst-{backend}-{n}")
+        store.warm(frame.filter(pl.col("event_time") < cut).select(needs.layout().columns)
+                   .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+        got = {}
+        for values in order:
+            ev = Event(values)
+            _, h = gather(store, needs, ev)
+            got[ev.event_id] = engine.compute(ev, h)
+            store.commit(ev.row(needs.extra_columns), None)
+        results.append(got)
+    assert results[0] == results[1]
+    # and each equals the features with no same-instant partner at all
+    store = _store(backend, needs.layout(), redis_server, f"inst-{backend}-alone")
+    store.warm(frame.filter(pl.col("event_time") < cut).select(needs.layout().columns)
+               .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    ev = Event(a)
+    _, h = gather(store, needs, ev)
+    assert engine.compute(ev, h) == results[0]["inst-a"]
+
+
+def test_trim_keeps_window_and_two_latest_instants():
+    day = 86_400_000_000
+    times = [0, 1 * day, 2 * day, 20 * day, 20 * day, 30 * day]
+    # window 7d from 30d: nothing but the latest; the two latest instants are 20d and 30d
+    assert times[trim_start(times, 7 * day):] == [20 * day, 20 * day, 30 * day]
+    assert times[trim_start(times, 29 * day):] == [1 * day, 2 * day, 20 * day, 20 * day, 30 * day]
+    assert trim_start([5], 0) == 0
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_previous_event_is_exact_beyond_the_window(backend, redis_server):
+    """time's seconds-since-previous needs the latest event however old: the store keeps it."""
+    plan = FeaturePlan.from_config({"time": {}, "amount": {"trailing_window": "1h"}})
+    plan.fit_transform(pl.DataFrame({"event_time": [datetime(2025, 1, 1, tzinfo=timezone.utc)], "src_account": ["a"],
+                                     "dst_account": ["b"], "amount": [1.0]}))
+    needs = plan_needs(plan)
+    store = _store(backend, needs.layout(), redis_server, "dormant")
+    t0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    engine = OnlineFeatures(plan)
+
+    def send(eid, t, src, dst):
+        ev = Event({"event_id": eid, "event_time": t, "src_account": src, "dst_account": dst, "amount": 10.0})
+        _, h = gather(store, needs, ev)
+        f = engine.compute(ev, h)
+        store.commit(ev.row(()), None)
+        return f
+
+    send("1", t0, "a", "b")
+    send("2", t0 + timedelta(hours=5), "a", "c")
+    send("3", t0 + timedelta(hours=5), "a", "d")  # same instant as 2
+    f = send("4", t0 + timedelta(days=40), "c", "a")  # 40 days later, far beyond the 1h window
+    assert f["dst_secs_since_prev"] == (timedelta(days=40) - timedelta(hours=5)).total_seconds()
+    assert f["src_secs_since_prev"] == (timedelta(days=40) - timedelta(hours=5)).total_seconds()
+    # an event at a's latest instant sees the instant before it, not its same-instant partner
+    f = send("5", t0 + timedelta(days=40), "a", "e")
+    assert f["src_secs_since_prev"] == (timedelta(days=40) - timedelta(hours=5)).total_seconds()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_commit_is_idempotent_by_event_id(backend, redis_server):
+    layout = StoreLayout(window_us=3_600_000_000)
+    store = _store(backend, layout, redis_server, "idem")
+    row = ("e1", 1_000_000, "a", "b", 5.0)
+    assert store.commit(row, {"score": 0.5}) is True
+    assert store.commit(row, {"score": 0.9}) is False
+    reading = store.read("e2", ["a", "b"], 0, 2_000_000)
+    assert len(reading.sent["a"]) == 1 and len(reading.received["b"]) == 1
+    assert store.read("e1", ["a"], 0, 2_000_000).decision == {"score": 0.5}
+
+
+def test_redis_cache_stays_exact_with_two_writers(synthetic, redis_server):
+    """A scorer's cached copies follow appends by another scorer (versions), bit for bit."""
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    layout = needs.layout()
+    mine = RedisStore(layout, redis_server.url, prefix="two:")
+    other = RedisStore(layout, redis_server.url, prefix="two:")
+    uncached = RedisStore(layout, redis_server.url, prefix="two:", cache_size=0)
+    mine.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
+              .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    engine = OnlineFeatures(plan)
+    after = frame.filter(pl.col("event_time") >= cut).head(400)
+    for n, row in enumerate(after.iter_rows(named=True)):
+        ev = Event(request_values(row))
+        _, cached = gather(mine, needs, ev)
+        _, fresh = gather(uncached, needs, ev)
+        assert engine.compute(ev, cached) == engine.compute(ev, fresh), ev.event_id
+        (other if n % 3 == 0 else mine).commit(ev.row(needs.extra_columns), None)
+    assert len(mine._cache) > 100  # the cache was in use
+
+
+def test_redis_state_survives_reconnect_and_server_restart(tmp_path):
+    if not LocalRedis.available():
+        pytest.skip("redis-server is not installed")
+    layout = StoreLayout(window_us=3_600_000_000)
+    server = LocalRedis(tmp_path / "r").start()
+    try:
+        RedisStore(layout, server.url).commit(("e1", 1_000_000, "a", "b", 5.0), {"score": 0.25})
+        port = server.port
+        server.stop()
+        server = LocalRedis(tmp_path / "r", port=port).start()  # reloads the append-only file
+        again = RedisStore(layout, server.url)
+        assert again.read("e1", ["a"], 0, 2_000_000).decision == {"score": 0.25}
+        assert [r[0] for r in again.read("x", ["a"], 0, 2_000_000).sent["a"]] == ["e1"]
+        assert again.commit(("e1", 1_000_000, "a", "b", 5.0), None) is False
+        with pytest.raises(UserError, match="columns"):
+            RedisStore(StoreLayout(window_us=1, extra_columns=("channel",)), server.url)
+    finally:
+        server.stop()
+
+
+def test_warm_from_parquet_takes_events_strictly_before(tmp_path, synthetic):
+    plan, frame, cut = synthetic
+    path = tmp_path / "v.parquet"
+    frame.write_parquet(path)
+    store = MemoryStore(plan_needs(plan).layout())
+    n = warm_from_parquet(store, path, cut)
+    assert n == frame.filter(pl.col("event_time") < cut).height
+    assert warm_from_parquet(store, path, cut) == 0  # the same events again: nothing new
+    with pytest.raises(UserError, match="no such file"):
+        warm_from_parquet(store, tmp_path / "nope.parquet", None)
+
+
+def test_plan_needs_and_refusals(synthetic):
+    plan, _, _ = synthetic
+    needs = plan_needs(plan)
+    assert needs.window_us == 7 * 86_400_000_000 and needs.expand_us == 7 * 86_400_000_000
+    assert needs.hubs <= frozenset(dict(plan.steps)["graph"].hubs_)
+    with pytest.raises(UserError, match="deploy.store.backend"):
+        from types import SimpleNamespace
+
+        open_store(SimpleNamespace(backend="mongo", dedup_ttl="1d"), needs.layout())
