@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from aml_pipeline.config import register_configs
+from aml_pipeline.store.local_redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -43,3 +44,14 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Comple
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "aml_pipeline", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if not LocalRedis.available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing (.ci/run installs it with apt-get)")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

@@ -90,15 +90,6 @@ def run(tmp_path_factory):
                            columns=bundle.feature_columns(), bundle=bundle, paths=paths)
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if not LocalRedis.available():
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing (.ci/run installs it with apt-get)")
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def start(run, name: str, *overrides: str, warm: bool = True) -> ServiceProcess:

@@ -29,15 +29,6 @@ from aml_pipeline.store.redis_store import RedisStore
 
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if not LocalRedis.available():
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing (.ci/run installs it with apt-get)")
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def _store(kind: str, layout: StoreLayout, redis_server, name: str):

@@ -99,24 +99,15 @@ def spark_summary(source: Source, r: SparkValidationResult, seconds: float, outp
 
     accounts = valid.select(F.col("src_account").alias("a")).union(valid.select(F.col("dst_account").alias("a"))) \
         .agg(F.count_distinct("a")).first()[0] if r.rows_valid else 0
-    return {
-        "source": source.name,
-        "description": source.describe(),
-        "rows_read": r.rows_read,
-        "rows_valid": r.rows_valid,
-        "rows_quarantined": r.rows_quarantined,
-        "reconciles": r.reconciles(),
-        "quarantined_by_reason": dict(sorted(r.by_reason.items(), key=lambda kv: -kv[1])),
-        "labels": {"positive": positives, "negative": negatives, "unknown": r.rows_valid - positives - negatives},
-        "label_rate": positives / (positives + negatives) if positives + negatives else None,
-        "typologies": counts("typology") if r.rows_valid else {},
-        "time_range": [from_micros(row["lo"]).isoformat(), from_micros(row["hi"]).isoformat()] if r.rows_valid else None,
-        "accounts": int(accounts),
-        "jurisdictions": counts("jurisdiction") if r.rows_valid else {},
-        "seconds": round(seconds, 3),
-        "outputs": outputs,
-    }
+    from aml_pipeline.tasks.data import summary_record
 
+    return summary_record(
+        source, r, positives=positives, negatives=negatives,
+        typologies=counts("typology") if r.rows_valid else {},
+        time_range=[from_micros(row["lo"]).isoformat(), from_micros(row["hi"]).isoformat()] if r.rows_valid else None,
+        accounts=int(accounts), jurisdictions=counts("jurisdiction") if r.rows_valid else {},
+        seconds=seconds, outputs=outputs,
+    )
 
 def stage(spark, staged: pl.DataFrame, data_dir: Path) -> tuple[DataFrame, str]:
     """Hand an adapter's staged frame to Spark, with its source order as ``_staged_row``."""

@@ -44,35 +44,47 @@ def ingest(cfg: DictConfig) -> Ingested:
     return Ingested(source, result, time.perf_counter() - start)
 
 
-def summarise(ing: Ingested, outputs: dict[str, str]) -> dict:
-    """Counts by reason, labels, typologies and time range: what summary.json holds."""
-    r = ing.result
-    valid = r.valid
-    labels = valid["label"]
-    positives = int((labels == 1).sum())
-    negatives = int((labels == 0).sum())
-    typologies = (
-        valid.filter(pl.col("typology").is_not_null())["typology"].value_counts(sort=True)
-        if valid.height else pl.DataFrame({"typology": [], "count": []})
-    )
-    times = valid["event_time"]
+def summary_record(source: Source, r, *, positives: int, negatives: int, typologies: dict[str, int],
+                   time_range: list[str] | None, accounts: int, jurisdictions: dict[str, int],
+                   seconds: float, outputs: dict[str, str]) -> dict:
+    """The summary.json layout, shared by every engine (each computes the counts its own way)."""
     return {
-        "source": ing.source.name,
-        "description": ing.source.describe(),
+        "source": source.name,
+        "description": source.describe(),
         "rows_read": r.rows_read,
         "rows_valid": r.rows_valid,
         "rows_quarantined": r.rows_quarantined,
         "reconciles": r.reconciles(),
         "quarantined_by_reason": dict(sorted(r.by_reason.items(), key=lambda kv: -kv[1])),
-        "labels": {"positive": positives, "negative": negatives, "unknown": valid.height - positives - negatives},
+        "labels": {"positive": positives, "negative": negatives, "unknown": r.rows_valid - positives - negatives},
         "label_rate": positives / (positives + negatives) if positives + negatives else None,
-        "typologies": {t: int(c) for t, c in typologies.iter_rows()},
-        "time_range": [times.min().isoformat(), times.max().isoformat()] if valid.height else None,
-        "accounts": int(pl.concat([valid["src_account"], valid["dst_account"]]).n_unique()) if valid.height else 0,
-        "jurisdictions": {j: int(c) for j, c in valid["jurisdiction"].value_counts(sort=True).iter_rows()} if valid.height else {},
-        "seconds": round(ing.seconds, 3),
+        "typologies": typologies,
+        "time_range": time_range,
+        "accounts": accounts,
+        "jurisdictions": jurisdictions,
+        "seconds": round(seconds, 3),
         "outputs": outputs,
     }
+
+
+def summarise(ing: Ingested, outputs: dict[str, str]) -> dict:
+    """Counts by reason, labels, typologies and time range: what summary.json holds."""
+    valid = ing.result.valid
+    labels = valid["label"]
+
+    def counts(column: str) -> dict[str, int]:
+        vc = valid.filter(pl.col(column).is_not_null())[column].value_counts(sort=True) if valid.height else None
+        return {k: int(c) for k, c in vc.iter_rows()} if vc is not None else {}
+
+    times = valid["event_time"]
+    return summary_record(
+        ing.source, ing.result,
+        positives=int((labels == 1).sum()), negatives=int((labels == 0).sum()),
+        typologies=counts("typology"),
+        time_range=[times.min().isoformat(), times.max().isoformat()] if valid.height else None,
+        accounts=int(pl.concat([valid["src_account"], valid["dst_account"]]).n_unique()) if valid.height else 0,
+        jurisdictions=counts("jurisdiction"), seconds=ing.seconds, outputs=outputs,
+    )
 
 
 def write_layers(result: ValidationResult, data_dir: Path) -> dict[str, str]:
