@@ -55,3 +55,14 @@ def redis_server(tmp_path_factory):
     server = LocalRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
+
+
+# ----------------------------------------------------------------------------- Kafka broker
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """Bootstrap string of a local Kafka-protocol broker (noida-db, from the test extra), for the
+    whole session; tests create their own topics (auto-create on produce also works)."""
+    from aml_pipeline.streaming.broker import LocalBroker
+
+    with LocalBroker() as broker:
+        yield broker.bootstrap

@@ -1,0 +1,679 @@
+"""A Kafka source and sink for Spark, built on PySpark's Python data source API.
+
+Why our own connector: Spark's Kafka connector is a Maven artifact, and a deployment without
+Maven access cannot load it. This one needs only ``confluent-kafka`` (librdkafka) and keeps
+Spark's option names and output schema, so a deployment that has the jars switches to
+``format("kafka")`` by configuration alone.
+
+Source (``spark.readStream.format("aml_kafka")``): the offsets live in Spark's checkpoint as
+``{"topic": {"partition": next_offset}}`` (Spark's own JSON layout); each micro-batch reads
+exactly the offset range Spark planned, one Spark partition per Kafka partition, by assign +
+seek. No consumer group offsets are committed: the checkpoint is the truth, which makes the
+source exactly-once into Spark. Batch reads (``spark.read``) use ``startingOffsets`` /
+``endingOffsets``.
+
+Sink (``writeStream.format("aml_kafka")`` / ``write.format("aml_kafka")``): columns ``value``
+(string or binary, required), ``key`` (optional), ``topic`` (optional; the ``topic`` option
+wins, as in Spark) and ``partition`` (optional). Each task flushes its producer before it
+reports success and raises on any delivery error. The sink is **at-least-once**: after a crash
+Spark replays the micro-batch and its records are produced again, so consumers deduplicate
+by key (alerts carry the event id).
+
+Usage::
+
+    from aml_pipeline.streaming.kafka import register
+    register(spark)                      # idempotent
+    df = (spark.readStream.format("aml_kafka")
+          .option("kafka.bootstrap.servers", "127.0.0.1:9092")
+          .option("subscribe", "transactions_raw")
+          .option("startingOffsets", "earliest")
+          .load())
+    (alerts.writeStream.format("aml_kafka")
+        .option("kafka.bootstrap.servers", "127.0.0.1:9092")
+        .option("topic", "aml_alerts")
+        .option("checkpointLocation", "...").start())
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from pyspark.sql.datasource import (
+    DataSource,
+    DataSourceArrowWriter,
+    DataSourceReader,
+    DataSourceStreamArrowWriter,
+    DataSourceStreamReader,
+    InputPartition,
+    WriterCommitMessage,
+)
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
+from pyspark.sql.types import (
+    BinaryType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from aml_pipeline.errors import ConfigError
+
+#: The short name the connector is registered under (``format(FORMAT)``).
+FORMAT = "aml_kafka"
+
+#: Spark's Kafka source schema, column for column.
+SCHEMA = StructType([
+    StructField("key", BinaryType(), True),
+    StructField("value", BinaryType(), True),
+    StructField("topic", StringType(), True),
+    StructField("partition", IntegerType(), True),
+    StructField("offset", LongType(), True),
+    StructField("timestamp", TimestampType(), True),
+    StructField("timestampType", IntegerType(), True),
+])
+
+#: Spark's special offsets in ``startingOffsets`` / ``endingOffsets`` JSON.
+EARLIEST, LATEST = -2, -1
+
+#: Client settings Spark's connector manages itself and refuses as ``kafka.*`` options.
+_MANAGED = {"key.deserializer", "value.deserializer", "key.serializer", "value.serializer",
+            "enable.auto.commit", "auto.offset.reset", "interceptor.classes"}
+
+#: Records per Arrow batch handed to Spark by a reading task.
+_ARROW_BATCH = 8192
+
+Offsets = dict[str, dict[str, int]]
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _opt(options: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    """Option lookup ignoring case (Spark passes options case-insensitively)."""
+    low = name.lower()
+    for key, value in options.items():
+        if key.lower() == low:
+            return value
+    return default
+
+
+def client_config(options: Mapping[str, str]) -> dict[str, str]:
+    """The ``kafka.*`` options without their prefix: librdkafka settings, passed through.
+
+    ``kafka.bootstrap.servers`` is required, as in Spark."""
+    conf = {k[len("kafka."):]: str(v) for k, v in options.items() if k.lower().startswith("kafka.")}
+    if not conf.get("bootstrap.servers"):
+        raise ConfigError("option kafka.bootstrap.servers is required (e.g. 127.0.0.1:9092)")
+    for key in conf:
+        if key in _MANAGED:
+            raise ConfigError(f"option kafka.{key} is not supported: the connector manages it")
+    return conf
+
+
+def _bool(options: Mapping[str, str], name: str, default: bool) -> bool:
+    text = _opt(options, name)
+    if text is None:
+        return default
+    if str(text).strip().lower() in ("true", "false"):
+        return str(text).strip().lower() == "true"
+    raise ConfigError(f"option {name} must be true or false, got {text!r}")
+
+
+def _positive_int(options: Mapping[str, str], name: str) -> int | None:
+    text = _opt(options, name)
+    if text is None:
+        return None
+    try:
+        value = int(str(text))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"option {name} must be a positive integer, got {text!r}")
+    return value
+
+
+def _offsets_spec(options: Mapping[str, str], name: str, default: str) -> str | Offsets:
+    """``earliest`` | ``latest`` | Spark's JSON ``{"topic": {"0": 23, "1": -2}}``."""
+    text = str(_opt(options, name, default)).strip()
+    if text.lower() in ("earliest", "latest"):
+        return text.lower()
+    try:
+        spec = json.loads(text)
+        if not isinstance(spec, dict) or not spec:
+            raise ValueError
+        return {str(t): {str(int(p)): int(o) for p, o in parts.items()} for t, parts in spec.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigError(
+            f"option {name} must be 'earliest', 'latest' or JSON like "
+            f"{{\"topic\": {{\"0\": 42, \"1\": -2}}}}, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """The source's options, checked (Spark's names)."""
+
+    client: dict[str, str]
+    subscribe: tuple[str, ...]
+    pattern: str | None
+    assign: dict[str, tuple[int, ...]] | None
+    starting: str | Offsets
+    ending: str | Offsets
+    max_offsets_per_trigger: int | None
+    fail_on_data_loss: bool
+    poll_timeout_ms: int
+
+    @classmethod
+    def parse(cls, options: Mapping[str, str]) -> "SourceOptions":
+        client = client_config(options)
+        subscribe = tuple(t.strip() for t in str(_opt(options, "subscribe", "")).split(",") if t.strip())
+        pattern = _opt(options, "subscribePattern")
+        assign_text = _opt(options, "assign")
+        assign = None
+        if assign_text is not None:
+            try:
+                raw = json.loads(assign_text)
+                assign = {str(t): tuple(int(p) for p in ps) for t, ps in raw.items()}
+            except (ValueError, TypeError, AttributeError):
+                raise ConfigError(f"option assign must be JSON like {{\"topic\": [0, 1]}}, got {assign_text!r}") from None
+        given = [n for n, v in (("subscribe", subscribe), ("subscribePattern", pattern), ("assign", assign)) if v]
+        if len(given) != 1:
+            raise ConfigError("exactly one of the options subscribe, subscribePattern, assign is required"
+                              + (f" (got {', '.join(given)})" if given else ""))
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"option subscribePattern is not a valid regex: {exc}") from None
+        ending = _offsets_spec(options, "endingOffsets", "latest")
+        if ending == "earliest":
+            raise ConfigError("option endingOffsets cannot be 'earliest'")
+        return cls(
+            client=client, subscribe=subscribe, pattern=pattern, assign=assign,
+            starting=_offsets_spec(options, "startingOffsets", "latest"),
+            ending=ending,
+            max_offsets_per_trigger=_positive_int(options, "maxOffsetsPerTrigger"),
+            fail_on_data_loss=_bool(options, "failOnDataLoss", True),
+            poll_timeout_ms=_positive_int(options, "kafkaConsumer.pollTimeoutMs") or 120_000,
+        )
+
+
+def validate_source_options(options: Mapping[str, str]) -> SourceOptions:
+    """Check source options on the driver before Spark sees them (one-line ConfigError)."""
+    return SourceOptions.parse(options)
+
+
+def validate_sink_options(options: Mapping[str, str], columns: list[str] | None = None) -> dict[str, str]:
+    """Check sink options (and the DataFrame's columns when given); returns the client config."""
+    conf = client_config(options)
+    if columns is not None:
+        _check_sink_columns(columns, _opt(options, "topic"))
+    return conf
+
+
+def _check_sink_columns(columns: list[str], topic: str | None) -> None:
+    names = {c.lower() for c in columns}
+    if "value" not in names:
+        raise ConfigError(f"the Kafka sink needs a 'value' column (string or binary); got {sorted(columns)}")
+    if not topic and "topic" not in names:
+        raise ConfigError("the Kafka sink needs the option topic or a 'topic' column")
+    unknown = names - {"key", "value", "topic", "partition", "headers"}
+    if unknown:
+        raise ConfigError(f"the Kafka sink takes columns key, value, topic, partition; "
+                          f"unexpected: {sorted(unknown)} (select or to_json them first)")
+
+
+# --------------------------------------------------------------------------- broker queries
+
+
+def _consumer(client: Mapping[str, str], **extra: Any):
+    """A consumer for metadata and reads; never joins a group, never commits offsets."""
+    from confluent_kafka import Consumer, KafkaException
+
+    conf = {"group.id": f"aml-kafka-{uuid.uuid4().hex[:12]}", **client, **extra,
+            "enable.auto.commit": False, "enable.auto.offset.store": False}
+    try:
+        return Consumer(conf)
+    except KafkaException as exc:
+        raise ConfigError(f"invalid kafka.* option: {exc.args[0].str() if exc.args else exc}") from None
+
+
+class _Broker:
+    """Driver-side view of the broker: which partitions exist and their watermarks."""
+
+    def __init__(self, opts: SourceOptions):
+        self.opts = opts
+        self.consumer = _consumer(opts.client)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def partitions(self) -> list[tuple[str, int]]:
+        """Topic-partitions selected by subscribe / subscribePattern / assign (missing topics: none)."""
+        timeout = self.opts.poll_timeout_ms / 1000
+        if self.opts.assign is not None:
+            return sorted((t, p) for t, ps in self.opts.assign.items() for p in ps)
+        meta = self.consumer.list_topics(timeout=timeout)
+        if self.opts.pattern is not None:
+            rx = re.compile(self.opts.pattern)
+            topics = [t for t in meta.topics if rx.fullmatch(t) and not t.startswith("__")]
+        else:
+            topics = [t for t in self.opts.subscribe if t in meta.topics]
+        out = []
+        for topic in topics:
+            tm = meta.topics[topic]
+            if tm.error is None:
+                out.extend((topic, p) for p in tm.partitions)
+        return sorted(out)
+
+    def watermarks(self, tps: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+        from confluent_kafka import TopicPartition
+
+        timeout = self.opts.poll_timeout_ms / 1000
+        tps = self.partitions() if tps is None else tps
+        return {(t, p): self.consumer.get_watermark_offsets(TopicPartition(t, p), timeout=timeout)
+                for t, p in tps}
+
+
+def _to_json(offsets: Mapping[tuple[str, int], int]) -> Offsets:
+    out: Offsets = {}
+    for (topic, part), off in sorted(offsets.items()):
+        out.setdefault(topic, {})[str(part)] = int(off)
+    return out
+
+
+def _from_json(offsets: Mapping[str, Mapping[str, int]] | None) -> dict[tuple[str, int], int]:
+    return {(t, int(p)): int(o) for t, parts in (offsets or {}).items() for p, o in parts.items()}
+
+
+def _resolve(spec: str | Offsets, marks: dict[tuple[str, int], tuple[int, int]], name: str) -> dict[tuple[str, int], int]:
+    """Turn ``earliest`` / ``latest`` / JSON into concrete offsets for the partitions in ``marks``."""
+    if spec == "earliest":
+        return {tp: low for tp, (low, _) in marks.items()}
+    if spec == "latest":
+        return {tp: high for tp, (_, high) in marks.items()}
+    given = _from_json(spec)  # type: ignore[arg-type]
+    missing = sorted(set(marks) - set(given))
+    if missing:
+        raise ConfigError(f"option {name} must list every partition of the subscribed topics; "
+                          f"missing {', '.join(f'{t}-{p}' for t, p in missing)}")
+    out = {}
+    for tp, off in given.items():
+        low, high = marks.get(tp, (0, 0))
+        out[tp] = low if off == EARLIEST else high if off == LATEST else off
+    return out
+
+
+def _prorate(start: dict[tuple[str, int], int], end: dict[tuple[str, int], int], limit: int) -> dict[tuple[str, int], int]:
+    """Cap the range at ``limit`` records, shared between partitions by their backlog (as Spark)."""
+    lag = {tp: max(0, end[tp] - start.get(tp, end[tp])) for tp in end}
+    total = sum(lag.values())
+    if total <= limit:
+        return end
+    take = {tp: (n * limit) // total for tp, n in lag.items()}
+    left = limit - sum(take.values())
+    for tp in sorted(lag, key=lambda k: (-(lag[k] - take[k]), k)):
+        if left <= 0:
+            break
+        if take[tp] < lag[tp]:
+            take[tp] += 1
+            left -= 1
+    return {tp: start.get(tp, end[tp]) + take[tp] for tp in end}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class KafkaPartition(InputPartition):
+    """One Kafka topic-partition's offset range ``[start, end)`` in one Spark task."""
+
+    def __init__(self, topic: str, partition: int, start: int, end: int):
+        super().__init__((topic, partition, start, end))
+        self.topic, self.partition, self.start, self.end = topic, partition, start, end
+
+
+def read_range(client: Mapping[str, str], part: KafkaPartition, schema: StructType,
+               fail_on_data_loss: bool = True, poll_timeout_ms: int = 120_000) -> Iterator[Any]:
+    """Yield the records ``[start, end)`` of one partition as Arrow record batches.
+
+    Raises when the broker no longer holds ``start`` (retention) or skips offsets inside the
+    range and ``failOnDataLoss`` is true; otherwise reads what is there."""
+    import pyarrow as pa
+    from confluent_kafka import KafkaError, TopicPartition
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    arrow_schema = to_arrow_schema(schema, timezone="UTC")
+    if part.end <= part.start:
+        return
+    consumer = _consumer(client, **{"enable.partition.eof": True})
+    try:
+        consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
+        cols: dict[str, list] = {n: [] for n in arrow_schema.names}
+        expected, idle = part.start, 0.0
+        while expected < part.end:
+            msgs = consumer.consume(num_messages=min(10_000, part.end - expected), timeout=1.0)
+            if not msgs:
+                idle += 1.0
+                if idle * 1000 >= poll_timeout_ms:
+                    raise TimeoutError(f"no records from {part.topic}-{part.partition} at offset {expected} "
+                                       f"for {poll_timeout_ms} ms (kafkaConsumer.pollTimeoutMs); "
+                                       f"planned range ends at {part.end}")
+                continue
+            idle = 0.0
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        if msg.offset() < part.end:
+                            _data_loss(fail_on_data_loss, part, expected, msg.offset())
+                            expected = part.end
+                        continue
+                    raise RuntimeError(f"Kafka read of {part.topic}-{part.partition} failed: {err.str()}")
+                off = msg.offset()
+                if off >= part.end:
+                    expected = part.end
+                    break
+                if off != expected:
+                    # Compacted topics and transaction markers leave holes; a start that the
+                    # broker deleted (retention) shows up the same way.
+                    _data_loss(fail_on_data_loss, part, expected, off)
+                ts_type, ts = msg.timestamp()
+                cols["key"].append(msg.key())
+                cols["value"].append(msg.value())
+                cols["topic"].append(part.topic)
+                cols["partition"].append(part.partition)
+                cols["offset"].append(off)
+                cols["timestamp"].append(ts * 1000 if ts_type else None)
+                cols["timestampType"].append(ts_type - 1 if ts_type else -1)
+                expected = off + 1
+                if len(cols["offset"]) >= _ARROW_BATCH:
+                    yield _batch(pa, cols, arrow_schema)
+                    cols = {n: [] for n in arrow_schema.names}
+        if cols["offset"]:
+            yield _batch(pa, cols, arrow_schema)
+    finally:
+        consumer.close()
+
+
+def _batch(pa, cols: dict[str, list], schema):
+    arrays = []
+    for field in schema:
+        values = cols[field.name]
+        if field.name == "timestamp":
+            arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _data_loss(fail: bool, part: KafkaPartition, expected: int, got: int) -> None:
+    if fail and got > expected:
+        raise RuntimeError(
+            f"data loss in {part.topic}-{part.partition}: expected offset {expected}, the broker "
+            f"returned {got} (records deleted by retention or compaction?). Set failOnDataLoss=false "
+            f"to read on past the gap.")
+
+
+class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Micro-batch reader: offsets are the broker's high watermarks, capped by read limits."""
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self.opts = SourceOptions.parse(options)
+        self.schema = schema
+        self._broker: _Broker | None = None
+        self._target: dict[tuple[str, int], int] | None = None
+
+    def __getstate__(self) -> dict:
+        # The reader is pickled to executors for read(); the broker handle stays behind.
+        state = dict(self.__dict__)
+        state["_broker"] = None
+        return state
+
+    @property
+    def broker(self) -> _Broker:
+        if self._broker is None:
+            self._broker = _Broker(self.opts)
+        return self._broker
+
+    def initialOffset(self) -> dict:
+        return _to_json(_resolve(self.opts.starting, self.broker.watermarks(), "startingOffsets"))
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        n = self.opts.max_offsets_per_trigger
+        return ReadMaxRows(n) if n else ReadAllAvailable()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        self._target = {tp: high for tp, (_, high) in self.broker.watermarks().items()}
+
+    def _latest(self) -> dict[tuple[str, int], tuple[int, int]]:
+        marks = self.broker.watermarks()
+        if self._target is not None:
+            # availableNow: nothing past what existed when the query started.
+            marks = {tp: (low, min(high, self._target.get(tp, low))) for tp, (low, high) in marks.items()}
+        return marks
+
+    def latestOffset(self, start: dict | None = None, limit: ReadLimit | None = None) -> dict:
+        begin = _from_json(start)
+        marks = self._latest()
+        end = {}
+        for tp, (low, high) in marks.items():
+            if tp in begin and high < begin[tp]:
+                if self.opts.fail_on_data_loss:
+                    raise RuntimeError(
+                        f"data loss in {tp[0]}-{tp[1]}: the broker's end offset {high} is before the "
+                        f"checkpointed offset {begin[tp]} (topic recreated?). Set failOnDataLoss=false "
+                        f"to restart this partition from its earliest offset.")
+                begin[tp] = low
+            end[tp] = high
+            begin.setdefault(tp, low)  # a partition that appeared since: from its earliest
+        for tp, off in begin.items():
+            end.setdefault(tp, off)  # a partition that vanished keeps its offset
+        if isinstance(limit, ReadMaxRows):
+            end = _prorate(begin, end, limit.max_rows)
+        return _to_json(end)
+
+    def reportLatestOffset(self) -> dict | None:
+        marks = self.broker.watermarks()
+        return _to_json({tp: high for tp, (_, high) in marks.items()}) if marks else None
+
+    def partitions(self, start: dict, end: dict) -> list[KafkaPartition]:
+        begin, stop = _from_json(start), _from_json(end)
+        new = [tp for tp in stop if tp not in begin]
+        if new:
+            marks = self.broker.watermarks(new)
+            begin.update({tp: marks[tp][0] for tp in new})
+        out = []
+        for (topic, part), e in sorted(stop.items()):
+            s = begin[(topic, part)]
+            if e < s:  # reset after data loss with failOnDataLoss=false
+                s = self.broker.watermarks([(topic, part)])[(topic, part)][0]
+            if e > s:
+                out.append(KafkaPartition(topic, part, s, e))
+        return out
+
+    def read(self, partition: KafkaPartition) -> Iterator[Any]:
+        return read_range(self.opts.client, partition, self.schema,
+                          self.opts.fail_on_data_loss, self.opts.poll_timeout_ms)
+
+    def commit(self, end: dict) -> None:
+        """Nothing to do: Spark's checkpoint holds the offsets."""
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+
+class KafkaBatchReader(DataSourceReader):
+    """``spark.read``: the records between ``startingOffsets`` (default earliest) and
+    ``endingOffsets`` (default latest), fixed when the query is planned."""
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        opts = dict(options)
+        if _opt(opts, "startingOffsets") is None:
+            opts["startingOffsets"] = "earliest"
+        self.opts = SourceOptions.parse(opts)
+        if self.opts.starting == "latest":
+            raise ConfigError("option startingOffsets cannot be 'latest' for a batch query")
+        self.schema = schema
+
+    def partitions(self) -> list[KafkaPartition]:
+        broker = _Broker(self.opts)
+        try:
+            marks = broker.watermarks()
+            begin = _resolve(self.opts.starting, marks, "startingOffsets")
+            end = _resolve(self.opts.ending, marks, "endingOffsets")
+        finally:
+            broker.close()
+        return [KafkaPartition(t, p, begin[(t, p)], e) for (t, p), e in sorted(end.items())
+                if e > begin.get((t, p), e)]
+
+    def read(self, partition: InputPartition) -> Iterator[Any]:
+        if not isinstance(partition, KafkaPartition):  # no partitions planned: Spark sends a dummy
+            return iter(())
+        return read_range(self.opts.client, partition, self.schema,
+                          self.opts.fail_on_data_loss, self.opts.poll_timeout_ms)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class ProducedCommit(WriterCommitMessage):
+    """What one task produced (records, per topic)."""
+
+    records: int
+
+
+def produce_batches(client: Mapping[str, str], topic: str | None, batches: Iterator[Any]) -> int:
+    """Produce every row of the Arrow batches; flush; raise on any delivery error.
+
+    Returns the number of records the broker acknowledged."""
+    from confluent_kafka import KafkaException, Producer
+
+    conf = {"acks": "all", "enable.idempotence": True, "linger.ms": 5, **client}
+    try:
+        producer = Producer(conf)
+    except KafkaException as exc:
+        raise ConfigError(f"invalid kafka.* option: {exc.args[0].str() if exc.args else exc}") from None
+    errors: list[str] = []
+    acked = [0]
+
+    def on_delivery(err, msg) -> None:
+        if err is not None:
+            errors.append(f"{msg.topic()}: {err.str()}")
+        else:
+            acked[0] += 1
+
+    sent = 0
+    for batch in batches:
+        names = {n.lower(): n for n in batch.schema.names}
+        values = batch.column(names["value"]).to_pylist()
+        keys = batch.column(names["key"]).to_pylist() if "key" in names else None
+        topics = batch.column(names["topic"]).to_pylist() if "topic" in names and not topic else None
+        parts = batch.column(names["partition"]).to_pylist() if "partition" in names else None
+        for i, value in enumerate(values):
+            target = topic or (topics[i] if topics else None)
+            if not target:
+                raise ValueError("a row has a null topic and the option topic is not set")
+            kwargs: dict[str, Any] = {"value": value, "on_delivery": on_delivery}
+            if keys is not None and keys[i] is not None:
+                kwargs["key"] = keys[i]
+            if parts is not None and parts[i] is not None:
+                kwargs["partition"] = int(parts[i])
+            while True:
+                try:
+                    producer.produce(target, **kwargs)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    producer.poll(0.1)
+            producer.poll(0)
+            sent += 1
+            if errors:
+                break
+        if errors:
+            break
+    remaining = producer.flush(120)
+    if errors:
+        raise RuntimeError(f"Kafka delivery failed for {len(errors)} record(s), first: {errors[0]}")
+    if remaining:
+        raise RuntimeError(f"Kafka delivery timed out: {remaining} of {sent} record(s) not acknowledged")
+    return acked[0]
+
+
+class _SinkMixin:
+    def _setup(self, options: Mapping[str, str], schema: StructType) -> None:
+        self.client = client_config(options)
+        self.topic = _opt(options, "topic")
+        _check_sink_columns(schema.fieldNames(), self.topic)
+
+    def write(self, iterator: Iterator[Any]) -> ProducedCommit:
+        return ProducedCommit(produce_batches(self.client, self.topic, iterator))
+
+
+class KafkaStreamWriter(_SinkMixin, DataSourceStreamArrowWriter):
+    """Streaming sink, at-least-once: a replayed micro-batch is produced again."""
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self._setup(options, schema)
+
+    def commit(self, messages, batchId: int) -> None:
+        """Every task flushed before reporting success: nothing left to do."""
+
+    def abort(self, messages, batchId: int) -> None:
+        """Records already delivered stay in the topic (at-least-once)."""
+
+
+class KafkaBatchWriter(_SinkMixin, DataSourceArrowWriter):
+    """Batch sink (``df.write.format("aml_kafka").mode("append")``)."""
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self._setup(options, schema)
+
+
+# --------------------------------------------------------------------------- data source
+
+
+class KafkaDataSource(DataSource):
+    """Kafka source and sink with Spark's option names; ``format("aml_kafka")``."""
+
+    @classmethod
+    def name(cls) -> str:
+        return FORMAT
+
+    def schema(self) -> StructType:
+        return SCHEMA
+
+    def reader(self, schema: StructType) -> KafkaBatchReader:
+        return KafkaBatchReader(self.options, schema)
+
+    def streamReader(self, schema: StructType) -> KafkaStreamReader:
+        return KafkaStreamReader(self.options, schema)
+
+    def writer(self, schema: StructType, overwrite: bool) -> KafkaBatchWriter:
+        return KafkaBatchWriter(self.options, schema)
+
+    def streamWriter(self, schema: StructType, overwrite: bool) -> KafkaStreamWriter:
+        return KafkaStreamWriter(self.options, schema)
+
+
+def register(spark) -> str:
+    """Register the connector with ``spark`` once per session; returns the format name."""
+    registered = getattr(spark, "_aml_kafka_registered", False)
+    if not registered:
+        spark.dataSource.register(KafkaDataSource)
+        try:
+            spark._aml_kafka_registered = True
+        except AttributeError:  # a session object that takes no attributes: registering twice is harmless
+            pass
+    return FORMAT
