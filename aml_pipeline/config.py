@@ -25,6 +25,7 @@ class Task(str, Enum):
     all = "all"  # data -> features -> train -> evaluate
     sweep_summary = "sweep_summary"  # rank the jobs of a multirun by PR-AUC
     serve = "serve"  # online scoring service (FastAPI) over the online feature store
+    stream = "stream"  # streaming scorer (Spark Structured Streaming) over the online feature store
 
 
 class FileFormat(str, Enum):
@@ -298,6 +299,92 @@ class DeployConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
 
 
+# ----------------------------------------------------------------------------- deploy: streaming
+class StreamStateMode(str, Enum):
+    store = "store"  # per micro-batch: the plan's polars code against the online feature store
+    spark = "spark"  # Spark's own state store (transformWithStateInPandas); not implemented yet
+
+
+class KafkaConnector(str, Enum):
+    python = "python"  # aml_pipeline's Python data source on confluent-kafka (no jars needed)
+    spark = "spark"  # Spark's format("kafka") (needs the spark-sql-kafka jars on the classpath)
+
+
+@dataclass
+class AlertBudgetConfig:
+    """At most ``cap`` alerts per value of ``key`` in any trailing event-time ``window``;
+    the rest go to the deferred output with the reason (never dropped). cap 0 = no budget."""
+
+    key: str = "jurisdiction"
+    window: str = "1d"
+    cap: int = 0
+
+
+@dataclass
+class StreamDeployConfig:
+    """``task=stream``: keys shared by every streaming deployment (``conf/deploy/file.yaml``,
+    ``conf/deploy/kafka.yaml``); see docs/streaming.md."""
+
+    state: StreamStateMode = StreamStateMode.store
+    store: StoreConfig = field(default_factory=StoreConfig)
+    #: Processing-time trigger interval ("1 second", "500 milliseconds").
+    trigger: str = "1 second"
+    #: Spark's availableNow trigger: process what is waiting, flush held events, exit.
+    once: bool = False
+    #: Spark's checkpoint (source offsets) and the scorer's own state next to it.
+    checkpoint: str = "${paths.data_dir}/stream/checkpoint"
+    #: Events earlier than (latest event time seen - allowed_lateness) go to the late output.
+    allowed_lateness: str = "10m"
+    budget: AlertBudgetConfig = field(default_factory=AlertBudgetConfig)
+    #: Warm the store before streaming: validated parquet, events strictly before warm_until.
+    warm_from: Optional[str] = None
+    warm_until: Optional[str] = None
+    explain: Explain = Explain.alerts
+    top_k: int = 5
+    #: Also write every decision with all its feature values (the "decisions" output).
+    write_decisions: bool = False
+    #: Print one summary line per micro-batch.
+    progress: bool = True
+
+
+@dataclass
+class FileDeployConfig(StreamDeployConfig):
+    """``deploy=file``: JSON-lines files in, JSON-lines files out; no broker."""
+
+    #: Directory watched for new *.jsonl files (one transaction per line).
+    input: str = "${paths.data_dir}/stream/in"
+    #: Where alerts/, dead_letter/, deferred/, late/ (and decisions/) are written.
+    output: str = "${paths.data_dir}/stream/out"
+    #: Spark's maxFilesPerTrigger (null = every new file in one micro-batch).
+    max_files_per_trigger: Optional[int] = None
+
+
+@dataclass
+class KafkaTopics:
+    input: str = "transactions_raw"
+    alerts: str = "aml_alerts"
+    dead_letter: str = "aml_dead_letter"
+    deferred: str = "aml_alerts_deferred"
+    late: str = "aml_late"
+    #: Every decision with its features (only with write_decisions).
+    decisions: str = "aml_decisions"
+
+
+@dataclass
+class KafkaDeployConfig(StreamDeployConfig):
+    """``deploy=kafka``: topic ``transactions_raw`` in, alert / dead-letter / deferred topics out."""
+
+    connector: KafkaConnector = KafkaConnector.python
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topics: KafkaTopics = field(default_factory=KafkaTopics)
+    #: Spark Kafka option startingOffsets for a new checkpoint: earliest | latest.
+    starting_offsets: str = "earliest"
+    #: Spark Kafka option maxOffsetsPerTrigger (null = no cap).
+    max_records_per_batch: Optional[int] = None
+    #: Further source options, passed as is (e.g. {kafka.security.protocol: SSL}).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 # ----------------------------------------------------------------------------- engine
 class EngineName(str, Enum):
     polars = "polars"  # in-process polars (the reference engine)
@@ -347,7 +434,8 @@ class AppConfig:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
+    #: One of DEPLOY_SCHEMAS: the online service (deploy=service) or a streaming scorer.
+    deploy: Any = MISSING
     #: task=score: the bundle (folder path, runs:/<id>/bundle or models:/<name>@<alias>)
     #: and the input file (parquet in the canonical schema, or the configured source).
     bundle: Optional[str] = None
@@ -361,6 +449,12 @@ SOURCE_SCHEMAS = {
     "base_amlsim": AmlSimSourceConfig,
     "base_amlworld": AmlWorldSourceConfig,
     "base_tabular": TabularSourceConfig,
+}
+
+DEPLOY_SCHEMAS = {
+    "base_deploy": DeployConfig,  # deploy=service
+    "base_stream_file": FileDeployConfig,  # deploy=file
+    "base_stream_kafka": KafkaDeployConfig,  # deploy=kafka
 }
 
 
@@ -378,4 +472,5 @@ def register_configs() -> None:
     cs.store(group="thresholds", name="base_thresholds", node=ThresholdsConfig)
     cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
     cs.store(group="engine", name="base_engine", node=EngineConfig)
-    cs.store(group="deploy", name="base_deploy", node=DeployConfig)
+    for name, node in DEPLOY_SCHEMAS.items():
+        cs.store(group="deploy", name=name, node=node)

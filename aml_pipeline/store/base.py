@@ -145,3 +145,35 @@ class OnlineStore(ABC):
 
     def close(self) -> None:  # pragma: no cover - trivial
         pass
+
+    # -- bulk access for micro-batch scorers (the streaming scorer) -------------------------
+    def history_rows(self, accounts: Iterable[str], end_us: int, expand_start_us: int | None,
+                     hubs: frozenset[str]) -> list[Row]:
+        """Every row a micro-batch of events at or after ``end_us`` may need, deduplicated.
+
+        All rows the query accounts' sets hold strictly before ``end_us`` (sets are trimmed
+        to the window, and keep each account's latest events, so this covers every bounded
+        window and ``time``'s previous event), plus the 1-hop expansion: the received rows in
+        ``[expand_start, end)`` of every account that paid a query account in that span,
+        hubs and the query accounts excepted. Extra rows are harmless: they are real past
+        events, and every feature only looks at rows inside its own windows.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no bulk read")
+
+    def known_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """The event ids among ``event_ids`` that were appended already (within the dedup TTL)."""
+        raise NotImplementedError(f"{type(self).__name__} has no bulk id check")
+
+    def append_batch(self, rows: Sequence[Row], stream: str, batch_id: int) -> int:
+        """Bulk-append time-ordered rows (idempotent by event id, like :meth:`warm`) and then
+        record ``batch_id`` as the last batch of ``stream`` applied; returns how many were new."""
+        n = self.warm(rows)
+        self.set_last_batch(stream, batch_id)
+        return n
+
+    def last_batch(self, stream: str) -> int | None:
+        """The last batch id recorded by :meth:`append_batch` for ``stream`` (None: none yet)."""
+        raise NotImplementedError(f"{type(self).__name__} does not record batch ids")
+
+    def set_last_batch(self, stream: str, batch_id: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not record batch ids")

@@ -211,3 +211,47 @@ class MemoryStore(OnlineStore):
             rows = sum(len(s.rows) for s in self._sent.values())
             return {"backend": self.backend, "accounts": len(set(self._sent) | set(self._received)), "events": rows,
                     "event_ids": len(self._seen)}
+
+    # -- bulk access for micro-batch scorers (the streaming scorer) -------------------------
+    def history_rows(self, accounts: Iterable[str], end_us: int, expand_start_us: int | None,
+                     hubs: frozenset[str]) -> list[Row]:
+        with self._lock:
+            query = set(accounts)
+            out: dict[str, Row] = {}
+            neighbours: set[str] = set()
+            for acc in query:
+                for table in (self._sent, self._received):
+                    s = table.get(acc)
+                    if s is None:
+                        continue
+                    j = bisect_left(s.times, end_us)
+                    for r in s.rows[:j]:
+                        out[r[ID]] = r
+                if expand_start_us is not None:
+                    r_set = self._received.get(acc)
+                    if r_set is not None:
+                        j = bisect_left(r_set.times, end_us)
+                        i = bisect_left(r_set.times, expand_start_us, 0, j)
+                        neighbours.update(r[SRC] for r in r_set.rows[i:j])
+            neighbours.difference_update(query)
+            neighbours.difference_update(hubs)
+            for x in neighbours:
+                r_set = self._received.get(x)
+                if r_set is None:
+                    continue
+                j = bisect_left(r_set.times, end_us)
+                for r in r_set.rows[bisect_left(r_set.times, expand_start_us, 0, j):j]:
+                    out[r[ID]] = r
+            return list(out.values())
+
+    def known_ids(self, event_ids: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {e for e in event_ids if self._decision(e)[0]}
+
+    def last_batch(self, stream: str) -> int | None:
+        return getattr(self, "_batches", {}).get(stream)
+
+    def set_last_batch(self, stream: str, batch_id: int) -> None:
+        if not hasattr(self, "_batches"):
+            self._batches: dict[str, int] = {}
+        self._batches[stream] = int(batch_id)

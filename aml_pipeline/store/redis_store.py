@@ -426,3 +426,45 @@ class RedisStore(OnlineStore):
 
     def close(self) -> None:
         self._r.close()
+
+    # -- bulk access for micro-batch scorers (the streaming scorer) -------------------------
+    def history_rows(self, accounts: Iterable[str], end_us: int, expand_start_us: int | None,
+                     hubs: frozenset[str]) -> list[Row]:
+        """Two pipelined round trips: the query accounts' sets, then the 1-hop expansion."""
+        query = list(dict.fromkeys(accounts))
+        hi = f"({end_us}"
+        p = self._r.pipeline(transaction=False)
+        for acc in query:
+            p.zrangebyscore(self._k("o", acc), "-inf", hi)
+            p.zrangebyscore(self._k("i", acc), "-inf", hi)
+        decoded = self._decode(p.execute()) if query else []
+        out: dict[str, Row] = {}
+        neighbours: set[str] = set()
+        for n, rows in enumerate(decoded):
+            for r in rows:
+                out[r[ID]] = r
+                if n % 2 == 1 and expand_start_us is not None and r[T] >= expand_start_us:
+                    neighbours.add(r[SRC])
+        neighbours.difference_update(query)
+        neighbours.difference_update(hubs)
+        if neighbours:
+            for rows in self.read_received(sorted(neighbours), expand_start_us, end_us).values():
+                for r in rows:
+                    out[r[ID]] = r
+        return list(out.values())
+
+    def known_ids(self, event_ids: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return set()
+        p = self._r.pipeline(transaction=False)
+        for e in ids:
+            p.exists(self._k("s", e))
+        return {e for e, hit in zip(ids, p.execute()) if hit}
+
+    def last_batch(self, stream: str) -> int | None:
+        raw = self._r.get(self._k("batch", stream))
+        return None if raw is None else int(raw)
+
+    def set_last_batch(self, stream: str, batch_id: int) -> None:
+        self._r.set(self._k("batch", stream), int(batch_id))

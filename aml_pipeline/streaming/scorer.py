@@ -1,0 +1,360 @@
+"""The streaming scorer's micro-batch step (``state: store``), free of Spark.
+
+Spark feeds :meth:`StreamScorer.process` from ``foreachBatch`` with the records of one
+micro-batch (collected on the driver: they are few) and its batch id. For each batch:
+
+1. **validate** with the batch path's rules (:mod:`.records`); failures, unparseable
+   text and ids the stream accepted before go to the dead letters;
+2. **lateness**: a valid event earlier than the watermark ``W`` (newest event time seen in
+   earlier batches minus ``allowed_lateness``; before any batch, ``warm_until``) goes to
+   the late output; the others join the *pending* events;
+3. **release**: ``W`` moves to (newest event time seen, this batch included) minus
+   ``allowed_lateness``, and every pending event strictly before ``W`` is released, in
+   event-time order. Any event accepted later is at or after ``W``, so when an event is
+   scored, every event strictly before it that will ever be scored has already been scored
+   or is scored with it: its features are exactly the offline ones (``task=score``), however
+   the events were ordered across micro-batches within the allowed lateness;
+4. **features**, vectorised: ``plan.transform(released, history=rows)``, the plan's own
+   polars code, with ``rows`` the store's history of the released events' accounts (and
+   of the accounts that paid them, for 2-hop paths), all strictly before the first
+   released event; **scores and thresholds** by :meth:`ModelBundle.score_features`;
+5. **alerts** get a deterministic ``alert_id``; the alert budget moves those over it to the
+   deferred output (:mod:`.budget`);
+6. **outputs** of the batch are written (:mod:`.outputs`), then the scorer's **state** is
+   committed (:class:`StateLog`: watermark, pending events, counts, budget and the rows
+   released, written atomically with the batch id), then the released rows are appended
+   to the store.
+
+A batch id at or below the committed one is a replay of a batch whose state is already
+committed (Spark crashed before recording it): the store append is redone (idempotent by
+event id) and nothing else happens. A replay of an uncommitted batch recomputes the same
+outputs from the same state. Restart safety: see docs/streaming.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from aml_pipeline.bundle import ModelBundle
+from aml_pipeline.schema import UTC_TIME
+from aml_pipeline.store.base import T, OnlineStore
+from aml_pipeline.store.engine import PlanNeeds, to_us
+from aml_pipeline.streaming.budget import AlertBudget
+from aml_pipeline.streaming.outputs import Outputs
+from aml_pipeline.streaming.records import STAGED_SCHEMA, RawRecord, check
+from aml_pipeline.validation.rules import Rule
+
+COUNTS = ("records_in", "scored", "dead_lettered", "late", "pending", "alerts", "deferred", "batches")
+#: Event columns an alert carries besides its decision (so a reviewer needs no lookup).
+ALERT_EVENT_COLUMNS = ("src_account", "dst_account", "amount", "currency", "channel", "merchant", "region")
+
+
+def alert_id(event_id: str, model_name: str, model_version: str, bundle_hash: str | None) -> str:
+    """Deterministic id of the alert a model version raises on an event (the dedup key)."""
+    text = f"{event_id}\x1f{model_name}\x1f{model_version}\x1f{bundle_hash or ''}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StateLog:
+    """The scorer's own state next to Spark's checkpoint (``<checkpoint>/scorer``).
+
+    ``state.json`` (replaced atomically, last) names the last committed batch; beside it,
+    ``rows-<batch>.parquet`` holds the events each batch released into the store (a
+    write-ahead log: the embedded store is rebuilt from the warm-up file plus these on
+    restart; Redis needs only the last one redone) and ``pending-<batch>.parquet`` the
+    events held for the watermark after it.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> dict[str, Any] | None:
+        p = self.dir / "state.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    def rows_path(self, tag: str) -> Path:
+        return self.dir / f"rows-{tag}.parquet"
+
+    def commit(self, tag: str, state: dict[str, Any], rows: pl.DataFrame, pending: pl.DataFrame) -> None:
+        if rows.height:
+            rows.write_parquet(self.rows_path(tag))
+        pending_name = f"pending-{tag}.parquet"
+        pending.write_parquet(self.dir / pending_name)
+        previous = self.load()
+        _atomic_write(self.dir / "state.json", json.dumps({**state, "tag": tag, "pending_file": pending_name}, sort_keys=True))
+        if previous and previous.get("pending_file") not in (None, pending_name):
+            (self.dir / previous["pending_file"]).unlink(missing_ok=True)
+
+    def committed_rows(self, upto_tag: str) -> list[Path]:
+        """The row logs of every committed batch, in commit order (tags sort as they were made)."""
+        return [p for p in sorted(self.dir.glob("rows-*.parquet")) if p.stem[len("rows-"):] <= upto_tag]
+
+
+class StreamScorer:
+    def __init__(self, bundle: ModelBundle, store: OnlineStore, needs: PlanNeeds, outputs: Outputs, rules: list[Rule],
+                 state_dir: str | Path, allowed_lateness_us: int, budget: AlertBudget, start_watermark_us: int | None = None,
+                 explain: str = "alerts", top_k: int = 5, write_decisions: bool = False, stream: str = "stream",
+                 progress: bool = True):
+        self.bundle = bundle
+        self.store = store
+        self.needs = needs
+        self.outputs = outputs
+        self.rules = rules
+        self.log = StateLog(state_dir)
+        self.lateness_us = int(allowed_lateness_us)
+        self.budget = budget
+        self.explain = explain
+        self.top_k = int(top_k)
+        self.write_decisions = write_decisions
+        self.stream = stream
+        self.progress = progress
+        self.trace = {
+            "model_name": str(bundle.registry.get("name", bundle.name)),
+            "model_version": str(bundle.registry.get("version", "unregistered")),
+            "run_id": bundle.registry.get("run_id") or bundle.lineage.get("run_id"),
+            "config_hash": bundle.lineage.get("config_hash"),
+            "bundle_hash": bundle.bundle_hash,
+        }
+        self.batch_id = -1
+        self.flushed = False
+        self.watermark: int | None = start_watermark_us
+        self.max_seen: int | None = None
+        self.counts = dict.fromkeys(COUNTS, 0)
+        self.pending = self._empty_pending()
+        self.started = time.time()
+
+    # -- state ------------------------------------------------------------------------------
+    @staticmethod
+    def _empty_pending() -> pl.DataFrame:
+        return pl.DataFrame(schema={**STAGED_SCHEMA, "_position": pl.String, "_record": pl.String})
+
+    def restore(self, rebuild_store: bool) -> int:
+        """Load the committed state; rebuild the embedded store from the row logs
+        (``rebuild_store``) or redo the last batch's append (Redis). Returns the last batch id."""
+        state = self.log.load()
+        if state is None:
+            return -1
+        self.batch_id = int(state["batch_id"])
+        self.flushed = bool(state.get("flushed"))
+        self.watermark = state.get("watermark_us")
+        self.max_seen = state.get("max_seen_us")
+        self.counts.update(state.get("counts", {}))
+        self.budget.load(state.get("budget"))
+        self.pending = pl.read_parquet(self.log.dir / state["pending_file"])
+        logs = self.log.committed_rows(state["tag"])
+        if not rebuild_store:
+            logs = [p for p in logs if p.stem.startswith(f"rows-{_tag(self.batch_id)}")]
+        for p in logs:
+            self._append_rows(pl.read_parquet(p))
+        self.store.set_last_batch(self.stream, self.batch_id)
+        return self.batch_id
+
+    def _append_rows(self, rows: pl.DataFrame) -> None:
+        if rows.height:
+            cols = list(self.store.layout.columns)
+            frame = rows.select(cols).with_columns(pl.col("event_time").dt.epoch("us"))
+            self.store.warm(frame.iter_rows())
+
+    def _commit(self, tag: str, released: pl.DataFrame) -> None:
+        state = {"batch_id": self.batch_id, "flushed": self.flushed, "watermark_us": self.watermark,
+                 "max_seen_us": self.max_seen, "counts": self.counts, "budget": self.budget.state(),
+                 "committed_at": time.time()}
+        rows = released.select(self.store.layout.columns) if released.height else released
+        self.log.commit(tag, state, rows, self.pending)
+        self._append_rows(rows)
+        self.store.set_last_batch(self.stream, self.batch_id)
+
+    # -- one micro-batch --------------------------------------------------------------------
+    def process(self, batch_id: int, records: list[RawRecord]) -> dict[str, int]:
+        """Score one micro-batch (idempotent by batch id); returns this batch's counts."""
+        t0 = time.perf_counter()
+        if batch_id <= self.batch_id:
+            return {}  # committed already (restore redid its store append)
+        pending_ids = set(self.pending["event_id"].to_list())
+        checked = check(records, self.rules, known_ids=pending_ids, is_known=self.store.known_ids)
+        valid = checked.valid.with_columns(
+            pl.Series("_position", [json.dumps(p, sort_keys=True) for p in checked.valid_positions], pl.String),
+            pl.Series("_record", checked.valid_texts, pl.String))
+        t_us = valid["event_time"].dt.epoch("us")
+        late_mask = (t_us < self.watermark) if self.watermark is not None else pl.Series([False] * valid.height)
+        late = valid.filter(late_mask)
+        accepted = valid.filter(~late_mask)
+        if accepted.height:
+            newest = int(accepted["event_time"].dt.epoch("us").max())
+            self.max_seen = newest if self.max_seen is None else max(self.max_seen, newest)
+        self.pending = pl.concat([self.pending, accepted], how="vertical")
+        if self.max_seen is not None:
+            w = self.max_seen - self.lateness_us
+            self.watermark = w if self.watermark is None else max(self.watermark, w)
+        batch = {"records_in": len(records), "dead_lettered": len(checked.dead), "late": late.height}
+        out = self._release(_tag(batch_id), batch_id, self.watermark, checked.dead, self._late_records(late), len(records))
+        batch.update(out)
+        self._report(batch_id, batch, time.perf_counter() - t0)
+        return batch
+
+    def flush(self) -> dict[str, int]:
+        """Release every pending event (end of an ``once`` run, or a graceful stop): the
+        watermark moves past the newest event seen, so anything at or before it is late."""
+        if not self.pending.height:
+            return {}
+        t0 = time.perf_counter()
+        self.watermark = (self.max_seen or 0) + 1
+        self.flushed = True
+        out = self._release(f"{_tag(self.batch_id)}-flush", self.batch_id, self.watermark, [], [], 0)
+        self._report(self.batch_id, out, time.perf_counter() - t0, flush=True)
+        return out
+
+    def _release(self, tag: str, batch_id: int, watermark: int | None, dead: list[dict], late: list[dict],
+                 records_in: int) -> dict[str, int]:
+        if watermark is None:
+            released, self.pending = self.pending.clear(), self.pending
+        else:
+            t = self.pending["event_time"].dt.epoch("us")
+            released = self.pending.filter(t < watermark).sort(["event_time", "event_id"])
+            self.pending = self.pending.filter(t >= watermark)
+        scored_at = time.time()
+        decisions = self.score(released)
+        alerts, deferred = self._alerts(released, decisions, batch_id, scored_at)
+        for r in dead:
+            r["batch_id"] = batch_id
+        o = self.outputs
+        o.write(tag, "dead_letter", dead)
+        o.write(tag, "late", late)
+        o.write(tag, "alerts", alerts)
+        o.write(tag, "deferred", deferred)
+        if self.write_decisions:
+            o.write_decisions(tag, decisions)
+        o.commit(tag)
+        c = self.counts
+        c["records_in"] += records_in  # counted as read, independently of where records end up
+        out = {"scored": released.height, "alerts": len(alerts), "deferred": len(deferred)}
+        c["dead_lettered"] += len(dead)
+        c["late"] += len(late)
+        c["scored"] += released.height
+        c["alerts"] += len(alerts)
+        c["deferred"] += len(deferred)
+        c["pending"] = self.pending.height
+        if not tag.endswith("-flush"):
+            c["batches"] += 1
+            self.batch_id = batch_id
+        self._commit(tag, released)
+        return out
+
+    # -- features, scores, alerts -----------------------------------------------------------
+    def history(self, events: pl.DataFrame) -> pl.DataFrame | None:
+        """The store's rows the events' features need (all strictly before the first event)."""
+        accounts = set(events["src_account"].to_list()) | set(events["dst_account"].to_list())
+        first = to_us(events["event_time"].min())
+        expand = first - self.needs.expand_us if self.needs.expand_us else None
+        rows = self.store.history_rows(accounts, first, expand, self.needs.hubs)
+        ids = set(events["event_id"].to_list())
+        rows = [r for r in rows if r[0] not in ids and r[T] < first]
+        if not rows:
+            return None
+        cols = self.store.layout.columns
+        data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
+        frame = pl.DataFrame({c: pl.Series(c, data[c], STAGED_SCHEMA[c] if c != "event_time" else pl.Int64) for c in cols})
+        frame = frame.with_columns(pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
+        return frame.select(pl.col(c) if c in cols else pl.lit(None, d).alias(c) for c, d in STAGED_SCHEMA.items())
+
+    def score(self, events: pl.DataFrame) -> pl.DataFrame:
+        if not events.height:
+            return pl.DataFrame()
+        frame = events.select(list(STAGED_SCHEMA))
+        features = self.bundle.plan.transform(frame, history=self.history(frame))
+        return self.bundle.score_features(features, self.top_k, self.explain)
+
+    def _alerts(self, events: pl.DataFrame, decisions: pl.DataFrame, batch_id: int,
+                scored_at: float) -> tuple[list[dict], list[dict]]:
+        if not decisions.height:
+            return [], []
+        flagged = decisions.filter(pl.col("alert"))
+        if not flagged.height:
+            return [], []
+        ev = {r["event_id"]: r for r in events.filter(pl.col("event_id").is_in(flagged["event_id"].implode())).iter_rows(named=True)}
+        key = self.budget.key
+        kept, deferred = [], []
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(scored_at)) + f".{int(scored_at % 1 * 1e6):06d}+00:00"
+        for d in flagged.select("event_id", "event_time", "jurisdiction", "score", "threshold", "top_features").iter_rows(named=True):
+            e = ev[d["event_id"]]
+            record = {
+                "alert_id": alert_id(d["event_id"], self.trace["model_name"], self.trace["model_version"], self.trace["bundle_hash"]),
+                "event_id": d["event_id"],
+                "event_time": d["event_time"],
+                "score": d["score"],
+                "threshold": d["threshold"],
+                "jurisdiction": d["jurisdiction"],
+                "top_features": d["top_features"],
+                **{c: e.get(c) for c in ALERT_EVENT_COLUMNS},
+                **self.trace,
+                "scored_at": when,
+                "batch_id": batch_id,
+            }
+            reason = self.budget.admit(e.get(key), to_us(d["event_time"]))
+            if reason is None:
+                kept.append(record)
+            else:
+                deferred.append({**record, "deferred_reason": reason, "budget_key": key,
+                                 "budget_value": e.get(key)})
+        return kept, deferred
+
+    def _late_records(self, late: pl.DataFrame) -> list[dict]:
+        out = []
+        for r in late.iter_rows(named=True):
+            out.append({"event_id": r["event_id"], "event_time": r["event_time"], "reasons": ["late"],
+                        "watermark": _iso(self.watermark), "allowed_lateness_us": self.lateness_us,
+                        **json.loads(r["_position"]), "record": r["_record"]})
+        return out
+
+    # -- reporting ----------------------------------------------------------------------------
+    def _report(self, batch_id: int, batch: dict[str, int], secs: float, flush: bool = False) -> None:
+        if not self.progress:
+            return
+        c = self.counts
+        what = "flush" if flush else f"batch {batch_id}"
+        print(f"{what}: +{batch.get('records_in', 0):,} in | total in {c['records_in']:,} = scored {c['scored']:,} + "
+              f"dead {c['dead_lettered']:,} + late {c['late']:,} + pending {c['pending']:,} | alerts {c['alerts']:,} "
+              f"deferred {c['deferred']:,} | {secs * 1000:.0f} ms", file=sys.stderr, flush=True)
+
+    def summary(self) -> dict[str, Any]:
+        c = dict(self.counts)
+        return {
+            "counts": c,
+            "reconciles": c["records_in"] == c["scored"] + c["dead_lettered"] + c["late"] + c["pending"],
+            "last_batch": self.batch_id,
+            "watermark": _iso(self.watermark),
+            "newest_event_time": _iso(self.max_seen),
+            "allowed_lateness_us": self.lateness_us,
+            "budget": {"key": self.budget.key, "window": self.budget.window, "cap": self.budget.cap},
+            **{k: v for k, v in self.trace.items()},
+        }
+
+
+def _tag(batch_id: int) -> str:
+    return f"{batch_id:012d}"
+
+
+def _iso(t_us: int | None) -> str | None:
+    if t_us is None:
+        return None
+    from aml_pipeline.store.engine import from_us
+
+    return from_us(int(t_us)).isoformat()
