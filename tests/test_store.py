@@ -279,6 +279,31 @@ def test_redis_cache_stays_exact_with_two_writers(synthetic, redis_server):
     assert len(mine._cache) > 100  # the cache was in use
 
 
+def test_redis_warm_holds_exact_copies_only_of_new_accounts(synthetic, redis_server):
+    """A warm-up keeps the sets it wrote as cached copies (no cold read of a merchant's
+    thousands of rows on its first request), but only for accounts Redis had no rows of:
+    a second warm into a non-empty store must not hold partial copies."""
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    layout = needs.layout()
+    before = (frame.filter(pl.col("event_time") < cut).select(layout.columns)
+              .with_columns(pl.col("event_time").dt.epoch("us")))
+    half = before.height // 2
+    first = RedisStore(layout, redis_server.url, prefix="warmcache:")
+    first.warm(before.head(half).iter_rows())
+    second = RedisStore(layout, redis_server.url, prefix="warmcache:")
+    second.warm(before.tail(before.height - half).iter_rows())
+    seen_first = set(before.head(half)["src_account"]) | set(before.head(half)["dst_account"])
+    assert first._cache and second._cache
+    assert not seen_first & set(second._cache)  # accounts with earlier rows: not held
+    uncached = RedisStore(layout, redis_server.url, prefix="warmcache:", cache_size=0)
+    engine = OnlineFeatures(plan)
+    for row in frame.filter(pl.col("event_time") >= cut).head(200).iter_rows(named=True):
+        ev = Event(request_values(row))
+        for store in (first, second):
+            assert engine.compute(ev, gather(store, needs, ev)[1]) == engine.compute(ev, gather(uncached, needs, ev)[1])
+
+
 def test_redis_state_survives_reconnect_and_server_restart(tmp_path):
     if not LocalRedis.available():
         pytest.skip("redis-server is not installed")

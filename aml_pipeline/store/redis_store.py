@@ -409,8 +409,7 @@ class RedisStore(OnlineStore):
             if pending >= 500:
                 p.execute()
                 pending = 0
-        for acc in touched:  # cached copies of these accounts' sets are now stale
-            p.incr(self._k("v", acc))
+        p.execute()
         for event_id in local.seen_ids():
             p.set(self._k("s", event_id), b"1", ex=self.ttl)
             pending += 1
@@ -418,7 +417,30 @@ class RedisStore(OnlineStore):
                 p.execute()
                 pending = 0
         p.execute()
+        order = sorted(touched)
+        for acc in order:  # cached copies of these accounts' sets are now stale
+            p.incr(self._k("v", acc))
+        self._cache_warmed(local, dict(zip(order, p.execute())))
         return n
+
+    def _cache_warmed(self, local: MemoryStore, versions: dict[str, int]) -> None:
+        """Hold the sets just written as cached copies, so the first requests after a warm-up
+        do not each fetch them again (a payment into a merchant would read thousands of rows).
+
+        Only accounts whose version is now 1 are held: Redis had no rows of theirs before, so
+        its sets are exactly the local ones. Rows go through JSON as a Redis read returns them.
+        """
+        sets: dict[str, list] = {}
+        for direction, acc, rows in local.sets():
+            if versions.get(acc) == 1:
+                sets.setdefault(acc, [[], []])[direction == "received"] = rows
+        if self._epoch is None:
+            self._epoch = (self._r.get(self._p + b"epoch") or b"").decode()
+        recent = sorted(sets, key=lambda a: max((s[-1][T] for s in sets[a] if s), default=0))[-self.cache_size:]
+        for acc in recent:
+            sent, received = json.loads(_dumps([[list(r) for r in s] for s in sets[acc]]))
+            self._cache[acc] = _Entry(1, sent, received)
+            self._cache.move_to_end(acc)
 
     # -- misc -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
