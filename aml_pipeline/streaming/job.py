@@ -1,0 +1,238 @@
+"""``task=stream``: build the streaming scorer from the config and run it on Spark.
+
+Start-up, in order; any failure before the query starts is one line and exit code 2:
+
+1. the deploy options (state mode, lateness, trigger, budget key);
+2. the bundle (verified against its manifest and the registry's hash), and the plan's
+   needs from the store: a step that cannot run per event is refused here, by name;
+3. the store (Redis must answer) and the scorer's state next to the checkpoint: the
+   embedded store is warmed from ``warm_from`` and rebuilt from the state's row logs, the
+   Redis store is warmed only on a fresh checkpoint (it keeps its rows across restarts);
+4. the Spark query: the source (a directory of JSON-lines files, or a Kafka topic through
+   our connector or Spark's), ``foreachBatch`` into :class:`.scorer.StreamScorer`, Spark's
+   checkpoint under ``<checkpoint>/spark``, a processing-time trigger or ``availableNow``.
+
+On exit (``once`` done, SIGTERM or SIGINT) the held events are released (the watermark
+moves past the newest event) and ``<reports_dir>/stream_summary.json`` is written.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aml_pipeline.errors import UserError
+from aml_pipeline.progress import table
+from aml_pipeline.schema import ALL_COLUMNS
+from aml_pipeline.streaming.records import RawRecord
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, "value", v)
+
+
+def _duration_us(text: str, key: str, allow_zero: bool = True) -> int:
+    from aml_pipeline.features.windows import duration_us
+
+    try:
+        us = duration_us(str(text))
+    except Exception:
+        us = -1
+    if us < 0 or (us == 0 and not allow_zero):
+        raise UserError(f"{key}={text!r} is not a duration such as 30s, 10m or 1d")
+    return us
+
+
+def kind(cfg: DictConfig) -> str:
+    """``file`` or ``kafka``, from the deploy option's keys (each has its own schema)."""
+    d = cfg.deploy
+    if "bootstrap_servers" in d:
+        return "kafka"
+    if "input" in d and "output" in d:
+        return "file"
+    raise UserError("task=stream needs a streaming deploy option: deploy=file or deploy=kafka (deploy=service is task=serve)")
+
+
+# ----------------------------------------------------------------------------- records from Spark rows
+def file_records(rows) -> list[RawRecord]:
+    """Whole files (``wholetext``) -> one record per non-blank line, with file and line."""
+    out = []
+    for row in sorted(rows, key=lambda r: r["path"]):
+        for n, line in enumerate(row["value"].splitlines(), start=1):
+            if line.strip():
+                out.append(RawRecord(line, {"file": row["path"], "line": n}))
+    return out
+
+
+def kafka_records(rows) -> list[RawRecord]:
+    """Spark's Kafka schema -> records with topic, partition, offset (value kept as bytes if not UTF-8)."""
+    out = []
+    for row in sorted(rows, key=lambda r: (r["topic"], r["partition"], r["offset"])):
+        value = bytes(row["value"]) if row["value"] is not None else b""
+        pos = {"topic": row["topic"], "partition": int(row["partition"]), "offset": int(row["offset"])}
+        try:
+            out.append(RawRecord(value.decode("utf-8"), pos))
+        except UnicodeDecodeError:
+            out.append(RawRecord(None, pos, raw=value))
+    return out
+
+
+# ----------------------------------------------------------------------------- building
+def build_scorer(cfg: DictConfig):
+    """(scorer, store, source kind). Raises UserError for anything a user can fix."""
+    from aml_pipeline.features.windows import duration_us  # noqa: F401
+    from aml_pipeline.registry import resolve_bundle
+    from aml_pipeline.serving.scorer import single_threaded
+    from aml_pipeline.store import open_store, parse_time, warm_from_parquet
+    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.streaming.budget import AlertBudget
+    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
+    from aml_pipeline.streaming.scorer import StateLog, StreamScorer
+    from aml_pipeline.validation.rules import build_rules
+
+    d = cfg.deploy
+    source = kind(cfg)
+    if str(_value(d.state)) == "spark":
+        raise UserError("deploy.state=spark (transformWithStateInPandas) is not implemented yet; use deploy.state=store")
+    lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
+    if d.budget.key not in ALL_COLUMNS:
+        raise UserError(f"deploy.budget.key={d.budget.key!r} is not a transaction column; e.g. merchant, region, jurisdiction")
+    if int(d.budget.cap) < 0:
+        raise UserError("deploy.budget.cap must be >= 0 (0 = no budget)")
+    _duration_us(d.budget.window, "deploy.budget.window", allow_zero=False)
+    until = parse_time(d.warm_until, "deploy.warm_until") if d.warm_until else None
+    if d.warm_from and not Path(d.warm_from).is_file():
+        raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
+    if not cfg.bundle:
+        raise UserError("task=stream needs bundle=<folder | runs:/<id>/bundle | models:/<name>@<alias>>")
+
+    bundle = resolve_bundle(cfg.bundle, cfg)
+    single_threaded(bundle)
+    needs = plan_needs(bundle.plan)
+    store = open_store(d.store, needs.layout())
+    if source == "file":
+        outputs = FileOutputs(d.output)
+    else:
+        topics = OmegaConf.to_container(d.topics, resolve=True)
+        outputs = KafkaOutputs(d.bootstrap_servers, topics)
+    currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
+    state_dir = Path(d.checkpoint) / "scorer"
+    fresh = StateLog(state_dir).load() is None
+    scorer = StreamScorer(bundle, store, needs, outputs, build_rules(currencies, require_label=False), state_dir,
+                          lateness, AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
+                          start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
+                          top_k=int(d.top_k), write_decisions=bool(d.write_decisions), stream=str(Path(d.checkpoint).resolve()),
+                          progress=bool(d.progress))
+    memory = store.backend == "memory"
+    warmed = 0
+    if d.warm_from and (memory or fresh):
+        warmed = warm_from_parquet(store, d.warm_from, until)
+    last = scorer.restore(rebuild_store=memory)
+    return scorer, store, source, {"warmed": warmed, "resumed_after_batch": last, "fresh": fresh}
+
+
+def _source(spark, cfg: DictConfig, source: str):
+    d = cfg.deploy
+    if source == "file":
+        Path(d.input).mkdir(parents=True, exist_ok=True)
+        reader = spark.readStream.format("text").option("wholetext", "true").option("pathGlobFilter", "*.jsonl")
+        if d.max_files_per_trigger:
+            reader = reader.option("maxFilesPerTrigger", int(d.max_files_per_trigger))
+        df = reader.load(str(Path(d.input).resolve()))
+        return df.selectExpr("value", "_metadata.file_path AS path")
+    connector = str(_value(d.connector))
+    if connector == "python":
+        from aml_pipeline.streaming.kafka import FORMAT, register
+
+        register(spark)
+        fmt = FORMAT
+    else:
+        fmt = "kafka"
+    reader = (spark.readStream.format(fmt).option("kafka.bootstrap.servers", d.bootstrap_servers)
+              .option("subscribe", d.topics.input).option("startingOffsets", d.starting_offsets))
+    if d.max_records_per_batch:
+        reader = reader.option("maxOffsetsPerTrigger", int(d.max_records_per_batch))
+    for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items():
+        reader = reader.option(str(k), str(v))
+    if connector == "python":
+        from aml_pipeline.streaming.kafka import validate_source_options
+
+        validate_source_options({"kafka.bootstrap.servers": d.bootstrap_servers, "subscribe": d.topics.input,
+                                 "startingOffsets": d.starting_offsets,
+                                 **{str(k): str(v) for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items()}})
+    try:
+        df = reader.load()
+    except Exception as exc:  # Spark's connector without its jars
+        raise UserError(f"deploy.connector={connector}: cannot load the Kafka source ({str(exc).splitlines()[0]}); "
+                        "use deploy.connector=python") from None
+    return df.select("value", "topic", "partition", "offset")
+
+
+def run(cfg: DictConfig) -> dict:
+    from aml_pipeline.spark.session import get_session
+
+    d = cfg.deploy
+    start = time.perf_counter()
+    scorer, store, source, info = build_scorer(cfg)
+    spark = get_session(cfg.engine, cfg.paths.data_dir)
+    to_records = file_records if source == "file" else kafka_records
+    failure: list[BaseException] = []
+
+    def each_batch(df, batch_id: int) -> None:
+        try:
+            scorer.process(int(batch_id), to_records(df.collect()))
+        except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
+            failure.append(exc)
+            raise
+
+    writer = (_source(spark, cfg, source).writeStream.foreachBatch(each_batch)
+              .option("checkpointLocation", str(Path(d.checkpoint).resolve() / "spark"))
+              .queryName("aml_stream"))
+    writer = writer.trigger(availableNow=True) if d.once else writer.trigger(processingTime=str(d.trigger))
+    print(f"streaming {scorer.trace['model_name']} version {scorer.trace['model_version']} "
+          f"(sha256 {(scorer.trace['bundle_hash'] or '')[:12]}) from {source} [store {store.backend}, "
+          f"+{info['warmed']:,} events warmed, resuming after batch {info['resumed_after_batch']}]",
+          file=sys.stderr, flush=True)
+    stopped: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
+    query = writer.start()
+    try:
+        while query.isActive and not stopped:
+            query.awaitTermination(0.5)
+    except Exception as exc:
+        cause = failure[0] if failure else exc
+        if isinstance(cause, UserError):
+            raise cause
+        raise RuntimeError(f"the streaming query failed: {cause!r}") from cause
+    finally:
+        if query.isActive:
+            query.stop()
+    if failure:
+        raise RuntimeError(f"the streaming query failed: {failure[0]!r}") from failure[0]
+    scorer.flush()
+    summary = {**scorer.summary(), "source": source, "store": store.backend, "outputs": scorer.outputs.describe(),
+               "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if d.once else "end"),
+               "seconds": round(time.perf_counter() - start, 3)}
+    out = Path(cfg.paths.reports_dir) / "stream_summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    scorer.outputs.close()
+    store.close()
+    c = summary["counts"]
+    table("stream", [
+        ("records in", f"{c['records_in']:,}"),
+        ("scored", f"{c['scored']:,}"),
+        ("dead-lettered", f"{c['dead_lettered']:,}"),
+        ("late", f"{c['late']:,}"),
+        ("alerts / deferred", f"{c['alerts']:,} / {c['deferred']:,}"),
+        ("reconciles", "yes" if summary["reconciles"] else "NO"),
+        ("summary", str(out)),
+    ])
+    return summary

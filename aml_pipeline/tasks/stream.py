@@ -1,0 +1,16 @@
+"""``task=stream``: the streaming scorer (Spark Structured Streaming) over the online store.
+
+``python -m aml_pipeline task=stream deploy=file bundle=models:/aml-scorer@champion``
+(or ``deploy=kafka``); everything else is under ``deploy.*`` (conf/deploy/file.yaml,
+conf/deploy/kafka.yaml). See docs/streaming.md.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+
+def run(cfg: DictConfig) -> dict:
+    from aml_pipeline.streaming.job import run as run_stream
+
+    return run_stream(cfg)
