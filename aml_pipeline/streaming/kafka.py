@@ -652,6 +652,9 @@ class KafkaDataSource(DataSource):
         return FORMAT
 
     def schema(self) -> StructType:
+        # Only reads ask for the schema: checking the source options here makes a malformed
+        # option fail at load(), naming it, instead of when the query runs.
+        SourceOptions.parse(self.options)
         return SCHEMA
 
     def reader(self, schema: StructType) -> KafkaBatchReader:

@@ -1,0 +1,260 @@
+"""The Kafka connector (aml_pipeline.streaming.kafka) against a real local broker (noida-db).
+
+Streaming reads must deliver every record exactly once into Spark across restarts from the
+checkpoint; the sink must put back what it was given; bad options must fail naming the option.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+
+import pytest
+
+from aml_pipeline.errors import ConfigError
+from aml_pipeline.streaming.broker import LocalBroker
+from aml_pipeline.streaming.kafka import (
+    FORMAT,
+    _prorate,
+    register,
+    validate_sink_options,
+    validate_source_options,
+)
+
+
+def _topic(prefix: str = "t") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[str | None, str]], partition: int | None = None) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    errors = []
+    for key, value in records:
+        kwargs = {"partition": partition} if partition is not None else {}
+        producer.produce(topic, key=key, value=value, on_delivery=lambda e, m: e and errors.append(e), **kwargs)
+    assert producer.flush(30) == 0 and not errors
+
+
+def consume_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every record of ``topic`` as (partition, offset, key, value), read with a plain consumer."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "check", "enable.auto.commit": False})
+    out = []
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        for p in sorted(meta.partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, low)])
+            while True:
+                msg = consumer.poll(10)
+                assert msg is not None, f"timed out reading {topic}-{p}"
+                assert msg.error() is None, msg.error()
+                out.append((p, msg.offset(), msg.key(), msg.value()))
+                if msg.offset() >= high - 1:
+                    break
+    finally:
+        consumer.close()
+    return out
+
+
+def create(bootstrap: str, topic: str, partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # keep the client alive until the result
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(15)
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory):
+    from aml_pipeline.spark.session import get_session
+
+    session = get_session({"master": "local[2]", "shuffle_partitions": 2,
+                           "conf": {"spark.ui.enabled": False}}, str(tmp_path_factory.mktemp("spark")))
+    register(spark=session)
+    return session
+
+
+def stream_to_parquet(spark, bootstrap: str, topic: str, out, checkpoint, **options):
+    reader = (spark.readStream.format(FORMAT).option("kafka.bootstrap.servers", bootstrap)
+              .option("subscribe", topic))
+    for key, value in {"startingOffsets": "earliest", **options}.items():
+        reader = reader.option(key, str(value))
+    query = (reader.load().writeStream.format("parquet").option("path", str(out))
+             .option("checkpointLocation", str(checkpoint)).trigger(availableNow=True).start())
+    query.awaitTermination(300)
+    assert query.exception() is None
+    return query
+
+
+# ----------------------------------------------------------------------------- options (fast)
+
+
+def test_missing_bootstrap_names_the_option():
+    with pytest.raises(ConfigError, match="kafka.bootstrap.servers"):
+        validate_source_options({"subscribe": "x"})
+    with pytest.raises(ConfigError, match="kafka.bootstrap.servers"):
+        validate_sink_options({"topic": "x"})
+
+
+@pytest.mark.parametrize("bad", ["newest", "{\"t\": {\"0\": \"x\"}}", "[1, 2]"])
+def test_bad_starting_offsets_names_the_option(bad):
+    with pytest.raises(ConfigError, match="startingOffsets"):
+        validate_source_options({"kafka.bootstrap.servers": "h:1", "subscribe": "x", "startingOffsets": bad})
+
+
+def test_other_option_errors():
+    base = {"kafka.bootstrap.servers": "h:1"}
+    with pytest.raises(ConfigError, match="subscribe"):
+        validate_source_options(base)
+    with pytest.raises(ConfigError, match="maxOffsetsPerTrigger"):
+        validate_source_options({**base, "subscribe": "x", "maxOffsetsPerTrigger": "0"})
+    with pytest.raises(ConfigError, match="failOnDataLoss"):
+        validate_source_options({**base, "subscribe": "x", "failOnDataLoss": "maybe"})
+    with pytest.raises(ConfigError, match="value"):
+        validate_sink_options({**base, "topic": "x"}, ["key", "payload"])
+    with pytest.raises(ConfigError, match="topic"):
+        validate_sink_options(base, ["key", "value"])
+    opts = validate_source_options({**base, "subscribe": "a, b", "startingOffsets": '{"a": {"0": 5}}',
+                                    "maxOffsetsPerTrigger": "10"})
+    assert opts.subscribe == ("a", "b") and opts.starting == {"a": {"0": 5}} and opts.max_offsets_per_trigger == 10
+
+
+def test_prorate_shares_the_limit_by_backlog():
+    a, b, c = ("t", 0), ("t", 1), ("t", 2)
+    start = {a: 0, b: 10, c: 5}
+    end = {a: 60, b: 40, c: 5}  # backlogs 60, 30, 0
+    assert _prorate(start, end, 30) == {a: 20, b: 20, c: 5}
+    assert _prorate(start, end, 1000) == end
+    capped = _prorate(start, end, 7)
+    assert sum(capped[tp] - start[tp] for tp in end) == 7
+
+
+# ----------------------------------------------------------------------------- broker
+
+
+def test_local_broker_starts_creates_topics_and_stops():
+    with LocalBroker({"a": 3, "b": 1}) as broker:
+        port = broker.port
+        produce(broker.bootstrap, "a", [(None, "x")] * 3)
+        from confluent_kafka.admin import AdminClient
+
+        topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
+        assert len(topics["a"].partitions) == 3 and len(topics["b"].partitions) == 1
+        proc = broker.proc
+    assert proc.poll() is not None
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+# ----------------------------------------------------------------------------- source (Spark)
+
+
+@pytest.mark.slow
+def test_stream_reads_each_record_once_across_restarts(spark, kafka_broker, tmp_path):
+    topic = _topic("raw")
+    create(kafka_broker, topic, 3)
+    first = [(f"k{i % 11}", json.dumps({"i": i})) for i in range(300)]
+    produce(kafka_broker, topic, first)
+    out, ck = tmp_path / "out", tmp_path / "ck"
+
+    stream_to_parquet(spark, kafka_broker, topic, out, ck)
+    rows = spark.read.parquet(str(out)).collect()
+    assert len(rows) == 300
+    assert sorted(json.loads(r.value)["i"] for r in rows) == list(range(300))
+    by_part: dict[int, list[int]] = {}
+    for r in rows:
+        by_part.setdefault(r.partition, []).append(r.offset)
+    assert len(by_part) == 3  # keys spread over the 3 partitions
+    for offsets in by_part.values():
+        assert sorted(offsets) == list(range(len(offsets)))  # contiguous, no gap, no duplicate
+    assert {r.topic for r in rows} == {topic} and {r.timestampType for r in rows} == {0}
+    assert all(r.key.decode().startswith("k") for r in rows)
+
+    second = [(f"k{i % 11}", json.dumps({"i": i})) for i in range(300, 420)]
+    produce(kafka_broker, topic, second)
+    stream_to_parquet(spark, kafka_broker, topic, out, ck)  # restart from the checkpoint
+    rows = spark.read.parquet(str(out)).collect()
+    assert len(rows) == 420
+    assert sorted(json.loads(r.value)["i"] for r in rows) == list(range(420))
+    assert len({(r.partition, r.offset) for r in rows}) == 420
+
+
+@pytest.mark.slow
+def test_starting_offsets_latest_skips_what_was_there(spark, kafka_broker, tmp_path):
+    topic = _topic("latest")
+    produce(kafka_broker, topic, [(None, f"old{i}") for i in range(10)])
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, startingOffsets="latest")
+    produce(kafka_broker, topic, [(None, f"new{i}") for i in range(5)])
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, startingOffsets="latest")
+    values = sorted(r.value.decode() for r in spark.read.parquet(str(out)).collect())
+    assert values == [f"new{i}" for i in range(5)]
+
+
+@pytest.mark.slow
+def test_starting_offsets_json_and_max_offsets_per_trigger(spark, kafka_broker, tmp_path):
+    topic = _topic("json")
+    create(kafka_broker, topic, 2)
+    produce(kafka_broker, topic, [(None, f"a{i}") for i in range(100)], partition=0)
+    produce(kafka_broker, topic, [(None, f"b{i}") for i in range(40)], partition=1)
+    query = stream_to_parquet(spark, kafka_broker, topic, tmp_path / "out", tmp_path / "ck",
+                              startingOffsets=json.dumps({topic: {"0": 30, "1": -2}}), maxOffsetsPerTrigger=25)
+    rows = spark.read.parquet(str(tmp_path / "out")).collect()
+    assert sorted(r.value.decode() for r in rows) == sorted([f"a{i}" for i in range(30, 100)] + [f"b{i}" for i in range(40)])
+    sizes = [p["numInputRows"] for p in query.recentProgress if p["numInputRows"]]
+    assert sum(sizes) == 110 and max(sizes) <= 25 and len(sizes) >= 5
+
+
+@pytest.mark.slow
+def test_batch_read_between_offsets(spark, kafka_broker):
+    topic = _topic("batch")
+    produce(kafka_broker, topic, [(f"k{i}", f"v{i}") for i in range(20)])
+    df = (spark.read.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker).option("subscribe", topic)
+          .option("startingOffsets", json.dumps({topic: {"0": 5}}))
+          .option("endingOffsets", json.dumps({topic: {"0": 15}})).load())
+    assert [r.value.decode() for r in df.orderBy("offset").collect()] == [f"v{i}" for i in range(5, 15)]
+
+
+@pytest.mark.slow
+def test_bad_options_fail_in_spark_naming_the_option(spark, kafka_broker):
+    with pytest.raises(Exception, match="kafka.bootstrap.servers"):
+        spark.readStream.format(FORMAT).option("subscribe", "x").load()
+    with pytest.raises(Exception, match="startingOffsets"):
+        (spark.readStream.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
+         .option("subscribe", "x").option("startingOffsets", "yesterday").load())
+
+
+# ----------------------------------------------------------------------------- sink (Spark)
+
+
+@pytest.mark.slow
+def test_batch_sink_writes_keys_and_values(spark, kafka_broker):
+    topic = _topic("sink")
+    df = spark.createDataFrame([(f"acct{i % 5}", json.dumps({"n": i})) for i in range(200)], "key string, value string")
+    df.write.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker).option("topic", topic).mode("append").save()
+    got = consume_all(kafka_broker, topic)
+    assert sorted((k.decode(), v.decode()) for _, _, k, v in got) == sorted((f"acct{i % 5}", json.dumps({"n": i})) for i in range(200))
+
+
+@pytest.mark.slow
+def test_stream_sink_topic_column_and_binary_value(spark, kafka_broker, tmp_path):
+    source, alerts, dead = _topic("src"), _topic("alerts"), _topic("dlq")
+    produce(kafka_broker, source, [(f"k{i}", str(i)) for i in range(60)])
+    df = (spark.readStream.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
+          .option("subscribe", source).option("startingOffsets", "earliest").load()
+          .selectExpr("key", "value",
+                      f"CASE WHEN cast(cast(value AS string) AS int) % 3 = 0 THEN '{dead}' ELSE '{alerts}' END AS topic"))
+    query = (df.writeStream.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
+             .option("checkpointLocation", str(tmp_path / "ck")).trigger(availableNow=True).start())
+    query.awaitTermination(300)
+    assert query.exception() is None
+    got_alerts = {(k.decode(), v.decode()) for _, _, k, v in consume_all(kafka_broker, alerts)}
+    got_dead = {(k.decode(), v.decode()) for _, _, k, v in consume_all(kafka_broker, dead)}
+    assert got_dead == {(f"k{i}", str(i)) for i in range(60) if i % 3 == 0}
+    assert got_alerts == {(f"k{i}", str(i)) for i in range(60) if i % 3}
