@@ -14,6 +14,13 @@ from aml_pipeline.models.classifiers import (
     RandomForestClassifier,
     load_classifier,
 )
+from aml_pipeline.models.mllib import (
+    MLLIB_CLASSIFIERS,
+    MLlibClassifier,
+    SparkGBTClassifier,
+    SparkLogisticRegression,
+    SparkRandomForestClassifier,
+)
 from aml_pipeline.models.weighting import (
     WEIGHTINGS,
     FixedPositive,
@@ -24,6 +31,10 @@ from aml_pipeline.models.weighting import (
     binary_labels,
 )
 
+# MLlib classifiers (model=spark_*): loadable from bundles like the others; pyspark is
+# imported only when one is built or used.
+CLASSIFIERS.update(MLLIB_CLASSIFIERS)
+
 __all__ = [
     "CLASSIFIERS",
     "WEIGHTINGS",
@@ -33,8 +44,12 @@ __all__ = [
     "InverseFrequency",
     "LightGBMClassifier",
     "LogisticRegressionClassifier",
+    "MLlibClassifier",
     "NoWeighting",
     "RandomForestClassifier",
+    "SparkGBTClassifier",
+    "SparkLogisticRegression",
+    "SparkRandomForestClassifier",
     "SqrtInverseFrequency",
     "Weighting",
     "binary_labels",

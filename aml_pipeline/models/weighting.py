@@ -63,6 +63,29 @@ class Weighting(ABC):
     def describe(self) -> str:
         """One line for reports and run logs."""
 
+    def class_weights(self, negatives: int, positives: int) -> tuple[float, float] | None:
+        """(weight of a negative, weight of a positive) for a window with these class counts.
+
+        Every strategy weighs a row by its label alone, so the per-row weights of
+        :meth:`weights` are these two numbers spread over the rows. Distributed trainers
+        (Spark MLlib's ``weightCol``) count the classes where the data lives and need only
+        this pair, never the labels on the driver.
+        """
+        counts = np.array([negatives, positives], dtype=np.int64)
+        if positives == 0:  # the messages of binary_labels, from counts
+            raise UserError(f"training window has no positive labels; a classifier cannot learn laundering "
+                            f"from {negatives:,} negatives alone: widen the window (split.*) or "
+                            "check the source's label column")
+        if negatives == 0:
+            raise UserError(f"training window has no negative labels (all {positives:,} rows are 1); "
+                            "check the source's label column and positive_labels")
+        pair = self._class_pair(counts)
+        return None if pair is None else (float(pair[0]), float(pair[1]))
+
+    def _class_pair(self, counts: np.ndarray) -> np.ndarray | None:
+        """[w0, w1] from the class counts (default: the row weights of one row per class)."""
+        return self._weights(np.array([0, 1], dtype=np.int8))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()!r})"
 
@@ -98,6 +121,9 @@ class InverseFrequency(Weighting):
     def _weights(self, labels: np.ndarray) -> np.ndarray:
         return _class_weights(labels)[labels]
 
+    def _class_pair(self, counts: np.ndarray) -> np.ndarray:
+        return counts.sum() / (2.0 * counts.astype(np.float64))
+
     def describe(self) -> str:
         return "inverse class frequency: weight n / (2 n_class) (sklearn 'balanced')"
 
@@ -116,6 +142,10 @@ class SqrtInverseFrequency(Weighting):
     def _weights(self, labels: np.ndarray) -> np.ndarray:
         w = np.sqrt(_class_weights(labels))[labels]
         return w / w.mean()
+
+    def _class_pair(self, counts: np.ndarray) -> np.ndarray:
+        pair = np.sqrt(counts.sum() / (2.0 * counts.astype(np.float64)))
+        return pair / (float(pair @ counts) / float(counts.sum()))
 
     def describe(self) -> str:
         return "square-root inverse class frequency, rescaled to mean 1"

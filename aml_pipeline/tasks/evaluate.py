@@ -45,9 +45,9 @@ def run(cfg: DictConfig) -> dict:
     layout = Layout.of(cfg)
     start = time.perf_counter()
     bundle = ModelBundle.load(need(layout.bundle, "train"))
-    features = pl.read_parquet(need(layout.features, "features"))
     bounds = json.loads(need(layout.split, "features").read_text())
-    test = features.filter(pl.col("split") == "test")
+    # only the test window is read (the feature table of a Spark run may be large)
+    test = pl.scan_parquet(need(layout.features, "features")).filter(pl.col("split") == "test").collect()
     with status(f"evaluate: scoring {test.height:,} test events"):
         decisions = bundle.score_features(test, cfg.scoring.top_k, Explain(cfg.scoring.explain).value)
     events = pl.read_parquet(need(layout.validated, "data"))

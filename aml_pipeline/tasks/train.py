@@ -49,9 +49,16 @@ def train_bundle(cfg: DictConfig, features: pl.DataFrame, plan: FeaturePlan, dat
 def run(cfg: DictConfig) -> dict:
     layout = Layout.of(cfg)
     start = time.perf_counter()
-    features = pl.read_parquet(need(layout.features, "features"))
     plan = FeaturePlan.from_dict(json.loads(need(layout.plan, "features").read_text()))
-    bundle = train_bundle(cfg, features, plan, need(layout.validated, "data"))
+    model = build(cfg.model, "model")
+    if getattr(model, "trains_on_spark", False):
+        # model=spark_*: MLlib trains on the feature table in Spark (aml_pipeline/spark/train.py).
+        from aml_pipeline.spark.train import train_bundle as spark_train_bundle
+
+        bundle = spark_train_bundle(cfg, model, plan, layout)
+    else:
+        features = pl.read_parquet(need(layout.features, "features"))
+        bundle = train_bundle(cfg, features, plan, need(layout.validated, "data"))
     bundle_hash = bundle.save(layout.bundle)
     secs = time.perf_counter() - start
     m = bundle.metrics
