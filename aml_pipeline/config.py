@@ -26,6 +26,7 @@ class Task(str, Enum):
     sweep_summary = "sweep_summary"  # rank the jobs of a multirun by PR-AUC
     serve = "serve"  # online scoring service (FastAPI) over the online feature store
     stream = "stream"  # streaming scorer (Spark Structured Streaming) over the online feature store
+    replay = "replay"  # publish validated transactions to Kafka or JSON-lines files, in event-time order
 
 
 class FileFormat(str, Enum):
@@ -416,6 +417,33 @@ class EngineConfig:
     checkpoint_dir: Optional[str] = None
 
 
+# ----------------------------------------------------------------------------- replay
+class ReplayTarget(str, Enum):
+    kafka = "kafka"  # one message per transaction (key src_account, CreateTime = publish time)
+    file = "file"  # JSON-lines files in a directory (what deploy=file watches)
+
+
+@dataclass
+class ReplayConfig:
+    """``task=replay``: publish validated transactions in event-time order (docs/streaming.md)."""
+
+    target: ReplayTarget = ReplayTarget.kafka
+    #: Events per second; 0 = as fast as possible.
+    rate: float = 0.0
+    #: Publish at most this many events (the earliest ones); null = all.
+    limit: Optional[int] = None
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "transactions_raw"
+    #: Partitions of the topic when replay has to create it.
+    partitions: int = 1
+    #: target=file: where the JSON-lines files go (deploy=file's default input).
+    directory: str = "${paths.data_dir}/stream/in"
+    #: target=file: events per file; target=kafka: events between progress updates.
+    batch_size: int = 1000
+    #: Further producer settings for librdkafka, as is (e.g. {security.protocol: SSL}).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 # ----------------------------------------------------------------------------- root
 @dataclass
 class AppConfig:
@@ -441,6 +469,8 @@ class AppConfig:
     bundle: Optional[str] = None
     input: Optional[str] = None
     output: Optional[str] = None
+    #: task=replay: what to publish, where and how fast.
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
 SOURCE_SCHEMAS = {

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -258,3 +260,95 @@ def test_stream_sink_topic_column_and_binary_value(spark, kafka_broker, tmp_path
     got_dead = {(k.decode(), v.decode()) for _, _, k, v in consume_all(kafka_broker, dead)}
     assert got_dead == {(f"k{i}", str(i)) for i in range(60) if i % 3 == 0}
     assert got_alerts == {(f"k{i}", str(i)) for i in range(60) if i % 3}
+
+
+# ----------------------------------------------------------------------------- task=replay
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory):
+    """A small validated parquet (PaySim sample through task=data)."""
+    from aml_pipeline.tasks import run_task
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import CONF, DATA
+
+    out = tmp_path_factory.mktemp("replay_data")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "task=data", "source=paysim", f"source.path={DATA / 'paysim_head3000.csv'}", f"paths.data_dir={out}"])
+    GlobalHydra.instance().clear()
+    run_task(cfg)
+    return out / "validated" / "transactions.parquet"
+
+
+def _replay(compose_cfg, validated, *overrides):
+    from aml_pipeline.tasks import run_task
+
+    return run_task(compose_cfg(["task=replay", f"input={validated}", *overrides]))
+
+
+@pytest.mark.slow
+def test_replay_publishes_every_row_in_event_time_order(compose_cfg, validated, kafka_broker):
+    import polars as pl
+    from datetime import datetime
+
+    topic = _topic("replay")
+    events = pl.read_parquet(validated).sort(["event_time", "event_id"], maintain_order=True)
+    before = datetime.now().timestamp()
+    result = _replay(compose_cfg, validated, f"replay.bootstrap_servers={kafka_broker}", f"replay.topic={topic}")
+    assert result["published"] == events.height
+    got = consume_all(kafka_broker, topic)
+    assert len(got) == events.height
+    records = [json.loads(v) for _, _, _, v in got]
+    assert [r["event_id"] for r in records] == events["event_id"].to_list()  # one partition: offset order = event-time order
+    assert [k.decode() for _, _, k, _ in got] == events["src_account"].to_list()
+    first = records[0]
+    assert first["event_time"] == events["event_time"][0].strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+    assert datetime.fromisoformat(first["published_at"]).timestamp() >= before - 1
+    assert first["amount"] == events["amount"][0]
+
+
+@pytest.mark.slow
+def test_replay_timestamps_are_publish_time_and_rate_is_held(compose_cfg, validated, kafka_broker, spark):
+    topic = _topic("paced")
+    start = time.time()
+    _replay(compose_cfg, validated, f"replay.bootstrap_servers={kafka_broker}", f"replay.topic={topic}",
+            "replay.rate=200", "replay.limit=100", "replay.partitions=2")
+    took = time.time() - start
+    assert 0.45 <= took < 10  # 100 events at 200/s: about half a second
+    rows = (spark.read.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
+            .option("subscribe", topic).load().collect())
+    assert len(rows) == 100 and {r.partition for r in rows} <= {0, 1}
+    for r in rows:
+        published = json.loads(r.value)["published_at"]
+        kafka_ms = int(r.timestamp.timestamp() * 1000)
+        assert abs(kafka_ms - datetime.fromisoformat(published).timestamp() * 1000) <= 1  # CreateTime = publish time
+        assert r.timestampType == 0
+
+
+def test_replay_to_files(compose_cfg, validated, tmp_path):
+    import polars as pl
+
+    from aml_pipeline.tasks.replay import iter_lines
+
+    _replay(compose_cfg, validated, "replay.target=file", f"replay.directory={tmp_path / 'in'}", "replay.batch_size=700")
+    files = sorted((tmp_path / "in").glob("*.jsonl"))
+    events = pl.read_parquet(validated)
+    assert len(files) == -(-events.height // 700) and not list((tmp_path / "in").glob(".*"))
+    ids = [json.loads(line)["event_id"] for line in iter_lines(tmp_path / "in")]
+    assert ids == events.sort(["event_time", "event_id"], maintain_order=True)["event_id"].to_list()
+
+
+@pytest.mark.slow
+def test_replay_unreachable_broker_is_one_line_error(validated, tmp_path):
+    from tests.conftest import run_cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = run_cli(["task=replay", f"input={validated}", f"replay.bootstrap_servers=127.0.0.1:{port}"], cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: replay: cannot reach Kafka at replay.bootstrap_servers=")
