@@ -1,0 +1,334 @@
+"""The streaming scorer as users run it: ``python -m aml_pipeline task=stream`` on real Spark
+(local[2]), over files, a real Kafka-protocol broker, and the embedded or Redis store.
+
+A small quickstart run (simulator, default plan, LightGBM) gives a bundle and the events;
+``task=score`` over all of them is the reference. The test window's events are written as
+JSON lines in files whose order is shuffled *within* each file and *across* files (events
+arrive after later ones were already in an earlier micro-batch, within the allowed lateness),
+with malformed records, duplicates and late events mixed in. The stream, warmed with the
+events before the test window, must give every event exactly the reference's feature values
+and score, route every other record to the dead letters or the late output, and count them
+so that records in = scored + dead-lettered + late.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import polars as pl
+import pytest
+
+from aml_pipeline.streaming.budget import AlertBudget
+from aml_pipeline.streaming.outputs import read_jsonl
+from aml_pipeline.streaming.records import DUPLICATE, UNPARSEABLE, RawRecord, check
+from aml_pipeline.validation.rules import build_rules
+from tests.conftest import ROOT, run_cli
+
+SMALL = ["+experiment=quickstart", "source.n_accounts=400", "source.days=21", "source.laundering_rate=0.03",
+         "model.params.n_estimators=80"]
+NOT_EVENT = ("label", "typology", "instance_id")
+LATENESS = "1d"
+BUDGET = ["deploy.budget.key=jurisdiction", "deploy.budget.window=1d", "deploy.budget.cap=5"]
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _line(row: dict) -> str:
+    return json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if k not in NOT_EVENT})
+
+
+def _stream_files(window: pl.DataFrame, seed: int = 7, per_file: int = 60) -> tuple[list[list[str]], dict]:
+    """The test window as files of JSON lines, out of order within and across files, plus bad and late records.
+
+    Returns (files, expected): expected dead-letter reasons by (file index, line) and late event ids.
+    """
+    rng = random.Random(seed)
+    lines = [_line(r) for r in window.iter_rows(named=True)]
+    files = [lines[i:i + per_file] for i in range(0, len(lines), per_file)]
+    for k in range(len(files) - 1):  # a few events arrive one file later, after later events
+        moved = [files[k].pop(rng.randrange(len(files[k]))) for _ in range(4)]
+        files[k + 1] += moved
+    for f in files:
+        rng.shuffle(f)
+    first = window.row(0, named=True)
+    bad = [
+        (1, "not json at all", [UNPARSEABLE]),
+        (1, "[1, 2, 3]", [UNPARSEABLE]),
+        (2, _line({**first, "event_id": "bad-amount", "amount": -5.0}), ["invalid_amount"]),
+        (2, _line({**first, "event_id": "bad-currency", "currency": "XXX"}), ["unknown_currency"]),
+        (3, json.dumps({**json.loads(_line(first)), "event_id": "naive-time", "event_time": "2025-01-20T10:00:00"}),
+         ["invalid_event_time"]),
+        (3, json.dumps({**json.loads(_line(first)), "event_id": "  ", "src_account": None}),
+         ["missing_event_id", "missing_src_account"]),
+        (4, _line(first), [DUPLICATE]),  # the same event again, three files later
+    ]
+    for k, text, _ in bad:
+        files[k].insert(len(files[k]) // 2, text)
+    # late: new payments stamped one hour into the window, arriving in the last file
+    late_ids = []
+    for n in range(3):
+        e = window.row(10 + n, named=True)
+        late_ids.append(f"late-{n}")
+        files[-1].append(_line({**e, "event_id": f"late-{n}", "event_time": window["event_time"].min() + timedelta(hours=1)}))
+    expected = {"dead": {text: reasons for _, text, reasons in bad}, "late": late_ids}
+    return files, expected
+
+
+def write_files(directory: Path, files: list[list[str]]) -> int:
+    """Write the files with increasing modification times (Spark picks the oldest first)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    t0 = time.time() - 10_000
+    for i, lines in enumerate(files):
+        p = directory / f"part-{i:04d}.jsonl"
+        p.write_text("\n".join(lines) + "\n")
+        os.utime(p, (t0 + i, t0 + i))
+    return sum(len(f) for f in files)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """data -> features -> train in-process (no MLflow), task=score reference, the stream's input files."""
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.tasks import run_task
+
+    d = tmp_path_factory.mktemp("stream_run")
+    paths = [f"paths.data_dir={d / 'data'}", f"paths.models_dir={d / 'models'}", f"paths.reports_dir={d / 'reports'}"]
+    for task in ("data", "features", "train"):
+        run_task(_compose([*SMALL, *paths, f"task={task}"]))
+    split = json.loads((d / "data/features/split.json").read_text())
+    test_start = pl.Series([split["test_start"]]).str.to_datetime(time_zone="UTC")[0]
+    validated = d / "data/validated/transactions.parquet"
+    run_task(_compose([*SMALL, *paths, "task=score", f"bundle={d / 'models/bundle'}", f"input={validated}",
+                       f"output={d / 'reference.parquet'}", "scoring.explain=none"]))
+    ref = pl.read_parquet(d / "reference.parquet")
+    window = pl.read_parquet(validated).filter(pl.col("event_time") >= test_start)
+    files, expected = _stream_files(window)
+    bundle = ModelBundle.load(d / "models/bundle")
+    return SimpleNamespace(dir=d, paths=paths, bundle_dir=d / "models/bundle", validated=validated,
+                           test_start=split["test_start"], ref={r["event_id"]: r for r in ref.iter_rows(named=True)},
+                           window=window, files=files, expected=expected, columns=bundle.feature_columns(), bundle=bundle)
+
+
+def stream_args(run, name: str, *extra: str) -> list[str]:
+    base = run.dir / name
+    return ["task=stream", "deploy=file", f"bundle={run.bundle_dir}", "engine.master='local[2]'",
+            f"paths.data_dir={base / 'data'}", f"paths.reports_dir={base / 'reports'}",
+            f"deploy.input={base / 'in'}", f"deploy.output={base / 'out'}", f"deploy.checkpoint={base / 'checkpoint'}",
+            f"deploy.warm_from={run.validated}", f"deploy.warm_until='{run.test_start}'",
+            f"deploy.allowed_lateness={LATENESS}", "deploy.write_decisions=true", *BUDGET, *extra]
+
+
+def decisions_of(out: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p) for p in sorted((out / "decisions").glob("part-*.parquet"))])
+
+
+def assert_parity(run, decisions: pl.DataFrame) -> None:
+    assert decisions["event_id"].n_unique() == decisions.height
+    for d in decisions.iter_rows(named=True):
+        ref = run.ref[d["event_id"]]
+        for c in [*run.columns, "score"]:
+            e, g = ref[c], d[c]
+            if e is None or (isinstance(e, float) and e != e):
+                assert g is None or g != g, (d["event_id"], c, e, g)
+            else:
+                assert g is not None and abs(e - g) <= 1e-9 * max(1.0, abs(e)), (d["event_id"], c, e, g)
+        assert d["threshold"] == ref["threshold"] and d["alert"] == ref["alert"]
+
+
+# ----------------------------------------------------------------------------- fast units
+def test_records_follow_the_batch_rules_and_keep_their_position():
+    rules = build_rules(["USD"], require_label=False)
+    good = '{"event_id":"e1","event_time":"2025-01-01T00:00:00+01:00","src_account":"a","dst_account":"b","amount":5,"currency":"USD","channel":"p2p","jurisdiction":"US"}'
+    recs = [RawRecord(good, {"file": "f", "line": 1}), RawRecord("{oops", {"file": "f", "line": 2}),
+            RawRecord(good.replace('"amount":5', '"amount":"12x"'), {"file": "f", "line": 3}),
+            RawRecord(good, {"file": "f", "line": 4}),
+            RawRecord(good.replace("e1", "e2").replace("USD", "XBT"), {"file": "f", "line": 5}),
+            RawRecord(None, {"topic": "t", "partition": 0, "offset": 9}, raw=b"\xff\xfe")]
+    got = check(recs, rules, known_ids=set())
+    assert got.valid["event_id"].to_list() == ["e1"]
+    assert str(got.valid["event_time"][0]) == "2024-12-31 23:00:00+00:00"
+    dead = {(d.get("line"), d.get("offset")): d for d in got.dead}
+    assert dead[(2, None)]["reasons"] == [UNPARSEABLE] and dead[(2, None)]["record"] == "{oops"
+    assert dead[(3, None)]["reasons"] == ["duplicate_event_id", "invalid_amount"]  # e1 came first; rule order
+    assert dead[(4, None)]["reasons"] == ["duplicate_event_id"]
+    assert dead[(5, None)]["reasons"] == ["unknown_currency"]
+    assert dead[(None, 9)]["reasons"] == [UNPARSEABLE] and dead[(None, 9)]["record_base64"] == "//4="
+    # an id the stream accepted in an earlier batch is a duplicate too
+    again = check([RawRecord(good, {"file": "g", "line": 1})], rules, is_known=lambda ids: set(ids))
+    assert again.valid.height == 0 and again.dead[0]["reasons"] == [DUPLICATE]
+
+
+def test_alert_budget_defers_over_the_cap_in_a_trailing_window():
+    hour = 3_600_000_000
+    b = AlertBudget("merchant", "1d", 2)
+    got = [b.admit("m1", t * hour) for t in (0, 1, 2, 3)] + [b.admit("m2", 3 * hour), b.admit("m1", 25 * hour)]
+    assert got[:2] == [None, None] and got[4] is None
+    assert got[2] and "merchant=m1 already has 2 alerts in the trailing 1d (cap 2)" in got[2] and got[3]
+    assert got[5] is None  # the alerts at 0h left the window; 1h is still in it, so 1 + 1 <= 2
+    assert b.admit("m1", 25 * hour + 1) is None  # 1h has just left the window
+    assert b.admit("m1", 25 * hour + 2) is not None  # 25h and 25h + 1µs fill it
+    assert AlertBudget("merchant", "1d", 2).load(b.state()).admit("m1", 25 * hour + 3) is not None  # state survives
+    assert b.admit(None, 0) is None and "(none)" in b.state()
+
+
+def test_deploy_options_compose_with_their_own_schemas():
+    cfg = _compose(["task=stream", "deploy=file"])
+    assert cfg.deploy.state.value == "store" and cfg.deploy.allowed_lateness == "10m" and "input" in cfg.deploy
+    cfg = _compose(["task=stream", "deploy=kafka", "deploy.topics.alerts=my_alerts"])
+    assert cfg.deploy.topics.input == "transactions_raw" and cfg.deploy.topics.alerts == "my_alerts"
+    assert cfg.deploy.connector.value == "python"
+    assert _compose(["task=serve"]).deploy.port == 8000  # deploy=service unchanged
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        _compose(["task=stream", "deploy=file", "deploy.alowed_lateness=1h"])
+
+
+def test_stream_refuses_bad_options_in_one_line(run, tmp_path):
+    r = run_cli(stream_args(run, "refuse", "deploy.budget.key=shop"), cwd=tmp_path)
+    assert r.returncode == 2 and "deploy.budget.key='shop' is not a transaction column" in r.stderr, r.stderr[-2000:]
+    r = run_cli(stream_args(run, "refuse", "deploy.state=spark"), cwd=tmp_path)
+    assert r.returncode == 2 and "deploy.state=spark" in r.stderr
+    r = run_cli(["task=stream", "deploy=service", f"bundle={run.bundle_dir}"], cwd=tmp_path)
+    assert r.returncode == 2 and "deploy=file or deploy=kafka" in r.stderr
+
+
+# ----------------------------------------------------------------------------- on Spark
+@pytest.fixture(scope="module")
+def file_run(run):
+    """One uninterrupted run over files (availableNow, two files per micro-batch)."""
+    base = run.dir / "files"
+    n = write_files(base / "in", run.files)
+    r = run_cli(stream_args(run, "files", "deploy.once=true", "deploy.max_files_per_trigger=2"), cwd=run.dir, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return SimpleNamespace(base=base, out=base / "out", records=n, stderr=r.stderr,
+                           summary=json.loads((base / "reports/stream_summary.json").read_text()))
+
+
+@pytest.mark.slow
+def test_file_stream_matches_offline_scores_out_of_order(run, file_run):
+    decisions = decisions_of(file_run.out)
+    expected = set(run.window["event_id"].to_list())
+    assert set(decisions["event_id"].to_list()) == expected and decisions.height == len(expected) > 500
+    assert_parity(run, decisions)
+    # several micro-batches, and events really arrived after later ones
+    assert file_run.summary["counts"]["batches"] >= 5
+    lines = [json.loads(t) for f in run.files for t in f if t.startswith('{"event_id": "synthetic')]
+    times = [x["event_time"] for x in lines]
+    assert any(a > b for a, b in zip(times, times[1:]))
+
+
+@pytest.mark.slow
+def test_every_record_is_scored_dead_lettered_or_late(run, file_run):
+    c = file_run.summary["counts"]
+    dead = read_jsonl(file_run.out / "dead_letter")
+    late = read_jsonl(file_run.out / "late")
+    scored = decisions_of(file_run.out).height
+    assert c["records_in"] == file_run.records == scored + len(dead) + len(late)
+    assert (c["scored"], c["dead_lettered"], c["late"], c["pending"]) == (scored, len(dead), len(late), 0)
+    assert file_run.summary["reconciles"] is True
+    by_text = {d["record"]: d for d in dead}
+    assert set(by_text) == set(run.expected["dead"])
+    for text, reasons in run.expected["dead"].items():
+        d = by_text[text]
+        assert d["reasons"] == reasons, (text, d)
+        n = int(d["file"].rsplit("part-", 1)[1][:4])
+        assert Path(d["file"]).name.startswith("part-") and run.files[n][d["line"] - 1] == text  # file and line
+    assert sorted(x["event_id"] for x in late) == run.expected["late"]
+    assert all(x["reasons"] == ["late"] and x["watermark"] and x["record"] for x in late)
+    assert "batch 0:" in file_run.stderr and "flush:" in file_run.stderr
+
+
+@pytest.mark.slow
+def test_alert_budget_defers_with_reasons_and_totals_add_up(run, file_run):
+    decisions = decisions_of(file_run.out)
+    alerts = read_jsonl(file_run.out / "alerts")
+    deferred = read_jsonl(file_run.out / "deferred")
+    assert deferred, "the budget (cap 5 a day per jurisdiction) should defer some alerts"
+    flagged = set(decisions.filter(pl.col("alert"))["event_id"].to_list())
+    assert {a["event_id"] for a in alerts} | {a["event_id"] for a in deferred} == flagged
+    assert len(alerts) + len(deferred) == len(flagged)
+    c = file_run.summary["counts"]
+    assert (c["alerts"], c["deferred"]) == (len(alerts), len(deferred))
+    assert all("alert budget: jurisdiction=" in a["deferred_reason"] and "(cap 5)" in a["deferred_reason"] for a in deferred)
+    # the kept alerts respect the cap in every trailing day, per jurisdiction
+    day = 86_400
+    from datetime import datetime
+
+    kept: dict[str, list[float]] = {}
+    for a in sorted(alerts, key=lambda a: a["event_time"]):
+        kept.setdefault(a["jurisdiction"], []).append(datetime.fromisoformat(a["event_time"]).timestamp())
+    for times in kept.values():
+        for i, t in enumerate(times):
+            assert sum(1 for s in times[:i + 1] if s >= t - day) <= 5
+    # every alert explains itself and carries its lineage
+    from aml_pipeline.streaming.scorer import alert_id
+
+    for a in alerts + deferred:
+        assert a["alert_id"] == alert_id(a["event_id"], a["model_name"], a["model_version"], run.bundle.bundle_hash)
+        assert len(a["top_features"]) == 5 and {"feature", "value", "contribution"} <= set(a["top_features"][0])
+        assert a["score"] >= a["threshold"] and a["jurisdiction"] and a["config_hash"] and a["scored_at"]
+        assert a["model_name"] == "aml-scorer" and a["bundle_hash"] == run.bundle.bundle_hash
+
+
+def _state_batch(checkpoint: Path) -> int:
+    p = checkpoint / "scorer" / "state.json"
+    try:
+        return json.loads(p.read_text())["batch_id"]
+    except (OSError, ValueError):
+        return -1
+
+
+@pytest.mark.slow
+def test_killed_scorer_restarts_from_checkpoint_without_losing_alerts(run, file_run):
+    """SIGKILL mid-stream (one file per micro-batch), restart: the same alerts as the uninterrupted run."""
+    base = run.dir / "killed"
+    write_files(base / "in", run.files)
+    args = stream_args(run, "killed", "deploy.once=true", "deploy.max_files_per_trigger=1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while _state_batch(base / "checkpoint") < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the scorer finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the scorer and its JVM, mid-stream
+        proc.wait()
+    killed_at = _state_batch(base / "checkpoint")
+    assert 4 <= killed_at < len(run.files) - 1
+    assert not (base / "reports/stream_summary.json").exists()
+    r = run_cli(args, cwd=run.dir, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert f"resuming after batch {killed_at}" in r.stderr
+
+    def ids(out: Path, kind: str) -> list[str]:
+        return [a["alert_id"] for a in read_jsonl(out / kind)]
+
+    for kind in ("alerts", "deferred"):
+        got, want = ids(base / "out", kind), ids(file_run.out, kind)
+        assert len(got) == len(set(got)) and set(got) == set(want), kind
+    summary = json.loads((base / "reports/stream_summary.json").read_text())
+    assert summary["counts"] == {**file_run.summary["counts"], "batches": summary["counts"]["batches"]}
+    assert_parity(run, decisions_of(base / "out"))
