@@ -332,3 +332,74 @@ def test_killed_scorer_restarts_from_checkpoint_without_losing_alerts(run, file_
     summary = json.loads((base / "reports/stream_summary.json").read_text())
     assert summary["counts"] == {**file_run.summary["counts"], "batches": summary["counts"]["batches"]}
     assert_parity(run, decisions_of(base / "out"))
+
+
+# ----------------------------------------------------------------------------- on Kafka
+def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(t, num_partitions=n, replication_factor=1) for t, n in topics.items()]).values():
+        f.result(30)
+
+
+def _consume_all(bootstrap: str, topic: str) -> list[dict]:
+    """Every record of a topic, from the beginning to its current end, value parsed as JSON."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{topic}", "enable.auto.commit": False})
+    try:
+        parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        out, seen = [], {p: 0 for p in parts}
+        deadline = time.monotonic() + 60
+        while any(seen[p] < ends[p] for p in parts) and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            seen[m.partition()] = m.offset() + 1
+            out.append({**json.loads(m.value()), "_key": m.key().decode() if m.key() else None})
+        assert all(seen[p] >= ends[p] for p in parts), (topic, seen, ends)
+        return out
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+def test_kafka_stream_matches_offline_and_reconciles(run, file_run, kafka_broker):
+    """The same records through a real broker (2 partitions, plus bytes that are not UTF-8)."""
+    from confluent_kafka import Producer
+
+    tag = f"{os.getpid()}_{int(time.time())}"
+    topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions")}
+    _create_topics(kafka_broker, {t: (2 if k == "input" else 1) for k, t in topics.items()})
+    producer = Producer({"bootstrap.servers": kafka_broker})
+    records = [t.encode() for f in run.files for t in f] + [b"\xff\xfe not utf-8"]
+    for i, value in enumerate(records):
+        producer.produce(topics["input"], value=value, partition=i % 2)
+    assert producer.flush(30) == 0
+    args = [a for a in stream_args(run, "kafka", "deploy.once=true", "deploy.max_records_per_batch=150")
+            if not a.startswith(("deploy=", "deploy.input=", "deploy.output="))]
+    args += ["deploy=kafka", f"deploy.bootstrap_servers={kafka_broker}", *[f"deploy.topics.{k}={t}" for k, t in topics.items()]]
+    r = run_cli(args, cwd=run.dir, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((run.dir / "kafka/reports/stream_summary.json").read_text())
+    got = {k: _consume_all(kafka_broker, t) for k, t in topics.items() if k != "input"}
+    decisions = pl.DataFrame(got["decisions"], infer_schema_length=None).drop("_key")
+    assert set(decisions["event_id"].to_list()) == set(run.window["event_id"].to_list())
+    assert_parity(run, decisions)
+    c = summary["counts"]
+    assert c["records_in"] == len(records) == decisions.height + len(got["dead_letter"]) + len(got["late"])
+    assert (c["scored"], c["dead_lettered"], c["late"], c["pending"]) == (decisions.height, len(got["dead_letter"]), len(got["late"]), 0)
+    assert c["batches"] >= 5
+    assert sorted(x["event_id"] for x in got["late"]) == run.expected["late"]
+    dead = got["dead_letter"]
+    assert {d["record"] for d in dead if d["record"] is not None} == set(run.expected["dead"])
+    binary = [d for d in dead if d["record"] is None]
+    assert len(binary) == 1 and binary[0]["reasons"] == [UNPARSEABLE] and binary[0]["topic"] == topics["input"]
+    assert binary[0]["partition"] == (len(records) - 1) % 2 and binary[0]["offset"] == (len(records) - 1) // 2
+    # same alerts and deferrals as over files (deterministic alert ids), keyed by alert id
+    for kind in ("alerts", "deferred"):
+        assert {a["alert_id"] for a in got[kind]} == {a["alert_id"] for a in read_jsonl(file_run.out / kind)}
+        assert all(a["_key"] == a["alert_id"] for a in got[kind])
