@@ -37,6 +37,13 @@ def load_input(cfg: DictConfig) -> pl.DataFrame:
 
 
 def run(cfg: DictConfig) -> dict:
+    from aml_pipeline.spark.session import engine_name
+
+    if engine_name(cfg) == "spark":
+        # engine=spark: features and scores computed in Spark by the same bundle (aml_pipeline/spark/scoring.py).
+        from aml_pipeline.spark.scoring import run_score
+
+        return run_score(cfg)
     start = time.perf_counter()
     with status(f"score: loading bundle {cfg.bundle}"):
         bundle = resolve_bundle(cfg.bundle, cfg)

@@ -1,0 +1,203 @@
+"""Batch scoring inside Spark (``task=score engine=spark``): the bundle's own scorer, per partition.
+
+A scorer never re-derives anything: the bundle (LightGBM text model or skops file, fitted
+plan, thresholds) is shipped to the executors as its files (a broadcast of a few hundred
+kB), each Python worker verifies the files against the bundle hash and loads it once, and
+``mapInArrow`` hands it the feature rows batch by batch. Each batch is scored by
+:meth:`ModelBundle.score_features`, the very code the polars path runs, so the scores,
+thresholds, alerts and explanations are the polars path's (a LightGBM prediction depends
+only on its row; the test asserts equality).
+
+The features themselves come from the same fitted plan compiled to Spark
+(:class:`~aml_pipeline.spark.features.SparkFeatures`), identical to polars'.
+
+MLlib bundles (``model=spark_*``) score with their Spark ``PipelineModel`` (a ``score``
+column from ``transform``); the thresholds and the trace columns are then added in the same
+``mapInArrow`` step with the model's score taken as given.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import polars as pl
+import pyarrow as pa
+from omegaconf import DictConfig
+from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+from aml_pipeline.bundle import ModelBundle
+from aml_pipeline.config import Explain
+from aml_pipeline.models.mllib import SCORE, MLlibClassifier
+from aml_pipeline.progress import status, table
+
+#: Python-worker cache: bundle hash -> loaded bundle (workers are reused across tasks).
+_LOADED: dict[str, ModelBundle] = {}
+
+
+def bundle_files(bundle: ModelBundle) -> tuple[dict[str, bytes], str]:
+    """The bundle as {file name: bytes} and its hash (written out once, as ``save`` writes it)."""
+    original = bundle.bundle_hash
+    try:
+        with tempfile.TemporaryDirectory(prefix="aml_bundle_") as d:
+            digest = bundle.save(Path(d) / "bundle")
+            files = {p.name: p.read_bytes() for p in (Path(d) / "bundle").iterdir() if p.is_file()}
+    finally:
+        bundle.bundle_hash = original  # the decisions carry the hash the bundle was loaded with
+    return files, digest
+
+
+def _worker_bundle(files: dict[str, bytes], digest: str) -> ModelBundle:
+    """Load (once per worker process) and verify the shipped bundle."""
+    bundle = _LOADED.get(digest)
+    if bundle is None:
+        d = Path(tempfile.mkdtemp(prefix="aml_bundle_"))
+        for name, data in files.items():
+            (d / name).write_bytes(data)
+        bundle = ModelBundle.load(d, expected_hash=digest)
+        _LOADED[digest] = bundle
+    return bundle
+
+
+class _GivenScore:
+    """Stands in for an MLlib model on the workers: the score column was computed by Spark."""
+
+    def __init__(self, model: MLlibClassifier) -> None:
+        self.name = model.name
+        self._importance = model.feature_importance()
+
+    def feature_importance(self) -> dict[str, float]:
+        return self._importance
+
+    def contributions(self, X) -> None:
+        return None
+
+
+def _decide(bundle: ModelBundle, frame: pl.DataFrame, top_k: int, explain: str, given_score: bool) -> pl.DataFrame:
+    if not given_score:
+        return bundle.score_features(frame, top_k, explain)
+    # MLlib: the score came from Spark; thresholds, explanations (global importances) and trace as usual.
+    score = frame[SCORE].to_numpy()
+    original = bundle.predict_features
+    bundle.predict_features = lambda _f: score  # type: ignore[method-assign]
+    try:
+        return bundle.score_features(frame.drop(SCORE), top_k, explain)
+    finally:
+        bundle.predict_features = original  # type: ignore[method-assign]
+
+
+def score_frame(bundle: ModelBundle, features: DataFrame, top_k: int = 5, explain: str = "alerts") -> DataFrame:
+    """Decisions for Spark rows carrying the plan's feature columns (lazy; one row per input row).
+
+    Same columns, types and values as :meth:`ModelBundle.score_features` on the same rows.
+    """
+    spark = features.sparkSession
+    mllib = isinstance(bundle.model, MLlibClassifier)
+    needed = ["event_id", "event_time", "jurisdiction", *bundle.feature_columns()]
+    rows = features.select(*[f"`{c}`" for c in needed])
+    shipped = bundle
+    if mllib:
+        rows = bundle.model.predict_frame(rows)
+        shipped = ModelBundle(name=bundle.name, model=bundle.model, plan=bundle.plan, thresholds=bundle.thresholds,
+                              lineage=bundle.lineage, metrics=bundle.metrics, registry=bundle.registry,
+                              bundle_hash=bundle.bundle_hash)
+    # the output schema: the scorer's own output on no rows
+    empty = pl.from_arrow(rows.limit(0).toArrow())
+    out_schema = _decide(_driver_view(bundle, mllib), empty, top_k, explain, mllib).to_arrow().schema
+    spark_schema = from_arrow_schema(out_schema)
+    arrow_schema = to_arrow_schema(spark_schema, timezone="UTC")
+    trace, bundle_hash = dict(bundle.registry), bundle.bundle_hash
+    if mllib:
+        payload = spark.sparkContext.broadcast(("mllib", _mllib_state(shipped)))
+    else:
+        files, digest = bundle_files(bundle)
+        payload = spark.sparkContext.broadcast(("files", (files, digest)))
+
+    def score_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        kind, state = payload.value
+        scorer = _worker_bundle(*state) if kind == "files" else _mllib_bundle(state)
+        scorer.registry, scorer.bundle_hash = trace, bundle_hash
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            decided = _decide(scorer, pl.from_arrow(pa.Table.from_batches([batch])), top_k, explain, mllib)
+            yield from decided.to_arrow().cast(arrow_schema).to_batches()
+
+    return rows.mapInArrow(score_batches, spark_schema)
+
+
+def _driver_view(bundle: ModelBundle, mllib: bool) -> ModelBundle:
+    return _mllib_bundle(_mllib_state(bundle)) if mllib else bundle
+
+
+def _mllib_state(bundle: ModelBundle) -> dict:
+    """What the workers need of an MLlib bundle (no JVM objects): plan, thresholds, importances."""
+    return {"name": bundle.name, "plan": bundle.plan.to_dict(), "thresholds": bundle.thresholds,
+            "lineage": bundle.lineage, "hash": bundle.bundle_hash, "model": _GivenScore(bundle.model)}
+
+
+def _mllib_bundle(state: dict) -> ModelBundle:
+    from aml_pipeline.features.plan import FeaturePlan
+
+    return ModelBundle(name=state["name"], model=state["model"], plan=FeaturePlan.from_dict(state["plan"]),  # type: ignore[arg-type]
+                       thresholds=state["thresholds"], lineage=state["lineage"], bundle_hash=state["hash"])
+
+
+# ----------------------------------------------------------------------------- task=score
+def _events(cfg: DictConfig, spark) -> tuple[DataFrame, str | None]:
+    """The input as a Spark frame: the parquet file read by Spark, or the configured source staged."""
+    from aml_pipeline.errors import UserError
+
+    if cfg.input:
+        p = Path(cfg.input)
+        if not p.exists():
+            raise UserError(f"input={p}: no such file (a parquet file in the canonical schema, e.g. data/validated/transactions.parquet)")
+        return spark.read.parquet(str(p)), None
+    from aml_pipeline.spark.tasks import stage
+    from aml_pipeline.tasks.data import ingest
+
+    valid = ingest(cfg).result.valid
+    frame, path = stage(spark, valid, Path(cfg.paths.data_dir))
+    return frame.drop("_staged_row"), path
+
+
+def run_score(cfg: DictConfig) -> dict:
+    """``task=score`` with ``engine=spark``: features and scores computed by Spark, one parquet file out."""
+    from aml_pipeline.registry import resolve_bundle
+    from aml_pipeline.spark import io
+    from aml_pipeline.spark.features import SparkFeatures
+    from aml_pipeline.spark.session import get_session
+    from aml_pipeline.tasks.layout import Layout
+
+    start = time.perf_counter()
+    spark = get_session(cfg.engine, cfg.paths.data_dir)
+    with status(f"score: loading bundle {cfg.bundle}"):
+        bundle = resolve_bundle(cfg.bundle, cfg)
+    events, staged = _events(cfg, spark)
+    out = Path(cfg.output) if cfg.output else Layout.of(cfg).data_dir / "scores" / "scores.parquet"
+    engine = SparkFeatures(bundle.plan, spark)
+    with status(f"score (spark {spark.sparkContext.master}): features and scores"):
+        try:
+            decisions = score_frame(bundle, engine.transform(events), cfg.scoring.top_k, Explain(cfg.scoring.explain).value)
+            rows = io.publish(decisions, out, sort_by=["event_time", "event_id"], what="scores")
+        finally:
+            engine.release()
+            if staged:
+                io.remove(staged)
+    alerts = int(pl.scan_parquet(out).select(pl.col("alert").sum()).collect().item())
+    secs = time.perf_counter() - start
+    table("score (spark)", [
+        ("bundle", f"{bundle.registry.get('name', bundle.name)} version {bundle.registry.get('version', 'unregistered')} "
+                   f"(sha256 {bundle.bundle_hash[:12]})"),
+        ("events", f"{rows:,}"),
+        ("alerts", f"{alerts:,} ({alerts / max(rows, 1):.3%})"),
+        ("took", f"{secs:.1f}s"),
+        ("output", str(out)),
+    ])
+    return {"events": rows, "alerts": alerts, "output": str(out)}
+
+
+__all__ = ["bundle_files", "run_score", "score_frame"]
