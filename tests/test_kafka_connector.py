@@ -232,6 +232,30 @@ def test_bad_options_fail_in_spark_naming_the_option(spark, kafka_broker):
          .option("subscribe", "x").option("startingOffsets", "yesterday").load())
 
 
+@pytest.mark.slow
+def test_recreated_topic_is_data_loss_unless_allowed(spark, kafka_broker, tmp_path):
+    from confluent_kafka.admin import AdminClient
+
+    topic = _topic("loss")
+    produce(kafka_broker, topic, [(None, f"old{i}") for i in range(10)])
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    stream_to_parquet(spark, kafka_broker, topic, out, ck)
+    admin = AdminClient({"bootstrap.servers": kafka_broker})
+    admin.delete_topics([topic])[topic].result(15)
+    create(kafka_broker, topic, 1)
+    produce(kafka_broker, topic, [(None, f"new{i}") for i in range(3)])  # offsets 0..2 < checkpointed 10
+
+    query = (spark.readStream.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
+             .option("subscribe", topic).load().writeStream.format("parquet").option("path", str(out))
+             .option("checkpointLocation", str(ck)).trigger(availableNow=True).start())
+    with pytest.raises(Exception, match="data loss"):
+        query.awaitTermination(300)
+
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, failOnDataLoss="false")
+    values = sorted(r.value.decode() for r in spark.read.parquet(str(out)).collect())
+    assert values == sorted([f"old{i}" for i in range(10)] + [f"new{i}" for i in range(3)])
+
+
 # ----------------------------------------------------------------------------- sink (Spark)
 
 
@@ -260,6 +284,9 @@ def test_stream_sink_topic_column_and_binary_value(spark, kafka_broker, tmp_path
     got_dead = {(k.decode(), v.decode()) for _, _, k, v in consume_all(kafka_broker, dead)}
     assert got_dead == {(f"k{i}", str(i)) for i in range(60) if i % 3 == 0}
     assert got_alerts == {(f"k{i}", str(i)) for i in range(60) if i % 3}
+    both = (spark.read.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
+            .option("subscribe", f"{alerts}, {dead}").load())
+    assert both.count() == 60 and {r.topic for r in both.select("topic").distinct().collect()} == {alerts, dead}
 
 
 # ----------------------------------------------------------------------------- task=replay
