@@ -19,6 +19,7 @@ from aml_pipeline.streaming.broker import LocalBroker
 from aml_pipeline.streaming.kafka import (
     FORMAT,
     _prorate,
+    error_message,
     register,
     validate_sink_options,
     validate_source_options,
@@ -122,6 +123,8 @@ def test_other_option_errors():
         validate_sink_options({**base, "topic": "x"}, ["key", "payload"])
     with pytest.raises(ConfigError, match="topic"):
         validate_sink_options(base, ["key", "value"])
+    with pytest.raises(ConfigError, match="headers"):
+        validate_sink_options({**base, "topic": "x"}, ["value", "headers"])
     opts = validate_source_options({**base, "subscribe": "a, b", "startingOffsets": '{"a": {"0": 5}}',
                                     "maxOffsetsPerTrigger": "10"})
     assert opts.subscribe == ("a", "b") and opts.starting == {"a": {"0": 5}} and opts.max_offsets_per_trigger == 10
@@ -227,9 +230,14 @@ def test_batch_read_between_offsets(spark, kafka_broker):
 def test_bad_options_fail_in_spark_naming_the_option(spark, kafka_broker):
     with pytest.raises(Exception, match="kafka.bootstrap.servers"):
         spark.readStream.format(FORMAT).option("subscribe", "x").load()
-    with pytest.raises(Exception, match="startingOffsets"):
+    with pytest.raises(Exception, match="startingOffsets") as caught:
         (spark.readStream.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
          .option("subscribe", "x").option("startingOffsets", "yesterday").load())
+    assert error_message(caught.value).startswith("option startingOffsets must be 'earliest', 'latest' or JSON")
+    df = spark.createDataFrame([("a", "b")], "value string, extra string")
+    with pytest.raises(Exception, match="topic") as caught:
+        df.select("value").write.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker).mode("append").save()
+    assert error_message(caught.value) == "the Kafka sink needs the option topic or a 'topic' column"
 
 
 @pytest.mark.slow

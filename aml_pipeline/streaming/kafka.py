@@ -221,13 +221,23 @@ def validate_sink_options(options: Mapping[str, str], columns: list[str] | None 
     return conf
 
 
+def error_message(exc: BaseException) -> str:
+    """One line for a connector error that Spark wrapped in its own exception and traceback:
+    the connector's ``ConfigError`` / ``RuntimeError`` text when there is one."""
+    text = str(exc)
+    found = re.search(r"(?:aml_pipeline\.errors\.\w+|RuntimeError|TimeoutError): (.+)", text)
+    return found.group(1).strip() if found else (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _check_sink_columns(columns: list[str], topic: str | None) -> None:
     names = {c.lower() for c in columns}
     if "value" not in names:
         raise ConfigError(f"the Kafka sink needs a 'value' column (string or binary); got {sorted(columns)}")
     if not topic and "topic" not in names:
         raise ConfigError("the Kafka sink needs the option topic or a 'topic' column")
-    unknown = names - {"key", "value", "topic", "partition", "headers"}
+    if "headers" in names:
+        raise ConfigError("the Kafka sink does not write a 'headers' column yet; drop it (or use Spark's format(\"kafka\"))")
+    unknown = names - {"key", "value", "topic", "partition"}
     if unknown:
         raise ConfigError(f"the Kafka sink takes columns key, value, topic, partition; "
                           f"unexpected: {sorted(unknown)} (select or to_json them first)")
