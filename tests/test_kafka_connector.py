@@ -157,6 +157,32 @@ def test_local_broker_starts_creates_topics_and_stops():
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+def test_local_broker_dies_with_the_process_that_started_it(tmp_path):
+    """A test run killed with SIGKILL must not leave a broker behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = ("from aml_pipeline.streaming.broker import LocalBroker; import time\n"
+              "b = LocalBroker().start(); print(b.proc.pid, b.port, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pid, port = map(int, parent.stdout.readline().split())
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the broker outlived the process that started it")
+
+
 # ----------------------------------------------------------------------------- source (Spark)
 
 

@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,17 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the process that started it dies, so a
+    killed test run leaves no broker behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def broker_binary() -> Path:
@@ -80,7 +92,8 @@ class LocalBroker:
         self.proc = subprocess.Popen(
             [str(binary), "start", "--data-dir", str(self._data_dir / "data"), "--host", "127.0.0.1",
              "--only", "kafka", "--kafka-port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         log.close()
         try:
             self._wait_ready()
@@ -157,3 +170,37 @@ class LocalBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m aml_pipeline.streaming.broker [--port 9092] [--topic transactions_raw:2 ...]``:
+    a local broker in the foreground (Ctrl-C stops it), to try ``deploy=kafka`` and
+    ``task=replay`` without a Kafka cluster."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m aml_pipeline.streaming.broker", description=main.__doc__)
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--data-dir", default=None, help="keep the data here (default: a temporary directory)")
+    parser.add_argument("--topic", action="append", default=[], metavar="NAME[:PARTITIONS]")
+    args = parser.parse_args(argv)
+    topics = {}
+    for spec in args.topic:
+        name, _, parts = spec.partition(":")
+        topics[name] = int(parts or 1)
+    def _interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # stop cleanly (and delete the temp dir) on SIGTERM too
+    with LocalBroker(topics, port=args.port, data_dir=args.data_dir) as broker:
+        print(f"Kafka-protocol broker (noida-db) on {broker.bootstrap}; topics: "
+              f"{', '.join(f'{t}:{n}' for t, n in topics.items()) or 'none (auto-created on produce)'}; Ctrl-C stops it",
+              flush=True)
+        try:
+            while broker.proc is not None and broker.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
