@@ -63,7 +63,10 @@ def broker_binary() -> Path:
 
 
 class LocalBroker:
-    """Start noida-db's Kafka service on a free 127.0.0.1 port; stop it on exit."""
+    """Start noida-db's Kafka service on a free 127.0.0.1 port; stop it on exit.
+
+    Start it from a thread that outlives its use (the main thread, a pytest fixture): on
+    Linux the broker is stopped when the starting thread ends."""
 
     def __init__(self, topics: Mapping[str, int] | Sequence[str] | None = None, port: int | None = None,
                  data_dir: str | Path | None = None, start_timeout: float = 30.0):
