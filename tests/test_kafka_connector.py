@@ -229,6 +229,16 @@ def test_starting_offsets_latest_skips_what_was_there(spark, kafka_broker, tmp_p
 
 
 @pytest.mark.slow
+def test_topic_created_after_the_query_started_is_read_from_its_start(spark, kafka_broker, tmp_path):
+    topic = _topic("later")
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, startingOffsets="latest")  # no such topic yet
+    produce(kafka_broker, topic, [(None, f"v{i}") for i in range(4)])  # auto-created
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, startingOffsets="latest")
+    assert sorted(r.value.decode() for r in spark.read.parquet(str(out)).collect()) == [f"v{i}" for i in range(4)]
+
+
+@pytest.mark.slow
 def test_starting_offsets_json_and_max_offsets_per_trigger(spark, kafka_broker, tmp_path):
     topic = _topic("json")
     create(kafka_broker, topic, 2)

@@ -273,17 +273,18 @@ class _Broker:
         timeout = self.opts.poll_timeout_ms / 1000
         if self.opts.assign is not None:
             return sorted((t, p) for t, ps in self.opts.assign.items() for p in ps)
-        meta = self.consumer.list_topics(timeout=timeout)
         if self.opts.pattern is not None:
             rx = re.compile(self.opts.pattern)
-            topics = [t for t in meta.topics if rx.fullmatch(t) and not t.startswith("__")]
+            metas = [tm for t, tm in self.consumer.list_topics(timeout=timeout).topics.items()
+                     if rx.fullmatch(t) and not t.startswith("__")]
         else:
-            topics = [t for t in self.opts.subscribe if t in meta.topics]
+            # One metadata request per subscribed topic, not the whole cluster's topic list;
+            # a topic that does not exist yet has no partitions (it is picked up once it does).
+            metas = [self.consumer.list_topics(t, timeout=timeout).topics.get(t) for t in self.opts.subscribe]
         out = []
-        for topic in topics:
-            tm = meta.topics[topic]
-            if tm.error is None:
-                out.extend((topic, p) for p in tm.partitions)
+        for tm in metas:
+            if tm is not None and tm.error is None:
+                out.extend((tm.topic, p) for p in tm.partitions)
         return sorted(out)
 
     def watermarks(self, tps: list[tuple[str, int]] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
