@@ -413,6 +413,19 @@ def test_replay_to_files(compose_cfg, validated, tmp_path):
     assert ids == events.sort(["event_time", "event_id"], maintain_order=True)["event_id"].to_list()
 
 
+def test_replay_reads_the_configured_source_when_nothing_is_validated(compose_cfg, tmp_path):
+    from aml_pipeline.tasks import run_task
+    from aml_pipeline.tasks.replay import iter_lines
+    from tests.conftest import DATA
+
+    result = run_task(compose_cfg(["task=replay", "source=paysim", f"source.path={DATA / 'paysim_head3000.csv'}",
+                                   f"paths.data_dir={tmp_path / 'data'}", "replay.target=file", "replay.limit=50"]))
+    lines = list(iter_lines(tmp_path / "data" / "stream" / "in"))  # replay.directory defaults under paths.data_dir
+    assert result["published"] == len(lines) == 50
+    times = [json.loads(x)["event_time"] for x in lines]
+    assert times == sorted(times) and all(t.endswith("+00:00") for t in times)
+
+
 @pytest.mark.slow
 def test_replay_unreachable_broker_is_one_line_error(validated, tmp_path):
     from tests.conftest import run_cli
