@@ -45,7 +45,11 @@ def _clean(v: Any) -> Any:
 
 
 def dumps(record: dict[str, Any]) -> str:
-    return json.dumps(_clean(record), separators=(",", ":"), default=_default)
+    """Compact JSON; NaN and infinities (not JSON) become null."""
+    try:
+        return json.dumps(record, separators=(",", ":"), default=_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_clean(record), separators=(",", ":"), default=_default)
 
 
 class Outputs:

@@ -100,28 +100,41 @@ def _str(v: Any) -> str | None:
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
-def parse(text: str | None) -> dict[str, Any] | None:
-    """The canonical values of one JSON record, or None when it is not a JSON object."""
+def _loads(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
         obj = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(obj, dict):
-        return None
-    out: dict[str, Any] = {}
-    for c in STAGED_SCHEMA:
-        v = obj.get(c)
-        if c == "event_time":
-            out[c] = _time(v)
-        elif c in _FLOATS:
-            out[c] = _float(v)
-        elif c in _INTS:
-            out[c] = _int(v)
-        else:
-            out[c] = _str(v)
-    return out
+    return obj if isinstance(obj, dict) else None
+
+
+def _column(name: str, values: list[Any]) -> pl.Series:
+    """One staged column, typed like the adapters' output; unparseable values become null."""
+    if name == "event_time":
+        return pl.Series(name, [_time(v) for v in values], UTC_TIME)
+    dtype = STAGED_SCHEMA[name]
+    if name in _FLOATS:
+        if all(v is None or (type(v) is float or type(v) is int) for v in values):  # the usual case: JSON numbers
+            return pl.Series(name, values, pl.Float64, strict=False)
+        return pl.Series(name, [_float(v) for v in values], pl.Float64)
+    if name in _INTS:
+        return pl.Series(name, [_int(v) for v in values], dtype)
+    if all(v is None or type(v) is str for v in values):
+        return pl.Series(name, values, pl.String)
+    return pl.Series(name, [_str(v) for v in values], pl.String)
+
+
+def stage(objects: list[dict[str, Any]]) -> pl.DataFrame:
+    """Parsed JSON objects -> the staged frame (every canonical and extra column, typed)."""
+    return pl.DataFrame([_column(c, [o.get(c) for o in objects]) for c in STAGED_SCHEMA])
+
+
+def parse(text: str | None) -> dict[str, Any] | None:
+    """The canonical values of one JSON record, or None when it is not a JSON object."""
+    obj = _loads(text)
+    return None if obj is None else stage([obj]).row(0, named=True)
 
 
 def _dead(rec: RawRecord, reasons: list[str], event_id: str | None) -> dict[str, Any]:
@@ -144,10 +157,10 @@ def check(records: list[RawRecord], rules: list[Rule], known_ids: set[str] | Non
     in the batch, and also ids the stream accepted in earlier batches (``known_ids``, or the
     callable ``is_known(ids) -> set`` asked once for the batch).
     """
-    parsed = [parse(r.text) for r in records]
+    parsed = [_loads(r.text) for r in records]
     ok = [i for i, p in enumerate(parsed) if p is not None]
     dead = [(i, [UNPARSEABLE], None) for i, p in enumerate(parsed) if p is None]
-    staged = pl.DataFrame([parsed[i] for i in ok], schema=STAGED_SCHEMA, orient="row")
+    staged = stage([parsed[i] for i in ok])
     flags = staged.select([violation(r).alias(r.reason) for r in rules]) if rules else pl.DataFrame()
     reasons_per_row: list[list[str]] = [[] for _ in ok]
     for r in rules:

@@ -139,7 +139,10 @@ class StreamScorer:
         self.max_seen: int | None = None
         self.counts = dict.fromkeys(COUNTS, 0)
         self.pending = self._empty_pending()
-        self.started = time.time()
+        #: wall-clock times (epoch s) of the first micro-batch's start and the latest one's end, and busy seconds
+        self.first_batch_at: float | None = None
+        self.last_batch_at: float | None = None
+        self.busy_seconds = 0.0
 
     # -- state ------------------------------------------------------------------------------
     @staticmethod
@@ -188,6 +191,8 @@ class StreamScorer:
         t0 = time.perf_counter()
         if batch_id <= self.batch_id:
             return {}  # committed already (restore redid its store append)
+        if self.first_batch_at is None:
+            self.first_batch_at = time.time()
         pending_ids = set(self.pending["event_id"].to_list())
         checked = check(records, self.rules, known_ids=pending_ids, is_known=self.store.known_ids)
         valid = checked.valid.with_columns(
@@ -270,8 +275,8 @@ class StreamScorer:
         if not rows:
             return None
         cols = self.store.layout.columns
-        data = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
-        frame = pl.DataFrame({c: pl.Series(c, data[c], STAGED_SCHEMA[c] if c != "event_time" else pl.Int64) for c in cols})
+        schema = {c: (pl.Int64 if c == "event_time" else STAGED_SCHEMA[c]) for c in cols}
+        frame = pl.DataFrame(rows, schema=schema, orient="row")
         frame = frame.with_columns(pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
         return frame.select(pl.col(c) if c in cols else pl.lit(None, d).alias(c) for c, d in STAGED_SCHEMA.items())
 
@@ -326,6 +331,8 @@ class StreamScorer:
 
     # -- reporting ----------------------------------------------------------------------------
     def _report(self, batch_id: int, batch: dict[str, int], secs: float, flush: bool = False) -> None:
+        self.last_batch_at = time.time()
+        self.busy_seconds += secs
         if not self.progress:
             return
         c = self.counts
@@ -344,6 +351,9 @@ class StreamScorer:
             "newest_event_time": _iso(self.max_seen),
             "allowed_lateness_us": self.lateness_us,
             "budget": {"key": self.budget.key, "window": self.budget.window, "cap": self.budget.cap},
+            "first_batch_at": self.first_batch_at,  # this run's, epoch seconds
+            "last_batch_at": self.last_batch_at,
+            "busy_seconds": round(self.busy_seconds, 3),
             **{k: v for k, v in self.trace.items()},
         }
 

@@ -1,0 +1,238 @@
+"""Streaming scorer benchmark: sustained events/s and event-to-alert latency on local[2].
+
+    python bench/stream.py                      # ~1M simulated events, deploy=kafka on the local broker
+    python bench/stream.py --events 200000      # fewer
+    python bench/stream.py --latency-rate 3000 --latency-seconds 60 --triggers "1 second,5 seconds"
+
+What it does (everything under bench/out/stream/, reused when present):
+
+1. data: the simulator's defaults (~1M transactions, 20,000 accounts, 90 days), ``task=data``;
+   a bundle: the quickstart experiment trained on its own data (``task=data,features,train``);
+2. the stream: the events after the first 7 days (the plan's longest window), capped at
+   ``--events``; the store is warmed with the 7 days before (``deploy.warm_from/until``);
+3. **throughput**: every stream event is published to ``transactions_raw`` first
+   (``task=replay``, 2 partitions), then ``task=stream deploy=kafka deploy.once=true``
+   scores the backlog in micro-batches of ``--batch`` records; sustained events/s = records
+   in / (end of the last micro-batch - start of the first), from the scorer's summary;
+4. **latency**, per trigger interval: a fresh query (trigger ``1 second``, then
+   ``5 seconds``) is started on empty topics, then ``task=replay`` publishes
+   ``--latency-rate`` events/s for ``--latency-seconds``; a consumer in this process
+   notes when each alert arrives on ``aml_alerts``; latency = arrival - ``published_at`` of
+   the alert's event (read back from ``transactions_raw``). The query is then stopped
+   (SIGTERM: the held events are released and the summary written).
+
+Prints one table and writes bench/out/stream/results.json. Run it on an otherwise idle
+machine: it measures wall-clock rates on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out" / "stream"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def cli(*args: str, log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "aml_pipeline", *args], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    if log:
+        log.write_text(r.stdout + r.stderr)
+    if check and r.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{r.stderr[-3000:]}")
+    return r
+
+
+def prepare(n_events: int) -> dict:
+    big, qs = OUT / "big", OUT / "qs"
+    if not (big / "data/validated/transactions.parquet").is_file():
+        print("generating ~1M simulated transactions ...", flush=True)
+        cli("task=data", f"paths.data_dir={big / 'data'}", f"paths.reports_dir={big / 'reports'}")
+    if not (qs / "models/bundle/manifest.json").is_file():
+        print("training the quickstart bundle ...", flush=True)
+        for task in ("data", "features", "train"):
+            cli("+experiment=quickstart", f"task={task}", "mlflow.enabled=false", f"paths.data_dir={qs / 'data'}",
+                f"paths.models_dir={qs / 'models'}", f"paths.reports_dir={qs / 'reports'}")
+    validated = big / "data/validated/transactions.parquet"
+    events = pl.read_parquet(validated).sort("event_time", "event_id")
+    warm_until = events["event_time"].min() + timedelta(days=7)
+    stream = events.filter(pl.col("event_time") >= warm_until).head(n_events)
+    stream_path = OUT / "stream_events.parquet"
+    stream.write_parquet(stream_path)
+    return {"validated": validated, "bundle": qs / "models/bundle", "warm_until": warm_until.isoformat(),
+            "stream": stream_path, "events": stream.height}
+
+
+def replay(bootstrap: str, topic: str, data: dict, rate: float = 0, limit: int | None = None) -> float:
+    t0 = time.perf_counter()
+    args = ["task=replay", f"input={data['stream']}", f"replay.bootstrap_servers={bootstrap}", f"replay.topic={topic}",
+            "replay.partitions=2", f"replay.rate={rate}", "replay.batch_size=20000"]
+    if limit:
+        args.append(f"replay.limit={limit}")
+    cli(*args, log=OUT / f"replay-{topic}.log")
+    return time.perf_counter() - t0
+
+
+def stream_args(name: str, bootstrap: str, topics: dict, data: dict, *extra: str) -> list[str]:
+    base = OUT / "runs" / name
+    return ["task=stream", "deploy=kafka", f"bundle={data['bundle']}", "engine.master='local[2]'",
+            f"paths.data_dir={base / 'data'}", f"paths.reports_dir={base / 'reports'}",
+            f"deploy.checkpoint={base / 'checkpoint'}", f"deploy.bootstrap_servers={bootstrap}",
+            f"deploy.warm_from={data['validated']}", f"deploy.warm_until='{data['warm_until']}'",
+            *[f"deploy.topics.{k}={v}" for k, v in topics.items()], *extra]
+
+
+def topics_for(tag: str) -> dict:
+    return {"input": f"tx_{tag}", "alerts": f"alerts_{tag}", "dead_letter": f"dead_{tag}",
+            "deferred": f"deferred_{tag}", "late": f"late_{tag}", "decisions": f"decisions_{tag}"}
+
+
+def throughput(bootstrap: str, data: dict, batch: int) -> dict:
+    topics = topics_for("tp")
+    secs = replay(bootstrap, topics["input"], data)
+    print(f"published {data['events']:,} events in {secs:.1f}s", flush=True)
+    r = cli(*stream_args("throughput", bootstrap, topics, data, "deploy.once=true",
+                         f"deploy.max_records_per_batch={batch}"), log=OUT / "throughput.log")
+    summary = json.loads((OUT / "runs/throughput/reports/stream_summary.json").read_text())
+    c = summary["counts"]
+    span = summary["last_batch_at"] - summary["first_batch_at"]
+    return {"records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
+            "seconds": round(span, 1), "events_per_s": round(c["records_in"] / span), "busy_seconds": summary["busy_seconds"],
+            "reconciles": summary["reconciles"], "run_seconds": summary["seconds"]}
+
+
+class AlertClock(threading.Thread):
+    """Consumes the alerts topic; notes the arrival time of each alert's event id."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer
+
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}", "auto.offset.reset": "earliest",
+                           "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        self.c.subscribe([topic])
+        self.arrived: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            m = self.c.poll(0.05)
+            if m is None or m.error():
+                continue
+            now = time.time()
+            self.arrived.setdefault(json.loads(m.value())["event_id"], now)
+        self.c.close()
+
+
+def published_at(bootstrap: str, topic: str) -> dict[str, float]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-pub-{topic}", "enable.auto.commit": False})
+    parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    seen, out = {p: 0 for p in parts}, {}
+    while any(seen[p] < ends[p] for p in parts):
+        for m in c.consume(10_000, 1.0):
+            if m.error():
+                continue
+            seen[m.partition()] = m.offset() + 1
+            v = json.loads(m.value())
+            out[v["event_id"]] = datetime.fromisoformat(v["published_at"]).timestamp()
+    c.close()
+    return out
+
+
+def latency(bootstrap: str, data: dict, trigger: str, rate: float, seconds: float) -> dict:
+    tag = "lat" + trigger.split()[0]
+    topics = topics_for(tag)
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for f in admin.create_topics([NewTopic(t, num_partitions=2 if k == "input" else 1, replication_factor=1)
+                                  for k, t in topics.items()]).values():
+        f.result(30)
+    clock = AlertClock(bootstrap, topics["alerts"])
+    clock.start()
+    log = open(OUT / f"latency-{tag}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline",
+                             *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'")],
+                            cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(5)
+        deadline = time.monotonic() + 300
+        while "streaming aml-scorer" not in (OUT / f"latency-{tag}.log").read_text() and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit((OUT / f"latency-{tag}.log").read_text()[-3000:])
+            time.sleep(0.5)
+        time.sleep(10)  # the query's first (empty) micro-batches
+        n = int(rate * seconds)
+        secs = replay(bootstrap, topics["input"], data, rate=rate, limit=n)
+        time.sleep(15)  # let the last micro-batches finish
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        clock.stop.set()
+        clock.join(10)
+    pub = published_at(bootstrap, topics["input"])
+    lat = np.array([t - pub[e] for e, t in clock.arrived.items() if e in pub])
+    summary = json.loads((OUT / f"runs/{tag}/reports/stream_summary.json").read_text())
+    return {"trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
+            "alerts_timed": int(lat.size), "p50_s": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+            "p95_s": round(float(np.percentile(lat, 95)), 3) if lat.size else None,
+            "p99_s": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+            "max_s": round(float(lat.max()), 3) if lat.size else None, "counts": summary["counts"],
+            "reconciles": summary["reconciles"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=1_000_000, help="stream events for the throughput run")
+    ap.add_argument("--batch", type=int, default=20_000, help="records per micro-batch in the throughput run")
+    ap.add_argument("--triggers", default="1 second,5 seconds")
+    ap.add_argument("--latency-rate", type=float, default=2500.0, help="events/s published in the latency runs")
+    ap.add_argument("--latency-seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    import shutil
+
+    shutil.rmtree(OUT / "runs", ignore_errors=True)
+    data = prepare(args.events)
+    from aml_pipeline.streaming.broker import LocalBroker
+
+    results: dict = {"events": data["events"], "cpu_count": os.cpu_count(), "load_before": os.getloadavg()}
+    with LocalBroker() as broker:
+        results["throughput"] = throughput(broker.bootstrap, data, args.batch)
+        t = results["throughput"]
+        print(f"throughput: {t['records']:,} records in {t['seconds']}s = {t['events_per_s']:,} events/s "
+              f"({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
+        results["latency"] = []
+        for trigger in [s.strip() for s in args.triggers.split(",") if s.strip()]:
+            r = latency(broker.bootstrap, data, trigger, args.latency_rate, args.latency_seconds)
+            results["latency"].append(r)
+            print(f"latency at trigger {trigger}, {r['rate']:.0f} events/s: p50 {r['p50_s']}s p95 {r['p95_s']}s "
+                  f"p99 {r['p99_s']}s over {r['alerts_timed']} alerts", flush=True)
+    results["load_after"] = os.getloadavg()
+    (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    print(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
