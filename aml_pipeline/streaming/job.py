@@ -60,22 +60,24 @@ def kind(cfg: DictConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- records from Spark rows
-def file_records(rows) -> list[RawRecord]:
-    """Whole files (``wholetext``) -> one record per non-blank line, with file and line."""
+def file_records(table) -> list[RawRecord]:
+    """Whole files (``wholetext``, an Arrow table) -> one record per non-blank line, with file and line."""
     out = []
-    for row in sorted(rows, key=lambda r: r["path"]):
-        for n, line in enumerate(row["value"].splitlines(), start=1):
+    for path, text in sorted(zip(table.column("path").to_pylist(), table.column("value").to_pylist())):
+        for n, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                out.append(RawRecord(line, {"file": row["path"], "line": n}))
+                out.append(RawRecord(line, {"file": path, "line": n}))
     return out
 
 
-def kafka_records(rows) -> list[RawRecord]:
-    """Spark's Kafka schema -> records with topic, partition, offset (value kept as bytes if not UTF-8)."""
+def kafka_records(table) -> list[RawRecord]:
+    """Spark's Kafka schema (an Arrow table) -> records in topic, partition, offset order,
+    with their position (the value kept as bytes when it is not UTF-8)."""
+    cols = [table.column(c).to_pylist() for c in ("topic", "partition", "offset", "value")]
     out = []
-    for row in sorted(rows, key=lambda r: (r["topic"], r["partition"], r["offset"])):
-        value = bytes(row["value"]) if row["value"] is not None else b""
-        pos = {"topic": row["topic"], "partition": int(row["partition"]), "offset": int(row["offset"])}
+    for topic, partition, offset, value in sorted(zip(*cols), key=lambda r: (r[0], r[1], r[2])):
+        value = value or b""
+        pos = {"topic": topic, "partition": int(partition), "offset": int(offset)}
         try:
             out.append(RawRecord(value.decode("utf-8"), pos))
         except UnicodeDecodeError:
@@ -186,7 +188,7 @@ def run(cfg: DictConfig) -> dict:
 
     def each_batch(df, batch_id: int) -> None:
         try:
-            scorer.process(int(batch_id), to_records(df.collect()))
+            scorer.process(int(batch_id), to_records(df.toArrow()))
         except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
             failure.append(exc)
             raise
