@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,7 @@ def build_scorer(cfg: DictConfig):
     if d.warm_from and (memory or fresh):
         warmed = warm_from_parquet(store, d.warm_from, until)
     last = scorer.restore(rebuild_store=memory)
+    scorer.warm_up(currencies[0])
     return scorer, store, source, {"warmed": warmed, "resumed_after_batch": last, "fresh": fresh}
 
 
@@ -185,10 +187,17 @@ def run(cfg: DictConfig) -> dict:
     spark = get_session(cfg.engine, cfg.paths.data_dir)
     to_records = file_records if source == "file" else kafka_records
     failure: list[BaseException] = []
+    busy = threading.Lock()  # a micro-batch and the final release never overlap (stop() may return mid-batch)
 
     def each_batch(df, batch_id: int) -> None:
+        with busy:
+            _each_batch(df, batch_id)
+
+    def _each_batch(df, batch_id: int) -> None:
         try:
-            scorer.process(int(batch_id), to_records(df.toArrow()))
+            t0 = time.perf_counter()
+            records = to_records(df.toArrow())
+            scorer.process(int(batch_id), records, read_seconds=time.perf_counter() - t0)
         except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
             failure.append(exc)
             raise
@@ -218,7 +227,8 @@ def run(cfg: DictConfig) -> dict:
             query.stop()
     if failure:
         raise RuntimeError(f"the streaming query failed: {failure[0]!r}") from failure[0]
-    scorer.flush()
+    with busy:
+        scorer.flush()
     summary = {**scorer.summary(), "source": source, "store": store.backend, "outputs": scorer.outputs.describe(),
                "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if d.once else "end"),
                "seconds": round(time.perf_counter() - start, 3)}
