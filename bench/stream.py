@@ -3,6 +3,7 @@
     python bench/stream.py                      # ~1M simulated events, deploy=kafka on the local broker
     python bench/stream.py --events 200000      # fewer
     python bench/stream.py --latency-rate 3000 --latency-seconds 60 --triggers "1 second,5 seconds"
+    python bench/stream.py --deploy file        # JSON-lines files in and out, no broker
 
 What it does (everything under bench/out/stream/, reused when present):
 
@@ -80,22 +81,31 @@ def prepare(n_events: int) -> dict:
             "stream": stream_path, "events": stream.height}
 
 
-def replay(bootstrap: str, topic: str, data: dict, rate: float = 0, limit: int | None = None) -> float:
+def replay(bootstrap: str | None, topic: str, data: dict, rate: float = 0, limit: int | None = None,
+           directory: Path | None = None, batch_size: int = 20000) -> float:
+    """task=replay to the topic (Kafka) or, with ``directory``, to JSON-lines files there."""
     t0 = time.perf_counter()
-    args = ["task=replay", f"input={data['stream']}", f"replay.bootstrap_servers={bootstrap}", f"replay.topic={topic}",
-            "replay.partitions=2", f"replay.rate={rate}", "replay.batch_size=20000"]
+    args = ["task=replay", f"input={data['stream']}", f"replay.rate={rate}", f"replay.batch_size={batch_size}"]
+    if directory is not None:
+        args += ["replay.target=file", f"replay.directory={directory}"]
+    else:
+        args += [f"replay.bootstrap_servers={bootstrap}", f"replay.topic={topic}", "replay.partitions=2"]
     if limit:
         args.append(f"replay.limit={limit}")
     cli(*args, log=OUT / f"replay-{topic}.log")
     return time.perf_counter() - t0
 
 
-def stream_args(name: str, bootstrap: str, topics: dict, data: dict, *extra: str) -> list[str]:
+def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *extra: str) -> list[str]:
+    """deploy=kafka on the topics, or (bootstrap None) deploy=file under runs/<name>/in, out."""
     base = OUT / "runs" / name
-    return ["task=stream", "deploy=kafka", f"bundle={data['bundle']}", "engine.master='local[2]'",
+    args = ["task=stream", f"bundle={data['bundle']}", "engine.master='local[2]'",
             f"paths.data_dir={base / 'data'}", f"paths.reports_dir={base / 'reports'}",
-            f"deploy.checkpoint={base / 'checkpoint'}", f"deploy.bootstrap_servers={bootstrap}",
-            f"deploy.warm_from={data['validated']}", f"deploy.warm_until='{data['warm_until']}'",
+            f"deploy.checkpoint={base / 'checkpoint'}",
+            f"deploy.warm_from={data['validated']}", f"deploy.warm_until='{data['warm_until']}'"]
+    if bootstrap is None:
+        return [*args, "deploy=file", f"deploy.input={base / 'in'}", f"deploy.output={base / 'out'}", *extra]
+    return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}",
             *[f"deploy.topics.{k}={v}" for k, v in topics.items()], *extra]
 
 
@@ -104,12 +114,16 @@ def topics_for(tag: str) -> dict:
             "deferred": f"deferred_{tag}", "late": f"late_{tag}", "decisions": f"decisions_{tag}"}
 
 
-def throughput(bootstrap: str, data: dict, batch: int) -> dict:
+def throughput(bootstrap: str | None, data: dict, batch: int) -> dict:
     topics = topics_for("tp")
-    secs = replay(bootstrap, topics["input"], data)
+    if bootstrap is None:
+        secs = replay(None, "tp", data, directory=OUT / "runs/throughput/in", batch_size=batch)
+        limit = "deploy.max_files_per_trigger=1"
+    else:
+        secs = replay(bootstrap, topics["input"], data)
+        limit = f"deploy.max_records_per_batch={batch}"
     print(f"published {data['events']:,} events in {secs:.1f}s", flush=True)
-    r = cli(*stream_args("throughput", bootstrap, topics, data, "deploy.once=true",
-                         f"deploy.max_records_per_batch={batch}"), log=OUT / "throughput.log")
+    r = cli(*stream_args("throughput", bootstrap, topics, data, "deploy.once=true", limit), log=OUT / "throughput.log")
     summary = json.loads((OUT / "runs/throughput/reports/stream_summary.json").read_text())
     c = summary["counts"]
     span = summary["last_batch_at"] - summary["first_batch_at"]
@@ -141,6 +155,37 @@ class AlertClock(threading.Thread):
         self.c.close()
 
 
+class FileAlertClock(threading.Thread):
+    """Watches the alerts directory; notes when each alert's event id first appears there."""
+
+    def __init__(self, directory: Path):
+        super().__init__(daemon=True)
+        self.dir = directory
+        self.arrived: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        seen: set[str] = set()
+        while not self.stop.is_set():
+            for p in sorted(self.dir.glob("part-*.jsonl")) if self.dir.is_dir() else []:
+                if p.name in seen:
+                    continue
+                now = time.time()
+                seen.add(p.name)
+                for line in p.read_text().splitlines():
+                    self.arrived.setdefault(json.loads(line)["event_id"], now)
+            time.sleep(0.02)
+
+
+def published_in_files(directory: Path) -> dict[str, float]:
+    out = {}
+    for p in directory.glob("replay-*.jsonl"):
+        for line in p.read_text().splitlines():
+            v = json.loads(line)
+            out[v["event_id"]] = datetime.fromisoformat(v["published_at"]).timestamp()
+    return out
+
+
 def published_at(bootstrap: str, topic: str) -> dict[str, float]:
     from confluent_kafka import Consumer, TopicPartition
 
@@ -160,16 +205,19 @@ def published_at(bootstrap: str, topic: str) -> dict[str, float]:
     return out
 
 
-def latency(bootstrap: str, data: dict, trigger: str, rate: float, seconds: float) -> dict:
+def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, seconds: float) -> dict:
     tag = "lat" + trigger.split()[0]
     topics = topics_for(tag)
-    from confluent_kafka.admin import AdminClient, NewTopic
+    if bootstrap is not None:
+        from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for f in admin.create_topics([NewTopic(t, num_partitions=2 if k == "input" else 1, replication_factor=1)
-                                  for k, t in topics.items()]).values():
-        f.result(30)
-    clock = AlertClock(bootstrap, topics["alerts"])
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for f in admin.create_topics([NewTopic(t, num_partitions=2 if k == "input" else 1, replication_factor=1)
+                                      for k, t in topics.items()]).values():
+            f.result(30)
+        clock = AlertClock(bootstrap, topics["alerts"])
+    else:
+        clock = FileAlertClock(OUT / "runs" / tag / "out" / "alerts")
     clock.start()
     log = open(OUT / f"latency-{tag}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline",
@@ -184,7 +232,11 @@ def latency(bootstrap: str, data: dict, trigger: str, rate: float, seconds: floa
             time.sleep(0.5)
         time.sleep(10)  # the query's first (empty) micro-batches
         n = int(rate * seconds)
-        secs = replay(bootstrap, topics["input"], data, rate=rate, limit=n)
+        if bootstrap is None:  # a file every 0.1 s
+            secs = replay(None, tag, data, rate=rate, limit=n, directory=OUT / "runs" / tag / "in",
+                          batch_size=max(1, int(rate / 10)))
+        else:
+            secs = replay(bootstrap, topics["input"], data, rate=rate, limit=n)
         time.sleep(15)  # let the last micro-batches finish
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -196,7 +248,7 @@ def latency(bootstrap: str, data: dict, trigger: str, rate: float, seconds: floa
         log.close()
         clock.stop.set()
         clock.join(10)
-    pub = published_at(bootstrap, topics["input"])
+    pub = published_at(bootstrap, topics["input"]) if bootstrap else published_in_files(OUT / "runs" / tag / "in")
     first = min(pub.values())
     timed = [(pub[e], t - pub[e]) for e, t in clock.arrived.items() if e in pub]
     summary = json.loads((OUT / f"runs/{tag}/reports/stream_summary.json").read_text())
@@ -221,6 +273,7 @@ def main() -> None:
     ap.add_argument("--triggers", default="1 second,5 seconds")
     ap.add_argument("--latency-rate", type=float, default=2500.0, help="events/s published in the latency runs")
     ap.add_argument("--latency-seconds", type=float, default=60.0)
+    ap.add_argument("--deploy", choices=["kafka", "file"], default="kafka", help="kafka: the local broker; file: JSON-lines files")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     import shutil
@@ -229,15 +282,19 @@ def main() -> None:
     data = prepare(args.events)
     from aml_pipeline.streaming.broker import LocalBroker
 
-    results: dict = {"events": data["events"], "cpu_count": os.cpu_count(), "load_before": os.getloadavg()}
-    with LocalBroker() as broker:
-        results["throughput"] = throughput(broker.bootstrap, data, args.batch)
+    results: dict = {"deploy": args.deploy, "events": data["events"], "cpu_count": os.cpu_count(),
+                     "load_before": os.getloadavg()}
+    from contextlib import nullcontext
+
+    with (LocalBroker() if args.deploy == "kafka" else nullcontext()) as broker:
+        bootstrap = broker.bootstrap if broker is not None else None
+        results["throughput"] = throughput(bootstrap, data, args.batch)
         t = results["throughput"]
         print(f"throughput: {t['records']:,} records in {t['seconds']}s = {t['events_per_s']:,} events/s "
               f"({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
         results["latency"] = []
         for trigger in [s.strip() for s in args.triggers.split(",") if s.strip()]:
-            r = latency(broker.bootstrap, data, trigger, args.latency_rate, args.latency_seconds)
+            r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds)
             results["latency"].append(r)
             for k in ("all", "steady"):
                 x = r[k]
