@@ -24,6 +24,7 @@ from omegaconf import open_dict
 from aml_pipeline.build import build
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import ConfigError, UserError
+from aml_pipeline.models.mllib import MLLIB_CLASSIFIERS
 from aml_pipeline.models.weighting import WEIGHTINGS
 
 SMALL = ["source.n_accounts=300", "source.days=20", "source.laundering_rate=0.02", "seed=7"]
@@ -40,6 +41,25 @@ def test_mllib_params_are_checked_against_the_estimator(compose_cfg, override, m
     cfg = compose_cfg(["model=spark_gbt", override])
     with pytest.raises(ConfigError, match=message):
         build(cfg.model, "model")
+
+
+@pytest.mark.parametrize("option", sorted(MLLIB_CLASSIFIERS))
+def test_spark_model_yaml_builds_and_matches_class_defaults(compose_cfg, option):
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg([f"model={option}", "seed=11"])
+    model = build(cfg.model, "model")
+    cls = MLLIB_CLASSIFIERS[option]
+    assert type(model) is cls and model.seed == 11 and model.name == option and model.trains_on_spark
+    assert OmegaConf.to_container(cfg.model.params) == cls.default_params
+    assert (cfg.model.early_stopping_rounds > 0) == cls.supports_early_stopping
+
+
+def test_bundle_loader_knows_the_mllib_classes():
+    from aml_pipeline.models.classifiers import load_classifier
+
+    with pytest.raises(UserError, match="known: .*lightgbm.*spark_gbt, spark_lr, spark_rf"):
+        load_classifier(".", {"class": "nope"})
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))

@@ -31,12 +31,9 @@ from aml_pipeline.models.weighting import (
     binary_labels,
 )
 
-# MLlib classifiers (model=spark_*): loadable from bundles like the others; pyspark is
-# imported only when one is built or used.
-CLASSIFIERS.update(MLLIB_CLASSIFIERS)
-
 __all__ = [
     "CLASSIFIERS",
+    "MLLIB_CLASSIFIERS",
     "WEIGHTINGS",
     "Classifier",
     "FixedPositive",

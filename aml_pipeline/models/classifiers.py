@@ -647,13 +647,16 @@ def load_classifier(directory: Path, meta: dict[str, Any]) -> Classifier:
     """Restore a saved classifier, choosing its class from :data:`CLASSIFIERS` only.
 
     A bundle can name a class but never an import path, so a crafted ``meta`` cannot make
-    us import or run anything outside this module.
+    us import or run anything outside this module (and :mod:`.mllib`'s registry).
     """
+    from aml_pipeline.models.mllib import MLLIB_CLASSIFIERS  # the Spark MLlib registry (model=spark_*)
+
+    known = {**CLASSIFIERS, **MLLIB_CLASSIFIERS}
     name = meta.get("class")
-    if not isinstance(name, str) or name not in CLASSIFIERS:
+    if not isinstance(name, str) or name not in known:
         raise UserError(f"the bundle's model class {name!r} is unknown to this version of aml_pipeline; "
-                        f"known: {', '.join(CLASSIFIERS)}")
-    return CLASSIFIERS[name].load(Path(directory), meta)
+                        f"known: {', '.join(known)}")
+    return known[name].load(Path(directory), meta)
 
 
 __all__ = [
