@@ -346,6 +346,9 @@ class StreamDeployConfig:
     write_decisions: bool = False
     #: Print one summary line per micro-batch.
     progress: bool = True
+    #: Embedded store: every N micro-batches its rows replace the warm-up file and the row
+    #: logs as the base of a restart (0 = never; a restart then re-reads them all).
+    snapshot_every: int = 100
 
 
 @dataclass

@@ -213,6 +213,59 @@ def test_stream_refuses_bad_options_in_one_line(run, tmp_path):
     assert r.returncode == 2 and "deploy=file or deploy=kafka" in r.stderr
 
 
+def _scorer(run, state_dir: Path, out: Path, snapshot_every: int):
+    """The micro-batch scorer as task=stream builds it, on the embedded store (no Spark)."""
+    from aml_pipeline.features.windows import duration_us
+    from aml_pipeline.store import parse_time, warm_from_parquet
+    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store.memory import MemoryStore
+    from aml_pipeline.streaming.outputs import FileOutputs
+    from aml_pipeline.streaming.scorer import StateLog, StreamScorer
+
+    needs = plan_needs(run.bundle.plan)
+    store = MemoryStore(needs.layout())
+    saved = StateLog(state_dir).load()
+    until = parse_time(run.test_start, "test_start")
+    if saved is None or not saved.get("snapshot"):
+        warm_from_parquet(store, run.validated, until)
+    currencies = list(_compose([]).validation.currencies)
+    scorer = StreamScorer(run.bundle, store, needs, FileOutputs(out), build_rules(currencies, False), state_dir,
+                          duration_us(LATENESS), AlertBudget("jurisdiction", "1d", 5), start_watermark_us=to_us(until),
+                          write_decisions=True, progress=False, snapshot_every=snapshot_every)
+    scorer.restore(rebuild_store=True)
+    return scorer
+
+
+def _batches(run) -> list[list[RawRecord]]:
+    return [[RawRecord(t, {"file": f"part-{k:04d}.jsonl", "line": n + 1}) for n, t in enumerate(f)] for k, f in enumerate(run.files)]
+
+
+@pytest.mark.parametrize("snapshot_every", [0, 2])
+def test_restarted_scorer_rebuilds_the_embedded_store_exactly(run, tmp_path, snapshot_every):
+    """Stop after a few micro-batches, start a new scorer on the same state: every output and
+    count equals an uninterrupted run's (rebuilt from warm-up + row logs, or from a snapshot)."""
+    batches = _batches(run)
+    whole = _scorer(run, tmp_path / "a/state", tmp_path / "a/out", snapshot_every)
+    for i, b in enumerate(batches):
+        whole.process(i, b)
+    whole.flush()
+    first = _scorer(run, tmp_path / "b/state", tmp_path / "b/out", snapshot_every)
+    for i, b in enumerate(batches[:5]):
+        first.process(i, b)
+    assert bool(list((tmp_path / "b/state").glob("snapshot-*"))) is (snapshot_every > 0)
+    second = _scorer(run, tmp_path / "b/state", tmp_path / "b/out", snapshot_every)  # a new process, same state
+    assert second.batch_id == 4 and second.process(4, batches[4]) == {}  # a replayed, committed batch changes nothing
+    for i, b in enumerate(batches[5:], start=5):
+        second.process(i, b)
+    second.flush()
+    assert second.counts == whole.counts
+    for kind in ("alerts", "deferred", "dead_letter", "late"):
+        assert read_jsonl(tmp_path / f"b/out/{kind}") == [
+            {**r, "scored_at": x["scored_at"]} if "scored_at" in r else r
+            for r, x in zip(read_jsonl(tmp_path / f"a/out/{kind}"), read_jsonl(tmp_path / f"b/out/{kind}"))], kind
+    assert_parity(run, decisions_of(tmp_path / "b/out"))
+
+
 # ----------------------------------------------------------------------------- on Spark
 @pytest.fixture(scope="module")
 def file_run(run):
@@ -321,6 +374,9 @@ def _kill_and_restart(run, file_run, name: str, *extra: str, rewarm: bool = True
         proc.wait()
     killed_at = _state_batch(base / "checkpoint")
     assert 4 <= killed_at < len(run.files) - 1
+    if not rewarm:  # restarts from the store's snapshot (embedded) or from Redis itself
+        state = json.loads((base / "checkpoint/scorer/state.json").read_text())
+        assert ("snapshot" in state) is ("deploy.snapshot_every=3" in extra)
     assert not (base / "reports/stream_summary.json").exists()
     r = run_cli(args, cwd=run.dir, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -340,8 +396,8 @@ def _kill_and_restart(run, file_run, name: str, *extra: str, rewarm: bool = True
 
 @pytest.mark.slow
 def test_killed_scorer_restarts_from_checkpoint_without_losing_alerts(run, file_run):
-    """Embedded store: rebuilt on restart from the warm-up file and the state's row logs."""
-    _kill_and_restart(run, file_run, "killed")
+    """Embedded store: rebuilt on restart from its last snapshot and the row logs after it."""
+    _kill_and_restart(run, file_run, "killed", "deploy.snapshot_every=3", rewarm=False)
 
 
 @pytest.mark.slow

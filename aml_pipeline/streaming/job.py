@@ -126,15 +126,18 @@ def build_scorer(cfg: DictConfig):
         outputs = KafkaOutputs(d.bootstrap_servers, topics)
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
     state_dir = Path(d.checkpoint) / "scorer"
-    fresh = StateLog(state_dir).load() is None
+    saved = StateLog(state_dir).load()
+    fresh = saved is None
     scorer = StreamScorer(bundle, store, needs, outputs, build_rules(currencies, require_label=False), state_dir,
                           lateness, AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
                           start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
                           top_k=int(d.top_k), write_decisions=bool(d.write_decisions), stream=str(Path(d.checkpoint).resolve()),
-                          progress=bool(d.progress))
+                          progress=bool(d.progress), snapshot_every=int(d.snapshot_every))
     memory = store.backend == "memory"
     warmed = 0
-    if d.warm_from and (memory or fresh):
+    # Redis keeps its rows: warm it once, on a new checkpoint. The embedded store is rebuilt:
+    # from the warm-up file and the row logs, or from its last snapshot and the logs after it.
+    if d.warm_from and (fresh or (memory and not saved.get("snapshot"))):
         warmed = warm_from_parquet(store, d.warm_from, until)
     last = scorer.restore(rebuild_store=memory)
     scorer.warm_up(currencies[0])

@@ -79,7 +79,10 @@ class StateLog:
     ``rows-<batch>.parquet`` holds the events each batch released into the store (a
     write-ahead log: the embedded store is rebuilt from the warm-up file plus these on
     restart; Redis needs only the last one redone) and ``pending-<batch>.parquet`` the
-    events held for the watermark after it.
+    events held for the watermark after it. Every ``snapshot_every`` batches the embedded
+    store's rows (trimmed to the window) replace the warm-up file and the row logs so far
+    (``snapshot-<batch>.parquet``), so a restart reads a bounded amount whatever the
+    stream's age.
     """
 
     def __init__(self, directory: str | Path):
@@ -99,7 +102,9 @@ class StateLog:
         pending_name = f"pending-{tag}.parquet"
         pending.write_parquet(self.dir / pending_name)
         previous = self.load()
-        _atomic_write(self.dir / "state.json", json.dumps({**state, "tag": tag, "pending_file": pending_name}, sort_keys=True))
+        carried = {"snapshot": previous["snapshot"]} if previous and previous.get("snapshot") else {}
+        _atomic_write(self.dir / "state.json",
+                      json.dumps({**carried, **state, "tag": tag, "pending_file": pending_name}, sort_keys=True))
         if previous and previous.get("pending_file") not in (None, pending_name):
             (self.dir / previous["pending_file"]).unlink(missing_ok=True)
 
@@ -107,12 +112,27 @@ class StateLog:
         """The row logs of every committed batch, in commit order (tags sort as they were made)."""
         return [p for p in sorted(self.dir.glob("rows-*.parquet")) if p.stem[len("rows-"):] <= upto_tag]
 
+    def snapshot(self, tag: str, rows: pl.DataFrame) -> None:
+        """Record ``rows`` (the whole store after batch ``tag``) as the base of the next rebuild,
+        then drop the row logs and the snapshot it replaces."""
+        name = f"snapshot-{tag}.parquet"
+        tmp = self.dir / f".{name}.tmp"
+        rows.write_parquet(tmp)
+        os.replace(tmp, self.dir / name)
+        state = self.load() or {}
+        _atomic_write(self.dir / "state.json", json.dumps({**state, "snapshot": name}, sort_keys=True))
+        for p in self.committed_rows(tag):
+            p.unlink(missing_ok=True)
+        for p in self.dir.glob("snapshot-*.parquet"):
+            if p.name != name:
+                p.unlink(missing_ok=True)
+
 
 class StreamScorer:
     def __init__(self, bundle: ModelBundle, store: OnlineStore, needs: PlanNeeds, outputs: Outputs, rules: list[Rule],
                  state_dir: str | Path, allowed_lateness_us: int, budget: AlertBudget, start_watermark_us: int | None = None,
                  explain: str = "alerts", top_k: int = 5, write_decisions: bool = False, stream: str = "stream",
-                 progress: bool = True):
+                 progress: bool = True, snapshot_every: int = 100):
         self.bundle = bundle
         self.store = store
         self.needs = needs
@@ -126,6 +146,7 @@ class StreamScorer:
         self.write_decisions = write_decisions
         self.stream = stream
         self.progress = progress
+        self.snapshot_every = int(snapshot_every)
         self.trace = {
             "model_name": str(bundle.registry.get("name", bundle.name)),
             "model_version": str(bundle.registry.get("version", "unregistered")),
@@ -165,6 +186,8 @@ class StreamScorer:
         logs = self.log.committed_rows(state["tag"])
         if not rebuild_store:
             logs = [p for p in logs if p.stem.startswith(f"rows-{_tag(self.batch_id)}")]
+        elif state.get("snapshot"):  # the store as it was at the snapshot (the caller did not warm it)
+            self._append_rows(pl.read_parquet(self.log.dir / state["snapshot"]))
         for p in logs:
             self._append_rows(pl.read_parquet(p))
         self.store.set_last_batch(self.stream, self.batch_id)
@@ -184,6 +207,20 @@ class StreamScorer:
         self.log.commit(tag, state, rows, self.pending)
         self._append_rows(rows)
         self.store.set_last_batch(self.stream, self.batch_id)
+        if (self.snapshot_every > 0 and hasattr(self.store, "sets") and not tag.endswith("-flush")
+                and (self.batch_id + 1) % self.snapshot_every == 0):
+            self.log.snapshot(tag, self._store_rows())
+
+    def _store_rows(self) -> pl.DataFrame:
+        """Every row the embedded store holds (each once), event time as a timestamp."""
+        rows: dict[str, Any] = {}
+        for _, _, set_rows in self.store.sets():
+            for r in set_rows:
+                rows[r[0]] = r
+        cols = self.store.layout.columns
+        schema = {c: (pl.Int64 if c == "event_time" else STAGED_SCHEMA[c]) for c in cols}
+        frame = pl.DataFrame(list(rows.values()), schema=schema, orient="row")
+        return frame.with_columns(pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
 
     # -- one micro-batch --------------------------------------------------------------------
     def process(self, batch_id: int, records: list[RawRecord], read_seconds: float = 0.0) -> dict[str, int]:
