@@ -1,0 +1,188 @@
+"""Spark benchmark: the Spark engine beside polars on the same events, and its driver memory.
+
+Usage: python bench/spark.py [--rows 1000000 [10000000 ...]] [--master local[2]] [--gbt-iter 50]
+
+For each size (the default synthetic source scaled like bench/offline.py: 20,000 accounts
+per million transactions; ``task=data`` with polars writes the validated events once):
+
+1. In a fresh process with ``engine=spark`` (``--master``, default ``local[2]``):
+   - Spark session start-up seconds (the JVM launch, separately);
+   - the feature plan (``task=features``: split, fit on the training window, every row's
+     features, one parquet file): wall seconds and events/s;
+   - MLlib GBT training (``model=spark_gbt``, ``--gbt-iter`` trees at most, early stopping
+     on the validation window) on the Spark feature table: wall seconds;
+   - peak memory of the driver: the Python process and the JVM (``VmHWM``, the peak
+     resident set, of each). In local mode the JVM is also the executor, so its heap is
+     bounded by ``engine.driver_memory``; the point is that nothing grows with the rows
+     (nothing is collected to the driver: the peak should stay flat when rows grow 10x).
+2. First size only, in another fresh process with polars: the same plan
+   (``task=features``), and LightGBM (``model=lightgbm``) trained on the same features on
+   the driver: wall seconds, events/s; the Spark/polars ratio of the feature time.
+
+Figures go to stdout and ``bench/out/spark.json``; data under ``bench/out/spark/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+#: As bench/offline.py: ~0.55 transactions per account per day, 20,000 accounts x 90 days ~ 1M.
+ACCOUNTS_PER_MILLION = 20_000
+
+
+def overrides(rows: int, master: str) -> list[str]:
+    out = OUT / "spark" / str(rows)
+    return [
+        f"source.n_accounts={max(200, round(ACCOUNTS_PER_MILLION * rows / 1_000_000))}",
+        f"paths.data_dir={out}/data", f"paths.reports_dir={out}/reports", f"paths.models_dir={out}/models",
+        f"mlflow.tracking_uri=sqlite:///{out}/mlruns/mlflow.db", f"mlflow.artifact_location={out}/mlruns/artifacts",
+        f'engine.master="{master}"', "seed=42",
+    ]
+
+
+def compose(args: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from aml_pipeline.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=args)
+
+
+def peak_rss_mb(pid: int | None = None) -> float | None:
+    """Peak resident set (VmHWM) of a process, in MB."""
+    if pid is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- child processes
+def child_data(rows: int, master: str, gbt_iter: int) -> dict:
+    from aml_pipeline.tasks import data
+
+    cfg = compose(overrides(rows, master))
+    _, secs = timed(lambda: data.run(cfg))
+    summary = json.loads((Path(cfg.paths.data_dir) / "validated" / "summary.json").read_text())
+    return {"data_seconds": round(secs, 2), "events": summary.get("rows_valid") or summary.get("valid")}
+
+
+def child_spark(rows: int, master: str, gbt_iter: int) -> dict:
+    from omegaconf import open_dict
+
+    from aml_pipeline.spark.session import get_session
+    from aml_pipeline.tasks import features, train
+
+    cfg = compose([*overrides(rows, master), "engine=spark", "model=spark_gbt",
+                   f"model.params.maxIter={gbt_iter}"])
+    spark, startup = timed(lambda: get_session(cfg.engine, cfg.paths.data_dir))
+    jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    bounds, feat_secs = timed(lambda: features.run(cfg))
+    with open_dict(cfg):
+        cfg.task = "train"
+    result, train_secs = timed(lambda: train.run(cfg))
+    events = sum(bounds["rows"].values())
+    return {"master": master, "session_start_seconds": round(startup, 2),
+            "features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
+            "gbt_train_seconds": round(train_secs, 2), "gbt_trees": result.get("best_iteration"),
+            "gbt_valid_pr_auc": result.get("valid_pr_auc"),
+            "peak_rss_mb": {"python_driver": round(peak_rss_mb(), 1), "jvm": round(peak_rss_mb(jvm_pid) or 0.0, 1)},
+            "events": events, "load_average": os.getloadavg()[0]}
+
+
+def child_polars(rows: int, master: str, gbt_iter: int) -> dict:
+    from omegaconf import open_dict
+
+    from aml_pipeline.tasks import features, train
+
+    cfg = compose([*overrides(rows, master), "engine=polars", "model=lightgbm"])
+    bounds, feat_secs = timed(lambda: features.run(cfg))
+    with open_dict(cfg):
+        cfg.task = "train"
+    result, train_secs = timed(lambda: train.run(cfg))
+    events = sum(bounds["rows"].values())
+    return {"features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
+            "lightgbm_train_seconds": round(train_secs, 2), "lightgbm_best_iteration": result.get("best_iteration"),
+            "lightgbm_valid_pr_auc": result.get("valid_pr_auc"), "peak_rss_mb_python": round(peak_rss_mb(), 1),
+            "load_average": os.getloadavg()[0]}
+
+
+CHILDREN = {"data": child_data, "spark": child_spark, "polars": child_polars}
+
+
+def run_child(kind: str, rows: int, args) -> dict:
+    """One measurement in a fresh process (a fresh JVM; peak memory of that run only)."""
+    out = OUT / "spark" / f"{kind}-{rows}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--child", kind, "--rows", str(rows), "--master", args.master,
+           "--gbt-iter", str(args.gbt_iter), "--child-out", str(out)]
+    print(f"\n=== {kind}, {rows:,} rows", flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    result = json.loads(out.read_text())
+    result["process_seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--gbt-iter", type=int, default=50)
+    ap.add_argument("--child", choices=sorted(CHILDREN))
+    ap.add_argument("--child-out")
+    args = ap.parse_args()
+    if args.child:
+        result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter)
+        Path(args.child_out).write_text(json.dumps(result, indent=2) + "\n")
+        return
+    report: dict = {"cores": os.cpu_count(), "master": args.master, "sizes": {}}
+    for i, rows in enumerate(args.rows):
+        size = {"data": run_child("data", rows, args), "spark": run_child("spark", rows, args)}
+        if i == 0:
+            size["polars"] = run_child("polars", rows, args)
+            s, p = size["spark"], size["polars"]
+            size["spark_vs_polars_feature_time"] = round(s["features_seconds"] / p["features_seconds"], 2)
+            size["gbt_vs_lightgbm_train_time"] = round(s["gbt_train_seconds"] / p["lightgbm_train_seconds"], 2)
+        report["sizes"][str(rows)] = size
+        OUT.mkdir(parents=True, exist_ok=True)
+        (OUT / "spark.json").write_text(json.dumps(report, indent=2) + "\n")
+    print("\n=== Spark engine benchmark (bench/out/spark.json)")
+    for rows, size in report["sizes"].items():
+        s = size["spark"]
+        print(f"{int(rows):>12,} rows requested, {s['events']:,} events, master {s['master']}")
+        print(f"  Spark session start          {s['session_start_seconds']:.1f} s")
+        print(f"  features, Spark              {s['features_seconds']:.1f} s ({s['features_events_per_second']:,} events/s)")
+        if "polars" in size:
+            p = size["polars"]
+            print(f"  features, polars             {p['features_seconds']:.1f} s ({p['features_events_per_second']:,} events/s)"
+                  f"  -> Spark / polars = {size['spark_vs_polars_feature_time']}x")
+            print(f"  train, LightGBM (driver)     {p['lightgbm_train_seconds']:.1f} s")
+        print(f"  train, MLlib GBT             {s['gbt_train_seconds']:.1f} s ({s['gbt_trees']} trees)")
+        print(f"  peak driver memory           Python {s['peak_rss_mb']['python_driver']:.0f} MB + JVM {s['peak_rss_mb']['jvm']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
