@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -370,26 +371,27 @@ def read_range(client: Mapping[str, str], part: KafkaPartition, schema: StructTy
     try:
         consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
         cols: dict[str, list] = {n: [] for n in arrow_schema.names}
-        expected, idle = part.start, 0.0
+        expected, last_progress = part.start, time.monotonic()
         while expected < part.end:
             msgs = consumer.consume(num_messages=min(10_000, part.end - expected), timeout=1.0)
-            if not msgs:
-                idle += 1.0
-                if idle * 1000 >= poll_timeout_ms:
-                    raise TimeoutError(f"no records from {part.topic}-{part.partition} at offset {expected} "
-                                       f"for {poll_timeout_ms} ms (kafkaConsumer.pollTimeoutMs); "
-                                       f"planned range ends at {part.end}")
-                continue
-            idle = 0.0
+            progressed = False
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
+                        progressed = True
                         if msg.offset() < part.end:
                             _data_loss(fail_on_data_loss, part, expected, msg.offset())
                             expected = part.end
                         continue
+                    if msg.topic() is None and not err.fatal():
+                        # A client-level event, not about this partition: librdkafka looks up
+                        # the group coordinator of every consumer (group.id is mandatory)
+                        # though this one never joins or commits, and retries by itself.
+                        # Seen as "FindCoordinator response error" on long reads.
+                        continue
                     raise RuntimeError(f"Kafka read of {part.topic}-{part.partition} failed: {err.str()}")
+                progressed = True
                 off = msg.offset()
                 if off >= part.end:
                     expected = part.end
@@ -410,6 +412,12 @@ def read_range(client: Mapping[str, str], part: KafkaPartition, schema: StructTy
                 if len(cols["offset"]) >= _ARROW_BATCH:
                     yield _batch(pa, cols, arrow_schema)
                     cols = {n: [] for n in arrow_schema.names}
+            if progressed:
+                last_progress = time.monotonic()
+            elif (time.monotonic() - last_progress) * 1000 >= poll_timeout_ms:
+                raise TimeoutError(f"no records from {part.topic}-{part.partition} at offset {expected} "
+                                   f"for {poll_timeout_ms} ms (kafkaConsumer.pollTimeoutMs); "
+                                   f"planned range ends at {part.end}")
         if cols["offset"]:
             yield _batch(pa, cols, arrow_schema)
     finally:
