@@ -166,6 +166,18 @@ class ModelBundle:
         rows = pl.DataFrame({"row": np.arange(n)})
         return rows.join(explained, on="row", how="left", maintain_order="left")["top_features"]
 
+    @property
+    def trace(self) -> dict[str, str | None]:
+        """What every decision carries to point back at its model: name, version (once
+        registered), run id, config hash and the bundle's own hash."""
+        return {
+            "model_name": str(self.registry.get("name", self.name)),
+            "model_version": str(self.registry.get("version", "unregistered")),
+            "run_id": self.registry.get("run_id") or self.lineage.get("run_id"),
+            "config_hash": self.lineage.get("config_hash"),
+            "bundle_hash": self.bundle_hash,
+        }
+
     def score_features(self, features: pl.DataFrame, top_k: int = 5, explain: str = "alerts") -> pl.DataFrame:
         """Decisions for rows with feature columns: score, threshold, alert and their trace.
 
@@ -174,13 +186,7 @@ class ModelBundle:
         """
         score = self.predict_features(features)
         threshold, alert = apply_thresholds(score, features["jurisdiction"].to_numpy(), self.thresholds)
-        trace = {
-            "model_name": self.registry.get("name", self.name),
-            "model_version": str(self.registry.get("version", "unregistered")),
-            "run_id": self.registry.get("run_id") or self.lineage.get("run_id"),
-            "config_hash": self.lineage.get("config_hash"),
-            "bundle_hash": self.bundle_hash,
-        }
+        trace = self.trace
         out = features.select("event_id", "event_time", "jurisdiction").with_columns(
             pl.Series("score", score, pl.Float64),
             pl.Series("threshold", threshold, pl.Float64),

@@ -118,13 +118,7 @@ class Scorer:
         self.top_k = top_k
         self.columns = bundle.feature_columns()
         self.model = bundle.model
-        self.trace = {
-            "model_name": str(bundle.registry.get("name", bundle.name)),
-            "model_version": str(bundle.registry.get("version", "unregistered")),
-            "run_id": bundle.registry.get("run_id") or bundle.lineage.get("run_id"),
-            "config_hash": bundle.lineage.get("config_hash"),
-            "bundle_hash": bundle.bundle_hash,
-        }
+        self.trace = bundle.trace
         self._thresholds: dict[str, float] = {}
         self._store_errors = _store_errors()
         self._lock = threading.Lock()  # one decision at a time: the store's read-score-append is a unit

@@ -147,13 +147,7 @@ class StreamScorer:
         self.stream = stream
         self.progress = progress
         self.snapshot_every = int(snapshot_every)
-        self.trace = {
-            "model_name": str(bundle.registry.get("name", bundle.name)),
-            "model_version": str(bundle.registry.get("version", "unregistered")),
-            "run_id": bundle.registry.get("run_id") or bundle.lineage.get("run_id"),
-            "config_hash": bundle.lineage.get("config_hash"),
-            "bundle_hash": bundle.bundle_hash,
-        }
+        self.trace = bundle.trace
         self.batch_id = -1
         self.flushed = False
         self.watermark: int | None = start_watermark_us
