@@ -3,8 +3,9 @@
 Spark writes a *dataset* (a folder of part files, plus checksums); the polars stages that
 follow (train, evaluate, score) read one parquet *file* per layer. :func:`publish` bridges
 the two without collecting anything into Spark's driver: Spark writes the (sorted) rows to
-a staging folder next to the target, then the part files are streamed, in part order, row
-group by row group, into the single target file, which replaces the old one atomically.
+a staging folder next to the target, in row groups of at most 16 MB and 65,536 rows, then the part files
+are streamed, in part order, row group by row group, into the single target file, which
+replaces the old one atomically (the driver holds one row group at a time).
 Paths may be local or any URI pyarrow's filesystems understand (``s3://``, ``hdfs://``).
 """
 
@@ -17,6 +18,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 STAGING = "_spark"
+#: Parquet row-group size of Spark's part files (and so of the published file), in bytes.
+ROW_GROUP_BYTES = 16 * 1024 * 1024
+#: ... and in rows (whichever comes first).
+ROW_GROUP_ROWS = 65_536
 
 
 def _fs(path: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -63,7 +68,10 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
     if drop:
         out = out.drop(*drop)
         frame = frame.drop(*drop)
-    out.write.mode("overwrite").parquet(folder)
+    # Small row groups: the copy below holds one row group at a time in this process, so
+    # its memory stays flat however many rows a part file holds.
+    out.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES) \
+        .option("parquet.block.row.count.limit", ROW_GROUP_ROWS).parquet(folder)
     parts = part_files(folder)
     fs, dest = _fs(target)
     fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
