@@ -304,6 +304,48 @@ def test_redis_warm_holds_exact_copies_only_of_new_accounts(synthetic, redis_ser
             assert engine.compute(ev, gather(store, needs, ev)[1]) == engine.compute(ev, gather(uncached, needs, ev)[1])
 
 
+def test_redis_single_writer_reads_skip_version_checks_and_stay_exact(synthetic, redis_server):
+    """Alone on the store, a scorer reads with one O(1) call (its copies are current while
+    the store's generation is the one its own writes led to); the first write of another
+    scorer turns that off, and a scorer starting on a warm store turns it on again."""
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    layout = needs.layout()
+    mine = RedisStore(layout, redis_server.url, prefix="alone:")
+    mine.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
+              .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    uncached = RedisStore(layout, redis_server.url, prefix="alone:", cache_size=0)
+    engine = OnlineFeatures(plan)
+    after = list(frame.filter(pl.col("event_time") >= cut).head(300).iter_rows(named=True))
+    calls = {"fast": 0}
+    fast = mine._read_fast
+
+    def counted(*args, **kwargs):
+        calls["fast"] += 1
+        return fast(*args, **kwargs)
+
+    mine._read_fast = counted
+
+    def step(store, row):
+        ev = Event(request_values(row))
+        assert engine.compute(ev, gather(store, needs, ev)[1]) == engine.compute(ev, gather(uncached, needs, ev)[1]), ev.event_id
+        assert store.commit(ev.row(needs.extra_columns), None)
+
+    for row in after[:150]:
+        step(mine, row)
+        assert mine._generation is not None
+    assert calls["fast"] >= 100  # most reads took the fast path
+    other = RedisStore(layout, redis_server.url, prefix="alone:")
+    step(other, after[150])  # another writer: mine's copies may now be stale
+    for row in after[151:250]:
+        step(mine, row)  # still exact: back to version checks
+    assert mine._generation is None
+    restarted = RedisStore(layout, redis_server.url, prefix="alone:")  # empty cache: in sync after one read
+    for row in after[250:]:
+        step(restarted, row)
+    assert restarted._generation is not None
+
+
 def test_redis_state_survives_reconnect_and_server_restart(tmp_path):
     if not LocalRedis.available():
         pytest.skip("redis-server is not installed")

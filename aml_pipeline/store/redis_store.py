@@ -8,6 +8,7 @@ Keys (``prefix`` first, ``aml:`` by default):
 - ``v:<account>``: how many times the account's sets changed (its *version*);
 - ``s:<event id>``: the event id was appended (expires after ``dedup_ttl``);
 - ``d:<event id>``: the decision taken for it, JSON (same expiry);
+- ``g``: how many times any set changed (the store's *generation*);
 - ``epoch``: a random id made when the store is empty (a flushed store gets a new one);
 - ``meta``: the store layout (window, row columns), checked when a scorer connects.
 
@@ -24,6 +25,12 @@ same insert-and-trim to its copies when the new versions are exactly one step on
 writer came in between), else drops them. A scorer alone on the store thus reads almost
 no rows; with several, versions keep every copy exact. A new ``epoch`` (flushed store)
 empties the cache. Single-instance Redis only: a script touches keys of several accounts.
+
+A scorer alone on the store need not even check versions. Every change bumps the
+generation ``g``; while the generation is the one the scorer's own writes led to, every copy
+it holds is current, and a read is one O(1) script call (the stored decision, else "nothing
+changed"), however many accounts paid a merchant. The first generation it did not expect
+(another writer) turns this off, and reads go back to checking versions.
 """
 
 from __future__ import annotations
@@ -60,14 +67,26 @@ local window = tonumber(ARGV[3])
 if ARGV[5] ~= '' then
   if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[4]) end
 end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return {0, 0, 0} end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[4]) then return {0, 0, 0, 0} end
 for i = 2, 3 do
   redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
   trim(KEYS[i], window)
 end
 local vs = redis.call('INCR', KEYS[5])
 local vd = redis.call('INCR', KEYS[6])
-return {1, vs, vd}
+return {1, vs, vd, redis.call('INCR', KEYS[7])}
+"""
+
+# The single-writer read: ARGV prefix, event id, the client's epoch, the generation it
+# expects. Returns the stored decision (JSON), '1' when nothing changed since, else '0'.
+_READ_FAST = """
+local p = ARGV[1]
+local d = redis.call('GET', p .. 'd:' .. ARGV[2])
+if d then return d end
+if (redis.call('GET', p .. 'epoch') or '') == ARGV[3] and (redis.call('GET', p .. 'g') or '0') == ARGV[4] then
+  return '1'
+end
+return '0'
 """
 
 # One round trip for what a query needs. ARGV: prefix, event id, the client's epoch, the
@@ -120,12 +139,13 @@ for j = 7 + 2 * n, #ARGV, 2 do
     stale[#stale + 1] = '[' .. cjson.encode(x) .. ',' .. version .. ']'
   end
 end
-return '{"epoch":' .. cjson.encode(epoch) .. ',"accounts":[' .. table.concat(parts, ',') .. '],"stale":[' ..
+return '{"epoch":' .. cjson.encode(epoch) .. ',"g":' .. (redis.call('GET', p .. 'g') or '0') ..
+  ',"accounts":[' .. table.concat(parts, ',') .. '],"stale":[' ..
   table.concat(stale, ',') .. '],"found":[' .. table.concat(found, ',') .. ']}'
 """
 
 # The whole received set and its version, atomically, for accounts whose cached copy is stale.
-# ARGV: prefix, accounts. Returns [[account, version, [rows]], ...].
+# ARGV: prefix, accounts. Returns [generation, [[account, version, [rows]], ...]].
 _RECEIVED = """
 local p = ARGV[1]
 local out = {}
@@ -134,7 +154,7 @@ for i = 2, #ARGV do
   local rows = redis.call('ZRANGE', p .. 'i:' .. x, 0, -1)
   out[i - 1] = '[' .. cjson.encode(x) .. ',' .. (redis.call('GET', p .. 'v:' .. x) or '0') .. ',[' .. table.concat(rows, ',') .. ']]'
 end
-return '[' .. table.concat(out, ',') .. ']'
+return '[' .. (redis.call('GET', p .. 'g') or '0') .. ',[' .. table.concat(out, ',') .. ']]'
 """
 
 _TRIM_KEY = _TRIM + """
@@ -207,11 +227,15 @@ class RedisStore(OnlineStore):
         self._append = self._r.register_script(_APPEND)
         self._trim = self._r.register_script(_TRIM_KEY)
         self._read = self._r.register_script(_READ)
+        self._read_fast = self._r.register_script(_READ_FAST)
         self._received_script = self._r.register_script(_RECEIVED)
         #: account -> its whole sets at a version (see the module doc): most reads ship no rows.
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self.cache_size = cache_size
         self._epoch = None
+        #: The generation at which every cached copy is known current (None: unknown, so
+        #: reads check versions); see the module doc.
+        self._generation: int | None = None
         self._p = prefix.encode()
         self.ping()
         self._check_meta()
@@ -296,6 +320,46 @@ class RedisStore(OnlineStore):
         found.difference_update(hubs)
         return found
 
+    def _seen_generation(self, generation: int, cache_was_empty: bool) -> None:
+        """A reply's rows are current at ``generation``: keep the single-writer fast path on
+        only if every other copy is current there too (nothing changed, or no other copies)."""
+        if self._generation != generation:
+            self._generation = generation if cache_was_empty else None
+
+    def _fetch_received(self, accounts: list[str]) -> None:
+        """Cache the whole received sets of ``accounts`` (the 1-hop expansion's misses)."""
+        cache_was_empty = not self._cache
+        generation, sets = json.loads(self._received_script(args=[self.prefix, *accounts]))
+        for acc, version, rows in sets:
+            self._cache[acc] = _Entry(version, None, rows)
+        self._seen_generation(generation, cache_was_empty)
+
+    def _read_cached(self, event_id: str, held: list[_Entry], accounts: list[str], start_us: int, end_us: int,
+                     expand_start_us: int | None, guess: set[str]) -> Reading | None:
+        """The fast path: one O(1) call, the rows from our copies; None when something changed."""
+        got = self._read_fast(args=[self.prefix, event_id, self._epoch or "", self._generation])
+        if got != b"1":
+            if got == b"0":
+                self._generation = None
+                return None
+            out = Reading()
+            out.decision = json.loads(got)
+            return out
+        cache = self._cache
+        missing = [x for x in guess if x not in cache]
+        if missing:
+            self._fetch_received(sorted(missing))
+        out = Reading()
+        for acc, entry in zip(accounts, held):
+            cache.move_to_end(acc)
+            out.sent[acc] = entry.sent_between(start_us, end_us)
+            out.received[acc] = entry.received_between(start_us, end_us)
+            out.latest[acc] = entry.latest_before(end_us)
+        if expand_start_us is not None:
+            for x in guess:
+                out.received[x] = cache[x].received_between(expand_start_us, end_us)
+        return out
+
     def read_expanded(self, event_id: str, accounts, start_us: int, end_us: int,
                       expand_start_us: int | None, hubs: frozenset[str]) -> Reading:
         accounts = list(dict.fromkeys(accounts))
@@ -305,6 +369,11 @@ class RedisStore(OnlineStore):
         guess: set[str] = set()
         if expand_start_us is not None:  # from the copies we hold; the script finds the others' own
             guess = self._neighbours([e for e in held if e is not None], accounts, expand_start_us, end_us, hubs)
+        if self._generation is not None and all(e is not None for e in held):
+            reading = self._read_cached(event_id, held, accounts, start_us, end_us, expand_start_us, guess)
+            if reading is not None:
+                return reading
+        cache_was_empty = not cache
         args = [self.prefix, event_id, self._epoch or "", "" if expand_start_us is None else expand_start_us, end_us,
                 len(accounts)]
         for acc, entry in zip(accounts, held):
@@ -319,7 +388,9 @@ class RedisStore(OnlineStore):
             return out
         if got["epoch"] != self._epoch:  # a new (or flushed) store: versions mean nothing any more
             cache.clear()
+            cache_was_empty = True
             self._epoch = got["epoch"]
+        self._seen_generation(int(got["g"]), cache_was_empty)
         entries = []
         for acc, (version, sets) in zip(accounts, got["accounts"]):
             if sets is None:
@@ -341,8 +412,7 @@ class RedisStore(OnlineStore):
                     current.add(acc)
             stale = neighbours - current
             if stale:
-                for acc, version, rows in json.loads(self._received_script(args=[self.prefix, *sorted(stale)])):
-                    cache[acc] = _Entry(version, None, rows)
+                self._fetch_received(sorted(stale))
             for x in neighbours:
                 out.received[x] = cache[x].received_between(expand_start_us, end_us)
         while len(cache) > self.cache_size:
@@ -362,11 +432,14 @@ class RedisStore(OnlineStore):
     # -- writes ---------------------------------------------------------------------------
     def commit(self, row: Row, decision: dict | None) -> bool:
         keys = [self._k("s", row[ID]), self._k("o", row[SRC]), self._k("i", row[DST]), self._k("d", row[ID]),
-                self._k("v", row[SRC]), self._k("v", row[DST])]
+                self._k("v", row[SRC]), self._k("v", row[DST]), self._p + b"g"]
         args = [_dumps(list(row)), row[T], self.layout.window_us, self.ttl, _dumps(decision) if decision is not None else ""]
-        appended, v_src, v_dst = self._append(keys=keys, args=args)
+        appended, v_src, v_dst, generation = self._append(keys=keys, args=args)
         if appended:
             self._mirror(row, int(v_src), int(v_dst))
+            # our own change, and the only one since: every copy stays current
+            expected = self._generation is not None and int(generation) == self._generation + 1
+            self._generation = int(generation) if expected else None
         return bool(appended)
 
     def _mirror(self, row: Row, v_src: int, v_dst: int) -> None:
@@ -396,11 +469,13 @@ class RedisStore(OnlineStore):
         """Trim locally (same rule), then write each set with ZADD and trim it in Redis."""
         local = MemoryStore(self.layout)
         n = local.warm(rows)
+        before = int(self._r.get(self._p + b"g") or 0)
         p = self._r.pipeline(transaction=False)
         pending = 0
         touched = set()
         for direction, acc, set_rows in local.sets():
             touched.add(acc)
+            self._cache.pop(acc, None)  # its version moves on below
             key = self._k("o" if direction == "sent" else "i", acc)
             for i in range(0, len(set_rows), 1000):
                 p.zadd(key, {_dumps(list(r)): r[T] for r in set_rows[i:i + 1000]})
@@ -420,7 +495,12 @@ class RedisStore(OnlineStore):
         order = sorted(touched)
         for acc in order:  # cached copies of these accounts' sets are now stale
             p.incr(self._k("v", acc))
-        self._cache_warmed(local, dict(zip(order, p.execute())))
+        p.incr(self._p + b"g")
+        *versions, after = p.execute()
+        # the other copies stay current only if no other writer came in during the warm-up
+        alone = after == before + 1 and (self._generation == before or not self._cache)
+        self._generation = after if alone else None
+        self._cache_warmed(local, dict(zip(order, versions)))
         return n
 
     def _cache_warmed(self, local: MemoryStore, versions: dict[str, int]) -> None:
