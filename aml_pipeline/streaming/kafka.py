@@ -371,7 +371,7 @@ def read_range(client: Mapping[str, str], part: KafkaPartition, schema: StructTy
     try:
         consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
         cols: dict[str, list] = {n: [] for n in arrow_schema.names}
-        expected, last_progress = part.start, time.monotonic()
+        expected, last_progress, client_error = part.start, time.monotonic(), None
         while expected < part.end:
             msgs = consumer.consume(num_messages=min(10_000, part.end - expected), timeout=1.0)
             progressed = False
@@ -389,6 +389,7 @@ def read_range(client: Mapping[str, str], part: KafkaPartition, schema: StructTy
                         # the group coordinator of every consumer (group.id is mandatory)
                         # though this one never joins or commits, and retries by itself.
                         # Seen as "FindCoordinator response error" on long reads.
+                        client_error = err.str()
                         continue
                     raise RuntimeError(f"Kafka read of {part.topic}-{part.partition} failed: {err.str()}")
                 progressed = True
@@ -417,7 +418,8 @@ def read_range(client: Mapping[str, str], part: KafkaPartition, schema: StructTy
             elif (time.monotonic() - last_progress) * 1000 >= poll_timeout_ms:
                 raise TimeoutError(f"no records from {part.topic}-{part.partition} at offset {expected} "
                                    f"for {poll_timeout_ms} ms (kafkaConsumer.pollTimeoutMs); "
-                                   f"planned range ends at {part.end}")
+                                   f"planned range ends at {part.end}"
+                                   + (f"; the client last reported: {client_error}" if client_error else ""))
         if cols["offset"]:
             yield _batch(pa, cols, arrow_schema)
     finally:
