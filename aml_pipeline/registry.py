@@ -103,7 +103,7 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
                 artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
                 signature=signature,
                 # Explicit requirements: MLflow's inference runs the model in a subprocess (~7 s).
-                pip_requirements=_requirements(),
+                pip_requirements=_requirements(bundle_dir),
             )
             run_id = run.info.run_id
         client = mlflow.MlflowClient()
@@ -114,10 +114,13 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
             "model_uri": f"models:/{name}@{cfg.mlflow.alias}", "experiment_id": exp_id, "bundle_sha256": bundle_hash}
 
 
-def _requirements() -> list[str]:
+def _requirements(bundle_dir: Path) -> list[str]:
+    """What loading the bundle needs: the stack, plus pyspark for MLlib-trained models."""
     from importlib.metadata import version
 
     pins = ["polars", "numpy", "lightgbm", "scikit-learn", "skops", "mlflow"]
+    if any(bundle_dir.glob("*.spark.zip")):
+        pins.append("pyspark")
     return [f"aml_pipeline=={version('aml_pipeline')}"] + [f"{p}=={version(p)}" for p in pins]
 
 

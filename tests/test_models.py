@@ -343,3 +343,12 @@ def test_weighting_yaml_builds(compose_cfg, option):
 def test_classes_in_registry_have_their_names():
     assert {cls.name for cls in CLASSIFIERS.values()} == set(CLASSIFIERS)
     assert HistGradientBoostingClassifier.library == "scikit-learn"
+
+
+def test_registered_requirements_name_pyspark_only_for_mllib_bundles(tmp_path):
+    """MLflow records what loading a bundle needs: pyspark only when its model is MLlib's."""
+    from aml_pipeline.registry import _requirements
+
+    assert not any(r.startswith("pyspark==") for r in _requirements(tmp_path))
+    (tmp_path / "model.spark.zip").write_bytes(b"")
+    assert any(r.startswith("pyspark==") for r in _requirements(tmp_path))
