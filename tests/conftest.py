@@ -26,17 +26,58 @@ def data_dir() -> Path:
     return DATA
 
 
+def compose_config(overrides: list[str] | None = None):
+    """A DictConfig composed from conf/ like the CLI does (Hydra's global state left clear)."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides or [])
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def compose_cfg():
     """compose_cfg(overrides) -> DictConfig, composed from conf/ like the CLI does."""
-
-    def _compose(overrides: list[str] | None = None):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides or [])
-
-    yield _compose
+    yield compose_config
     GlobalHydra.instance().clear()
+
+
+#: A quickstart small enough for a test: ~400 accounts over 3 weeks, 80 trees.
+SMALL_RUN = ["+experiment=quickstart", "source.n_accounts=400", "source.days=21", "source.laundering_rate=0.03",
+             "model.params.n_estimators=80"]
+
+
+def train_small_run(root: Path):
+    """data -> features -> train of :data:`SMALL_RUN` in-process (no MLflow), under ``root``.
+
+    Returns the path overrides used and the test window's start, as text and as a UTC datetime."""
+    import json
+
+    import polars as pl
+
+    from aml_pipeline.tasks import run_task
+
+    paths = [f"paths.data_dir={root / 'data'}", f"paths.models_dir={root / 'models'}", f"paths.reports_dir={root / 'reports'}"]
+    for task in ("data", "features", "train"):
+        run_task(compose_config([*SMALL_RUN, *paths, f"task={task}"]))
+    split = json.loads((root / "data/features/split.json").read_text())
+    return paths, split["test_start"], pl.Series([split["test_start"]]).str.to_datetime(time_zone="UTC")[0]
+
+
+def start_local_spark(tmp_path_factory, **conf):
+    """A local[2] SparkSession for tests (2 shuffle partitions, no UI); ``conf`` adds Spark conf."""
+    from aml_pipeline.spark.session import get_session
+
+    return get_session({"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g",
+                        "conf": {"spark.ui.enabled": False, **conf}}, str(tmp_path_factory.mktemp("spark")))
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory):
+    session = start_local_spark(tmp_path_factory)
+    yield session
+    session.stop()
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

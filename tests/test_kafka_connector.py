@@ -24,6 +24,7 @@ from aml_pipeline.streaming.kafka import (
     validate_sink_options,
     validate_source_options,
 )
+from tests.conftest import start_local_spark
 
 
 def _topic(prefix: str = "t") -> str:
@@ -75,10 +76,7 @@ def create(bootstrap: str, topic: str, partitions: int) -> None:
 
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
-    from aml_pipeline.spark.session import get_session
-
-    session = get_session({"master": "local[2]", "shuffle_partitions": 2,
-                           "conf": {"spark.ui.enabled": False}}, str(tmp_path_factory.mktemp("spark")))
+    session = start_local_spark(tmp_path_factory)
     register(spark=session)
     return session
 

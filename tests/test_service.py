@@ -28,28 +28,16 @@ import pytest
 
 from aml_pipeline.serving.launcher import ROOT, ServiceProcess
 from aml_pipeline.store.local_redis import LocalRedis, free_port
+from tests.conftest import SMALL_RUN, compose_config, train_small_run
 
 httpx = pytest.importorskip("httpx")
 
 KEY = "test-api-key-0123456789"
-SMALL = ["+experiment=quickstart", "source.n_accounts=400", "source.days=21", "source.laundering_rate=0.03",
-         "model.params.n_estimators=80"]
+SMALL = SMALL_RUN
 NOT_REQUEST = ("label", "typology", "instance_id")
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-
-
 def _same_instant_twins(frame: pl.DataFrame, test_start) -> pl.DataFrame:
     """For a few test-window events: another payment by the same sender and one back, same instant."""
     picks = frame.filter(pl.col("event_time") >= test_start).gather_every(97).head(8)
@@ -69,15 +57,11 @@ def run(tmp_path_factory):
     from aml_pipeline.tasks import run_task
 
     d = tmp_path_factory.mktemp("service_run")
-    paths = [f"paths.data_dir={d / 'data'}", f"paths.models_dir={d / 'models'}", f"paths.reports_dir={d / 'reports'}"]
-    for task in ("data", "features", "train"):
-        run_task(_compose([*SMALL, *paths, f"task={task}"]))
-    split = json.loads((d / "data/features/split.json").read_text())
-    test_start = pl.Series([split["test_start"]]).str.to_datetime(time_zone="UTC")[0]
+    paths, test_start_text, test_start = train_small_run(d)
     valid = pl.read_parquet(d / "data/validated/transactions.parquet")
     events = pl.concat([valid, _same_instant_twins(valid, test_start)])
     events.write_parquet(d / "events.parquet")
-    run_task(_compose([*SMALL, *paths, "task=score", f"bundle={d / 'models/bundle'}", f"input={d / 'events.parquet'}",
+    run_task(compose_config([*SMALL, *paths, "task=score", f"bundle={d / 'models/bundle'}", f"input={d / 'events.parquet'}",
                        f"output={d / 'reference.parquet'}", "scoring.explain=none"]))
     ref = pl.read_parquet(d / "reference.parquet")
     window = (events.with_row_index("_pos").filter(pl.col("event_time") >= test_start)
@@ -85,7 +69,7 @@ def run(tmp_path_factory):
     from aml_pipeline.bundle import ModelBundle
 
     bundle = ModelBundle.load(d / "models/bundle")
-    return SimpleNamespace(dir=d, bundle_dir=d / "models/bundle", events=d / "events.parquet", test_start=split["test_start"],
+    return SimpleNamespace(dir=d, bundle_dir=d / "models/bundle", events=d / "events.parquet", test_start=test_start_text,
                            ref={r["event_id"]: r for r in ref.iter_rows(named=True)}, window=window,
                            columns=bundle.feature_columns(), bundle=bundle, paths=paths)
 
@@ -133,7 +117,7 @@ class ThreadService:
         self.scorer.warm_up()
         state = ServiceState(KEY, 262_144, Metrics())
         state.set_ready(self.scorer)
-        currencies = list(_compose([]).validation.currencies)
+        currencies = list(compose_config([]).validation.currencies)
         app = create_app(state, currencies, bundle.plan.required_columns(), 500)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

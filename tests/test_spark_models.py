@@ -76,16 +76,6 @@ def test_class_weights_equal_the_row_weights(name):
 
 
 # ----------------------------------------------------------------------------- with Spark
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory):
-    from aml_pipeline.spark.session import get_session
-
-    session = get_session({"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g",
-                           "conf": {"spark.ui.enabled": False}}, str(tmp_path_factory.mktemp("spark")))
-    yield session
-    session.stop()
-
-
 def _cfg(compose, root, overrides):
     cfg = compose([*SMALL, *overrides, f"paths.data_dir={root}/data", f"paths.reports_dir={root}/reports",
                    f"paths.models_dir={root}/models", f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db",

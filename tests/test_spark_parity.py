@@ -59,6 +59,7 @@ from aml_pipeline.sources.tabular import TabularSource  # noqa: E402
 from aml_pipeline.split import assign  # noqa: E402
 from aml_pipeline.tasks.features import build_features  # noqa: E402
 from aml_pipeline.validation import build_rules, validate  # noqa: E402
+from tests.conftest import start_local_spark  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -206,13 +207,7 @@ def paysim_events() -> pl.DataFrame:
 # ----------------------------------------------------------------------------- engines
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
-    from aml_pipeline.spark.session import get_session
-
-    session = get_session(
-        {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g",
-         "conf": {"spark.ui.enabled": False, "spark.sql.codegen.wholeStage": False}},
-        str(tmp_path_factory.mktemp("spark")),
-    )
+    session = start_local_spark(tmp_path_factory, **{"spark.sql.codegen.wholeStage": False})
     yield session
     session.stop()
 

@@ -19,16 +19,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("java") is None,
 W = 3_600_000_000  # 1 h in µs
 
 
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory):
-    from aml_pipeline.spark.session import get_session
-
-    session = get_session({"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g",
-                           "conf": {"spark.ui.enabled": False}}, str(tmp_path_factory.mktemp("spark")))
-    yield session
-    session.stop()
-
-
 def _events(seed: int = 5) -> list[tuple[str, int, float | None, bool]]:
     """(key, time µs, value or None, is a query row)."""
     rng = np.random.default_rng(seed)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,25 +31,12 @@ from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.outputs import read_jsonl
 from aml_pipeline.streaming.records import DUPLICATE, UNPARSEABLE, RawRecord, check
 from aml_pipeline.validation.rules import build_rules
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, SMALL_RUN, compose_config, run_cli, train_small_run
 
-SMALL = ["+experiment=quickstart", "source.n_accounts=400", "source.days=21", "source.laundering_rate=0.03",
-         "model.params.n_estimators=80"]
+SMALL = SMALL_RUN
 NOT_EVENT = ("label", "typology", "instance_id")
 LATENESS = "1d"
 BUDGET = ["deploy.budget.key=jurisdiction", "deploy.budget.window=1d", "deploy.budget.cap=5"]
-
-
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return compose(config_name="config", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _line(row: dict) -> str:
@@ -112,20 +98,16 @@ def run(tmp_path_factory):
     from aml_pipeline.tasks import run_task
 
     d = tmp_path_factory.mktemp("stream_run")
-    paths = [f"paths.data_dir={d / 'data'}", f"paths.models_dir={d / 'models'}", f"paths.reports_dir={d / 'reports'}"]
-    for task in ("data", "features", "train"):
-        run_task(_compose([*SMALL, *paths, f"task={task}"]))
-    split = json.loads((d / "data/features/split.json").read_text())
-    test_start = pl.Series([split["test_start"]]).str.to_datetime(time_zone="UTC")[0]
+    paths, test_start_text, test_start = train_small_run(d)
     validated = d / "data/validated/transactions.parquet"
-    run_task(_compose([*SMALL, *paths, "task=score", f"bundle={d / 'models/bundle'}", f"input={validated}",
+    run_task(compose_config([*SMALL, *paths, "task=score", f"bundle={d / 'models/bundle'}", f"input={validated}",
                        f"output={d / 'reference.parquet'}", "scoring.explain=none"]))
     ref = pl.read_parquet(d / "reference.parquet")
     window = pl.read_parquet(validated).filter(pl.col("event_time") >= test_start)
     files, expected = _stream_files(window)
     bundle = ModelBundle.load(d / "models/bundle")
     return SimpleNamespace(dir=d, paths=paths, bundle_dir=d / "models/bundle", validated=validated,
-                           test_start=split["test_start"], ref={r["event_id"]: r for r in ref.iter_rows(named=True)},
+                           test_start=test_start_text, ref={r["event_id"]: r for r in ref.iter_rows(named=True)},
                            window=window, files=files, expected=expected, columns=bundle.feature_columns(), bundle=bundle)
 
 
@@ -192,16 +174,16 @@ def test_alert_budget_defers_over_the_cap_in_a_trailing_window():
 
 
 def test_deploy_options_compose_with_their_own_schemas():
-    cfg = _compose(["task=stream", "deploy=file"])
+    cfg = compose_config(["task=stream", "deploy=file"])
     assert cfg.deploy.state.value == "store" and cfg.deploy.allowed_lateness == "10m" and "input" in cfg.deploy
-    cfg = _compose(["task=stream", "deploy=kafka", "deploy.topics.alerts=my_alerts"])
+    cfg = compose_config(["task=stream", "deploy=kafka", "deploy.topics.alerts=my_alerts"])
     assert cfg.deploy.topics.input == "transactions_raw" and cfg.deploy.topics.alerts == "my_alerts"
     assert cfg.deploy.connector.value == "python"
-    assert _compose(["task=serve"]).deploy.port == 8000  # deploy=service unchanged
+    assert compose_config(["task=serve"]).deploy.port == 8000  # deploy=service unchanged
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException):
-        _compose(["task=stream", "deploy=file", "deploy.alowed_lateness=1h"])
+        compose_config(["task=stream", "deploy=file", "deploy.alowed_lateness=1h"])
 
 
 def test_stream_refuses_bad_options_in_one_line(run, tmp_path):
@@ -228,7 +210,7 @@ def _scorer(run, state_dir: Path, out: Path, snapshot_every: int):
     until = parse_time(run.test_start, "test_start")
     if saved is None or not saved.get("snapshot"):
         warm_from_parquet(store, run.validated, until)
-    currencies = list(_compose([]).validation.currencies)
+    currencies = list(compose_config([]).validation.currencies)
     scorer = StreamScorer(run.bundle, store, needs, FileOutputs(out), build_rules(currencies, False), state_dir,
                           duration_us(LATENESS), AlertBudget("jurisdiction", "1d", 5), start_watermark_us=to_us(until),
                           write_decisions=True, progress=False, snapshot_every=snapshot_every)

@@ -6,6 +6,7 @@ restarted service warms it again from the validated history (``deploy.warm_from`
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -110,12 +111,7 @@ class MemoryStore(OnlineStore):
                     if x in received or r[T] < expand_start_us or x in hubs:
                         continue
                     got = table.get(x)
-                    if got is None:
-                        received[x] = _EMPTY
-                        continue
-                    times = got.times
-                    j = bisect_left(times, end_us)
-                    received[x] = got.rows[bisect_left(times, expand_start_us, 0, j):j]
+                    received[x] = _EMPTY if got is None else got.between(expand_start_us, end_us)
             return reading
 
     def read_received(self, accounts: Iterable[str], start_us: int, end_us: int) -> dict[str, list[Row]]:
@@ -124,12 +120,7 @@ class MemoryStore(OnlineStore):
             table = self._received
             for acc in accounts:
                 r = table.get(acc)
-                if r is None:
-                    got[acc] = _EMPTY
-                    continue
-                times = r.times
-                j = bisect_left(times, end_us)
-                got[acc] = r.rows[bisect_left(times, start_us, 0, j):j]
+                got[acc] = _EMPTY if r is None else r.between(start_us, end_us)
             return got
 
     # -- writes ---------------------------------------------------------------------------
@@ -224,23 +215,19 @@ class MemoryStore(OnlineStore):
                     s = table.get(acc)
                     if s is None:
                         continue
-                    j = bisect_left(s.times, end_us)
-                    for r in s.rows[:j]:
+                    for r in s.between(-math.inf, end_us):
                         out[r[ID]] = r
                 if expand_start_us is not None:
                     r_set = self._received.get(acc)
                     if r_set is not None:
-                        j = bisect_left(r_set.times, end_us)
-                        i = bisect_left(r_set.times, expand_start_us, 0, j)
-                        neighbours.update(r[SRC] for r in r_set.rows[i:j])
+                        neighbours.update(r[SRC] for r in r_set.between(expand_start_us, end_us))
             neighbours.difference_update(query)
             neighbours.difference_update(hubs)
             for x in neighbours:
                 r_set = self._received.get(x)
                 if r_set is None:
                     continue
-                j = bisect_left(r_set.times, end_us)
-                for r in r_set.rows[bisect_left(r_set.times, expand_start_us, 0, j):j]:
+                for r in r_set.between(expand_start_us, end_us):
                     out[r[ID]] = r
             return list(out.values())
 
