@@ -336,6 +336,9 @@ class StreamDeployConfig:
     checkpoint: str = "${paths.data_dir}/stream/checkpoint"
     #: Events earlier than (latest event time seen - allowed_lateness) go to the late output.
     allowed_lateness: str = "10m"
+    #: A source partition that delivered nothing for this long (processing time) stops
+    #: holding the watermark back (the watermark follows the slowest live partition).
+    idle_timeout: str = "1m"
     budget: AlertBudgetConfig = field(default_factory=AlertBudgetConfig)
     #: Warm the store before streaming: validated parquet, events strictly before warm_until.
     warm_from: Optional[str] = None

@@ -195,7 +195,7 @@ def test_stream_refuses_bad_options_in_one_line(run, tmp_path):
     assert r.returncode == 2 and "deploy=file or deploy=kafka" in r.stderr
 
 
-def _scorer(run, state_dir: Path, out: Path, snapshot_every: int):
+def _scorer(run, state_dir: Path, out: Path, snapshot_every: int, idle_timeout_s: float = 60.0):
     """The micro-batch scorer as task=stream builds it, on the embedded store (no Spark)."""
     from aml_pipeline.features.windows import duration_us
     from aml_pipeline.store import parse_time, warm_from_parquet
@@ -213,7 +213,8 @@ def _scorer(run, state_dir: Path, out: Path, snapshot_every: int):
     currencies = list(compose_config([]).validation.currencies)
     scorer = StreamScorer(run.bundle, store, needs, FileOutputs(out), build_rules(currencies, False), state_dir,
                           duration_us(LATENESS), AlertBudget("jurisdiction", "1d", 5), start_watermark_us=to_us(until),
-                          write_decisions=True, progress=False, snapshot_every=snapshot_every)
+                          write_decisions=True, progress=False, snapshot_every=snapshot_every,
+                          idle_timeout_s=idle_timeout_s)
     scorer.restore(rebuild_store=True)
     return scorer
 
@@ -246,6 +247,60 @@ def test_restarted_scorer_rebuilds_the_embedded_store_exactly(run, tmp_path, sna
             {**r, "scored_at": x["scored_at"]} if "scored_at" in r else r
             for r, x in zip(read_jsonl(tmp_path / f"a/out/{kind}"), read_jsonl(tmp_path / f"b/out/{kind}"))], kind
     assert_parity(run, decisions_of(tmp_path / "b/out"))
+
+
+def _partitioned(run) -> tuple[list[RawRecord], list[RawRecord]]:
+    """The test window as two Kafka partitions keyed by sender (each in event-time order), cut so
+    that partition 0 arrives whole in the first batch and partition 1 only up to its first
+    third: partition 1's rest is days behind partition 0's newest event."""
+    parts: dict[int, list[RawRecord]] = {0: [], 1: []}
+    for row in run.window.sort("event_time", "event_id").iter_rows(named=True):
+        k = sum(row["src_account"].encode()) % 2
+        parts[k].append(RawRecord(_line(row), {"topic": "transactions_raw", "partition": k, "offset": len(parts[k])}))
+    cut = len(parts[1]) // 3
+    return parts[0] + parts[1][:cut], parts[1][cut:]
+
+
+def test_watermark_follows_the_slowest_partition(run, tmp_path):
+    """One partition read far ahead of the other: its events do not make the other's late
+    (the watermark is the slowest partition's), and every event is scored as offline."""
+    first, second = _partitioned(run)
+    from datetime import datetime
+
+    def when(r: RawRecord) -> datetime:
+        return datetime.fromisoformat(json.loads(r.text)["event_time"])
+
+    # a stream-wide watermark would send the lagging partition's events to the late output
+    assert max(map(when, first)) - min(map(when, second)) > timedelta(days=2) > timedelta(days=1)  # LATENESS
+    scorer = _scorer(run, tmp_path / "state", tmp_path / "out", 0)
+    scorer.process(0, first)
+    held = scorer.counts["pending"]
+    scorer.process(1, second)
+    scorer.flush()
+    c = scorer.counts
+    assert c["late"] == 0 and c["scored"] == run.window.height and c["records_in"] == run.window.height
+    assert held > len(first) // 2  # partition 1's first third held partition 0's events back
+    assert_parity(run, decisions_of(tmp_path / "out"))
+    assert set(scorer.summary()["partition_newest_event_time"]) == {"transactions_raw:0", "transactions_raw:1"}
+
+
+def test_a_silent_partition_stops_holding_the_watermark(run, tmp_path):
+    first, second = _partitioned(run)
+    behind = [r for r in first if r.position["partition"] == 1]
+    ahead = [r for r in first if r.position["partition"] == 0]
+    waiting = _scorer(run, tmp_path / "a/state", tmp_path / "a/out", 0, idle_timeout_s=3600)
+    silent = _scorer(run, tmp_path / "b/state", tmp_path / "b/out", 0, idle_timeout_s=0.05)
+    for scorer in (waiting, silent):
+        scorer.process(0, behind[:5] + ahead[:5])
+    time.sleep(0.1)
+    for scorer in (waiting, silent):
+        scorer.process(1, ahead[5:])
+    # partition 1 still holds the watermark at its 5th event for one; the other let partition 0 lead
+    assert waiting.counts["scored"] < 10 and silent.counts["scored"] > len(ahead) // 2
+    # partition 1 comes back: what it sends behind the watermark now is late, and counted
+    silent.process(2, behind[5:])
+    assert silent.counts["late"] > 0
+    assert silent.counts["records_in"] == silent.counts["scored"] + silent.counts["late"] + silent.counts["pending"]
 
 
 # ----------------------------------------------------------------------------- on Spark

@@ -104,6 +104,7 @@ def build_scorer(cfg: DictConfig):
     if str(_value(d.state)) == "spark":
         raise UserError("deploy.state=spark (transformWithStateInPandas) is not implemented yet; use deploy.state=store")
     lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
+    idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
     if d.budget.key not in ALL_COLUMNS:
         raise UserError(f"deploy.budget.key={d.budget.key!r} is not a transaction column; e.g. merchant, region, jurisdiction")
     if int(d.budget.cap) < 0:
@@ -132,7 +133,8 @@ def build_scorer(cfg: DictConfig):
                           lateness, AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
                           start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
                           top_k=int(d.top_k), write_decisions=bool(d.write_decisions), stream=str(Path(d.checkpoint).resolve()),
-                          progress=bool(d.progress), snapshot_every=int(d.snapshot_every))
+                          progress=bool(d.progress), snapshot_every=int(d.snapshot_every),
+                          idle_timeout_s=idle_timeout_s)
     memory = store.backend == "memory"
     warmed = 0
     # Redis keeps its rows: warm it once, on a new checkpoint. The embedded store is rebuilt:

@@ -5,12 +5,14 @@ micro-batch (collected on the driver: they are few) and its batch id. For each b
 
 1. **validate** with the batch path's rules (:mod:`.records`); failures, unparseable
    text and ids the stream accepted before go to the dead letters;
-2. **lateness**: a valid event earlier than the watermark ``W`` (newest event time seen in
-   earlier batches minus ``allowed_lateness``; before any batch, ``warm_until``) goes to
-   the late output; the others join the *pending* events;
-3. **release**: ``W`` moves to (newest event time seen, this batch included) minus
-   ``allowed_lateness``, and every pending event strictly before ``W`` is released, in
-   event-time order. Any event accepted later is at or after ``W``, so when an event is
+2. **lateness**: a valid event earlier than the watermark ``W`` (as it stood after the
+   earlier batches; before any batch, ``warm_until``) goes to the late output; the others
+   join the *pending* events;
+3. **release**: ``W`` moves to the *slowest source partition's* newest event time minus
+   ``allowed_lateness`` (each Kafka partition is in event-time order on its own, but one
+   may be read ahead of another; a partition that delivered nothing for ``idle_timeout``
+   seconds stops holding ``W`` back; the file source is one partition), and every pending
+   event strictly before ``W`` is released, in event-time order. Any event accepted later is at or after ``W``, so when an event is
    scored, every event strictly before it that will ever be scored has already been scored
    or is scored with it: its features are exactly the offline ones (``task=score``), however
    the events were ordered across micro-batches within the allowed lateness;
@@ -132,7 +134,7 @@ class StreamScorer:
     def __init__(self, bundle: ModelBundle, store: OnlineStore, needs: PlanNeeds, outputs: Outputs, rules: list[Rule],
                  state_dir: str | Path, allowed_lateness_us: int, budget: AlertBudget, start_watermark_us: int | None = None,
                  explain: str = "alerts", top_k: int = 5, write_decisions: bool = False, stream: str = "stream",
-                 progress: bool = True, snapshot_every: int = 100):
+                 progress: bool = True, snapshot_every: int = 100, idle_timeout_s: float = 60.0):
         self.bundle = bundle
         self.store = store
         self.needs = needs
@@ -152,6 +154,10 @@ class StreamScorer:
         self.flushed = False
         self.watermark: int | None = start_watermark_us
         self.max_seen: int | None = None
+        #: newest accepted event time per source partition, and when (wall clock) each last delivered
+        self.partition_newest: dict[str, int] = {}
+        self.partition_heard: dict[str, float] = {}
+        self.idle_timeout_s = float(idle_timeout_s)
         self.counts = dict.fromkeys(COUNTS, 0)
         self.pending = self._empty_pending()
         #: wall-clock times (epoch s) of the first micro-batch's start and the latest one's end, and busy seconds
@@ -174,6 +180,8 @@ class StreamScorer:
         self.flushed = bool(state.get("flushed"))
         self.watermark = state.get("watermark_us")
         self.max_seen = state.get("max_seen_us")
+        self.partition_newest = dict(state.get("partition_newest_us", {}))
+        self.partition_heard = dict.fromkeys(self.partition_newest, time.time())  # a fresh grace period each
         self.counts.update(state.get("counts", {}))
         self.budget.load(state.get("budget"))
         self.pending = pl.read_parquet(self.log.dir / state["pending_file"])
@@ -195,7 +203,7 @@ class StreamScorer:
 
     def _commit(self, tag: str, released: pl.DataFrame) -> None:
         state = {"batch_id": self.batch_id, "flushed": self.flushed, "watermark_us": self.watermark,
-                 "max_seen_us": self.max_seen, "counts": self.counts, "budget": self.budget.state(),
+                 "max_seen_us": self.max_seen, "partition_newest_us": self.partition_newest, "counts": self.counts, "budget": self.budget.state(),
                  "committed_at": time.time()}
         rows = released.select(self.store.layout.columns) if released.height else released
         self.log.commit(tag, state, rows, self.pending)
@@ -235,18 +243,30 @@ class StreamScorer:
         late_mask = (t_us < self.watermark) if self.watermark is not None else pl.Series([False] * valid.height)
         late = valid.filter(late_mask)
         accepted = valid.filter(~late_mask)
-        if accepted.height:
-            newest = int(accepted["event_time"].dt.epoch("us").max())
-            self.max_seen = newest if self.max_seen is None else max(self.max_seen, newest)
+        self._advance(pl.DataFrame({"partition": [source_partition(p) for p in checked.valid_positions], "t": t_us})
+                      .filter(~late_mask))
         self.pending = pl.concat([self.pending, accepted], how="vertical")
-        if self.max_seen is not None:
-            w = self.max_seen - self.lateness_us
-            self.watermark = w if self.watermark is None else max(self.watermark, w)
         batch = {"records_in": len(records), "dead_lettered": len(checked.dead), "late": late.height}
         out = self._release(_tag(batch_id), batch_id, self.watermark, checked.dead, self._late_records(late), len(records))
         batch.update(out)
         self._report(batch_id, batch, time.perf_counter() - t0)
         return batch
+
+    def _advance(self, accepted: pl.DataFrame) -> None:
+        """Move the watermark on after a batch: the slowest live partition's newest event time
+        minus the allowed lateness (never backwards). ``accepted``: (partition, t) of the batch's
+        accepted events. A partition silent for ``idle_timeout_s`` stops holding it back; when
+        every partition is silent, the newest event time seen sets it."""
+        now = time.time()
+        for part, newest in accepted.group_by("partition").agg(pl.col("t").max()).iter_rows():
+            self.partition_newest[part] = max(self.partition_newest.get(part, newest), int(newest))
+            self.partition_heard[part] = now
+            self.max_seen = int(newest) if self.max_seen is None else max(self.max_seen, int(newest))
+        live = [t for p, t in self.partition_newest.items() if now - self.partition_heard.get(p, now) <= self.idle_timeout_s]
+        basis = min(live) if live else self.max_seen
+        if basis is not None:
+            w = basis - self.lateness_us
+            self.watermark = w if self.watermark is None else max(self.watermark, w)
 
     def flush(self) -> dict[str, int]:
         """Release every pending event (end of an ``once`` run, or a graceful stop): the
@@ -397,6 +417,7 @@ class StreamScorer:
             "last_batch": self.batch_id,
             "watermark": _iso(self.watermark),
             "newest_event_time": _iso(self.max_seen),
+            "partition_newest_event_time": {k: _iso(v) for k, v in sorted(self.partition_newest.items())},
             "allowed_lateness_us": self.lateness_us,
             "budget": {"key": self.budget.key, "window": self.budget.window, "cap": self.budget.cap},
             "first_batch_at": self.first_batch_at,  # this run's, epoch seconds
@@ -404,6 +425,12 @@ class StreamScorer:
             "busy_seconds": round(self.busy_seconds, 3),
             **{k: v for k, v in self.trace.items()},
         }
+
+
+def source_partition(position: dict[str, Any]) -> str:
+    """The source partition a record came from: ``topic:partition`` on Kafka; the file
+    source is one partition (files are read oldest first)."""
+    return f"{position['topic']}:{position['partition']}" if "partition" in position else "files"
 
 
 def _tag(batch_id: int) -> str:
