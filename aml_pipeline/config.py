@@ -345,6 +345,9 @@ class StreamDeployConfig:
     warm_until: Optional[str] = None
     explain: Explain = Explain.alerts
     top_k: int = 5
+    #: Threads for the model's scores and explanations while a micro-batch is scored on the
+    #: driver (Spark's tasks are done by then): 0 = one per core.
+    model_threads: int = 0
     #: Also write every decision with all its feature values (the "decisions" output).
     write_decisions: bool = False
     #: Print one summary line per micro-batch.

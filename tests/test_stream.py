@@ -249,6 +249,36 @@ def test_restarted_scorer_rebuilds_the_embedded_store_exactly(run, tmp_path, sna
     assert_parity(run, decisions_of(tmp_path / "b/out"))
 
 
+def test_columnar_history_selects_what_the_store_returns(run):
+    """The scorer's frame of the embedded store's rows selects (at least) every row the
+    store's own history read returns, and trimming keeps each account's latest instants."""
+    import random as rnd
+
+    from aml_pipeline.store import warm_from_parquet
+    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store.memory import MemoryStore
+    from aml_pipeline.streaming.history import RecentRows
+
+    needs = plan_needs(run.bundle.plan)
+    store = MemoryStore(needs.layout())
+    end = run.window["event_time"].max()
+    warm_from_parquet(store, run.validated, end)
+    recent = RecentRows(store.layout, (r for _, _, rows in store.sets() for r in rows))
+    accounts = sorted(set(run.window["src_account"].to_list()) | set(run.window["dst_account"].to_list()))
+    rng = rnd.Random(3)
+    for cut in (to_us(run.window["event_time"].min()), to_us(end)):
+        query = rng.sample(accounts, 40)
+        got = recent.select(query, cut, cut - needs.expand_us, needs.hubs)
+        want = {r[0] for r in store.history_rows(query, cut, cut - needs.expand_us, needs.hubs)}
+        assert want and want <= set(got["event_id"].to_list())
+        assert got["event_time"].max() < cut and got["event_id"].n_unique() == got.height
+    latest = recent.frame.group_by("src_account").agg(pl.col("event_time").max())
+    recent.trim(to_us(end) + 30 * 86_400_000_000, force=True)  # a watermark a month later: only latest instants stay
+    assert 0 < recent.frame.height < store.stats()["events"]
+    kept = recent.frame.group_by("src_account").agg(pl.col("event_time").max())
+    assert kept.sort("src_account").equals(latest.sort("src_account"))
+
+
 def _partitioned(run) -> tuple[list[RawRecord], list[RawRecord]]:
     """The test window as two Kafka partitions keyed by sender (each in event-time order), cut so
     that partition 0 arrives whole in the first batch and partition 1 only up to its first

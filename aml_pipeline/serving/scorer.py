@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -48,18 +49,27 @@ class BadRequest(Exception):
 
 
 def single_threaded(bundle: ModelBundle) -> None:
-    """Cap the model's own thread pools at one thread (in memory; the bundle is unchanged)."""
+    """Cap the model's own thread pools at one thread (in memory; the bundle is unchanged):
+    the service decides one request at a time, where a thread pool's wake-up costs more than
+    it saves."""
+    set_threads(bundle, 1)
+
+
+def set_threads(bundle: ModelBundle, threads: int) -> None:
+    """Run the model's predictions and explanations on ``threads`` threads (0: one per core).
+    In memory only; the bundle is unchanged."""
     params = getattr(bundle.model, "params", None)
     if isinstance(params, dict) and getattr(bundle.model, "library", "") == "lightgbm":
         for key in [k for k in params if k in ("num_threads", "num_thread", "nthread", "nthreads", "n_jobs")]:
             params.pop(key)
-        params["num_threads"] = 1
-    try:
-        from threadpoolctl import threadpool_limits
+        params["num_threads"] = int(threads) if threads > 0 else (os.cpu_count() or 1)
+    if threads > 0:
+        try:
+            from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1)
-    except Exception:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        pass
+            threadpool_limits(int(threads))
+        except Exception:  # pragma: no cover - threadpoolctl ships with scikit-learn
+            pass
 
 
 def top_features(bundle: ModelBundle, x: np.ndarray, k: int) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ def build_scorer(cfg: DictConfig):
     """(scorer, store, source kind). Raises UserError for anything a user can fix."""
     from aml_pipeline.features.windows import duration_us  # noqa: F401
     from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.serving.scorer import single_threaded
+    from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store import open_store, parse_time, warm_from_parquet
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
@@ -104,6 +104,8 @@ def build_scorer(cfg: DictConfig):
     if str(_value(d.state)) == "spark":
         raise UserError("deploy.state=spark (transformWithStateInPandas) is not implemented yet; use deploy.state=store")
     lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
+    if int(d.model_threads) < 0:
+        raise UserError(f"deploy.model_threads={d.model_threads} must be >= 0 (0 = one per core)")
     idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
     if d.budget.key not in ALL_COLUMNS:
         raise UserError(f"deploy.budget.key={d.budget.key!r} is not a transaction column; e.g. merchant, region, jurisdiction")
@@ -117,7 +119,7 @@ def build_scorer(cfg: DictConfig):
         raise UserError("task=stream needs bundle=<folder | runs:/<id>/bundle | models:/<name>@<alias>>")
 
     bundle = resolve_bundle(cfg.bundle, cfg)
-    single_threaded(bundle)
+    set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)
     store = open_store(d.store, needs.layout())
     if source == "file":

@@ -50,10 +50,13 @@ from aml_pipeline.schema import UTC_TIME
 from aml_pipeline.store.base import T, OnlineStore
 from aml_pipeline.store.engine import PlanNeeds, to_us
 from aml_pipeline.streaming.budget import AlertBudget
+from aml_pipeline.streaming.history import RecentRows
 from aml_pipeline.streaming.outputs import Outputs
 from aml_pipeline.streaming.records import STAGED_SCHEMA, RawRecord, check
 from aml_pipeline.validation.rules import Rule
 
+#: The stages of a micro-batch, as timed in the progress line and the summary.
+STAGES = ("read", "validate", "features", "model", "outputs", "commit")
 COUNTS = ("records_in", "scored", "dead_lettered", "late", "pending", "alerts", "deferred", "batches")
 #: Event columns an alert carries besides its decision (so a reviewer needs no lookup).
 ALERT_EVENT_COLUMNS = ("src_account", "dst_account", "amount", "currency", "channel", "merchant", "region")
@@ -150,6 +153,9 @@ class StreamScorer:
         self.progress = progress
         self.snapshot_every = int(snapshot_every)
         self.trace = bundle.trace
+        #: the embedded store's rows as a frame for history reads (built on the first read)
+        self.recent: RecentRows | None = None
+        self.columnar = getattr(store, "backend", "") == "memory"
         self.batch_id = -1
         self.flushed = False
         self.watermark: int | None = start_watermark_us
@@ -164,6 +170,11 @@ class StreamScorer:
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
         self.busy_seconds = 0.0
+        #: where the time of the current micro-batch went (read, validate, features, model,
+        #: outputs, commit) and the totals of this run, in seconds
+        self.stage_seconds: dict[str, float] = {}
+        self.stage_totals: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self._mark = time.perf_counter()
 
     # -- state ------------------------------------------------------------------------------
     @staticmethod
@@ -200,6 +211,8 @@ class StreamScorer:
             cols = list(self.store.layout.columns)
             frame = rows.select(cols).with_columns(pl.col("event_time").dt.epoch("us"))
             self.store.warm(frame.iter_rows())
+            if self.recent is not None:
+                self.recent.append(frame)
 
     def _commit(self, tag: str, released: pl.DataFrame) -> None:
         state = {"batch_id": self.batch_id, "flushed": self.flushed, "watermark_us": self.watermark,
@@ -208,6 +221,8 @@ class StreamScorer:
         rows = released.select(self.store.layout.columns) if released.height else released
         self.log.commit(tag, state, rows, self.pending)
         self._append_rows(rows)
+        if self.recent is not None:
+            self.recent.trim(self.watermark)
         self.store.set_last_batch(self.stream, self.batch_id)
         if (self.snapshot_every > 0 and hasattr(self.store, "sets") and not tag.endswith("-flush")
                 and (self.batch_id + 1) % self.snapshot_every == 0):
@@ -232,10 +247,13 @@ class StreamScorer:
         t0 = time.perf_counter() - read_seconds
         if batch_id <= self.batch_id:
             return {}  # committed already (restore redid its store append)
+        self.stage_seconds = {"read": read_seconds}
+        self._mark = time.perf_counter()
         if self.first_batch_at is None:
             self.first_batch_at = time.time() - read_seconds
         pending_ids = set(self.pending["event_id"].to_list())
         checked = check(records, self.rules, known_ids=pending_ids, is_known=self.store.known_ids)
+        self._lap("validate")
         valid = checked.valid.with_columns(
             pl.Series("_position", [json.dumps(p, sort_keys=True) for p in checked.valid_positions], pl.String),
             pl.Series("_record", checked.valid_texts, pl.String))
@@ -274,6 +292,8 @@ class StreamScorer:
         if not self.pending.height:
             return {}
         t0 = time.perf_counter()
+        self.stage_seconds = {}
+        self._mark = t0
         self.watermark = (self.max_seen or 0) + 1
         self.flushed = True
         out = self._release(f"{_tag(self.batch_id)}-flush", self.batch_id, self.watermark, [], [], 0)
@@ -301,6 +321,7 @@ class StreamScorer:
         if self.write_decisions:
             o.write_decisions(tag, decisions)
         o.commit(tag)
+        self._lap("outputs")
         c = self.counts
         c["records_in"] += records_in  # counted as read, independently of where records end up
         out = {"scored": released.height, "alerts": len(alerts), "deferred": len(deferred)}
@@ -314,6 +335,7 @@ class StreamScorer:
             c["batches"] += 1
             self.batch_id = batch_id
         self._commit(tag, released)
+        self._lap("commit")
         return out
 
     def warm_up(self, currency: str) -> None:
@@ -337,14 +359,22 @@ class StreamScorer:
         accounts = set(events["src_account"].to_list()) | set(events["dst_account"].to_list())
         first = to_us(events["event_time"].min())
         expand = first - self.needs.expand_us if self.needs.expand_us else None
-        rows = self.store.history_rows(accounts, first, expand, self.needs.hubs)
-        ids = set(events["event_id"].to_list())
-        rows = [r for r in rows if r[0] not in ids and r[T] < first]
-        if not rows:
-            return None
         cols = self.store.layout.columns
-        schema = {c: (pl.Int64 if c == "event_time" else STAGED_SCHEMA[c]) for c in cols}
-        frame = pl.DataFrame(rows, schema=schema, orient="row")
+        if self.columnar:
+            if self.recent is None:
+                self.recent = RecentRows(self.store.layout, (r for _, _, rows in self.store.sets() for r in rows))
+            frame = self.recent.select(accounts, first, expand, self.needs.hubs).filter(
+                ~pl.col("event_id").is_in(events["event_id"].implode()) & (pl.col("event_time") < first))
+            if not frame.height:
+                return None
+        else:
+            rows = self.store.history_rows(accounts, first, expand, self.needs.hubs)
+            ids = set(events["event_id"].to_list())
+            rows = [r for r in rows if r[0] not in ids and r[T] < first]
+            if not rows:
+                return None
+            schema = {c: (pl.Int64 if c == "event_time" else STAGED_SCHEMA[c]) for c in cols}
+            frame = pl.DataFrame(rows, schema=schema, orient="row")
         frame = frame.with_columns(pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
         return frame.select(pl.col(c) if c in cols else pl.lit(None, d).alias(c) for c, d in STAGED_SCHEMA.items())
 
@@ -353,7 +383,15 @@ class StreamScorer:
             return pl.DataFrame()
         frame = events.select(list(STAGED_SCHEMA))
         features = self.bundle.plan.transform(frame, history=self.history(frame))
-        return self.bundle.score_features(features, self.top_k, self.explain)
+        self._lap("features")
+        decisions = self.bundle.score_features(features, self.top_k, self.explain)
+        self._lap("model")
+        return decisions
+
+    def _lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - self._mark
+        self._mark = now
 
     def _alerts(self, events: pl.DataFrame, decisions: pl.DataFrame, batch_id: int,
                 scored_at: float) -> tuple[list[dict], list[dict]]:
@@ -401,13 +439,17 @@ class StreamScorer:
     def _report(self, batch_id: int, batch: dict[str, int], secs: float, flush: bool = False) -> None:
         self.last_batch_at = time.time()
         self.busy_seconds += secs
+        for k, v in self.stage_seconds.items():
+            self.stage_totals[k] += v
         if not self.progress:
             return
         c = self.counts
         what = "flush" if flush else f"batch {batch_id}"
         print(f"{what}: +{batch.get('records_in', 0):,} in | total in {c['records_in']:,} = scored {c['scored']:,} + "
               f"dead {c['dead_lettered']:,} + late {c['late']:,} + pending {c['pending']:,} | alerts {c['alerts']:,} "
-              f"deferred {c['deferred']:,} | {secs * 1000:.0f} ms", file=sys.stderr, flush=True)
+              f"deferred {c['deferred']:,} | {secs * 1000:.0f} ms ("
+              + " ".join(f"{k} {self.stage_seconds[k] * 1000:.0f}" for k in STAGES if k in self.stage_seconds) + ")",
+              file=sys.stderr, flush=True)
 
     def summary(self) -> dict[str, Any]:
         c = dict(self.counts)
@@ -423,6 +465,7 @@ class StreamScorer:
             "first_batch_at": self.first_batch_at,  # this run's, epoch seconds
             "last_batch_at": self.last_batch_at,
             "busy_seconds": round(self.busy_seconds, 3),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_totals.items()},
             **{k: v for k, v in self.trace.items()},
         }
 
