@@ -12,7 +12,7 @@ What it does (everything under bench/out/stream/, reused when present):
 2. the stream: the events after the first 7 days (the plan's longest window), capped at
    ``--events``; the store is warmed with the 7 days before (``deploy.warm_from/until``);
 3. **throughput**: every stream event is published to ``transactions_raw`` first
-   (``task=replay``, 2 partitions), then ``task=stream deploy=kafka deploy.once=true``
+   (``task=replay``, ``--partitions`` partitions, default 4), then ``task=stream deploy=kafka deploy.once=true``
    scores the backlog in micro-batches of ``--batch`` records; sustained events/s = records
    in / (end of the last micro-batch - start of the first), from the scorer's summary;
 4. **latency**, per trigger interval: a fresh query (trigger ``1 second``, then
@@ -45,6 +45,9 @@ import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Input topic partitions (--partitions). The local test broker stopped serving a partition
+#: from offset 0 once it held ~230 MB (918k events on 2 partitions); 4 keep 1M events well below.
+PARTITIONS = 4
 OUT = ROOT / "bench" / "out" / "stream"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 #: Latency runs: events published in the first seconds meet a query still warming up (Python
@@ -89,7 +92,7 @@ def replay(bootstrap: str | None, topic: str, data: dict, rate: float = 0, limit
     if directory is not None:
         args += ["replay.target=file", f"replay.directory={directory}"]
     else:
-        args += [f"replay.bootstrap_servers={bootstrap}", f"replay.topic={topic}", "replay.partitions=2"]
+        args += [f"replay.bootstrap_servers={bootstrap}", f"replay.topic={topic}", f"replay.partitions={PARTITIONS}"]
     if limit:
         args.append(f"replay.limit={limit}")
     cli(*args, log=OUT / f"replay-{topic}.log")
@@ -129,7 +132,8 @@ def throughput(bootstrap: str | None, data: dict, batch: int) -> dict:
     span = summary["last_batch_at"] - summary["first_batch_at"]
     return {"records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
             "seconds": round(span, 1), "events_per_s": round(c["records_in"] / span), "busy_seconds": summary["busy_seconds"],
-            "reconciles": summary["reconciles"], "run_seconds": summary["seconds"]}
+            "reconciles": summary["reconciles"], "run_seconds": summary["seconds"],
+            "late": c["late"], "stage_seconds": summary.get("stage_seconds")}
 
 
 class AlertClock(threading.Thread):
@@ -212,7 +216,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        for f in admin.create_topics([NewTopic(t, num_partitions=2 if k == "input" else 1, replication_factor=1)
+        for f in admin.create_topics([NewTopic(t, num_partitions=PARTITIONS if k == "input" else 1, replication_factor=1)
                                       for k, t in topics.items()]).values():
             f.result(30)
         clock = AlertClock(bootstrap, topics["alerts"])
@@ -263,7 +267,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
     return {"trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
             # every alert, and the steady state: events published after the first STEADY seconds
             "all": pct([lat for _, lat in timed]), "steady": pct([lat for p, lat in timed if p >= first + STEADY]),
-            "counts": summary["counts"], "reconciles": summary["reconciles"]}
+            "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds")}
 
 
 def main() -> None:
@@ -273,8 +277,11 @@ def main() -> None:
     ap.add_argument("--triggers", default="1 second,5 seconds")
     ap.add_argument("--latency-rate", type=float, default=2500.0, help="events/s published in the latency runs")
     ap.add_argument("--latency-seconds", type=float, default=60.0)
+    ap.add_argument("--partitions", type=int, default=PARTITIONS, help="input topic partitions (kafka)")
     ap.add_argument("--deploy", choices=["kafka", "file"], default="kafka", help="kafka: the local broker; file: JSON-lines files")
     args = ap.parse_args()
+    global PARTITIONS
+    PARTITIONS = args.partitions
     OUT.mkdir(parents=True, exist_ok=True)
     import shutil
 
@@ -282,7 +289,7 @@ def main() -> None:
     data = prepare(args.events)
     from aml_pipeline.streaming.broker import LocalBroker
 
-    results: dict = {"deploy": args.deploy, "events": data["events"], "cpu_count": os.cpu_count(),
+    results: dict = {"deploy": args.deploy, "events": data["events"], "partitions": PARTITIONS, "cpu_count": os.cpu_count(),
                      "load_before": os.getloadavg()}
     from contextlib import nullcontext
 
