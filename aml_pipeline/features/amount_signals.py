@@ -66,5 +66,5 @@ class AmountSignals(FeatureStep):
         # The sender's trailing mean is the rolling step's src_out_mean when the windows
         # agree; the shared timeline computes it once for both.
         tl = timeline(frame)
-        out = out.hstack(tl.columns("src", {f"mean_{w}": (tl.aggregate("out", "src", w, "mean"), pl.Float64)}))
+        out = out.hstack([tl.series(f"mean_{w}", tl.aggregate("out", "src", w, "mean"), pl.Float64)])
         return out.with_columns((a / pl.col(f"mean_{w}")).alias("amount_vs_src_mean")).drop(f"mean_{w}")

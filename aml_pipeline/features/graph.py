@@ -221,8 +221,8 @@ class CounterpartyGraph(FeatureStep):
             for side in SIDES
         }
         # pass-through = (sent + this payment) / received, over the sender's window
-        by_side["src"] |= {"_sent": (tl.aggregate("out", "src", w, "sum"), pl.Float64), "_got": (tl.aggregate("in", "src", w, "sum"), pl.Float64)}
         cols = {c.name: c for side, values in by_side.items() for c in tl.columns(side, values)}
+        cols |= {c: tl.series(c, tl.aggregate(f, "src", w, "sum"), pl.Float64) for c, f in (("_sent", "out"), ("_got", "in"))}
         cols |= {c.name: c for c in tl.columns("pairs_in", {f"reciprocal_{w}": (reciprocal(), pl.Int64)})}
         cols |= {c.name: c for c in tl.columns("pairs_out", {f"cycle3_{w}": (cycles(), pl.Int64)})}
         ratio = pl.when(pl.col("_got") > 0).then((pl.col("_sent") + pl.col("amount")) / pl.col("_got"))

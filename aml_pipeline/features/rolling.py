@@ -57,34 +57,16 @@ class RollingAggregates(FeatureStep):
         return max(self.windows, key=duration_us)
 
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
-        # One sorted view per flow serves every side, window and aggregate (see windows.py).
+        # One sorted view per flow serves every side, window and aggregate (see windows.py);
+        # each (side, flow) is independent: compute them on all cores, then read the memo.
         tl = timeline(frame)
-        outputs = self.output_columns()
-        # The mean is sum / count, computed after the results are in row order: one
-        # division instead of one more random-access permutation per column.
-        base = [a for a in ("count", "sum", "max") if a in self.aggs or (a != "max" and "mean" in self.aggs)]
         combos = [(side, flow) for side in self.sides for flow in self.flows]
-        # Each (side, flow) is independent: compute them on all cores, then read the memo.
-        tl.prefetch([lambda s=s, f=f: [tl.aggregate(f, s, w, a) for w in self.windows for a in base] for s, f in combos])
+        tl.prefetch([lambda s=s, f=f: [tl.aggregate(f, s, w, a) for w in self.windows for a in self.aggs] for s, f in combos])
+        return frame.hstack([
+            tl.series(f"{side}_{flow}_{agg}_{w}", tl.aggregate(flow, side, w, agg), dtype)
+            for (side, flow, agg, w), dtype in zip(self._combos(), self.output_columns().values())
+        ])
 
-        def name(side: str, flow: str, agg: str, w: str) -> str:
-            col = f"{side}_{flow}_{agg}_{w}"
-            return col if col in outputs else f"_{col}"  # a count or sum only the mean needs
-
-        cols = []
-        for side in self.sides:
-            cols += tl.columns(side, {
-                name(side, flow, agg, w): (tl.aggregate(flow, side, w, agg), pl.Int64 if agg == "count" else pl.Float64)
-                for flow in self.flows
-                for w in self.windows
-                for agg in base
-            })
-        out = frame.hstack(cols)
-        if "mean" in self.aggs:
-            means = []
-            for side, flow in combos:
-                for w in self.windows:
-                    n, s = pl.col(name(side, flow, "count", w)), pl.col(name(side, flow, "sum", w))
-                    means.append(pl.when(n > 0).then(s / n).alias(f"{side}_{flow}_mean_{w}"))
-            out = out.with_columns(means)
-        return out.select(*frame.columns, *outputs)
+    def _combos(self) -> list[tuple[str, str, str, str]]:
+        """(side, flow, agg, window) in the order of :meth:`output_columns`."""
+        return [(s, f, a, w) for s in self.sides for f in self.flows for w in self.windows for a in self.aggs]

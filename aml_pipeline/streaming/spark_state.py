@@ -1,0 +1,592 @@
+"""``deploy.state=spark``: the streaming scorer with its state in Spark (``transformWithStateInPandas``).
+
+Where ``state: store`` keeps the events it holds and the accounts' histories on the driver
+and in the feature store, this mode keeps both in Spark's state store (RocksDB), inside
+Spark's checkpoint, partitioned by account across the executors. The query:
+
+1. **stage** (``mapInArrow`` over the whole micro-batch, one partition): the records are
+   validated by :func:`.records.check`, the same rules as ``state: store``. Dead letters
+   become rows of kind ``dead``; each valid event becomes one row per account it touches
+   (``src`` and ``dst``; ``both`` for a payment to oneself), carrying the staged event as
+   JSON (times as integer µs, floats as ``repr``: exact).
+2. ``withWatermark`` on a copy of the event time that is **dropped** before the operator:
+   Spark still advances its watermark (newest event time − ``allowed_lateness``, in ms),
+   but the operator's input has no watermark column, so Spark does not drop late rows
+   silently; :class:`AccountProcessor` compares each event with the watermark itself and
+   emits the late ones (from the sender's side only, so each once).
+3. ``groupBy(account).transformWithStateInPandas(AccountProcessor, timeMode=EventTime)``:
+   per account, the held events (``ListState``) and the history (``ListState``, trimmed to
+   the plan's longest window plus the account's newest event, which ``time`` needs). An
+   accepted event registers a timer 1 ms after its time; when the watermark passes, the
+   held events strictly before it are released and their features on this account's side
+   computed by the plan's own polars code, ``plan.transform(released, history=account_rows)``,
+   the same code as ``task=score`` and ``state: store``.
+4. ``foreachBatch`` on the driver (:class:`SparkStateScorer`): the two halves of each
+   released event (sender columns, receiver columns) are joined by event id and scored; alerts, the
+   budget, the outputs, the counts and the state commit are :class:`.scorer.StreamScorer`'s.
+
+Only columns that depend on the event and on one of its accounts' own history can be computed
+this way; :func:`refuse_cross_account` refuses the rest at start-up (the graph step's 2-hop
+paths and 3-cycles read other accounts' histories).
+
+On exit (``once`` done, SIGTERM, SIGINT) the held events are released by a flush marker: a
+file dropped in ``<checkpoint>/control`` (a second file source, unioned with the input) whose
+time moves Spark's watermark past the newest event seen; the query is run once more with
+``availableNow`` to apply it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+from omegaconf import DictConfig, OmegaConf
+
+from aml_pipeline.errors import UserError
+from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.streaming.records import DUPLICATE, STAGED_SCHEMA, RawRecord, _dead
+from aml_pipeline.streaming.scorer import StreamScorer, _tag
+
+ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+#: Step kinds whose columns need only the event and one of its accounts' own history.
+LOCAL_HISTORY_KINDS = ("time", "amount", "rolling")
+#: The account key of rows that are not events (dead letters, the flush marker).
+CONTROL_KEY = "\x00control"
+STAGED = "account string, role string, kind string, event_id string, t long, wm timestamp, payload string"
+OUTPUT = "kind string, event_id string, role string, t long, n long, payload string, features string"
+_EVENT_COLUMNS = list(STAGED_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- what the plan may hold
+def side_columns(plan: FeaturePlan) -> tuple[list[str], list[str]]:
+    """(columns computed on the sender's side, on the receiver's side).
+
+    Receiver columns are the ``dst_*`` ones of history steps; every other column depends on
+    the event itself or on the sender's history (``src_*``, ``amount_vs_src_mean``)."""
+    src, dst = [], []
+    for _, step in plan.steps:
+        for c in step.output_columns():
+            (dst if step.uses_history and c.startswith("dst_") else src).append(c)
+    return src, dst
+
+
+def refuse_cross_account(plan: FeaturePlan) -> None:
+    """One line naming the first step whose columns need another account's history."""
+    for name, step in plan.steps:
+        if step.uses_history and step.kind not in LOCAL_HISTORY_KINDS:
+            cols = list(step.output_columns())
+            cross = [c for c in cols if c.startswith(("cycle3_", "dst_2hop_in_", "src_2hop_in_"))] or cols
+            raise UserError(
+                f"deploy.state=spark keeps one state per account: features.steps.{name} ({step.kind}) needs other "
+                f"accounts' histories for {', '.join(cross)}; use deploy.state=store, or a plan without it "
+                "(e.g. features=streaming_local)")
+
+
+# ----------------------------------------------------------------------------- stage (executors)
+def _payload(row: dict[str, Any], position: dict | None = None, record: str | None = None) -> str:
+    out = {c: row.get(c) for c in _EVENT_COLUMNS}
+    t = row["event_time"]
+    from aml_pipeline.store.engine import to_us
+
+    out["event_time"] = to_us(t)
+    if position is not None:
+        out["_position"] = json.dumps(position, sort_keys=True)
+        out["_record"] = record
+    return json.dumps(out)
+
+
+def make_stage(source: str, currencies: list[str]):
+    """The ``mapInArrow`` function: one micro-batch's raw rows -> staged rows (:data:`STAGED`)."""
+
+    def stage(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        from aml_pipeline.streaming.job import file_records, kafka_records
+        from aml_pipeline.streaming.records import check
+        from aml_pipeline.validation.rules import build_rules
+
+        table = pa.Table.from_batches(list(batches))
+        if not table.num_rows:
+            return
+        records = (file_records if source == "file" else kafka_records)(table)
+        checked = check(records, build_rules(currencies, require_label=False), known_ids=set())
+        cols: dict[str, list] = {k: [] for k in ("account", "role", "kind", "event_id", "t", "wm", "payload")}
+
+        def add(account, role, kind, event_id, t_us, payload):
+            for k, v in zip(cols, (account, role, kind, event_id, t_us, t_us, payload)):
+                cols[k].append(v)
+
+        for d in checked.dead:
+            add(CONTROL_KEY, "", "dead", d.get("event_id"), 0, json.dumps(d, default=str))
+        for row, pos, text in zip(checked.valid.iter_rows(named=True), checked.valid_positions, checked.valid_texts):
+            payload = _payload(row, pos, text)
+            t_us = json.loads(payload)["event_time"]
+            if row["src_account"] == row["dst_account"]:
+                add(row["src_account"], "both", "event", row["event_id"], t_us, payload)
+            else:
+                add(row["src_account"], "src", "event", row["event_id"], t_us, payload)
+                add(row["dst_account"], "dst", "event", row["event_id"], t_us, payload)
+        yield _staged_batch(cols)
+
+    return stage
+
+
+def _staged_batch(cols: dict[str, list]):
+    import pyarrow as pa
+
+    return pa.RecordBatch.from_pydict({
+        "account": pa.array(cols["account"], pa.string()), "role": pa.array(cols["role"], pa.string()),
+        "kind": pa.array(cols["kind"], pa.string()), "event_id": pa.array(cols["event_id"], pa.string()),
+        "t": pa.array(cols["t"], pa.int64()), "wm": pa.array(cols["wm"], pa.timestamp("us", tz="UTC")),
+        "payload": pa.array(cols["payload"], pa.string())})
+
+
+def stage_control(batches: Iterator) -> Iterator:
+    """Flush markers (``{"flush_us": t}``) -> one control row whose time moves the watermark."""
+    import pyarrow as pa
+
+    table = pa.Table.from_batches(list(batches))
+    cols: dict[str, list] = {k: [] for k in ("account", "role", "kind", "event_id", "t", "wm", "payload")}
+    for text in table.column("value").to_pylist():
+        for line in text.splitlines():
+            if line.strip():
+                t = int(json.loads(line)["flush_us"])
+                for k, v in zip(cols, (CONTROL_KEY, "", "flush", None, t, t, line)):
+                    cols[k].append(v)
+    if cols["t"]:
+        yield _staged_batch(cols)
+
+
+# ----------------------------------------------------------------------------- the stateful processor
+def _frame(payloads: list[str]) -> pl.DataFrame:
+    """Staged JSON payloads -> canonical events frame (plus ``_position``/``_record`` when present)."""
+    from aml_pipeline.schema import UTC_TIME
+
+    rows = [json.loads(p) for p in payloads]
+    extra = {c: pl.String for c in ("_position", "_record") if rows and c in rows[0]}
+    schema = {**STAGED_SCHEMA, "event_time": pl.Int64, **extra}
+    frame = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    return frame.with_columns(pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
+
+
+def _history_row(payload: str) -> tuple:
+    """A held event as a history row of the state: (t, event_id, src, dst, amount)."""
+    row = json.loads(payload)
+    return (row["event_time"], row["event_id"], row["src_account"], row["dst_account"], row["amount"])
+
+
+def account_features(engine, account: str, history: list[tuple], due: list[tuple]) -> list[dict]:
+    """The features of ``due`` events (held rows, oldest first) from ``account``'s history.
+
+    Each event sees the account's rows strictly before it: the stored history plus the due
+    events released with it that are earlier (same-instant events never see each other).
+    ``engine`` is :class:`~aml_pipeline.store.engine.OnlineFeatures`, the per-event code the
+    online service runs, given this account's rows only: the columns of this account's side
+    are exact, the other side's are read from the other account's state (see
+    :func:`side_columns`)."""
+    from bisect import bisect_left
+
+    from aml_pipeline.store.engine import Event, History, from_us
+
+    rows = sorted([(r[1], r[0], r[2], r[3], r[4]) for r in history]
+                  + [(_history_row(p)[1], t, *_history_row(p)[2:]) for t, _, _, p in due], key=lambda r: (r[1], r[0]))
+    times = [r[1] for r in rows]
+    out = []
+    for t, _, _, payload in due:
+        values = json.loads(payload)
+        values["event_time"] = from_us(values["event_time"])
+        before = rows[:bisect_left(times, t)]
+        sent = [r for r in before if r[2] == account]
+        received = [r for r in before if r[3] == account]
+        h = History({account: sent}, {account: received}, {account: before[-1][1] if before else None})
+        out.append(engine.compute(Event(values), h))
+    return out
+
+
+def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | None):
+    """A :class:`~pyspark.sql.streaming.StatefulProcessor` for one account (see the module docstring)."""
+    import pandas as pd
+    from pyspark.sql.streaming import StatefulProcessor
+
+    out_cols = ["kind", "event_id", "role", "t", "n", "payload", "features"]
+
+    class AccountProcessor(StatefulProcessor):
+        def init(self, handle) -> None:
+            from aml_pipeline.store.engine import OnlineFeatures
+
+            self.handle = handle
+            plan = FeaturePlan.from_dict(plan_dict)
+            self.engine = OnlineFeatures(plan)
+            self.src_cols, self.dst_cols = side_columns(plan)
+            self.held = handle.getListState("held", "t long, event_id string, role string, payload string")
+            self.rows = handle.getListState("history", "t long, event_id string, src string, dst string, amount double")
+
+        # -- helpers ----------------------------------------------------------------------
+        def _list(self, state) -> list[tuple]:
+            return [tuple(r) for r in state.get()] if state.exists() else []
+
+        @staticmethod
+        def _out(rows: list[tuple]) -> Iterator[pd.DataFrame]:
+            if rows:
+                yield pd.DataFrame(rows, columns=out_cols)
+
+        # -- the three callbacks ----------------------------------------------------------
+        def handleInitialState(self, key, initialState, timerValues) -> None:
+            cols = [initialState[c] for c in ("t", "event_id", "src", "dst", "amount")]
+            self.rows.appendList([(int(t), e, s, d, float(a)) for t, e, s, d, a in zip(*cols)])
+
+        def handleInputRows(self, key, rows, timerValues) -> Iterator[pd.DataFrame]:
+            wm = timerValues.getCurrentWatermarkInMs() * 1000
+            late_before = max(wm, start_watermark_us) if start_watermark_us is not None else wm
+            held = self._list(self.held)
+            # ids this account still holds or remembers: the same set on the sender's and the
+            # receiver's side, so both sides take the same decision
+            known = {h[1] for h in held} | {r[1] for r in self._list(self.rows) if r[0] >= wm - window_us}
+            out, new, timers, n_in, newest = [], [], set(), 0, None
+            for pdf in rows:
+                for kind, role, event_id, t, payload in zip(pdf["kind"], pdf["role"], pdf["event_id"], pdf["t"], pdf["payload"]):
+                    t = int(t)
+                    if kind == "dead":
+                        out.append(("dead", event_id, "", t, 1, payload, None))
+                        continue
+                    if kind != "event":  # the flush marker: it only moved the watermark
+                        continue
+                    first_side = role in ("src", "both")  # the side that reports the event once
+                    newest = t if newest is None else max(newest, t)
+                    if event_id in known:  # validation before lateness, as in state: store
+                        if first_side:
+                            out.append(("duplicate", event_id, role, t, 1, payload, None))
+                    elif t < late_before:
+                        if first_side:
+                            out.append(("late", event_id, role, late_before, 1, payload, None))
+                    else:
+                        known.add(event_id)
+                        new.append((t, event_id, role, payload))
+                        timers.add(t // 1000 + 1)
+                        n_in += first_side
+            if new:
+                self.held.appendList(new)
+                for ms in timers:
+                    self.handle.registerTimer(ms)
+            if newest is not None:
+                out.append(("in", None, "", newest, n_in, None, None))
+            return self._out(out)
+
+        def handleExpiredTimer(self, key, timerValues, expiredTimerInfo) -> Iterator[pd.DataFrame]:
+            wm = timerValues.getCurrentWatermarkInMs() * 1000
+            held = self._list(self.held)
+            due = sorted((h for h in held if h[0] < wm), key=lambda h: (h[0], h[1]))
+            if not due:  # an earlier timer of this batch released them
+                return self._out([])
+            history = self._list(self.rows)
+            features = account_features(self.engine, key[0], history, due)
+            out = []
+            for (t, event_id, role, payload), values in zip(due, features):
+                cols = self.src_cols + self.dst_cols if role == "both" else (self.src_cols if role == "src" else self.dst_cols)
+                out.append(("half", event_id, role, t, 1, payload if role != "dst" else None,
+                            json.dumps({c: values[c] for c in cols})))
+            rest = [h for h in held if h[0] >= wm]
+            self.held.clear()
+            if rest:
+                self.held.put(rest)
+            # keep what later events can still read: [watermark - window, ...) plus the newest row (time step)
+            kept = history + [(t, *_history_row(p)[1:]) for t, _, _, p in due]
+            newest = max(kept, key=lambda r: r[0])
+            kept = [r for r in kept if r[0] >= wm - window_us or r is newest]
+            self.rows.clear()
+            self.rows.put(kept)
+            return self._out(out)
+
+        def close(self) -> None:
+            pass
+
+    return AccountProcessor()
+
+
+# ----------------------------------------------------------------------------- the driver's side
+class SparkStateScorer(StreamScorer):
+    """Scores what the operator released, with :class:`StreamScorer`'s alerts, budget,
+    outputs, counts and state log. It holds no events and no store: those are in Spark."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.held = 0  # events in Spark's state (as the operator reports them)
+        self.orphans: dict[str, dict] = {}
+
+    def restore(self, rebuild_store: bool = False) -> int:
+        state = self.log.load()
+        if state is None:
+            return -1
+        self.batch_id = int(state["batch_id"])
+        self.flushed = bool(state.get("flushed"))
+        self.watermark = state.get("watermark_us")
+        self.max_seen = state.get("max_seen_us")
+        self.counts.update(state.get("counts", {}))
+        self.held = int(state.get("held", 0))
+        self.budget.load(state.get("budget"))
+        return self.batch_id
+
+    def _commit(self, tag: str, released: pl.DataFrame) -> None:
+        self.counts["pending"] = self.held
+        state = {"batch_id": self.batch_id, "flushed": self.flushed, "watermark_us": self.watermark,
+                 "max_seen_us": self.max_seen, "counts": self.counts, "budget": self.budget.state(),
+                 "held": self.held, "committed_at": time.time()}
+        self.log.commit(tag, state, released.clear(), self._empty_pending())
+
+    def score(self, events: pl.DataFrame) -> pl.DataFrame:
+        if not events.height:
+            return pl.DataFrame()
+        return self.bundle.score_features(events, self.top_k, self.explain)
+
+    def process_output(self, batch_id: int, table, read_seconds: float = 0.0) -> dict[str, int]:
+        """One micro-batch of the operator's output (an Arrow table of :data:`OUTPUT`)."""
+        t0 = time.perf_counter() - read_seconds
+        if batch_id <= self.batch_id:
+            return {}  # committed already: Spark replays a batch it had not recorded
+        if self.first_batch_at is None:
+            self.first_batch_at = time.time() - read_seconds
+        rows = table.to_pylist()
+        dead = [json.loads(r["payload"]) for r in rows if r["kind"] == "dead"]
+        for r in rows:
+            if r["kind"] == "duplicate":
+                p = json.loads(r["payload"])
+                dead.append(_dead(RawRecord(p["_record"], json.loads(p["_position"])), [DUPLICATE], r["event_id"]))
+        dead.sort(key=lambda d: (str(d.get("file") or d.get("topic") or ""), d.get("line") or d.get("partition") or 0,
+                                 d.get("offset") or 0))
+        late_rows = [r for r in rows if r["kind"] == "late"]
+        late = []
+        if late_rows:
+            self.watermark = max(r["t"] for r in late_rows)
+            late = self._late_records(_frame([r["payload"] for r in late_rows]))
+        accepted = sum(r["n"] for r in rows if r["kind"] == "in")
+        newest = [r["t"] for r in rows if r["kind"] == "in"]
+        if newest:
+            self.max_seen = max(newest) if self.max_seen is None else max(self.max_seen, max(newest))
+        events = self._join_halves([r for r in rows if r["kind"] == "half"])
+        self.held += accepted - events.height
+        records_in = len(dead) + len(late) + accepted
+        batch = {"records_in": records_in, "dead_lettered": len(dead), "late": len(late)}
+        batch.update(self._emit(_tag(batch_id), batch_id, events, dead, late, records_in))
+        self._report(batch_id, batch, time.perf_counter() - t0)
+        return batch
+
+    def _join_halves(self, halves: list[dict]) -> pl.DataFrame:
+        """Released events with all their feature columns, oldest first; a half whose other
+        half has not come (yet) waits in ``orphans`` (it should not happen: both sides
+        release an event on the same watermark)."""
+        for h in halves:
+            o = self.orphans.setdefault(h["event_id"], {"features": {}, "payload": None, "sides": set()})
+            o["features"].update(json.loads(h["features"]))
+            o["sides"] |= {"src", "dst"} if h["role"] == "both" else {h["role"]}
+            if h["payload"] is not None:
+                o["payload"] = h["payload"]
+        done = [e for e, o in self.orphans.items() if o["sides"] == {"src", "dst"}]
+        if not done:
+            return pl.DataFrame()
+        ready = [self.orphans.pop(e) for e in done]
+        events = _frame([o["payload"] for o in ready]).select(_EVENT_COLUMNS)
+        schema = self.bundle.plan.output_schema()
+        feats = pl.DataFrame([o["features"] for o in ready], schema=schema, orient="row")
+        return pl.concat([events, feats], how="horizontal").sort(["event_time", "event_id"])
+
+    def _emit(self, tag: str, batch_id: int, released: pl.DataFrame, dead: list[dict], late: list[dict],
+              records_in: int) -> dict[str, int]:
+        scored_at = time.time()
+        decisions = self.score(released)
+        alerts, deferred = self._alerts(released, decisions, batch_id, scored_at) if released.height else ([], [])
+        for r in dead:
+            r["batch_id"] = batch_id
+        o = self.outputs
+        o.write(tag, "dead_letter", dead)
+        o.write(tag, "late", late)
+        o.write(tag, "alerts", alerts)
+        o.write(tag, "deferred", deferred)
+        if self.write_decisions:
+            o.write_decisions(tag, decisions)
+        o.commit(tag)
+        c = self.counts
+        c["records_in"] += records_in
+        c["dead_lettered"] += len(dead)
+        c["late"] += len(late)
+        c["scored"] += released.height
+        c["alerts"] += len(alerts)
+        c["deferred"] += len(deferred)
+        c["batches"] += 1
+        self.batch_id = batch_id
+        self._commit(tag, released)
+        return {"scored": released.height, "alerts": len(alerts), "deferred": len(deferred)}
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out.update(state="spark", held_in_spark_state=self.held, unmatched_halves=len(self.orphans))
+        return out
+
+
+# ----------------------------------------------------------------------------- building and running
+def build(cfg: DictConfig):
+    """(scorer, info): the checks of ``state: store`` plus the plan's refusal, before Spark starts."""
+    from aml_pipeline.registry import resolve_bundle
+    from aml_pipeline.serving.scorer import single_threaded
+    from aml_pipeline.store import parse_time
+    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.streaming.budget import AlertBudget
+    from aml_pipeline.streaming.job import ALL_COLUMNS, _duration_us, _value, kind
+    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
+    from aml_pipeline.streaming.scorer import StateLog
+
+    d = cfg.deploy
+    source = kind(cfg)
+    lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
+    if lateness % 1000:
+        raise UserError(f"deploy.allowed_lateness={d.allowed_lateness!r}: Spark's watermark is in milliseconds")
+    if d.budget.key not in ALL_COLUMNS:
+        raise UserError(f"deploy.budget.key={d.budget.key!r} is not a transaction column; e.g. merchant, region, jurisdiction")
+    if int(d.budget.cap) < 0:
+        raise UserError("deploy.budget.cap must be >= 0 (0 = no budget)")
+    _duration_us(d.budget.window, "deploy.budget.window", allow_zero=False)
+    until = parse_time(d.warm_until, "deploy.warm_until") if d.warm_until else None
+    if d.warm_from and not Path(d.warm_from).is_file():
+        raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
+    if not cfg.bundle:
+        raise UserError("task=stream needs bundle=<folder | runs:/<id>/bundle | models:/<name>@<alias>>")
+    bundle = resolve_bundle(cfg.bundle, cfg)
+    single_threaded(bundle)
+    needs = plan_needs(bundle.plan)  # refuses steps that cannot run per event, or need unbounded history
+    refuse_cross_account(bundle.plan)
+    if source == "file":
+        outputs = FileOutputs(d.output)
+    else:
+        outputs = KafkaOutputs(d.bootstrap_servers, OmegaConf.to_container(d.topics, resolve=True))
+    state_dir = Path(d.checkpoint) / "scorer"
+    fresh = StateLog(state_dir).load() is None
+    scorer = SparkStateScorer(bundle, None, needs, outputs, [], state_dir, lateness,
+                              AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
+                              start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
+                              top_k=int(d.top_k), write_decisions=bool(d.write_decisions),
+                              stream=str(Path(d.checkpoint).resolve()), progress=bool(d.progress), snapshot_every=0)
+    last = scorer.restore()
+    currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
+    return scorer, {"source": source, "fresh": fresh, "resumed_after_batch": last, "currencies": currencies,
+                    "window_us": needs.window_us, "start_us": to_us(until) if until else None, "until": until}
+
+
+def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
+    """The warm-up file as the operator's initial state: each event once per account it touches."""
+    if not cfg.deploy.warm_from:
+        return None, 0
+    from aml_pipeline.store.engine import to_us
+
+    frame = pl.read_parquet(cfg.deploy.warm_from)
+    if until is not None:
+        frame = frame.filter(pl.col("event_time") < until)
+    frame = frame.select(pl.col(c) if c in frame.columns else pl.lit(None, t).alias(c) for c, t in STAGED_SCHEMA.items())
+    rows = []
+    for r in frame.select("event_id", "event_time", "src_account", "dst_account", "amount").iter_rows():
+        e, t, src, dst, amount = r[0], to_us(r[1]), r[2], r[3], r[4]
+        rows.append((src, t, e, src, dst, amount))
+        if dst != src:
+            rows.append((dst, t, e, src, dst, amount))
+    df = spark.createDataFrame(rows, "account string, t long, event_id string, src string, dst string, amount double")
+    return df.groupBy("account"), frame.height
+
+
+def run(cfg: DictConfig) -> dict:
+    """``task=stream deploy.state=spark``: build, run until done or stopped, flush, summarise."""
+    from aml_pipeline.progress import table
+    from aml_pipeline.spark.session import get_session
+    from aml_pipeline.streaming.job import _source
+
+    d = cfg.deploy
+    start = time.perf_counter()
+    scorer, info = build(cfg)
+    spark = get_session(cfg.engine, cfg.paths.data_dir)
+    spark.conf.set("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
+    source = info["source"]
+    control = Path(d.checkpoint).resolve() / "control"
+    control.mkdir(parents=True, exist_ok=True)
+    initial, warmed = _initial_state(spark, cfg, info["until"], _EVENT_COLUMNS) if info["fresh"] else (None, 0)
+    failure: list[BaseException] = []
+    busy = threading.Lock()
+
+    def each_batch(df, batch_id: int) -> None:
+        with busy:
+            try:
+                t0 = time.perf_counter()
+                out = df.toArrow()  # evaluated once: the operator commits its state with this job
+                scorer.process_output(int(batch_id), out, read_seconds=time.perf_counter() - t0)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+    lateness_ms = scorer.lateness_us // 1000
+    staged = (_source(spark, cfg, source).coalesce(1)
+              .mapInArrow(make_stage(source, info["currencies"]), STAGED))
+    marks = (spark.readStream.format("text").option("wholetext", "true").option("pathGlobFilter", "*.json")
+             .load(str(control)).mapInArrow(stage_control, STAGED))
+    processor = make_processor(scorer.bundle.plan.to_dict(), info["window_us"], info["start_us"])
+    operated = (staged.unionByName(marks).withWatermark("wm", f"{lateness_ms} milliseconds").drop("wm")
+                .groupBy("account")
+                .transformWithStateInPandas(processor, OUTPUT, "Append", "EventTime", initialState=initial))
+
+    def start_query(once: bool):
+        w = (operated.writeStream.foreachBatch(each_batch)
+             .option("checkpointLocation", str(Path(d.checkpoint).resolve() / "spark")).queryName("aml_stream_spark_state"))
+        return (w.trigger(availableNow=True) if once else w.trigger(processingTime=str(d.trigger))).start()
+
+    def wait(query) -> None:
+        try:
+            while query.isActive and not stopped:
+                query.awaitTermination(0.5)
+        except Exception as exc:
+            cause = failure[0] if failure else exc
+            if isinstance(cause, UserError):
+                raise cause
+            raise RuntimeError(f"the streaming query failed: {cause!r}") from cause
+        finally:
+            if query.isActive:
+                query.stop()
+        if failure:
+            raise RuntimeError(f"the streaming query failed: {failure[0]!r}") from failure[0]
+
+    print(f"streaming {scorer.trace['model_name']} version {scorer.trace['model_version']} "
+          f"(sha256 {(scorer.trace['bundle_hash'] or '')[:12]}) from {source} [state spark (RocksDB), "
+          f"+{warmed:,} events warmed, resuming after batch {info['resumed_after_batch']}]", file=sys.stderr, flush=True)
+    stopped: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
+    wait(start_query(bool(d.once)))
+    if scorer.held and scorer.max_seen is not None:
+        # flush: a marker whose time puts the watermark 1 ms past the newest event seen
+        flush_ms = scorer.max_seen // 1000 + 1
+        name = f"flush-{scorer.batch_id:012d}-{uuid.uuid4().hex[:8]}.json"
+        (control / f".{name}").write_text(json.dumps({"flush_us": (flush_ms + lateness_ms) * 1000}) + "\n")
+        (control / f".{name}").rename(control / name)
+        scorer.flushed = True
+        signals, stopped[:] = list(stopped), []
+        wait(start_query(True))
+        stopped[:0] = signals
+    summary = {**scorer.summary(), "source": source, "store": "spark state (RocksDB)", "outputs": scorer.outputs.describe(),
+               "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if d.once else "end"),
+               "seconds": round(time.perf_counter() - start, 3)}
+    out = Path(cfg.paths.reports_dir) / "stream_summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    scorer.outputs.close()
+    c = summary["counts"]
+    table("stream", [
+        ("records in", f"{c['records_in']:,}"),
+        ("scored", f"{c['scored']:,}"),
+        ("dead-lettered", f"{c['dead_lettered']:,}"),
+        ("late", f"{c['late']:,}"),
+        ("alerts / deferred", f"{c['alerts']:,} / {c['deferred']:,}"),
+        ("reconciles", "yes" if summary["reconciles"] else "NO"),
+        ("summary", str(out)),
+    ])
+    return summary
