@@ -18,9 +18,10 @@ Spark's checkpoint, partitioned by account across the executors. The query:
    per account, the held events (``ListState``) and the history (``ListState``, trimmed to
    the plan's longest window plus the account's newest event, which ``time`` needs). An
    accepted event registers a timer 1 ms after its time; when the watermark passes, the
-   held events strictly before it are released and their features on this account's side
-   computed by the plan's own polars code, ``plan.transform(released, history=account_rows)``,
-   the same code as ``task=score`` and ``state: store``.
+   held events strictly before it are released, oldest first, and the columns of this
+   account's side computed from the account's rows strictly before each event by
+   :class:`~aml_pipeline.store.engine.OnlineFeatures`, the per-event code of the online
+   service (tested against the plan's polars code to 1e-9; :func:`account_features`).
 4. ``foreachBatch`` on the driver (:class:`SparkStateScorer`): the two halves of each
    released event (sender columns, receiver columns) are joined by event id and scored; alerts, the
    budget, the outputs, the counts and the state commit are :class:`.scorer.StreamScorer`'s.
