@@ -183,6 +183,14 @@ class MemoryStore(OnlineStore):
                 s.trim(self.layout.window_us)
             return n
 
+    def remember_ids(self, event_ids: Iterable[str]) -> None:
+        """Record ids as seen (``known_ids``) without storing rows: for a scorer that keeps
+        the rows itself (the streaming scorer's columnar copy, streaming/history.py)."""
+        with self._lock:
+            for e in event_ids:
+                if not self._decision(e)[0]:
+                    self._remember(e, None)
+
     def sets(self) -> Iterable[tuple[str, str, list[Row]]]:
         """(direction, account, rows) of every set: ``sent`` / ``received``."""
         for acc, s in self._sent.items():

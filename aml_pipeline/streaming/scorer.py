@@ -210,9 +210,11 @@ class StreamScorer:
         if rows.height:
             cols = list(self.store.layout.columns)
             frame = rows.select(cols).with_columns(pl.col("event_time").dt.epoch("us"))
-            self.store.warm(frame.iter_rows())
-            if self.recent is not None:
+            if self.recent is not None:  # the columnar copy holds the rows; the store keeps their ids
+                self.store.remember_ids(frame["event_id"].to_list())
                 self.recent.append(frame)
+            else:
+                self.store.warm(frame.iter_rows())
 
     def _commit(self, tag: str, released: pl.DataFrame) -> None:
         state = {"batch_id": self.batch_id, "flushed": self.flushed, "watermark_us": self.watermark,
@@ -230,6 +232,9 @@ class StreamScorer:
 
     def _store_rows(self) -> pl.DataFrame:
         """Every row the embedded store holds (each once), event time as a timestamp."""
+        if self.recent is not None:
+            return self.recent.frame.with_columns(
+                pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
         rows: dict[str, Any] = {}
         for _, _, set_rows in self.store.sets():
             for r in set_rows:
