@@ -13,6 +13,7 @@ import json
 import math
 from datetime import datetime, timezone
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -285,6 +286,79 @@ def test_window_sums_do_not_depend_on_arrival_order():
     assert_column(out, "src_out_sum_1h", {"q1": total})
     # q3 at 11:40: 1 h window [10:40, 11:40) holds x7, x8, x9, q1, q2
     assert_column(out, "src_out_sum_1h", {"q3": 1e9 + 0.07 + 123.45 + 1.0 + 1.0})
+
+
+def _busy_rows(seed: int = 7) -> list[tuple]:
+    """Two busy accounts paying each other and a few others: hundreds of events in a day, in
+    bursts at shared instants, so 1 h / 24 h windows hold from 0 to ~400 rows (the window
+    maximum's short-run and block paths, and windows ending at a view's last row)."""
+    import random
+
+    rnd = random.Random(seed)
+    rows, k = [], 0
+    for minute in sorted(rnd.choices(range(0, 36 * 60, 3), k=260)):
+        for _ in range(rnd.choice([1, 1, 1, 2, 4])):  # same-instant bursts
+            src, dst = rnd.choice([("A", "B"), ("B", "A"), ("A", "C"), ("D", "B"), ("B", "C")])
+            amount = rnd.choice([0.1, 0.2, 0.3, 7.0, 1e6]) + rnd.randint(0, 999) / 7
+            rows.append((f"b{k}", at(f"{minute // 60 % 24:02d}:{minute % 60:02d}", day=6 + minute // 1440), src, dst, amount))
+            k += 1
+    # exactly one window apart (inside), one microsecond more (outside), a lone account
+    rows += [("edge1", at("10:00"), "A", "E", 5.0), ("edge2", at("11:00"), "E", "A", 6.0),
+             ("edge3", at("11:00:00.000001", day=7), "E", "A", 7.0), ("lone", at("12:00"), "F", "G", 8.0)]
+    return rows
+
+
+def test_rolling_matches_brute_force_on_long_windows():
+    """Every event's count / sum / mean / max against plain loops over its window."""
+    rows = _busy_rows()
+    windows = {"1h": 3600, "24h": 86400}
+    plan = plan_of(rolling={"windows": list(windows)})
+    out = plan.transform(events(rows))
+    assert_dtypes(plan, out)
+    got = {r["event_id"]: r for r in out.rows(named=True)}
+    longest = 0
+    for eid, t, src, dst, _ in rows:
+        for side, acc in (("src", src), ("dst", dst)):
+            for flow in ("in", "out"):
+                for wn, secs in windows.items():
+                    vals = [e[4] for e in rows if (e[2] if flow == "out" else e[3]) == acc and 0 < (t - e[1]).total_seconds() <= secs]
+                    longest = max(longest, len(vals))
+                    r = got[eid]
+                    assert r[f"{side}_{flow}_count_{wn}"] == len(vals)
+                    assert r[f"{side}_{flow}_sum_{wn}"] == pytest.approx(sum(vals), rel=1e-12)
+                    assert r[f"{side}_{flow}_max_{wn}"] == (max(vals) if vals else None), (eid, side, flow, wn)
+                    assert r[f"{side}_{flow}_mean_{wn}"] == (pytest.approx(sum(vals) / len(vals), rel=1e-12) if vals else None)
+    assert longest > 100  # long windows were exercised
+    # E got edge1 exactly 1 h before edge2 (inside); E's edge2 is 24 h + 1 us before edge3 (outside)
+    assert_column(out, "src_in_count_1h", {"edge2": 1, "lone": 0})
+    assert_column(out, "src_out_count_24h", {"edge3": 0, "lone": 0})
+
+
+def test_window_maximum_of_every_range():
+    """The window maximum of every [lo, hi) of one account's timeline, lengths 0 to 100,
+    against Python's max (NaN when empty), with and without null amounts."""
+    from aml_pipeline.features.windows import Timeline
+
+    plan = plan_of(rolling={"windows": ["1h"]})
+    rows = [(f"e{i}", at(f"{10 + i // 60:02d}:{i % 60:02d}"), "A", f"X{i % 3}", float((i * 37) % 101) + 0.5) for i in range(100)]
+    for with_nulls in (False, True):
+        frame = plan._prepare(events(rows), None)
+        if with_nulls:
+            frame = frame.with_columns(pl.when(pl.col("_row") % 7 == 3).then(None).otherwise(pl.col("amount")).alias("amount"))
+        tl = Timeline(frame)
+        view = tl.view("out")
+        values = [None if v is None else v for v in frame["amount"].to_list()]
+        sorted_values = [values[i] for i in view.order]
+        lo, hi = zip(*[(a, b) for a in range(101) for b in range(a, 101)])
+        got = view.maxima(np.array(lo), np.array(hi))
+        for a, b, g in zip(lo, hi, got):
+            present = [v for v in sorted_values[a:b] if v is not None]
+            if b == a:
+                assert math.isnan(g)
+            elif present:
+                assert g == max(present), (a, b)
+            else:
+                assert g == -math.inf  # the step turns an all-null window into null (count 0)
 
 
 def test_history_rows_take_part_but_are_not_returned():

@@ -195,6 +195,7 @@ class _View:
         self.acc, self.cp, self.t = key[self.order], cp[self.order], tl.t[self.order]
         self.index = Index(tl.axis, tl.n_accounts, self.acc, self.t)
         self._max: list[np.ndarray] | None = None
+        self._block_max: np.ndarray | None = None
         self._lock = threading.Lock()
 
     # counts of non-null values: row counts unless the value column has nulls
@@ -206,10 +207,8 @@ class _View:
 
     def sums(self, lo: np.ndarray, hi: np.ndarray, side: str) -> np.ndarray:
         """Exact window sums (see :data:`FIXED_POINT`), as floats."""
-        cum = self.tl.memo(("cum", self.flow), self._running_sums)
-        # the running sum at each query (hi) is shared by all of its windows
-        at_hi = self.tl.memo(("cum_at", self.flow, side), lambda: cum.gather(_positions(hi)))
-        diff = pl.select((pl.lit(at_hi) - pl.lit(cum).gather(_positions(lo))).cast(pl.Float64) / FIXED_POINT)
+        cum = pl.lit(self.tl.memo(("cum", self.flow), self._running_sums))
+        diff = pl.select((cum.gather(_positions(hi)) - cum.gather(_positions(lo))).cast(pl.Float64) / FIXED_POINT)
         return diff.to_series().to_numpy()
 
     def _running_sums(self) -> pl.Series:
@@ -218,33 +217,50 @@ class _View:
         return pl.concat([pl.Series([0], dtype=pl.Int128), fixed.cum_sum()], rechunk=True)
 
     def maxima(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """max(values[lo:hi]) per window (NaN when empty), from a sparse table.
+        """max(values[lo:hi]) per window (NaN when empty), from a sparse table over short runs
+        and one over blocks.
 
-        Level k holds the maximum of each run of 2**k rows, so any window is the union of
-        two runs of its level, floor(log2(length)): two lookups whatever its length. Levels
-        are built up to the longest window asked for; the queries are visited level by
-        level, each in increasing position, so lookups stream through one level at a time.
+        Level k (k <= :data:`_SHORT_LEVELS`) holds the maximum of each run of 2**k rows, so a
+        window shorter than 2 * :data:`_BLOCK` rows is the union of two runs of its level,
+        floor(log2(length)): two lookups. A longer window is the union of its first and last
+        :data:`_BLOCK` rows (two lookups in the top level) and of the whole blocks of
+        :data:`_BLOCK` aligned rows between them, whose maximum is two lookups in a sparse
+        table over block maxima (1/16 of the rows). A full sparse table would need one
+        array of every row per doubling up to the longest window (14 for a busy receiver's
+        week): memory that every run must page in. Queries are visited level by level,
+        each in increasing position, so lookups stream through one level at a time.
         """
         length = hi - lo
         out = np.full(length.size, np.nan)
         longest = int(length.max()) if length.size else 0
         if longest <= 0:
             return out
-        levels = self._levels(longest)
-        # floor(log2(length)) by table lookup; empty windows get level 255 and sort last
-        log2 = np.full(longest + 1, 255, dtype=np.uint8)
-        log2[1:] = np.frexp(np.arange(1, longest + 1))[1] - 1
-        level = log2[length]
+        levels = self._levels(min(longest, 2 * _BLOCK - 1))
+        # floor(log2(length)), capped: every long window gets level _SHORT_LEVELS + 1;
+        # empty windows get 255 and sort last
+        capped = min(longest, 2 * _BLOCK)
+        log2 = np.full(capped + 1, 255, dtype=np.uint8)
+        log2[1:] = np.frexp(np.arange(1, capped + 1))[1] - 1
+        level = log2[np.minimum(length, capped)]
         by_level = np.argsort(level, kind="stable")  # a counting sort on uint8
         bounds = np.concatenate([[0], np.cumsum(np.bincount(level, minlength=256))])
         for k, table in enumerate(levels):
             at = by_level[bounds[k] : bounds[k + 1]]
             if at.size:
                 out[at] = np.maximum(table[lo[at]], table[hi[at] - (1 << k)])
+        at = by_level[bounds[_SHORT_LEVELS + 1] : bounds[_SHORT_LEVELS + 2]]
+        if at.size:
+            a, b = lo[at], hi[at]
+            edges = np.maximum(levels[_SHORT_LEVELS][a], levels[_SHORT_LEVELS][b - _BLOCK])
+            first, stop = -(-a // _BLOCK), b // _BLOCK  # the whole blocks [first, stop), at least one
+            span = stop - first
+            k = (np.frexp(span)[1] - 1).astype(np.intp)
+            blocks = self._blocks()
+            out[at] = np.maximum(edges, np.maximum(blocks[k, first], blocks[k, stop - (1 << k)]))
         return out
 
     def _levels(self, longest: int) -> list[np.ndarray]:
-        """The sparse table's levels up to ``longest``, grown under a lock (threads share it)."""
+        """The short runs' levels up to ``longest``, grown under a lock (threads share them)."""
         with self._lock:
             if self._max is None:
                 values = self.tl.values()[self.order]
@@ -256,6 +272,27 @@ class _View:
                 half = 1 << (len(levels) - 1)
                 levels.append(np.maximum(levels[-1][:-half], levels[-1][half:]))
             return levels[: max(longest, 1).bit_length()]
+
+    def _blocks(self) -> np.ndarray:
+        """Sparse table over the maxima of aligned blocks of :data:`_BLOCK` rows: row k,
+        column j is the maximum of blocks j .. j + 2**k - 1 (-inf past the end)."""
+        top = self._levels(_BLOCK)[_SHORT_LEVELS]
+        with self._lock:
+            if self._block_max is None:
+                nb = self.order.size // _BLOCK
+                table = np.full((max(nb, 1).bit_length(), nb), -np.inf)
+                table[0] = top[: nb * _BLOCK : _BLOCK]
+                for k in range(1, table.shape[0]):
+                    half = 1 << (k - 1)
+                    np.maximum(table[k - 1, : nb - half], table[k - 1, half:], out=table[k, : nb - half])
+                self._block_max = table
+            return self._block_max
+
+
+#: Short runs: sparse-table levels 0.._SHORT_LEVELS; longer windows go through blocks of
+#: _BLOCK = 2**_SHORT_LEVELS rows (see _View.maxima).
+_SHORT_LEVELS = 4
+_BLOCK = 1 << _SHORT_LEVELS
 
 
 _INDEX = np.uint32 if pl.get_index_type() == pl.UInt32 else np.uint64
@@ -452,17 +489,14 @@ class Timeline:
         """Index keys of each query's (account, ``t - window``) in the account views.
 
         Fixed windows shift the query's own key; calendar windows ("1mo", or days outside
-        UTC) take polars' calendar arithmetic, as its rolling windows do.
+        UTC) take polars' calendar arithmetic, as its rolling windows do. Not memoised: it
+        serves one search per view (:meth:`window`), and keeping it would only cost memory.
         """
-
-        def build() -> np.ndarray:
-            q, index = self.queries(side), self.view(SIDE_VIEW[side]).index
-            if _FIXED_WINDOW.fullmatch(window) and self.tz in (None, "UTC"):
-                return index.shifted(q.keys, q.acc, q.t, -duration_in(window, self.unit))
-            start = self.event_time.gather(q.rows).dt.offset_by("-" + window)
-            return index.key(q.acc, start.to_physical().to_numpy().astype(np.int64, copy=False))
-
-        return self.memo(("start", side, window), build)
+        q, index = self.queries(side), self.view(SIDE_VIEW[side]).index
+        if _FIXED_WINDOW.fullmatch(window) and self.tz in (None, "UTC"):
+            return index.shifted(q.keys, q.acc, q.t, -duration_in(window, self.unit))
+        start = self.event_time.gather(q.rows).dt.offset_by("-" + window)
+        return index.key(q.acc, start.to_physical().to_numpy().astype(np.int64, copy=False))
 
     def window(self, flow: str, side: str, window: str) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi): the rows of view ``flow`` in each query's ``[t - window, t)``."""
