@@ -361,6 +361,21 @@ def test_window_maximum_of_every_range():
                 assert g == -math.inf  # the step turns an all-null window into null (count 0)
 
 
+def test_search_by_merge_equals_binary_search():
+    """The merge search (sorted needles) gives numpy's binary-search positions, both sides,
+    with ties between needles and rows, needles past either end, and unsorted needles."""
+    from aml_pipeline.features.windows import _MERGE_MIN, search
+
+    rng = np.random.default_rng(3)
+    keys = np.sort(rng.integers(0, 5000, 3 * _MERGE_MIN))  # many repeated keys
+    needles = np.sort(np.concatenate([rng.integers(-10, 5010, 2 * _MERGE_MIN), keys[:: 7]]))  # exact ties too
+    for side in ("left", "right"):
+        assert np.array_equal(search(keys, needles, side), np.searchsorted(keys, needles, side))
+        shuffled = rng.permutation(needles)
+        assert np.array_equal(search(keys, shuffled, side), np.searchsorted(keys, shuffled, side))
+        assert np.array_equal(search(keys[:0], needles, side), np.zeros(needles.size, dtype=np.intp))
+
+
 def test_history_rows_take_part_but_are_not_returned():
     plan = plan_of(rolling={"windows": ["1h", "24h"]}, time={})
     frame = events(ROLLING_ROWS)

@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import DST, SRC, FeatureStep, register
-from aml_pipeline.features.windows import FLOWS, SIDES, Index, Timeline, duration_in, duration_us, timeline
+from aml_pipeline.features.windows import FLOWS, SIDES, Index, Timeline, duration_in, duration_us, search, timeline
 
 
 def _pair_index(tl: Timeline) -> tuple[np.ndarray, np.ndarray, Index]:
@@ -134,7 +134,7 @@ class CounterpartyGraph(FeatureStep):
         _, labels, index = _pair_index(tl)
         rows = tl.scored("pairs_in")  # by (receiver, sender, time): the reversed labels, ascending
         back = tl.dst[rows] * tl.n_accounts + tl.src[rows]
-        g = np.minimum(np.searchsorted(labels, back), max(labels.size - 1, 0))
+        g = np.minimum(search(labels, back), max(labels.size - 1, 0))
         found = labels[g] == back if labels.size else np.zeros(rows.size, dtype=bool)
         t = tl.t[rows]
         at = index.key(g, t)
@@ -151,7 +151,7 @@ class CounterpartyGraph(FeatureStep):
         """
         vin, vout = tl.view("in"), tl.view("out")
         x, a, s1 = vin.acc, vin.cp, vin.t
-        lo = np.searchsorted(vout.index.keys, vin.index.keys, "right")  # strictly after s1
+        lo = search(vout.index.keys, vin.index.keys, "right")  # strictly after s1
         hi = vout.index.before(vout.index.key(x, s1 + width))  # strictly before s1 + window
         # a -> x must be a real hop (no self-payment) through a non-hub
         count = np.where(~is_hub[x] & (a != x), np.maximum(hi - lo, 0), 0)
@@ -173,7 +173,7 @@ class CounterpartyGraph(FeatureStep):
         ending = np.bincount(vout.order[second], minlength=tl.n)[vin.order]
         started = np.concatenate([[0], np.cumsum(ending)])
         ends = np.sort(vin.index.key(vout.cp[second], vin.t[first] + width))
-        return {side: started[tl.before("in", side)] - np.searchsorted(ends, tl.queries(side).keys, "left") for side in SIDES}
+        return {side: started[tl.before("in", side)] - search(ends, tl.queries(side).keys, "left") for side in SIDES}
 
     def _cycles(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> np.ndarray:
         """Per event u -> v at t: paths v -> x -> u visible at t, this payment closing them
@@ -186,7 +186,7 @@ class CounterpartyGraph(FeatureStep):
         starts = np.sort(index.key(g, vout.t[second]))
         ends = np.sort(index.key(g, vin.t[first] + width))
         keys = index.keys if tl.query is None else index.keys[tl.query[rows]]
-        return np.searchsorted(starts, keys, "left") - np.searchsorted(ends, keys, "left")
+        return search(starts, keys, "left") - search(ends, keys, "left")
 
     # -- transform ----------------------------------------------------------------------
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
