@@ -376,6 +376,36 @@ def test_search_by_merge_equals_binary_search():
         assert np.array_equal(search(keys[:0], needles, side), np.zeros(needles.size, dtype=np.intp))
 
 
+def test_threads_and_work_started_ahead_change_nothing(monkeypatch):
+    """The thread pool and the background work started ahead of the steps (both only for
+    large frames) give exactly the single-threaded values, fitting and with history."""
+    import aml_pipeline.features.windows as windows
+    from aml_pipeline.sources.synthetic import SyntheticSource
+
+    df = SyntheticSource(n_accounts=200, days=10, seed=5).read().sort("event_time")
+    cut = df["event_time"].min() + (df["event_time"].max() - df["event_time"].min()) * 0.6
+    early, late = df.filter(pl.col("event_time") < cut), df.filter(pl.col("event_time") >= cut)
+    steps = {"time": {}, "amount": {"trailing_window": "24h"}, "rolling": {"windows": ["1h", "24h"]},
+             "graph": {"window": "24h", "max_intermediary_degree": 10}}
+
+    def run() -> tuple[pl.DataFrame, pl.DataFrame]:
+        plan = FeaturePlan.from_config(steps)
+        return plan.fit_transform(early), plan.transform(late, history=early)
+
+    monkeypatch.setattr(windows, "_workers", lambda: 1)
+    alone = run()
+    monkeypatch.setattr(windows, "_workers", lambda: 2)
+    monkeypatch.setattr(windows, "_PARALLEL_EVENTS", 0)
+    started = []
+    submit = windows._Ahead.submit
+    monkeypatch.setattr(windows._Ahead, "submit", lambda self, task: (started.append(task), submit(self, task)))
+    threaded = run()
+    assert len(started) >= 2 * 8  # time 2, amount 1, rolling 4, graph 3 per plan run
+    for a, b in zip(alone, threaded):
+        assert_frame_equal(a, b, check_exact=True)
+    assert alone[1].height == late.height
+
+
 def test_history_rows_take_part_but_are_not_returned():
     plan = plan_of(rolling={"windows": ["1h", "24h"]}, time={})
     frame = events(ROLLING_ROWS)

@@ -51,6 +51,9 @@ class AmountSignals(FeatureStep):
     def history_window(self) -> str | None:
         return self.trailing_window
 
+    def ahead(self, tl) -> list:
+        return [lambda: tl.aggregate("out", "src", self.trailing_window, "mean")]
+
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         a = pl.col("amount")
         cents = (a * 100).round(0).cast(pl.Int64)

@@ -24,6 +24,7 @@ import dataclasses
 import inspect
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import polars as pl
@@ -58,6 +59,12 @@ class FeatureStep(ABC):
     def history_window(self) -> str | None:
         """How far back an event's features look (a polars duration), or None."""
         return None
+
+    def ahead(self, tl: Any) -> list[Callable[[], Any]]:
+        """Computations on the plan's shared timeline (:class:`~aml_pipeline.features.windows.Timeline`)
+        that this step's transform will ask for and that depend on no fitted state: the plan
+        starts them before running the steps (:meth:`Timeline.ahead`). None by default."""
+        return []
 
     def fit(self, frame: pl.DataFrame) -> "FeatureStep":
         """Learn state from the training window. Stateless steps need not override."""

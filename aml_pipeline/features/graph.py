@@ -188,7 +188,20 @@ class CounterpartyGraph(FeatureStep):
         keys = index.keys if tl.query is None else index.keys[tl.query[rows]]
         return search(starts, keys, "left") - search(ends, keys, "left")
 
+    def _reciprocal_memo(self, tl: Timeline, width: int) -> np.ndarray:
+        return tl.memo(("reciprocal", width), lambda: self._reciprocal(tl, width))
+
     # -- transform ----------------------------------------------------------------------
+    def ahead(self, tl: Timeline) -> list:
+        """The pieces that do not depend on the fitted hub list."""
+        w = self.window
+        width = duration_in(w, tl.unit)
+        return [
+            lambda: [tl.distinct(f, s, w) for f in FLOWS for s in SIDES],
+            lambda: [tl.aggregate(f, "src", w, "sum") for f in FLOWS],
+            lambda: self._reciprocal_memo(tl, width),
+        ]
+
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         w = self.window
         tl = timeline(frame)
@@ -199,7 +212,7 @@ class CounterpartyGraph(FeatureStep):
             return tl.memo(("paths", *key), lambda: self._two_hop_paths(tl, width, self._hubs(tl)))
 
         def reciprocal() -> np.ndarray:
-            return tl.memo(("reciprocal", width), lambda: self._reciprocal(tl, width))
+            return self._reciprocal_memo(tl, width)
 
         def cycles() -> np.ndarray:
             return tl.memo(("cycles", *key), lambda: self._cycles(tl, *paths(), width))
@@ -208,13 +221,7 @@ class CounterpartyGraph(FeatureStep):
             return tl.memo(("into", *key), lambda: self._paths_into(tl, *paths(), width))
 
         # Independent pieces on all cores (cycles and into wait for the paths they share).
-        tl.prefetch([
-            lambda: [tl.distinct(f, s, w) for f in FLOWS for s in SIDES],
-            lambda: [tl.aggregate(f, "src", w, "sum") for f in FLOWS],
-            reciprocal,
-            cycles,
-            into,
-        ])
+        tl.prefetch([*self.ahead(tl), cycles, into])
         by_side = {
             side: {f"{side}_{flow}_degree_{w}": (tl.distinct(flow, side, w), pl.Int64) for flow in FLOWS}
             | {f"{side}_2hop_in_{w}": (into()[side], pl.Int64)}

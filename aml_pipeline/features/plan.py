@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import ConfigError
 from aml_pipeline.features.base import DST, IS_QUERY, ROW, SRC, STEPS, FeatureStep, check_json, make_step
-from aml_pipeline.features.windows import duration_us, scored_events, shared_timelines
+from aml_pipeline.features.windows import duration_us, scored_events, shared_timelines, timeline
 
 # Import the step modules so their @register decorators fill STEPS.
 from aml_pipeline.features import amount_signals, balance, encoding, graph, rolling, time_signals  # noqa: F401,E402
@@ -118,11 +118,25 @@ class FeaturePlan:
     def _finish(self, frame: pl.DataFrame) -> pl.DataFrame:
         return frame.filter(pl.col(IS_QUERY)).sort(ROW).drop(ROW, IS_QUERY, SRC, DST)
 
+    def _ahead(self, frame: pl.DataFrame) -> None:
+        """Start the history steps' fit-independent window work in the background, so that
+        it overlaps the sequential parts of the steps before them (see Timeline.ahead).
+        Any problem with the frame is left to the step that meets it, as without this."""
+        steps = [s for _, s in self.steps if s.uses_history]
+        if not steps:
+            return
+        try:
+            tl = timeline(frame)
+        except Exception:  # noqa: BLE001 - the first history step raises it in its place
+            return
+        tl.ahead([task for s in steps for task in s.ahead(tl)])
+
     def fit_transform(self, train: pl.DataFrame) -> pl.DataFrame:
         """Fit every step on the training window and return its features."""
         self.check(train)
         frame = self._prepare(train, None)
         with shared_timelines():  # the steps share one sorted timeline of the events
+            self._ahead(frame)
             for name, step in self.steps:
                 frame = step.fit_transform(frame)
                 check_json(step.state(), f"features.steps.{name}")
@@ -137,6 +151,7 @@ class FeaturePlan:
             # (the history-based steps read their windows there); the steps compute and
             # carry columns for the events to be scored only.
             frame = scored_events(frame) if any(s.uses_history for _, s in self.steps) else frame.filter(pl.col(IS_QUERY))
+            self._ahead(frame)
             for _, step in self.steps:
                 frame = step.transform(frame)
         return self._finish(frame)

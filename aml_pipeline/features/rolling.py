@@ -56,12 +56,16 @@ class RollingAggregates(FeatureStep):
     def history_window(self) -> str | None:
         return max(self.windows, key=duration_us)
 
+    def ahead(self, tl) -> list:
+        # each (side, flow) is independent
+        combos = [(side, flow) for side in self.sides for flow in self.flows]
+        return [lambda s=s, f=f: [tl.aggregate(f, s, w, a) for w in self.windows for a in self.aggs] for s, f in combos]
+
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         # One sorted view per flow serves every side, window and aggregate (see windows.py);
-        # each (side, flow) is independent: compute them on all cores, then read the memo.
+        # compute the (side, flow) pieces on all cores (if not done ahead), then read the memo.
         tl = timeline(frame)
-        combos = [(side, flow) for side in self.sides for flow in self.flows]
-        tl.prefetch([lambda s=s, f=f: [tl.aggregate(f, s, w, a) for w in self.windows for a in self.aggs] for s, f in combos])
+        tl.prefetch(self.ahead(tl))
         return frame.hstack([
             tl.series(f"{side}_{flow}_{agg}_{w}", tl.aggregate(flow, side, w, agg), dtype)
             for (side, flow, agg, w), dtype in zip(self._combos(), self.output_columns().values())

@@ -36,11 +36,14 @@ class TimeSignals(FeatureStep):
     def history_window(self) -> str | None:
         return None  # unbounded: the previous event may be arbitrarily old
 
+    def ahead(self, tl) -> list:
+        return [lambda: tl.previous_time("src"), lambda: tl.previous_time("dst")]
+
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         tl = timeline(frame)
         # Both views (the first step of a plan sorts them), then both sides, on all cores.
         tl.prefetch([lambda: tl.view("out"), lambda: tl.view("in")])
-        tl.prefetch([lambda: tl.previous_time("src"), lambda: tl.previous_time("dst")])
+        tl.prefetch(self.ahead(tl))
         out = frame.with_columns(
             pl.col("event_time").dt.hour().cast(pl.Int8).alias("hour"),
             pl.col("event_time").dt.weekday().cast(pl.Int8).alias("weekday"),

@@ -440,6 +440,20 @@ class Timeline:
         """
         self.map(lambda task: task(), tasks)
 
+    def ahead(self, tasks: list[Callable[[], Any]]) -> None:
+        """Start independent computations now on a background thread (inside
+        :func:`shared_timelines`), so that a plan's later steps' windows are computed while
+        its earlier steps run their sequential parts (polars expressions, hstacks) and the
+        second core would otherwise wait. Results land in the memo, where the step finds
+        them (or waits for the one being built); values are those computed in place.
+        Skipped where :meth:`map` would use one thread.
+        """
+        holder = _AHEAD.get()
+        if holder is None or self.n < _PARALLEL_EVENTS or _workers() < 2:
+            return
+        for task in tasks:
+            holder.submit(task)
+
     # -- values ------------------------------------------------------------------------
     def values_series(self) -> pl.Series:
         return self.frame["amount"].cast(pl.Float64)
@@ -660,17 +674,49 @@ class Timeline:
 _SHARED: contextvars.ContextVar[list[Timeline] | None] = contextvars.ContextVar("aml_timelines", default=None)
 
 
+class _Ahead:
+    """One background thread for work started ahead of the step that needs it (lazily made)."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+
+    def submit(self, task: Callable[[], Any]) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="features-ahead")
+        self.pool.submit(contextvars.copy_context().run, _quietly, task)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _quietly(task: Callable[[], Any]) -> None:
+    """Run ``task`` for its memo entries. A failure is left to the step that needs the
+    result: its own call rebuilds the entry (a failed build stores nothing) and raises."""
+    try:
+        task()
+    except Exception:  # noqa: BLE001 - re-raised by the step that needs the result
+        pass
+
+
+_AHEAD: contextvars.ContextVar[_Ahead | None] = contextvars.ContextVar("aml_ahead", default=None)
+
+
 @contextlib.contextmanager
 def shared_timelines():
     """Within this block, steps given the same events share one :class:`Timeline`.
 
     A plan's steps each receive the frame with the previous steps' columns added; the
     events (times, accounts, amounts) are the same, so the sorts and windows are too.
+    Work started with :meth:`Timeline.ahead` is finished (or cancelled) on leaving.
     """
-    token = _SHARED.set([])
+    ahead = _Ahead()
+    token, ahead_token = _SHARED.set([]), _AHEAD.set(ahead)
     try:
         yield
     finally:
+        ahead.close()
+        _AHEAD.reset(ahead_token)
         _SHARED.reset(token)
 
 
