@@ -8,7 +8,10 @@ per million transactions; ``task=data`` with polars writes the validated events 
 1. In a fresh process with ``engine=spark`` (``--master``, default ``local[2]``):
    - Spark session start-up seconds (the JVM launch, separately);
    - the feature plan (``task=features``: split, fit on the training window, every row's
-     features, one parquet file): wall seconds and events/s;
+     features, one parquet file): wall seconds and events/s, split into the small jobs
+     before the write (split, column checks, fits), the one Spark job that computes every
+     pass and writes the sorted part files, and the copy into one file; the JVM's CPU
+     seconds for it (comparable across machine loads, unlike wall time);
    - MLlib GBT training (``model=spark_gbt``, ``--gbt-iter`` trees at most, early stopping
      on the validation window) on the Spark feature table: wall seconds;
    - peak memory of the driver: the Python process and the JVM (``VmHWM``, the peak
@@ -73,6 +76,12 @@ def peak_rss_mb(pid: int | None = None) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (a load-independent cost measure)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn):
     start = time.perf_counter()
     result = fn()
@@ -95,18 +104,25 @@ def child_spark(rows: int, master: str, gbt_iter: int) -> dict:
     from aml_pipeline.spark.session import get_session
     from aml_pipeline.tasks import features, train
 
+    from aml_pipeline.spark import io as spark_io
+
     cfg = compose([*overrides(rows, master), "engine=spark", "model=spark_gbt",
                    f"model.params.maxIter={gbt_iter}"])
     spark, startup = timed(lambda: get_session(cfg.engine, cfg.paths.data_dir))
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    cpu0 = cpu_seconds(jvm_pid)
     bounds, feat_secs = timed(lambda: features.run(cfg))
+    feat_cpu = cpu_seconds(jvm_pid) - cpu0
+    write, copy = spark_io.LAST_PUBLISH.get("spark_write", 0.0), spark_io.LAST_PUBLISH.get("copy", 0.0)
+    breakdown = {"split_checks_fit": round(feat_secs - write - copy, 2), "spark_passes_sort_write": round(write, 2),
+                 "copy_to_one_file": round(copy, 2), "jvm_cpu_seconds": round(feat_cpu, 1)}
     with open_dict(cfg):
         cfg.task = "train"
     result, train_secs = timed(lambda: train.run(cfg))
     events = sum(bounds["rows"].values())
     return {"master": master, "session_start_seconds": round(startup, 2),
             "features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
-            "gbt_train_seconds": round(train_secs, 2), "gbt_trees": result.get("best_iteration"),
+            "features_breakdown": breakdown, "gbt_train_seconds": round(train_secs, 2), "gbt_trees": result.get("best_iteration"),
             "gbt_valid_pr_auc": result.get("valid_pr_auc"),
             "peak_rss_mb": {"python_driver": round(peak_rss_mb(), 1), "jvm": round(peak_rss_mb(jvm_pid) or 0.0, 1)},
             "events": events, "load_average": os.getloadavg()[0]}
@@ -172,9 +188,16 @@ def main() -> None:
     print("\n=== Spark engine benchmark (bench/out/spark.json)")
     for rows, size in report["sizes"].items():
         s = size["spark"]
-        print(f"{int(rows):>12,} rows requested, {s['events']:,} events, master {s['master']}")
+        print(f"{int(rows):>12,} rows requested, {s['events']:,} events, master {s['master']}, "
+              f"load average {s['load_average']:.1f}")
         print(f"  Spark session start          {s['session_start_seconds']:.1f} s")
         print(f"  features, Spark              {s['features_seconds']:.1f} s ({s['features_events_per_second']:,} events/s)")
+        b = s.get("features_breakdown")
+        if b:
+            print(f"    split, checks, fits        {b['split_checks_fit']:.1f} s")
+            print(f"    passes + sort + write      {b['spark_passes_sort_write']:.1f} s (one Spark job computes the whole plan)")
+            print(f"    copy into one file         {b['copy_to_one_file']:.1f} s")
+            print(f"    JVM CPU                    {b['jvm_cpu_seconds']:.1f} s")
         if "polars" in size:
             p = size["polars"]
             print(f"  features, polars             {p['features_seconds']:.1f} s ({p['features_events_per_second']:,} events/s)"

@@ -4,9 +4,12 @@ The :class:`~aml_pipeline.features.plan.FeaturePlan` (built from ``conf/features
 or loaded from a bundle's ``plan.json``) stays the one definition of the steps, their
 parameters and their fitted state. This module maps each step *kind* to a Spark
 compilation (:data:`SPARK_STEPS`): a ``transform`` that adds the step's columns to a Spark
-DataFrame from the step's parameters and fitted state, and, for steps with state, a ``fit``
-that learns the *same* state (same JSON) from the training rows, in Spark. A plan with a
-step kind that has no Spark compilation is refused before any work, naming the step.
+DataFrame from the step's parameters and fitted state, for history steps the ``passes``
+(window aggregates by key) it needs, and, for steps with state, a ``fit`` that learns the
+*same* state (same JSON) from the training rows, in Spark. The passes of all steps are run
+together, one shuffle and sort per key (:class:`SparkFeatures`): every pass shuffles and
+sorts all its stacked rows, whatever the number of windows it evaluates. A plan
+with a step kind that has no Spark compilation is refused before any work, naming the step.
 
 Every history feature follows the same-instant rule exactly as the polars engine does
 (windows ``[t - w, t)`` over microsecond event times, see :mod:`.windows`), and values are
@@ -39,7 +42,8 @@ from aml_pipeline.features.balance import BALANCES
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
-from aml_pipeline.spark.windows import T, ieee_divide, interval_changes, kth_smallest, micros, run_pass
+from aml_pipeline.spark.windows import (T, PassRequest, View, ieee_divide, interval_changes, kth_smallest, micros,
+                                        run_passes)
 
 IQ = "_is_query"  # True for events to return, False for history-only rows
 DAY_US = 86_400_000_000
@@ -73,7 +77,8 @@ class Context:
     ``_t``; the source of every history view. ``input``: the same rows with all their input
     columns, before any step. ``train``: a boolean column marking the
     training window (fit_transform semantics), or None when only applying fitted state.
-    ``persisted``: cached DataFrames to release once the result is written.
+    ``persisted``: cached DataFrames to release once the result is written. ``step``: the
+    name of the step being compiled (its temporary columns are named after it).
     """
 
     spark: SparkSession
@@ -81,6 +86,7 @@ class Context:
     input: DataFrame
     train: Column | None = None
     persisted: list[DataFrame] = field(default_factory=list)
+    step: str = ""
 
     def persist(self, frame: DataFrame) -> DataFrame:
         frame = frame.persist()
@@ -92,24 +98,36 @@ class Context:
             frame.unpersist()
         self.persisted.clear()
 
+    def tmp(self, name: str) -> str:
+        """A temporary column of the current step (dropped once the step's columns exist)."""
+        return f"_{self.step}__{name}"
+
 
 @dataclass
 class Compiled:
-    """The Spark compilation of one step kind."""
+    """The Spark compilation of one step kind.
+
+    ``passes`` (history steps) declares the step's window aggregates as
+    :class:`~.windows.PassRequest`s; the plan runs the requests of all steps that read only
+    columns already present together, one pass per key (:func:`~.windows.run_passes`),
+    then calls ``transform`` on the frame that holds their outputs.
+    """
 
     transform: Callable[[FeatureStep, DataFrame, Context], DataFrame]
     #: Learns the step's fitted state from the training rows (None: stateless).
     fit: Callable[[FeatureStep, DataFrame, Context], dict[str, Any]] | None = None
+    #: The step's window aggregates (None: the step needs no history).
+    passes: Callable[[FeatureStep, Context], list[PassRequest]] | None = None
 
 
 SPARK_STEPS: dict[str, Compiled] = {}
 
 
-def compiles(kind: str, fit: Callable | None = None):
-    """Decorator: register the Spark ``transform`` of step ``kind`` (and its ``fit``)."""
+def compiles(kind: str, fit: Callable | None = None, passes: Callable | None = None):
+    """Decorator: register the Spark ``transform`` of step ``kind`` (its ``fit``, its ``passes``)."""
 
     def deco(fn):
-        SPARK_STEPS[kind] = Compiled(fn, fit)
+        SPARK_STEPS[kind] = Compiled(fn, fit, passes)
         return fn
 
     return deco
@@ -123,8 +141,8 @@ def _width(step_name: str, window: str) -> int:
     return duration_us(window)
 
 
-def _account(side: str) -> Column:
-    return F.col("src_account" if side == "src" else "dst_account")
+def _account(side: str) -> str:
+    return "src_account" if side == "src" else "dst_account"
 
 
 def _view(events: DataFrame, flow: str, key: str = "_k0", extra: dict[str, Column] | None = None) -> DataFrame:
@@ -136,8 +154,31 @@ def _view(events: DataFrame, flow: str, key: str = "_k0", extra: dict[str, Colum
 def _finish(step: FeatureStep, frame: DataFrame, out: DataFrame) -> DataFrame:
     """The frame's columns, then the step's columns with their declared types, in order."""
     outputs = step.output_columns()
-    return out.select(*[F.col(f"`{c}`") for c in frame.columns],
+    return out.select(*[F.col(f"`{c}`") for c in frame.columns if c not in outputs],
                       *[F.col(c).cast(spark_type(d)).alias(c) for c, d in outputs.items()])
+
+
+#: Value columns of the history passes, one meaning each across steps (so merged passes
+#: share them): per key account, the amount it sent (``_v_out``) and received (``_v_in``),
+#: with their fixed-point limbs (``_f_out``, ``_f_in``), and the time of any of its
+#: activity (``_h``).
+FIXED = {"_v_out": "_f_out", "_v_in": "_f_in"}
+
+
+def _amounts(side: str, flows) -> tuple[dict[str, Column], list[View], dict[str, str], dict[str, str]]:
+    """(own, others, types, fixed) for the amounts of ``flows`` keyed by the ``side`` account:
+    the flow where the account is on this side rides on the frame's own rows, the other
+    flow comes from the events keyed the other way."""
+    own_flow = "out" if side == "src" else "in"
+    own, others, types, fixed = {}, [], {}, {}
+    for flow in flows:
+        types[f"_v_{flow}"] = "double"
+        fixed[f"_v_{flow}"] = FIXED[f"_v_{flow}"]
+        if flow == own_flow:
+            own[f"_v_{flow}"] = F.col("amount")
+        else:
+            others.append(View(flow, {f"_v_{flow}": F.col("amount")}))
+    return own, others, types, fixed
 
 
 # ----------------------------------------------------------------------------- time
@@ -149,28 +190,45 @@ def _log1p(values: pa.Array) -> pa.Array:
     return pc.log1p(values)
 
 
-@compiles("time")
+def _time_passes(step, ctx: Context) -> list[PassRequest]:
+    t = F.col(T)
+    requests = []
+    for side, other_flow in (("src", "in"), ("dst", "out")):
+        # Any activity of the account: the rows where it is on this side, plus the
+        # events where it is on the other side.
+        requests.append(PassRequest(
+            (_account(side),), own={"_h": t}, others=[View(other_flow, {"_h": t})], types={"_h": "bigint"},
+            build=lambda p, side=side, name=ctx.tmp(f"prev_{side}"): {name: p.latest("_h")}))
+    return requests
+
+
+@compiles("time", passes=_time_passes)
 def time_signals(step, frame: DataFrame, ctx: Context) -> DataFrame:
     t = F.col(T)
     days = F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}")
     out = frame.withColumns({
         "hour": F.expr(f"pmod({T}, {DAY_US}) div {HOUR_US}"),
         "weekday": F.pmod(days + 3, 7) + 1,  # 1970-01-01 was a Thursday (4)
+        **{f"{side}_secs_since_prev": (t - F.col(ctx.tmp(f"prev_{side}"))).cast("double") / F.lit(1e6)
+           for side in ("src", "dst")},
     })
-    for side, own_flow, other_flow in (("src", "out", "in"), ("dst", "in", "out")):
-        # Any activity of the account: the rows where it is on this side, plus the
-        # events where it is on the other side.
-        out = run_pass(
-            out, [_account(side)], own={"_h": t}, others=[_view(ctx.events, other_flow, extra={"_h": t})],
-            types={"_h": "bigint"},
-            build=lambda p: {"_prev": p.latest("_h")},
-        )
-        out = out.withColumn(f"{side}_secs_since_prev", (t - F.col("_prev")).cast("double") / F.lit(1e6)).drop("_prev")
     return _finish(step, frame, out)
 
 
 # ----------------------------------------------------------------------------- amount
-@compiles("amount")
+def _amount_passes(step, ctx: Context) -> list[PassRequest]:
+    width = _width("amount", step.trailing_window)
+
+    def build(p, name=ctx.tmp("mean")):
+        n = p.count("_v_out", width)
+        s = p.fixed_sum("_f_out", width)
+        return {name: F.when(n > 0, s / n.cast("double"))}
+
+    own, others, types, fixed = _amounts("src", ["out"])
+    return [PassRequest(("src_account",), own=own, others=others, types=types, fixed=fixed, build=build)]
+
+
+@compiles("amount", passes=_amount_passes)
 def amount_signals(step, frame: DataFrame, ctx: Context) -> DataFrame:
     a = F.col("amount")
     cents = F.bround(a * F.lit(100.0), 0).cast("long")  # polars rounds half to even
@@ -181,17 +239,8 @@ def amount_signals(step, frame: DataFrame, ctx: Context) -> DataFrame:
         "round_1000": (F.pmod(cents, F.lit(100_000)) == 0),
         "whole_amount": (F.pmod(cents, F.lit(100)) == 0),
         "near_threshold": (a >= F.lit(lo)) & (a < F.lit(float(step.reporting_threshold))),
+        "amount_vs_src_mean": ieee_divide(a, F.col(ctx.tmp("mean"))),
     })
-    width = _width("amount", step.trailing_window)
-
-    def build(p):
-        n = p.count("_v", width)
-        s = (p.fixed_sum("_fv", width))
-        return {"_mean": F.when(n > 0, s / n.cast("double"))}
-
-    out = run_pass(out, [F.col("src_account")], own={"_v": a}, others=[], types={"_v": "double"},
-                   fixed={"_v": "_fv"}, build=build)
-    out = out.withColumn("amount_vs_src_mean", ieee_divide(a, F.col("_mean"))).drop("_mean")
     return _finish(step, frame, out)
 
 
@@ -226,22 +275,11 @@ def _aggregates(p, value: str, fixed: str, width: int, aggs: list[str], prefix: 
     return cols
 
 
-@compiles("rolling")
-def rolling(step, frame: DataFrame, ctx: Context) -> DataFrame:
+def _rolling_passes(step, ctx: Context) -> list[PassRequest]:
     widths = {w: _width("rolling", w) for w in step.windows}
-    out = frame
+    requests = []
     for side in step.sides:
-        # One pass per side: the flow where the account is on this side rides on the
-        # frame's own rows, the other flow comes from the events keyed the other way.
-        own_flow = "out" if side == "src" else "in"
-        own, others, types, fixed = {}, [], {}, {}
-        for flow in step.flows:
-            types[f"_v_{flow}"] = "double"
-            fixed[f"_v_{flow}"] = f"_f_{flow}"
-            if flow == own_flow:
-                own[f"_v_{flow}"] = F.col("amount")
-            else:
-                others.append(_view(ctx.events, flow, extra={f"_v_{flow}": F.col("amount")}))
+        own, others, types, fixed = _amounts(side, step.flows)
 
         def build(p, side=side):
             cols: dict[str, Column] = {}
@@ -250,8 +288,13 @@ def rolling(step, frame: DataFrame, ctx: Context) -> DataFrame:
                     cols.update(_aggregates(p, f"_v_{flow}", f"_f_{flow}", width, step.aggs, f"{side}_{flow}_{{agg}}_{w}"))
             return cols
 
-        out = run_pass(out, [_account(side)], own=own, others=others, types=types, fixed=fixed, build=build)
-    return _finish(step, frame, out)
+        requests.append(PassRequest((_account(side),), own=own, others=others, types=types, fixed=fixed, build=build))
+    return requests
+
+
+@compiles("rolling", passes=_rolling_passes)
+def rolling(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    return _finish(step, frame, frame)
 
 
 # ----------------------------------------------------------------------------- graph
@@ -293,56 +336,62 @@ def _two_hop_paths(step, events: DataFrame, width: int, ctx: Context) -> DataFra
         .select("a", "x", "b", "s1", "s2")
 
 
-@compiles("graph", fit=_fit_graph)
-def graph(step, frame: DataFrame, ctx: Context) -> DataFrame:
+def _graph_passes(step, ctx: Context) -> list[PassRequest]:
     w = step.window
     width = _width("graph", w)
     ev = ctx.events
-    deg = {flow: ctx.persist(_distinct_changes(ev, flow, width, f"_d_deg_{flow}")) for flow in FLOWS}
-
+    name = ctx.step  # bound now: the builds run when every step's passes are declared
+    deg = {flow: ctx.persist(_distinct_changes(ev, flow, width, f"_d_deg_{flow}_{name}")) for flow in FLOWS}
     paths = _two_hop_paths(step, ev, width, ctx)
     # A path is visible at t when s2 < t <= s1 + window.
     visible = ctx.persist(paths.select("a", "b", F.col("s2").alias("_s"), (F.col("s1") + F.lit(width)).alias("_e")))
-    hops = interval_changes(visible.select(F.col("b").alias("_k0"), "_s", "_e"), "_s", "_e", "_d_hop", ["_k0"])
+    hop = f"_d_hop_{name}"
+    hops = interval_changes(visible.select(F.col("b").alias("_k0"), "_s", "_e"), "_s", "_e", hop, ["_k0"])
 
-    out = frame
+    requests = []
     for side in SIDES:
-        tracks = {f"_d_deg_{flow}": "bigint" for flow in FLOWS} | {"_d_hop": "bigint"}
-        others = [deg["out"], deg["in"], hops]
+        tracks = {f"_d_deg_{flow}_{name}": "bigint" for flow in FLOWS} | {hop: "bigint"}
         own: dict[str, Column] = {}
+        others: list = [deg["out"], deg["in"], hops]
         fixed: dict[str, str] = {}
         if side == "src":
             # Pass-through: money the sender sent (its own rows) and received (keyed by receiver).
-            tracks |= {"_v_out": "double", "_v_in": "double"}
-            own["_v_out"] = F.col("amount")
-            others.append(_view(ev, "in", extra={"_v_in": F.col("amount")}))
-            fixed = {"_v_out": "_f_out", "_v_in": "_f_in"}
+            own, views, types, fixed = _amounts("src", ["out", "in"])
+            tracks |= types
+            others += views
 
-        def build(p, side=side):
-            cols = {f"{side}_{flow}_degree_{w}": p.running(f"_d_deg_{flow}") for flow in FLOWS}
-            cols[f"{side}_2hop_in_{w}"] = p.running("_d_hop")
+        def build(p, side=side, sent=ctx.tmp("sent"), got=ctx.tmp("got")):
+            cols = {f"{side}_{flow}_degree_{w}": p.running(f"_d_deg_{flow}_{name}") for flow in FLOWS}
+            cols[f"{side}_2hop_in_{w}"] = p.running(hop)
             if side == "src":
-                cols["_sent"] = (p.fixed_sum("_f_out", width))
-                cols["_got"] = (p.fixed_sum("_f_in", width))
+                cols[sent] = p.fixed_sum("_f_out", width)
+                cols[got] = p.fixed_sum("_f_in", width)
             return cols
 
-        out = run_pass(out, [_account(side)], own=own, others=others, types=tracks, fixed=fixed, build=build)
-    ratio = F.when(F.col("_got") > 0, (F.col("_sent") + F.col("amount")) / F.col("_got"))
-    out = out.withColumn(f"src_pass_through_{w}", ratio).drop("_sent", "_got")
+        requests.append(PassRequest((_account(side),), own=own, others=others, types=tracks, fixed=fixed, build=build,
+                                    stack="graph"))
 
     # Pair passes, keyed (sender, receiver): an earlier payment b -> a within the window
     # (2-cycle), and an earlier path b -> x -> a (this payment a -> b closes a 3-cycle).
+    rec, cyc = f"_d_rec_{name}", f"_d_cyc_{name}"
     back = ev.select(F.col("dst_account").alias("_k0"), F.col("src_account").alias("_k1"),
                      F.col(T).alias("_s"), (F.col(T) + F.lit(width)).alias("_e"))
     closing = visible.select(F.col("b").alias("_k0"), F.col("a").alias("_k1"), "_s", "_e")
-    out = run_pass(
-        out, [F.col("src_account"), F.col("dst_account")], own={},
-        others=[interval_changes(back, "_s", "_e", "_d_rec", ["_k0", "_k1"]),
-                interval_changes(closing, "_s", "_e", "_d_cyc", ["_k0", "_k1"])],
-        types={"_d_rec": "bigint", "_d_cyc": "bigint"},
-        build=lambda p: {f"reciprocal_{w}": p.running("_d_rec"), f"cycle3_{w}": p.running("_d_cyc")},
-    )
-    return _finish(step, frame, out)
+    requests.append(PassRequest(
+        ("src_account", "dst_account"),
+        others=[interval_changes(back, "_s", "_e", rec, ["_k0", "_k1"]),
+                interval_changes(closing, "_s", "_e", cyc, ["_k0", "_k1"])],
+        types={rec: "bigint", cyc: "bigint"},
+        build=lambda p: {f"reciprocal_{w}": p.running(rec), f"cycle3_{w}": p.running(cyc)}, stack="graph",
+    ))
+    return requests
+
+
+@compiles("graph", fit=_fit_graph, passes=_graph_passes)
+def graph(step, frame: DataFrame, ctx: Context) -> DataFrame:
+    sent, got = F.col(ctx.tmp("sent")), F.col(ctx.tmp("got"))
+    ratio = F.when(got > 0, (sent + F.col("amount")) / got)
+    return _finish(step, frame, frame.withColumn(f"src_pass_through_{step.window}", ratio))
 
 
 # ----------------------------------------------------------------------------- encodings
@@ -540,7 +589,6 @@ def _free(frame: DataFrame) -> None:
         pass
 
 
-RID = "_rid"  # row id: joins each step's columns back to its event
 TRAIN = "_train"  # the training-window flag, as a column of the prepared rows
 #: Input columns every history view reads.
 BASE_COLUMNS = ("event_time", "src_account", "dst_account", "amount")
@@ -554,11 +602,15 @@ class SparkFeatures:
     would fit) and returns every row's features; ``transform(events, history)`` applies a
     fitted plan, ``history`` rows taking part in aggregates without being returned.
 
-    Evaluation: the input rows get a row id and are materialised once; each step runs on a
-    *narrow* frame (row id, time, the input columns the plan reads) and yields a narrow
-    table (row id, its columns), materialised after history steps so the next step starts
-    from a short plan; one join by row id puts the columns back on the full rows, in plan
-    order. Wide rows never go through the per-step shuffles.
+    Evaluation: the steps are cut into *groups*, each step joining the current group when
+    it reads only columns present before the group (the default plans are one group). A
+    group's history aggregates run as one pass per key (:func:`~.windows.run_passes`: the
+    sender, the receiver, the sender-receiver pair), each one shuffle and one sort of the
+    rows with the history rows stacked in, the rows carrying their columns through (no
+    join back); then each step's ``transform`` adds its columns from the pass outputs.
+    Everything stays one lazy plan, computed by the final write: nothing is materialised
+    or counted per step. Only between groups (a step reading an earlier step's columns)
+    is the frame materialised, so the next group starts from a short plan.
     """
 
     def __init__(self, plan: FeaturePlan, spark: SparkSession | None = None, cut_lineage: bool = True):
@@ -605,41 +657,49 @@ class SparkFeatures:
         frame = events.withColumn(IQ, F.lit(True))
         if history is not None:
             frame = history.select(*events.columns).withColumn(IQ, F.lit(False)).unionByName(frame)
-        frame = frame.withColumns({T: micros("event_time"), RID: F.monotonically_increasing_id()})
+        frame = frame.withColumn(T, micros("event_time"))
         if train is not None:
             frame = frame.withColumn(TRAIN, F.coalesce(train, F.lit(False)))
-        return self._materialise(frame)
+        return frame
+
+    def _group(self, frame: DataFrame, steps: list[tuple[str, FeatureStep]], requests: list[PassRequest]) -> DataFrame:
+        """A group's passes, then its steps' transforms in plan order; temporary columns dropped."""
+        ctx = self.ctx
+        outputs = [c for _, step in steps for c in step.output_columns()]
+        keep = [c for c in frame.columns if c not in outputs]
+        if requests:
+            frame = run_passes(frame, requests, ctx.events)
+        for name, step in steps:
+            ctx.step = name
+            frame = SPARK_STEPS[step.kind].transform(step, frame, ctx)
+        return frame.select(*[F.col(f"`{c}`") for c in [*keep, *outputs]])
 
     def _run(self, prepared: DataFrame, fitting: bool) -> DataFrame:
         train = F.col(TRAIN) if fitting else None
-        needed = list(dict.fromkeys([*BASE_COLUMNS, *self.plan.required_columns(), "label"]))
-        narrow_cols = [RID, T, IQ, *([TRAIN] if fitting else []), *[c for c in needed if c in prepared.columns]]
-        narrow = self._materialise(prepared.select(*narrow_cols))
-        ctx = Context(self.spark, narrow.select(*[c for c in (*BASE_COLUMNS, T) if c in narrow.columns]), prepared, train)
+        events = prepared.select(*[c for c in (*BASE_COLUMNS, T) if c in prepared.columns])
+        ctx = Context(self.spark, events, prepared, train)
         self.ctx = ctx
-        parts: list[DataFrame] = []
+        frame = prepared
+        group: list[tuple[str, FeatureStep]] = []
+        requests: list[PassRequest] = []
         for name, step in self.plan.steps:
             compiled = SPARK_STEPS[step.kind]
-            reads = set(step.required_columns())
-            frame = narrow if reads <= set(narrow.columns) else self._assemble(narrow, parts)
+            if not set(step.required_columns()) <= set(frame.columns):
+                # Reads a column of the current group: finish the group first.
+                frame = self._group(frame, group, requests)
+                if requests:
+                    frame = self._materialise(frame)
+                group, requests = [], []
+            ctx.step = name
             if fitting and compiled.fit is not None:
-                fit_on = prepared if reads <= set(prepared.columns) else frame
-                step.load_state(compiled.fit(step, fit_on.where(train), ctx))
-            out = compiled.transform(step, frame, ctx).select(RID, *step.output_columns())
-            if step.uses_history:
-                out = self._materialise(out)
-                ctx.release()  # the step's intermediate caches are no longer needed
-            parts.append(out)
-        result = self._assemble(prepared, parts)
+                step.load_state(compiled.fit(step, frame.where(train), ctx))
+            if compiled.passes is not None:
+                requests += compiled.passes(step, ctx)
+            group.append((name, step))
+        frame = self._group(frame, group, requests)
         if not fitting:
-            result = result.where(F.col(IQ))
-        return result.drop(IQ, T, RID, TRAIN)
-
-    @staticmethod
-    def _assemble(frame: DataFrame, parts: list[DataFrame]) -> DataFrame:
-        for part in parts:
-            frame = frame.join(part, RID, "left")
-        return frame
+            frame = frame.where(F.col(IQ))
+        return frame.drop(IQ, T, TRAIN)
 
     def fit_transform(self, events: DataFrame, train: Column) -> DataFrame:
         """Fit on the rows where ``train`` is true, return the features of every row."""

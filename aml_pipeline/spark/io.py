@@ -11,6 +11,7 @@ Paths may be local or any URI pyarrow's filesystems understand (``s3://``, ``hdf
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,9 @@ STAGING = "_spark"
 ROW_GROUP_BYTES = 16 * 1024 * 1024
 #: ... and in rows (whichever comes first).
 ROW_GROUP_ROWS = 65_536
+#: Seconds of the last :func:`publish`: Spark's sort and write (which computes the whole lazy
+#: plan, e.g. every feature pass) and the copy into one file (read by bench/spark.py).
+LAST_PUBLISH: dict[str, float] = {}
 
 
 def _fs(path: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -70,8 +74,10 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
         frame = frame.drop(*drop)
     # Small row groups: the copy below holds one row group at a time in this process, so
     # its memory stays flat however many rows a part file holds.
+    start = time.perf_counter()
     out.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES) \
         .option("parquet.block.row.count.limit", ROW_GROUP_ROWS).parquet(folder)
+    written = time.perf_counter()
     parts = part_files(folder)
     fs, dest = _fs(target)
     fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
@@ -95,6 +101,8 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
         writer = None
         remove(dest)
         fs.move(tmp, dest)
+        LAST_PUBLISH.clear()
+        LAST_PUBLISH.update(spark_write=written - start, copy=time.perf_counter() - written)
     finally:
         if writer is not None:
             writer.close()

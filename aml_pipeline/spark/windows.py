@@ -11,7 +11,9 @@ A **pass** (:func:`run_pass`) stacks the frame's own rows (queries, and history 
 track says so) with history-only rows of other views of the events (e.g. payments
 *received* by the sender, keyed by receiver), partitions by key, orders by ``_t`` and
 evaluates every requested window expression in one Window operator; the frame's rows are
-then kept with their new columns (no join back).
+then kept with their new columns (no join back). Each pass costs a shuffle and a sort of
+all stacked rows, so :func:`run_passes` merges the passes that several steps ask for on
+the same key into one.
 
 Exactness, as in polars:
 
@@ -22,10 +24,12 @@ Exactness, as in polars:
   rounded once to the nearest double, ties to even, like polars' Int128 → Float64 cast,
   then divided by 2**60 (:func:`exact_to_double_stages`). Limb sums stay exact below 2**30 rows
   per account, and window sums below 10**38 / 2**60 (~8.6e19);
-- window **counts and sums** are differences of two running (unbounded-preceding) totals,
-  ``total(t' < t) - total(t' < t - w)``, which integer arithmetic makes exact; running
-  frames are O(n), where Spark's bounded sliding frames re-aggregate the whole frame for
-  every row. ``max`` (not invertible) is split at fixed time blocks into an ascending and
+- window **counts and sums** are differences of two running totals,
+  ``total(t' < t) - total(t' < t - w)``, which integer arithmetic makes exact: each row's
+  inclusive running total (row frame, O(n)) is read at the last row before ``t`` and
+  before ``t - w`` by one ``last(struct(...))`` per distinct lag holding every total of the
+  pass, where Spark's bounded sliding frames would re-aggregate the whole frame for every
+  row and a running frame per limb, window and flow would repeat the same scan. ``max`` (not invertible) is split at fixed time blocks into an ascending and
   a descending running max (:meth:`Pass.max`), also without sliding frames;
 - **interval counts** (``start < t <= end``) are running sums of +1 at each start and -1
   at each end, strictly before t.
@@ -158,6 +162,12 @@ class Pass:
     stages: list[dict[str, Column]] = field(default_factory=list)
     #: Levels of window columns evaluated before ``windows`` (the descending frames of :meth:`max`).
     pre: list[dict[str, Column]] = field(default_factory=list)
+    #: Running totals up to and including each row (row frames), evaluated before ``windows``.
+    cums: dict[str, Column] = field(default_factory=dict)
+    #: lag -> fields read from the last row with ``_t < t - lag`` (one ``last(struct)`` per lag).
+    lags: dict[int, dict[str, Column]] = field(default_factory=dict)
+    #: Plain projections of the window columns, evaluated before ``stages``.
+    diffs: dict[str, Column] = field(default_factory=dict)
 
     # -- frames -------------------------------------------------------------------------
     def _spec(self):
@@ -176,31 +186,57 @@ class Pass:
         self.windows.setdefault(name, expr)
         return F.col(name)
 
+    def _cum(self, name: str, aggregate: Column) -> str:
+        """A running total over the rows up to and including this one, in the pass's order."""
+        self.cums.setdefault(name, aggregate.over(self._spec().rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+        return name
+
+    def _at(self, lag: int, name: str) -> Column:
+        """Column ``name`` of the last row with ``_t < t - lag`` (null when there is none).
+
+        For a running total that row's value is the total of *all* rows before ``t - lag``:
+        the rows are sorted by ``_t``, so every such row comes at or before it.
+        """
+        self.lags.setdefault(lag, {}).setdefault(name, F.col(name))
+        return F.col(f"_at_{lag}").getField(name)
+
+    def _total_before(self, lag: int, cum: str) -> Column:
+        return F.coalesce(self._at(lag, cum), F.lit(0).cast("long"))
+
     def count(self, value: str, width: int) -> Column:
-        return self._window(f"_count_{value}_{width}",
-                            F.count(value).over(self.before()) - F.count(value).over(self.before(width)))
+        """The number of non-null ``value``s over ``[t - width, t)``: two running counts' difference."""
+        out = f"_count_{value}_{width}"
+        if out not in self.diffs:
+            cum = self._cum(f"_cn_{value}", F.count(value))
+            self.diffs[out] = self._total_before(0, cum) - self._total_before(width, cum)
+        return F.col(out)
 
     def fixed_sum(self, fixed: str, width: int) -> Column:
         """The sum over ``[t - width, t)``: exact in fixed point, rounded once to a double.
 
+        Each limb's window sum is the difference of two running limb sums (exact longs).
         Returns a reference to a column computed after the window (see :func:`run_pass`).
         """
         out = f"_sum_{fixed}_{width}"
-        zero = F.lit(0).cast("long")
-        diffs = {}
-        for limb in limb_names(fixed):
-            diffs[f"{out}_{limb}"] = F.coalesce(F.sum(limb).over(self.before()), zero) - \
-                F.coalesce(F.sum(limb).over(self.before(width)), zero)
-        if out not in self.windows:
-            self.windows.update(diffs)
+        if f"{out}_{limb_names(fixed)[0]}" not in self.diffs:
+            diffs = {}
+            for limb in limb_names(fixed):
+                cum = self._cum(f"_cs_{limb}", F.sum(limb))
+                diffs[f"{out}_{limb}"] = self._total_before(0, cum) - self._total_before(width, cum)
+            self.diffs.update(diffs)
             for level, stage in enumerate(exact_to_double_stages(list(diffs), out)):
                 if level == len(self.stages):
                     self.stages.append({})
                 self.stages[level].update(stage)
         return F.col(out)
 
+    def lag_windows(self) -> dict[str, Column]:
+        """One ``last(struct(...))`` per lag: every total (and ``max`` helper) read at ``t - lag``."""
+        return {f"_at_{lag}": F.last(F.struct(*[c.alias(n) for n, c in fields.items()])).over(self.before(lag))
+                for lag, fields in self.lags.items()}
+
     def helper_columns(self) -> set[str]:
-        names = set(self.windows)
+        names = set(self.windows) | set(self.cums) | set(self.diffs) | {f"_at_{lag}" for lag in self.lags}
         for stage in [*self.pre, *self.stages]:
             names |= set(stage)
         return names
@@ -246,11 +282,11 @@ class Pass:
             n("first"): F.max(pair_later).over(later.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)),
         })
         self._window(n("a"), F.max(F.struct(block.alias("b"), F.col(value).alias("v"))).over(self.before()))
-        self._window(n("j"), F.last(F.struct(c("g").alias("g"))).over(self.before(width)))
+        j = self._at(width, n("g"))  # g of the last row before t - width
         if not self.stages:
             self.stages.append({})
         here = c("a").getField("b") == block
-        previous = F.coalesce(c("j").getField("g"), c("first"))
+        previous = F.coalesce(j, c("first"))
         self.stages[0][out] = F.greatest(F.when(here, c("a").getField("v")),
                                          F.when(previous.getField("nb") == -(block - w), previous.getField("v")))
         self.windows.setdefault(out, None)  # registered: a later call reuses the column
@@ -298,12 +334,104 @@ def run_pass(
     outputs = build(p)  # registers the sums' window columns and projection stages on p
     for level in p.pre:
         rows = rows.withColumns(level)
-    if p.windows:
-        rows = rows.withColumns({k: v for k, v in p.windows.items() if v is not None})
+    if p.cums:
+        rows = rows.withColumns(p.cums)
+    windows = {**{k: v for k, v in p.windows.items() if v is not None}, **p.lag_windows()}
+    if windows:
+        rows = rows.withColumns(windows)
+    if p.diffs:
+        rows = rows.withColumns(p.diffs)
     for stage in p.stages:
         rows = rows.withColumns(stage)
     out = rows.withColumns(outputs).filter(F.col(Q))
     return out.select(*keep, *outputs)
+
+
+@dataclass
+class View:
+    """History rows of one flow of the events, keyed by one account: ``out`` by the sender,
+    ``in`` by the receiver, with ``extra`` value columns computed from the event.
+
+    Declarative (not a DataFrame) so that the passes merged on one key by
+    :func:`run_passes` stack each flow once, with the union of the columns they ask for.
+    """
+
+    flow: str
+    extra: dict[str, Column] = field(default_factory=dict)
+
+    def rows(self, events: DataFrame) -> DataFrame:
+        account = "src_account" if self.flow == "out" else "dst_account"
+        return events.select(F.col(account).alias("_k0"), F.col(T), *[c.alias(n) for n, c in self.extra.items()])
+
+
+@dataclass
+class PassRequest:
+    """One step's share of a pass: the arguments of :func:`run_pass`, with the key given by
+    input column names (so requests on the same key can be merged) and history views
+    declared as :class:`View` where possible."""
+
+    keys: tuple[str, ...]
+    build: Callable[[Pass], dict[str, Column]]
+    own: dict[str, Column] = field(default_factory=dict)
+    others: list = field(default_factory=list)  # View | DataFrame (keyed _k0.., _t, values)
+    types: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, str] = field(default_factory=dict)
+    #: Requests merge only with requests of the same key *and* the same ``stack``. Every
+    #: window expression of a pass is evaluated on every stacked row, so history tables far
+    #: larger than the events (the graph's path intervals) get a pass of their own instead
+    #: of multiplying the rolling windows' work (and the window max's second sort).
+    stack: str = "events"
+
+
+def _merge(into: dict, more: dict, what: str) -> None:
+    """Merge name -> definition maps; one name must mean one thing in a merged pass."""
+    for name, value in more.items():
+        if name in into and str(into[name]) != str(value):
+            raise ValueError(f"merged pass: {what} {name!r} is defined twice ({into[name]} and {value})")
+        into[name] = value
+
+
+def run_passes(frame: DataFrame, requests: list[PassRequest], events: DataFrame) -> DataFrame:
+    """Run every request, one :func:`run_pass` per distinct key (and ``stack``): one shuffle and sort each.
+
+    Requests on the same key (the sender's time since its previous activity, its rolling
+    sums, its trailing mean, its graph degrees...) share one stacked frame: their own
+    columns and history views are merged (a flow's view is stacked once, with all the value
+    columns asked of it) and their window expressions are evaluated by one Window operator;
+    window columns of the same name (e.g. the 7-day sum of what the sender sent, asked by
+    the rolling, amount and graph steps) are computed once. Rows that a request did not
+    ask for carry nulls in its value columns, which its counts, sums, maxima and running
+    totals ignore, so each request gets exactly the values of its own pass.
+    """
+    groups: dict[tuple[tuple[str, ...], str], list[PassRequest]] = {}
+    for request in requests:
+        groups.setdefault((tuple(request.keys), request.stack), []).append(request)
+    out = frame
+    for (keys, _), group in groups.items():
+        own: dict[str, Column] = {}
+        types: dict[str, str] = {}
+        fixed: dict[str, str] = {}
+        views: dict[str, dict[str, Column]] = {}
+        frames: list[DataFrame] = []
+        for request in group:
+            _merge(own, request.own, "own column")
+            _merge(types, request.types, "value column")
+            _merge(fixed, request.fixed, "fixed-point column")
+            for other in request.others:
+                if isinstance(other, View):
+                    _merge(views.setdefault(other.flow, {}), other.extra, f"{other.flow} view column")
+                else:
+                    frames.append(other)
+        others = [View(flow, extra).rows(events) for flow, extra in views.items()] + frames
+
+        def build(p: Pass, group=group) -> dict[str, Column]:
+            cols: dict[str, Column] = {}
+            for request in group:
+                _merge(cols, request.build(p), "output")
+            return cols
+
+        out = run_pass(out, [F.col(k) for k in keys], own=own, others=others, types=types, build=build, fixed=fixed)
+    return out
 
 
 def interval_changes(intervals: DataFrame, start: str, end: str, delta: str, keys: list[str]) -> DataFrame:
