@@ -19,11 +19,12 @@ window is two positions ``lo, hi`` and
 - count = ``hi - lo``;
 - sum = ``cum[hi] - cum[lo]`` on 128-bit fixed-point running sums (exact, see
   :data:`FIXED_POINT`);
-- max = a sparse-table range maximum;
+- max = a range maximum: two lookups in a sparse table's short-run levels, and for a
+  long window also two in a sparse table over 16-row blocks (:meth:`_View.maxima`);
 - the account's previous event = row ``hi - 1``.
 
-Queries are taken in the sorted order of their own side's view, so every binary search
-walks forward through memory; each window aggregate goes back to row order (one gather)
+Queries are taken in the sorted order of their own side's view, so the needles of every
+search are sorted and it is a merge (:func:`search`); each window aggregate goes back to row order (one gather)
 as soon as it is computed, while it is still in cache, and only that row-order array is
 kept: it becomes the frame column without a copy. Pairs (sender, receiver) get the same
 treatment for the graph features.
@@ -31,7 +32,9 @@ treatment for the graph features.
 In a plan transform with history, the timeline holds every event but the steps see only
 the events to be scored (:func:`scored_events`): history rows take part in every window
 and cost no columns. Independent pieces (per side and flow, per graph feature) run on a
-small thread pool; numpy and polars release the GIL in their loops.
+small thread pool; numpy and polars release the GIL in their loops. A plan also starts
+the pieces that need no fitted state (:meth:`FeatureStep.ahead`) on a background thread
+before its first step, so they overlap the steps' sequential parts (:meth:`Timeline.ahead`).
 
 Values are bit-for-bit those of the polars formulation this replaced (rolling windows
 ``closed="left"`` per account, exact fixed-point sums, interval counts for distinct
