@@ -4,6 +4,7 @@
     python bench/stream.py --events 200000      # fewer
     python bench/stream.py --latency-rate 3000 --latency-seconds 60 --triggers "1 second,5 seconds"
     python bench/stream.py --deploy file        # JSON-lines files in and out, no broker
+    python bench/stream.py --state both --events 20000 --triggers ""   # state: store and state: spark side by side
 
 What it does (everything under bench/out/stream/, reused when present):
 
@@ -23,6 +24,11 @@ What it does (everything under bench/out/stream/, reused when present):
    steady state (events published after the first ``STEADY`` seconds, when the query's
    Python workers are up). The query is then stopped (SIGTERM: the held events are
    released and the summary written).
+
+``--state spark`` (or ``both``) runs the same with ``deploy.state=spark`` (Spark's state
+store, RocksDB): its bundle is trained with ``features=streaming_local`` (the default plan
+without the graph step, which that mode refuses), and ``both`` runs the store mode on that
+same bundle, so the two figures compare the state modes and nothing else.
 
 Prints one table and writes bench/out/stream/results.json. Run it on an otherwise idle
 machine: it measures wall-clock rates on 2 cores.
@@ -64,15 +70,17 @@ def cli(*args: str, log: Path | None = None, check: bool = True) -> subprocess.C
     return r
 
 
-def prepare(n_events: int) -> dict:
-    big, qs = OUT / "big", OUT / "qs"
+def prepare(n_events: int, local_plan: bool = False) -> dict:
+    """The data, the bundle (``local_plan``: ``features=streaming_local``, for deploy.state=spark) and the stream."""
+    big, qs = OUT / "big", OUT / ("qs_local" if local_plan else "qs")
+    plan = ["features=streaming_local"] if local_plan else []
     if not (big / "data/validated/transactions.parquet").is_file():
         print("generating ~1M simulated transactions ...", flush=True)
         cli("task=data", f"paths.data_dir={big / 'data'}", f"paths.reports_dir={big / 'reports'}")
     if not (qs / "models/bundle/manifest.json").is_file():
         print("training the quickstart bundle ...", flush=True)
         for task in ("data", "features", "train"):
-            cli("+experiment=quickstart", f"task={task}", "mlflow.enabled=false", f"paths.data_dir={qs / 'data'}",
+            cli("+experiment=quickstart", *plan, f"task={task}", "mlflow.enabled=false", f"paths.data_dir={qs / 'data'}",
                 f"paths.models_dir={qs / 'models'}", f"paths.reports_dir={qs / 'reports'}")
     validated = big / "data/validated/transactions.parquet"
     events = pl.read_parquet(validated).sort("event_time", "event_id")
@@ -117,20 +125,22 @@ def topics_for(tag: str) -> dict:
             "deferred": f"deferred_{tag}", "late": f"late_{tag}", "decisions": f"decisions_{tag}"}
 
 
-def throughput(bootstrap: str | None, data: dict, batch: int) -> dict:
-    topics = topics_for("tp")
+def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "store") -> dict:
+    name = "throughput" if state == "store" else f"throughput-{state}"
+    topics = topics_for("tp" if state == "store" else f"tp{state}")
     if bootstrap is None:
-        secs = replay(None, "tp", data, directory=OUT / "runs/throughput/in", batch_size=batch)
+        secs = replay(None, "tp", data, directory=OUT / f"runs/{name}/in", batch_size=batch)
         limit = "deploy.max_files_per_trigger=1"
     else:
         secs = replay(bootstrap, topics["input"], data)
         limit = f"deploy.max_records_per_batch={batch}"
     print(f"published {data['events']:,} events in {secs:.1f}s", flush=True)
-    r = cli(*stream_args("throughput", bootstrap, topics, data, "deploy.once=true", limit), log=OUT / "throughput.log")
-    summary = json.loads((OUT / "runs/throughput/reports/stream_summary.json").read_text())
+    r = cli(*stream_args(name, bootstrap, topics, data, "deploy.once=true", f"deploy.state={state}", limit),
+            log=OUT / f"{name}.log")
+    summary = json.loads((OUT / f"runs/{name}/reports/stream_summary.json").read_text())
     c = summary["counts"]
     span = summary["last_batch_at"] - summary["first_batch_at"]
-    return {"records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
+    return {"state": state, "records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
             "seconds": round(span, 1), "events_per_s": round(c["records_in"] / span), "busy_seconds": summary["busy_seconds"],
             "reconciles": summary["reconciles"], "run_seconds": summary["seconds"],
             "late": c["late"], "stage_seconds": summary.get("stage_seconds")}
@@ -209,8 +219,8 @@ def published_at(bootstrap: str, topic: str) -> dict[str, float]:
     return out
 
 
-def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, seconds: float) -> dict:
-    tag = "lat" + trigger.split()[0]
+def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, seconds: float, state: str = "store") -> dict:
+    tag = "lat" + trigger.split()[0] + ("" if state == "store" else state)
     topics = topics_for(tag)
     if bootstrap is not None:
         from confluent_kafka.admin import AdminClient, NewTopic
@@ -225,7 +235,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
     clock.start()
     log = open(OUT / f"latency-{tag}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline",
-                             *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'")],
+                             *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'", f"deploy.state={state}")],
                             cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         time.sleep(5)
@@ -264,7 +274,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         return {"alerts_timed": int(a.size), **{f"p{q}_s": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)},
                 "max_s": round(float(a.max()), 3)}
 
-    return {"trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
+    return {"state": state, "trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
             # every alert, and the steady state: events published after the first STEADY seconds
             "all": pct([lat for _, lat in timed]), "steady": pct([lat for p, lat in timed if p >= first + STEADY]),
             "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds")}
@@ -279,6 +289,8 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=60.0)
     ap.add_argument("--partitions", type=int, default=PARTITIONS, help="input topic partitions (kafka)")
     ap.add_argument("--deploy", choices=["kafka", "file"], default="kafka", help="kafka: the local broker; file: JSON-lines files")
+    ap.add_argument("--state", choices=["store", "spark", "both"], default="store",
+                    help="deploy.state; spark and both use a bundle of features=streaming_local")
     args = ap.parse_args()
     global PARTITIONS
     PARTITIONS = args.partitions
@@ -286,27 +298,31 @@ def main() -> None:
     import shutil
 
     shutil.rmtree(OUT / "runs", ignore_errors=True)
-    data = prepare(args.events)
+    states = ["store", "spark"] if args.state == "both" else [args.state]
+    data = prepare(args.events, local_plan=args.state != "store")
     from aml_pipeline.streaming.broker import LocalBroker
 
-    results: dict = {"deploy": args.deploy, "events": data["events"], "partitions": PARTITIONS, "cpu_count": os.cpu_count(),
+    results: dict = {"deploy": args.deploy, "states": states, "events": data["events"], "partitions": PARTITIONS, "cpu_count": os.cpu_count(),
                      "load_before": os.getloadavg()}
     from contextlib import nullcontext
 
     with (LocalBroker() if args.deploy == "kafka" else nullcontext()) as broker:
         bootstrap = broker.bootstrap if broker is not None else None
-        results["throughput"] = throughput(bootstrap, data, args.batch)
-        t = results["throughput"]
-        print(f"throughput: {t['records']:,} records in {t['seconds']}s = {t['events_per_s']:,} events/s "
-              f"({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
-        results["latency"] = []
-        for trigger in [s.strip() for s in args.triggers.split(",") if s.strip()]:
-            r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds)
-            results["latency"].append(r)
-            for k in ("all", "steady"):
-                x = r[k]
-                print(f"latency ({k}) at trigger {trigger}, {r['rate']:.0f} events/s: p50 {x.get('p50_s')}s "
-                      f"p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts", flush=True)
+        for state in states:
+            run = {"throughput": throughput(bootstrap, data, args.batch, state), "latency": []}
+            t = run["throughput"]
+            print(f"throughput (state {state}): {t['records']:,} records in {t['seconds']}s = {t['events_per_s']:,} events/s "
+                  f"({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
+            for trigger in [s.strip() for s in args.triggers.split(",") if s.strip()]:
+                r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds, state)
+                run["latency"].append(r)
+                for k in ("all", "steady"):
+                    x = r[k]
+                    print(f"latency ({k}, state {state}) at trigger {trigger}, {r['rate']:.0f} events/s: p50 {x.get('p50_s')}s "
+                          f"p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts", flush=True)
+            results.setdefault("by_state", {})[state] = run
+        if len(states) == 1:  # the layout of a single-mode run, as before
+            results.update(results.pop("by_state")[states[0]])
     results["load_after"] = os.getloadavg()
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(json.dumps(results, indent=1, default=str))

@@ -15,8 +15,9 @@ Spark's checkpoint, partitioned by account across the executors. The query:
    silently; :class:`AccountProcessor` compares each event with the watermark itself and
    emits the late ones (from the sender's side only, so each once).
 3. ``groupBy(account).transformWithStateInPandas(AccountProcessor, timeMode=EventTime)``:
-   per account, the held events (``ListState``) and the history (``ListState``, trimmed to
-   the plan's longest window plus the account's newest event, which ``time`` needs). An
+   per account, the held events and the history (``ValueState``s holding JSON lists; the
+   history trimmed to the plan's longest window plus the account's newest event, which
+   ``time`` needs). An
    accepted event registers a timer 1 ms after its time; when the watermark passes, the
    held events strictly before it are released, oldest first, and the columns of this
    account's side computed from the account's rows strictly before each event by
@@ -226,12 +227,23 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
             plan = FeaturePlan.from_dict(plan_dict)
             self.engine = OnlineFeatures(plan)
             self.src_cols, self.dst_cols = side_columns(plan)
-            self.held = handle.getListState("held", "t long, event_id string, role string, payload string")
-            self.rows = handle.getListState("history", "t long, event_id string, src string, dst string, amount double")
+            # one value per account and variable (a JSON list): one read and one write per call,
+            # where a ListState reads and deserialises row by row through the state server
+            self.held = handle.getValueState("held", "rows string")
+            self.rows = handle.getValueState("history", "rows string")
 
         # -- helpers ----------------------------------------------------------------------
-        def _list(self, state) -> list[tuple]:
-            return [tuple(r) for r in state.get()] if state.exists() else []
+        @staticmethod
+        def _list(state) -> list[tuple]:
+            value = state.get()
+            return [tuple(r) for r in json.loads(value[0])] if value else []
+
+        @staticmethod
+        def _put(state, rows: list[tuple]) -> None:
+            if rows:
+                state.update((json.dumps(rows),))
+            else:
+                state.clear()
 
         @staticmethod
         def _out(rows: list[tuple]) -> Iterator[pd.DataFrame]:
@@ -241,7 +253,7 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
         # -- the three callbacks ----------------------------------------------------------
         def handleInitialState(self, key, initialState, timerValues) -> None:
             cols = [initialState[c] for c in ("t", "event_id", "src", "dst", "amount")]
-            self.rows.appendList([(int(t), e, s, d, float(a)) for t, e, s, d, a in zip(*cols)])
+            self._put(self.rows, self._list(self.rows) + [(int(t), e, s, d, float(a)) for t, e, s, d, a in zip(*cols)])
 
         def handleInputRows(self, key, rows, timerValues) -> Iterator[pd.DataFrame]:
             wm = timerValues.getCurrentWatermarkInMs() * 1000
@@ -273,7 +285,7 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
                         timers.add(t // 1000 + 1)
                         n_in += first_side
             if new:
-                self.held.appendList(new)
+                self._put(self.held, held + new)
                 for ms in timers:
                     self.handle.registerTimer(ms)
             if newest is not None:
@@ -294,15 +306,12 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
                 out.append(("half", event_id, role, t, 1, payload if role != "dst" else None,
                             json.dumps({c: values[c] for c in cols})))
             rest = [h for h in held if h[0] >= wm]
-            self.held.clear()
-            if rest:
-                self.held.put(rest)
+            self._put(self.held, rest)
             # keep what later events can still read: [watermark - window, ...) plus the newest row (time step)
             kept = history + [(t, *_history_row(p)[1:]) for t, _, _, p in due]
             newest = max(kept, key=lambda r: r[0])
             kept = [r for r in kept if r[0] >= wm - window_us or r is newest]
-            self.rows.clear()
-            self.rows.put(kept)
+            self._put(self.rows, kept)
             return self._out(out)
 
         def close(self) -> None:
@@ -434,7 +443,7 @@ class SparkStateScorer(StreamScorer):
 def build(cfg: DictConfig):
     """(scorer, info): the checks of ``state: store`` plus the plan's refusal, before Spark starts."""
     from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.serving.scorer import single_threaded
+    from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store import parse_time
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
@@ -458,7 +467,9 @@ def build(cfg: DictConfig):
     if not cfg.bundle:
         raise UserError("task=stream needs bundle=<folder | runs:/<id>/bundle | models:/<name>@<alias>>")
     bundle = resolve_bundle(cfg.bundle, cfg)
-    single_threaded(bundle)
+    if int(d.model_threads) < 0:
+        raise UserError(f"deploy.model_threads={d.model_threads} must be >= 0 (0 = one per core)")
+    set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)  # refuses steps that cannot run per event, or need unbounded history
     refuse_cross_account(bundle.plan)
     if source == "file":
