@@ -198,16 +198,18 @@ def account_features(engine, account: str, history: list[tuple], due: list[tuple
     from aml_pipeline.store.engine import Event, History, from_us
 
     rows = sorted([(r[1], r[0], r[2], r[3], r[4]) for r in history]
-                  + [(_history_row(p)[1], t, *_history_row(p)[2:]) for t, _, _, p in due], key=lambda r: (r[1], r[0]))
-    times = [r[1] for r in rows]
+                  + [(e, t, s, d, a) for t, e, s, d, a in (_history_row(p) for _, _, _, p in due)],
+                  key=lambda r: (r[1], r[0]))
+    sent = [r for r in rows if r[2] == account]
+    received = [r for r in rows if r[3] == account]
+    times, sent_t, received_t = [r[1] for r in rows], [r[1] for r in sent], [r[1] for r in received]
     out = []
     for t, _, _, payload in due:
         values = json.loads(payload)
         values["event_time"] = from_us(values["event_time"])
-        before = rows[:bisect_left(times, t)]
-        sent = [r for r in before if r[2] == account]
-        received = [r for r in before if r[3] == account]
-        h = History({account: sent}, {account: received}, {account: before[-1][1] if before else None})
+        n = bisect_left(times, t)  # rows strictly before the event
+        h = History({account: sent[:bisect_left(sent_t, t)]}, {account: received[:bisect_left(received_t, t)]},
+                    {account: times[n - 1] if n else None})
         out.append(engine.compute(Event(values), h))
     return out
 
