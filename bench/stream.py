@@ -281,6 +281,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
 
 
 def main() -> None:
+    global PARTITIONS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000, help="stream events for the throughput run")
     ap.add_argument("--batch", type=int, default=20_000, help="records per micro-batch in the throughput run")
@@ -292,7 +293,6 @@ def main() -> None:
     ap.add_argument("--state", choices=["store", "spark", "both"], default="store",
                     help="deploy.state; spark and both use a bundle of features=streaming_local")
     args = ap.parse_args()
-    global PARTITIONS
     PARTITIONS = args.partitions
     OUT.mkdir(parents=True, exist_ok=True)
     import shutil
