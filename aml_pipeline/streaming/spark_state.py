@@ -229,23 +229,22 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
             plan = FeaturePlan.from_dict(plan_dict)
             self.engine = OnlineFeatures(plan)
             self.src_cols, self.dst_cols = side_columns(plan)
-            # one value per account and variable (a JSON list): one read and one write per call,
-            # where a ListState reads and deserialises row by row through the state server
-            self.held = handle.getValueState("held", "rows string")
-            self.rows = handle.getValueState("history", "rows string")
+            # one value per account (held events, history, the next timer): one read and at most
+            # one write per call, where a ListState is read row by row through the state server
+            self.state = handle.getValueState("account", "held string, history string, timer long")
 
         # -- helpers ----------------------------------------------------------------------
-        @staticmethod
-        def _list(state) -> list[tuple]:
-            value = state.get()
-            return [tuple(r) for r in json.loads(value[0])] if value else []
+        def _load(self) -> tuple[list[tuple], list[tuple], int]:
+            value = self.state.get()
+            if not value:
+                return [], [], -1
+            return [tuple(r) for r in json.loads(value[0])], [tuple(r) for r in json.loads(value[1])], int(value[2])
 
-        @staticmethod
-        def _put(state, rows: list[tuple]) -> None:
-            if rows:
-                state.update((json.dumps(rows),))
+        def _save(self, held: list[tuple], history: list[tuple], timer: int) -> None:
+            if held or history:
+                self.state.update((json.dumps(held), json.dumps(history), timer if held else -1))
             else:
-                state.clear()
+                self.state.clear()
 
         @staticmethod
         def _out(rows: list[tuple]) -> Iterator[pd.DataFrame]:
@@ -253,18 +252,22 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
                 yield pd.DataFrame(rows, columns=out_cols)
 
         # -- the three callbacks ----------------------------------------------------------
+        # One timer per account is enough: ``timer`` (ms) is always at or before the earliest
+        # held event's time + 1 ms, so it fires no later than the first release is due; the
+        # release registers the next one. Superseded timers fire later and find nothing due.
         def handleInitialState(self, key, initialState, timerValues) -> None:
+            held, history, timer = self._load()
             cols = [initialState[c] for c in ("t", "event_id", "src", "dst", "amount")]
-            self._put(self.rows, self._list(self.rows) + [(int(t), e, s, d, float(a)) for t, e, s, d, a in zip(*cols)])
+            self._save(held, history + [(int(t), e, s, d, float(a)) for t, e, s, d, a in zip(*cols)], timer)
 
         def handleInputRows(self, key, rows, timerValues) -> Iterator[pd.DataFrame]:
             wm = timerValues.getCurrentWatermarkInMs() * 1000
             late_before = max(wm, start_watermark_us) if start_watermark_us is not None else wm
-            held = self._list(self.held)
+            held, history, timer = self._load()
             # ids this account still holds or remembers: the same set on the sender's and the
             # receiver's side, so both sides take the same decision
-            known = {h[1] for h in held} | {r[1] for r in self._list(self.rows) if r[0] >= wm - window_us}
-            out, new, timers, n_in, newest = [], [], set(), 0, None
+            known = {h[1] for h in held} | {r[1] for r in history if r[0] >= wm - window_us}
+            out, new, n_in, newest = [], [], 0, None
             for pdf in rows:
                 for kind, role, event_id, t, payload in zip(pdf["kind"], pdf["role"], pdf["event_id"], pdf["t"], pdf["payload"]):
                     t = int(t)
@@ -284,23 +287,23 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
                     else:
                         known.add(event_id)
                         new.append((t, event_id, role, payload))
-                        timers.add(t // 1000 + 1)
                         n_in += first_side
             if new:
-                self._put(self.held, held + new)
-                for ms in timers:
-                    self.handle.registerTimer(ms)
+                first = min(t for t, _, _, _ in new) // 1000 + 1  # > the watermark: t >= late_before
+                if timer < 0 or first < timer:
+                    self.handle.registerTimer(first)
+                    timer = first
+                self._save(held + new, history, timer)
             if newest is not None:
                 out.append(("in", None, "", newest, n_in, None, None))
             return self._out(out)
 
         def handleExpiredTimer(self, key, timerValues, expiredTimerInfo) -> Iterator[pd.DataFrame]:
             wm = timerValues.getCurrentWatermarkInMs() * 1000
-            held = self._list(self.held)
+            held, history, timer = self._load()
             due = sorted((h for h in held if h[0] < wm), key=lambda h: (h[0], h[1]))
-            if not due:  # an earlier timer of this batch released them
+            if not due:  # a superseded timer, or an earlier one of this batch released them
                 return self._out([])
-            history = self._list(self.rows)
             features = account_features(self.engine, key[0], history, due)
             out = []
             for (t, event_id, role, payload), values in zip(due, features):
@@ -308,12 +311,14 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
                 out.append(("half", event_id, role, t, 1, payload if role != "dst" else None,
                             json.dumps({c: values[c] for c in cols})))
             rest = [h for h in held if h[0] >= wm]
-            self._put(self.held, rest)
+            if rest:  # every rest event is at or after the watermark: its timer is in the future
+                timer = min(t for t, _, _, _ in rest) // 1000 + 1
+                self.handle.registerTimer(timer)
             # keep what later events can still read: [watermark - window, ...) plus the newest row (time step)
             kept = history + [(t, *_history_row(p)[1:]) for t, _, _, p in due]
             newest = max(kept, key=lambda r: r[0])
             kept = [r for r in kept if r[0] >= wm - window_us or r is newest]
-            self._put(self.rows, kept)
+            self._save(rest, kept, timer)
             return self._out(out)
 
         def close(self) -> None:
@@ -381,6 +386,9 @@ class SparkStateScorer(StreamScorer):
         newest = [r["t"] for r in rows if r["kind"] == "in"]
         if newest:
             self.max_seen = max(newest) if self.max_seen is None else max(self.max_seen, max(newest))
+            # Spark's watermark for the next micro-batch (milliseconds), for the summary
+            w = (self.max_seen // 1000 - self.lateness_us // 1000) * 1000
+            self.watermark = w if self.watermark is None else max(self.watermark, w)
         events = self._join_halves([r for r in rows if r["kind"] == "half"])
         self.held += accepted - events.height
         records_in = len(dead) + len(late) + accepted
@@ -586,6 +594,7 @@ def run(cfg: DictConfig) -> dict:
         signals, stopped[:] = list(stopped), []
         wait(start_query(True))
         stopped[:0] = signals
+        scorer.watermark = max(scorer.watermark or 0, flush_ms * 1000)  # where the marker put it
     summary = {**scorer.summary(), "source": source, "store": "spark state (RocksDB)", "outputs": scorer.outputs.describe(),
                "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if d.once else "end"),
                "seconds": round(time.perf_counter() - start, 3)}
