@@ -406,8 +406,12 @@ def run_passes(frame: DataFrame, requests: list[PassRequest], events: DataFrame)
     groups: dict[tuple[tuple[str, ...], str], list[PassRequest]] = {}
     for request in requests:
         groups.setdefault((tuple(request.keys), request.stack), []).append(request)
+    # Passes over the event views (the rolling windows: most of the columns) run last, so
+    # their many output columns do not ride through the other passes' shuffles and sorts.
+    order = sorted(groups, key=lambda g: g[1] == "events")
     out = frame
-    for (keys, _), group in groups.items():
+    for keys, stack in order:
+        group = groups[(keys, stack)]
         own: dict[str, Column] = {}
         types: dict[str, str] = {}
         fixed: dict[str, str] = {}
