@@ -15,10 +15,10 @@ Spark's checkpoint, partitioned by account across the executors. The query:
    silently; :class:`AccountProcessor` compares each event with the watermark itself and
    emits the late ones (from the sender's side only, so each once).
 3. ``groupBy(account).transformWithStateInPandas(AccountProcessor, timeMode=EventTime)``:
-   per account, the held events and the history (``ValueState``s holding JSON lists; the
-   history trimmed to the plan's longest window plus the account's newest event, which
-   ``time`` needs). An
-   accepted event registers a timer 1 ms after its time; when the watermark passes, the
+   per account, one ``ValueState``: the held events, the history (JSON lists; the history
+   trimmed to the plan's longest window plus the account's newest event, which ``time``
+   needs) and the account's one event-time timer, 1 ms after its earliest held event. When
+   the watermark passes it, the
    held events strictly before it are released, oldest first, and the columns of this
    account's side computed from the account's rows strictly before each event by
    :class:`~aml_pipeline.store.engine.OnlineFeatures`, the per-event code of the online
