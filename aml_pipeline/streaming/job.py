@@ -102,7 +102,7 @@ def build_scorer(cfg: DictConfig):
     d = cfg.deploy
     source = kind(cfg)
     if str(_value(d.state)) == "spark":
-        raise UserError("deploy.state=spark (transformWithStateInPandas) is not implemented yet; use deploy.state=store")
+        raise UserError("deploy.state=spark is built by aml_pipeline.streaming.spark_state (run() goes there), not here")
     lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
     if int(d.model_threads) < 0:
         raise UserError(f"deploy.model_threads={d.model_threads} must be >= 0 (0 = one per core)")
