@@ -188,7 +188,7 @@ def _source(spark, cfg: DictConfig, source: str):
 def run(cfg: DictConfig) -> dict:
     from aml_pipeline.spark.session import get_session
 
-    if str(_value(cfg.deploy.state)) == "spark":  # Spark's own state store: its own query (spark_state.py)
+    if str(_value(cfg.deploy.get("state"))) == "spark":  # Spark's own state store: its own query (spark_state.py)
         from aml_pipeline.streaming.spark_state import run as run_spark_state
 
         return run_spark_state(cfg)
