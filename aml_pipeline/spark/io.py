@@ -68,7 +68,11 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
     sort. Without ``sort_by``, row order is Spark's.
     """
     folder = staging_dir(target, what)
-    out = frame.orderBy(*sort_by) if sort_by else frame
+    # A global sort samples its input to choose the range boundaries, which runs the stage
+    # before it twice: for a feature table that stage is the last feature pass (a window
+    # over millions of stacked rows). A hash shuffle first makes that stage run once; the
+    # sample and the sort then read its cheap shuffle output.
+    out = frame.repartition(*sort_by).orderBy(*sort_by) if sort_by else frame
     if drop:
         out = out.drop(*drop)
         frame = frame.drop(*drop)
