@@ -288,6 +288,7 @@ def main() -> None:
     ap.add_argument("--triggers", default="1 second,5 seconds")
     ap.add_argument("--latency-rate", type=float, default=2500.0, help="events/s published in the latency runs")
     ap.add_argument("--latency-seconds", type=float, default=60.0)
+    ap.add_argument("--skip-throughput", action="store_true", help="only the latency runs")
     ap.add_argument("--partitions", type=int, default=PARTITIONS, help="input topic partitions (kafka)")
     ap.add_argument("--deploy", choices=["kafka", "file"], default="kafka", help="kafka: the local broker; file: JSON-lines files")
     ap.add_argument("--state", choices=["store", "spark", "both"], default="store",
@@ -309,10 +310,12 @@ def main() -> None:
     with (LocalBroker() if args.deploy == "kafka" else nullcontext()) as broker:
         bootstrap = broker.bootstrap if broker is not None else None
         for state in states:
-            run = {"throughput": throughput(bootstrap, data, args.batch, state), "latency": []}
+            run = {"throughput": None if args.skip_throughput else throughput(bootstrap, data, args.batch, state),
+                   "latency": []}
             t = run["throughput"]
-            print(f"throughput (state {state}): {t['records']:,} records in {t['seconds']}s = {t['events_per_s']:,} events/s "
-                  f"({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
+            if t:
+                print(f"throughput (state {state}): {t['records']:,} records in {t['seconds']}s = {t['events_per_s']:,} events/s "
+                      f"({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
             for trigger in [s.strip() for s in args.triggers.split(",") if s.strip()]:
                 r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds, state)
                 run["latency"].append(r)
