@@ -224,7 +224,17 @@ def run(cfg: DictConfig) -> dict:
     stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    query = writer.start()
+    await_query(writer.start(), stopped, failure)
+    with busy:
+        scorer.flush()
+    summary = finish(cfg, scorer, source, store.backend, stopped, start)
+    store.close()
+    return summary
+
+
+def await_query(query, stopped: list[int], failure: list[BaseException]) -> None:
+    """Wait until the query ends or a signal arrives, then stop it; re-raise a micro-batch's
+    failure (a UserError as it is, for its one line)."""
     try:
         while query.isActive and not stopped:
             query.awaitTermination(0.5)
@@ -238,16 +248,17 @@ def run(cfg: DictConfig) -> dict:
             query.stop()
     if failure:
         raise RuntimeError(f"the streaming query failed: {failure[0]!r}") from failure[0]
-    with busy:
-        scorer.flush()
-    summary = {**scorer.summary(), "source": source, "store": store.backend, "outputs": scorer.outputs.describe(),
-               "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if d.once else "end"),
+
+
+def finish(cfg: DictConfig, scorer, source: str, store: str, stopped: list[int], start: float) -> dict:
+    """Write ``<reports_dir>/stream_summary.json``, close the outputs, print the counts."""
+    summary = {**scorer.summary(), "source": source, "store": store, "outputs": scorer.outputs.describe(),
+               "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if cfg.deploy.once else "end"),
                "seconds": round(time.perf_counter() - start, 3)}
     out = Path(cfg.paths.reports_dir) / "stream_summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     scorer.outputs.close()
-    store.close()
     c = summary["counts"]
     table("stream", [
         ("records in", f"{c['records_in']:,}"),

@@ -521,9 +521,8 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream deploy.state=spark``: build, run until done or stopped, flush, summarise."""
-    from aml_pipeline.progress import table
     from aml_pipeline.spark.session import get_session
-    from aml_pipeline.streaming.job import _source
+    from aml_pipeline.streaming.job import _source, await_query, finish
 
     d = cfg.deploy
     start = time.perf_counter()
@@ -562,28 +561,13 @@ def run(cfg: DictConfig) -> dict:
              .option("checkpointLocation", str(Path(d.checkpoint).resolve() / "spark")).queryName("aml_stream_spark_state"))
         return (w.trigger(availableNow=True) if once else w.trigger(processingTime=str(d.trigger))).start()
 
-    def wait(query) -> None:
-        try:
-            while query.isActive and not stopped:
-                query.awaitTermination(0.5)
-        except Exception as exc:
-            cause = failure[0] if failure else exc
-            if isinstance(cause, UserError):
-                raise cause
-            raise RuntimeError(f"the streaming query failed: {cause!r}") from cause
-        finally:
-            if query.isActive:
-                query.stop()
-        if failure:
-            raise RuntimeError(f"the streaming query failed: {failure[0]!r}") from failure[0]
-
     print(f"streaming {scorer.trace['model_name']} version {scorer.trace['model_version']} "
           f"(sha256 {(scorer.trace['bundle_hash'] or '')[:12]}) from {source} [state spark (RocksDB), "
           f"+{warmed:,} events warmed, resuming after batch {info['resumed_after_batch']}]", file=sys.stderr, flush=True)
     stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    wait(start_query(bool(d.once)))
+    await_query(start_query(bool(d.once)), stopped, failure)
     if scorer.held and scorer.max_seen is not None:
         # flush: a marker whose time puts the watermark 1 ms past the newest event seen
         flush_ms = scorer.max_seen // 1000 + 1
@@ -592,24 +576,7 @@ def run(cfg: DictConfig) -> dict:
         (control / f".{name}").rename(control / name)
         scorer.flushed = True
         signals, stopped[:] = list(stopped), []
-        wait(start_query(True))
+        await_query(start_query(True), stopped, failure)
         stopped[:0] = signals
         scorer.watermark = max(scorer.watermark or 0, flush_ms * 1000)  # where the marker put it
-    summary = {**scorer.summary(), "source": source, "store": "spark state (RocksDB)", "outputs": scorer.outputs.describe(),
-               "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if d.once else "end"),
-               "seconds": round(time.perf_counter() - start, 3)}
-    out = Path(cfg.paths.reports_dir) / "stream_summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
-    scorer.outputs.close()
-    c = summary["counts"]
-    table("stream", [
-        ("records in", f"{c['records_in']:,}"),
-        ("scored", f"{c['scored']:,}"),
-        ("dead-lettered", f"{c['dead_lettered']:,}"),
-        ("late", f"{c['late']:,}"),
-        ("alerts / deferred", f"{c['alerts']:,} / {c['deferred']:,}"),
-        ("reconciles", "yes" if summary["reconciles"] else "NO"),
-        ("summary", str(out)),
-    ])
-    return summary
+    return finish(cfg, scorer, source, "spark state (RocksDB)", stopped, start)
