@@ -87,26 +87,15 @@ def kafka_records(table) -> list[RawRecord]:
 
 
 # ----------------------------------------------------------------------------- building
-def build_scorer(cfg: DictConfig):
-    """(scorer, store, source kind). Raises UserError for anything a user can fix."""
-    from aml_pipeline.features.windows import duration_us  # noqa: F401
-    from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.serving.scorer import set_threads
-    from aml_pipeline.store import open_store, parse_time, warm_from_parquet
-    from aml_pipeline.store.engine import plan_needs, to_us
-    from aml_pipeline.streaming.budget import AlertBudget
-    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
-    from aml_pipeline.streaming.scorer import StateLog, StreamScorer
-    from aml_pipeline.validation.rules import build_rules
+def check_shared_options(cfg: DictConfig):
+    """The options both state modes read, checked before any work: (allowed lateness in µs,
+    warm_until or None). Raises UserError naming the key."""
+    from aml_pipeline.store import parse_time
 
     d = cfg.deploy
-    source = kind(cfg)
-    if str(_value(d.state)) == "spark":
-        raise UserError("deploy.state=spark is built by aml_pipeline.streaming.spark_state (run() goes there), not here")
     lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
     if int(d.model_threads) < 0:
         raise UserError(f"deploy.model_threads={d.model_threads} must be >= 0 (0 = one per core)")
-    idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
     if d.budget.key not in ALL_COLUMNS:
         raise UserError(f"deploy.budget.key={d.budget.key!r} is not a transaction column; e.g. merchant, region, jurisdiction")
     if int(d.budget.cap) < 0:
@@ -117,7 +106,26 @@ def build_scorer(cfg: DictConfig):
         raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
     if not cfg.bundle:
         raise UserError("task=stream needs bundle=<folder | runs:/<id>/bundle | models:/<name>@<alias>>")
+    return lateness, until
 
+
+def build_scorer(cfg: DictConfig):
+    """(scorer, store, source kind). Raises UserError for anything a user can fix."""
+    from aml_pipeline.registry import resolve_bundle
+    from aml_pipeline.serving.scorer import set_threads
+    from aml_pipeline.store import open_store, warm_from_parquet
+    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.streaming.budget import AlertBudget
+    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
+    from aml_pipeline.streaming.scorer import StateLog, StreamScorer
+    from aml_pipeline.validation.rules import build_rules
+
+    d = cfg.deploy
+    source = kind(cfg)
+    if str(_value(d.state)) == "spark":
+        raise UserError("deploy.state=spark is built by aml_pipeline.streaming.spark_state (run() goes there), not here")
+    lateness, until = check_shared_options(cfg)
+    idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
     bundle = resolve_bundle(cfg.bundle, cfg)
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)

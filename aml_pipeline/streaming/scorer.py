@@ -313,9 +313,22 @@ class StreamScorer:
             t = self.pending["event_time"].dt.epoch("us")
             released = self.pending.filter(t < watermark).sort(["event_time", "event_id"])
             self.pending = self.pending.filter(t >= watermark)
-        scored_at = time.time()
+        out = self._decide_and_write(tag, batch_id, released, dead, late, records_in)
+        c = self.counts
+        c["pending"] = self.pending.height
+        if not tag.endswith("-flush"):
+            c["batches"] += 1
+            self.batch_id = batch_id
+        self._commit(tag, released)
+        self._lap("commit")
+        return out
+
+    def _decide_and_write(self, tag: str, batch_id: int, released: pl.DataFrame, dead: list[dict], late: list[dict],
+                          records_in: int) -> dict[str, int]:
+        """Score the released events, write every output of the batch and count it all
+        (the pending count, the batch id and the state commit are the caller's)."""
         decisions = self.score(released)
-        alerts, deferred = self._alerts(released, decisions, batch_id, scored_at)
+        alerts, deferred = self._alerts(released, decisions, batch_id, time.time())
         for r in dead:
             r["batch_id"] = batch_id
         o = self.outputs
@@ -329,19 +342,12 @@ class StreamScorer:
         self._lap("outputs")
         c = self.counts
         c["records_in"] += records_in  # counted as read, independently of where records end up
-        out = {"scored": released.height, "alerts": len(alerts), "deferred": len(deferred)}
         c["dead_lettered"] += len(dead)
         c["late"] += len(late)
         c["scored"] += released.height
         c["alerts"] += len(alerts)
         c["deferred"] += len(deferred)
-        c["pending"] = self.pending.height
-        if not tag.endswith("-flush"):
-            c["batches"] += 1
-            self.batch_id = batch_id
-        self._commit(tag, released)
-        self._lap("commit")
-        return out
+        return {"scored": released.height, "alerts": len(alerts), "deferred": len(deferred)}
 
     def warm_up(self, currency: str) -> None:
         """Run the feature, model and SHAP paths once on a made-up event (nothing is written or

@@ -418,30 +418,11 @@ class SparkStateScorer(StreamScorer):
 
     def _emit(self, tag: str, batch_id: int, released: pl.DataFrame, dead: list[dict], late: list[dict],
               records_in: int) -> dict[str, int]:
-        scored_at = time.time()
-        decisions = self.score(released)
-        alerts, deferred = self._alerts(released, decisions, batch_id, scored_at) if released.height else ([], [])
-        for r in dead:
-            r["batch_id"] = batch_id
-        o = self.outputs
-        o.write(tag, "dead_letter", dead)
-        o.write(tag, "late", late)
-        o.write(tag, "alerts", alerts)
-        o.write(tag, "deferred", deferred)
-        if self.write_decisions:
-            o.write_decisions(tag, decisions)
-        o.commit(tag)
-        c = self.counts
-        c["records_in"] += records_in
-        c["dead_lettered"] += len(dead)
-        c["late"] += len(late)
-        c["scored"] += released.height
-        c["alerts"] += len(alerts)
-        c["deferred"] += len(deferred)
-        c["batches"] += 1
+        out = self._decide_and_write(tag, batch_id, released, dead, late, records_in)
+        self.counts["batches"] += 1
         self.batch_id = batch_id
         self._commit(tag, released)
-        return {"scored": released.height, "alerts": len(alerts), "deferred": len(deferred)}
+        return out
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
@@ -454,31 +435,18 @@ def build(cfg: DictConfig):
     """(scorer, info): the checks of ``state: store`` plus the plan's refusal, before Spark starts."""
     from aml_pipeline.registry import resolve_bundle
     from aml_pipeline.serving.scorer import set_threads
-    from aml_pipeline.store import parse_time
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
-    from aml_pipeline.streaming.job import ALL_COLUMNS, _duration_us, _value, kind
+    from aml_pipeline.streaming.job import _value, check_shared_options, kind
     from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
     from aml_pipeline.streaming.scorer import StateLog
 
     d = cfg.deploy
     source = kind(cfg)
-    lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
+    lateness, until = check_shared_options(cfg)
     if lateness % 1000:
         raise UserError(f"deploy.allowed_lateness={d.allowed_lateness!r}: Spark's watermark is in milliseconds")
-    if d.budget.key not in ALL_COLUMNS:
-        raise UserError(f"deploy.budget.key={d.budget.key!r} is not a transaction column; e.g. merchant, region, jurisdiction")
-    if int(d.budget.cap) < 0:
-        raise UserError("deploy.budget.cap must be >= 0 (0 = no budget)")
-    _duration_us(d.budget.window, "deploy.budget.window", allow_zero=False)
-    until = parse_time(d.warm_until, "deploy.warm_until") if d.warm_until else None
-    if d.warm_from and not Path(d.warm_from).is_file():
-        raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
-    if not cfg.bundle:
-        raise UserError("task=stream needs bundle=<folder | runs:/<id>/bundle | models:/<name>@<alias>>")
     bundle = resolve_bundle(cfg.bundle, cfg)
-    if int(d.model_threads) < 0:
-        raise UserError(f"deploy.model_threads={d.model_threads} must be >= 0 (0 = one per core)")
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)  # refuses steps that cannot run per event, or need unbounded history
     refuse_cross_account(bundle.plan)
