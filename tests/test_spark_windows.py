@@ -1,4 +1,5 @@
-"""The Spark window max (:meth:`aml_pipeline.spark.windows.Pass.max`) against brute force.
+"""The Spark window max (:meth:`aml_pipeline.spark.windows.Pass.max`, and the Arrow
+evaluator's range maximum, :func:`aml_pipeline.spark.windows.run_pass_arrow`) against brute force.
 
 The max is computed from time blocks of the window's width and running frames, not a
 sliding frame; this checks it on the awkward cases by hand-verifiable brute force: events
@@ -52,17 +53,19 @@ def _brute(rows, width: int) -> dict[tuple[str, int, int], float | None]:
     return out
 
 
+@pytest.mark.parametrize("evaluator", ["window", "arrow"])
 @pytest.mark.parametrize("width", [W, 24 * W, 7])
-def test_window_max_equals_brute_force(spark, width):
+def test_window_max_equals_brute_force(spark, width, evaluator):
     from pyspark.sql import functions as F
 
-    from aml_pipeline.spark.windows import T, run_pass
+    from aml_pipeline.spark.windows import T, run_pass, run_pass_arrow
 
     rows = _events()
     frame = spark.createDataFrame([(i, k, t, v) for i, (k, t, v, q) in enumerate(rows) if q], "i long, key string, _t long, v double")
     history = spark.createDataFrame([(k, t, v) for (k, t, v, q) in rows if not q], "_k0 string, _t long, v double")
-    out = run_pass(frame, [F.col("key")], own={"v": F.col("v")}, others=[history], types={"v": "double"},
-                   build=lambda p: {"mx": p.max("v", width)})
+    run = run_pass if evaluator == "window" else run_pass_arrow
+    out = run(frame, [F.col("key")], own={"v": F.col("v")}, others=[history], types={"v": "double"},
+              build=lambda p: {"mx": p.max("v", width)})
     got = {r["i"]: r["mx"] for r in out.select("i", "mx").collect()}
     expected = _brute(rows, width)
     assert set(got) == set(expected)

@@ -219,9 +219,7 @@ class _View:
         self.order = _regroup(key, tl.time_order)
         self.acc, self.cp, self.t = key[self.order], cp[self.order], tl.t[self.order]
         self.index = Index(tl.axis, tl.n_accounts, self.acc, self.t)
-        self._max: list[np.ndarray] | None = None
-        self._block_max: np.ndarray | None = None
-        self._lock = threading.Lock()
+        self._range = RangeMax(self._max_values)
 
     # counts of non-null values: row counts unless the value column has nulls
     def counts(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -232,14 +230,48 @@ class _View:
 
     def sums(self, lo: np.ndarray, hi: np.ndarray, side: str) -> np.ndarray:
         """Exact window sums (see :data:`FIXED_POINT`), as floats."""
-        cum = pl.lit(self.tl.memo(("cum", self.flow), self._running_sums))
-        diff = pl.select((cum.gather(_positions(hi)) - cum.gather(_positions(lo))).cast(pl.Float64) / FIXED_POINT)
-        return diff.to_series().to_numpy()
+        return fixed_window_sums(self.tl.memo(("cum", self.flow), self._running_sums), lo, hi)
 
     def _running_sums(self) -> pl.Series:
-        values = self.tl.values_series().gather(_positions(self.order))
-        fixed = (values.fill_null(0.0) * FIXED_POINT).round(0).cast(pl.Int128)
-        return pl.concat([pl.Series([0], dtype=pl.Int128), fixed.cum_sum()], rechunk=True)
+        return fixed_running_sums(self.tl.values_series().gather(_positions(self.order)))
+
+    def maxima(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """max(values[lo:hi]) per window (NaN when empty): :class:`RangeMax` over the view's values."""
+        return self._range.maxima(lo, hi)
+
+    def _max_values(self) -> np.ndarray:
+        values = self.tl.values()[self.order]
+        if self.tl.values_have_nulls:
+            values = np.where(self.tl.value_nulls[self.order], -np.inf, values)
+        return values
+
+
+def fixed_running_sums(values: pl.Series) -> pl.Series:
+    """Running sums of ``values`` (nulls as 0) in fixed point (:data:`FIXED_POINT`), Int128,
+    with a leading 0: the sum of rows ``[lo, hi)`` is ``cum[hi] - cum[lo]``."""
+    fixed = (values.cast(pl.Float64).fill_null(0.0) * FIXED_POINT).round(0).cast(pl.Int128)
+    return pl.concat([pl.Series([0], dtype=pl.Int128), fixed.cum_sum()], rechunk=True)
+
+
+def fixed_window_sums(cum: pl.Series, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Exact sums of rows ``[lo, hi)`` from :func:`fixed_running_sums`, each rounded once
+    from Int128 to Float64, then divided by :data:`FIXED_POINT` (exact: a power of two)."""
+    c = pl.lit(cum)
+    diff = pl.select((c.gather(_positions(hi)) - c.gather(_positions(lo))).cast(pl.Float64) / FIXED_POINT)
+    return diff.to_series().to_numpy()
+
+
+class RangeMax:
+    """Range maxima over one array of values (nulls given as -inf), built on first use.
+
+    ``values`` is a function returning the array, so building it waits for the first query.
+    """
+
+    def __init__(self, values: Callable[[], np.ndarray]):
+        self._values = values
+        self._max: list[np.ndarray] | None = None
+        self._block_max: np.ndarray | None = None
+        self._lock = threading.Lock()
 
     def maxima(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """max(values[lo:hi]) per window (NaN when empty), from a sparse table over short runs
@@ -288,10 +320,7 @@ class _View:
         """The short runs' levels up to ``longest``, grown under a lock (threads share them)."""
         with self._lock:
             if self._max is None:
-                values = self.tl.values()[self.order]
-                if self.tl.values_have_nulls:
-                    values = np.where(self.tl.value_nulls[self.order], -np.inf, values)
-                self._max = [values]
+                self._max = [self._values()]
             levels = self._max
             while 1 << len(levels) <= longest:
                 half = 1 << (len(levels) - 1)
@@ -304,7 +333,7 @@ class _View:
         top = self._levels(_BLOCK)[_SHORT_LEVELS]
         with self._lock:
             if self._block_max is None:
-                nb = self.order.size // _BLOCK
+                nb = self._max[0].size // _BLOCK
                 table = np.full((max(nb, 1).bit_length(), nb), -np.inf)
                 table[0] = top[: nb * _BLOCK : _BLOCK]
                 for k in range(1, table.shape[0]):
@@ -315,7 +344,7 @@ class _View:
 
 
 #: Short runs: sparse-table levels 0.._SHORT_LEVELS; longer windows go through blocks of
-#: _BLOCK = 2**_SHORT_LEVELS rows (see _View.maxima).
+#: _BLOCK = 2**_SHORT_LEVELS rows (see RangeMax.maxima).
 _SHORT_LEVELS = 4
 _BLOCK = 1 << _SHORT_LEVELS
 

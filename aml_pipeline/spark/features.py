@@ -42,8 +42,8 @@ from aml_pipeline.features.balance import BALANCES
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
-from aml_pipeline.spark.windows import (T, PassRequest, View, ieee_divide, interval_changes, kth_smallest, micros,
-                                        run_passes)
+from aml_pipeline.spark.windows import (EVALUATORS, T, PassRequest, View, ieee_divide, interval_changes, kth_smallest,
+                                        micros, run_passes)
 
 IQ = "_is_query"  # True for events to return, False for history-only rows
 DAY_US = 86_400_000_000
@@ -613,9 +613,14 @@ class SparkFeatures:
     is the frame materialised, so the next group starts from a short plan.
     """
 
-    def __init__(self, plan: FeaturePlan, spark: SparkSession | None = None, cut_lineage: bool = True):
+    def __init__(self, plan: FeaturePlan, spark: SparkSession | None = None, cut_lineage: bool = True,
+                 passes: str = "arrow"):
         check_compiled(plan)
+        if passes not in EVALUATORS:
+            raise ConfigError(f"engine.passes={passes!r}: allowed: {', '.join(EVALUATORS)}")
         self.plan = plan
+        #: How each pass's windows are evaluated (``engine.passes``, :func:`~.windows.run_passes`).
+        self.passes = passes
         self.spark = spark or SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
         self.cut_lineage = cut_lineage
         self.ctx: Context | None = None
@@ -668,7 +673,7 @@ class SparkFeatures:
         outputs = [c for _, step in steps for c in step.output_columns()]
         keep = [c for c in frame.columns if c not in outputs]
         if requests:
-            frame = run_passes(frame, requests, ctx.events)
+            frame = run_passes(frame, requests, ctx.events, self.passes)
         for name, step in steps:
             ctx.step = name
             frame = SPARK_STEPS[step.kind].transform(step, frame, ctx)

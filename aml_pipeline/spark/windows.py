@@ -391,7 +391,7 @@ def _merge(into: dict, more: dict, what: str) -> None:
         into[name] = value
 
 
-def run_passes(frame: DataFrame, requests: list[PassRequest], events: DataFrame) -> DataFrame:
+def run_passes(frame: DataFrame, requests: list[PassRequest], events: DataFrame, evaluator: str = "arrow") -> DataFrame:
     """Run every request, one :func:`run_pass` per distinct key (and ``stack``): one shuffle and sort each.
 
     Requests on the same key (the sender's time since its previous activity, its rolling
@@ -402,7 +402,14 @@ def run_passes(frame: DataFrame, requests: list[PassRequest], events: DataFrame)
     the rolling, amount and graph steps) are computed once. Rows that a request did not
     ask for carry nulls in its value columns, which its counts, sums, maxima and running
     totals ignore, so each request gets exactly the values of its own pass.
+
+    ``evaluator`` (``engine.passes``): ``arrow`` runs each pass with :func:`run_pass_arrow`
+    (windows evaluated in Python over Arrow), ``window`` with :func:`run_pass` (Spark's
+    Window operator).
     """
+    if evaluator not in EVALUATORS:
+        raise ValueError(f"unknown pass evaluator {evaluator!r}; allowed: {', '.join(EVALUATORS)}")
+    run = run_pass_arrow if evaluator == "arrow" else run_pass
     groups: dict[tuple[tuple[str, ...], str], list[PassRequest]] = {}
     for request in requests:
         groups.setdefault((tuple(request.keys), request.stack), []).append(request)
@@ -434,7 +441,7 @@ def run_passes(frame: DataFrame, requests: list[PassRequest], events: DataFrame)
                 _merge(cols, request.build(p), "output")
             return cols
 
-        out = run_pass(out, [F.col(k) for k in keys], own=own, others=others, types=types, build=build, fixed=fixed)
+        out = run(out, [F.col(k) for k in keys], own=own, others=others, types=types, build=build, fixed=fixed)
     return out
 
 
@@ -463,3 +470,241 @@ def kth_smallest(frame: DataFrame, column: str, ks: list[int]) -> dict[int, obje
     ranked = frame.select(column).where(F.col(column).isNotNull()).orderBy(column).rdd.zipWithIndex()
     found = ranked.filter(lambda pair: pair[1] in wanted).map(lambda pair: (pair[1], pair[0][0])).collect()
     return dict(found)
+
+
+# ----------------------------------------------------------------------------- Arrow evaluation
+#: Evaluators of a pass (``engine.passes``): ``arrow`` (default) evaluates the windows in
+#: Python over Arrow, one hash shuffle per pass and no Spark sort; ``window`` uses Spark's
+#: Window operator (a shuffle and a sort of the stacked rows, running frames).
+EVALUATORS = ("arrow", "window")
+#: The primitives of a pass and the Spark type of their result (None: the value column's).
+PRIMITIVE_TYPES = {"count": "bigint", "sum": "double", "max": None, "latest": None, "running": "bigint"}
+_NONE = -(2**63)  # no value yet, in a running max of longs
+
+
+@dataclass
+class ArrowPass:
+    """The :class:`Pass` interface, recorded instead of compiled to Spark window columns.
+
+    Each call registers one *primitive* (name -> kind, value column, width) and returns a
+    reference to its column; :func:`run_pass_arrow` computes every primitive of the pass in
+    one Python function per partition (:func:`evaluate_partition`). Names are those of
+    :class:`Pass`, so a build function gives the same output expressions under both.
+    """
+
+    keys: list[str]
+    #: fixed-point prefix -> value column (the inverse of run_pass's ``fixed``).
+    sums_of: dict[str, str] = field(default_factory=dict)
+    primitives: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+
+    def _add(self, name: str, kind: str, value: str, width: int = 0) -> Column:
+        self.primitives.setdefault(name, (kind, value, width))
+        return F.col(name)
+
+    def count(self, value: str, width: int) -> Column:
+        return self._add(f"_count_{value}_{width}", "count", value, width)
+
+    def fixed_sum(self, fixed: str, width: int) -> Column:
+        if fixed not in self.sums_of:
+            raise ValueError(f"fixed_sum({fixed!r}): no value column has fixed-point prefix {fixed!r} in this pass")
+        return self._add(f"_sum_{fixed}_{width}", "sum", self.sums_of[fixed], width)
+
+    def max(self, value: str, width: int) -> Column:
+        return self._add(f"_max_{value}_{width}", "max", value, width)
+
+    def latest(self, time: str) -> Column:
+        return self._add(f"_latest_{time}", "latest", time)
+
+    def running(self, delta: str) -> Column:
+        return self._add(f"_running_{delta}", "running", delta)
+
+
+def _group_codes(column) -> "np.ndarray":
+    """Small non-negative int64 codes of an Arrow column's values (equal values, equal codes; null has one)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    values = pc.unique(column)
+    codes = pc.index_in(column, value_set=values, skip_nulls=False)
+    return np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def evaluate_partition(table, keys: list[str], primitives: dict[str, tuple[str, str, int]], keep: list[str]):
+    """Every primitive of a pass over one partition's stacked rows (a ``pyarrow.Table``).
+
+    The rows are ordered by (key, ``_t``) in numpy (a stable sort by time, then radix passes
+    over the keys' integer codes); for each row, the rows of its key strictly before its
+    instant are the positions ``[start, hi)`` and those in ``[t - w, t)`` are ``[lo, hi)``,
+    found as in the polars engine (:class:`~aml_pipeline.features.windows.Index`: one int64
+    key per (group, time), window starts by shifted keys and merge searches). Then
+
+    - ``count`` = non-null values in ``[lo, hi)`` (a running count's difference);
+    - ``sum`` = the polars engine's exact sum: Int128 fixed-point running sums, the window's
+      difference rounded once to Float64 (:func:`~aml_pipeline.features.windows.fixed_window_sums`);
+    - ``max`` = the polars engine's range maximum (:class:`~aml_pipeline.features.windows.RangeMax`),
+      null when the window has no value;
+    - ``latest`` = the largest value in ``[start, hi)`` (a running max per key), null if none;
+    - ``running`` = the sum of values (nulls as 0) in ``[start, hi)``.
+
+    Returns the frame's own rows (``_q``), in their input order, with the ``keep`` columns
+    and one column per primitive; history-only rows are dropped.
+    """
+    import numpy as np
+    import polars as pl
+    import pyarrow as pa
+
+    from aml_pipeline.features.windows import Index, RangeMax, _Axis, _regroup, fixed_running_sums, fixed_window_sums, search
+
+    n = table.num_rows
+    t = np.asarray(table.column(T).to_numpy(), dtype=np.int64)
+    codes = [_group_codes(table.column(key)) for key in keys]
+    order = np.argsort(t, kind="stable")
+    for c in reversed(codes):  # least significant first: sorted by (k0, k1, ..., t)
+        order = _regroup(c, order)
+    ts = t[order]
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+        for c in codes:
+            c = c[order]
+            change[1:] |= c[1:] != c[:-1]
+    groups = np.cumsum(change) - 1
+    index = Index(_Axis(ts), int(groups[-1]) + 1 if n else 1, groups, ts)
+    pos = np.arange(n)
+
+    def first_of_run(codes: np.ndarray) -> np.ndarray:
+        first = pos.copy()
+        if n:
+            first[1:][codes[1:] == codes[:-1]] = 0
+            np.maximum.accumulate(first, out=first)
+        return first
+
+    hi = first_of_run(index.keys)  # rows of the key strictly before the row's instant: [start, hi)
+    start = first_of_run(groups)
+    cache: dict[tuple, object] = {}
+
+    def memo(key: tuple, build):
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
+
+    def lo(width: int) -> np.ndarray:
+        return memo(("lo", width), lambda: search(index.keys, index.shifted(index.keys, groups, ts, -width), "left"))
+
+    def column(value: str):
+        return memo(("col", value), lambda: table.column(value))
+
+    def present(value: str) -> np.ndarray:
+        return memo(("present", value), lambda: np.asarray(column(value).is_valid().to_numpy(zero_copy_only=False))[order])
+
+    def counts(value: str, width: int) -> np.ndarray:
+        cum = memo(("count", value), lambda: np.concatenate([[0], np.cumsum(present(value))]))
+        return cum[hi] - cum[lo(width)]
+
+    q = np.asarray(table.column(Q).to_numpy(zero_copy_only=False), dtype=bool)
+    rows = np.flatnonzero(q)
+    out = table.select(keep).take(pa.array(rows)) if rows.size < n else table.select(keep)
+
+    def original(values: np.ndarray) -> np.ndarray:
+        """Values computed in sorted order, for the frame's own rows in input order."""
+        back = np.empty_like(values)
+        back[order] = values
+        return back[rows]
+
+    for name, (kind, value, width) in primitives.items():
+        mask = None
+        if kind == "count":
+            result = counts(value, width)
+        elif kind == "sum":
+            cum = memo(("sum", value), lambda value=value: fixed_running_sums(pl.Series(column(value)).gather(order)))
+            result = fixed_window_sums(cum, lo(width), hi)
+        elif kind == "max":
+            def values_in_order(value=value):
+                v = np.asarray(column(value).to_numpy(zero_copy_only=False), dtype=np.float64)[order]
+                return np.where(present(value), v, -np.inf)
+            result = memo(("rmq", value), lambda values_in_order=values_in_order: RangeMax(values_in_order)).maxima(lo(width), hi)
+            mask = counts(value, width) == 0
+        elif kind == "latest":
+            def running_max(value=value):
+                v = pl.Series(column(value)).gather(order).cast(pl.Int64).fill_null(_NONE)
+                return pl.DataFrame({"g": groups, "v": v}).select(pl.col("v").cum_max().over("g")).to_series().to_numpy()
+            cm = memo(("latest", value), running_max)
+            got = cm[np.maximum(hi - 1, 0)] if n else np.zeros(0, dtype=np.int64)
+            mask = (hi == start) | (got == _NONE)
+            result = np.where(mask, 0, got)
+        elif kind == "running":
+            def running_sum(value=value):
+                v = np.asarray(pl.Series(column(value)).gather(order).fill_null(0).cast(pl.Int64).to_numpy())
+                return np.concatenate([[0], np.cumsum(v)])
+            cum = memo(("running", value), running_sum)
+            result = cum[hi] - cum[start]
+        else:
+            raise ValueError(f"unknown pass primitive {kind!r}")
+        values = original(np.asarray(result))
+        out = out.append_column(name, pa.array(values, mask=None if mask is None else original(mask)))
+    return out
+
+
+def _pass_function(keys: list[str], primitives: dict, keep: list[str], types: dict[str, "pa.DataType"]):
+    """The ``mapInArrow`` function of a pass: all batches of a partition, one table out."""
+
+    def run(batches):
+        import pyarrow as pa
+
+        batches = list(batches)
+        if not batches:
+            return
+        table = pa.Table.from_batches(batches)
+        if table.num_rows == 0:
+            return
+        out = evaluate_partition(table, keys, primitives, keep)
+        out = out.cast(pa.schema([pa.field(f.name, types.get(f.name, f.type)) for f in out.schema]))
+        yield from out.to_batches(max_chunksize=65_536)
+
+    return run
+
+
+def run_pass_arrow(
+    frame: DataFrame,
+    keys: list[Column],
+    own: dict[str, Column],
+    others: list[DataFrame],
+    types: dict[str, str],
+    build: Callable[[Pass], dict[str, Column]],
+    fixed: dict[str, str] | None = None,
+) -> DataFrame:
+    """:func:`run_pass` with the windows evaluated in Python over Arrow (``engine.passes: arrow``).
+
+    The same stacked rows are hash-partitioned by key (one shuffle, no Spark sort) and each
+    partition's rows go, as Arrow batches, to :func:`evaluate_partition` (``mapInArrow``),
+    which adds the primitives the build asked for (:class:`ArrowPass`) to the frame's rows;
+    the build's output expressions then apply to those columns, as after :func:`run_pass`.
+    """
+    from pyspark.sql.pandas.types import to_arrow_type
+    from pyspark.sql.types import StructField, StructType, _parse_datatype_string
+
+    names = key_names(len(keys))
+    keep = frame.columns
+    rows = frame.withColumns({**{n: k for n, k in zip(names, keys)}, Q: F.lit(True)})
+    rows = rows.withColumns({v: (own[v] if v in own else F.lit(None)).cast(t) for v, t in types.items()})
+    for extra in others:
+        extra = extra.withColumn(Q, F.lit(False))
+        extra = extra.withColumns({v: F.lit(None).cast(t) for v, t in types.items() if v not in extra.columns})
+        rows = rows.unionByName(extra, allowMissingColumns=True)
+    p = ArrowPass(names, sums_of={prefix: value for value, prefix in (fixed or {}).items()})
+    outputs = build(p)
+    value_types = {v: _parse_datatype_string(t) for v, t in types.items()}
+    fields = [f for f in rows.schema.fields if f.name in keep]
+    added = []
+    for name, (kind, value, _) in p.primitives.items():
+        kind_type = PRIMITIVE_TYPES[kind]
+        dtype = _parse_datatype_string(kind_type) if kind_type else value_types[value]
+        added.append(StructField(name, dtype, True))
+    schema = StructType(fields + added)
+    arrow_types = {f.name: to_arrow_type(f.dataType) for f in added}
+    needed = [*keep, *names, Q, *sorted({value for _, value, _ in p.primitives.values()} - set(keep))]
+    if T not in needed:
+        needed.append(T)
+    stacked = rows.select(*[F.col(f"`{c}`") for c in dict.fromkeys(needed)]).repartition(*names)
+    out = stacked.mapInArrow(_pass_function(names, p.primitives, keep, arrow_types), schema)
+    return out.withColumns(outputs).select(*[F.col(f"`{c}`") for c in keep], *outputs)
