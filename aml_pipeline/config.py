@@ -311,6 +311,11 @@ class KafkaConnector(str, Enum):
     spark = "spark"  # Spark's format("kafka") (needs the spark-sql-kafka jars on the classpath)
 
 
+class KafkaReader(str, Enum):
+    driver = "driver"  # one consumer kept open in the driver reads every micro-batch (lowest latency)
+    tasks = "tasks"  # a Spark task per Kafka partition and micro-batch (reads scale out with executors)
+
+
 @dataclass
 class AlertBudgetConfig:
     """At most ``cap`` alerts per value of ``key`` in any trailing event-time ``window``;
@@ -385,6 +390,8 @@ class KafkaDeployConfig(StreamDeployConfig):
     """``deploy=kafka``: topic ``transactions_raw`` in, alert / dead-letter / deferred topics out."""
 
     connector: KafkaConnector = KafkaConnector.python
+    #: connector=python: who reads each micro-batch's records (driver | tasks).
+    reader: KafkaReader = KafkaReader.driver
     bootstrap_servers: str = "127.0.0.1:9092"
     topics: KafkaTopics = field(default_factory=KafkaTopics)
     #: Spark Kafka option startingOffsets for a new checkpoint: earliest | latest.

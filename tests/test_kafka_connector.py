@@ -18,6 +18,8 @@ from aml_pipeline.errors import ConfigError
 from aml_pipeline.streaming.broker import LocalBroker
 from aml_pipeline.streaming.kafka import (
     FORMAT,
+    SCHEMA,
+    RangeReader,
     _prorate,
     error_message,
     register,
@@ -117,6 +119,8 @@ def test_other_option_errors():
         validate_source_options({**base, "subscribe": "x", "maxOffsetsPerTrigger": "0"})
     with pytest.raises(ConfigError, match="failOnDataLoss"):
         validate_source_options({**base, "subscribe": "x", "failOnDataLoss": "maybe"})
+    with pytest.raises(ConfigError, match="aml.reader must be one of driver, tasks, got 'executors'"):
+        validate_source_options({**base, "subscribe": "x", "aml.reader": "executors"})
     with pytest.raises(ConfigError, match="value"):
         validate_sink_options({**base, "topic": "x"}, ["key", "payload"])
     with pytest.raises(ConfigError, match="topic"):
@@ -185,14 +189,15 @@ def test_local_broker_dies_with_the_process_that_started_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_stream_reads_each_record_once_across_restarts(spark, kafka_broker, tmp_path):
+@pytest.mark.parametrize("reader", ["driver", "tasks"])
+def test_stream_reads_each_record_once_across_restarts(spark, kafka_broker, tmp_path, reader):
     topic = _topic("raw")
     create(kafka_broker, topic, 3)
     first = [(f"k{i % 11}", json.dumps({"i": i})) for i in range(300)]
     produce(kafka_broker, topic, first)
     out, ck = tmp_path / "out", tmp_path / "ck"
 
-    stream_to_parquet(spark, kafka_broker, topic, out, ck)
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, **{"aml.reader": reader})
     rows = spark.read.parquet(str(out)).collect()
     assert len(rows) == 300
     assert sorted(json.loads(r.value)["i"] for r in rows) == list(range(300))
@@ -207,11 +212,43 @@ def test_stream_reads_each_record_once_across_restarts(spark, kafka_broker, tmp_
 
     second = [(f"k{i % 11}", json.dumps({"i": i})) for i in range(300, 420)]
     produce(kafka_broker, topic, second)
-    stream_to_parquet(spark, kafka_broker, topic, out, ck)  # restart from the checkpoint
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, **{"aml.reader": reader})  # restart from the checkpoint
     rows = spark.read.parquet(str(out)).collect()
     assert len(rows) == 420
     assert sorted(json.loads(r.value)["i"] for r in rows) == list(range(420))
     assert len({(r.partition, r.offset) for r in rows}) == 420
+
+
+@pytest.mark.slow
+def test_driver_reader_reads_an_uncommitted_micro_batch_again_after_a_failure(spark, kafka_broker, tmp_path):
+    """A micro-batch planned (in the offset log) but not committed is read again on restart,
+    between the same offsets, by a new source process (readBetweenOffsets)."""
+    topic = _topic("again")
+    create(kafka_broker, topic, 2)
+    produce(kafka_broker, topic, [(f"k{i % 5}", f"v{i}") for i in range(60)])
+    ck = tmp_path / "ck"
+
+    def start(each_batch):
+        return (spark.readStream.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
+                .option("subscribe", topic).option("startingOffsets", "earliest").option("aml.reader", "driver")
+                .option("maxOffsetsPerTrigger", 25).load().writeStream.foreachBatch(each_batch)
+                .option("checkpointLocation", str(ck)).trigger(availableNow=True).start())
+
+    first: list = []
+
+    def fail(df, batch_id):
+        first.append(sorted((r.partition, r.offset) for r in df.collect()))
+        raise RuntimeError("micro-batch failed")
+
+    with pytest.raises(Exception, match="micro-batch failed"):
+        start(fail).awaitTermination(120)
+    seen: list = []
+    query = start(lambda df, batch_id: seen.append((batch_id, sorted((r.partition, r.offset) for r in df.collect()))))
+    query.awaitTermination(120)
+    assert query.exception() is None
+    assert len(first[0]) == 25 and seen[0] == (0, first[0])  # the same records, as batch 0 again
+    offsets = [o for _, batch in seen for o in batch]
+    assert len(offsets) == len(set(offsets)) == 60
 
 
 @pytest.mark.slow
@@ -237,17 +274,54 @@ def test_topic_created_after_the_query_started_is_read_from_its_start(spark, kaf
 
 
 @pytest.mark.slow
-def test_starting_offsets_json_and_max_offsets_per_trigger(spark, kafka_broker, tmp_path):
+@pytest.mark.parametrize("reader", ["driver", "tasks"])
+def test_starting_offsets_json_and_max_offsets_per_trigger(spark, kafka_broker, tmp_path, reader):
     topic = _topic("json")
     create(kafka_broker, topic, 2)
     produce(kafka_broker, topic, [(None, f"a{i}") for i in range(100)], partition=0)
     produce(kafka_broker, topic, [(None, f"b{i}") for i in range(40)], partition=1)
     query = stream_to_parquet(spark, kafka_broker, topic, tmp_path / "out", tmp_path / "ck",
-                              startingOffsets=json.dumps({topic: {"0": 30, "1": -2}}), maxOffsetsPerTrigger=25)
+                              startingOffsets=json.dumps({topic: {"0": 30, "1": -2}}), maxOffsetsPerTrigger=25,
+                              **{"aml.reader": reader})
     rows = spark.read.parquet(str(tmp_path / "out")).collect()
     assert sorted(r.value.decode() for r in rows) == sorted([f"a{i}" for i in range(30, 100)] + [f"b{i}" for i in range(40)])
     sizes = [p["numInputRows"] for p in query.recentProgress if p["numInputRows"]]
     assert sum(sizes) == 110 and max(sizes) <= 25 and len(sizes) >= 5
+
+
+def test_range_reader_keeps_one_consumer_across_ranges_and_seeks_back_for_a_replay(kafka_broker):
+    """The driver reader's consumer: consecutive ranges come from its position and from what
+    it fetched past the last range; a range starting elsewhere (a replayed micro-batch) seeks."""
+    from pyspark.sql.types import StructType
+
+    topic = _topic("range")
+    create(kafka_broker, topic, 2)
+    produce(kafka_broker, topic, [(None, f"a{i}") for i in range(50)], partition=0)
+    produce(kafka_broker, topic, [(None, f"b{i}") for i in range(30)], partition=1)
+    reader = RangeReader({"bootstrap.servers": kafka_broker}, poll_timeout_ms=20_000)
+    schema = StructType.fromJson(json.loads(SCHEMA.json()))
+
+    def values(ranges):
+        batches = list(reader.read({(topic, p): r for p, r in ranges.items()}, schema))
+        return [(part, off, v.decode()) for b in batches
+                for part, off, v in zip(b.column("partition").to_pylist(), b.column("offset").to_pylist(),
+                                        b.column("value").to_pylist())]
+
+    try:
+        assert values({0: (0, 10), 1: (0, 0)}) == [(0, i, f"a{i}") for i in range(10)]
+        consumer = reader.consumer
+        got = values({0: (10, 30), 1: (0, 5)})
+        assert sorted(got) == [(0, i, f"a{i}") for i in range(10, 30)] + [(1, i, f"b{i}") for i in range(5)]
+        assert reader.consumer is consumer  # no new consumer for the next micro-batch
+        assert sorted(values({0: (30, 50), 1: (5, 30)})) == \
+            [(0, i, f"a{i}") for i in range(30, 50)] + [(1, i, f"b{i}") for i in range(5, 30)]
+        assert sorted(values({0: (20, 25), 1: (28, 30)})) == \
+            [(0, i, f"a{i}") for i in range(20, 25)] + [(1, i, f"b{i}") for i in range(28, 30)]  # replay: seek back
+        produce(kafka_broker, topic, [(None, "a50")], partition=0)
+        assert values({0: (25, 26)}) == [(0, 25, "a25")]
+        assert values({0: (50, 51)}) == [(0, 50, "a50")]  # a record produced after the consumer reached the end
+    finally:
+        reader.close()
 
 
 @pytest.mark.slow

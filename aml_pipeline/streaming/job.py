@@ -177,14 +177,15 @@ def _source(spark, cfg: DictConfig, source: str):
               .option("subscribe", d.topics.input).option("startingOffsets", d.starting_offsets))
     if d.max_records_per_batch:
         reader = reader.option("maxOffsetsPerTrigger", int(d.max_records_per_batch))
-    for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items():
-        reader = reader.option(str(k), str(v))
+    options = {str(k): str(v) for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items()}
     if connector == "python":
         from aml_pipeline.streaming.kafka import validate_source_options
 
+        options = {"aml.reader": str(_value(d.reader)), **options}
         validate_source_options({"kafka.bootstrap.servers": d.bootstrap_servers, "subscribe": d.topics.input,
-                                 "startingOffsets": d.starting_offsets,
-                                 **{str(k): str(v) for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items()}})
+                                 "startingOffsets": d.starting_offsets, **options})
+    for k, v in options.items():
+        reader = reader.option(k, v)
     try:
         df = reader.load()
     except Exception as exc:  # Spark's connector without its jars

@@ -6,9 +6,17 @@ Spark's option names and output schema, so a deployment that has the jars switch
 ``format("kafka")`` by configuration alone.
 
 Source (``spark.readStream.format("aml_kafka")``): the offsets live in Spark's checkpoint as
-``{"topic": {"partition": next_offset}}`` (Spark's own JSON layout); each micro-batch reads
-exactly the offset range Spark planned, one Spark partition per Kafka partition, by assign +
-seek. No consumer group offsets are committed: the checkpoint is the truth, which makes the
+``{"topic": {"partition": next_offset}}`` (Spark's own JSON layout) and each micro-batch reads
+exactly the offset range planned for it. Who reads is our one extra option, ``aml.reader``:
+
+- ``driver`` (default, :class:`KafkaDriverStreamReader`): one consumer kept open in the
+  driver's source process for the whole query; a micro-batch's read costs milliseconds (the
+  consumer has fetched the records already). For low latency, at the rates one consumer reads.
+- ``tasks`` (:class:`KafkaStreamReader`): one Spark task per Kafka partition and micro-batch,
+  each with its own consumer (assign + seek); reads scale out with the executors, at the cost
+  of a consumer and a fetch per partition and micro-batch.
+
+No consumer group offsets are committed: the checkpoint is the truth, which makes the
 source exactly-once into Spark. Batch reads (``spark.read``) use ``startingOffsets`` /
 ``endingOffsets``.
 
@@ -43,6 +51,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from pyspark.errors import PySparkNotImplementedError
 from pyspark.sql.datasource import (
     DataSource,
     DataSourceArrowWriter,
@@ -50,6 +59,7 @@ from pyspark.sql.datasource import (
     DataSourceStreamArrowWriter,
     DataSourceStreamReader,
     InputPartition,
+    SimpleDataSourceStreamReader,
     WriterCommitMessage,
 )
 from pyspark.sql.streaming.datasource import (
@@ -131,6 +141,19 @@ def _bool(options: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"option {name} must be true or false, got {text!r}")
 
 
+#: ``aml.reader``: who reads a micro-batch's records (our option; Spark's connector has none).
+READERS = ("driver", "tasks")
+
+
+def reader_mode(options: Mapping[str, str]) -> str:
+    """``driver`` (default: one consumer kept open in the driver, :class:`KafkaDriverStreamReader`)
+    or ``tasks`` (a Spark task per partition and micro-batch, :class:`KafkaStreamReader`)."""
+    mode = str(_opt(options, "aml.reader", "driver")).strip().lower()
+    if mode not in READERS:
+        raise ConfigError(f"option aml.reader must be one of {', '.join(READERS)}, got {mode!r}")
+    return mode
+
+
 def _positive_int(options: Mapping[str, str], name: str) -> int | None:
     text = _opt(options, name)
     if text is None:
@@ -196,6 +219,7 @@ class SourceOptions:
                 re.compile(pattern)
             except re.error as exc:
                 raise ConfigError(f"option subscribePattern is not a valid regex: {exc}") from None
+        reader_mode(options)
         ending = _offsets_spec(options, "endingOffsets", "latest")
         if ending == "earliest":
             raise ConfigError("option endingOffsets cannot be 'earliest'")
@@ -356,109 +380,199 @@ class KafkaPartition(InputPartition):
 
 def read_range(client: Mapping[str, str], part: KafkaPartition, schema: StructType,
                fail_on_data_loss: bool = True, poll_timeout_ms: int = 120_000) -> Iterator[Any]:
-    """Yield the records ``[start, end)`` of one partition as Arrow record batches.
+    """Yield the records ``[start, end)`` of one partition as Arrow record batches (a Spark
+    task's read: its own consumer, closed at the end).
 
     Raises when the broker no longer holds ``start`` (retention) or skips offsets inside the
     range and ``failOnDataLoss`` is true; otherwise reads what is there."""
-    import pyarrow as pa
-    from confluent_kafka import KafkaError, TopicPartition
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    arrow_schema = to_arrow_schema(schema, timezone="UTC")
     if part.end <= part.start:
         return
-    consumer = _consumer(client, **{"enable.partition.eof": True})
+    reader = RangeReader(client, fail_on_data_loss, poll_timeout_ms)
     try:
-        consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
-        cols: dict[str, list] = {n: [] for n in arrow_schema.names}
-        expected, last_progress, client_error = part.start, time.monotonic(), None
-        while expected < part.end:
-            msgs = consumer.consume(num_messages=min(10_000, part.end - expected), timeout=1.0)
+        yield from reader.read({(part.topic, part.partition): (part.start, part.end)}, schema)
+    finally:
+        reader.close()
+
+
+class _Columns:
+    """Kafka messages -> Arrow record batches in Spark's Kafka schema."""
+
+    def __init__(self, schema: StructType):
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        self.schema = to_arrow_schema(schema, timezone="UTC")
+        self._reset()
+
+    def _reset(self) -> None:
+        self.cols: dict[str, list] = {n: [] for n in self.schema.names}
+
+    def add(self, msg, topic: str, partition: int, offset: int) -> None:
+        ts_type, ts = msg.timestamp()
+        c = self.cols
+        c["key"].append(msg.key())
+        c["value"].append(msg.value())
+        c["topic"].append(topic)
+        c["partition"].append(partition)
+        c["offset"].append(offset)
+        c["timestamp"].append(ts * 1000 if ts_type else None)
+        c["timestampType"].append(ts_type - 1 if ts_type else -1)
+
+    def __len__(self) -> int:
+        return len(self.cols["offset"])
+
+    def take(self):
+        import pyarrow as pa
+
+        arrays = []
+        for field in self.schema:
+            values = self.cols[field.name]
+            if field.name == "timestamp":
+                arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
+            else:
+                arrays.append(pa.array(values, type=field.type))
+        self._reset()
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+
+class RangeReader:
+    """Reads offset ranges ``[start, end)`` of several partitions with one consumer.
+
+    A Spark task uses one for its partition and closes it. The driver reader
+    (:class:`KafkaDriverStreamReader`) keeps one open for the whole query: the consumer keeps
+    its position and keeps fetching between micro-batches, so a micro-batch costs no
+    connection, no metadata round trips and no fetch latency. Messages the consumer delivers
+    past a range's end are kept (``stash``) and returned first by the next call; a range
+    that does not start where the last one ended (a restart, a replayed batch) makes the
+    consumer seek.
+    """
+
+    def __init__(self, client: Mapping[str, str], fail_on_data_loss: bool = True, poll_timeout_ms: int = 120_000):
+        self.client = dict(client)
+        self.fail_on_data_loss = fail_on_data_loss
+        self.poll_timeout_ms = poll_timeout_ms
+        self.consumer = None
+        #: tp -> offset the consumer delivers next (after the stashed messages).
+        self.fetch: dict[tuple[str, int], int] = {}
+        self.stash: dict[tuple[str, int], list] = {}
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+        self.fetch.clear()
+        self.stash.clear()
+
+    def _next(self, tp: tuple[str, int]) -> int | None:
+        """Offset of the next message this reader would return for ``tp`` (None: not assigned)."""
+        if self.stash.get(tp):
+            return self.stash[tp][0].offset()
+        return self.fetch.get(tp)
+
+    def _assign(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """Assign every partition of ``ranges`` (and keep the others), seeking where needed."""
+        from confluent_kafka import TopicPartition
+
+        wanted = set(ranges) | set(self.fetch)
+        seek = {tp for tp, (s, _) in ranges.items() if self._next(tp) != s}
+        if self.consumer is not None and not seek and wanted == set(self.fetch):
+            return
+        if self.consumer is None:
+            self.consumer = _consumer(self.client, **{"enable.partition.eof": True})
+        for tp in seek:
+            self.stash.pop(tp, None)
+            self.fetch[tp] = ranges[tp][0]
+        self.consumer.assign([TopicPartition(t, p, self.fetch[(t, p)]) for t, p in sorted(wanted)])
+
+    def read(self, ranges: dict[tuple[str, int], tuple[int, int]], schema: StructType) -> Iterator[Any]:
+        """Yield the records of every range, as Arrow record batches (per partition, in offset order)."""
+        from confluent_kafka import KafkaError
+
+        todo = {tp: (s, e) for tp, (s, e) in ranges.items() if e > s}
+        if not todo:
+            return
+        self._assign(todo)
+        out = _Columns(schema)
+        expected = {tp: s for tp, (s, _) in todo.items()}
+
+        def take(tp: tuple[str, int], msg, off: int) -> None:
+            """A message for a partition still being read: keep it, or stash it past the end."""
+            end = todo[tp][1]
+            if off < expected[tp]:
+                return  # delivered again after a seek
+            if off >= end:
+                if expected[tp] < end:  # the range's tail is gone (retention, compaction)
+                    _data_loss(self.fail_on_data_loss, tp, expected[tp], off)
+                    expected[tp] = end
+                self.stash.setdefault(tp, []).append(msg)
+                return
+            if off != expected[tp]:
+                _data_loss(self.fail_on_data_loss, tp, expected[tp], off)
+            out.add(msg, tp[0], tp[1], off)
+            expected[tp] = off + 1
+
+        for tp in todo:  # what the last call fetched past its ranges
+            stashed, self.stash[tp] = self.stash.get(tp, []), []
+            for msg in stashed:
+                take(tp, msg, msg.offset())
+        left = lambda: {tp for tp in todo if expected[tp] < todo[tp][1]}  # noqa: E731
+        last_progress, client_error = time.monotonic(), None
+        while left():
+            msgs = self.consumer.consume(num_messages=10_000, timeout=1.0)
             progressed = False
             for msg in msgs:
                 err = msg.error()
+                tp = (msg.topic(), msg.partition())
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
+                        # Not evidence of anything: a consumer kept open reports the end it
+                        # reached before the newer records arrived. Missing records show up
+                        # as a gap in the offsets delivered, or as this read's timeout.
                         progressed = True
-                        if msg.offset() < part.end:
-                            _data_loss(fail_on_data_loss, part, expected, msg.offset())
-                            expected = part.end
                         continue
                     if msg.topic() is None and not err.fatal():
-                        # A client-level event, not about this partition: librdkafka looks up
+                        # A client-level event, not about a partition: librdkafka looks up
                         # the group coordinator of every consumer (group.id is mandatory)
                         # though this one never joins or commits, and retries by itself.
                         # Seen as "FindCoordinator response error" on long reads.
                         client_error = err.str()
                         continue
-                    raise RuntimeError(f"Kafka read of {part.topic}-{part.partition} failed: {err.str()}")
+                    raise RuntimeError(f"Kafka read of {tp[0]}-{tp[1]} failed: {err.str()}")
                 progressed = True
                 off = msg.offset()
-                if off >= part.end:
-                    expected = part.end
-                    break
-                if off != expected:
-                    # Compacted topics and transaction markers leave holes; a start that the
-                    # broker deleted (retention) shows up the same way.
-                    _data_loss(fail_on_data_loss, part, expected, off)
-                ts_type, ts = msg.timestamp()
-                cols["key"].append(msg.key())
-                cols["value"].append(msg.value())
-                cols["topic"].append(part.topic)
-                cols["partition"].append(part.partition)
-                cols["offset"].append(off)
-                cols["timestamp"].append(ts * 1000 if ts_type else None)
-                cols["timestampType"].append(ts_type - 1 if ts_type else -1)
-                expected = off + 1
-                if len(cols["offset"]) >= _ARROW_BATCH:
-                    yield _batch(pa, cols, arrow_schema)
-                    cols = {n: [] for n in arrow_schema.names}
+                self.fetch[tp] = off + 1
+                if tp in todo:
+                    take(tp, msg, off)
+                else:
+                    self.stash.setdefault(tp, []).append(msg)
+                if len(out) >= _ARROW_BATCH:
+                    yield out.take()
             if progressed:
                 last_progress = time.monotonic()
-            elif (time.monotonic() - last_progress) * 1000 >= poll_timeout_ms:
-                raise TimeoutError(f"no records from {part.topic}-{part.partition} at offset {expected} "
-                                   f"for {poll_timeout_ms} ms (kafkaConsumer.pollTimeoutMs); "
-                                   f"planned range ends at {part.end}"
+            elif (time.monotonic() - last_progress) * 1000 >= self.poll_timeout_ms:
+                waiting = ", ".join(f"{t}-{p} at offset {expected[(t, p)]} (planned end {todo[(t, p)][1]})"
+                                    for t, p in sorted(left()))
+                raise TimeoutError(f"no records from {waiting} for {self.poll_timeout_ms} ms "
+                                   f"(kafkaConsumer.pollTimeoutMs)"
                                    + (f"; the client last reported: {client_error}" if client_error else ""))
-        if cols["offset"]:
-            yield _batch(pa, cols, arrow_schema)
-    finally:
-        consumer.close()
+        if len(out):
+            yield out.take()
 
 
-def _batch(pa, cols: dict[str, list], schema):
-    arrays = []
-    for field in schema:
-        values = cols[field.name]
-        if field.name == "timestamp":
-            arrays.append(pa.array(values, type=pa.int64()).cast(field.type))
-        else:
-            arrays.append(pa.array(values, type=field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _data_loss(fail: bool, part: KafkaPartition, expected: int, got: int) -> None:
+def _data_loss(fail: bool, tp: tuple[str, int], expected: int, got: int) -> None:
     if fail and got > expected:
         raise RuntimeError(
-            f"data loss in {part.topic}-{part.partition}: expected offset {expected}, the broker "
+            f"data loss in {tp[0]}-{tp[1]}: expected offset {expected}, the broker "
             f"returned {got} (records deleted by retention or compaction?). Set failOnDataLoss=false "
             f"to read on past the gap.")
 
 
-class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
-    """Micro-batch reader: offsets are the broker's high watermarks, capped by read limits."""
+class _StreamOffsets:
+    """Offset planning shared by both stream readers: the start, the broker's high watermarks
+    (capped for availableNow) and each micro-batch's ranges."""
 
-    def __init__(self, options: Mapping[str, str], schema: StructType):
-        self.opts = SourceOptions.parse(options)
-        self.schema = schema
-        self._broker: _Broker | None = None
-        self._target: dict[tuple[str, int], int] | None = None
-
-    def __getstate__(self) -> dict:
-        # The reader is pickled to executors for read(); the broker handle stays behind.
-        state = dict(self.__dict__)
-        state["_broker"] = None
-        return state
+    opts: SourceOptions
+    _broker: "_Broker | None"
+    _target: dict[tuple[str, int], int] | None
 
     @property
     def broker(self) -> _Broker:
@@ -468,10 +582,6 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def initialOffset(self) -> dict:
         return _to_json(_resolve(self.opts.starting, self.broker.watermarks(), "startingOffsets"))
-
-    def getDefaultReadLimit(self) -> ReadLimit:
-        n = self.opts.max_offsets_per_trigger
-        return ReadMaxRows(n) if n else ReadAllAvailable()
 
     def prepareForTriggerAvailableNow(self) -> None:
         self._target = {tp: high for tp, (_, high) in self.broker.watermarks().items()}
@@ -483,7 +593,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             marks = {tp: (low, min(high, self._target.get(tp, low))) for tp, (low, high) in marks.items()}
         return marks
 
-    def latestOffset(self, start: dict | None = None, limit: ReadLimit | None = None) -> dict:
+    def _plan(self, start: dict | None, max_rows: int | None) -> tuple[dict, dict]:
+        """(begin, end) offsets of the next micro-batch after ``start``, at most ``max_rows`` records."""
         begin = _from_json(start)
         marks = self._latest()
         end = {}
@@ -499,15 +610,13 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             begin.setdefault(tp, low)  # a partition that appeared since: from its earliest
         for tp, off in begin.items():
             end.setdefault(tp, off)  # a partition that vanished keeps its offset
-        if isinstance(limit, ReadMaxRows):
-            end = _prorate(begin, end, limit.max_rows)
-        return _to_json(end)
+        if max_rows:
+            end = _prorate(begin, end, max_rows)
+        return begin, end
 
-    def reportLatestOffset(self) -> dict | None:
-        marks = self.broker.watermarks()
-        return _to_json({tp: high for tp, (_, high) in marks.items()}) if marks else None
-
-    def partitions(self, start: dict, end: dict) -> list[KafkaPartition]:
+    def _ranges(self, start: dict, end: dict) -> list[KafkaPartition]:
+        """The non-empty ranges between two checkpointed offsets (a partition new since
+        ``start``, or reset after data loss, reads from its earliest offset)."""
         begin, stop = _from_json(start), _from_json(end)
         new = [tp for tp in stop if tp not in begin]
         if new:
@@ -522,6 +631,43 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 out.append(KafkaPartition(topic, part, s, e))
         return out
 
+    def stop(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+
+class KafkaStreamReader(_StreamOffsets, DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Micro-batch reader, ``aml.reader=tasks``: each micro-batch reads every Kafka partition's
+    range in a Spark task of its own (reads scale out with the executors); offsets are the
+    broker's high watermarks, capped by read limits."""
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self.opts = SourceOptions.parse(options)
+        self.schema = schema
+        self._broker: _Broker | None = None
+        self._target: dict[tuple[str, int], int] | None = None
+
+    def __getstate__(self) -> dict:
+        # The reader is pickled to executors for read(); the broker handle stays behind.
+        state = dict(self.__dict__)
+        state["_broker"] = None
+        return state
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        n = self.opts.max_offsets_per_trigger
+        return ReadMaxRows(n) if n else ReadAllAvailable()
+
+    def latestOffset(self, start: dict | None = None, limit: ReadLimit | None = None) -> dict:
+        return _to_json(self._plan(start, limit.max_rows if isinstance(limit, ReadMaxRows) else None)[1])
+
+    def reportLatestOffset(self) -> dict | None:
+        marks = self.broker.watermarks()
+        return _to_json({tp: high for tp, (_, high) in marks.items()}) if marks else None
+
+    def partitions(self, start: dict, end: dict) -> list[KafkaPartition]:
+        return self._ranges(start, end)
+
     def read(self, partition: KafkaPartition) -> Iterator[Any]:
         return read_range(self.opts.client, partition, self.schema,
                           self.opts.fail_on_data_loss, self.opts.poll_timeout_ms)
@@ -529,10 +675,53 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def commit(self, end: dict) -> None:
         """Nothing to do: Spark's checkpoint holds the offsets."""
 
+
+class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Micro-batch reader, ``aml.reader=driver``: one consumer, kept open in the driver's source
+    process for the whole query, reads every micro-batch.
+
+    Spark calls :meth:`read` when it plans a micro-batch; the records it returns are handed
+    to the micro-batch as they are (Spark's simple stream reader). No task starts a Python
+    worker or a consumer, and the consumer has usually fetched the records already, so a
+    micro-batch's read costs milliseconds instead of a connection and a fetch per partition:
+    the mode for low latency. One process reads everything, which suits the rates one
+    consumer sustains (tens of thousands of records per second); for more, ``aml.reader=tasks``
+    reads the partitions in parallel tasks. Offsets are checkpointed by Spark as in the
+    other mode; a replayed micro-batch is read again by :meth:`readBetweenOffsets`.
+    """
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self.opts = SourceOptions.parse(options)
+        self.schema = schema
+        self._broker: _Broker | None = None
+        self._target: dict[tuple[str, int], int] | None = None
+        self._reader: RangeReader | None = None
+
+    @property
+    def reader(self) -> RangeReader:
+        if self._reader is None:
+            self._reader = RangeReader(self.opts.client, self.opts.fail_on_data_loss, self.opts.poll_timeout_ms)
+        return self._reader
+
+    def _records(self, parts: list[KafkaPartition]) -> list:
+        return list(self.reader.read({(p.topic, p.partition): (p.start, p.end) for p in parts}, self.schema))
+
+    def read(self, start: dict) -> tuple[Iterator[Any], dict]:
+        begin, end = self._plan(start, self.opts.max_offsets_per_trigger)
+        parts = [KafkaPartition(t, p, begin[(t, p)], e) for (t, p), e in sorted(end.items()) if e > begin[(t, p)]]
+        return iter(self._records(parts)), _to_json(end)
+
+    def readBetweenOffsets(self, start: dict, end: dict) -> Iterator[Any]:
+        return iter(self._records(self._ranges(start, end)))
+
+    def commit(self, end: dict) -> None:
+        """Nothing to do: Spark's checkpoint holds the offsets."""
+
     def stop(self) -> None:
-        if self._broker is not None:
-            self._broker.close()
-            self._broker = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        super().stop()
 
 
 class KafkaBatchReader(DataSourceReader):
@@ -682,7 +871,13 @@ class KafkaDataSource(DataSource):
         return KafkaBatchReader(self.options, schema)
 
     def streamReader(self, schema: StructType) -> KafkaStreamReader:
+        if reader_mode(self.options) == "driver":
+            # PySpark falls back to simpleStreamReader() when streamReader() is not implemented.
+            raise PySparkNotImplementedError(errorClass="NOT_IMPLEMENTED", messageParameters={"feature": "streamReader"})
         return KafkaStreamReader(self.options, schema)
+
+    def simpleStreamReader(self, schema: StructType) -> KafkaDriverStreamReader:
+        return KafkaDriverStreamReader(self.options, schema)
 
     def writer(self, schema: StructType, overwrite: bool) -> KafkaBatchWriter:
         return KafkaBatchWriter(self.options, schema)
