@@ -184,17 +184,11 @@ class StreamScorer:
     def restore(self, rebuild_store: bool) -> int:
         """Load the committed state; rebuild the embedded store from the row logs
         (``rebuild_store``) or redo the last batch's append (Redis). Returns the last batch id."""
-        state = self.log.load()
+        state = self._load_state()
         if state is None:
             return -1
-        self.batch_id = int(state["batch_id"])
-        self.flushed = bool(state.get("flushed"))
-        self.watermark = state.get("watermark_us")
-        self.max_seen = state.get("max_seen_us")
         self.partition_newest = dict(state.get("partition_newest_us", {}))
         self.partition_heard = dict.fromkeys(self.partition_newest, time.time())  # a fresh grace period each
-        self.counts.update(state.get("counts", {}))
-        self.budget.load(state.get("budget"))
         self.pending = pl.read_parquet(self.log.dir / state["pending_file"])
         logs = self.log.committed_rows(state["tag"])
         if not rebuild_store:
@@ -205,6 +199,18 @@ class StreamScorer:
             self._append_rows(pl.read_parquet(p))
         self.store.set_last_batch(self.stream, self.batch_id)
         return self.batch_id
+
+    def _load_state(self) -> dict[str, Any] | None:
+        """The last committed state, with the fields every state mode keeps restored (None: fresh)."""
+        state = self.log.load()
+        if state is not None:
+            self.batch_id = int(state["batch_id"])
+            self.flushed = bool(state.get("flushed"))
+            self.watermark = state.get("watermark_us")
+            self.max_seen = state.get("max_seen_us")
+            self.counts.update(state.get("counts", {}))
+            self.budget.load(state.get("budget"))
+        return state
 
     def _append_rows(self, rows: pl.DataFrame) -> None:
         if rows.height:

@@ -338,16 +338,10 @@ class SparkStateScorer(StreamScorer):
         self.orphans: dict[str, dict] = {}
 
     def restore(self, rebuild_store: bool = False) -> int:
-        state = self.log.load()
+        state = self._load_state()
         if state is None:
             return -1
-        self.batch_id = int(state["batch_id"])
-        self.flushed = bool(state.get("flushed"))
-        self.watermark = state.get("watermark_us")
-        self.max_seen = state.get("max_seen_us")
-        self.counts.update(state.get("counts", {}))
         self.held = int(state.get("held", 0))
-        self.budget.load(state.get("budget"))
         return self.batch_id
 
     def _commit(self, tag: str, released: pl.DataFrame) -> None:
