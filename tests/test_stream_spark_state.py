@@ -22,9 +22,8 @@ import pytest
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.streaming.outputs import read_jsonl
-from aml_pipeline.streaming.records import UNPARSEABLE
 from tests.conftest import SMALL_RUN, compose_config, run_cli
-from tests.test_stream import _consume_all, _create_topics, _stream_files, assert_parity, decisions_of, write_files
+from tests.test_stream import _stream_files, assert_parity, decisions_of, kafka_round_trip, write_files
 
 LOCAL = [*SMALL_RUN, "features=streaming_local"]
 LATENESS = "1d"
@@ -133,33 +132,9 @@ def test_spark_state_keeps_its_state_in_the_checkpoint_with_rocksdb(run, file_ru
 
 @pytest.mark.slow
 def test_spark_state_on_kafka_matches_offline_and_reconciles(run, file_run, kafka_broker):
-    from confluent_kafka import Producer
-
-    tag = f"sp_{os.getpid()}_{int(time.time())}"
-    topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions")}
-    _create_topics(kafka_broker, {t: (2 if k == "input" else 1) for k, t in topics.items()})
-    producer = Producer({"bootstrap.servers": kafka_broker})
-    records = [t.encode() for f in run.files for t in f] + [b"\xff\xfe not utf-8"]
-    for i, value in enumerate(records):
-        producer.produce(topics["input"], value=value, partition=i % 2)
-    assert producer.flush(30) == 0
-    args = [a for a in spark_args(run, "kafka", "deploy.once=true", "deploy.max_records_per_batch=150")
-            if not a.startswith(("deploy=", "deploy.input=", "deploy.output="))]
-    args += ["deploy=kafka", f"deploy.bootstrap_servers={kafka_broker}", *[f"deploy.topics.{k}={t}" for k, t in topics.items()]]
-    r = run_cli(args, cwd=run.dir, timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    summary = json.loads((run.dir / "kafka/reports/stream_summary.json").read_text())
-    got = {k: _consume_all(kafka_broker, t) for k, t in topics.items() if k != "input"}
-    decisions = pl.DataFrame(got["decisions"], infer_schema_length=None).drop("_key")
-    assert set(decisions["event_id"].to_list()) == set(run.window["event_id"].to_list())
-    assert_parity(run, decisions)
-    c = summary["counts"]
-    assert c["records_in"] == len(records) == decisions.height + len(got["dead_letter"]) + len(got["late"])
-    assert (c["scored"], c["dead_lettered"], c["late"], c["pending"]) == (decisions.height, len(got["dead_letter"]), len(got["late"]), 0)
-    assert summary["reconciles"] is True and c["batches"] >= 5
-    assert sorted(x["event_id"] for x in got["late"]) == run.expected["late"]
-    binary = [d for d in got["dead_letter"] if d["record"] is None]
-    assert len(binary) == 1 and binary[0]["reasons"] == [UNPARSEABLE]
+    records, summary, got = kafka_round_trip(
+        run, kafka_broker, spark_args(run, "kafka", "deploy.once=true", "deploy.max_records_per_batch=150"),
+        f"sp_{os.getpid()}_{int(time.time())}")
     for kind in ("alerts", "deferred"):  # the same decisions as over files: same alert ids
         assert {a["alert_id"] for a in got[kind]} == {a["alert_id"] for a in read_jsonl(file_run.out / kind)}
 
