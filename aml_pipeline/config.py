@@ -408,6 +408,11 @@ class EngineName(str, Enum):
     spark = "spark"  # the same rules and feature plan compiled to Spark (aml_pipeline/spark, docs/spark.md)
 
 
+class PassEvaluator(str, Enum):
+    arrow = "arrow"  # each pass: hash shuffle by key, windows computed in Python over Arrow (numpy; the default)
+    window = "window"  # each pass: Spark's Window operator (shuffle + sort of the stacked rows, running frames)
+
+
 @dataclass
 class EngineConfig:
     """Which engine runs the validation split (task=data) and the feature plan (task=features).
@@ -431,6 +436,9 @@ class EngineConfig:
     #: cluster master (local masters need none). On a cluster it must be a shared path
     #: (hdfs://, s3a://, ...).
     checkpoint_dir: Optional[str] = None
+    #: How the Spark feature passes evaluate their windows (docs/spark.md): arrow (default)
+    #: or window; both give identical values.
+    passes: PassEvaluator = PassEvaluator.arrow
 
 
 # ----------------------------------------------------------------------------- replay

@@ -70,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 DATA = Path(__file__).resolve().parent / "data"
 SPLIT = OmegaConf.create({"method": "fraction", "train": 0.6, "valid": 0.2, "valid_start": None, "test_start": None})
+BY_EVENTS = OmegaConf.create({"method": "events", "train": 0.6, "valid": 0.2, "valid_start": None, "test_start": None})
 RULES = build_rules(["USD"], require_label=True)
 REL = 1e-9
 
@@ -224,7 +225,8 @@ class EngineRun:
     bounds: list[tuple[dict, dict]] = field(default_factory=list)
 
 
-def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path) -> EngineRun:
+def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path, passes: str = "arrow",
+                split=SPLIT) -> EngineRun:
     from aml_pipeline.spark.tasks import build_features as spark_build_features
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -233,8 +235,8 @@ def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path
     result = EngineRun(events)
     for i, steps in enumerate(runs_for(cases)):
         p_plan, s_plan = FeaturePlan.from_config(steps), FeaturePlan.from_config(steps)
-        p_out, p_bounds = build_features(events, p_plan, SPLIT)
-        s_df, s_bounds, engine = spark_build_features(spark.read.parquet(str(path)), s_plan, SPLIT)
+        p_out, p_bounds = build_features(events, p_plan, split)
+        s_df, s_bounds, engine = spark_build_features(spark.read.parquet(str(path)), s_plan, split, passes)
         try:
             s_out = pl.from_arrow(s_df.toArrow())
         finally:
@@ -326,6 +328,19 @@ def test_split_and_table_shape(request, dataset: str):
         p, s = run.polars[name], run.spark[name]
         assert s.columns == p.columns
         assert s.sort("event_time", "event_id").select(run.events.columns, "split").equals(p.select(run.events.columns, "split"))
+
+
+def test_window_evaluator_parity_on_crafted_events(spark, tmp_path):
+    """``engine.passes=window`` (Spark's Window operator; the module's other tests run the
+    default, ``arrow``): every step of the ``full`` plan on the crafted events alone (split
+    by event counts, so that every window has events), against polars."""
+    events = crafted_events()
+    usable = [c for c in CASES if any(u.startswith("full.") for u in c.used_by) and not missing_columns(events, c)]
+    assert len(runs_for(usable)) == 1  # one plan, one Spark job
+    run = run_engines(spark, events, usable, tmp_path, passes="window", split=BY_EVENTS)
+    problems = [p for c in usable for p in differences(c, run.polars[c.name], run.spark[c.name])]
+    problems += [f"step {c.name!r}: fitted state differs" for c in usable if run.spark_state[c.name] != run.polars_state[c.name]]
+    assert not problems, "\n".join(problems)
 
 
 def test_applying_a_polars_fitted_plan_with_history(spark, tmp_path):

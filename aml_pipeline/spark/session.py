@@ -123,3 +123,9 @@ def engine_name(cfg: DictConfig) -> str:
     engine = cfg.get("engine") if hasattr(cfg, "get") else None
     name = engine.get("name", "polars") if engine is not None else "polars"
     return getattr(name, "value", str(name))
+
+
+def pass_evaluator(engine: Mapping[str, Any] | DictConfig | None) -> str:
+    """``engine.passes`` as text: how the feature passes evaluate their windows (arrow by default)."""
+    value = engine.get("passes", "arrow") if engine is not None else "arrow"
+    return getattr(value, "value", str(value))

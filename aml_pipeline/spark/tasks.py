@@ -30,7 +30,7 @@ from aml_pipeline.schema import REQUIRED_COLUMNS
 from aml_pipeline.sources.base import Source
 from aml_pipeline.spark import io
 from aml_pipeline.spark.features import SparkFeatures
-from aml_pipeline.spark.session import get_session
+from aml_pipeline.spark.session import get_session, pass_evaluator
 from aml_pipeline.spark.split import assign, from_micros
 from aml_pipeline.spark.validation import ORDER, SparkValidationResult, validate
 from aml_pipeline.spark.windows import micros
@@ -39,14 +39,16 @@ from aml_pipeline.validation import build_rules
 
 
 # ----------------------------------------------------------------------------- features
-def build_features(events: DataFrame, plan: FeaturePlan, split_cfg: DictConfig) -> tuple[DataFrame, dict, SparkFeatures]:
+def build_features(events: DataFrame, plan: FeaturePlan, split_cfg: DictConfig,
+                   passes: str = "arrow") -> tuple[DataFrame, dict, SparkFeatures]:
     """Spark twin of :func:`aml_pipeline.tasks.features.build_features` (lazy; fits ``plan``).
 
     Returns the feature table (events + split + features, unordered), the window bounds,
-    and the compiled plan (call its ``release()`` once the table is written).
+    and the compiled plan (call its ``release()`` once the table is written). ``passes``:
+    the pass evaluator (``engine.passes``).
     """
     events, bounds = assign(events, split_cfg)
-    engine = SparkFeatures(plan, events.sparkSession)
+    engine = SparkFeatures(plan, events.sparkSession, passes=passes)
     return engine.fit_transform(events, F.col("split") == "train"), bounds, engine
 
 
@@ -55,7 +57,7 @@ def run_features(cfg: DictConfig, plan: FeaturePlan, layout: Layout) -> tuple[di
     spark = get_session(cfg.engine, cfg.paths.data_dir)
     events = spark.read.parquet(str(need(layout.validated, "data")))
     with status(f"features (spark {spark.sparkContext.master}): fitting and computing {len(plan.steps)} steps"):
-        features, bounds, engine = build_features(events, plan, cfg.split)
+        features, bounds, engine = build_features(events, plan, cfg.split, pass_evaluator(cfg.engine))
         try:
             rows = io.publish(features, layout.features, sort_by=["event_time", "event_id"], what="features")
         finally:
