@@ -1,6 +1,7 @@
 """Spark benchmark: the Spark engine beside polars on the same events, and its driver memory.
 
 Usage: python bench/spark.py [--rows 1000000 [10000000 ...]] [--master local[2]] [--gbt-iter 50]
+                              [--passes arrow [window]] [--skip-train]
 
 For each size (the default synthetic source scaled like bench/offline.py: 20,000 accounts
 per million transactions; ``task=data`` with polars writes the validated events once):
@@ -13,7 +14,8 @@ per million transactions; ``task=data`` with polars writes the validated events 
      pass and writes the sorted part files, and the copy into one file; the JVM's CPU
      seconds for it (comparable across machine loads, unlike wall time);
    - MLlib GBT training (``model=spark_gbt``, ``--gbt-iter`` trees at most, early stopping
-     on the validation window) on the Spark feature table: wall seconds;
+     on the validation window) on the Spark feature table: wall seconds (``--skip-train``:
+     features only, also for polars);
    - peak memory of the driver: the Python process and the JVM (``VmHWM``, the peak
      resident set, of each). In local mode the JVM is also the executor, so its heap is
      bounded by ``engine.driver_memory``; the point is that nothing grows with the rows
@@ -21,6 +23,10 @@ per million transactions; ``task=data`` with polars writes the validated events 
 2. First size only, in another fresh process with polars: the same plan
    (``task=features``), and LightGBM (``model=lightgbm``) trained on the same features on
    the driver: wall seconds, events/s; the Spark/polars ratio of the feature time.
+
+``--passes`` picks the pass evaluator (``engine.passes``: ``arrow``, the default, or
+``window``); with both, each runs in its own fresh process on the same data, one after the
+other, and a ratio line compares them (wall and JVM CPU seconds).
 
 Figures go to stdout and ``bench/out/spark.json``; data under ``bench/out/spark/``.
 """
@@ -82,6 +88,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def workers_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process's descendants (Spark's Python workers under the JVM): user +
+    system of each live descendant plus what it has reaped of its own children."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    total, todo = 0, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            fields = _stat(child)
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])
+        todo += children.get(child, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn):
     start = time.perf_counter()
     result = fn()
@@ -89,7 +121,7 @@ def timed(fn):
 
 
 # ----------------------------------------------------------------------------- child processes
-def child_data(rows: int, master: str, gbt_iter: int) -> dict:
+def child_data(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool) -> dict:
     from aml_pipeline.tasks import data
 
     cfg = compose(overrides(rows, master))
@@ -98,7 +130,7 @@ def child_data(rows: int, master: str, gbt_iter: int) -> dict:
     return {"data_seconds": round(secs, 2), "events": summary.get("rows_valid") or summary.get("valid")}
 
 
-def child_spark(rows: int, master: str, gbt_iter: int) -> dict:
+def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool) -> dict:
     from omegaconf import open_dict
 
     from aml_pipeline.spark.session import get_session
@@ -106,41 +138,48 @@ def child_spark(rows: int, master: str, gbt_iter: int) -> dict:
 
     from aml_pipeline.spark import io as spark_io
 
-    cfg = compose([*overrides(rows, master), "engine=spark", "model=spark_gbt",
+    cfg = compose([*overrides(rows, master), "engine=spark", f"engine.passes={passes}", "model=spark_gbt",
                    f"model.params.maxIter={gbt_iter}"])
     spark, startup = timed(lambda: get_session(cfg.engine, cfg.paths.data_dir))
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
-    cpu0 = cpu_seconds(jvm_pid)
+    cpu0, workers0 = cpu_seconds(jvm_pid), workers_cpu_seconds(jvm_pid)
     bounds, feat_secs = timed(lambda: features.run(cfg))
     feat_cpu = cpu_seconds(jvm_pid) - cpu0
+    workers_cpu = workers_cpu_seconds(jvm_pid) - workers0
     write, copy = spark_io.LAST_PUBLISH.get("spark_write", 0.0), spark_io.LAST_PUBLISH.get("copy", 0.0)
     breakdown = {"split_checks_fit": round(feat_secs - write - copy, 2), "spark_passes_sort_write": round(write, 2),
-                 "copy_to_one_file": round(copy, 2), "jvm_cpu_seconds": round(feat_cpu, 1)}
-    with open_dict(cfg):
-        cfg.task = "train"
-    result, train_secs = timed(lambda: train.run(cfg))
+                 "copy_to_one_file": round(copy, 2), "jvm_cpu_seconds": round(feat_cpu, 1),
+                 "python_workers_cpu_seconds": round(workers_cpu, 1)}
+    result, train_secs = {}, None
+    if train_too:
+        with open_dict(cfg):
+            cfg.task = "train"
+        result, train_secs = timed(lambda: train.run(cfg))
     events = sum(bounds["rows"].values())
-    return {"master": master, "session_start_seconds": round(startup, 2),
+    return {"master": master, "passes": passes, "session_start_seconds": round(startup, 2),
             "features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
-            "features_breakdown": breakdown, "gbt_train_seconds": round(train_secs, 2), "gbt_trees": result.get("best_iteration"),
+            "features_breakdown": breakdown, "gbt_train_seconds": train_secs and round(train_secs, 2),
+            "gbt_trees": result.get("best_iteration"),
             "gbt_valid_pr_auc": result.get("valid_pr_auc"),
             "peak_rss_mb": {"python_driver": round(peak_rss_mb(), 1), "jvm": round(peak_rss_mb(jvm_pid) or 0.0, 1)},
             "events": events, "load_average": os.getloadavg()[0]}
 
 
-def child_polars(rows: int, master: str, gbt_iter: int) -> dict:
+def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool) -> dict:
     from omegaconf import open_dict
 
     from aml_pipeline.tasks import features, train
 
     cfg = compose([*overrides(rows, master), "engine=polars", "model=lightgbm"])
     bounds, feat_secs = timed(lambda: features.run(cfg))
-    with open_dict(cfg):
-        cfg.task = "train"
-    result, train_secs = timed(lambda: train.run(cfg))
+    result, train_secs = {}, None
+    if train_too:
+        with open_dict(cfg):
+            cfg.task = "train"
+        result, train_secs = timed(lambda: train.run(cfg))
     events = sum(bounds["rows"].values())
     return {"features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
-            "lightgbm_train_seconds": round(train_secs, 2), "lightgbm_best_iteration": result.get("best_iteration"),
+            "lightgbm_train_seconds": train_secs and round(train_secs, 2), "lightgbm_best_iteration": result.get("best_iteration"),
             "lightgbm_valid_pr_auc": result.get("valid_pr_auc"), "peak_rss_mb_python": round(peak_rss_mb(), 1),
             "load_average": os.getloadavg()[0]}
 
@@ -148,13 +187,15 @@ def child_polars(rows: int, master: str, gbt_iter: int) -> dict:
 CHILDREN = {"data": child_data, "spark": child_spark, "polars": child_polars}
 
 
-def run_child(kind: str, rows: int, args) -> dict:
+def run_child(kind: str, rows: int, args, passes: str = "arrow") -> dict:
     """One measurement in a fresh process (a fresh JVM; peak memory of that run only)."""
-    out = OUT / "spark" / f"{kind}-{rows}.json"
+    out = OUT / "spark" / (f"{kind}-{passes}-{rows}.json" if kind == "spark" else f"{kind}-{rows}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--child", kind, "--rows", str(rows), "--master", args.master,
-           "--gbt-iter", str(args.gbt_iter), "--child-out", str(out)]
-    print(f"\n=== {kind}, {rows:,} rows", flush=True)
+           "--gbt-iter", str(args.gbt_iter), "--passes", passes, "--child-out", str(out)]
+    if args.skip_train:
+        cmd.append("--skip-train")
+    print(f"\n=== {kind}{f' (engine.passes={passes})' if kind == 'spark' else ''}, {rows:,} rows", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = json.loads(out.read_text())
@@ -167,44 +208,63 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--gbt-iter", type=int, default=50)
+    ap.add_argument("--passes", nargs="+", choices=["arrow", "window"], default=["arrow"],
+                    help="pass evaluator(s) (engine.passes); several run one after the other, each in a fresh process")
+    ap.add_argument("--skip-train", action="store_true", help="features only: no MLlib GBT or LightGBM training")
     ap.add_argument("--child", choices=sorted(CHILDREN))
     ap.add_argument("--child-out")
     args = ap.parse_args()
     if args.child:
-        result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter)
+        result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter, args.passes[0], not args.skip_train)
         Path(args.child_out).write_text(json.dumps(result, indent=2) + "\n")
         return
-    report: dict = {"cores": os.cpu_count(), "master": args.master, "sizes": {}}
+    report: dict = {"cores": os.cpu_count(), "master": args.master, "passes": args.passes, "sizes": {}}
     for i, rows in enumerate(args.rows):
-        size = {"data": run_child("data", rows, args), "spark": run_child("spark", rows, args)}
+        size: dict = {"data": run_child("data", rows, args)}
+        size["spark"] = {passes: run_child("spark", rows, args, passes) for passes in args.passes}
         if i == 0:
             size["polars"] = run_child("polars", rows, args)
-            s, p = size["spark"], size["polars"]
-            size["spark_vs_polars_feature_time"] = round(s["features_seconds"] / p["features_seconds"], 2)
-            size["gbt_vs_lightgbm_train_time"] = round(s["gbt_train_seconds"] / p["lightgbm_train_seconds"], 2)
+            p = size["polars"]
+            size["spark_vs_polars_feature_time"] = {
+                passes: round(s["features_seconds"] / p["features_seconds"], 2) for passes, s in size["spark"].items()}
+            if not args.skip_train:
+                size["gbt_vs_lightgbm_train_time"] = {
+                    passes: round(s["gbt_train_seconds"] / p["lightgbm_train_seconds"], 2) for passes, s in size["spark"].items()}
         report["sizes"][str(rows)] = size
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "spark.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n=== Spark engine benchmark (bench/out/spark.json)")
     for rows, size in report["sizes"].items():
-        s = size["spark"]
-        print(f"{int(rows):>12,} rows requested, {s['events']:,} events, master {s['master']}, "
-              f"load average {s['load_average']:.1f}")
-        print(f"  Spark session start          {s['session_start_seconds']:.1f} s")
-        print(f"  features, Spark              {s['features_seconds']:.1f} s ({s['features_events_per_second']:,} events/s)")
-        b = s.get("features_breakdown")
-        if b:
-            print(f"    split, checks, fits        {b['split_checks_fit']:.1f} s")
-            print(f"    passes + sort + write      {b['spark_passes_sort_write']:.1f} s (one Spark job computes the whole plan)")
-            print(f"    copy into one file         {b['copy_to_one_file']:.1f} s")
-            print(f"    JVM CPU                    {b['jvm_cpu_seconds']:.1f} s")
-        if "polars" in size:
-            p = size["polars"]
-            print(f"  features, polars             {p['features_seconds']:.1f} s ({p['features_events_per_second']:,} events/s)"
-                  f"  -> Spark / polars = {size['spark_vs_polars_feature_time']}x")
-            print(f"  train, LightGBM (driver)     {p['lightgbm_train_seconds']:.1f} s")
-        print(f"  train, MLlib GBT             {s['gbt_train_seconds']:.1f} s ({s['gbt_trees']} trees)")
-        print(f"  peak driver memory           Python {s['peak_rss_mb']['python_driver']:.0f} MB + JVM {s['peak_rss_mb']['jvm']:.0f} MB")
+        for passes, s in size["spark"].items():
+            print(f"{int(rows):>12,} rows requested, {s['events']:,} events, master {s['master']}, "
+                  f"engine.passes={passes}, load average {s['load_average']:.1f}")
+            print(f"  Spark session start          {s['session_start_seconds']:.1f} s")
+            print(f"  features, Spark              {s['features_seconds']:.1f} s ({s['features_events_per_second']:,} events/s)")
+            b = s.get("features_breakdown")
+            if b:
+                print(f"    split, checks, fits        {b['split_checks_fit']:.1f} s")
+                print(f"    passes + sort + write      {b['spark_passes_sort_write']:.1f} s (one Spark job computes the whole plan)")
+                print(f"    copy into one file         {b['copy_to_one_file']:.1f} s")
+                print(f"    JVM CPU                    {b['jvm_cpu_seconds']:.1f} s")
+                print(f"    Python workers' CPU        {b.get('python_workers_cpu_seconds', 0.0):.1f} s (Arrow UDFs, mapInArrow)")
+            if "polars" in size:
+                p = size["polars"]
+                print(f"  features, polars             {p['features_seconds']:.1f} s ({p['features_events_per_second']:,} events/s)"
+                      f"  -> Spark / polars = {size['spark_vs_polars_feature_time'][passes]}x")
+                if p.get("lightgbm_train_seconds") is not None:
+                    print(f"  train, LightGBM (driver)     {p['lightgbm_train_seconds']:.1f} s")
+            if s.get("gbt_train_seconds") is not None:
+                print(f"  train, MLlib GBT             {s['gbt_train_seconds']:.1f} s ({s['gbt_trees']} trees)")
+            print(f"  peak driver memory           Python {s['peak_rss_mb']['python_driver']:.0f} MB + JVM {s['peak_rss_mb']['jvm']:.0f} MB")
+        if len(size["spark"]) > 1:
+            (a, sa), (b, sb) = list(size["spark"].items())[:2]
+            ca, cb = (x["features_breakdown"]["jvm_cpu_seconds"] for x in (sa, sb))
+            wa, wb = (x["features_breakdown"].get("python_workers_cpu_seconds", 0.0) for x in (sa, sb))
+            print(f"  {b} / {a}: features wall {sb['features_seconds'] / sa['features_seconds']:.2f}x "
+                  f"({sb['features_seconds']:.1f} s / {sa['features_seconds']:.1f} s), "
+                  f"JVM CPU {cb / ca if ca else float('nan'):.2f}x ({cb:.1f} s / {ca:.1f} s), "
+                  f"JVM + Python workers' CPU {(cb + wb) / (ca + wa) if ca + wa else float('nan'):.2f}x "
+                  f"({cb + wb:.1f} s / {ca + wa:.1f} s)")
 
 
 if __name__ == "__main__":
