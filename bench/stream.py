@@ -5,6 +5,7 @@
     python bench/stream.py --latency-rate 3000 --latency-seconds 60 --triggers "1 second,5 seconds"
     python bench/stream.py --deploy file        # JSON-lines files in and out, no broker
     python bench/stream.py --state both --events 20000 --triggers ""   # state: store and state: spark side by side
+    python bench/stream.py --readers driver     # only deploy.reader=driver (default: driver, then tasks)
 
 What it does (everything under bench/out/stream/, reused when present):
 
@@ -24,6 +25,10 @@ What it does (everything under bench/out/stream/, reused when present):
    steady state (events published after the first ``STEADY`` seconds, when the query's
    Python workers are up). The query is then stopped (SIGTERM: the held events are
    released and the summary written).
+
+On Kafka, every run is done once per ``--readers`` value (``deploy.reader``: ``driver``, the
+default, then ``tasks``, the alternative: a Spark task per partition and micro-batch), and a
+last line compares them (throughput and steady-state p99 as ratios).
 
 ``--state spark`` (or ``both``) runs the same with ``deploy.state=spark`` (Spark's state
 store, RocksDB): its bundle is trained with ``features=streaming_local`` (the default plan
@@ -107,8 +112,8 @@ def replay(bootstrap: str | None, topic: str, data: dict, rate: float = 0, limit
     return time.perf_counter() - t0
 
 
-def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *extra: str) -> list[str]:
-    """deploy=kafka on the topics, or (bootstrap None) deploy=file under runs/<name>/in, out."""
+def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *extra: str, reader: str = "driver") -> list[str]:
+    """deploy=kafka on the topics (``reader``: deploy.reader), or (bootstrap None) deploy=file under runs/<name>/in, out."""
     base = OUT / "runs" / name
     args = ["task=stream", f"bundle={data['bundle']}", "engine.master='local[2]'",
             f"paths.data_dir={base / 'data'}", f"paths.reports_dir={base / 'reports'}",
@@ -116,7 +121,7 @@ def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *ext
             f"deploy.warm_from={data['validated']}", f"deploy.warm_until='{data['warm_until']}'"]
     if bootstrap is None:
         return [*args, "deploy=file", f"deploy.input={base / 'in'}", f"deploy.output={base / 'out'}", *extra]
-    return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}",
+    return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}", f"deploy.reader={reader}",
             *[f"deploy.topics.{k}={v}" for k, v in topics.items()], *extra]
 
 
@@ -125,9 +130,14 @@ def topics_for(tag: str) -> dict:
             "deferred": f"deferred_{tag}", "late": f"late_{tag}", "decisions": f"decisions_{tag}"}
 
 
-def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "store") -> dict:
-    name = "throughput" if state == "store" else f"throughput-{state}"
-    topics = topics_for("tp" if state == "store" else f"tp{state}")
+def run_name(kind: str, state: str, reader: str) -> str:
+    """A run's name (logs, topics, folders): e.g. tp, tp-spark, tp-tasks; lat1, lat1-tasks."""
+    return kind + "".join(f"-{x}" for x in (state, reader) if x not in ("store", "driver"))
+
+
+def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "store", reader: str = "driver") -> dict:
+    name = run_name("throughput", state, reader)
+    topics = topics_for(run_name("tp", state, reader).replace("-", ""))
     if bootstrap is None:
         secs = replay(None, "tp", data, directory=OUT / f"runs/{name}/in", batch_size=batch)
         limit = "deploy.max_files_per_trigger=1"
@@ -135,12 +145,12 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
         secs = replay(bootstrap, topics["input"], data)
         limit = f"deploy.max_records_per_batch={batch}"
     print(f"published {data['events']:,} events in {secs:.1f}s", flush=True)
-    r = cli(*stream_args(name, bootstrap, topics, data, "deploy.once=true", f"deploy.state={state}", limit),
-            log=OUT / f"{name}.log")
+    cli(*stream_args(name, bootstrap, topics, data, "deploy.once=true", f"deploy.state={state}", limit,
+                     reader=reader), log=OUT / f"{name}.log")
     summary = json.loads((OUT / f"runs/{name}/reports/stream_summary.json").read_text())
     c = summary["counts"]
     span = summary["last_batch_at"] - summary["first_batch_at"]
-    return {"state": state, "records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
+    return {"state": state, "reader": reader if bootstrap else None, "records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
             "seconds": round(span, 1), "events_per_s": round(c["records_in"] / span), "busy_seconds": summary["busy_seconds"],
             "reconciles": summary["reconciles"], "run_seconds": summary["seconds"],
             "late": c["late"], "stage_seconds": summary.get("stage_seconds")}
@@ -219,8 +229,9 @@ def published_at(bootstrap: str, topic: str) -> dict[str, float]:
     return out
 
 
-def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, seconds: float, state: str = "store") -> dict:
-    tag = "lat" + trigger.split()[0] + ("" if state == "store" else state)
+def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, seconds: float, state: str = "store",
+            reader: str = "driver") -> dict:
+    tag = run_name("lat" + trigger.split()[0], state, reader).replace("-", "")
     topics = topics_for(tag)
     if bootstrap is not None:
         from confluent_kafka.admin import AdminClient, NewTopic
@@ -235,7 +246,8 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
     clock.start()
     log = open(OUT / f"latency-{tag}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline",
-                             *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'", f"deploy.state={state}")],
+                             *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'", f"deploy.state={state}",
+                                          reader=reader)],
                             cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         time.sleep(5)
@@ -274,7 +286,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         return {"alerts_timed": int(a.size), **{f"p{q}_s": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)},
                 "max_s": round(float(a.max()), 3)}
 
-    return {"state": state, "trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
+    return {"state": state, "reader": reader if bootstrap else None, "trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
             # every alert, and the steady state: events published after the first STEADY seconds
             "all": pct([lat for _, lat in timed]), "steady": pct([lat for p, lat in timed if p >= first + STEADY]),
             "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds")}
@@ -293,6 +305,9 @@ def main() -> None:
     ap.add_argument("--deploy", choices=["kafka", "file"], default="kafka", help="kafka: the local broker; file: JSON-lines files")
     ap.add_argument("--state", choices=["store", "spark", "both"], default="store",
                     help="deploy.state; spark and both use a bundle of features=streaming_local")
+    ap.add_argument("--readers", default="driver,tasks",
+                    help="deploy.reader values to run (kafka), in order; the first is the one measured against the "
+                         "targets, the others are the alternative in the same run")
     args = ap.parse_args()
     PARTITIONS = args.partitions
     OUT.mkdir(parents=True, exist_ok=True)
@@ -300,35 +315,56 @@ def main() -> None:
 
     shutil.rmtree(OUT / "runs", ignore_errors=True)
     states = ["store", "spark"] if args.state == "both" else [args.state]
+    readers = [r.strip() for r in args.readers.split(",") if r.strip()] if args.deploy == "kafka" else ["driver"]
+    triggers = [s.strip() for s in args.triggers.split(",") if s.strip()]
     data = prepare(args.events, local_plan=args.state != "store")
     from aml_pipeline.streaming.broker import LocalBroker
 
-    results: dict = {"deploy": args.deploy, "states": states, "events": data["events"], "partitions": PARTITIONS, "cpu_count": os.cpu_count(),
-                     "load_before": os.getloadavg()}
+    results: dict = {"deploy": args.deploy, "states": states, "readers": readers, "events": data["events"],
+                     "partitions": PARTITIONS, "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "runs": []}
     from contextlib import nullcontext
 
     with (LocalBroker() if args.deploy == "kafka" else nullcontext()) as broker:
         bootstrap = broker.bootstrap if broker is not None else None
         for state in states:
-            run = {"throughput": None if args.skip_throughput else throughput(bootstrap, data, args.batch, state),
-                   "latency": []}
-            t = run["throughput"]
-            if t:
-                print(f"throughput (state {state}): {t['records']:,} records in {t['seconds']}s = {t['events_per_s']:,} events/s "
-                      f"({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
-            for trigger in [s.strip() for s in args.triggers.split(",") if s.strip()]:
-                r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds, state)
-                run["latency"].append(r)
-                for k in ("all", "steady"):
-                    x = r[k]
-                    print(f"latency ({k}, state {state}) at trigger {trigger}, {r['rate']:.0f} events/s: p50 {x.get('p50_s')}s "
-                          f"p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts", flush=True)
-            results.setdefault("by_state", {})[state] = run
-        if len(states) == 1:  # the layout of a single-mode run, as before
-            results.update(results.pop("by_state")[states[0]])
+            for reader in readers:
+                run = {"state": state, "reader": reader if bootstrap else None, "latency": [],
+                       "throughput": None if args.skip_throughput else throughput(bootstrap, data, args.batch, state, reader)}
+                t = run["throughput"]
+                if t:
+                    print(f"throughput (state {state}, reader {reader}): {t['records']:,} records in {t['seconds']}s = "
+                          f"{t['events_per_s']:,} events/s ({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
+                for trigger in triggers:
+                    r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds, state, reader)
+                    run["latency"].append(r)
+                    for k in ("all", "steady"):
+                        x = r[k]
+                        print(f"latency ({k}, state {state}, reader {reader}) at trigger {trigger}, {r['rate']:.0f} events/s: "
+                              f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts",
+                              flush=True)
+                results["runs"].append(run)
     results["load_after"] = os.getloadavg()
+    print_comparison(results["runs"])
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(json.dumps(results, indent=1, default=str))
+
+
+def print_comparison(runs: list[dict]) -> None:
+    """One line per state mode: each reader's figures beside the first reader's, as ratios."""
+    for state in dict.fromkeys(r["state"] for r in runs):
+        mine = [r for r in runs if r["state"] == state]
+        base = mine[0]
+        for other in mine[1:]:
+            parts = []
+            if base["throughput"] and other["throughput"]:
+                a, b = base["throughput"]["events_per_s"], other["throughput"]["events_per_s"]
+                parts.append(f"throughput {a:,} vs {b:,} events/s ({a / b:.2f}x)")
+            for la, lb in zip(base["latency"], other["latency"]):
+                pa, pb = la["steady"].get("p99_s"), lb["steady"].get("p99_s")
+                if pa and pb:
+                    parts.append(f"p99 at {la['trigger']}: {pa}s vs {pb}s ({pb / pa:.2f}x lower)")
+            if parts:
+                print(f"state {state}, reader {base['reader']} vs {other['reader']}: " + "; ".join(parts), flush=True)
 
 
 if __name__ == "__main__":
