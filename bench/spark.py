@@ -1,7 +1,7 @@
 """Spark benchmark: the Spark engine beside polars on the same events, and its driver memory.
 
 Usage: python bench/spark.py [--rows 1000000 [10000000 ...]] [--master local[2]] [--gbt-iter 50]
-                              [--passes arrow [window]] [--skip-train]
+                              [--passes arrow [window]] [--skip-train] [--shuffle-partitions N]
 
 For each size (the default synthetic source scaled like bench/offline.py: 20,000 accounts
 per million transactions; ``task=data`` with polars writes the validated events once):
@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 #: As bench/offline.py: ~0.55 transactions per account per day, 20,000 accounts x 90 days ~ 1M.
 ACCOUNTS_PER_MILLION = 20_000
+#: --shuffle-partitions (None: engine.shuffle_partitions' default). Each partition of a pass
+#: is evaluated in one piece by a Python worker, so more rows need more partitions.
+SHUFFLE_PARTITIONS: int | None = None
 
 
 def overrides(rows: int, master: str) -> list[str]:
@@ -139,7 +142,8 @@ def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: b
     from aml_pipeline.spark import io as spark_io
 
     cfg = compose([*overrides(rows, master), "engine=spark", f"engine.passes={passes}", "model=spark_gbt",
-                   f"model.params.maxIter={gbt_iter}"])
+                   f"model.params.maxIter={gbt_iter}",
+                   *([f"engine.shuffle_partitions={SHUFFLE_PARTITIONS}"] if SHUFFLE_PARTITIONS else [])])
     spark, startup = timed(lambda: get_session(cfg.engine, cfg.paths.data_dir))
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
     cpu0, workers0 = cpu_seconds(jvm_pid), workers_cpu_seconds(jvm_pid)
@@ -195,6 +199,8 @@ def run_child(kind: str, rows: int, args, passes: str = "arrow") -> dict:
            "--gbt-iter", str(args.gbt_iter), "--passes", passes, "--child-out", str(out)]
     if args.skip_train:
         cmd.append("--skip-train")
+    if args.shuffle_partitions:
+        cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
     print(f"\n=== {kind}{f' (engine.passes={passes})' if kind == 'spark' else ''}, {rows:,} rows", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -211,14 +217,19 @@ def main() -> None:
     ap.add_argument("--passes", nargs="+", choices=["arrow", "window"], default=["arrow"],
                     help="pass evaluator(s) (engine.passes); several run one after the other, each in a fresh process")
     ap.add_argument("--skip-train", action="store_true", help="features only: no MLlib GBT or LightGBM training")
+    ap.add_argument("--shuffle-partitions", type=int,
+                    help="engine.shuffle_partitions for Spark (default: the config's, 8); e.g. 64 at 10M rows")
     ap.add_argument("--child", choices=sorted(CHILDREN))
     ap.add_argument("--child-out")
     args = ap.parse_args()
+    global SHUFFLE_PARTITIONS
+    SHUFFLE_PARTITIONS = args.shuffle_partitions
     if args.child:
         result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter, args.passes[0], not args.skip_train)
         Path(args.child_out).write_text(json.dumps(result, indent=2) + "\n")
         return
-    report: dict = {"cores": os.cpu_count(), "master": args.master, "passes": args.passes, "sizes": {}}
+    report: dict = {"cores": os.cpu_count(), "master": args.master, "passes": args.passes,
+                    "shuffle_partitions": args.shuffle_partitions, "sizes": {}}
     for i, rows in enumerate(args.rows):
         size: dict = {"data": run_child("data", rows, args)}
         size["spark"] = {passes: run_child("spark", rows, args, passes) for passes in args.passes}
