@@ -7,6 +7,12 @@ Event times are microsecond longs (``_t``), so a window is a Spark range frame o
 defined by time and not by position, rows at the same instant never see each other
 whatever their order (the same-instant rule).
 
+Two evaluators (``engine.passes``): ``arrow`` (:func:`run_pass_arrow`, the default)
+hash-partitions a pass's stacked rows by key and computes every window in Python over
+Arrow batches with the polars engine's own primitives (:func:`evaluate_partition`);
+``window`` (:func:`run_pass`, described next) uses Spark's Window operator. Both give the
+same values, bit for bit.
+
 A **pass** (:func:`run_pass`) stacks the frame's own rows (queries, and history where a
 track says so) with history-only rows of other views of the events (e.g. payments
 *received* by the sender, keyed by receiver), partitions by key, orders by ``_t`` and
@@ -685,11 +691,13 @@ def run_pass_arrow(
 
     names = key_names(len(keys))
     keep = frame.columns
-    rows = frame.withColumns({**{n: k for n, k in zip(names, keys)}, Q: F.lit(True)})
-    rows = rows.withColumns({v: (own[v] if v in own else F.lit(None)).cast(t) for v, t in types.items()})
+    # One projection per stacked frame (each DataFrame call re-analyses the growing plan).
+    added = {**{n: k for n, k in zip(names, keys)}, Q: F.lit(True),
+             **{v: (own[v] if v in own else F.lit(None)).cast(t) for v, t in types.items()}}
+    rows = frame.select(*[F.col(f"`{c}`") for c in keep if c not in added], *[c.alias(n) for n, c in added.items()])
     for extra in others:
-        extra = extra.withColumn(Q, F.lit(False))
-        extra = extra.withColumns({v: F.lit(None).cast(t) for v, t in types.items() if v not in extra.columns})
+        extra = extra.select(*names, T, F.lit(False).alias(Q),
+                             *[(F.col(v) if v in extra.columns else F.lit(None)).cast(t).alias(v) for v, t in types.items()])
         rows = rows.unionByName(extra, allowMissingColumns=True)
     p = ArrowPass(names, sums_of={prefix: value for value, prefix in (fixed or {}).items()})
     outputs = build(p)
