@@ -435,102 +435,99 @@ class _Columns:
 
 
 class RangeReader:
-    """Reads offset ranges ``[start, end)`` of several partitions with one consumer.
+    """Reads offset ranges ``[start, end)`` of partitions, one consumer per partition.
 
     A Spark task uses one for its partition and closes it. The driver reader
-    (:class:`KafkaDriverStreamReader`) keeps one open for the whole query: the consumer keeps
-    its position and keeps fetching between micro-batches, so a micro-batch costs no
-    connection, no metadata round trips and no fetch latency. Messages the consumer delivers
+    (:class:`KafkaDriverStreamReader`) keeps one open for the whole query: its consumers
+    keep their positions and keep fetching between micro-batches, so a micro-batch costs no
+    connection, no metadata round trip and no fetch latency. Messages a consumer delivers
     past a range's end are kept (``stash``) and returned first by the next call; a range
-    that does not start where the last one ended (a restart, a replayed batch) makes the
-    consumer seek.
+    that does not start where the last one ended (a restart, a replayed batch) makes that
+    partition's consumer seek.
+
+    One consumer per partition, not one for all: each partition then has its own fetch
+    queue, and the local Kafka-protocol broker the tests use stops answering a consumer
+    that fetches several large partitions in one request.
     """
 
     def __init__(self, client: Mapping[str, str], fail_on_data_loss: bool = True, poll_timeout_ms: int = 120_000):
         self.client = dict(client)
         self.fail_on_data_loss = fail_on_data_loss
         self.poll_timeout_ms = poll_timeout_ms
-        self.consumer = None
-        #: tp -> offset the consumer delivers next (after the stashed messages).
+        self.consumers: dict[tuple[str, int], Any] = {}
+        #: tp -> offset the partition's consumer delivers next (after the stashed messages).
         self.fetch: dict[tuple[str, int], int] = {}
         self.stash: dict[tuple[str, int], list] = {}
 
     def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
+        for consumer in self.consumers.values():
+            consumer.close()
+        self.consumers.clear()
         self.fetch.clear()
         self.stash.clear()
 
     def _next(self, tp: tuple[str, int]) -> int | None:
-        """Offset of the next message this reader would return for ``tp`` (None: not assigned)."""
+        """Offset of the next message this reader would return for ``tp`` (None: no consumer yet)."""
         if self.stash.get(tp):
             return self.stash[tp][0].offset()
         return self.fetch.get(tp)
 
-    def _assign(self, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
-        """Assign every partition of ``ranges`` (and keep the others), seeking where needed."""
+    def _at(self, tp: tuple[str, int], start: int):
+        """The partition's consumer, positioned so that its next message is ``start``."""
         from confluent_kafka import TopicPartition
 
-        wanted = set(ranges) | set(self.fetch)
-        seek = {tp for tp, (s, _) in ranges.items() if self._next(tp) != s}
-        if self.consumer is not None and not seek and wanted == set(self.fetch):
-            return
-        if self.consumer is None:
-            self.consumer = _consumer(self.client, **{"enable.partition.eof": True})
-        for tp in seek:
+        if self._next(tp) != start or tp not in self.consumers:
+            if tp not in self.consumers:
+                self.consumers[tp] = _consumer(self.client)
             self.stash.pop(tp, None)
-            self.fetch[tp] = ranges[tp][0]
-        self.consumer.assign([TopicPartition(t, p, self.fetch[(t, p)]) for t, p in sorted(wanted)])
+            self.fetch[tp] = start
+            self.consumers[tp].assign([TopicPartition(tp[0], tp[1], start)])
+        return self.consumers[tp]
 
     def read(self, ranges: dict[tuple[str, int], tuple[int, int]], schema: StructType) -> Iterator[Any]:
-        """Yield the records of every range, as Arrow record batches (per partition, in offset order)."""
-        from confluent_kafka import KafkaError
-
-        todo = {tp: (s, e) for tp, (s, e) in ranges.items() if e > s}
-        if not todo:
-            return
-        self._assign(todo)
+        """Yield the records of every range, as Arrow record batches (partition by partition, in offset order)."""
         out = _Columns(schema)
-        expected = {tp: s for tp, (s, _) in todo.items()}
+        for tp, (start, end) in sorted(ranges.items()):
+            if end > start:
+                for _ in self._read_one(tp, start, end, out):
+                    yield out.take()
+        if len(out):
+            yield out.take()
 
-        def take(tp: tuple[str, int], msg, off: int) -> None:
-            """A message for a partition still being read: keep it, or stash it past the end."""
-            end = todo[tp][1]
-            if off < expected[tp]:
+    def _read_one(self, tp: tuple[str, int], start: int, end: int, out: "_Columns") -> Iterator[None]:
+        """Add the records ``[start, end)`` of one partition to ``out``; yields when ``out`` is full."""
+        consumer = self._at(tp, start)
+        expected = start
+
+        def take(msg, off: int) -> None:
+            nonlocal expected
+            if off < expected:
                 return  # delivered again after a seek
             if off >= end:
-                if expected[tp] < end:  # the range's tail is gone (retention, compaction)
-                    _data_loss(self.fail_on_data_loss, tp, expected[tp], off)
-                    expected[tp] = end
+                if expected < end:  # the range's tail is gone (retention, compaction)
+                    _data_loss(self.fail_on_data_loss, tp, expected, off)
+                    expected = end
                 self.stash.setdefault(tp, []).append(msg)
                 return
-            if off != expected[tp]:
-                _data_loss(self.fail_on_data_loss, tp, expected[tp], off)
+            if off != expected:
+                _data_loss(self.fail_on_data_loss, tp, expected, off)
             out.add(msg, tp[0], tp[1], off)
-            expected[tp] = off + 1
+            expected = off + 1
 
-        for tp in todo:  # what the last call fetched past its ranges
-            stashed, self.stash[tp] = self.stash.get(tp, []), []
-            for msg in stashed:
-                take(tp, msg, msg.offset())
-        left = lambda: {tp for tp in todo if expected[tp] < todo[tp][1]}  # noqa: E731
+        stashed, self.stash[tp] = self.stash.get(tp, []), []
+        for msg in stashed:  # what the last call fetched past its range
+            take(msg, msg.offset())
+            if len(out) >= _ARROW_BATCH:
+                yield None
         last_progress, client_error = time.monotonic(), None
-        while left():
-            msgs = self.consumer.consume(num_messages=10_000, timeout=1.0)
+        while expected < end:
+            msgs = consumer.consume(num_messages=min(10_000, max(1, end - expected)), timeout=1.0)
             progressed = False
             for msg in msgs:
                 err = msg.error()
-                tp = (msg.topic(), msg.partition())
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        # Not evidence of anything: a consumer kept open reports the end it
-                        # reached before the newer records arrived. Missing records show up
-                        # as a gap in the offsets delivered, or as this read's timeout.
-                        progressed = True
-                        continue
                     if msg.topic() is None and not err.fatal():
-                        # A client-level event, not about a partition: librdkafka looks up
+                        # A client-level event, not about this partition: librdkafka looks up
                         # the group coordinator of every consumer (group.id is mandatory)
                         # though this one never joins or commits, and retries by itself.
                         # Seen as "FindCoordinator response error" on long reads.
@@ -540,22 +537,15 @@ class RangeReader:
                 progressed = True
                 off = msg.offset()
                 self.fetch[tp] = off + 1
-                if tp in todo:
-                    take(tp, msg, off)
-                else:
-                    self.stash.setdefault(tp, []).append(msg)
+                take(msg, off)
                 if len(out) >= _ARROW_BATCH:
-                    yield out.take()
+                    yield None
             if progressed:
                 last_progress = time.monotonic()
             elif (time.monotonic() - last_progress) * 1000 >= self.poll_timeout_ms:
-                waiting = ", ".join(f"{t}-{p} at offset {expected[(t, p)]} (planned end {todo[(t, p)][1]})"
-                                    for t, p in sorted(left()))
-                raise TimeoutError(f"no records from {waiting} for {self.poll_timeout_ms} ms "
-                                   f"(kafkaConsumer.pollTimeoutMs)"
+                raise TimeoutError(f"no records from {tp[0]}-{tp[1]} at offset {expected} for {self.poll_timeout_ms} ms "
+                                   f"(kafkaConsumer.pollTimeoutMs); planned range ends at {end}"
                                    + (f"; the client last reported: {client_error}" if client_error else ""))
-        if len(out):
-            yield out.take()
 
 
 def _data_loss(fail: bool, tp: tuple[str, int], expected: int, got: int) -> None:
