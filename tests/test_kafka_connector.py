@@ -313,6 +313,8 @@ def test_range_reader_keeps_one_consumer_across_ranges_and_seeks_back_for_a_repl
         got = values({0: (10, 30), 1: (0, 5)})
         assert sorted(got) == [(0, i, f"a{i}") for i in range(10, 30)] + [(1, i, f"b{i}") for i in range(5)]
         assert reader.consumers[(topic, 0)] is consumer  # no new consumer for the next micro-batch
+        reader.pause()  # between micro-batches: nothing fetched; the next range resumes from the stash and position
+        assert not reader.assigned
         assert sorted(values({0: (30, 50), 1: (5, 30)})) == \
             [(0, i, f"a{i}") for i in range(30, 50)] + [(1, i, f"b{i}") for i in range(5, 30)]
         assert sorted(values({0: (20, 25), 1: (28, 30)})) == \
