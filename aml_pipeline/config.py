@@ -312,7 +312,7 @@ class KafkaConnector(str, Enum):
 
 
 class KafkaReader(str, Enum):
-    driver = "driver"  # one consumer kept open in the driver reads every micro-batch (lowest latency)
+    driver = "driver"  # consumers kept open in the driver read every micro-batch (lowest latency)
     tasks = "tasks"  # a Spark task per Kafka partition and micro-batch (reads scale out with executors)
 
 

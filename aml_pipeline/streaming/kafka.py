@@ -9,9 +9,9 @@ Source (``spark.readStream.format("aml_kafka")``): the offsets live in Spark's c
 ``{"topic": {"partition": next_offset}}`` (Spark's own JSON layout) and each micro-batch reads
 exactly the offset range planned for it. Who reads is our one extra option, ``aml.reader``:
 
-- ``driver`` (default, :class:`KafkaDriverStreamReader`): one consumer kept open in the
-  driver's source process for the whole query; a micro-batch's read costs milliseconds (the
-  consumer has fetched the records already). For low latency, at the rates one consumer reads.
+- ``driver`` (default, :class:`KafkaDriverStreamReader`): consumers (one per partition) kept
+  open in the driver's source process for the whole query; a micro-batch's read costs no task,
+  no Python worker and no connection. For low latency, at the rates one process reads.
 - ``tasks`` (:class:`KafkaStreamReader`): one Spark task per Kafka partition and micro-batch,
   each with its own consumer (assign + seek); reads scale out with the executors, at the cost
   of a consumer and a fetch per partition and micro-batch.
@@ -146,7 +146,7 @@ READERS = ("driver", "tasks")
 
 
 def reader_mode(options: Mapping[str, str]) -> str:
-    """``driver`` (default: one consumer kept open in the driver, :class:`KafkaDriverStreamReader`)
+    """``driver`` (default: consumers kept open in the driver, :class:`KafkaDriverStreamReader`)
     or ``tasks`` (a Spark task per partition and micro-batch, :class:`KafkaStreamReader`)."""
     mode = str(_opt(options, "aml.reader", "driver")).strip().lower()
     if mode not in READERS:
@@ -439,11 +439,11 @@ class RangeReader:
 
     A Spark task uses one for its partition and closes it. The driver reader
     (:class:`KafkaDriverStreamReader`) keeps one open for the whole query: its consumers
-    keep their positions and keep fetching between micro-batches, so a micro-batch costs no
-    connection, no metadata round trip and no fetch latency. Messages a consumer delivers
-    past a range's end are kept (``stash``) and returned first by the next call; a range
-    that does not start where the last one ended (a restart, a replayed batch) makes that
-    partition's consumer seek.
+    keep their connections and the reader their positions, so a micro-batch costs no
+    connection and no metadata round trip; between micro-batches they fetch nothing
+    (:meth:`pause`). Messages a consumer delivers past a range's end are kept (``stash``)
+    and returned first by the next call; a range that does not start where the last one
+    ended (a restart, a replayed batch) makes that partition's consumer seek.
 
     One consumer per partition, not one for all: each partition then has its own fetch
     queue, and the local Kafka-protocol broker the tests use stops answering a consumer
@@ -682,17 +682,18 @@ class KafkaStreamReader(_StreamOffsets, DataSourceStreamReader, SupportsTriggerA
 
 
 class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, SupportsTriggerAvailableNow):
-    """Micro-batch reader, ``aml.reader=driver``: one consumer, kept open in the driver's source
-    process for the whole query, reads every micro-batch.
+    """Micro-batch reader, ``aml.reader=driver``: consumers kept open in the driver's source
+    process for the whole query (one per partition, :class:`RangeReader`) read every micro-batch.
 
     Spark calls :meth:`read` when it plans a micro-batch; the records it returns are handed
     to the micro-batch as they are (Spark's simple stream reader). No task starts a Python
-    worker or a consumer, and the consumer has usually fetched the records already, so a
-    micro-batch's read costs milliseconds instead of a connection and a fetch per partition:
-    the mode for low latency. One process reads everything, which suits the rates one
-    consumer sustains (tens of thousands of records per second); for more, ``aml.reader=tasks``
-    reads the partitions in parallel tasks. Offsets are checkpointed by Spark as in the
-    other mode; a replayed micro-batch is read again by :meth:`readBetweenOffsets`.
+    worker or a consumer and no connection is opened, so a micro-batch's read costs a fetch
+    round trip per partition: the mode for low latency. Between micro-batches the consumers
+    fetch nothing, so the broker and the reader leave the cores to the scoring. One process
+    reads everything, which suits the rates one process sustains (tens of thousands of
+    records per second); for more, ``aml.reader=tasks`` reads the partitions in parallel
+    tasks. Offsets are checkpointed by Spark as in the other mode; a replayed micro-batch is
+    read again by :meth:`readBetweenOffsets`.
     """
 
     def __init__(self, options: Mapping[str, str], schema: StructType):
