@@ -702,6 +702,9 @@ class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, Supp
         self._broker: _Broker | None = None
         self._target: dict[tuple[str, int], int] | None = None
         self._reader: RangeReader | None = None
+        # Spark creates this reader when the query starts: import the Arrow conversion now
+        # (pyarrow, pandas), not while the first micro-batch with records is being planned.
+        _Columns(schema)
 
     @property
     def reader(self) -> RangeReader:

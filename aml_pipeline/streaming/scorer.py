@@ -363,9 +363,16 @@ class StreamScorer:
         row = {c: None for c in STAGED_SCHEMA}
         row.update(event_id="_warm_up", event_time=datetime(2000, 1, 1, tzinfo=timezone.utc), src_account="_a",
                    dst_account="_b", amount=1.0, currency=currency, channel="unknown", jurisdiction="_")
+        if self.columnar and self.recent is None:  # the columnar history copy, built now rather than by the first batch
+            self.recent = RecentRows(self.store.layout, (r for _, _, rows in self.store.sets() for r in rows))
+        if self.recent is not None and self.recent.frame.height:
+            # the newest stored event's accounts, a second later: the plan runs with history as a batch does
+            last = self.recent.frame.sort("event_time").row(-1, named=True)
+            row.update(src_account=last["src_account"], dst_account=last["dst_account"],
+                       event_time=datetime.fromtimestamp((last["event_time"] + 1_000_000) / 1e6, tz=timezone.utc))
         frame = pl.DataFrame([row], schema=STAGED_SCHEMA, orient="row")
         try:
-            features = self.bundle.plan.transform(frame)
+            features = self.bundle.plan.transform(frame, history=self.history(frame))
             self.bundle.score_features(features.with_columns(pl.lit("*").alias("jurisdiction")), self.top_k, "all")
         except Exception:  # a plan needing columns the made-up event lacks: the first batch warms up instead
             pass
@@ -378,7 +385,7 @@ class StreamScorer:
         expand = first - self.needs.expand_us if self.needs.expand_us else None
         cols = self.store.layout.columns
         if self.columnar:
-            if self.recent is None:
+            if self.recent is None:  # warm_up was not called
                 self.recent = RecentRows(self.store.layout, (r for _, _, rows in self.store.sets() for r in rows))
             frame = self.recent.select(accounts, first, expand, self.needs.hubs).filter(
                 ~pl.col("event_id").is_in(events["event_id"].implode()) & (pl.col("event_time") < first))
