@@ -6,6 +6,7 @@
     python bench/stream.py --deploy file        # JSON-lines files in and out, no broker
     python bench/stream.py --state both --events 20000 --triggers ""   # state: store and state: spark side by side
     python bench/stream.py --readers driver     # only deploy.reader=driver (default: driver, then tasks)
+    python bench/stream.py --set deploy.model_threads=1   # any override for the scorer's runs
 
 What it does (everything under bench/out/stream/, reused when present):
 
@@ -64,6 +65,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 #: Latency runs: events published in the first seconds meet a query still warming up (Python
 #: workers start on the first batch with data); the steady-state figures leave them out.
 STEADY = 10.0
+#: Extra overrides for every task=stream run (--set), e.g. deploy.model_threads=1.
+SETTINGS: list[str] = []
 
 
 def cli(*args: str, log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -120,9 +123,9 @@ def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *ext
             f"deploy.checkpoint={base / 'checkpoint'}",
             f"deploy.warm_from={data['validated']}", f"deploy.warm_until='{data['warm_until']}'"]
     if bootstrap is None:
-        return [*args, "deploy=file", f"deploy.input={base / 'in'}", f"deploy.output={base / 'out'}", *extra]
+        return [*args, "deploy=file", f"deploy.input={base / 'in'}", f"deploy.output={base / 'out'}", *extra, *SETTINGS]
     return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}", f"deploy.reader={reader}",
-            *[f"deploy.topics.{k}={v}" for k, v in topics.items()], *extra]
+            *[f"deploy.topics.{k}={v}" for k, v in topics.items()], *extra, *SETTINGS]
 
 
 def topics_for(tag: str) -> dict:
@@ -308,8 +311,11 @@ def main() -> None:
     ap.add_argument("--readers", default="driver,tasks",
                     help="deploy.reader values to run (kafka), in order; the first is the one measured against the "
                          "targets, the others are the alternative in the same run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every task=stream run, e.g. --set deploy.model_threads=1 (repeatable)")
     args = ap.parse_args()
     PARTITIONS = args.partitions
+    SETTINGS.extend(args.set)
     OUT.mkdir(parents=True, exist_ok=True)
     import shutil
 
@@ -320,7 +326,7 @@ def main() -> None:
     data = prepare(args.events, local_plan=args.state != "store")
     from aml_pipeline.streaming.broker import LocalBroker
 
-    results: dict = {"deploy": args.deploy, "states": states, "readers": readers, "events": data["events"],
+    results: dict = {"deploy": args.deploy, "states": states, "readers": readers, "settings": SETTINGS, "events": data["events"],
                      "partitions": PARTITIONS, "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "runs": []}
     from contextlib import nullcontext
 
@@ -358,11 +364,11 @@ def print_comparison(runs: list[dict]) -> None:
             parts = []
             if base["throughput"] and other["throughput"]:
                 a, b = base["throughput"]["events_per_s"], other["throughput"]["events_per_s"]
-                parts.append(f"throughput {a:,} vs {b:,} events/s ({a / b:.2f}x)")
+                parts.append(f"throughput {a:,} vs {b:,} events/s (ratio {a / b:.2f})")
             for la, lb in zip(base["latency"], other["latency"]):
                 pa, pb = la["steady"].get("p99_s"), lb["steady"].get("p99_s")
                 if pa and pb:
-                    parts.append(f"p99 at {la['trigger']}: {pa}s vs {pb}s ({pb / pa:.2f}x lower)")
+                    parts.append(f"steady p99 at {la['trigger']}: {pa}s vs {pb}s (ratio {pb / pa:.2f})")
             if parts:
                 print(f"state {state}, reader {base['reader']} vs {other['reader']}: " + "; ".join(parts), flush=True)
 
