@@ -413,9 +413,9 @@ def run_passes(frame: DataFrame, requests: list[PassRequest], events: DataFrame,
     (windows evaluated in Python over Arrow), ``window`` with :func:`run_pass` (Spark's
     Window operator).
     """
-    if evaluator not in EVALUATORS:
+    run = {"arrow": run_pass_arrow, "window": run_pass}.get(evaluator)
+    if run is None:
         raise ValueError(f"unknown pass evaluator {evaluator!r}; allowed: {', '.join(EVALUATORS)}")
-    run = run_pass_arrow if evaluator == "arrow" else run_pass
     groups: dict[tuple[tuple[str, ...], str], list[PassRequest]] = {}
     for request in requests:
         groups.setdefault((tuple(request.keys), request.stack), []).append(request)

@@ -572,12 +572,18 @@ def _data_loss(fail: bool, tp: tuple[str, int], expected: int, got: int) -> None
 
 
 class _StreamOffsets:
-    """Offset planning shared by both stream readers: the start, the broker's high watermarks
-    (capped for availableNow) and each micro-batch's ranges."""
+    """What both stream readers share: their options, the offset planning (the start, the
+    broker's high watermarks, capped for availableNow, and each micro-batch's ranges) and a
+    commit that has nothing to do (Spark's checkpoint holds the offsets)."""
 
-    opts: SourceOptions
-    _broker: "_Broker | None"
-    _target: dict[tuple[str, int], int] | None
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        self.opts = SourceOptions.parse(options)
+        self.schema = schema
+        self._broker: _Broker | None = None
+        self._target: dict[tuple[str, int], int] | None = None
+
+    def commit(self, end: dict) -> None:
+        """Nothing to do: Spark's checkpoint holds the offsets."""
 
     @property
     def broker(self) -> _Broker:
@@ -647,12 +653,6 @@ class KafkaStreamReader(_StreamOffsets, DataSourceStreamReader, SupportsTriggerA
     range in a Spark task of its own (reads scale out with the executors); offsets are the
     broker's high watermarks, capped by read limits."""
 
-    def __init__(self, options: Mapping[str, str], schema: StructType):
-        self.opts = SourceOptions.parse(options)
-        self.schema = schema
-        self._broker: _Broker | None = None
-        self._target: dict[tuple[str, int], int] | None = None
-
     def __getstate__(self) -> dict:
         # The reader is pickled to executors for read(); the broker handle stays behind.
         state = dict(self.__dict__)
@@ -677,9 +677,6 @@ class KafkaStreamReader(_StreamOffsets, DataSourceStreamReader, SupportsTriggerA
         return read_range(self.opts.client, partition, self.schema,
                           self.opts.fail_on_data_loss, self.opts.poll_timeout_ms)
 
-    def commit(self, end: dict) -> None:
-        """Nothing to do: Spark's checkpoint holds the offsets."""
-
 
 class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, SupportsTriggerAvailableNow):
     """Micro-batch reader, ``aml.reader=driver``: consumers kept open in the driver's source
@@ -697,10 +694,7 @@ class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, Supp
     """
 
     def __init__(self, options: Mapping[str, str], schema: StructType):
-        self.opts = SourceOptions.parse(options)
-        self.schema = schema
-        self._broker: _Broker | None = None
-        self._target: dict[tuple[str, int], int] | None = None
+        super().__init__(options, schema)
         self._reader: RangeReader | None = None
         # Spark creates this reader when the query starts: import the Arrow conversion now
         # (pyarrow, pandas), not while the first micro-batch with records is being planned.
@@ -725,9 +719,6 @@ class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, Supp
 
     def readBetweenOffsets(self, start: dict, end: dict) -> Iterator[Any]:
         return iter(self._records(self._ranges(start, end)))
-
-    def commit(self, end: dict) -> None:
-        """Nothing to do: Spark's checkpoint holds the offsets."""
 
     def stop(self) -> None:
         if self._reader is not None:

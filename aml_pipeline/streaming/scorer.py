@@ -363,8 +363,8 @@ class StreamScorer:
         row = {c: None for c in STAGED_SCHEMA}
         row.update(event_id="_warm_up", event_time=datetime(2000, 1, 1, tzinfo=timezone.utc), src_account="_a",
                    dst_account="_b", amount=1.0, currency=currency, channel="unknown", jurisdiction="_")
-        if self.columnar and self.recent is None:  # the columnar history copy, built now rather than by the first batch
-            self.recent = RecentRows(self.store.layout, (r for _, _, rows in self.store.sets() for r in rows))
+        if self.columnar:  # the columnar history copy, built now rather than by the first batch
+            self._recent_rows()
         if self.recent is not None and self.recent.frame.height:
             # the newest stored event's accounts, a second later: the plan runs with history as a batch does
             last = self.recent.frame.sort("event_time").row(-1, named=True)
@@ -378,6 +378,12 @@ class StreamScorer:
             pass
 
     # -- features, scores, alerts -----------------------------------------------------------
+    def _recent_rows(self) -> RecentRows:
+        """The columnar copy of the embedded store's rows (built from the store on first use)."""
+        if self.recent is None:
+            self.recent = RecentRows(self.store.layout, (r for _, _, rows in self.store.sets() for r in rows))
+        return self.recent
+
     def history(self, events: pl.DataFrame) -> pl.DataFrame | None:
         """The store's rows the events' features need (all strictly before the first event)."""
         accounts = set(events["src_account"].to_list()) | set(events["dst_account"].to_list())
@@ -385,9 +391,7 @@ class StreamScorer:
         expand = first - self.needs.expand_us if self.needs.expand_us else None
         cols = self.store.layout.columns
         if self.columnar:
-            if self.recent is None:  # warm_up was not called
-                self.recent = RecentRows(self.store.layout, (r for _, _, rows in self.store.sets() for r in rows))
-            frame = self.recent.select(accounts, first, expand, self.needs.hubs).filter(
+            frame = self._recent_rows().select(accounts, first, expand, self.needs.hubs).filter(
                 ~pl.col("event_id").is_in(events["event_id"].implode()) & (pl.col("event_time") < first))
             if not frame.height:
                 return None
