@@ -121,6 +121,9 @@ def test_other_option_errors():
         validate_source_options({**base, "subscribe": "x", "failOnDataLoss": "maybe"})
     with pytest.raises(ConfigError, match="aml.reader must be one of driver, tasks, got 'executors'"):
         validate_source_options({**base, "subscribe": "x", "aml.reader": "executors"})
+    with pytest.raises(ConfigError, match="option aml.prefetchRecords must be an integer >= 0, got '-1'"):
+        validate_source_options({**base, "subscribe": "x", "aml.prefetchRecords": "-1"})
+    assert validate_source_options({**base, "subscribe": "x", "aml.prefetchRecords": "0"}).prefetch_records == 0
     with pytest.raises(ConfigError, match="value"):
         validate_sink_options({**base, "topic": "x"}, ["key", "payload"])
     with pytest.raises(ConfigError, match="topic"):
@@ -322,6 +325,37 @@ def test_range_reader_keeps_one_consumer_across_ranges_and_seeks_back_for_a_repl
         produce(kafka_broker, topic, [(None, "a50")], partition=0)
         assert values({0: (25, 26)}) == [(0, 25, "a25")]
         assert values({0: (50, 51)}) == [(0, 50, "a50")]  # a record produced after the consumer reached the end
+    finally:
+        reader.close()
+
+
+def test_range_reader_keeps_what_it_fetched_ahead_when_it_pauses(kafka_broker):
+    """Pausing keeps up to ``prefetch`` records the consumer fetched past the range (they
+    would be discarded with its queue); the next ranges are served from them without
+    fetching, and a replayed range still seeks back."""
+    from pyspark.sql.types import StructType
+
+    topic = _topic("prefetch")
+    create(kafka_broker, topic, 1)
+    produce(kafka_broker, topic, [(None, f"a{i}") for i in range(200)], partition=0)
+    reader = RangeReader({"bootstrap.servers": kafka_broker}, poll_timeout_ms=20_000, prefetch=50)
+    schema = StructType.fromJson(json.loads(SCHEMA.json()))
+    tp = (topic, 0)
+
+    def values(start, end):
+        batches = list(reader.read({tp: (start, end)}, schema))
+        return [(off, v.decode()) for b in batches for off, v in zip(b.column("offset").to_pylist(), b.column("value").to_pylist())]
+
+    try:
+        assert values(0, 10) == [(i, f"a{i}") for i in range(10)]
+        reader.pause()
+        # one fetch answered with more than the range: 50 of the rest kept, in order, and the consumer's position after them
+        assert [m.offset() for m in reader.stash[tp]] == list(range(10, 60)) and reader.fetch[tp] == 60
+        assert values(10, 40) == [(i, f"a{i}") for i in range(10, 40)]
+        assert not reader.assigned  # served from what was kept: no fetch
+        assert values(40, 200) == [(i, f"a{i}") for i in range(40, 200)]  # the kept 20, then fetched from offset 60
+        reader.pause()
+        assert values(5, 15) == [(i, f"a{i}") for i in range(5, 15)]  # a replay seeks back
     finally:
         reader.close()
 

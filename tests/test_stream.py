@@ -371,6 +371,10 @@ def test_every_record_is_scored_dead_lettered_or_late(run, file_run):
     assert c["records_in"] == file_run.records == scored + len(dead) + len(late)
     assert (c["scored"], c["dead_lettered"], c["late"], c["pending"]) == (scored, len(dead), len(late), 0)
     assert file_run.summary["reconciles"] is True
+    # Spark's phases of every micro-batch: the rows Spark counted are the files read (whole text each)
+    spark = file_run.summary["spark_batches"]
+    assert sum(b["rows"] for b in spark) == len(run.files) and all(b["addBatch"] >= 0 for b in spark)
+    assert file_run.summary["spark_seconds"]["triggerExecution"] >= file_run.summary["spark_seconds"]["addBatch"] > 0
     by_text = {d["record"]: d for d in dead}
     assert set(by_text) == set(run.expected["dead"])
     for text, reasons in run.expected["dead"].items():

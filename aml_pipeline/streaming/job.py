@@ -233,12 +233,35 @@ def run(cfg: DictConfig) -> dict:
     stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    await_query(writer.start(), stopped, failure)
+    query = writer.start()
+    await_query(query, stopped, failure)
     with busy:
         scorer.flush()
-    summary = finish(cfg, scorer, source, store.backend, stopped, start)
+    summary = finish(cfg, scorer, source, store.backend, stopped, start, query)
     store.close()
     return summary
+
+
+#: Spark's own phases of a micro-batch (StreamingQueryProgress.durationMs), as kept in the summary.
+SPARK_PHASES = ("latestOffset", "getBatch", "queryPlanning", "walCommit", "addBatch", "commitOffsets", "triggerExecution")
+
+
+def trigger_durations(query) -> list[dict[str, Any]]:
+    """Spark's timing of the query's recent micro-batches (the last
+    ``spark.sql.streaming.numRecentProgressUpdates``, default 100): per batch id, the
+    milliseconds of each phase in :data:`SPARK_PHASES`. ``addBatch`` holds the scorer's own
+    stages; ``latestOffset`` and ``getBatch`` hold the source's planning and reading, which
+    the scorer's ``read`` stage does not see."""
+    batches = []
+    try:
+        progress = query.recentProgress
+    except Exception:  # the query's JVM side is gone: nothing to report
+        return batches
+    for p in progress:
+        durations = getattr(p, "durationMs", None) or {}
+        batches.append({"batch_id": int(p.batchId), "started": str(p.timestamp), "rows": int(p.numInputRows),
+                        **{k: int(durations[k]) for k in SPARK_PHASES if k in durations}})
+    return batches
 
 
 def await_query(query, stopped: list[int], failure: list[BaseException]) -> None:
@@ -259,11 +282,17 @@ def await_query(query, stopped: list[int], failure: list[BaseException]) -> None
         raise RuntimeError(f"the streaming query failed: {failure[0]!r}") from failure[0]
 
 
-def finish(cfg: DictConfig, scorer, source: str, store: str, stopped: list[int], start: float) -> dict:
-    """Write ``<reports_dir>/stream_summary.json``, close the outputs, print the counts."""
+def finish(cfg: DictConfig, scorer, source: str, store: str, stopped: list[int], start: float, query=None) -> dict:
+    """Write ``<reports_dir>/stream_summary.json``, close the outputs, print the counts.
+
+    ``query``: the streaming query, whose recent micro-batches' Spark phases join the summary
+    (``spark_batches``, and their totals in seconds as ``spark_seconds``)."""
+    batches = trigger_durations(query) if query is not None else []
     summary = {**scorer.summary(), "source": source, "store": store, "outputs": scorer.outputs.describe(),
                "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if cfg.deploy.once else "end"),
-               "seconds": round(time.perf_counter() - start, 3)}
+               "seconds": round(time.perf_counter() - start, 3),
+               "spark_seconds": {k: round(sum(b.get(k, 0) for b in batches) / 1000, 3) for k in SPARK_PHASES},
+               "spark_batches": batches}
     out = Path(cfg.paths.reports_dir) / "stream_summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")

@@ -103,6 +103,9 @@ _MANAGED = {"key.deserializer", "value.deserializer", "key.serializer", "value.s
 
 #: Records per Arrow batch handed to Spark by a reading task.
 _ARROW_BATCH = 8192
+#: Records per partition the driver reader keeps of what its consumer fetched past a
+#: micro-batch's range (``aml.prefetchRecords``), rather than let the pause discard them.
+PREFETCH_RECORDS = 20_000
 
 Offsets = dict[str, dict[str, int]]
 
@@ -167,6 +170,19 @@ def _positive_int(options: Mapping[str, str], name: str) -> int | None:
     return value
 
 
+def _count(options: Mapping[str, str], name: str, default: int) -> int:
+    text = _opt(options, name)
+    if text is None:
+        return default
+    try:
+        value = int(str(text))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"option {name} must be an integer >= 0, got {text!r}")
+    return value
+
+
 def _offsets_spec(options: Mapping[str, str], name: str, default: str) -> str | Offsets:
     """``earliest`` | ``latest`` | Spark's JSON ``{"topic": {"0": 23, "1": -2}}``."""
     text = str(_opt(options, name, default)).strip()
@@ -196,6 +212,7 @@ class SourceOptions:
     max_offsets_per_trigger: int | None
     fail_on_data_loss: bool
     poll_timeout_ms: int
+    prefetch_records: int = PREFETCH_RECORDS
 
     @classmethod
     def parse(cls, options: Mapping[str, str]) -> "SourceOptions":
@@ -230,6 +247,7 @@ class SourceOptions:
             max_offsets_per_trigger=_positive_int(options, "maxOffsetsPerTrigger"),
             fail_on_data_loss=_bool(options, "failOnDataLoss", True),
             poll_timeout_ms=_positive_int(options, "kafkaConsumer.pollTimeoutMs") or 120_000,
+            prefetch_records=_count(options, "aml.prefetchRecords", PREFETCH_RECORDS),
         )
 
 
@@ -450,10 +468,13 @@ class RangeReader:
     that fetches several large partitions in one request.
     """
 
-    def __init__(self, client: Mapping[str, str], fail_on_data_loss: bool = True, poll_timeout_ms: int = 120_000):
+    def __init__(self, client: Mapping[str, str], fail_on_data_loss: bool = True, poll_timeout_ms: int = 120_000,
+                 prefetch: int = 0):
         self.client = dict(client)
         self.fail_on_data_loss = fail_on_data_loss
         self.poll_timeout_ms = poll_timeout_ms
+        #: records per partition :meth:`pause` keeps of what the consumer fetched ahead
+        self.prefetch = int(prefetch)
         self.consumers: dict[tuple[str, int], Any] = {}
         #: Partitions whose consumer is assigned (fetching).
         self.assigned: set[tuple[str, int]] = set()
@@ -465,9 +486,30 @@ class RangeReader:
         """Stop fetching until the next read (the consumers keep their connections and the
         reader its positions). An assigned consumer keeps a fetch request open on the broker
         all the time; on the 2-core test machine the local broker spends a third of a core
-        on each, which the micro-batch's scoring needs."""
+        on each, which the micro-batch's scoring needs.
+
+        Unassigning discards the messages the consumer fetched ahead of the range. Up to
+        ``prefetch`` of them per partition are first moved to the stash, so the next ranges
+        are served without fetching them again: a consumer fetches far ahead when there is a
+        backlog (librdkafka keeps ``queued.min.messages``, 100,000 by default, queued per
+        partition; the local test broker even answers each fetch with the whole rest of the
+        partition), and without this every micro-batch paid for that fetch once more."""
         for tp in self.assigned:
-            self.consumers[tp].unassign()
+            consumer = self.consumers[tp]
+            stash = self.stash.setdefault(tp, [])
+            room = self.prefetch - len(stash)
+            while room > 0:
+                msgs = consumer.consume(num_messages=min(room, 10_000), timeout=0)
+                kept = [m for m in msgs if m.error() is None]
+                if len(kept) < len(msgs):  # an error: keep what came before it, fetch the rest again
+                    kept = msgs[:next(i for i, m in enumerate(msgs) if m.error() is not None)]
+                if kept:
+                    stash.extend(kept)
+                    self.fetch[tp] = kept[-1].offset() + 1
+                    room -= len(kept)
+                if len(kept) < len(msgs) or not msgs:
+                    break
+            consumer.unassign()
         self.assigned.clear()
 
     def close(self) -> None:
@@ -484,17 +526,22 @@ class RangeReader:
             return self.stash[tp][0].offset()
         return self.fetch.get(tp)
 
-    def _at(self, tp: tuple[str, int], start: int):
-        """The partition's consumer, positioned so that its next message is ``start``."""
-        from confluent_kafka import TopicPartition
-
-        if self._next(tp) != start:  # a new partition, a restart or a replayed batch
+    def _seek(self, tp: tuple[str, int], start: int) -> None:
+        """Make ``start`` the partition's next message: from the stash or the consumer's
+        position when they continue there, else a seek (a new partition, a restart or a
+        replayed batch)."""
+        if self._next(tp) != start:
             self.stash.pop(tp, None)
             self.fetch[tp] = start
             self.assigned.discard(tp)
+
+    def _fetching(self, tp: tuple[str, int]):
+        """The partition's consumer, assigned from the offset after what it delivered (and stashed)."""
+        from confluent_kafka import TopicPartition
+
         if tp not in self.consumers:
             self.consumers[tp] = _consumer(self.client)
-        if tp not in self.assigned:  # from the offset after what it delivered (and stashed)
+        if tp not in self.assigned:
             self.consumers[tp].assign([TopicPartition(tp[0], tp[1], self.fetch[tp])])
             self.assigned.add(tp)
         return self.consumers[tp]
@@ -511,7 +558,7 @@ class RangeReader:
 
     def _read_one(self, tp: tuple[str, int], start: int, end: int, out: "_Columns") -> Iterator[None]:
         """Add the records ``[start, end)`` of one partition to ``out``; yields when ``out`` is full."""
-        consumer = self._at(tp, start)
+        self._seek(tp, start)
         expected = start
 
         def take(msg, off: int) -> None:
@@ -530,11 +577,15 @@ class RangeReader:
             expected = off + 1
 
         stashed, self.stash[tp] = self.stash.get(tp, []), []
-        for msg in stashed:  # what the last call fetched past its range
+        for i, msg in enumerate(stashed):  # what earlier calls fetched past their ranges, in offset order
+            if msg.offset() >= end:
+                self.stash[tp] = stashed[i:]  # the rest stays for the next ranges
+                break
             take(msg, msg.offset())
             if len(out) >= _ARROW_BATCH:
                 yield None
         last_progress, client_error = time.monotonic(), None
+        consumer = self._fetching(tp) if expected < end else None
         while expected < end:
             msgs = consumer.consume(num_messages=min(10_000, max(1, end - expected)), timeout=1.0)
             progressed = False
@@ -703,7 +754,8 @@ class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, Supp
     @property
     def reader(self) -> RangeReader:
         if self._reader is None:
-            self._reader = RangeReader(self.opts.client, self.opts.fail_on_data_loss, self.opts.poll_timeout_ms)
+            self._reader = RangeReader(self.opts.client, self.opts.fail_on_data_loss, self.opts.poll_timeout_ms,
+                                       self.opts.prefetch_records)
         return self._reader
 
     def _records(self, parts: list[KafkaPartition]) -> list:

@@ -529,7 +529,8 @@ def run(cfg: DictConfig) -> dict:
     stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    await_query(start_query(bool(d.once)), stopped, failure)
+    query = start_query(bool(d.once))
+    await_query(query, stopped, failure)
     if scorer.held and scorer.max_seen is not None:
         # flush: a marker whose time puts the watermark 1 ms past the newest event seen
         flush_ms = scorer.max_seen // 1000 + 1
@@ -541,4 +542,4 @@ def run(cfg: DictConfig) -> dict:
         await_query(start_query(True), stopped, failure)
         stopped[:0] = signals
         scorer.watermark = max(scorer.watermark or 0, flush_ms * 1000)  # where the marker put it
-    return finish(cfg, scorer, source, "spark state (RocksDB)", stopped, start)
+    return finish(cfg, scorer, source, "spark state (RocksDB)", stopped, start, query)
