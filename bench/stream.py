@@ -20,8 +20,10 @@ What it does (everything under bench/out/stream/, reused when present):
    in / (end of the last micro-batch - start of the first), from the scorer's summary;
 4. **latency**, per trigger interval: a fresh query (trigger ``1 second``, then
    ``5 seconds``) is started on empty topics, then ``task=replay`` publishes
-   ``--latency-rate`` events/s for ``--latency-seconds``; a consumer in this process
-   notes when each alert arrives on ``aml_alerts``; latency = arrival - ``published_at`` of
+   ``--latency-rate`` events/s for ``--latency-seconds``; latency = the alert's arrival on
+   ``aml_alerts`` (the broker's append time: the topic is created with
+   ``message.timestamp.type=LogAppendTime`` and read after the run, so no consumer of the
+   benchmark's own competes with the scorer for the cores meanwhile) - ``published_at`` of
    the alert's event (read back from ``transactions_raw``), over every alert and over the
    steady state (events published after the first ``STEADY`` seconds, when the query's
    Python workers are up). The query is then stopped (SIGTERM: the held events are
@@ -159,27 +161,28 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
             "late": c["late"], "stage_seconds": summary.get("stage_seconds")}
 
 
-class AlertClock(threading.Thread):
-    """Consumes the alerts topic; notes the arrival time of each alert's event id."""
+def alert_arrivals(bootstrap: str, topic: str) -> dict[str, float]:
+    """When each alert's event id first arrived on the alerts topic: the broker's append time
+    (the topic is created with ``message.timestamp.type=LogAppendTime``), read after the run,
+    so no consumer polls the broker while the scorer is measured."""
+    from confluent_kafka import Consumer, TopicPartition
 
-    def __init__(self, bootstrap: str, topic: str):
-        super().__init__(daemon=True)
-        from confluent_kafka import Consumer
-
-        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}", "auto.offset.reset": "earliest",
-                           "enable.auto.commit": False, "fetch.wait.max.ms": 10})
-        self.c.subscribe([topic])
-        self.arrived: dict[str, float] = {}
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            m = self.c.poll(0.05)
-            if m is None or m.error():
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}", "enable.auto.commit": False})
+    parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    seen, out = {p: 0 for p in parts}, {}
+    while any(seen[p] < ends[p] for p in parts):
+        for m in c.consume(10_000, 1.0):
+            if m.error():
                 continue
-            now = time.time()
-            self.arrived.setdefault(json.loads(m.value())["event_id"], now)
-        self.c.close()
+            seen[m.partition()] = m.offset() + 1
+            kind, ms = m.timestamp()
+            if kind != 2:  # TIMESTAMP_LOG_APPEND_TIME
+                raise SystemExit(f"{topic}: the broker did not stamp the append time (timestamp type {kind})")
+            out.setdefault(json.loads(m.value())["event_id"], ms / 1000)
+    c.close()
+    return out
 
 
 class FileAlertClock(threading.Thread):
@@ -240,13 +243,15 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
-        for f in admin.create_topics([NewTopic(t, num_partitions=PARTITIONS if k == "input" else 1, replication_factor=1)
+        append_time = {"message.timestamp.type": "LogAppendTime"}
+        for f in admin.create_topics([NewTopic(t, num_partitions=PARTITIONS if k == "input" else 1, replication_factor=1,
+                                               config=append_time if k == "alerts" else {})
                                       for k, t in topics.items()]).values():
             f.result(30)
-        clock = AlertClock(bootstrap, topics["alerts"])
+        clock = None
     else:
         clock = FileAlertClock(OUT / "runs" / tag / "out" / "alerts")
-    clock.start()
+        clock.start()
     log = open(OUT / f"latency-{tag}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline",
                              *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'", f"deploy.state={state}",
@@ -275,11 +280,13 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-        clock.stop.set()
-        clock.join(10)
+        if clock is not None:
+            clock.stop.set()
+            clock.join(10)
     pub = published_at(bootstrap, topics["input"]) if bootstrap else published_in_files(OUT / "runs" / tag / "in")
+    arrived = alert_arrivals(bootstrap, topics["alerts"]) if bootstrap else clock.arrived
     first = min(pub.values())
-    timed = [(pub[e], t - pub[e]) for e, t in clock.arrived.items() if e in pub]
+    timed = [(pub[e], t - pub[e]) for e, t in arrived.items() if e in pub]
     summary = json.loads((OUT / f"runs/{tag}/reports/stream_summary.json").read_text())
 
     def pct(values: list[float]) -> dict:
