@@ -39,7 +39,9 @@ without the graph step, which that mode refuses), and ``both`` runs the store mo
 same bundle, so the two figures compare the state modes and nothing else.
 
 Prints one table and writes bench/out/stream/results.json. Run it on an otherwise idle
-machine: it measures wall-clock rates on 2 cores.
+machine: it measures wall-clock rates on 2 cores. Each figure comes with the CPU steal
+during its run (the share of CPU time a virtual machine's host gave to other guests, from
+/proc/stat): figures taken while it is high are not comparable with quiet ones.
 """
 
 from __future__ import annotations
@@ -69,6 +71,28 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 STEADY = 10.0
 #: Extra overrides for every task=stream run (--set), e.g. deploy.model_threads=1.
 SETTINGS: list[str] = []
+
+
+class Steal:
+    """Share of the machine's CPU time the hypervisor gave to other guests ("steal" in
+    /proc/stat) between start and :meth:`percent`: figures taken while it is high measure
+    the host's other tenants as much as the scorer."""
+
+    def __init__(self):
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return 0, 0
+        return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+    def percent(self) -> float | None:
+        total, steal = self._read()
+        spent = total - self.start[0]
+        return round(100 * (steal - self.start[1]) / spent, 1) if spent > 0 else None
 
 
 def cli(*args: str, log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -150,6 +174,7 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
         secs = replay(bootstrap, topics["input"], data)
         limit = f"deploy.max_records_per_batch={batch}"
     print(f"published {data['events']:,} events in {secs:.1f}s", flush=True)
+    steal = Steal()
     cli(*stream_args(name, bootstrap, topics, data, "deploy.once=true", f"deploy.state={state}", limit,
                      reader=reader), log=OUT / f"{name}.log")
     summary = json.loads((OUT / f"runs/{name}/reports/stream_summary.json").read_text())
@@ -158,7 +183,8 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
     return {"state": state, "reader": reader if bootstrap else None, "records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
             "seconds": round(span, 1), "events_per_s": round(c["records_in"] / span), "busy_seconds": summary["busy_seconds"],
             "reconciles": summary["reconciles"], "run_seconds": summary["seconds"],
-            "late": c["late"], "stage_seconds": summary.get("stage_seconds")}
+            "late": c["late"], "stage_seconds": summary.get("stage_seconds"), "spark_seconds": summary.get("spark_seconds"),
+            "cpu_steal_percent": steal.percent()}
 
 
 def alert_arrivals(bootstrap: str, topic: str) -> dict[str, float]:
@@ -253,6 +279,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         clock = FileAlertClock(OUT / "runs" / tag / "out" / "alerts")
         clock.start()
     log = open(OUT / f"latency-{tag}.log", "w")
+    steal = Steal()
     proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline",
                              *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'", f"deploy.state={state}",
                                           reader=reader)],
@@ -299,7 +326,8 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
     return {"state": state, "reader": reader if bootstrap else None, "trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
             # every alert, and the steady state: events published after the first STEADY seconds
             "all": pct([lat for _, lat in timed]), "steady": pct([lat for p, lat in timed if p >= first + STEADY]),
-            "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds")}
+            "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds"),
+            "spark_seconds": summary.get("spark_seconds"), "cpu_steal_percent": steal.percent()}
 
 
 def main() -> None:
@@ -346,15 +374,16 @@ def main() -> None:
                 t = run["throughput"]
                 if t:
                     print(f"throughput (state {state}, reader {reader}): {t['records']:,} records in {t['seconds']}s = "
-                          f"{t['events_per_s']:,} events/s ({t['batches']} micro-batches, reconciles {t['reconciles']})", flush=True)
+                          f"{t['events_per_s']:,} events/s ({t['batches']} micro-batches, reconciles {t['reconciles']}; "
+                          f"CPU steal {t['cpu_steal_percent']}%)", flush=True)
                 for trigger in triggers:
                     r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds, state, reader)
                     run["latency"].append(r)
                     for k in ("all", "steady"):
                         x = r[k]
                         print(f"latency ({k}, state {state}, reader {reader}) at trigger {trigger}, {r['rate']:.0f} events/s: "
-                              f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts",
-                              flush=True)
+                              f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts "
+                              f"(CPU steal {r['cpu_steal_percent']}%)", flush=True)
                 results["runs"].append(run)
     results["load_after"] = os.getloadavg()
     print_comparison(results["runs"])

@@ -44,6 +44,7 @@ Usage::
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -157,30 +158,27 @@ def reader_mode(options: Mapping[str, str]) -> str:
     return mode
 
 
-def _positive_int(options: Mapping[str, str], name: str) -> int | None:
+def _int_option(options: Mapping[str, str], name: str, minimum: int) -> int | None:
+    """An integer option of at least ``minimum`` (None when not given)."""
     text = _opt(options, name)
     if text is None:
         return None
     try:
         value = int(str(text))
     except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"option {name} must be a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"option {name} must be {what}, got {text!r}")
     return value
 
 
-def _count(options: Mapping[str, str], name: str, default: int) -> int:
-    text = _opt(options, name)
-    if text is None:
-        return default
-    try:
-        value = int(str(text))
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ConfigError(f"option {name} must be an integer >= 0, got {text!r}")
-    return value
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _positive_int(options: Mapping[str, str], name: str) -> int | None:
+    return _int_option(options, name, 1)
 
 
 def _offsets_spec(options: Mapping[str, str], name: str, default: str) -> str | Offsets:
@@ -247,7 +245,7 @@ class SourceOptions:
             max_offsets_per_trigger=_positive_int(options, "maxOffsetsPerTrigger"),
             fail_on_data_loss=_bool(options, "failOnDataLoss", True),
             poll_timeout_ms=_positive_int(options, "kafkaConsumer.pollTimeoutMs") or 120_000,
-            prefetch_records=_count(options, "aml.prefetchRecords", PREFETCH_RECORDS),
+            prefetch_records=_default(_int_option(options, "aml.prefetchRecords", 0), PREFETCH_RECORDS),
         )
 
 
@@ -500,14 +498,13 @@ class RangeReader:
             room = self.prefetch - len(stash)
             while room > 0:
                 msgs = consumer.consume(num_messages=min(room, 10_000), timeout=0)
-                kept = [m for m in msgs if m.error() is None]
-                if len(kept) < len(msgs):  # an error: keep what came before it, fetch the rest again
-                    kept = msgs[:next(i for i, m in enumerate(msgs) if m.error() is not None)]
+                # up to the first error, if any (what follows it is fetched again)
+                kept = list(itertools.takewhile(lambda m: m.error() is None, msgs))
                 if kept:
                     stash.extend(kept)
                     self.fetch[tp] = kept[-1].offset() + 1
                     room -= len(kept)
-                if len(kept) < len(msgs) or not msgs:
+                if not msgs or len(kept) < len(msgs):
                     break
             consumer.unassign()
         self.assigned.clear()
