@@ -56,6 +56,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import polars as pl
@@ -187,27 +188,34 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
             "cpu_steal_percent": steal.percent()}
 
 
-def alert_arrivals(bootstrap: str, topic: str) -> dict[str, float]:
-    """When each alert's event id first arrived on the alerts topic: the broker's append time
-    (the topic is created with ``message.timestamp.type=LogAppendTime``), read after the run,
-    so no consumer polls the broker while the scorer is measured."""
+def read_topic(bootstrap: str, topic: str) -> Iterator[Any]:
+    """Every message of the topic, from offset 0 to the end it had when called."""
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}", "enable.auto.commit": False})
     parts = c.list_topics(topic, timeout=30).topics[topic].partitions
     ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
     c.assign([TopicPartition(topic, p, 0) for p in parts])
-    seen, out = {p: 0 for p in parts}, {}
+    seen = {p: 0 for p in parts}
     while any(seen[p] < ends[p] for p in parts):
         for m in c.consume(10_000, 1.0):
             if m.error():
                 continue
             seen[m.partition()] = m.offset() + 1
-            kind, ms = m.timestamp()
-            if kind != 2:  # TIMESTAMP_LOG_APPEND_TIME
-                raise SystemExit(f"{topic}: the broker did not stamp the append time (timestamp type {kind})")
-            out.setdefault(json.loads(m.value())["event_id"], ms / 1000)
+            yield m
     c.close()
+
+
+def alert_arrivals(bootstrap: str, topic: str) -> dict[str, float]:
+    """When each alert's event id first arrived on the alerts topic: the broker's append time
+    (the topic is created with ``message.timestamp.type=LogAppendTime``), read after the run,
+    so no consumer polls the broker while the scorer is measured."""
+    out: dict[str, float] = {}
+    for m in read_topic(bootstrap, topic):
+        kind, ms = m.timestamp()
+        if kind != 2:  # TIMESTAMP_LOG_APPEND_TIME
+            raise SystemExit(f"{topic}: the broker did not stamp the append time (timestamp type {kind})")
+        out.setdefault(json.loads(m.value())["event_id"], ms / 1000)
     return out
 
 
@@ -243,21 +251,11 @@ def published_in_files(directory: Path) -> dict[str, float]:
 
 
 def published_at(bootstrap: str, topic: str) -> dict[str, float]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-pub-{topic}", "enable.auto.commit": False})
-    parts = c.list_topics(topic, timeout=30).topics[topic].partitions
-    ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in parts}
-    c.assign([TopicPartition(topic, p, 0) for p in parts])
-    seen, out = {p: 0 for p in parts}, {}
-    while any(seen[p] < ends[p] for p in parts):
-        for m in c.consume(10_000, 1.0):
-            if m.error():
-                continue
-            seen[m.partition()] = m.offset() + 1
-            v = json.loads(m.value())
-            out[v["event_id"]] = datetime.fromisoformat(v["published_at"]).timestamp()
-    c.close()
+    """Each event's ``published_at`` (when ``task=replay`` handed it over), from the input topic."""
+    out = {}
+    for m in read_topic(bootstrap, topic):
+        v = json.loads(m.value())
+        out[v["event_id"]] = datetime.fromisoformat(v["published_at"]).timestamp()
     return out
 
 
