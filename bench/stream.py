@@ -96,6 +96,71 @@ class Steal:
         return round(100 * (steal - self.start[1]) / spent, 1) if spent > 0 else None
 
 
+#: Who a process is, by its command line (first match wins), for :class:`CpuByRole`.
+ROLES = (("broker", "noida-db"), ("publisher", "task=replay"), ("spark JVM", "java"),
+         ("scorer", "task=stream"), ("spark python workers", "pyspark"))
+
+
+class CpuByRole(threading.Thread):
+    """CPU seconds used during a run by the broker, the publisher, Spark's JVM, the scorer
+    (the driver's Python process), Spark's Python workers and this benchmark, sampled from
+    /proc every second (a process's time is counted from its first sample on). On 2 cores
+    they all compete: this shows how much the scorer got."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.used: dict[str, float] = {}
+        self.halt = threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self._sample()
+        self.start()
+
+    def _role(self, pid: int) -> str | None:
+        if pid == os.getpid():
+            return "benchmark"
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return None
+        return next((role for role, mark in ROLES if mark in cmd), None)
+
+    def _sample(self) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+            role, before = self.seen.get(pid, (None, None))
+            if before is None:
+                role = self._role(pid)
+                if role is None:
+                    self.seen[pid] = (None, cpu)
+                    continue
+                if not self.used.get("_started"):
+                    before = cpu  # alive when the run started: count from now on
+                else:
+                    before = 0.0  # started during the run: all of it
+            if role is not None:
+                self.used[role] = self.used.get(role, 0.0) + max(0.0, cpu - before)
+            self.seen[pid] = (role, cpu)
+        self.used["_started"] = 1.0
+
+    def run(self) -> None:
+        while not self.halt.wait(1.0):
+            self._sample()
+
+    def seconds(self) -> dict[str, float]:
+        self.halt.set()
+        self.join(5)
+        self._sample()
+        return {k: round(v, 1) for k, v in sorted(self.used.items()) if not k.startswith("_")}
+
+
 def cli(*args: str, log: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run([sys.executable, "-m", "aml_pipeline", *args], cwd=ROOT, env=ENV, capture_output=True, text=True)
     if log:
@@ -175,9 +240,10 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
         secs = replay(bootstrap, topics["input"], data)
         limit = f"deploy.max_records_per_batch={batch}"
     print(f"published {data['events']:,} events in {secs:.1f}s", flush=True)
-    steal = Steal()
+    steal, cpu = Steal(), CpuByRole()
     cli(*stream_args(name, bootstrap, topics, data, "deploy.once=true", f"deploy.state={state}", limit,
                      reader=reader), log=OUT / f"{name}.log")
+    cpu_seconds = cpu.seconds()
     summary = json.loads((OUT / f"runs/{name}/reports/stream_summary.json").read_text())
     c = summary["counts"]
     span = summary["last_batch_at"] - summary["first_batch_at"]
@@ -185,7 +251,7 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
             "seconds": round(span, 1), "events_per_s": round(c["records_in"] / span), "busy_seconds": summary["busy_seconds"],
             "reconciles": summary["reconciles"], "run_seconds": summary["seconds"],
             "late": c["late"], "stage_seconds": summary.get("stage_seconds"), "spark_seconds": summary.get("spark_seconds"),
-            "cpu_steal_percent": steal.percent()}
+            "cpu_steal_percent": steal.percent(), "cpu_seconds_by_role": cpu_seconds}
 
 
 def read_topic(bootstrap: str, topic: str) -> Iterator[Any]:
@@ -277,7 +343,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         clock = FileAlertClock(OUT / "runs" / tag / "out" / "alerts")
         clock.start()
     log = open(OUT / f"latency-{tag}.log", "w")
-    steal = Steal()
+    steal, cpu = Steal(), CpuByRole()
     proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline",
                              *stream_args(tag, bootstrap, topics, data, f"deploy.trigger='{trigger}'", f"deploy.state={state}",
                                           reader=reader)],
@@ -308,6 +374,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         if clock is not None:
             clock.stop.set()
             clock.join(10)
+    cpu_seconds = cpu.seconds()
     pub = published_at(bootstrap, topics["input"]) if bootstrap else published_in_files(OUT / "runs" / tag / "in")
     arrived = alert_arrivals(bootstrap, topics["alerts"]) if bootstrap else clock.arrived
     first = min(pub.values())
@@ -325,7 +392,8 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
             # every alert, and the steady state: events published after the first STEADY seconds
             "all": pct([lat for _, lat in timed]), "steady": pct([lat for p, lat in timed if p >= first + STEADY]),
             "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds"),
-            "spark_seconds": summary.get("spark_seconds"), "cpu_steal_percent": steal.percent()}
+            "spark_seconds": summary.get("spark_seconds"), "cpu_steal_percent": steal.percent(),
+            "cpu_seconds_by_role": cpu_seconds}
 
 
 def main() -> None:
@@ -373,7 +441,7 @@ def main() -> None:
                 if t:
                     print(f"throughput (state {state}, reader {reader}): {t['records']:,} records in {t['seconds']}s = "
                           f"{t['events_per_s']:,} events/s ({t['batches']} micro-batches, reconciles {t['reconciles']}; "
-                          f"CPU steal {t['cpu_steal_percent']}%)", flush=True)
+                          f"CPU steal {t['cpu_steal_percent']}%; CPU-s {t['cpu_seconds_by_role']})", flush=True)
                 for trigger in triggers:
                     r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds, state, reader)
                     run["latency"].append(r)
@@ -381,7 +449,7 @@ def main() -> None:
                         x = r[k]
                         print(f"latency ({k}, state {state}, reader {reader}) at trigger {trigger}, {r['rate']:.0f} events/s: "
                               f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts "
-                              f"(CPU steal {r['cpu_steal_percent']}%)", flush=True)
+                              f"(CPU steal {r['cpu_steal_percent']}%; CPU-s {r['cpu_seconds_by_role']})", flush=True)
                 results["runs"].append(run)
     results["load_after"] = os.getloadavg()
     print_comparison(results["runs"])

@@ -158,11 +158,11 @@ def reader_mode(options: Mapping[str, str]) -> str:
     return mode
 
 
-def _int_option(options: Mapping[str, str], name: str, minimum: int) -> int | None:
-    """An integer option of at least ``minimum`` (None when not given)."""
+def _int_option(options: Mapping[str, str], name: str, minimum: int, default: int | None = None) -> int | None:
+    """An integer option of at least ``minimum`` (``default`` when not given)."""
     text = _opt(options, name)
     if text is None:
-        return None
+        return default
     try:
         value = int(str(text))
     except ValueError:
@@ -171,10 +171,6 @@ def _int_option(options: Mapping[str, str], name: str, minimum: int) -> int | No
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"option {name} must be {what}, got {text!r}")
     return value
-
-
-def _default(value: int | None, default: int) -> int:
-    return default if value is None else value
 
 
 def _positive_int(options: Mapping[str, str], name: str) -> int | None:
@@ -245,7 +241,7 @@ class SourceOptions:
             max_offsets_per_trigger=_positive_int(options, "maxOffsetsPerTrigger"),
             fail_on_data_loss=_bool(options, "failOnDataLoss", True),
             poll_timeout_ms=_positive_int(options, "kafkaConsumer.pollTimeoutMs") or 120_000,
-            prefetch_records=_default(_int_option(options, "aml.prefetchRecords", 0), PREFETCH_RECORDS),
+            prefetch_records=_int_option(options, "aml.prefetchRecords", 0, PREFETCH_RECORDS),
         )
 
 

@@ -367,7 +367,8 @@ class StreamScorer:
             self._recent_rows()
         if self.recent is not None and self.recent.frame.height:
             # the newest stored event's accounts, a second later: the plan runs with history as a batch does
-            last = self.recent.frame.sort("event_time").row(-1, named=True)
+            stored = self.recent.frame
+            last = stored.row(int(stored["event_time"].arg_max()), named=True)
             row.update(src_account=last["src_account"], dst_account=last["dst_account"],
                        event_time=datetime.fromtimestamp((last["event_time"] + 1_000_000) / 1e6, tz=timezone.utc))
         frame = pl.DataFrame([row], schema=STAGED_SCHEMA, orient="row")
