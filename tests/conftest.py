@@ -16,6 +16,17 @@ from aml_pipeline.store.local_redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+#: The longest test files (minutes each: Spark clusters, streaming queries, kill-and-restart
+#: runs), collected first: the two workers (``-n 2 --dist loadfile``) take them at the start
+#: and share out the many short files after, instead of one worker ending alone on them.
+LONGEST_FIRST = ("test_spark_cluster.py", "test_stream_spark_state.py", "test_stream.py", "test_spark_parity.py",
+                 "test_dvc.py", "test_spark_models.py", "test_kafka_connector.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
 DATA = Path(__file__).resolve().parent / "data"
 
 register_configs()

@@ -113,19 +113,29 @@ def cluster(tmp_path_factory):
             _stop(proc)
 
 
-def _run(args: list[str], cwd: Path, log: Path) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "aml_pipeline", *args], cwd=cwd, env=_env(),
-                         capture_output=True, text=True, timeout=1500)
-    log.write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
+def _start(args: list[str], cwd: Path, log: Path) -> tuple[subprocess.Popen, Path]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=cwd, env=_env(), stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+    return proc, log
 
 
-def _experiment(master: str, folder: Path, logs: Path, name: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    _run([*SMALL, f'engine.master="{master}"', "+engine.conf.spark.driver.host=127.0.0.1",
-          "+engine.conf.spark.ui.enabled=false"], folder, logs / f"{name}.log")
-    return folder
+def _wait(started: tuple[subprocess.Popen, Path]) -> None:
+    proc, log = started
+    try:
+        proc.wait(timeout=1500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
+
+
+def _experiment(master: str, folder: Path, logs: Path, name: str) -> tuple[subprocess.Popen, Path]:
+    """Start one experiment run (data -> features -> train -> evaluate -> register) in ``folder``."""
+    return _start([*SMALL, f'engine.master="{master}"', "+engine.conf.spark.driver.host=127.0.0.1",
+                   "+engine.conf.spark.ui.enabled=false"], folder, logs / f"{name}.log")
 
 
 def _bundle(folder: Path):
@@ -145,8 +155,12 @@ def _bundle(folder: Path):
 
 def test_standalone_cluster_run_registers_the_local_runs_model(cluster):
     logs = cluster["logs"]
-    remote = _experiment(cluster["url"], cluster["root"] / "remote", logs, "experiment_cluster")
-    local = _experiment("local[2]", cluster["root"] / "local", logs, "experiment_local")
+    remote, local = cluster["root"] / "remote", cluster["root"] / "local"
+    # the two runs side by side (separate folders, MLflow stores and Spark applications): half the wall time
+    runs = [_experiment(cluster["url"], remote, logs, "experiment_cluster"),
+            _experiment("local[2]", local, logs, "experiment_local")]
+    for started in runs:
+        _wait(started)
     # the driver really used the cluster: the master logged our application, the worker ran its executor
     assert "Registered app aml_pipeline" in (logs / "master.log").read_text()
     assert "Launching executor" in (logs / "worker.log").read_text() or "Asked to launch executor" in (logs / "worker.log").read_text()
@@ -163,9 +177,9 @@ def test_standalone_cluster_run_registers_the_local_runs_model(cluster):
     assert np.array_equal(evaluated["score"].to_numpy(), s_remote)
 
     # task=score on the cluster: features and scores computed in the executor
-    _run([*SMALL, f'engine.master="{cluster["url"]}"', "+engine.conf.spark.driver.host=127.0.0.1",
-          "task=score", "bundle=models:/aml-scorer@challenger", "input=data/validated/transactions.parquet",
-          "output=data/scores/cluster.parquet"], remote, logs / "score_cluster.log")
+    _wait(_start([*SMALL, f'engine.master="{cluster["url"]}"', "+engine.conf.spark.driver.host=127.0.0.1",
+                  "task=score", "bundle=models:/aml-scorer@challenger", "input=data/validated/transactions.parquet",
+                  "output=data/scores/cluster.parquet"], remote, logs / "score_cluster.log"))
     scored = pl.read_parquet(remote / "data/scores/cluster.parquet")
     joined = evaluated.join(scored.select("event_id", pl.col("score").alias("cluster_score"), "model_version"), on="event_id")
     assert joined.height == test.height

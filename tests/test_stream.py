@@ -428,7 +428,8 @@ def _state_batch(checkpoint: Path) -> int:
 
 
 def _kill_and_restart(run, file_run, name: str, *extra: str, rewarm: bool = True) -> None:
-    """SIGKILL mid-stream (one file per micro-batch), restart: the same alerts as the uninterrupted run."""
+    """SIGKILL mid-stream (one file per micro-batch), restart with four files per micro-batch: the
+    same alerts as the uninterrupted run, however the rest of the stream is batched."""
     base = run.dir / name
     write_files(base / "in", run.files)
     args = stream_args(run, name, "deploy.once=true", "deploy.max_files_per_trigger=1", *extra)
@@ -449,7 +450,7 @@ def _kill_and_restart(run, file_run, name: str, *extra: str, rewarm: bool = True
         state = json.loads((base / "checkpoint/scorer/state.json").read_text())
         assert ("snapshot" in state) is ("deploy.snapshot_every=3" in extra)
     assert not (base / "reports/stream_summary.json").exists()
-    r = run_cli(args, cwd=run.dir, timeout=900)
+    r = run_cli([*args, "deploy.max_files_per_trigger=4"], cwd=run.dir, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     assert f"resuming after batch {killed_at}" in r.stderr
     assert ("+0 events warmed" in r.stderr) is not rewarm  # the embedded store is rebuilt, Redis kept its rows
