@@ -740,9 +740,10 @@ class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, Supp
     def __init__(self, options: Mapping[str, str], schema: StructType):
         super().__init__(options, schema)
         self._reader: RangeReader | None = None
-        # Spark creates this reader when the query starts: import the Arrow conversion now
-        # (pyarrow, pandas), not while the first micro-batch with records is being planned.
-        _Columns(schema)
+        # Spark creates this reader when the query starts: run the Arrow conversion once now
+        # (its first cast imports pyarrow.compute and pandas: ~2 s), not while the first
+        # micro-batch with records is being planned.
+        _Columns(schema).take()
 
     @property
     def reader(self) -> RangeReader:
