@@ -360,6 +360,9 @@ class StreamDeployConfig:
     #: Embedded store: every N micro-batches its rows replace the warm-up file and the row
     #: logs as the base of a restart (0 = never; a restart then re-reads them all).
     snapshot_every: int = 100
+    #: JVM options added to the scorer's Spark driver (spark.driver.extraJavaOptions, after
+    #: engine.conf's). Default: the quick JIT compiler only; see docs/streaming.md.
+    jvm_options: str = "-XX:TieredStopAtLevel=1"
 
 
 @dataclass

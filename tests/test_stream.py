@@ -186,6 +186,20 @@ def test_deploy_options_compose_with_their_own_schemas():
         compose_config(["task=stream", "deploy=file", "deploy.alowed_lateness=1h"])
 
 
+def test_scorer_driver_jvm_options_follow_the_user_s():
+    from aml_pipeline.spark.session import spark_conf
+    from aml_pipeline.streaming.job import stream_engine
+
+    key = "spark.driver.extraJavaOptions"
+    default = spark_conf(stream_engine(compose_config(["task=stream", "deploy=kafka"])))[key]
+    assert default.startswith("-Dlog4j2.configurationFile=") and default.endswith(" -XX:TieredStopAtLevel=1")
+    mine = spark_conf(stream_engine(compose_config(["task=stream", "deploy=file", "+engine.conf.spark.driver.extraJavaOptions=-Xss4m"])))
+    assert mine[key].endswith(" -Xss4m -XX:TieredStopAtLevel=1")
+    off = spark_conf(stream_engine(compose_config(["task=stream", "deploy=file", "deploy.jvm_options=''"])))[key]
+    assert "TieredStopAtLevel" not in off and off.startswith("-Dlog4j2")
+    assert spark_conf(compose_config([]).engine)[key] == off  # batch tasks keep the JVM's default compilers
+
+
 def test_stream_refuses_bad_options_in_one_line(run, tmp_path):
     r = run_cli(stream_args(run, "refuse", "deploy.budget.key=shop"), cwd=tmp_path)
     assert r.returncode == 2 and "deploy.budget.key='shop' is not a transaction column" in r.stderr, r.stderr[-2000:]

@@ -43,14 +43,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _flatten(conf: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_conf(conf: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{spark: {executor: {instances: 4}}}`` (a dotted override on the command line) →
     ``{"spark.executor.instances": 4}``; keys that already hold dots are kept as they are."""
     flat: dict[str, Any] = {}
     for key, value in conf.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten_conf(value, f"{name}."))
         else:
             flat[name] = value
     return flat
@@ -71,7 +71,7 @@ def spark_conf(engine: Mapping[str, Any] | DictConfig) -> dict[str, str]:
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J}"
     conf["spark.driver.extraJavaOptions"] = java_opts
     conf["spark.executor.extraJavaOptions"] = java_opts
-    for key, value in _flatten(_plain(engine.get("conf")) or {}).items():
+    for key, value in flatten_conf(_plain(engine.get("conf")) or {}).items():
         if key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
             value = f"{java_opts} {value}"
         conf[str(key)] = _text(value)

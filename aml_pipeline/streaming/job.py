@@ -194,9 +194,33 @@ def _source(spark, cfg: DictConfig, source: str):
     return df.select("value", "topic", "partition", "offset")
 
 
-def run(cfg: DictConfig) -> dict:
+def stream_engine(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.engine`` for a streaming query: ``deploy.jvm_options`` added after any
+    ``spark.driver.extraJavaOptions`` of ``engine.conf`` (they apply when the JVM starts).
+
+    Why the default is C1 only: in a store-mode scorer the driver's JVM only moves each
+    micro-batch's records (the scoring is Python), yet C2 spent ~17 CPU-s compiling in the
+    first minute of the latency benchmark, on a 2-core machine shared with the broker."""
+    from aml_pipeline.spark.session import flatten_conf
+
+    engine = OmegaConf.to_container(cfg.engine, resolve=True)
+    extra = str(cfg.deploy.get("jvm_options") or "").strip()
+    if extra:
+        conf = flatten_conf(engine.get("conf") or {})
+        key = "spark.driver.extraJavaOptions"
+        conf[key] = f"{conf.get(key) or ''} {extra}".strip()
+        engine["conf"] = conf
+    return engine
+
+
+def stream_session(cfg: DictConfig):
+    """The Spark session of a streaming query (:func:`stream_engine`)."""
     from aml_pipeline.spark.session import get_session
 
+    return get_session(stream_engine(cfg), cfg.paths.data_dir)
+
+
+def run(cfg: DictConfig) -> dict:
     if str(_value(cfg.deploy.get("state"))) == "spark":  # Spark's own state store: its own query (spark_state.py)
         from aml_pipeline.streaming.spark_state import run as run_spark_state
 
@@ -204,7 +228,7 @@ def run(cfg: DictConfig) -> dict:
     d = cfg.deploy
     start = time.perf_counter()
     scorer, store, source, info = build_scorer(cfg)
-    spark = get_session(cfg.engine, cfg.paths.data_dir)
+    spark = stream_session(cfg)
     to_records = file_records if source == "file" else kafka_records
     failure: list[BaseException] = []
     busy = threading.Lock()  # a micro-batch and the final release never overlap (stop() may return mid-batch)

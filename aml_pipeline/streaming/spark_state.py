@@ -483,13 +483,12 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream deploy.state=spark``: build, run until done or stopped, flush, summarise."""
-    from aml_pipeline.spark.session import get_session
-    from aml_pipeline.streaming.job import _source, await_query, finish
+    from aml_pipeline.streaming.job import _source, await_query, finish, stream_session
 
     d = cfg.deploy
     start = time.perf_counter()
     scorer, info = build(cfg)
-    spark = get_session(cfg.engine, cfg.paths.data_dir)
+    spark = stream_session(cfg)
     spark.conf.set("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
     source = info["source"]
     control = Path(d.checkpoint).resolve() / "control"
