@@ -396,6 +396,8 @@ class KafkaDeployConfig(StreamDeployConfig):
     #: connector=python: who reads each micro-batch's records (driver | tasks).
     reader: KafkaReader = KafkaReader.driver
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: Brokers of the output topics, when they are not the input's (null = bootstrap_servers).
+    output_bootstrap_servers: Optional[str] = None
     topics: KafkaTopics = field(default_factory=KafkaTopics)
     #: Spark Kafka option startingOffsets for a new checkpoint: earliest | latest.
     starting_offsets: str = "earliest"

@@ -7,6 +7,7 @@
     python bench/stream.py --state both --events 20000 --triggers ""   # state: store and state: spark side by side
     python bench/stream.py --readers driver     # only deploy.reader=driver (default: driver, then tasks)
     python bench/stream.py --set deploy.model_threads=1   # any override for the scorer's runs
+    python bench/stream.py --output-broker same  # output topics on the input's broker (default: a second one)
 
 What it does (everything under bench/out/stream/, reused when present):
 
@@ -14,12 +15,17 @@ What it does (everything under bench/out/stream/, reused when present):
    a bundle: the quickstart experiment trained on its own data (``task=data,features,train``);
 2. the stream: the events after the first 7 days (the plan's longest window), capped at
    ``--events``; the store is warmed with the 7 days before (``deploy.warm_from/until``);
+On Kafka, each run has fresh local brokers: one for the input topic and, unless
+``--output-broker same``, a second one for the output topics
+(``deploy.output_bootstrap_servers``; see :func:`brokers` for why).
+
 3. **throughput**: every stream event is published to ``transactions_raw`` first
    (``task=replay``, ``--partitions`` partitions, default 4), then ``task=stream deploy=kafka deploy.once=true``
    scores the backlog in micro-batches of ``--batch`` records; sustained events/s = records
    in / (end of the last micro-batch - start of the first), from the scorer's summary;
 4. **latency**, per trigger interval: a fresh query (trigger ``1 second``, then
-   ``5 seconds``) is started on empty topics, then ``task=replay`` publishes
+   ``5 seconds``) is started on empty topics of a fresh broker (each run has its own: the
+   local broker re-writes all it holds after any write, so one run's data would load the next), then ``task=replay`` publishes
    ``--latency-rate`` events/s for ``--latency-seconds``; latency = the alert's arrival on
    ``aml_alerts`` (the broker's append time: the topic is created with
    ``message.timestamp.type=LogAppendTime`` and read after the run, so no consumer of the
@@ -54,6 +60,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterator
@@ -109,7 +116,7 @@ class CpuByRole(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.seen: dict[int, tuple[str, float]] = {}
+        self.seen: dict[int, float] = {}
         self.used: dict[str, float] = {}
         self.halt = threading.Event()
         self.tick = os.sysconf("SC_CLK_TCK")
@@ -135,19 +142,14 @@ class CpuByRole(threading.Thread):
             except (OSError, IndexError):
                 continue
             cpu = (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
-            role, before = self.seen.get(pid, (None, None))
-            if before is None:
-                role = self._role(pid)
-                if role is None:
-                    self.seen[pid] = (None, cpu)
-                    continue
-                if not self.used.get("_started"):
-                    before = cpu  # alive when the run started: count from now on
-                else:
-                    before = 0.0  # started during the run: all of it
+            before = self.seen.get(pid)
+            if before is None:  # alive when the run started: count from now on; started during it: all of it
+                before = cpu if self.used.get("_started") is None else 0.0
+            # classified at every sample: spark-submit's shell script becomes the JVM by exec
+            role = self._role(pid)
             if role is not None:
                 self.used[role] = self.used.get(role, 0.0) + max(0.0, cpu - before)
-            self.seen[pid] = (role, cpu)
+            self.seen[pid] = cpu
         self.used["_started"] = 1.0
 
     def run(self) -> None:
@@ -216,7 +218,8 @@ def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *ext
             f"deploy.warm_from={data['validated']}", f"deploy.warm_until='{data['warm_until']}'"]
     if bootstrap is None:
         return [*args, "deploy=file", f"deploy.input={base / 'in'}", f"deploy.output={base / 'out'}", *extra, *SETTINGS]
-    return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}", f"deploy.reader={reader}",
+    return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}", f"deploy.output_bootstrap_servers={outputs_at(bootstrap)}",
+            f"deploy.reader={reader}",
             *[f"deploy.topics.{k}={v}" for k, v in topics.items()], *extra, *SETTINGS]
 
 
@@ -332,11 +335,11 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
     if bootstrap is not None:
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        admin = AdminClient({"bootstrap.servers": bootstrap})
         append_time = {"message.timestamp.type": "LogAppendTime"}
-        for f in admin.create_topics([NewTopic(t, num_partitions=PARTITIONS if k == "input" else 1, replication_factor=1,
-                                               config=append_time if k == "alerts" else {})
-                                      for k, t in topics.items()]).values():
+        for k, t in topics.items():
+            admin = AdminClient({"bootstrap.servers": bootstrap if k == "input" else outputs_at(bootstrap)})
+            f = admin.create_topics([NewTopic(t, num_partitions=PARTITIONS if k == "input" else 1, replication_factor=1,
+                                              config=append_time if k == "alerts" else {})])[t]
             f.result(30)
         clock = None
     else:
@@ -376,7 +379,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
             clock.join(10)
     cpu_seconds = cpu.seconds()
     pub = published_at(bootstrap, topics["input"]) if bootstrap else published_in_files(OUT / "runs" / tag / "in")
-    arrived = alert_arrivals(bootstrap, topics["alerts"]) if bootstrap else clock.arrived
+    arrived = alert_arrivals(outputs_at(bootstrap), topics["alerts"]) if bootstrap else clock.arrived
     first = min(pub.values())
     timed = [(pub[e], t - pub[e]) for e, t in arrived.items() if e in pub]
     summary = json.loads((OUT / f"runs/{tag}/reports/stream_summary.json").read_text())
@@ -396,6 +399,39 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
             "cpu_seconds_by_role": cpu_seconds}
 
 
+#: The broker of the output topics during a run (None: the input's), see :func:`brokers`.
+OUTPUT_BROKER: str | None = None
+
+
+def outputs_at(bootstrap: str) -> str:
+    return OUTPUT_BROKER or bootstrap
+
+
+@contextmanager
+def brokers(kafka: bool, separate_outputs: bool) -> Iterator[str | None]:
+    """Fresh local brokers for one run: the input topic's (yielded; None for deploy=file) and,
+    with ``separate_outputs``, a second one for the output topics (``OUTPUT_BROKER``,
+    ``deploy.output_bootstrap_servers``). Fresh, and the outputs apart, because the local
+    broker re-writes everything it holds after any write: a throughput run's 918,954 events
+    left on it more than doubled its CPU seconds in the latency run after (31 -> 74 CPU-s), and
+    with the input on the same broker every alert written costs a re-write of the backlog
+    (the broker took ~1 of the 2 cores in the throughput run: 201 CPU-s in 212 s)."""
+    global OUTPUT_BROKER
+    if not kafka:
+        yield None
+        return
+    from contextlib import nullcontext
+
+    from aml_pipeline.streaming.broker import LocalBroker
+
+    with LocalBroker() as b, (LocalBroker() if separate_outputs else nullcontext()) as out:
+        OUTPUT_BROKER = out.bootstrap if out is not None else None
+        try:
+            yield b.bootstrap
+        finally:
+            OUTPUT_BROKER = None
+
+
 def main() -> None:
     global PARTITIONS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -412,6 +448,8 @@ def main() -> None:
     ap.add_argument("--readers", default="driver,tasks",
                     help="deploy.reader values to run (kafka), in order; the first is the one measured against the "
                          "targets, the others are the alternative in the same run")
+    ap.add_argument("--output-broker", choices=["separate", "same"], default="separate",
+                    help="kafka: the output topics on a second local broker (default) or on the input's")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every task=stream run, e.g. --set deploy.model_threads=1 (repeatable)")
     args = ap.parse_args()
@@ -425,32 +463,29 @@ def main() -> None:
     readers = [r.strip() for r in args.readers.split(",") if r.strip()] if args.deploy == "kafka" else ["driver"]
     triggers = [s.strip() for s in args.triggers.split(",") if s.strip()]
     data = prepare(args.events, local_plan=args.state != "store")
-    from aml_pipeline.streaming.broker import LocalBroker
-
-    results: dict = {"deploy": args.deploy, "states": states, "readers": readers, "settings": SETTINGS, "events": data["events"],
+    results: dict = {"deploy": args.deploy, "output_broker": args.output_broker if args.deploy == "kafka" else None,
+                     "states": states, "readers": readers, "settings": SETTINGS, "events": data["events"],
                      "partitions": PARTITIONS, "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "runs": []}
-    from contextlib import nullcontext
-
-    with (LocalBroker() if args.deploy == "kafka" else nullcontext()) as broker:
-        bootstrap = broker.bootstrap if broker is not None else None
-        for state in states:
-            for reader in readers:
-                run = {"state": state, "reader": reader if bootstrap else None, "latency": [],
-                       "throughput": None if args.skip_throughput else throughput(bootstrap, data, args.batch, state, reader)}
-                t = run["throughput"]
-                if t:
-                    print(f"throughput (state {state}, reader {reader}): {t['records']:,} records in {t['seconds']}s = "
-                          f"{t['events_per_s']:,} events/s ({t['batches']} micro-batches, reconciles {t['reconciles']}; "
-                          f"CPU steal {t['cpu_steal_percent']}%; CPU-s {t['cpu_seconds_by_role']})", flush=True)
-                for trigger in triggers:
+    kafka = args.deploy == "kafka"
+    for state in states:
+        for reader in readers:
+            run = {"state": state, "reader": reader if kafka else None, "latency": [], "throughput": None}
+            if not args.skip_throughput:
+                with brokers(kafka, args.output_broker == "separate") as bootstrap:
+                    run["throughput"] = t = throughput(bootstrap, data, args.batch, state, reader)
+                print(f"throughput (state {state}, reader {reader}): {t['records']:,} records in {t['seconds']}s = "
+                      f"{t['events_per_s']:,} events/s ({t['batches']} micro-batches, reconciles {t['reconciles']}; "
+                      f"CPU steal {t['cpu_steal_percent']}%; CPU-s {t['cpu_seconds_by_role']})", flush=True)
+            for trigger in triggers:
+                with brokers(kafka, args.output_broker == "separate") as bootstrap:
                     r = latency(bootstrap, data, trigger, args.latency_rate, args.latency_seconds, state, reader)
-                    run["latency"].append(r)
-                    for k in ("all", "steady"):
-                        x = r[k]
-                        print(f"latency ({k}, state {state}, reader {reader}) at trigger {trigger}, {r['rate']:.0f} events/s: "
-                              f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts "
-                              f"(CPU steal {r['cpu_steal_percent']}%; CPU-s {r['cpu_seconds_by_role']})", flush=True)
-                results["runs"].append(run)
+                run["latency"].append(r)
+                for k in ("all", "steady"):
+                    x = r[k]
+                    print(f"latency ({k}, state {state}, reader {reader}) at trigger {trigger}, {r['rate']:.0f} events/s: "
+                          f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts "
+                          f"(CPU steal {r['cpu_steal_percent']}%; CPU-s {r['cpu_seconds_by_role']})", flush=True)
+            results["runs"].append(run)
     results["load_after"] = os.getloadavg()
     print_comparison(results["runs"])
     (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")

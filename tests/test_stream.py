@@ -526,15 +526,18 @@ def _consume_all(bootstrap: str, topic: str) -> list[dict]:
         c.close()
 
 
-def kafka_round_trip(run, kafka_broker, file_args: list[str], tag: str):
+def kafka_round_trip(run, kafka_broker, file_args: list[str], tag: str, output_broker: str | None = None):
     """The run's stream records (plus bytes that are not UTF-8) through a real broker: topics
     created (input on 2 partitions), records produced, ``task=stream deploy=kafka`` run with
-    ``file_args`` turned to Kafka, every output topic read back; the decisions checked for
-    parity and the counts for reconciliation. Returns (records, summary, outputs by kind)."""
+    ``file_args`` turned to Kafka, every output topic read back (from ``output_broker`` when
+    given: ``deploy.output_bootstrap_servers``); the decisions checked for parity and the
+    counts for reconciliation. Returns (records, summary, outputs by kind)."""
     from confluent_kafka import Producer
 
     topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions")}
-    _create_topics(kafka_broker, {t: (2 if k == "input" else 1) for k, t in topics.items()})
+    out_broker = output_broker or kafka_broker
+    _create_topics(kafka_broker, {topics["input"]: 2})
+    _create_topics(out_broker, {t: 1 for k, t in topics.items() if k != "input"})
     producer = Producer({"bootstrap.servers": kafka_broker})
     records = [t.encode() for f in run.files for t in f] + [b"\xff\xfe not utf-8"]
     for i, value in enumerate(records):
@@ -542,10 +545,12 @@ def kafka_round_trip(run, kafka_broker, file_args: list[str], tag: str):
     assert producer.flush(30) == 0
     args = [a for a in file_args if not a.startswith(("deploy=", "deploy.input=", "deploy.output="))]
     args += ["deploy=kafka", f"deploy.bootstrap_servers={kafka_broker}", *[f"deploy.topics.{k}={t}" for k, t in topics.items()]]
+    if output_broker:
+        args.append(f"deploy.output_bootstrap_servers={output_broker}")
     r = run_cli(args, cwd=run.dir, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     summary = json.loads((run.dir / "kafka/reports/stream_summary.json").read_text())
-    got = {k: _consume_all(kafka_broker, t) for k, t in topics.items() if k != "input"}
+    got = {k: _consume_all(out_broker, t) for k, t in topics.items() if k != "input"}
     decisions = pl.DataFrame(got["decisions"], infer_schema_length=None).drop("_key")
     assert set(decisions["event_id"].to_list()) == set(run.window["event_id"].to_list())
     assert_parity(run, decisions)
@@ -562,10 +567,19 @@ def kafka_round_trip(run, kafka_broker, file_args: list[str], tag: str):
 
 @pytest.mark.slow
 def test_kafka_stream_matches_offline_and_reconciles(run, file_run, kafka_broker):
-    """The same records through a real broker (2 partitions, plus bytes that are not UTF-8)."""
-    records, summary, got = kafka_round_trip(
-        run, kafka_broker, stream_args(run, "kafka", "deploy.once=true", "deploy.max_records_per_batch=150"),
-        f"{os.getpid()}_{int(time.time())}")
+    """The same records through a real broker (2 partitions, plus bytes that are not UTF-8),
+    the outputs to a second broker (``deploy.output_bootstrap_servers``)."""
+    from confluent_kafka.admin import AdminClient
+
+    from aml_pipeline.streaming.broker import LocalBroker
+
+    tag = f"{os.getpid()}_{int(time.time())}"
+    with LocalBroker() as outputs:
+        records, summary, got = kafka_round_trip(
+            run, kafka_broker, stream_args(run, "kafka", "deploy.once=true", "deploy.max_records_per_batch=150"), tag,
+            output_broker=outputs.bootstrap)
+    on_input_broker = set(AdminClient({"bootstrap.servers": kafka_broker}).list_topics(timeout=30).topics)
+    assert f"input_{tag}" in on_input_broker and not {f"{k}_{tag}" for k in got} & on_input_broker
     assert {d["record"] for d in got["dead_letter"] if d["record"] is not None} == set(run.expected["dead"])
     # same alerts and deferrals as over files (deterministic alert ids), keyed by alert id
     for kind in ("alerts", "deferred"):

@@ -109,6 +109,18 @@ def check_shared_options(cfg: DictConfig):
     return lateness, until
 
 
+def stream_outputs(cfg: DictConfig):
+    """Where a streaming deployment writes its outputs: files under ``deploy.output``, or
+    topics on ``deploy.output_bootstrap_servers`` (default: the input's brokers)."""
+    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
+
+    d = cfg.deploy
+    if kind(cfg) == "file":
+        return FileOutputs(d.output)
+    return KafkaOutputs(d.get("output_bootstrap_servers") or d.bootstrap_servers,
+                        OmegaConf.to_container(d.topics, resolve=True))
+
+
 def build_scorer(cfg: DictConfig):
     """(scorer, store, source kind). Raises UserError for anything a user can fix."""
     from aml_pipeline.registry import resolve_bundle
@@ -116,7 +128,6 @@ def build_scorer(cfg: DictConfig):
     from aml_pipeline.store import open_store, warm_from_parquet
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
-    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
     from aml_pipeline.streaming.scorer import StateLog, StreamScorer
     from aml_pipeline.validation.rules import build_rules
 
@@ -130,11 +141,7 @@ def build_scorer(cfg: DictConfig):
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)
     store = open_store(d.store, needs.layout())
-    if source == "file":
-        outputs = FileOutputs(d.output)
-    else:
-        topics = OmegaConf.to_container(d.topics, resolve=True)
-        outputs = KafkaOutputs(d.bootstrap_servers, topics)
+    outputs = stream_outputs(cfg)
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
     state_dir = Path(d.checkpoint) / "scorer"
     saved = StateLog(state_dir).load()

@@ -431,8 +431,7 @@ def build(cfg: DictConfig):
     from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
-    from aml_pipeline.streaming.job import _value, check_shared_options, kind
-    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
+    from aml_pipeline.streaming.job import _value, check_shared_options, kind, stream_outputs
     from aml_pipeline.streaming.scorer import StateLog
 
     d = cfg.deploy
@@ -444,10 +443,7 @@ def build(cfg: DictConfig):
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)  # refuses steps that cannot run per event, or need unbounded history
     refuse_cross_account(bundle.plan)
-    if source == "file":
-        outputs = FileOutputs(d.output)
-    else:
-        outputs = KafkaOutputs(d.bootstrap_servers, OmegaConf.to_container(d.topics, resolve=True))
+    outputs = stream_outputs(cfg)
     state_dir = Path(d.checkpoint) / "scorer"
     fresh = StateLog(state_dir).load() is None
     scorer = SparkStateScorer(bundle, None, needs, outputs, [], state_dir, lateness,
