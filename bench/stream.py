@@ -15,17 +15,12 @@ What it does (everything under bench/out/stream/, reused when present):
    a bundle: the quickstart experiment trained on its own data (``task=data,features,train``);
 2. the stream: the events after the first 7 days (the plan's longest window), capped at
    ``--events``; the store is warmed with the 7 days before (``deploy.warm_from/until``);
-On Kafka, each run has fresh local brokers: one for the input topic and, unless
-``--output-broker same``, a second one for the output topics
-(``deploy.output_bootstrap_servers``; see :func:`brokers` for why).
-
 3. **throughput**: every stream event is published to ``transactions_raw`` first
    (``task=replay``, ``--partitions`` partitions, default 4), then ``task=stream deploy=kafka deploy.once=true``
    scores the backlog in micro-batches of ``--batch`` records; sustained events/s = records
    in / (end of the last micro-batch - start of the first), from the scorer's summary;
 4. **latency**, per trigger interval: a fresh query (trigger ``1 second``, then
-   ``5 seconds``) is started on empty topics of a fresh broker (each run has its own: the
-   local broker re-writes all it holds after any write, so one run's data would load the next), then ``task=replay`` publishes
+   ``5 seconds``) is started on empty topics, then ``task=replay`` publishes
    ``--latency-rate`` events/s for ``--latency-seconds``; latency = the alert's arrival on
    ``aml_alerts`` (the broker's append time: the topic is created with
    ``message.timestamp.type=LogAppendTime`` and read after the run, so no consumer of the
@@ -34,6 +29,11 @@ On Kafka, each run has fresh local brokers: one for the input topic and, unless
    steady state (events published after the first ``STEADY`` seconds, when the query's
    Python workers are up). The query is then stopped (SIGTERM: the held events are
    released and the summary written).
+
+On Kafka, each run has fresh local brokers: one for the input topic and, unless
+``--output-broker same``, a second one for the output topics
+(``deploy.output_bootstrap_servers``; :func:`brokers` says why). Every latency run also
+prints what one micro-batch costs (:func:`per_batch`).
 
 On Kafka, every run is done once per ``--readers`` value (``deploy.reader``: ``driver``, the
 default, then ``tasks``, the alternative: a Spark task per partition and micro-batch), and a
@@ -396,7 +396,19 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
             "all": pct([lat for _, lat in timed]), "steady": pct([lat for p, lat in timed if p >= first + STEADY]),
             "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds"),
             "spark_seconds": summary.get("spark_seconds"), "cpu_steal_percent": steal.percent(),
-            "cpu_seconds_by_role": cpu_seconds}
+            "cpu_seconds_by_role": cpu_seconds, "per_batch": per_batch(summary)}
+
+
+def per_batch(summary: dict) -> dict:
+    """What one micro-batch costs: the median rows and Spark phases (ms) over Spark's recorded
+    micro-batches with records (the first five left out: start-up), and the scorer's stages
+    as means per micro-batch (ms; the summary keeps their totals)."""
+    batches = [b for b in summary.get("spark_batches") or [] if b.get("rows")][5:]
+    phases = sorted({k for b in batches for k in b} - {"batch_id", "started"})
+    n = max(1, summary["counts"]["batches"])
+    return {"spark_batches": len(batches),
+            "spark_median_ms": {k: round(float(np.median([b[k] for b in batches if k in b]))) for k in phases} if batches else {},
+            "scorer_mean_ms": {k: round(1000 * v / n) for k, v in (summary.get("stage_seconds") or {}).items()}}
 
 
 #: The broker of the output topics during a run (None: the input's), see :func:`brokers`.
@@ -485,6 +497,9 @@ def main() -> None:
                     print(f"latency ({k}, state {state}, reader {reader}) at trigger {trigger}, {r['rate']:.0f} events/s: "
                           f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts "
                           f"(CPU steal {r['cpu_steal_percent']}%; CPU-s {r['cpu_seconds_by_role']})", flush=True)
+                b = r["per_batch"]
+                print(f"per micro-batch (trigger {trigger}): Spark, median of {b['spark_batches']}: {b['spark_median_ms']}; "
+                      f"scorer stages, mean: {b['scorer_mean_ms']} (ms)", flush=True)
             results["runs"].append(run)
     results["load_after"] = os.getloadavg()
     print_comparison(results["runs"])

@@ -16,6 +16,7 @@ from aml_pipeline.store.local_redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+DATA = Path(__file__).resolve().parent / "data"
 
 #: The longest test files (minutes each: Spark clusters, streaming queries, kill-and-restart
 #: runs), collected first: the two workers (``-n 2 --dist loadfile``) take them at the start
@@ -27,7 +28,7 @@ LONGEST_FIRST = ("test_spark_cluster.py", "test_stream_spark_state.py", "test_st
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
-DATA = Path(__file__).resolve().parent / "data"
+
 
 register_configs()
 
