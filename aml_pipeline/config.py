@@ -312,7 +312,9 @@ class KafkaConnector(str, Enum):
 
 
 class KafkaReader(str, Enum):
-    driver = "driver"  # consumers kept open in the driver read every micro-batch (lowest latency)
+    auto = "auto"  # ranges with state=store, driver with state=spark
+    ranges = "ranges"  # Spark plans each micro-batch's offset ranges; the scorer reads their records itself (state=store)
+    driver = "driver"  # consumers kept open in the driver's source process read every micro-batch
     tasks = "tasks"  # a Spark task per Kafka partition and micro-batch (reads scale out with executors)
 
 
@@ -393,8 +395,8 @@ class KafkaDeployConfig(StreamDeployConfig):
     """``deploy=kafka``: topic ``transactions_raw`` in, alert / dead-letter / deferred topics out."""
 
     connector: KafkaConnector = KafkaConnector.python
-    #: connector=python: who reads each micro-batch's records (driver | tasks).
-    reader: KafkaReader = KafkaReader.driver
+    #: connector=python: who reads each micro-batch's records (auto | ranges | driver | tasks).
+    reader: KafkaReader = KafkaReader.auto
     bootstrap_servers: str = "127.0.0.1:9092"
     #: Brokers of the output topics, when they are not the input's (null = bootstrap_servers).
     output_bootstrap_servers: Optional[str] = None

@@ -5,7 +5,7 @@
     python bench/stream.py --latency-rate 3000 --latency-seconds 60 --triggers "1 second,5 seconds"
     python bench/stream.py --deploy file        # JSON-lines files in and out, no broker
     python bench/stream.py --state both --events 20000 --triggers ""   # state: store and state: spark side by side
-    python bench/stream.py --readers driver     # only deploy.reader=driver (default: driver, then tasks)
+    python bench/stream.py --readers auto       # only deploy.reader=auto (default: auto, then driver)
     python bench/stream.py --set deploy.model_threads=1   # any override for the scorer's runs
     python bench/stream.py --output-broker same  # output topics on the input's broker (default: a second one)
 
@@ -35,9 +35,12 @@ On Kafka, each run has fresh local brokers: one for the input topic and, unless
 (``deploy.output_bootstrap_servers``; :func:`brokers` says why). Every latency run also
 prints what one micro-batch costs (:func:`per_batch`).
 
-On Kafka, every run is done once per ``--readers`` value (``deploy.reader``: ``driver``, the
-default, then ``tasks``, the alternative: a Spark task per partition and micro-batch), and a
-last line compares them (throughput and steady-state p99 as ratios).
+On Kafka, every run is done once per ``--readers`` value (``deploy.reader``: ``auto``, the
+default, which is ``ranges`` with state store: Spark plans each micro-batch's offset ranges and
+the scorer reads their records itself; then ``driver``, the alternative: the records read by
+consumers in the driver's source process and handed through Spark), and a last line compares
+them (throughput and steady-state p99 as ratios). ``tasks`` (a Spark task per partition and
+micro-batch) is the third choice.
 
 ``--state spark`` (or ``both``) runs the same with ``deploy.state=spark`` (Spark's state
 store, RocksDB): its bundle is trained with ``features=streaming_local`` (the default plan
@@ -209,7 +212,7 @@ def replay(bootstrap: str | None, topic: str, data: dict, rate: float = 0, limit
     return time.perf_counter() - t0
 
 
-def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *extra: str, reader: str = "driver") -> list[str]:
+def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *extra: str, reader: str = "auto") -> list[str]:
     """deploy=kafka on the topics (``reader``: deploy.reader), or (bootstrap None) deploy=file under runs/<name>/in, out."""
     base = OUT / "runs" / name
     args = ["task=stream", f"bundle={data['bundle']}", "engine.master='local[2]'",
@@ -230,10 +233,10 @@ def topics_for(tag: str) -> dict:
 
 def run_name(kind: str, state: str, reader: str) -> str:
     """A run's name (logs, topics, folders): e.g. tp, tp-spark, tp-tasks; lat1, lat1-tasks."""
-    return kind + "".join(f"-{x}" for x in (state, reader) if x not in ("store", "driver"))
+    return kind + "".join(f"-{x}" for x in (state, reader) if x not in ("store", "auto"))
 
 
-def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "store", reader: str = "driver") -> dict:
+def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "store", reader: str = "auto") -> dict:
     name = run_name("throughput", state, reader)
     topics = topics_for(run_name("tp", state, reader).replace("-", ""))
     if bootstrap is None:
@@ -329,7 +332,7 @@ def published_at(bootstrap: str, topic: str) -> dict[str, float]:
 
 
 def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, seconds: float, state: str = "store",
-            reader: str = "driver") -> dict:
+            reader: str = "auto") -> dict:
     tag = run_name("lat" + trigger.split()[0], state, reader).replace("-", "")
     topics = topics_for(tag)
     if bootstrap is not None:
@@ -401,12 +404,13 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
 
 def per_batch(summary: dict) -> dict:
     """What one micro-batch costs: the median rows and Spark phases (ms) over Spark's recorded
-    micro-batches with records (the first five left out: start-up), and the scorer's stages
-    as means per micro-batch (ms; the summary keeps their totals)."""
+    micro-batches with rows (the first five left out: start-up), and the records and the
+    scorer's stages as means per micro-batch (ms; the summary keeps their totals). Spark's rows
+    are the records, or with ``deploy.reader=ranges`` the offset ranges (one per partition)."""
     batches = [b for b in summary.get("spark_batches") or [] if b.get("rows")][5:]
     phases = sorted({k for b in batches for k in b} - {"batch_id", "started"})
     n = max(1, summary["counts"]["batches"])
-    return {"spark_batches": len(batches),
+    return {"spark_batches": len(batches), "records_mean": round(summary["counts"]["records_in"] / n),
             "spark_median_ms": {k: round(float(np.median([b[k] for b in batches if k in b]))) for k in phases} if batches else {},
             "scorer_mean_ms": {k: round(1000 * v / n) for k, v in (summary.get("stage_seconds") or {}).items()}}
 
@@ -457,7 +461,7 @@ def main() -> None:
     ap.add_argument("--deploy", choices=["kafka", "file"], default="kafka", help="kafka: the local broker; file: JSON-lines files")
     ap.add_argument("--state", choices=["store", "spark", "both"], default="store",
                     help="deploy.state; spark and both use a bundle of features=streaming_local")
-    ap.add_argument("--readers", default="driver,tasks",
+    ap.add_argument("--readers", default="auto,driver",
                     help="deploy.reader values to run (kafka), in order; the first is the one measured against the "
                          "targets, the others are the alternative in the same run")
     ap.add_argument("--output-broker", choices=["separate", "same"], default="separate",
@@ -472,7 +476,7 @@ def main() -> None:
 
     shutil.rmtree(OUT / "runs", ignore_errors=True)
     states = ["store", "spark"] if args.state == "both" else [args.state]
-    readers = [r.strip() for r in args.readers.split(",") if r.strip()] if args.deploy == "kafka" else ["driver"]
+    readers = [r.strip() for r in args.readers.split(",") if r.strip()] if args.deploy == "kafka" else ["auto"]
     triggers = [s.strip() for s in args.triggers.split(",") if s.strip()]
     data = prepare(args.events, local_plan=args.state != "store")
     results: dict = {"deploy": args.deploy, "output_broker": args.output_broker if args.deploy == "kafka" else None,
@@ -498,8 +502,8 @@ def main() -> None:
                           f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts "
                           f"(CPU steal {r['cpu_steal_percent']}%; CPU-s {r['cpu_seconds_by_role']})", flush=True)
                 b = r["per_batch"]
-                print(f"per micro-batch (trigger {trigger}): Spark, median of {b['spark_batches']}: {b['spark_median_ms']}; "
-                      f"scorer stages, mean: {b['scorer_mean_ms']} (ms)", flush=True)
+                print(f"per micro-batch (trigger {trigger}): {b['records_mean']:,} records (mean); Spark, median of "
+                      f"{b['spark_batches']}: {b['spark_median_ms']}; scorer stages, mean: {b['scorer_mean_ms']} (ms)", flush=True)
             results["runs"].append(run)
     results["load_after"] = os.getloadavg()
     print_comparison(results["runs"])

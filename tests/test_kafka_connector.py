@@ -19,6 +19,7 @@ from aml_pipeline.streaming.broker import LocalBroker
 from aml_pipeline.streaming.kafka import (
     FORMAT,
     SCHEMA,
+    RangeFetcher,
     RangeReader,
     _prorate,
     error_message,
@@ -119,7 +120,7 @@ def test_other_option_errors():
         validate_source_options({**base, "subscribe": "x", "maxOffsetsPerTrigger": "0"})
     with pytest.raises(ConfigError, match="failOnDataLoss"):
         validate_source_options({**base, "subscribe": "x", "failOnDataLoss": "maybe"})
-    with pytest.raises(ConfigError, match="aml.reader must be one of driver, tasks, got 'executors'"):
+    with pytest.raises(ConfigError, match="aml.reader must be one of driver, tasks, ranges, got 'executors'"):
         validate_source_options({**base, "subscribe": "x", "aml.reader": "executors"})
     with pytest.raises(ConfigError, match="option aml.prefetchRecords must be an integer >= 0, got '-1'"):
         validate_source_options({**base, "subscribe": "x", "aml.prefetchRecords": "-1"})
@@ -220,6 +221,55 @@ def test_stream_reads_each_record_once_across_restarts(spark, kafka_broker, tmp_
     assert len(rows) == 420
     assert sorted(json.loads(r.value)["i"] for r in rows) == list(range(420))
     assert len({(r.partition, r.offset) for r in rows}) == 420
+
+
+@pytest.mark.slow
+def test_ranges_reader_plans_ranges_that_tile_the_topic_and_the_fetcher_reads_them(spark, kafka_broker, tmp_path):
+    """aml.reader=ranges: each micro-batch's rows are its offset ranges; across a restart they
+    cover every offset exactly once, and RangeFetcher turns them into the records, in order."""
+    topic = _topic("ranges")
+    create(kafka_broker, topic, 3)
+    produce(kafka_broker, topic, [(f"k{i % 7}", json.dumps({"i": i})) for i in range(200)])
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    options = {"aml.reader": "ranges", "maxOffsetsPerTrigger": 60}
+    stream_to_parquet(spark, kafka_broker, topic, out, ck, **options)
+    produce(kafka_broker, topic, [(f"k{i % 7}", json.dumps({"i": i})) for i in range(200, 260)])
+    query = stream_to_parquet(spark, kafka_broker, topic, out, ck, **options)  # restart from the checkpoint
+    ranges = spark.read.parquet(str(out))
+    assert ranges.columns == ["topic", "partition", "startOffset", "endOffset"]
+    rows = ranges.collect()
+    assert {r.topic for r in rows} == {topic} and all(r.endOffset > r.startOffset for r in rows)
+    assert query.lastProgress["numInputRows"] <= 3  # a micro-batch holds a row per partition, not the records
+    by_part: dict[int, list[tuple[int, int]]] = {}
+    for r in rows:
+        by_part.setdefault(r.partition, []).append((r.startOffset, r.endOffset))
+    published = consume_all(kafka_broker, topic)
+    for part, spans in by_part.items():
+        spans.sort()
+        assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # no gap, no overlap
+        assert spans[-1][1] == 1 + max(o for p, o, _, _ in published if p == part)
+    assert set(by_part) == {p for p, _, _, _ in published}
+
+    fetcher = RangeFetcher({"kafka.bootstrap.servers": kafka_broker, "subscribe": topic, "aml.reader": "ranges"})
+    try:
+        import pyarrow as pa
+
+        tables = []
+        for r in sorted(rows, key=lambda r: r.startOffset) + [rows[0]]:  # the last: a replayed range, read again
+            tables.append(fetcher.read(pa.Table.from_pylist([r.asDict()])))
+    finally:
+        fetcher.close()
+    records = [(p, o, k, v) for t in tables[:-1]
+               for p, o, k, v in zip(*(t.column(c).to_pylist() for c in ("partition", "offset", "key", "value")))]
+    assert sorted(records) == sorted(published)
+    replayed = tables[-1]
+    assert replayed.column("offset").to_pylist() == list(range(rows[0].startOffset, rows[0].endOffset))
+    assert replayed.schema.names == [f.name for f in SCHEMA.fields]
+
+    batch = (spark.read.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker).option("subscribe", topic)
+             .option("aml.reader", "ranges").load().collect())  # a batch read: one range per partition
+    assert sorted((r.partition, r.startOffset, r.endOffset) for r in batch) == sorted(
+        (p, 0, spans[-1][1]) for p, spans in by_part.items())
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
+from aml_pipeline.errors import UserError
 from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.outputs import read_jsonl
 from aml_pipeline.streaming.records import DUPLICATE, UNPARSEABLE, RawRecord, check
@@ -198,6 +199,20 @@ def test_scorer_driver_jvm_options_follow_the_user_s():
     off = spark_conf(stream_engine(compose_config(["task=stream", "deploy=file", "deploy.jvm_options=''"])))[key]
     assert "TieredStopAtLevel" not in off and off.startswith("-Dlog4j2")
     assert spark_conf(compose_config([]).engine)[key] == off  # batch tasks keep the JVM's default compilers
+
+
+def test_kafka_reader_auto_follows_the_state_mode_and_ranges_needs_the_store():
+    from aml_pipeline.streaming.job import kafka_reader, source_options
+
+    def cfg(*overrides):
+        return compose_config(["task=stream", "deploy=kafka", *overrides])
+
+    assert kafka_reader(cfg()) == "ranges" and source_options(cfg())["aml.reader"] == "ranges"
+    assert kafka_reader(cfg("deploy.state=spark")) == "driver"
+    assert kafka_reader(cfg("deploy.reader=tasks", "deploy.state=spark")) == "tasks"
+    assert kafka_reader(cfg("deploy.connector=spark")) is None and "aml.reader" not in source_options(cfg("deploy.connector=spark"))
+    with pytest.raises(UserError, match="deploy.reader=ranges .* only deploy.state=store"):
+        kafka_reader(cfg("deploy.reader=ranges", "deploy.state=spark"))
 
 
 def test_stream_refuses_bad_options_in_one_line(run, tmp_path):
@@ -578,6 +593,7 @@ def test_kafka_stream_matches_offline_and_reconciles(run, file_run, kafka_broker
         records, summary, got = kafka_round_trip(
             run, kafka_broker, stream_args(run, "kafka", "deploy.once=true", "deploy.max_records_per_batch=150"), tag,
             output_broker=outputs.bootstrap)
+    assert summary["reader"] == "ranges"  # deploy.reader=auto with state=store: the scorer reads the records
     on_input_broker = set(AdminClient({"bootstrap.servers": kafka_broker}).list_topics(timeout=30).topics)
     assert f"input_{tag}" in on_input_broker and not {f"{k}_{tag}" for k in got} & on_input_broker
     assert {d["record"] for d in got["dead_letter"] if d["record"] is not None} == set(run.expected["dead"])

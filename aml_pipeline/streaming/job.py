@@ -136,6 +136,8 @@ def build_scorer(cfg: DictConfig):
     if str(_value(d.state)) == "spark":
         raise UserError("deploy.state=spark is built by aml_pipeline.streaming.spark_state (run() goes there), not here")
     lateness, until = check_shared_options(cfg)
+    if source == "kafka":
+        source_options(cfg)
     idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
     bundle = resolve_bundle(cfg.bundle, cfg)
     set_threads(bundle, int(d.model_threads))
@@ -180,17 +182,10 @@ def _source(spark, cfg: DictConfig, source: str):
         fmt = FORMAT
     else:
         fmt = "kafka"
-    reader = (spark.readStream.format(fmt).option("kafka.bootstrap.servers", d.bootstrap_servers)
-              .option("subscribe", d.topics.input).option("startingOffsets", d.starting_offsets))
+    reader = spark.readStream.format(fmt)
     if d.max_records_per_batch:
         reader = reader.option("maxOffsetsPerTrigger", int(d.max_records_per_batch))
-    options = {str(k): str(v) for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items()}
-    if connector == "python":
-        from aml_pipeline.streaming.kafka import validate_source_options
-
-        options = {"aml.reader": str(_value(d.reader)), **options}
-        validate_source_options({"kafka.bootstrap.servers": d.bootstrap_servers, "subscribe": d.topics.input,
-                                 "startingOffsets": d.starting_offsets, **options})
+    options = source_options(cfg)
     for k, v in options.items():
         reader = reader.option(k, v)
     try:
@@ -198,7 +193,55 @@ def _source(spark, cfg: DictConfig, source: str):
     except Exception as exc:  # Spark's connector without its jars
         raise UserError(f"deploy.connector={connector}: cannot load the Kafka source ({str(exc).splitlines()[0]}); "
                         "use deploy.connector=python") from None
+    if options.get("aml.reader") == "ranges":
+        return df.select("topic", "partition", "startOffset", "endOffset")
     return df.select("value", "topic", "partition", "offset")
+
+
+def kafka_reader(cfg: DictConfig) -> str | None:
+    """Who reads the records of a Kafka micro-batch (``deploy.reader``, ``auto`` resolved:
+    ``ranges`` for ``state=store``, ``driver`` for ``state=spark``); None with Spark's connector."""
+    d = cfg.deploy
+    if str(_value(d.connector)) != "python":
+        return None
+    state = str(_value(d.get("state")))
+    reader = str(_value(d.reader))
+    if reader == "auto":
+        return "driver" if state == "spark" else "ranges"
+    if reader == "ranges" and state == "spark":
+        raise UserError("deploy.reader=ranges hands the micro-batch offset ranges, which only deploy.state=store "
+                        "reads itself; with deploy.state=spark use auto, driver or tasks")
+    return reader
+
+
+def source_options(cfg: DictConfig) -> dict[str, str]:
+    """The Kafka source's options (Spark's names, plus ``aml.reader`` for our connector),
+    checked; the scorer's :class:`~aml_pipeline.streaming.kafka.RangeFetcher` reads with them too."""
+    d = cfg.deploy
+    options = {"kafka.bootstrap.servers": str(d.bootstrap_servers), "subscribe": str(d.topics.input),
+               "startingOffsets": str(d.starting_offsets)}
+    options.update({str(k): str(v) for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items()})
+    reader = kafka_reader(cfg)
+    if reader is not None:
+        from aml_pipeline.streaming.kafka import validate_source_options
+
+        options = {"aml.reader": reader, **options}
+        validate_source_options(options)
+    return options
+
+
+def batch_records(cfg: DictConfig, source: str):
+    """(records of a micro-batch's DataFrame, close): whole files, Kafka records, or (reader
+    ``ranges``) the records of the micro-batch's offset ranges, read here by a
+    :class:`~aml_pipeline.streaming.kafka.RangeFetcher` open for the whole query."""
+    if source == "file":
+        return (lambda df: file_records(df.toArrow())), lambda: None
+    if kafka_reader(cfg) != "ranges":
+        return (lambda df: kafka_records(df.toArrow())), lambda: None
+    from aml_pipeline.streaming.kafka import RangeFetcher
+
+    fetcher = RangeFetcher(source_options(cfg))
+    return (lambda df: kafka_records(fetcher.read(df.toArrow()))), fetcher.close
 
 
 def stream_engine(cfg: DictConfig) -> dict[str, Any]:
@@ -236,7 +279,7 @@ def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     scorer, store, source, info = build_scorer(cfg)
     spark = stream_session(cfg)
-    to_records = file_records if source == "file" else kafka_records
+    to_records, close_records = batch_records(cfg, source)
     failure: list[BaseException] = []
     busy = threading.Lock()  # a micro-batch and the final release never overlap (stop() may return mid-batch)
 
@@ -247,7 +290,7 @@ def run(cfg: DictConfig) -> dict:
     def _each_batch(df, batch_id: int) -> None:
         try:
             t0 = time.perf_counter()
-            records = to_records(df.toArrow())
+            records = to_records(df)
             scorer.process(int(batch_id), records, read_seconds=time.perf_counter() - t0)
         except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
             failure.append(exc)
@@ -265,7 +308,10 @@ def run(cfg: DictConfig) -> dict:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
     query = writer.start()
-    await_query(query, stopped, failure)
+    try:
+        await_query(query, stopped, failure)
+    finally:
+        close_records()
     with busy:
         scorer.flush()
     summary = finish(cfg, scorer, source, store.backend, stopped, start, query)
@@ -320,6 +366,7 @@ def finish(cfg: DictConfig, scorer, source: str, store: str, stopped: list[int],
     (``spark_batches``, and their totals in seconds as ``spark_seconds``)."""
     batches = trigger_durations(query) if query is not None else []
     summary = {**scorer.summary(), "source": source, "store": store, "outputs": scorer.outputs.describe(),
+               "reader": kafka_reader(cfg) if source == "kafka" else None,
                "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if cfg.deploy.once else "end"),
                "seconds": round(time.perf_counter() - start, 3),
                "spark_seconds": {k: round(sum(b.get(k, 0) for b in batches) / 1000, 3) for k in SPARK_PHASES},

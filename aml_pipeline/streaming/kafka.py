@@ -15,6 +15,11 @@ exactly the offset range planned for it. Who reads is our one extra option, ``am
 - ``tasks`` (:class:`KafkaStreamReader`): one Spark task per Kafka partition and micro-batch,
   each with its own consumer (assign + seek); reads scale out with the executors, at the cost
   of a consumer and a fetch per partition and micro-batch.
+- ``ranges`` (:class:`KafkaRangeStreamReader`): a micro-batch holds only its offset ranges,
+  one row per partition (:data:`RANGES_SCHEMA`), and whoever consumes the micro-batch reads
+  the records itself with a :class:`RangeFetcher` (the streaming scorer, on the driver). The
+  records then travel once, broker to consumer, instead of broker to the source's Python
+  process to the JVM to the consumer's Python process.
 
 No consumer group offsets are committed: the checkpoint is the truth, which makes the
 source exactly-once into Spark. Batch reads (``spark.read``) use ``startingOffsets`` /
@@ -95,6 +100,15 @@ SCHEMA = StructType([
     StructField("timestampType", IntegerType(), True),
 ])
 
+#: ``aml.reader=ranges``: a micro-batch's rows are the offset ranges ``[startOffset, endOffset)``
+#: it covers, one per topic-partition with records (read them with :class:`RangeFetcher`).
+RANGES_SCHEMA = StructType([
+    StructField("topic", StringType(), False),
+    StructField("partition", IntegerType(), False),
+    StructField("startOffset", LongType(), False),
+    StructField("endOffset", LongType(), False),
+])
+
 #: Spark's special offsets in ``startingOffsets`` / ``endingOffsets`` JSON.
 EARLIEST, LATEST = -2, -1
 
@@ -146,12 +160,13 @@ def _bool(options: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 #: ``aml.reader``: who reads a micro-batch's records (our option; Spark's connector has none).
-READERS = ("driver", "tasks")
+READERS = ("driver", "tasks", "ranges")
 
 
 def reader_mode(options: Mapping[str, str]) -> str:
-    """``driver`` (default: consumers kept open in the driver, :class:`KafkaDriverStreamReader`)
-    or ``tasks`` (a Spark task per partition and micro-batch, :class:`KafkaStreamReader`)."""
+    """``driver`` (default: consumers kept open in the driver, :class:`KafkaDriverStreamReader`),
+    ``tasks`` (a Spark task per partition and micro-batch, :class:`KafkaStreamReader`) or
+    ``ranges`` (rows are offset ranges, :class:`KafkaRangeStreamReader`)."""
     mode = str(_opt(options, "aml.reader", "driver")).strip().lower()
     if mode not in READERS:
         raise ConfigError(f"option aml.reader must be one of {', '.join(READERS)}, got {mode!r}")
@@ -773,6 +788,64 @@ class KafkaDriverStreamReader(_StreamOffsets, SimpleDataSourceStreamReader, Supp
         super().stop()
 
 
+class KafkaRangeStreamReader(KafkaDriverStreamReader):
+    """Micro-batch reader, ``aml.reader=ranges``: plans offsets like the driver reader, but a
+    micro-batch's rows are its ranges (:data:`RANGES_SCHEMA`), not the records. The source's
+    process opens no consumer; the micro-batch's consumer reads the records with a
+    :class:`RangeFetcher`, exactly the planned ones, so a replayed micro-batch reads the same
+    records again (Kafka keeps them within retention; ``failOnDataLoss`` applies there)."""
+
+    def __init__(self, options: Mapping[str, str], schema: StructType):
+        _StreamOffsets.__init__(self, options, schema)
+        self._reader = None
+
+    def _records(self, parts: list[KafkaPartition]) -> list:
+        return [ranges_batch(parts)] if parts else []
+
+
+def ranges_batch(parts: list[KafkaPartition]):
+    """Offset ranges as one Arrow record batch in :data:`RANGES_SCHEMA`."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return pa.RecordBatch.from_pylist(
+        [{"topic": p.topic, "partition": p.partition, "startOffset": p.start, "endOffset": p.end} for p in parts],
+        schema=to_arrow_schema(RANGES_SCHEMA))
+
+
+class RangeFetcher:
+    """The consumer side of ``aml.reader=ranges``: reads the records of a micro-batch's offset
+    ranges, in Spark's Kafka schema (:data:`SCHEMA`), with the source's own options
+    (``kafka.*``, ``failOnDataLoss``, ``kafkaConsumer.pollTimeoutMs``, ``aml.prefetchRecords``).
+
+    Its :class:`RangeReader` stays open between micro-batches (one consumer per partition,
+    connected once; paused in between), as the driver reader's does in the source process.
+    Close it when the query ends."""
+
+    def __init__(self, options: Mapping[str, str]):
+        opts = SourceOptions.parse(options)
+        self.reader = RangeReader(opts.client, opts.fail_on_data_loss, opts.poll_timeout_ms, opts.prefetch_records)
+        columns = _Columns(SCHEMA)
+        columns.take()  # the first Arrow cast's imports (~2 s), now rather than in the first micro-batch
+        self.schema = columns.schema
+
+    def read(self, ranges) -> Any:
+        """The records of ``ranges`` (an Arrow table or batch with the :data:`RANGES_SCHEMA`
+        columns) as one Arrow table, partition by partition in offset order."""
+        import pyarrow as pa
+
+        cols = [ranges.column(c).to_pylist() for c in ("topic", "partition", "startOffset", "endOffset")]
+        wanted = {(t, int(p)): (int(s), int(e)) for t, p, s, e in zip(*cols)}
+        try:
+            batches = list(self.reader.read(wanted, SCHEMA))
+        finally:
+            self.reader.pause()
+        return pa.Table.from_batches(batches, schema=self.schema)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 class KafkaBatchReader(DataSourceReader):
     """``spark.read``: the records between ``startingOffsets`` (default earliest) and
     ``endingOffsets`` (default latest), fixed when the query is planned."""
@@ -785,6 +858,7 @@ class KafkaBatchReader(DataSourceReader):
         if self.opts.starting == "latest":
             raise ConfigError("option startingOffsets cannot be 'latest' for a batch query")
         self.schema = schema
+        self.ranges = reader_mode(opts) == "ranges"
 
     def partitions(self) -> list[KafkaPartition]:
         broker = _Broker(self.opts)
@@ -800,6 +874,8 @@ class KafkaBatchReader(DataSourceReader):
     def read(self, partition: InputPartition) -> Iterator[Any]:
         if not isinstance(partition, KafkaPartition):  # no partitions planned: Spark sends a dummy
             return iter(())
+        if self.ranges:
+            return iter([ranges_batch([partition])])
         return read_range(self.opts.client, partition, self.schema,
                           self.opts.fail_on_data_loss, self.opts.poll_timeout_ms)
 
@@ -914,18 +990,20 @@ class KafkaDataSource(DataSource):
         # Only reads ask for the schema: checking the source options here makes a malformed
         # option fail at load(), naming it, instead of when the query runs.
         SourceOptions.parse(self.options)
-        return SCHEMA
+        return RANGES_SCHEMA if reader_mode(self.options) == "ranges" else SCHEMA
 
     def reader(self, schema: StructType) -> KafkaBatchReader:
         return KafkaBatchReader(self.options, schema)
 
     def streamReader(self, schema: StructType) -> KafkaStreamReader:
-        if reader_mode(self.options) == "driver":
+        if reader_mode(self.options) in ("driver", "ranges"):
             # PySpark falls back to simpleStreamReader() when streamReader() is not implemented.
             raise PySparkNotImplementedError(errorClass="NOT_IMPLEMENTED", messageParameters={"feature": "streamReader"})
         return KafkaStreamReader(self.options, schema)
 
     def simpleStreamReader(self, schema: StructType) -> KafkaDriverStreamReader:
+        if reader_mode(self.options) == "ranges":
+            return KafkaRangeStreamReader(self.options, schema)
         return KafkaDriverStreamReader(self.options, schema)
 
     def writer(self, schema: StructType, overwrite: bool) -> KafkaBatchWriter:

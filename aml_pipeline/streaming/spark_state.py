@@ -431,12 +431,14 @@ def build(cfg: DictConfig):
     from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
-    from aml_pipeline.streaming.job import _value, check_shared_options, kind, stream_outputs
+    from aml_pipeline.streaming.job import _value, check_shared_options, kind, source_options, stream_outputs
     from aml_pipeline.streaming.scorer import StateLog
 
     d = cfg.deploy
     source = kind(cfg)
     lateness, until = check_shared_options(cfg)
+    if source == "kafka":
+        source_options(cfg)  # the records must enter Spark here: deploy.reader=ranges is refused
     if lateness % 1000:
         raise UserError(f"deploy.allowed_lateness={d.allowed_lateness!r}: Spark's watermark is in milliseconds")
     bundle = resolve_bundle(cfg.bundle, cfg)
