@@ -78,7 +78,15 @@ def _with_publish_time(line: str, ts: float) -> str:
 
 
 class _Pacer:
-    """Holds the publisher to ``rate`` events/s (0 = no limit), measured from the first event."""
+    """Holds the publisher to ``rate`` events/s (0 = no limit), measured from the first event.
+
+    It sleeps once the publisher is ``SLACK`` seconds ahead, so events go out in bursts of
+    ``rate * SLACK`` (12 at 2,500 events/s): each event still carries the moment it was sent.
+    Sleeping whenever one event ahead (every 3rd event at 2,500/s) woke the producer's threads
+    per event: the publisher then used ~80 µs of CPU per event, against ~50 µs in bursts, on
+    the same cores as the scorer it feeds."""
+
+    SLACK = 0.005
 
     def __init__(self, rate: float):
         self.interval = 1.0 / rate if rate > 0 else 0.0
@@ -87,7 +95,7 @@ class _Pacer:
     def wait(self, sent: int) -> None:
         if self.interval:
             ahead = self.start + sent * self.interval - time.perf_counter()
-            if ahead > 0.001:
+            if ahead > self.SLACK:
                 time.sleep(ahead)
 
 
