@@ -264,10 +264,24 @@ def stream_engine(cfg: DictConfig) -> dict[str, Any]:
 
 
 def stream_session(cfg: DictConfig):
-    """The Spark session of a streaming query (:func:`stream_engine`)."""
+    """The Spark session of a streaming query (:func:`stream_engine`), started after the
+    scorer is built; what both built is then moved out of the garbage collector's way."""
     from aml_pipeline.spark.session import get_session
 
-    return get_session(stream_engine(cfg), cfg.paths.data_dir)
+    session = get_session(stream_engine(cfg), cfg.paths.data_dir)
+    freeze_startup_objects()
+    return session
+
+
+def freeze_startup_objects() -> None:
+    """``gc.freeze()`` what start-up built (the bundle, a warmed embedded store, Spark's
+    client: ~330,000 tracked objects in the benchmark's scorer), so the collector's full
+    passes skip it for the rest of the run. A full pass happens every few dozen
+    micro-batches; over those objects it took ~170 ms inside one micro-batch, frozen ~2 ms."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def run(cfg: DictConfig) -> dict:
@@ -311,7 +325,8 @@ def run(cfg: DictConfig) -> dict:
     try:
         await_query(query, stopped, failure)
     finally:
-        close_records()
+        with busy:  # not under a micro-batch still reading
+            close_records()
     with busy:
         scorer.flush()
     summary = finish(cfg, scorer, source, store.backend, stopped, start, query)
