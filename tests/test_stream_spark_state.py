@@ -106,6 +106,9 @@ def test_spark_state_on_files_matches_offline_and_reconciles(run, file_run):
     assert (c["scored"], c["dead_lettered"], c["late"], c["pending"]) == (decisions.height, len(dead), len(late), 0)
     assert s["reconciles"] is True and s["state"] == "spark" and s["unmatched_halves"] == 0
     assert c["batches"] >= 5
+    # the stages are timed per micro-batch: together they fit in the scorer's busy time
+    assert set(s["stage_seconds"]) >= {"read", "model", "outputs", "commit"}
+    assert 0 < sum(s["stage_seconds"].values()) <= s["busy_seconds"] + 0.01
     # the micro-batches really brought events after later ones (within the lateness)
     assert "state spark (RocksDB)" in file_run.stderr
     by_text = {d["record"]: d for d in dead}

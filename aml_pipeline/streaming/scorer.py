@@ -258,10 +258,7 @@ class StreamScorer:
         t0 = time.perf_counter() - read_seconds
         if batch_id <= self.batch_id:
             return {}  # committed already (restore redid its store append)
-        self.stage_seconds = {"read": read_seconds}
-        self._mark = time.perf_counter()
-        if self.first_batch_at is None:
-            self.first_batch_at = time.time() - read_seconds
+        self._start_batch(read_seconds)
         pending_ids = set(self.pending["event_id"].to_list())
         checked = check(records, self.rules, known_ids=pending_ids, is_known=self.store.known_ids)
         self._lap("validate")
@@ -280,6 +277,13 @@ class StreamScorer:
         batch.update(out)
         self._report(batch_id, batch, time.perf_counter() - t0)
         return batch
+
+    def _start_batch(self, read_seconds: float) -> None:
+        """Start timing a micro-batch whose records took ``read_seconds`` to get."""
+        self.stage_seconds = {"read": read_seconds}
+        self._mark = time.perf_counter()
+        if self.first_batch_at is None:
+            self.first_batch_at = time.time() - read_seconds
 
     def _advance(self, accepted: pl.DataFrame) -> None:
         """Move the watermark on after a batch: the slowest live partition's newest event time

@@ -354,15 +354,16 @@ class SparkStateScorer(StreamScorer):
     def score(self, events: pl.DataFrame) -> pl.DataFrame:
         if not events.height:
             return pl.DataFrame()
-        return self.bundle.score_features(events, self.top_k, self.explain)
+        decisions = self.bundle.score_features(events, self.top_k, self.explain)
+        self._lap("model")  # the features came from the operator (in read)
+        return decisions
 
     def process_output(self, batch_id: int, table, read_seconds: float = 0.0) -> dict[str, int]:
         """One micro-batch of the operator's output (an Arrow table of :data:`OUTPUT`)."""
         t0 = time.perf_counter() - read_seconds
         if batch_id <= self.batch_id:
             return {}  # committed already: Spark replays a batch it had not recorded
-        if self.first_batch_at is None:
-            self.first_batch_at = time.time() - read_seconds
+        self._start_batch(read_seconds)  # read: Spark's job, which runs the stateful operator
         rows = table.to_pylist()
         dead = [json.loads(r["payload"]) for r in rows if r["kind"] == "dead"]
         for r in rows:
@@ -416,6 +417,7 @@ class SparkStateScorer(StreamScorer):
         self.counts["batches"] += 1
         self.batch_id = batch_id
         self._commit(tag, released)
+        self._lap("commit")
         return out
 
     def summary(self) -> dict[str, Any]:
