@@ -82,6 +82,16 @@ def test_default_plan_is_refused_naming_the_graph_step():
     assert "dst_in_sum_24h" in dst and "dst_secs_since_prev" in dst and "amount_vs_src_mean" in src and "hour" in src
 
 
+def test_staging_a_micro_batch_without_data_yields_nothing():
+    """Spark runs micro-batches without data to move the watermark on (a processing-time
+    trigger with the stream idle); the staging function then gets no Arrow batch at all."""
+    from aml_pipeline.streaming.spark_state import make_stage
+
+    currencies = list(compose_config([]).validation.currencies)
+    for source in ("kafka", "file"):
+        assert list(make_stage(source, currencies)(iter([]))) == []
+
+
 # ----------------------------------------------------------------------------- on Spark
 @pytest.fixture(scope="module")
 def file_run(run):

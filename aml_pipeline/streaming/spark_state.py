@@ -114,7 +114,10 @@ def make_stage(source: str, currencies: list[str]):
         from aml_pipeline.streaming.records import check
         from aml_pipeline.validation.rules import build_rules
 
-        table = pa.Table.from_batches(list(batches))
+        batches = list(batches)
+        if not batches:  # a micro-batch without data (Spark runs them to move the watermark on)
+            return
+        table = pa.Table.from_batches(batches)
         if not table.num_rows:
             return
         records = (file_records if source == "file" else kafka_records)(table)
