@@ -296,6 +296,7 @@ def run(cfg: DictConfig) -> dict:
     to_records, close_records = batch_records(cfg, source)
     failure: list[BaseException] = []
     busy = threading.Lock()  # a micro-batch and the final release never overlap (stop() may return mid-batch)
+    stopped: list[int] = []  # the signals that asked for a stop
 
     def each_batch(df, batch_id: int) -> None:
         with busy:
@@ -307,7 +308,8 @@ def run(cfg: DictConfig) -> dict:
             records = to_records(df)
             scorer.process(int(batch_id), records, read_seconds=time.perf_counter() - t0)
         except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
-            failure.append(exc)
+            if not stopped:  # once a stop is asked for, an exception is the stop interrupting the batch
+                failure.append(exc)
             raise
 
     writer = (_source(spark, cfg, source).writeStream.foreachBatch(each_batch)
@@ -318,7 +320,6 @@ def run(cfg: DictConfig) -> dict:
           f"(sha256 {(scorer.trace['bundle_hash'] or '')[:12]}) from {source} [store {store.backend}, "
           f"+{info['warmed']:,} events warmed, resuming after batch {info['resumed_after_batch']}]",
           file=sys.stderr, flush=True)
-    stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
     query = writer.start()

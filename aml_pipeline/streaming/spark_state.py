@@ -34,7 +34,10 @@ paths and 3-cycles read other accounts' histories).
 On exit (``once`` done, SIGTERM, SIGINT) the held events are released by a flush marker: a
 file dropped in ``<checkpoint>/control`` (a second file source, unioned with the input) whose
 time moves Spark's watermark past the newest event seen; the query is run once more with
-``availableNow`` to apply it.
+``availableNow`` to apply it. That run first reads what is waiting in the input, so after a
+stop with a backlog it scores the backlog, and the events newer than the marker stay held in
+Spark's state (counted as pending; the next start releases them). A micro-batch the stop
+interrupts is not a failure: it was not committed, and that run reads it again.
 """
 
 from __future__ import annotations
@@ -499,6 +502,7 @@ def run(cfg: DictConfig) -> dict:
     initial, warmed = _initial_state(spark, cfg, info["until"], _EVENT_COLUMNS) if info["fresh"] else (None, 0)
     failure: list[BaseException] = []
     busy = threading.Lock()
+    stopped: list[int] = []  # the signals that asked for a stop
 
     def each_batch(df, batch_id: int) -> None:
         with busy:
@@ -507,7 +511,8 @@ def run(cfg: DictConfig) -> dict:
                 out = df.toArrow()  # evaluated once: the operator commits its state with this job
                 scorer.process_output(int(batch_id), out, read_seconds=time.perf_counter() - t0)
             except BaseException as exc:
-                failure.append(exc)
+                if not stopped:  # once a stop is asked for, an exception is the stop interrupting the batch
+                    failure.append(exc)
                 raise
 
     lateness_ms = scorer.lateness_us // 1000
@@ -528,7 +533,6 @@ def run(cfg: DictConfig) -> dict:
     print(f"streaming {scorer.trace['model_name']} version {scorer.trace['model_version']} "
           f"(sha256 {(scorer.trace['bundle_hash'] or '')[:12]}) from {source} [state spark (RocksDB), "
           f"+{warmed:,} events warmed, resuming after batch {info['resumed_after_batch']}]", file=sys.stderr, flush=True)
-    stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
     query = start_query(bool(d.once))
