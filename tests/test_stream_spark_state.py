@@ -152,39 +152,51 @@ def test_spark_state_on_kafka_matches_offline_and_reconciles(run, file_run, kafk
         assert {a["alert_id"] for a in got[kind]} == {a["alert_id"] for a in read_jsonl(file_run.out / kind)}
 
 
+def _committed(base) -> int:
+    """The last micro-batch the scorer committed under ``base`` (-1: none yet)."""
+    try:
+        return json.loads((base / "checkpoint/scorer/state.json").read_text())["batch_id"]
+    except (OSError, ValueError):
+        return -1
+
+
+def _started_until_committed(run, base, args: list[str], batch: int, **popen):
+    """``task=stream`` on the test files under ``base``, returned still running once the
+    scorer has committed micro-batch ``batch``."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    write_files(base / "in", run.files)
+    with open(base / "stderr.log", "w") as err:  # a file, not a pipe: nothing blocks on a full pipe
+        proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                                stderr=err, **popen)
+    deadline = time.monotonic() + 600
+    while _committed(base) < batch and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None or _committed(base) < batch:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"the scorer ended or stalled before micro-batch {batch}: "
+                             f"{(base / 'stderr.log').read_text()[-3000:]}")
+    return proc
+
+
 @pytest.mark.slow
 def test_spark_state_killed_mid_stream_restarts_from_its_checkpoint(run, file_run):
     """SIGKILL (scorer and JVM) after a few micro-batches, restart: Spark's state comes back from
     the checkpoint (four files per micro-batch from then on), no batch is counted twice, and the
     alerts and counts are the uninterrupted run's."""
     import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
 
     base = run.dir / "killed"
-    write_files(base / "in", run.files)
     args = spark_args(run, "killed", "deploy.once=true", "deploy.max_files_per_trigger=1")
-    state = base / "checkpoint/scorer/state.json"
-
-    def committed() -> int:
-        try:
-            return json.loads(state.read_text())["batch_id"]
-        except (OSError, ValueError):
-            return -1
-
-    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while committed() < 3 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the scorer finished before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = committed()
+    proc = _started_until_committed(run, base, args, 3, start_new_session=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _committed(base)
     assert 3 <= killed_at < len(run.files) - 1
     r = run_cli([*args, "deploy.max_files_per_trigger=4"], cwd=run.dir, timeout=900)  # batched differently
     assert r.returncode == 0, r.stderr[-4000:]
@@ -206,36 +218,18 @@ def test_spark_state_stops_cleanly_on_sigterm_mid_stream(run, file_run):
     in the source first, then moves the watermark), the summary is written and reconciles, and
     the exit code is 0."""
     import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
 
     base = run.dir / "sigterm"
-    write_files(base / "in", run.files)
     args = spark_args(run, "sigterm", "deploy.trigger='1 second'", "deploy.max_files_per_trigger=1")
-    state = base / "checkpoint/scorer/state.json"
-
-    def committed() -> int:
-        try:
-            return json.loads(state.read_text())["batch_id"]
-        except (OSError, ValueError):
-            return -1
-
-    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
+    proc = _started_until_committed(run, base, args, 2)
     try:
-        while committed() < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the scorer ended before it could be stopped"
         proc.send_signal(signal.SIGTERM)  # the next micro-batch is already running (a file waits for each)
-        _, stderr = proc.communicate(timeout=600)
+        proc.wait(600)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, stderr[-4000:]
+    assert proc.returncode == 0, (base / "stderr.log").read_text()[-4000:]
     summary = json.loads((base / "reports/stream_summary.json").read_text())
     c = summary["counts"]
     assert summary["stopped_by"] == "SIGTERM" and summary["reconciles"] is True
