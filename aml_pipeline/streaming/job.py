@@ -308,8 +308,7 @@ def run(cfg: DictConfig) -> dict:
             records = to_records(df)
             scorer.process(int(batch_id), records, read_seconds=time.perf_counter() - t0)
         except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
-            if not stopped:  # once a stop is asked for, an exception is the stop interrupting the batch
-                failure.append(exc)
+            keep_failure(failure, stopped, exc)
             raise
 
     writer = (_source(spark, cfg, source).writeStream.foreachBatch(each_batch)
@@ -355,6 +354,14 @@ def trigger_durations(query) -> list[dict[str, Any]]:
         batches.append({"batch_id": int(p.batchId), "started": str(p.timestamp), "rows": int(p.numInputRows),
                         **{k: int(durations[k]) for k in SPARK_PHASES if k in durations}})
     return batches
+
+
+def keep_failure(failure: list[BaseException], stopped: list[int], exc: BaseException) -> None:
+    """Keep a micro-batch's exception for :func:`await_query` to re-raise, unless a stop was
+    asked for: then it is the stop interrupting the batch, which was not committed and is
+    read again by the next run."""
+    if not stopped:
+        failure.append(exc)
 
 
 def await_query(query, stopped: list[int], failure: list[BaseException]) -> None:

@@ -489,7 +489,7 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream deploy.state=spark``: build, run until done or stopped, flush, summarise."""
-    from aml_pipeline.streaming.job import _source, await_query, finish, stream_session
+    from aml_pipeline.streaming.job import _source, await_query, finish, keep_failure, stream_session
 
     d = cfg.deploy
     start = time.perf_counter()
@@ -511,8 +511,7 @@ def run(cfg: DictConfig) -> dict:
                 out = df.toArrow()  # evaluated once: the operator commits its state with this job
                 scorer.process_output(int(batch_id), out, read_seconds=time.perf_counter() - t0)
             except BaseException as exc:
-                if not stopped:  # once a stop is asked for, an exception is the stop interrupting the batch
-                    failure.append(exc)
+                keep_failure(failure, stopped, exc)
                 raise
 
     lateness_ms = scorer.lateness_us // 1000
