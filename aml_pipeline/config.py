@@ -416,7 +416,8 @@ class EngineName(str, Enum):
 
 
 class PassEvaluator(str, Enum):
-    arrow = "arrow"  # each pass: hash shuffle by key, windows computed in Python over Arrow (numpy; the default)
+    accounts = "accounts"  # the plan's own polars steps per account partition, with the 2-hop halo (the default)
+    arrow = "arrow"  # each pass: hash shuffle by key, windows computed in Python over Arrow (numpy)
     window = "window"  # each pass: Spark's Window operator (shuffle + sort of the stacked rows, running frames)
 
 
@@ -443,9 +444,12 @@ class EngineConfig:
     #: cluster master (local masters need none). On a cluster it must be a shared path
     #: (hdfs://, s3a://, ...).
     checkpoint_dir: Optional[str] = None
-    #: How the Spark feature passes evaluate their windows (docs/spark.md): arrow (default)
-    #: or window; both give identical values.
-    passes: PassEvaluator = PassEvaluator.arrow
+    #: How the Spark engine evaluates the history steps (docs/spark.md): accounts (default),
+    #: arrow or window; all give identical values.
+    passes: PassEvaluator = PassEvaluator.accounts
+    #: With passes=accounts: how many account partitions (null: one per 500,000 events, at
+    #: least the default parallelism). Each is one Python task holding its events at once.
+    account_partitions: Optional[int] = None
 
 
 # ----------------------------------------------------------------------------- replay

@@ -223,10 +223,11 @@ class EngineRun:
     polars_state: dict[str, dict] = field(default_factory=dict)
     spark_state: dict[str, dict] = field(default_factory=dict)
     bounds: list[tuple[dict, dict]] = field(default_factory=list)
+    account_stats: list[dict] = field(default_factory=list)  # engine.passes=accounts: per plan run
 
 
 def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path, passes: str = "arrow",
-                split=SPLIT) -> EngineRun:
+                split=SPLIT, partitions: int | None = None) -> EngineRun:
     from aml_pipeline.spark.tasks import build_features as spark_build_features
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -236,7 +237,9 @@ def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path
     for i, steps in enumerate(runs_for(cases)):
         p_plan, s_plan = FeaturePlan.from_config(steps), FeaturePlan.from_config(steps)
         p_out, p_bounds = build_features(events, p_plan, split)
-        s_df, s_bounds, engine = spark_build_features(spark.read.parquet(str(path)), s_plan, split, passes)
+        s_df, s_bounds, engine = spark_build_features(spark.read.parquet(str(path)), s_plan, split, passes,
+                                                      str(folder / f"work{i}"), partitions)
+        result.account_stats.append(dict(engine.account_stats))
         try:
             s_out = pl.from_arrow(s_df.toArrow())
         finally:
@@ -343,7 +346,36 @@ def test_window_evaluator_parity_on_crafted_events(spark, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-def test_applying_a_polars_fitted_plan_with_history(spark, tmp_path):
+@pytest.mark.parametrize("dataset", ["synthetic", "paysim"])
+def test_account_partitions_give_the_polars_values(request, spark, tmp_path, dataset: str):
+    """``engine.passes=accounts`` (the default): every step of every plan on both event sets,
+    cut into 3 account partitions, so most events have their sender and receiver in
+    different partitions and 2-hop paths cross partitions (their first hops arrive as
+    halo rows): the same fitted state and bit-identical columns as polars, and the same
+    split. Target encodings run compiled after the partitions."""
+    events = request.getfixturevalue(f"{dataset}_run").events
+    usable = [c for c in CASES if not missing_columns(events, c)]
+    run = run_engines(spark, events, usable, tmp_path, passes="accounts", partitions=3)
+    problems = [p for c in usable for p in differences(c, run.polars[c.name], run.spark[c.name])]
+    problems += [f"step {c.name!r}: fitted state differs" for c in usable if run.spark_state[c.name] != run.polars_state[c.name]]
+    assert not problems, "\n".join(problems)
+    for p_bounds, s_bounds in run.bounds:
+        assert s_bounds == p_bounds
+    for name in run.polars:
+        p, s = run.polars[name], run.spark[name]
+        assert s.columns == p.columns
+        assert s.sort("event_time", "event_id").select(events.columns, "split").equals(p.select(events.columns, "split"))
+    for stats in run.account_stats:
+        assert stats["partitions"] == 3 and stats["events"] == events.height
+        # every event once from its sender's partition, again from its receiver's when
+        # that is another one, and the 2-hop halo as history-only rows
+        assert events.height < stats["rows_shipped"] - stats["history_rows"] <= 2 * events.height
+    if dataset == "synthetic":  # its 2-hop paths cross partitions: their first hops come as halo rows
+        assert any(stats["history_rows"] > 0 for stats in run.account_stats)
+
+
+@pytest.mark.parametrize("passes", ["arrow", "accounts"])
+def test_applying_a_polars_fitted_plan_with_history(spark, tmp_path, passes: str):
     """A plan fitted by polars (a bundle's plan.json) applied by Spark to later events, with
     the training events as history-only rows: polars' ``plan.transform(later, history=train)``."""
     from aml_pipeline.spark.features import SparkFeatures
@@ -358,7 +390,7 @@ def test_applying_a_polars_fitted_plan_with_history(spark, tmp_path):
     train.write_parquet(tmp_path / "train.parquet")
     later.write_parquet(tmp_path / "later.parquet")
     plan = FeaturePlan.from_dict(json.loads(json.dumps(fitted.to_dict())))
-    engine = SparkFeatures(plan, spark)
+    engine = SparkFeatures(plan, spark, passes=passes, workdir=str(tmp_path / "work"), account_partitions=3)
     out = engine.transform(spark.read.parquet(str(tmp_path / "later.parquet")), history=spark.read.parquet(str(tmp_path / "train.parquet")))
     got = pl.from_arrow(out.toArrow())
     engine.release()

@@ -66,6 +66,26 @@ class FeatureStep(ABC):
         starts them before running the steps (:meth:`Timeline.ahead`). None by default."""
         return []
 
+    def history_side(self, column: str) -> str | None:
+        """Whose history an output column reads: ``"src"`` (the sender's), ``"dst"`` (the
+        receiver's) or None (the event alone).
+
+        By convention a history step's ``dst_*`` columns read the receiver's history and
+        every other column the sender's (``reciprocal_*`` and ``cycle3_*`` too: the payments
+        back to the sender, the paths into it). The Spark engine's account partitions
+        (``engine.passes: accounts``) rely on it: each column is taken from the partition
+        that holds that account's whole history.
+        """
+        if not self.uses_history:
+            return None
+        return "dst" if column.startswith("dst_") else "src"
+
+    def two_hop(self) -> tuple[str, list[str]] | None:
+        """For steps that follow 2-hop paths a -> x -> b ending at an event's accounts:
+        (the longest hop-to-hop delay, the intermediaries x that are never followed).
+        None for every other step."""
+        return None
+
     def fit(self, frame: pl.DataFrame) -> "FeatureStep":
         """Learn state from the training window. Stateless steps need not override."""
         return self

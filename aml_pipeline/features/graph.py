@@ -102,6 +102,9 @@ class CounterpartyGraph(FeatureStep):
     def history_window(self) -> str | None:
         return self.window
 
+    def two_hop(self) -> tuple[str, list[str]] | None:
+        return self.window, list(getattr(self, "hubs_", []) or [])
+
     def fit(self, frame: pl.DataFrame) -> "CounterpartyGraph":
         if SRC in frame.columns and DST in frame.columns:
             # A plan's frame: count distinct receivers per sender on the shared timeline

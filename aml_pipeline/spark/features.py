@@ -28,6 +28,8 @@ compilation takes the training flag into account.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -42,10 +44,16 @@ from aml_pipeline.features.balance import BALANCES
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
+from aml_pipeline.spark.accounts import AccountPartitions, split_plan
+from aml_pipeline.spark.io import remove_if_empty
 from aml_pipeline.spark.windows import (EVALUATORS, T, PassRequest, View, ieee_divide, interval_changes, kth_smallest,
                                         micros, run_passes)
 
 IQ = "_is_query"  # True for events to return, False for history-only rows
+#: The feature table's row order (``task=features`` writes it sorted so).
+TABLE_ORDER = ["event_time", "event_id"]
+#: Values of ``engine.passes``: ``accounts`` (default) and the compiled pass evaluators.
+PASS_EVALUATORS = ("accounts", *EVALUATORS)
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
 
@@ -614,17 +622,31 @@ class SparkFeatures:
     """
 
     def __init__(self, plan: FeaturePlan, spark: SparkSession | None = None, cut_lineage: bool = True,
-                 passes: str = "arrow"):
+                 passes: str = "accounts", workdir: str | None = None, account_partitions: int | None = None):
         check_compiled(plan)
-        if passes not in EVALUATORS:
-            raise ConfigError(f"engine.passes={passes!r}: allowed: {', '.join(EVALUATORS)}")
+        if passes not in PASS_EVALUATORS:
+            raise ConfigError(f"engine.passes={passes!r}: allowed: {', '.join(PASS_EVALUATORS)}")
         self.plan = plan
-        #: How each pass's windows are evaluated (``engine.passes``, :func:`~.windows.run_passes`).
+        #: How the history steps are evaluated (``engine.passes``): ``accounts`` runs the
+        #: plan's own polars steps per account partition (:mod:`.accounts`), ``arrow`` and
+        #: ``window`` evaluate compiled passes (:func:`~.windows.run_passes`).
         self.passes = passes
         self.spark = spark or SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
         self.cut_lineage = cut_lineage
+        #: A folder the executors share, for the account partitions' files (None: a
+        #: temporary folder, local masters only).
+        self.workdir = workdir
+        self.account_partitions = account_partitions
+        #: With ``accounts`` and no compiled step after them: the parquet files that are the
+        #: result, in ``TABLE_ORDER`` (:func:`aml_pipeline.spark.io.publish_files` joins them).
+        self.sorted_files: list[str] | None = None
+        #: Figures of the account partitions (events, partitions, buckets, rows shipped).
+        self.account_stats: dict[str, int] = {}
         self.ctx: Context | None = None
         self._held: list[DataFrame] = []
+        self._own_workdir: str | None = None
+        self._history = False
+        self._train: Column | None = None
 
     # -- materialisation ----------------------------------------------------------------
     def _local(self) -> bool:
@@ -650,12 +672,20 @@ class SparkFeatures:
         return frame
 
     def release(self) -> None:
-        """Release cached intermediate tables (after the result has been written)."""
+        """Release cached intermediate tables and the account partitions' files (after the
+        result has been written)."""
         if self.ctx is not None:
             self.ctx.release()
         for frame in self._held:
             _free(frame)
         self._held.clear()
+        for folder in (self._own_workdir, f"{self.workdir}/accounts" if self.workdir else None):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+        if self.workdir:
+            remove_if_empty(self.workdir)
+        self._own_workdir = None
+        self.sorted_files = None
 
     # -- evaluation -----------------------------------------------------------------------
     def _prepare(self, events: DataFrame, history: DataFrame | None, train: Column | None) -> DataFrame:
@@ -673,21 +703,72 @@ class SparkFeatures:
         outputs = [c for _, step in steps for c in step.output_columns()]
         keep = [c for c in frame.columns if c not in outputs]
         if requests:
-            frame = run_passes(frame, requests, ctx.events, self.passes)
+            frame = run_passes(frame, requests, ctx.events, "arrow" if self.passes == "accounts" else self.passes)
         for name, step in steps:
             ctx.step = name
             frame = SPARK_STEPS[step.kind].transform(step, frame, ctx)
         return frame.select(*[F.col(f"`{c}`") for c in [*keep, *outputs]])
+
+    def _workdir(self) -> str:
+        if self.workdir:
+            return self.workdir
+        if not self._local():
+            raise ConfigError("engine.passes=accounts on a cluster needs a work folder every executor shares "
+                              "(the tasks use one under paths.data_dir)")
+        self._own_workdir = tempfile.mkdtemp(prefix="aml_accounts_")
+        return self._own_workdir
+
+    def _accounts(self, prepared: DataFrame, fitting: bool) -> tuple[DataFrame, list[tuple[str, FeatureStep]]]:
+        """Run the steps that can run per account partition (:mod:`.accounts`); return the
+        frame of their results, prepared again, and the steps left for the compiled path."""
+        inputs = [c for c in prepared.columns if c not in (IQ, T, TRAIN)]
+        local, rest = split_plan(self.plan, inputs, lambda step: SPARK_STEPS[step.kind].fit is not None)
+        if not local:
+            return prepared, self.plan.steps
+        if self._history and any(step.uses_history for _, step in rest):
+            names = ", ".join(name for name, step in rest if step.uses_history)
+            raise ConfigError(f"features.steps.{names}: with history rows, engine.passes=accounts runs only steps that "
+                              f"read input columns; use engine.passes=arrow for this plan")
+        for name, step in local:
+            fit = SPARK_STEPS[step.kind].fit
+            if fitting and fit is not None:
+                self.ctx.step = name
+                step.load_state(fit(step, prepared.where(F.col(TRAIN)), self.ctx))
+        runner = AccountPartitions(local, self.spark, self._workdir(), self.account_partitions)
+        order = TABLE_ORDER if all(c in inputs for c in TABLE_ORDER) else None
+        files = runner.run(prepared, inputs, order)
+        self.account_stats = runner.stats
+        if files:
+            frame = self.spark.read.parquet(*files)
+        else:
+            outputs = runner.plan.output_schema()
+            frame = prepared.where(F.lit(False)).select(
+                *inputs, *[F.lit(None).cast(spark_type(d)).alias(c) for c, d in outputs.items()])
+        if not rest:
+            self.sorted_files = files if order else None
+            return frame, []
+        frame = frame.withColumns({IQ: F.lit(True), T: micros("event_time")})
+        if fitting:
+            frame = frame.withColumn(TRAIN, F.coalesce(self._train, F.lit(False)))
+        self.ctx.events = frame.select(*[c for c in (*BASE_COLUMNS, T) if c in frame.columns])
+        self.ctx.input = frame
+        return frame, rest
 
     def _run(self, prepared: DataFrame, fitting: bool) -> DataFrame:
         train = F.col(TRAIN) if fitting else None
         events = prepared.select(*[c for c in (*BASE_COLUMNS, T) if c in prepared.columns])
         ctx = Context(self.spark, events, prepared, train)
         self.ctx = ctx
-        frame = prepared
+        self.sorted_files = None
+        frame, steps = prepared, self.plan.steps
+        if self.passes == "accounts":
+            inputs = [c for c in prepared.columns if c not in (IQ, T, TRAIN)]
+            frame, steps = self._accounts(prepared, fitting)
+            if not steps:
+                return frame.select(*[F.col(f"`{c}`") for c in [*inputs, *self.plan.feature_columns()]])
         group: list[tuple[str, FeatureStep]] = []
         requests: list[PassRequest] = []
-        for name, step in self.plan.steps:
+        for name, step in steps:
             compiled = SPARK_STEPS[step.kind]
             if not set(step.required_columns()) <= set(frame.columns):
                 # Reads a column of the current group: finish the group first.
@@ -704,14 +785,33 @@ class SparkFeatures:
         frame = self._group(frame, group, requests)
         if not fitting:
             frame = frame.where(F.col(IQ))
-        return frame.drop(IQ, T, TRAIN)
+        frame = frame.drop(IQ, T, TRAIN)
+        if self.passes == "accounts":  # the partition steps' columns came first: plan order again
+            outputs = self.plan.feature_columns()
+            frame = frame.select(*[F.col(f"`{c}`") for c in frame.columns if c not in outputs], *outputs)
+        return frame
 
     def fit_transform(self, events: DataFrame, train: Column) -> DataFrame:
-        """Fit on the rows where ``train`` is true, return the features of every row."""
+        """Fit on the rows where ``train`` is true, return the features of every row.
+
+        With ``passes="accounts"`` the steps that run per account partition are computed
+        here (eagerly); the returned frame reads their results.
+        """
         check_columns(self.plan, events.where(train))
+        self._history, self._train = False, train
         return self._run(self._prepare(events, None, train), fitting=True)
 
     def transform(self, events: DataFrame, history: DataFrame | None = None) -> DataFrame:
         """Features of ``events`` with the plan's fitted state; ``history`` rows are not returned."""
         check_columns(self.plan, events)
+        self._history, self._train = history is not None, None
         return self._run(self._prepare(events, history, None), fitting=False)
+
+
+def spark_features(plan: FeaturePlan, spark: SparkSession, engine, workdir: str | None) -> SparkFeatures:
+    """A :class:`SparkFeatures` configured by ``cfg.engine`` (``passes``, ``account_partitions``)."""
+    from aml_pipeline.spark.session import pass_evaluator
+
+    partitions = engine.get("account_partitions") if engine is not None else None
+    return SparkFeatures(plan, spark, passes=pass_evaluator(engine), workdir=workdir,
+                         account_partitions=int(partitions) if partitions else None)

@@ -98,9 +98,7 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
                 rows += table.num_rows
                 writer.write_table(table)
         if writer is None:  # no part files: an empty result, written with Spark's schema
-            from pyspark.sql.pandas.types import to_arrow_schema
-
-            writer = pq.ParquetWriter(fs.open_output_stream(tmp), to_arrow_schema(frame.schema), compression="zstd")
+            writer = pq.ParquetWriter(fs.open_output_stream(tmp), arrow_schema(frame), compression="zstd")
         writer.close()
         writer = None
         remove(dest)
@@ -114,6 +112,39 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
             fs.delete_file(tmp)
         remove(folder)
         remove_if_empty(folder.rsplit("/", 1)[0])
+    return rows
+
+
+def arrow_schema(frame):
+    """The Arrow schema of a Spark DataFrame (timestamps in UTC, the session's zone)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(frame.schema, timezone="UTC")
+
+
+def publish_files(files: list[str], target: str | Path, schema=None) -> int:
+    """Join parquet files (already in order) into the single parquet file ``target``; returns
+    the row count. Streams them (polars' streaming engine): memory does not grow with the
+    rows. ``schema`` (an Arrow schema) writes an empty table when there are no files."""
+    import polars as pl
+
+    fs, dest = _fs(target)
+    fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+    start = time.perf_counter()
+    try:
+        if files:
+            pl.scan_parquet(files).sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        else:
+            pq.write_table(schema.empty_table(), tmp, compression="zstd")
+        rows = pq.ParquetFile(tmp).metadata.num_rows
+        remove(dest)
+        fs.move(tmp, dest)
+    finally:
+        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
+            fs.delete_file(tmp)
+    LAST_PUBLISH.clear()
+    LAST_PUBLISH.update(spark_write=0.0, copy=time.perf_counter() - start)
     return rows
 
 

@@ -168,8 +168,8 @@ def run_score(cfg: DictConfig) -> dict:
     """``task=score`` with ``engine=spark``: features and scores computed by Spark, one parquet file out."""
     from aml_pipeline.registry import resolve_bundle
     from aml_pipeline.spark import io
-    from aml_pipeline.spark.features import SparkFeatures
-    from aml_pipeline.spark.session import get_session, pass_evaluator
+    from aml_pipeline.spark.features import spark_features
+    from aml_pipeline.spark.session import get_session
     from aml_pipeline.tasks.layout import Layout
 
     start = time.perf_counter()
@@ -178,7 +178,7 @@ def run_score(cfg: DictConfig) -> dict:
         bundle = resolve_bundle(cfg.bundle, cfg)
     events, staged = _events(cfg, spark)
     out = Path(cfg.output) if cfg.output else Layout.of(cfg).data_dir / "scores" / "scores.parquet"
-    engine = SparkFeatures(bundle.plan, spark, passes=pass_evaluator(cfg.engine))
+    engine = spark_features(bundle.plan, spark, cfg.engine, io.staging_dir(out, "features"))
     with status(f"score (spark {spark.sparkContext.master}): features and scores"):
         try:
             decisions = score_frame(bundle, engine.transform(events), cfg.scoring.top_k, Explain(cfg.scoring.explain).value)

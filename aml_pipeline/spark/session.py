@@ -126,6 +126,6 @@ def engine_name(cfg: DictConfig) -> str:
 
 
 def pass_evaluator(engine: Mapping[str, Any] | DictConfig | None) -> str:
-    """``engine.passes`` as text: how the feature passes evaluate their windows (arrow by default)."""
-    value = engine.get("passes", "arrow") if engine is not None else "arrow"
+    """``engine.passes`` as text: how the history steps are evaluated (accounts by default)."""
+    value = engine.get("passes", "accounts") if engine is not None else "accounts"
     return getattr(value, "value", str(value))

@@ -14,6 +14,7 @@ so train, evaluate and score run unchanged after them.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +30,7 @@ from aml_pipeline.progress import status
 from aml_pipeline.schema import REQUIRED_COLUMNS
 from aml_pipeline.sources.base import Source
 from aml_pipeline.spark import io
-from aml_pipeline.spark.features import SparkFeatures
+from aml_pipeline.spark.features import TABLE_ORDER, SparkFeatures
 from aml_pipeline.spark.session import get_session, pass_evaluator
 from aml_pipeline.spark.split import assign, from_micros
 from aml_pipeline.spark.validation import ORDER, SparkValidationResult, validate
@@ -37,18 +38,23 @@ from aml_pipeline.spark.windows import micros
 from aml_pipeline.tasks.layout import Layout, need
 from aml_pipeline.validation import build_rules
 
+log = logging.getLogger(__name__)
+
 
 # ----------------------------------------------------------------------------- features
-def build_features(events: DataFrame, plan: FeaturePlan, split_cfg: DictConfig,
-                   passes: str = "arrow") -> tuple[DataFrame, dict, SparkFeatures]:
-    """Spark twin of :func:`aml_pipeline.tasks.features.build_features` (lazy; fits ``plan``).
+def build_features(events: DataFrame, plan: FeaturePlan, split_cfg: DictConfig, passes: str = "accounts",
+                   workdir: str | None = None, account_partitions: int | None = None
+                   ) -> tuple[DataFrame, dict, SparkFeatures]:
+    """Spark twin of :func:`aml_pipeline.tasks.features.build_features` (fits ``plan``).
 
-    Returns the feature table (events + split + features, unordered), the window bounds,
-    and the compiled plan (call its ``release()`` once the table is written). ``passes``:
-    the pass evaluator (``engine.passes``).
+    Returns the feature table (events + split + features), the window bounds, and the
+    compiled plan (call its ``release()`` once the table is written). ``passes``: how the
+    history steps are evaluated (``engine.passes``); with ``accounts`` they are computed
+    here, into files under ``workdir``, and the table reads them.
     """
     events, bounds = assign(events, split_cfg)
-    engine = SparkFeatures(plan, events.sparkSession, passes=passes)
+    engine = SparkFeatures(plan, events.sparkSession, passes=passes, workdir=workdir,
+                           account_partitions=account_partitions)
     return engine.fit_transform(events, F.col("split") == "train"), bounds, engine
 
 
@@ -56,12 +62,23 @@ def run_features(cfg: DictConfig, plan: FeaturePlan, layout: Layout) -> tuple[di
     """Compute and write ``layout.features`` with Spark; returns (bounds, number of events)."""
     spark = get_session(cfg.engine, cfg.paths.data_dir)
     events = spark.read.parquet(str(need(layout.validated, "data")))
+    partitions = cfg.engine.get("account_partitions")
     with status(f"features (spark {spark.sparkContext.master}): fitting and computing {len(plan.steps)} steps"):
-        features, bounds, engine = build_features(events, plan, cfg.split, pass_evaluator(cfg.engine))
+        features, bounds, engine = build_features(events, plan, cfg.split, pass_evaluator(cfg.engine),
+                                                  io.staging_dir(layout.features, "features"),
+                                                  int(partitions) if partitions else None)
         try:
-            rows = io.publish(features, layout.features, sort_by=["event_time", "event_id"], what="features")
+            if engine.sorted_files is not None:  # already the sorted table, in pieces
+                rows = io.publish_files(engine.sorted_files, layout.features,
+                                        None if engine.sorted_files else io.arrow_schema(features))
+            else:
+                rows = io.publish(features, layout.features, sort_by=TABLE_ORDER, what="features")
         finally:
             engine.release()
+    if engine.account_stats:
+        stats = engine.account_stats
+        log.info("account partitions: %s events, %s partitions, %s time buckets, %s rows shipped (%s history only)",
+                 *(f"{stats[k]:,}" for k in ("events", "partitions", "buckets", "rows_shipped", "history_rows")))
     return bounds, rows
 
 
