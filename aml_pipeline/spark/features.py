@@ -45,7 +45,7 @@ from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
 from aml_pipeline.spark.accounts import AccountPartitions, split_plan
-from aml_pipeline.spark.io import remove_if_empty
+from aml_pipeline.spark.io import STAGING, remove_if_empty
 from aml_pipeline.spark.windows import (EVALUATORS, T, PassRequest, View, ieee_divide, interval_changes, kth_smallest,
                                         micros, run_passes)
 
@@ -682,8 +682,11 @@ class SparkFeatures:
         for folder in (self._own_workdir, f"{self.workdir}/accounts" if self.workdir else None):
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
-        if self.workdir:
+        if self.workdir:  # the work folder, then io.staging_dir's parent, when nothing else is there
             remove_if_empty(self.workdir)
+            parent = self.workdir.rstrip("/").rsplit("/", 1)[0]
+            if parent.endswith(f"/{STAGING}"):
+                remove_if_empty(parent)
         self._own_workdir = None
         self.sorted_files = None
 
