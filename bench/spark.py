@@ -1,7 +1,8 @@
 """Spark benchmark: the Spark engine beside polars on the same events, and its driver memory.
 
 Usage: python bench/spark.py [--rows 1000000 [10000000 ...]] [--master local[2]] [--gbt-iter 50]
-                              [--passes arrow [window]] [--skip-train] [--shuffle-partitions N]
+                              [--passes accounts [arrow window]] [--skip-train] [--shuffle-partitions N]
+                              [--no-second-run]
 
 For each size (the default synthetic source scaled like bench/offline.py: 20,000 accounts
 per million transactions; ``task=data`` with polars writes the validated events once):
@@ -10,9 +11,14 @@ per million transactions; ``task=data`` with polars writes the validated events 
    - Spark session start-up seconds (the JVM launch, separately);
    - the feature plan (``task=features``: split, fit on the training window, every row's
      features, one parquet file): wall seconds and events/s, split into the small jobs
-     before the write (split, column checks, fits), the one Spark job that computes every
-     pass and writes the sorted part files, and the copy into one file; the JVM's CPU
-     seconds for it (comparable across machine loads, unlike wall time);
+     before (split, column checks, fits), the account partitions (``engine.passes=accounts``:
+     the sizes job, the partitions job with the rows it shipped, the time buckets job) or
+     the one Spark job that computes every compiled pass and writes the sorted part files,
+     and the copy into one file; the JVM's CPU seconds for it (comparable across machine
+     loads, unlike wall time);
+   - first size only (unless ``--no-second-run``): the same feature run once more in the
+     same process, which no longer pays the first run's fixed costs (the JVM's code
+     warming up, starting the Python workers); the difference is reported as those costs;
    - MLlib GBT training (``model=spark_gbt``, ``--gbt-iter`` trees at most, early stopping
      on the validation window) on the Spark feature table: wall seconds (``--skip-train``:
      features only, also for polars);
@@ -21,12 +27,14 @@ per million transactions; ``task=data`` with polars writes the validated events 
      bounded by ``engine.driver_memory``; the point is that nothing grows with the rows
      (nothing is collected to the driver: the peak should stay flat when rows grow 10x).
 2. First size only, in another fresh process with polars: the same plan
-   (``task=features``), and LightGBM (``model=lightgbm``) trained on the same features on
-   the driver: wall seconds, events/s; the Spark/polars ratio of the feature time.
+   (``task=features``, also run twice), and LightGBM (``model=lightgbm``) trained on the
+   same features on the driver: wall seconds, events/s; the Spark/polars ratio of the
+   feature time, for the first runs and for the second runs.
 
-``--passes`` picks the pass evaluator (``engine.passes``: ``arrow``, the default, or
-``window``); with both, each runs in its own fresh process on the same data, one after the
-other, and a ratio line compares them (wall and JVM CPU seconds).
+``--passes`` picks how the history steps are evaluated (``engine.passes``: ``accounts``, the
+default, ``arrow`` or ``window``); with several, each runs in its own fresh process on the
+same data, one after the other, and a ratio line compares the first two (wall and JVM CPU
+seconds).
 
 Figures go to stdout and ``bench/out/spark.json``; data under ``bench/out/spark/``.
 """
@@ -123,8 +131,25 @@ def timed(fn):
     return result, time.perf_counter() - start
 
 
+def print_breakdown(b: dict | None) -> None:
+    if not b:
+        return
+    print(f"    split, checks, fits        {b['split_checks_fit']:.1f} s")
+    if b.get("account_partitions") is not None:
+        d = b["account_partitions_detail"]
+        print(f"    account partitions         {b['account_partitions']:.1f} s: sizes {d['sizes_seconds']:.1f} s, "
+              f"{d['partitions']} partitions {d['partitions_seconds']:.1f} s ({d['rows_shipped']:,} rows for "
+              f"{d['events']:,} events, {d['history_rows']:,} history only), {d['buckets']} time buckets "
+              f"{d['buckets_seconds']:.1f} s")
+    else:
+        print(f"    passes + sort + write      {b['spark_passes_sort_write']:.1f} s (one Spark job computes the whole plan)")
+    print(f"    copy into one file         {b['copy_to_one_file']:.1f} s")
+    print(f"    JVM CPU                    {b['jvm_cpu_seconds']:.1f} s")
+    print(f"    Python workers' CPU        {b.get('python_workers_cpu_seconds', 0.0):.1f} s (Arrow UDFs, mapInArrow)")
+
+
 # ----------------------------------------------------------------------------- child processes
-def child_data(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool) -> dict:
+def child_data(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool, again: bool) -> dict:
     from aml_pipeline.tasks import data
 
     cfg = compose(overrides(rows, master))
@@ -133,27 +158,45 @@ def child_data(rows: int, master: str, gbt_iter: int, passes: str, train_too: bo
     return {"data_seconds": round(secs, 2), "events": summary.get("rows_valid") or summary.get("valid")}
 
 
-def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool) -> dict:
+def spark_features_run(cfg, jvm_pid: int) -> tuple[dict, float, dict]:
+    """One ``task=features`` with Spark: (bounds, wall seconds, breakdown)."""
+    from aml_pipeline.spark import accounts
+    from aml_pipeline.spark import io as spark_io
+    from aml_pipeline.tasks import features
+
+    accounts.LAST_RUN.clear()
+    cpu0, workers0 = cpu_seconds(jvm_pid), workers_cpu_seconds(jvm_pid)
+    bounds, feat_secs = timed(lambda: features.run(cfg))
+    feat_cpu = cpu_seconds(jvm_pid) - cpu0
+    workers_cpu = workers_cpu_seconds(jvm_pid) - workers0
+    write, copy = spark_io.LAST_PUBLISH.get("spark_write", 0.0), spark_io.LAST_PUBLISH.get("copy", 0.0)
+    run = dict(accounts.LAST_RUN)
+    parts = sum(run.get(k, 0.0) for k in ("sizes_seconds", "partitions_seconds", "buckets_seconds"))
+    breakdown = {"split_checks_fit": round(feat_secs - write - copy - parts, 2),
+                 "account_partitions": round(parts, 2) if run else None,
+                 "account_partitions_detail": {k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()} or None,
+                 "spark_passes_sort_write": round(write, 2),
+                 "copy_to_one_file": round(copy, 2), "jvm_cpu_seconds": round(feat_cpu, 1),
+                 "python_workers_cpu_seconds": round(workers_cpu, 1)}
+    return bounds, feat_secs, breakdown
+
+
+def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool, again: bool) -> dict:
     from omegaconf import open_dict
 
     from aml_pipeline.spark.session import get_session
-    from aml_pipeline.tasks import features, train
-
-    from aml_pipeline.spark import io as spark_io
+    from aml_pipeline.tasks import train
 
     cfg = compose([*overrides(rows, master), "engine=spark", f"engine.passes={passes}", "model=spark_gbt",
                    f"model.params.maxIter={gbt_iter}",
                    *([f"engine.shuffle_partitions={SHUFFLE_PARTITIONS}"] if SHUFFLE_PARTITIONS else [])])
     spark, startup = timed(lambda: get_session(cfg.engine, cfg.paths.data_dir))
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
-    cpu0, workers0 = cpu_seconds(jvm_pid), workers_cpu_seconds(jvm_pid)
-    bounds, feat_secs = timed(lambda: features.run(cfg))
-    feat_cpu = cpu_seconds(jvm_pid) - cpu0
-    workers_cpu = workers_cpu_seconds(jvm_pid) - workers0
-    write, copy = spark_io.LAST_PUBLISH.get("spark_write", 0.0), spark_io.LAST_PUBLISH.get("copy", 0.0)
-    breakdown = {"split_checks_fit": round(feat_secs - write - copy, 2), "spark_passes_sort_write": round(write, 2),
-                 "copy_to_one_file": round(copy, 2), "jvm_cpu_seconds": round(feat_cpu, 1),
-                 "python_workers_cpu_seconds": round(workers_cpu, 1)}
+    bounds, feat_secs, breakdown = spark_features_run(cfg, jvm_pid)
+    warm = None
+    if again:  # the same run once more in the same JVM: without its first-run costs
+        _, warm_secs, warm_breakdown = spark_features_run(cfg, jvm_pid)
+        warm = {"features_seconds": round(warm_secs, 2), "features_breakdown": warm_breakdown}
     result, train_secs = {}, None
     if train_too:
         with open_dict(cfg):
@@ -162,20 +205,21 @@ def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: b
     events = sum(bounds["rows"].values())
     return {"master": master, "passes": passes, "session_start_seconds": round(startup, 2),
             "features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
-            "features_breakdown": breakdown, "gbt_train_seconds": train_secs and round(train_secs, 2),
+            "features_breakdown": breakdown, "second_run": warm, "gbt_train_seconds": train_secs and round(train_secs, 2),
             "gbt_trees": result.get("best_iteration"),
             "gbt_valid_pr_auc": result.get("valid_pr_auc"),
             "peak_rss_mb": {"python_driver": round(peak_rss_mb(), 1), "jvm": round(peak_rss_mb(jvm_pid) or 0.0, 1)},
             "events": events, "load_average": os.getloadavg()[0]}
 
 
-def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool) -> dict:
+def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool, again: bool) -> dict:
     from omegaconf import open_dict
 
     from aml_pipeline.tasks import features, train
 
     cfg = compose([*overrides(rows, master), "engine=polars", "model=lightgbm"])
     bounds, feat_secs = timed(lambda: features.run(cfg))
+    warm = {"features_seconds": round(timed(lambda: features.run(cfg))[1], 2)} if again else None
     result, train_secs = {}, None
     if train_too:
         with open_dict(cfg):
@@ -183,7 +227,7 @@ def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: 
         result, train_secs = timed(lambda: train.run(cfg))
     events = sum(bounds["rows"].values())
     return {"features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
-            "lightgbm_train_seconds": train_secs and round(train_secs, 2), "lightgbm_best_iteration": result.get("best_iteration"),
+            "second_run": warm, "lightgbm_train_seconds": train_secs and round(train_secs, 2), "lightgbm_best_iteration": result.get("best_iteration"),
             "lightgbm_valid_pr_auc": result.get("valid_pr_auc"), "peak_rss_mb_python": round(peak_rss_mb(), 1),
             "load_average": os.getloadavg()[0]}
 
@@ -191,7 +235,7 @@ def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: 
 CHILDREN = {"data": child_data, "spark": child_spark, "polars": child_polars}
 
 
-def run_child(kind: str, rows: int, args, passes: str = "arrow") -> dict:
+def run_child(kind: str, rows: int, args, passes: str = "accounts", again: bool = False) -> dict:
     """One measurement in a fresh process (a fresh JVM; peak memory of that run only)."""
     out = OUT / "spark" / (f"{kind}-{passes}-{rows}.json" if kind == "spark" else f"{kind}-{rows}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +243,8 @@ def run_child(kind: str, rows: int, args, passes: str = "arrow") -> dict:
            "--gbt-iter", str(args.gbt_iter), "--passes", passes, "--child-out", str(out)]
     if args.skip_train:
         cmd.append("--skip-train")
+    if again:
+        cmd.append("--again")
     if args.shuffle_partitions:
         cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
     print(f"\n=== {kind}{f' (engine.passes={passes})' if kind == 'spark' else ''}, {rows:,} rows", flush=True)
@@ -214,30 +260,39 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--gbt-iter", type=int, default=50)
-    ap.add_argument("--passes", nargs="+", choices=["arrow", "window"], default=["arrow"],
-                    help="pass evaluator(s) (engine.passes); several run one after the other, each in a fresh process")
+    ap.add_argument("--passes", nargs="+", choices=["accounts", "arrow", "window"], default=["accounts"],
+                    help="history-step evaluator(s) (engine.passes); several run one after the other, each in a fresh process")
+    ap.add_argument("--no-second-run", action="store_true",
+                    help="first size: skip the second feature run in the same process (which shows the first run's fixed costs)")
     ap.add_argument("--skip-train", action="store_true", help="features only: no MLlib GBT or LightGBM training")
     ap.add_argument("--shuffle-partitions", type=int,
                     help="engine.shuffle_partitions for Spark (default: the config's, 8); e.g. 64 at 10M rows")
     ap.add_argument("--child", choices=sorted(CHILDREN))
     ap.add_argument("--child-out")
+    ap.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     global SHUFFLE_PARTITIONS
     SHUFFLE_PARTITIONS = args.shuffle_partitions
     if args.child:
-        result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter, args.passes[0], not args.skip_train)
+        result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter, args.passes[0], not args.skip_train,
+                                      args.again)
         Path(args.child_out).write_text(json.dumps(result, indent=2) + "\n")
         return
     report: dict = {"cores": os.cpu_count(), "master": args.master, "passes": args.passes,
                     "shuffle_partitions": args.shuffle_partitions, "sizes": {}}
     for i, rows in enumerate(args.rows):
         size: dict = {"data": run_child("data", rows, args)}
-        size["spark"] = {passes: run_child("spark", rows, args, passes) for passes in args.passes}
+        again = i == 0 and not args.no_second_run
+        size["spark"] = {passes: run_child("spark", rows, args, passes, again) for passes in args.passes}
         if i == 0:
-            size["polars"] = run_child("polars", rows, args)
+            size["polars"] = run_child("polars", rows, args, again=again)
             p = size["polars"]
             size["spark_vs_polars_feature_time"] = {
                 passes: round(s["features_seconds"] / p["features_seconds"], 2) for passes, s in size["spark"].items()}
+            if again:
+                size["spark_vs_polars_feature_time_second_run"] = {
+                    passes: round(s["second_run"]["features_seconds"] / p["second_run"]["features_seconds"], 2)
+                    for passes, s in size["spark"].items()}
             if not args.skip_train:
                 size["gbt_vs_lightgbm_train_time"] = {
                     passes: round(s["gbt_train_seconds"] / p["lightgbm_train_seconds"], 2) for passes, s in size["spark"].items()}
@@ -251,17 +306,19 @@ def main() -> None:
                   f"engine.passes={passes}, load average {s['load_average']:.1f}")
             print(f"  Spark session start          {s['session_start_seconds']:.1f} s")
             print(f"  features, Spark              {s['features_seconds']:.1f} s ({s['features_events_per_second']:,} events/s)")
-            b = s.get("features_breakdown")
-            if b:
-                print(f"    split, checks, fits        {b['split_checks_fit']:.1f} s")
-                print(f"    passes + sort + write      {b['spark_passes_sort_write']:.1f} s (one Spark job computes the whole plan)")
-                print(f"    copy into one file         {b['copy_to_one_file']:.1f} s")
-                print(f"    JVM CPU                    {b['jvm_cpu_seconds']:.1f} s")
-                print(f"    Python workers' CPU        {b.get('python_workers_cpu_seconds', 0.0):.1f} s (Arrow UDFs, mapInArrow)")
+            print_breakdown(s.get("features_breakdown"))
             if "polars" in size:
                 p = size["polars"]
                 print(f"  features, polars             {p['features_seconds']:.1f} s ({p['features_events_per_second']:,} events/s)"
                       f"  -> Spark / polars = {size['spark_vs_polars_feature_time'][passes]}x")
+            if s.get("second_run"):
+                w = s["second_run"]
+                print(f"  features, Spark, second run  {w['features_seconds']:.1f} s (same JVM and Python workers: "
+                      f"the first run's fixed costs were {s['features_seconds'] - w['features_seconds']:.1f} s)")
+                print_breakdown(w["features_breakdown"])
+                if "polars" in size and p.get("second_run"):
+                    print(f"  features, polars, second run {p['second_run']['features_seconds']:.1f} s"
+                          f"  -> Spark / polars = {size['spark_vs_polars_feature_time_second_run'][passes]}x")
                 if p.get("lightgbm_train_seconds") is not None:
                     print(f"  train, LightGBM (driver)     {p['lightgbm_train_seconds']:.1f} s")
             if s.get("gbt_train_seconds") is not None:

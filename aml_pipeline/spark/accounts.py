@@ -135,7 +135,8 @@ class AccountPartitions:
                  partitions: int | None = None):
         self.plan = FeaturePlan(steps)
         self.spark = spark
-        self.workdir = workdir
+        # Executors run in their own working folders: a relative path would land there.
+        self.workdir = workdir if "://" in workdir else str(Path(workdir).resolve())
         self.partitions = partitions
         #: Figures of the last run (rows per kind, partitions, buckets), for logs and benchmarks.
         self.stats: dict[str, int] = {}
@@ -220,7 +221,12 @@ class AccountPartitions:
         LAST_RUN.clear()
         LAST_RUN.update(self.stats, sizes_seconds=sized - start, partitions_seconds=partitioned - sized,
                         buckets_seconds=time.perf_counter() - partitioned)
-        return [_bucket_file(folder, b) for b in range(n_buckets) if os.path.exists(_bucket_file(folder, b))]
+        files = [_bucket_file(folder, int(r["bucket"])) for r in sorted(merged, key=lambda r: r["bucket"]) if r["rows"]]
+        unseen = [f for f in files if not os.path.exists(f)]
+        if unseen:
+            raise RuntimeError(f"the executors wrote {unseen[0]} but the driver cannot read it: the work folder "
+                               f"({self.workdir}) must be a path the driver and every executor share (under paths.data_dir)")
+        return files
 
 
 def _bucket_dir(folder: str, bucket: int) -> str:
