@@ -82,7 +82,21 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
     out.write.mode("overwrite").option("parquet.block.size", ROW_GROUP_BYTES) \
         .option("parquet.block.row.count.limit", ROW_GROUP_ROWS).parquet(folder)
     written = time.perf_counter()
-    parts = part_files(folder)
+    try:
+        rows = join_files(part_files(folder), target, lambda: arrow_schema(frame))
+    finally:
+        remove(folder)
+        remove_if_empty(folder.rsplit("/", 1)[0])
+    LAST_PUBLISH.clear()
+    LAST_PUBLISH.update(spark_write=written - start, copy=time.perf_counter() - written)
+    return rows
+
+
+def join_files(parts: list[str], target: str | Path, empty_schema) -> int:
+    """Copy parquet files, in order, row group by row group, into the single file ``target``
+    (replaced atomically); returns the row count. This process holds one row group at a
+    time, so its memory does not grow with the rows. ``empty_schema()`` gives the Arrow
+    schema to write when there are no files."""
     fs, dest = _fs(target)
     fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
     tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
@@ -97,21 +111,17 @@ def publish(frame, target: str | Path, sort_by: list[str] | None = None, drop: l
                 table = pf.read_row_group(i)
                 rows += table.num_rows
                 writer.write_table(table)
-        if writer is None:  # no part files: an empty result, written with Spark's schema
-            writer = pq.ParquetWriter(fs.open_output_stream(tmp), arrow_schema(frame), compression="zstd")
+        if writer is None:  # no files: an empty result
+            writer = pq.ParquetWriter(fs.open_output_stream(tmp), empty_schema(), compression="zstd")
         writer.close()
         writer = None
         remove(dest)
         fs.move(tmp, dest)
-        LAST_PUBLISH.clear()
-        LAST_PUBLISH.update(spark_write=written - start, copy=time.perf_counter() - written)
     finally:
         if writer is not None:
             writer.close()
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
             fs.delete_file(tmp)
-        remove(folder)
-        remove_if_empty(folder.rsplit("/", 1)[0])
     return rows
 
 
@@ -122,27 +132,12 @@ def arrow_schema(frame):
     return to_arrow_schema(frame.schema, timezone="UTC")
 
 
-def publish_files(files: list[str], target: str | Path, schema=None) -> int:
-    """Join parquet files (already in order) into the single parquet file ``target``; returns
-    the row count. Streams them (polars' streaming engine): memory does not grow with the
-    rows. ``schema`` (an Arrow schema) writes an empty table when there are no files."""
-    import polars as pl
-
-    fs, dest = _fs(target)
-    fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-    tmp = f"{dest}.{uuid.uuid4().hex[:8]}.tmp"
+def publish_files(files: list[str], target: str | Path, frame=None) -> int:
+    """Join parquet files that are already in order (the account partitions' time buckets)
+    into the single parquet file ``target``; returns the row count. ``frame``: the Spark
+    DataFrame whose schema an empty result is written with."""
     start = time.perf_counter()
-    try:
-        if files:
-            pl.scan_parquet(files).sink_parquet(tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        else:
-            pq.write_table(schema.empty_table(), tmp, compression="zstd")
-        rows = pq.ParquetFile(tmp).metadata.num_rows
-        remove(dest)
-        fs.move(tmp, dest)
-    finally:
-        if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
-            fs.delete_file(tmp)
+    rows = join_files(files, target, lambda: arrow_schema(frame))
     LAST_PUBLISH.clear()
     LAST_PUBLISH.update(spark_write=0.0, copy=time.perf_counter() - start)
     return rows

@@ -69,8 +69,7 @@ def run_features(cfg: DictConfig, plan: FeaturePlan, layout: Layout) -> tuple[di
                                                   int(partitions) if partitions else None)
         try:
             if engine.sorted_files is not None:  # already the sorted table, in pieces
-                rows = io.publish_files(engine.sorted_files, layout.features,
-                                        None if engine.sorted_files else io.arrow_schema(features))
+                rows = io.publish_files(engine.sorted_files, layout.features, features)
                 if rows != engine.account_stats["events"]:
                     raise RuntimeError(f"features: wrote {rows} events of {engine.account_stats['events']}")
             else:
