@@ -14,6 +14,11 @@ Features: every step of every plan in ``conf/features/*.yaml`` (composed with Hy
 - the real PaySim slices in ``tests/data`` (the only source with balances, for ``balance``;
   2,708 events share the first instant).
 
+The per-step comparisons run the compiled passes (``engine.passes=arrow``; ``window`` once
+on the crafted events); the default, ``engine.passes=accounts`` (the polars steps per
+partition of accounts), runs every step on both event sets in 3 account partitions, and
+once more applying a fitted plan with history rows.
+
 A step configuration that appears in several plans runs once per event set (its values
 depend only on its parameters and the events); configurations whose columns clash (two
 ``categories`` variants) run in separate plans. Each (event set, step) is one test: it

@@ -11,6 +11,11 @@ together, one shuffle and sort per key (:class:`SparkFeatures`): every pass shuf
 sorts all its stacked rows, whatever the number of windows it evaluates. A plan
 with a step kind that has no Spark compilation is refused before any work, naming the step.
 
+By default (``engine.passes=accounts``) the steps that can are not compiled but run as the
+polars engine's own code per partition of accounts (:mod:`.accounts`), after their fits
+here; the compilations then serve the remaining steps (target encodings) and the other
+evaluators (``arrow``, ``window``).
+
 Every history feature follows the same-instant rule exactly as the polars engine does
 (windows ``[t - w, t)`` over microsecond event times, see :mod:`.windows`), and values are
 bit-identical to polars': sums are exact fixed-point sums, divisions and products happen in
