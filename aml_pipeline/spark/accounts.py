@@ -49,9 +49,10 @@ from pyspark.sql import functions as F
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.windows import duration_us
+from aml_pipeline.spark.io import ROW_GROUP_ROWS
+from aml_pipeline.spark.windows import T
 
-IQ = "_is_query"  # as in spark/features.py: True for events to return
-T = "_t"  # event time in microseconds
+IQ = "_is_query"  # True for events to return, False for history-only rows
 PART, ROLE, SALT = "_part", "_role", "_salt"
 #: What a row is in its partition: history only, or an event returned with its sender's
 #: columns, its receiver's columns, or both (the partition owns both accounts).
@@ -69,8 +70,6 @@ HISTORY_COLUMNS = ("event_id", "event_time", "src_account", "dst_account", "amou
 #: seconds of its three Spark jobs (sizes and bucket edges, partitions, buckets); read by
 #: bench/spark.py.
 LAST_RUN: dict[str, float] = {}
-#: Parquet row groups of the bucket files (and so of the published table).
-ROW_GROUP_ROWS = 65_536
 
 
 def partitionable(step: FeatureStep) -> bool:
@@ -273,9 +272,13 @@ def _partition_task(plan_dict: dict, folder: str, edges: list[int], columns: lis
 
 
 def _counts(part: int, bucket: int, kind: str, rows: int) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([pa.array([int(part)], pa.int64()), pa.array([int(bucket)], pa.int64()),
-                                       pa.array([kind]), pa.array([int(rows)], pa.int64())],
-                                      names=["part", "bucket", "kind", "rows"])
+    return _row(part=part, bucket=bucket, kind=kind, rows=rows)
+
+
+def _row(**values: int | str) -> pa.RecordBatch:
+    """One row of a task's report (ints as longs)."""
+    return pa.RecordBatch.from_pydict({k: pa.array([v], pa.string() if isinstance(v, str) else pa.int64())
+                                       for k, v in values.items()})
 
 
 def _bucket_task(folder: str, columns: list[str], receiver_columns: list[str], sort_by: list[str] | None, batches):
@@ -287,25 +290,21 @@ def _bucket_task(folder: str, columns: list[str], receiver_columns: list[str], s
             senders = [pl.read_ipc(f) for f in sorted(where.glob("sender-*.arrow"))]
             receivers = [pl.read_ipc(f) for f in sorted(where.glob("receiver-*.arrow"))]
             if not senders:
-                yield pa.RecordBatch.from_arrays([pa.array([bucket], pa.int64()), pa.array([0], pa.int64())], names=["bucket", "rows"])
+                yield _row(bucket=bucket, rows=0)
                 continue
             full = pl.concat(senders)
-            whole = full.filter(pl.col(ROLE) == BOTH).select(columns)
+            out = full.filter(pl.col(ROLE) == BOTH).select(columns)
             half = full.filter(pl.col(ROLE) == SENDER).drop(receiver_columns)
-            other = pl.concat(receivers) if receivers else None
-            joined = half.join(other, on="event_id", how="inner") if other is not None else None
-            received = other.height if other is not None else 0
-            if joined is None or not joined.height == half.height == received:
-                if half.height or received:
+            if half.height or receivers:
+                other = pl.concat(receivers) if receivers else pl.DataFrame(schema={"event_id": pl.String})
+                joined = half.join(other, on="event_id", how="inner")
+                if not joined.height == half.height == other.height:
                     raise RuntimeError(f"time bucket {bucket}: {half.height} events with their sender's columns, "
-                                       f"{received} with their receiver's, {joined.height if joined is not None else 0} "
-                                       f"matched by event_id; event_id must be unique")
-                out = whole
-            else:
-                out = pl.concat([whole, joined.select(columns)])
+                                       f"{other.height} with their receiver's, {joined.height} matched by event_id; "
+                                       f"event_id must be unique")
+                out = pl.concat([out, joined.select(columns)])
             if sort_by:
                 out = out.sort(sort_by)
             out.write_parquet(_bucket_file(folder, bucket), compression="lz4", row_group_size=ROW_GROUP_ROWS)
             shutil.rmtree(where, ignore_errors=True)
-            yield pa.RecordBatch.from_arrays([pa.array([bucket], pa.int64()), pa.array([out.height], pa.int64())],
-                                             names=["bucket", "rows"])
+            yield _row(bucket=bucket, rows=out.height)

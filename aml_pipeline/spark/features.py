@@ -49,12 +49,11 @@ from aml_pipeline.features.balance import BALANCES
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
-from aml_pipeline.spark.accounts import AccountPartitions, split_plan
+from aml_pipeline.spark.accounts import IQ, AccountPartitions, split_plan
 from aml_pipeline.spark.io import STAGING, remove_if_empty
 from aml_pipeline.spark.windows import (EVALUATORS, T, PassRequest, View, ieee_divide, interval_changes, kth_smallest,
                                         micros, run_passes)
 
-IQ = "_is_query"  # True for events to return, False for history-only rows
 #: The feature table's row order (``task=features`` writes it sorted so).
 TABLE_ORDER = ["event_time", "event_id"]
 #: Values of ``engine.passes``: ``accounts`` (default) and the compiled pass evaluators.
@@ -650,8 +649,6 @@ class SparkFeatures:
         self.ctx: Context | None = None
         self._held: list[DataFrame] = []
         self._own_workdir: str | None = None
-        self._history = False
-        self._train: Column | None = None
 
     # -- materialisation ----------------------------------------------------------------
     def _local(self) -> bool:
@@ -726,20 +723,21 @@ class SparkFeatures:
         self._own_workdir = tempfile.mkdtemp(prefix="aml_accounts_")
         return self._own_workdir
 
-    def _accounts(self, prepared: DataFrame, fitting: bool) -> tuple[DataFrame, list[tuple[str, FeatureStep]]]:
+    def _accounts(self, prepared: DataFrame, inputs: list[str], train: Column | None, history: bool
+                  ) -> tuple[DataFrame, list[tuple[str, FeatureStep]]]:
         """Run the steps that can run per account partition (:mod:`.accounts`); return the
-        frame of their results, prepared again, and the steps left for the compiled path."""
-        inputs = [c for c in prepared.columns if c not in (IQ, T, TRAIN)]
+        frame of their results, prepared again, and the steps left for the compiled path.
+        ``train``: the training-window flag when fitting; ``history``: history rows present."""
         local, rest = split_plan(self.plan, inputs, lambda step: SPARK_STEPS[step.kind].fit is not None)
         if not local:
             return prepared, self.plan.steps
-        if self._history and any(step.uses_history for _, step in rest):
+        if history and any(step.uses_history for _, step in rest):
             names = ", ".join(name for name, step in rest if step.uses_history)
             raise ConfigError(f"features.steps.{names}: with history rows, engine.passes=accounts runs only steps that "
                               f"read input columns; use engine.passes=arrow for this plan")
         for name, step in local:
             fit = SPARK_STEPS[step.kind].fit
-            if fitting and fit is not None:
+            if train is not None and fit is not None:
                 self.ctx.step = name
                 step.load_state(fit(step, prepared.where(F.col(TRAIN)), self.ctx))
         runner = AccountPartitions(local, self.spark, self._workdir(), self.account_partitions)
@@ -756,13 +754,16 @@ class SparkFeatures:
             self.sorted_files = files if order else None
             return frame, []
         frame = frame.withColumns({IQ: F.lit(True), T: micros("event_time")})
-        if fitting:
-            frame = frame.withColumn(TRAIN, F.coalesce(self._train, F.lit(False)))
+        if train is not None:
+            frame = frame.withColumn(TRAIN, F.coalesce(train, F.lit(False)))
         self.ctx.events = frame.select(*[c for c in (*BASE_COLUMNS, T) if c in frame.columns])
         self.ctx.input = frame
         return frame, rest
 
-    def _run(self, prepared: DataFrame, fitting: bool) -> DataFrame:
+    def _run(self, prepared: DataFrame, train_expr: Column | None, history: bool) -> DataFrame:
+        """The plan over ``prepared``; ``train_expr``: the training-window flag (fit and
+        transform), or None (apply the fitted state); ``history``: history rows present."""
+        fitting = train_expr is not None
         train = F.col(TRAIN) if fitting else None
         events = prepared.select(*[c for c in (*BASE_COLUMNS, T) if c in prepared.columns])
         ctx = Context(self.spark, events, prepared, train)
@@ -771,9 +772,9 @@ class SparkFeatures:
         frame, steps = prepared, self.plan.steps
         if self.passes == "accounts":
             inputs = [c for c in prepared.columns if c not in (IQ, T, TRAIN)]
-            frame, steps = self._accounts(prepared, fitting)
+            frame, steps = self._accounts(prepared, inputs, train_expr, history)
             if not steps:
-                return frame.select(*[F.col(f"`{c}`") for c in [*inputs, *self.plan.feature_columns()]])
+                return self._plan_order(frame)
         group: list[tuple[str, FeatureStep]] = []
         requests: list[PassRequest] = []
         for name, step in steps:
@@ -794,10 +795,13 @@ class SparkFeatures:
         if not fitting:
             frame = frame.where(F.col(IQ))
         frame = frame.drop(IQ, T, TRAIN)
-        if self.passes == "accounts":  # the partition steps' columns came first: plan order again
-            outputs = self.plan.feature_columns()
-            frame = frame.select(*[F.col(f"`{c}`") for c in frame.columns if c not in outputs], *outputs)
-        return frame
+        # With account partitions their steps' columns came first: plan order again.
+        return self._plan_order(frame) if self.passes == "accounts" else frame
+
+    def _plan_order(self, frame: DataFrame) -> DataFrame:
+        """The input columns, then every step's columns in plan order."""
+        outputs = self.plan.feature_columns()
+        return frame.select(*[F.col(f"`{c}`") for c in frame.columns if c not in outputs], *outputs)
 
     def fit_transform(self, events: DataFrame, train: Column) -> DataFrame:
         """Fit on the rows where ``train`` is true, return the features of every row.
@@ -806,14 +810,12 @@ class SparkFeatures:
         here (eagerly); the returned frame reads their results.
         """
         check_columns(self.plan, events.where(train))
-        self._history, self._train = False, train
-        return self._run(self._prepare(events, None, train), fitting=True)
+        return self._run(self._prepare(events, None, train), train, history=False)
 
     def transform(self, events: DataFrame, history: DataFrame | None = None) -> DataFrame:
         """Features of ``events`` with the plan's fitted state; ``history`` rows are not returned."""
         check_columns(self.plan, events)
-        self._history, self._train = history is not None, None
-        return self._run(self._prepare(events, history, None), fitting=False)
+        return self._run(self._prepare(events, history, None), None, history=history is not None)
 
 
 def spark_features(plan: FeaturePlan, spark: SparkSession, engine, workdir: str | None) -> SparkFeatures:
