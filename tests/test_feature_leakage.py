@@ -36,6 +36,12 @@ CONFIG = {
     "target_encoding": {"columns": ["src_account", "dst_account"], "smoothing": 10.0},
     "category_codes": {"columns": ["channel", "currency", "jurisdiction"]},
     "bucketing": {"columns": ["amount"], "n_buckets": 8},
+    "flow": {"windows": ["1h", "24h"], "max_inflows": 3},
+    "burst": {"windows": ["1h", "24h"]},
+    "novelty": {"lookback": "12h", "new_windows": ["1h", "12h"]},
+    "structuring": {"windows": ["24h"], "reporting_threshold": 1000.0, "band": 0.5, "cash_channels": ["cash_deposit", "p2p"],
+                    "branch_column": "region", "max_rows": 2},
+    "cross_border": {"windows": ["24h"], "risk_countries": ["MX", "AE"], "max_rows": 2},
 }
 T = "event_time"
 
@@ -109,6 +115,11 @@ def test_features_are_not_trivial(full, fitted):
                 "te_src_account", "code_channel", "bucket_amount"]:  # fmt: skip
         assert full[col].drop_nulls().n_unique() > 1, col
     assert full["cycle3_24h"].sum() >= 20
+    for col in ["src_fwd_share_24h", "src_fwd_matches_24h", "src_fwd_lag_24h", "dst_in_senders_1h", "dst_in_spread_24h",
+                "pair_prior_12h", "src_age_12h", "dst_age_12h", "src_new_payees_12h", "dst_cash_band_count_24h",
+                "dst_cash_band_sum_24h", "dst_cash_band_senders_24h", "dst_cash_band_branches_24h",
+                "src_in_countries_24h", "dst_in_countries_24h", "src_in_risk_24h", "cross_border"]:  # fmt: skip
+        assert full[col].drop_nulls().n_unique() > 1, col
 
 
 # --------------------------------------------------------------------------- (a)
@@ -219,7 +230,7 @@ def test_micro_batches_equal_offline(data, fitted, full, start):
 # ----------------------------------------------------------------- reference check
 def test_history_features_match_a_brute_force_reference(data, fitted, full):
     """400 random events against the docstring definitions, evaluated by plain loops."""
-    rows = data.select("event_id", T, "src_account", "dst_account", "amount").rows()
+    rows = data.select("event_id", T, "src_account", "dst_account", "amount", "channel", "region", "src_country").rows()
     got = full.rows(named=True)
     hubs = set(fitted.steps[3][1].hubs_)
     windows = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
@@ -238,7 +249,7 @@ def test_history_features_match_a_brute_force_reference(data, fitted, full):
 
     rng = np.random.default_rng(5)
     for i in rng.choice(len(rows), 400, replace=False):
-        eid, t, s, d, a = rows[i]
+        eid, t, s, d, a = rows[i][:5]
         r = got[i]
         assert r["event_id"] == eid
         for side, acc in (("src", s), ("dst", d)):
@@ -263,3 +274,50 @@ def test_history_features_match_a_brute_force_reference(data, fitted, full):
         assert r["cycle3_24h"] == paths(win, d, s)
         assert r["dst_2hop_in_24h"] == paths(win, None, d)
         assert r["src_2hop_in_24h"] == paths(win, None, s)
+        _movement_reference(rows, r, t, s, d, a, close)
+
+
+def _latest(rows: list, cap: int) -> list:
+    """The latest ``cap`` of time-ordered rows, plus the rest of the earliest kept instant."""
+    if len(rows) <= cap:
+        return rows
+    first = rows[-cap][1]
+    return [e for e in rows if e[1] >= first]
+
+
+def _movement_reference(rows, r, t, s, d, a, close) -> None:
+    """The money-movement steps of CONFIG against their docstrings, by plain loops."""
+    import math
+
+    hour, day, half = timedelta(hours=1), timedelta(hours=24), timedelta(hours=12)
+    into = {acc: sorted((e for e in rows if e[3] == acc and e[1] < t), key=lambda e: e[1]) for acc in (s, d)}
+    for wn, w in (("1h", hour), ("24h", day)):
+        inflows = [e for e in into[s] if e[1] >= t - w]
+        total = sum(e[4] for e in inflows)
+        assert close(r[f"src_fwd_share_{wn}"], a / total if inflows and total > 0 else None)
+        hits = [e for e in _latest(inflows, 3) if 0.85 * e[4] <= a <= e[4]]
+        assert r[f"src_fwd_matches_{wn}"] == len(hits)
+        assert close(r[f"src_fwd_lag_{wn}"], (t - max(e[1] for e in hits)).total_seconds() if hits else None)
+        burst = [e for e in into[d] if e[1] >= t - w]
+        assert r[f"dst_in_senders_{wn}"] == len({e[2] for e in burst})
+        logs = [math.log1p(e[4]) for e in burst]
+        mean = sum(logs) / len(logs) if logs else 0.0
+        spread = math.sqrt(sum((v - mean) ** 2 for v in logs) / len(logs)) if len(logs) >= 2 else None
+        assert (spread is None and r[f"dst_in_spread_{wn}"] is None) or abs(r[f"dst_in_spread_{wn}"] - spread) < 1e-4
+    sent = sorted((e for e in rows if e[2] == s and e[1] < t), key=lambda e: e[1])
+    assert r["pair_prior_12h"] == sum(1 for e in sent if e[3] == d and e[1] >= t - half)
+    for side, acc in (("src", s), ("dst", d)):
+        seen = [e[1] for e in rows if acc in (e[2], e[3]) and t - half <= e[1] < t]
+        assert close(r[f"{side}_age_12h"], (t - min(seen)).total_seconds() if seen else None)
+    for wn, w in (("1h", hour), ("12h", half)):
+        new = [e for e in sent if e[1] >= t - w and not any(p[3] == e[3] and e[1] - half <= p[1] < e[1] for p in sent)]
+        assert r[f"src_new_payees_{wn}"] == len(new)
+    deposits = [e for e in into[d] if e[1] >= t - day and e[5] in ("cash_deposit", "p2p") and 500.0 <= e[4] < 1000.0]
+    assert r["dst_cash_band_count_24h"] == len(deposits)
+    assert close(r["dst_cash_band_sum_24h"], sum(e[4] for e in deposits))
+    assert r["dst_cash_band_senders_24h"] == len({e[2] for e in _latest(deposits, 2)})
+    assert r["dst_cash_band_branches_24h"] == len({e[6] for e in _latest(deposits, 2) if e[6] is not None})
+    for side, acc in (("src", s), ("dst", d)):
+        recent = [e for e in into[acc] if e[1] >= t - day]
+        assert r[f"{side}_in_countries_24h"] == len({e[7] for e in _latest(recent, 2) if e[7] is not None})
+    assert r["src_in_risk_24h"] == sum(1 for e in into[s] if e[1] >= t - day and e[7] in ("MX", "AE"))

@@ -18,7 +18,8 @@ from aml_pipeline.features.base import DST, IS_QUERY, ROW, SRC, STEPS, FeatureSt
 from aml_pipeline.features.windows import duration_us, scored_events, shared_timelines, timeline
 
 # Import the step modules so their @register decorators fill STEPS.
-from aml_pipeline.features import amount_signals, balance, encoding, graph, rolling, time_signals  # noqa: F401,E402
+from aml_pipeline.features import (amount_signals, balance, burst, cross_border, encoding, flow, graph,  # noqa: F401,E402
+                                   novelty, rolling, structuring, time_signals)
 
 
 class FeaturePlan:

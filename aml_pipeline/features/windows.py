@@ -771,3 +771,103 @@ def timeline(frame: pl.DataFrame) -> Timeline:
     tl = Timeline(frame)
     cache.append(tl)
     return tl
+
+
+# ---------------------------------------------------------------- rows of each window
+def run_starts(keys: np.ndarray) -> np.ndarray:
+    """Per position of sorted ``keys``: the first position of its run of equal keys (the
+    rows of one account at one instant share a key)."""
+    first = np.arange(keys.size)
+    if keys.size:
+        first[1:][keys[1:] == keys[:-1]] = 0
+        np.maximum.accumulate(first, out=first)
+    return first
+
+
+def last_instants(starts: np.ndarray, lo: np.ndarray, hi: np.ndarray, cap: int) -> np.ndarray:
+    """Window starts moved up so each window ``[lo, hi)`` keeps only its latest ``cap`` rows,
+    plus every other row at the instant of the earliest one kept.
+
+    A cap bounds the work a busy account costs; cutting at whole instants keeps it
+    independent of the order in which same-instant events arrive, so every engine keeps
+    the same rows (:func:`tail_instants` is the per-event form). ``starts`` is
+    :func:`run_starts` of the rows' keys.
+    """
+    cut = hi - cap
+    inside = cut > lo
+    moved = starts[np.where(inside, cut, 0)] if starts.size else np.zeros_like(lo)
+    return np.where(inside, np.maximum(lo, moved), lo)
+
+
+def expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (window, position) pair of the windows ``[lo, hi)``: window numbers ascending
+    and positions ascending within a window."""
+    n = np.maximum(hi - lo, 0)
+    which = np.repeat(np.arange(lo.size), n)
+    pos = np.arange(which.size) - np.repeat(np.cumsum(n) - n, n) + np.repeat(lo, n)
+    return which, pos
+
+
+def last_per_group(which: np.ndarray, values: np.ndarray, groups: int, fill) -> np.ndarray:
+    """The last of ``values`` for each group number in ``which`` (sorted ascending), ``fill``
+    for groups with none."""
+    out = np.full(groups, fill, dtype=np.result_type(values.dtype, np.asarray(fill).dtype))
+    if which.size:
+        last = np.r_[which[1:] != which[:-1], True]
+        out[which[last]] = values[last]
+    return out
+
+
+def distinct_per_group(which: np.ndarray, codes: np.ndarray, groups: int) -> np.ndarray:
+    """Distinct non-negative ``codes`` per group number (negative codes are nulls)."""
+    keep = codes >= 0
+    pairs = np.unique(np.stack([which[keep], codes[keep]]), axis=1) if keep.any() else np.zeros((2, 0), np.int64)
+    return np.bincount(pairs[0], minlength=groups)
+
+
+def tail_instants(rows: list, lo: int, cap: int, t: int = 1) -> list:
+    """Per-event form of :func:`last_instants`: of time-ordered ``rows`` (time at index ``t``),
+    those at or after ``lo``, the latest ``cap`` of them plus the rest of the earliest
+    kept instant."""
+    i = len(rows)
+    while i > 0 and rows[i - 1][t] >= lo:
+        i -= 1
+    if len(rows) - i > cap:
+        j = len(rows) - cap
+        first = rows[j][t]
+        while j > i and rows[j - 1][t] == first:
+            j -= 1
+        i = j
+    return rows[i:]
+
+
+def fixed_sum(values) -> int:
+    """Exact sum of amounts in units of 2**-60 (as :func:`fixed_running_sums`; Python rounds
+    half to even as polars does); :func:`fixed_to_float` turns it back into a float."""
+    return sum(round(v * FIXED_POINT) for v in values)
+
+
+def fixed_to_float(total: int) -> float:
+    """A fixed-point sum back to float: ``.cast(Float64) / 2**60`` (int -> float rounds to nearest)."""
+    return float(total) / FIXED_POINT
+
+
+def window_rows(tl: Timeline, flow: str, side: str, window: str, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """(query number in ``side``'s order, position in view ``flow``) for the rows of each
+    query's ``[t - window, t)``, only the latest ``cap`` (whole instants, :func:`last_instants`)."""
+    lo, hi = tl.window(flow, side, window)
+    starts = tl.memo(("run_starts", flow), lambda: run_starts(tl.view(flow).index.keys))
+    return expand(last_instants(starts, lo, hi, cap), hi)
+
+
+def check_windows(windows: list[str], name: str = "windows") -> None:
+    """Refuse a window that is not a positive fixed duration (24h, 7d), naming the parameter."""
+    if not windows:
+        raise ValueError(f"{name}: give at least one window such as 24h or 7d")
+    for w in windows:
+        try:
+            ok = bool(_FIXED_WINDOW.fullmatch(str(w))) and duration_us(w) > 0
+        except Exception:
+            ok = False
+        if not ok:
+            raise ValueError(f"{name}: {w!r} is not a fixed duration such as 1h, 24h or 7d")

@@ -49,7 +49,7 @@ from aml_pipeline.features.balance import BALANCES
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
-from aml_pipeline.spark.accounts import IQ, AccountPartitions, split_plan
+from aml_pipeline.spark.accounts import IQ, AccountPartitions, partitionable, split_plan
 from aml_pipeline.spark.io import STAGING, remove_if_empty
 from aml_pipeline.spark.windows import (EVALUATORS, T, PassRequest, View, ieee_divide, interval_changes, kth_smallest,
                                         micros, run_passes)
@@ -555,14 +555,21 @@ def target_encoding(step, frame: DataFrame, ctx: Context) -> DataFrame:
 
 
 # ----------------------------------------------------------------------------- the plan
-def check_compiled(plan: FeaturePlan) -> None:
-    """Refuse a plan with a step kind that has no Spark compilation, naming the step."""
+def check_compiled(plan: FeaturePlan, passes: str = "arrow") -> None:
+    """Refuse a plan with a step kind that has no Spark compilation, naming the step.
+
+    With ``passes="accounts"`` a step without one runs as its own polars code per account
+    partition (:mod:`.accounts`), so only a step that cannot run there must be compiled."""
     for name, step in plan.steps:
+        if step.kind not in SPARK_STEPS and passes == "accounts" and partitionable(step) and type(step).fit is FeatureStep.fit:
+            continue
         if step.kind not in SPARK_STEPS:
+            hint = ("" if passes == "accounts" or not partitionable(step) else
+                    "; it runs per account partition: use engine.passes=accounts (the default)")
             raise ConfigError(
                 f"features.steps.{name} ({step.kind}): the Spark engine has no compilation for step kind "
                 f"{step.kind!r}; run it with engine=polars or add one to aml_pipeline/spark/features.py "
-                f"(compiled: {', '.join(sorted(SPARK_STEPS))})"
+                f"(compiled: {', '.join(sorted(SPARK_STEPS))}){hint}"
             )
         for attr in ("window", "trailing_window"):
             if hasattr(step, attr):
@@ -627,9 +634,9 @@ class SparkFeatures:
 
     def __init__(self, plan: FeaturePlan, spark: SparkSession | None = None, cut_lineage: bool = True,
                  passes: str = "accounts", workdir: str | None = None, account_partitions: int | None = None):
-        check_compiled(plan)
         if passes not in PASS_EVALUATORS:
             raise ConfigError(f"engine.passes={passes!r}: allowed: {', '.join(PASS_EVALUATORS)}")
+        check_compiled(plan, passes)
         self.plan = plan
         #: How the history steps are evaluated (``engine.passes``): ``accounts`` runs the
         #: plan's own polars steps per account partition (:mod:`.accounts`), ``arrow`` and
@@ -728,7 +735,11 @@ class SparkFeatures:
         """Run the steps that can run per account partition (:mod:`.accounts`); return the
         frame of their results, prepared again, and the steps left for the compiled path.
         ``train``: the training-window flag when fitting; ``history``: history rows present."""
-        local, rest = split_plan(self.plan, inputs, lambda step: SPARK_STEPS[step.kind].fit is not None)
+        local, rest = split_plan(self.plan, inputs, lambda step: step.kind in SPARK_STEPS and SPARK_STEPS[step.kind].fit is not None)
+        for name, step in rest:
+            if step.kind not in SPARK_STEPS:
+                raise ConfigError(f"features.steps.{name} ({step.kind}) reads a column that a step after the account "
+                                  f"partitions computes, and has no Spark compilation; move it before that step")
         if not local:
             return prepared, self.plan.steps
         if history and any(step.uses_history for _, step in rest):
@@ -736,7 +747,7 @@ class SparkFeatures:
             raise ConfigError(f"features.steps.{names}: with history rows, engine.passes=accounts runs only steps that "
                               f"read input columns; use engine.passes=arrow for this plan")
         for name, step in local:
-            fit = SPARK_STEPS[step.kind].fit
+            fit = SPARK_STEPS[step.kind].fit if step.kind in SPARK_STEPS else None
             if train is not None and fit is not None:
                 self.ctx.step = name
                 step.load_state(fit(step, prepared.where(F.col(TRAIN)), self.ctx))

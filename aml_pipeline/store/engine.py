@@ -358,7 +358,9 @@ def _balance(step) -> Callable:
     return compute
 
 
-#: Per-event implementations by step kind; a kind missing here is served by deploy.engine=polars.
+#: Per-event implementations by step kind, for the steps written before a step kept its
+#: per-event form beside its batch form (``FeatureStep.online``); a kind with neither is
+#: served by deploy.engine=polars.
 ONLINE_STEPS: dict[str, Callable] = {
     "time": _time,
     "amount": _amount,
@@ -377,13 +379,16 @@ class OnlineFeatures:
     name = "online"
 
     def __init__(self, plan: FeaturePlan):
-        missing = [f"{n} ({s.kind})" for n, s in plan.steps if s.kind not in ONLINE_STEPS]
+        missing = [f"{n} ({s.kind})" for n, s in plan.steps if s.kind not in ONLINE_STEPS and not hasattr(s, "online")]
         if missing:
             raise UserError(f"deploy.engine=online has no per-event implementation of features.steps.{missing[0]}; "
                             "use deploy.engine=polars")
         self.plan = plan
         self.columns = plan.feature_columns()
-        self._steps = [ONLINE_STEPS[s.kind](s) for _, s in plan.steps]
+        # Where each column sits in a stored row: the core five, then the plan's extra columns.
+        layout = (*CORE_COLUMNS, *plan_needs(plan).extra_columns)
+        col = {c: i for i, c in enumerate(layout)}
+        self._steps = [s.online(col) if hasattr(s, "online") else ONLINE_STEPS[s.kind](s) for _, s in plan.steps]
 
     def compute(self, event: Event, history: History) -> dict[str, Any]:
         out: dict[str, Any] = {}

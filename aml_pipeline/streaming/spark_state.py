@@ -85,6 +85,9 @@ def side_columns(plan: FeaturePlan) -> tuple[list[str], list[str]]:
 def refuse_cross_account(plan: FeaturePlan) -> None:
     """One line naming the first step whose columns need another account's history."""
     for name, step in plan.steps:
+        if step.uses_history and step.kind not in LOCAL_HISTORY_KINDS and hasattr(step, "online"):
+            raise UserError(f"deploy.state=spark has no form of features.steps.{name} ({step.kind}): its per-account "
+                            "state keeps the core columns only; use deploy.state=store (the default)")
         if step.uses_history and step.kind not in LOCAL_HISTORY_KINDS:
             cols = list(step.output_columns())
             cross = [c for c in cols if c.startswith(("cycle3_", "dst_2hop_in_", "src_2hop_in_"))] or cols

@@ -1,0 +1,119 @@
+"""Flow matching: does this payment forward money the sender has just received?
+
+Layering moves money on quickly: a mule receives a sum and pays most of it (85-99 %, a fee
+kept) onward within hours. A payment's amount alone cannot show that; the sender's recent
+inflows can. Per payment a -> b of amount A at t and per window w, over a's inflows in
+``[t - w, t)`` (strictly earlier, the same-instant rule):
+
+- ``src_fwd_share_{w}``: A / (sum of a's inflows in the window): how much of what came in
+  this payment takes out (null when nothing came in);
+- ``src_fwd_matches_{w}``: how many of those inflows this payment could be passing on,
+  i.e. ``band[0] * x <= A <= band[1] * x`` for an inflow of amount x;
+- ``src_fwd_lag_{w}``: seconds since the latest such inflow (null when none): minutes or
+  hours for a mule, days for a household paying bills from its salary.
+
+Only the latest ``max_inflows`` inflows of the window are matched (a busy merchant's
+thousands of card receipts are not searched for every supplier payment); the cut is made
+at whole instants, so the kept inflows never depend on arrival order.
+
+Every engine computes the same values: the batch form below (numpy on the plan's shared
+timeline), and :meth:`FlowMatching.online` for one event from the store's rows (the
+online service and the streaming scorer); the Spark engine runs the batch form per
+account partition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.windows import (check_windows, duration_us, fixed_sum, fixed_to_float, last_per_group,
+                                           tail_instants, timeline, to_microseconds, window_rows)
+
+
+@register
+@dataclass
+class FlowMatching(FeatureStep):
+    """Columns ``src_fwd_share_{w}``, ``src_fwd_matches_{w}``, ``src_fwd_lag_{w}`` per window."""
+
+    windows: list[str] = field(default_factory=lambda: ["24h", "7d"])
+    band: list[float] = field(default_factory=lambda: [0.85, 1.0])
+    max_inflows: int = 50
+
+    kind = "flow"
+    uses_history = True
+
+    def __post_init__(self) -> None:
+        check_windows(self.windows)
+        if len(self.band) != 2 or not 0 < float(self.band[0]) <= float(self.band[1]):
+            raise ValueError(f"band: give [low, high] with 0 < low <= high (got {self.band!r})")
+        if int(self.max_inflows) < 1:
+            raise ValueError("max_inflows must be >= 1")
+
+    def required_columns(self) -> list[str]:
+        return ["event_time", "src_account", "dst_account", "amount"]
+
+    def output_columns(self) -> dict[str, pl.DataType]:
+        cols: dict[str, pl.DataType] = {}
+        for w in self.windows:
+            cols |= {f"src_fwd_share_{w}": pl.Float64, f"src_fwd_matches_{w}": pl.Int64, f"src_fwd_lag_{w}": pl.Float64}
+        return cols
+
+    def history_window(self) -> str | None:
+        return max(self.windows, key=duration_us)
+
+    def ahead(self, tl) -> list:
+        return [lambda: [tl.aggregate("in", "src", w, a) for w in self.windows for a in ("count", "sum")]]
+
+    # -- batch form ------------------------------------------------------------------------
+    def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        tl = timeline(frame)
+        low, high = (float(b) for b in self.band)
+        q, view = tl.queries("src"), tl.view("in")
+        amounts = tl.values()
+        # The latest inflows of the longest window: each shorter window is a suffix of them.
+        which, pos = window_rows(tl, "in", "src", self.history_window(), int(self.max_inflows))
+        x, paid = amounts[view.order[pos]], amounts[q.rows][which]
+        with np.errstate(invalid="ignore"):
+            match = (paid >= low * x) & (paid <= high * x)
+        amount = frame["amount"].cast(pl.Float64).to_numpy()
+        cols = []
+        for w in self.windows:
+            lo = tl.window("in", "src", w)[0]
+            hit = match & (pos >= lo[which])
+            count = np.bincount(which[hit], minlength=q.rows.size)
+            last = last_per_group(which[hit], view.t[pos[hit]], q.rows.size, 0)
+            lag = np.where(count > 0, to_microseconds(q.t - last, tl.unit) / 1e6, np.nan)
+            n, total = tl.aggregate("in", "src", w, "count"), tl.aggregate("in", "src", w, "sum")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                share = np.where((n > 0) & (total > 0), amount / np.where(total > 0, total, 1.0), np.nan)
+            cols += [tl.series(f"src_fwd_share_{w}", share, pl.Float64)]
+            cols += tl.columns("src", {f"src_fwd_matches_{w}": (count, pl.Int64), f"src_fwd_lag_{w}": (lag, pl.Float64)})
+        by_name = {c.name: c for c in cols}
+        return frame.hstack([by_name[c] for c in self.output_columns()])
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The same columns for one event from its sender's received rows (``col``: where
+        each column sits in a stored row)."""
+        T, A = col["event_time"], col["amount"]
+        low, high = (float(b) for b in self.band)
+        cap = int(self.max_inflows)
+        windows = [(w, duration_us(w)) for w in self.windows]
+
+        def compute(ev, h, out: dict) -> None:
+            rows = h.received.get(ev.src, ())
+            a = ev.amount
+            for w, width in windows:
+                lo = ev.t - width
+                inflows = [r[A] for r in rows if r[T] >= lo and r[A] is not None]
+                total = fixed_to_float(fixed_sum(inflows))
+                out[f"src_fwd_share_{w}"] = a / total if inflows and total > 0 else None
+                hits = [r[T] for r in tail_instants(list(rows), lo, cap, T)
+                        if r[A] is not None and low * r[A] <= a <= high * r[A]]
+                out[f"src_fwd_matches_{w}"] = len(hits)
+                out[f"src_fwd_lag_{w}"] = (ev.t - max(hits)) / 1e6 if hits else None
+        return compute

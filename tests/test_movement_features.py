@@ -1,0 +1,152 @@
+"""The money-movement steps (flow, burst, novelty, structuring, cross_border) on tiny
+hand-made frames whose every expected value is worked out by hand, and their per-event
+forms against the batch forms.
+
+Brute-force references on simulated data and the leakage checks are in
+tests/test_feature_leakage.py; the Spark engine's account partitions in
+tests/test_spark_parity.py; the online store in tests/test_store.py (every plan in
+conf/features).
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+
+from aml_pipeline.errors import ConfigError
+from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.store.engine import OnlineFeatures, plan_needs
+from aml_pipeline.store.memory import MemoryStore
+from tests.test_features import assert_column, assert_dtypes, at, events
+from tests.test_store import assert_same_features, run_online
+
+
+def run(rows, steps: dict, **extra) -> pl.DataFrame:
+    plan = FeaturePlan.from_config(steps)
+    frame = events(rows, **extra).sort("event_time", maintain_order=True)  # the store is fed in time order
+    out = plan.fit_transform(frame)
+    assert_dtypes(plan, out)
+    # the per-event form gives the same values, fed one event at a time after the first
+    got = run_online(plan, frame, frame["event_time"].min(), MemoryStore(plan_needs(plan).layout()))
+    exact, total = assert_same_features(plan, frame, got)
+    assert exact == total
+    return out
+
+
+# ------------------------------------------------------------------------------ flow
+def test_flow_matching_split_and_forward_by_hand():
+    rows = [
+        ("in1", at("10:00"), "X", "M", 1000.0),  # the mule M receives 1000
+        ("in2", at("11:00"), "Y", "M", 200.0),  # and 200, at the instant of its first forward
+        ("f1", at("11:00"), "M", "B", 950.0),  # forwards 95 % of in1 an hour later (in2 unseen)
+        ("f2", at("12:00"), "M", "C", 170.0),  # 85 % of in2: matches in2 only (170 < 0.85 * 1000)
+        ("f3", at("12:30"), "M", "D", 50.0),  # matches nothing
+        ("old", at("09:00", day=4), "Z", "M", 60.0),  # two days earlier: inside 7d, not 24h
+    ]
+    out = run(rows, {"flow": {"windows": ["24h", "7d"]}})
+    assert_column(out, "src_fwd_share_24h", {"f1": 950 / 1000, "f2": 170 / 1200, "f3": 50 / 1200, "in1": None})
+    assert_column(out, "src_fwd_matches_24h", {"f1": 1, "f2": 1, "f3": 0, "in1": 0})
+    assert_column(out, "src_fwd_lag_24h", {"f1": 3600.0, "f2": 3600.0, "f3": None})
+    assert_column(out, "src_fwd_matches_7d", {"f3": 0})  # 50 / 60 = 0.83: below the band
+    assert_column(out, "src_fwd_share_7d", {"f1": 950 / 1060, "f3": 50 / 1260})
+
+
+def test_flow_matching_keeps_the_latest_inflows_at_whole_instants():
+    rows = [("a", at("10:00"), "X1", "M", 100.0), ("b", at("10:10"), "X2", "M", 100.0),
+            ("c", at("10:10"), "X3", "M", 100.0), ("f", at("11:00"), "M", "B", 90.0)]
+    out = run(rows, {"flow": {"windows": ["24h"], "max_inflows": 1}})
+    # the latest inflow is at 10:10, where two arrived: both are kept, the 10:00 one is not
+    assert_column(out, "src_fwd_matches_24h", {"f": 2})
+    assert_column(out, "src_fwd_share_24h", {"f": 90 / 300})  # the share sums the whole window
+
+
+# ------------------------------------------------------------------------------ burst
+def test_burst_distinct_senders_and_spread_by_hand():
+    rows = [(f"s{i}", at(f"10:{10 * i:02d}"), f"P{i}", "R", amount) for i, amount in enumerate([99.0, 99.0, 99.0, 499.0])]
+    rows.append(("s4", at("10:50"), "P0", "R", 99.0))
+    out = run(rows, {"burst": {"windows": ["1h"]}})
+    assert_column(out, "dst_in_senders_1h", {"s0": 0, "s1": 1, "s3": 3, "s4": 4})
+    assert_column(out, "dst_in_spread_1h", {"s0": None, "s1": None, "s2": 0.0, "s3": 0.0})
+    logs = [math.log(100.0)] * 3 + [math.log(500.0)]
+    mean = sum(logs) / 4
+    spread = math.sqrt(sum((v - mean) ** 2 for v in logs) / 4)
+    assert out.filter(pl.col("event_id") == "s4")["dst_in_spread_1h"].item() == pytest.approx(spread, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------ novelty
+def test_novelty_pairs_ages_and_new_payees_by_hand():
+    rows = [
+        ("n1", at("10:00", day=6), "A", "B", 10.0),
+        ("n2", at("10:00", day=8), "A", "B", 10.0),  # B paid two days ago: not new
+        ("n3", at("11:00", day=8), "A", "C", 10.0),  # C is new
+        ("n4", at("12:00", day=8), "A", "D", 10.0),  # D is new
+        ("n5", at("10:00", day=20), "A", "B", 10.0),  # 12 days after the last A -> B: outside 7d
+    ]
+    out = run(rows, {"novelty": {"lookback": "7d", "new_windows": ["24h"]}})
+    assert_column(out, "pair_prior_7d", {"n1": 0, "n2": 1, "n3": 0, "n5": 0})
+    assert_column(out, "src_age_7d", {"n1": None, "n2": 2 * 86400.0, "n4": 2 * 86400.0 + 7200.0, "n5": None})
+    assert_column(out, "dst_age_7d", {"n2": 2 * 86400.0, "n3": None, "n5": None})
+    # n2 was a repeat, n3 new: at n4 the last 24 h hold one new payee
+    assert_column(out, "src_new_payees_24h", {"n1": 0, "n2": 0, "n3": 0, "n4": 1, "n5": 0})
+
+
+# ------------------------------------------------------------------------------ structuring
+def test_structuring_run_across_branches_by_hand():
+    rows = [
+        ("d1", at("10:00", day=6), "S1", "R", 9000.0),  # band deposits: [8500, 10000)
+        ("d2", at("10:00", day=8), "S2", "R", 9900.0),
+        ("d3", at("10:00", day=9), "R", "R", 9500.0),  # the account deposits its own cash
+        ("big", at("10:00", day=10), "S1", "R", 10000.0),  # at the threshold: not in the band
+        ("card", at("10:00", day=11), "S3", "R", 9000.0),  # in the band, but not cash
+        ("q", at("10:00", day=12), "S4", "R", 100.0),
+        ("late", at("09:59", day=15), "S4", "R", 100.0),  # d1 has left the 7-day window
+    ]
+    channel = ["cash_deposit", "CASH_DEPOSIT", "cash_deposit", "cash_deposit", "card", "cash_deposit", "cash_deposit"]
+    region = ["US-1", "US-2", "US-2", "US-3", "US-1", "US-1", "US-1"]
+    out = run(rows, {"structuring": {"windows": ["7d"], "band": 0.15, "branch_column": "region"}},
+              channel=channel, region=region)
+    assert_column(out, "dst_cash_band_count_7d", {"d1": 0, "d2": 1, "q": 3, "late": 2})
+    assert_column(out, "dst_cash_band_sum_7d", {"d1": 0.0, "q": 28400.0, "late": 19400.0})
+    assert_column(out, "dst_cash_band_senders_7d", {"q": 3, "late": 2})
+    assert_column(out, "dst_cash_band_branches_7d", {"q": 2, "late": 1})
+
+
+# ------------------------------------------------------------------------------ cross-border
+def test_cross_border_countries_and_risk_list_by_hand():
+    rows = [
+        ("c1", at("10:00"), "A", "M", 10.0),
+        ("c2", at("11:00"), "B", "M", 10.0),
+        ("c3", at("12:00"), "C", "M", 10.0),
+        ("c4", at("13:00"), "M", "Z", 10.0),
+    ]
+    out = run(rows, {"cross_border": {"windows": ["24h"], "risk_countries": ["IR"]}},
+              src_country=["GB", "IR", "GB", "US"], dst_country=["US", "US", "US", None])
+    assert_column(out, "cross_border", {"c1": 1, "c4": None})
+    assert_column(out, "risk_country", {"c1": 0, "c2": 1, "c4": 0})
+    assert_column(out, "dst_in_countries_24h", {"c1": 0, "c2": 1, "c3": 2})
+    assert_column(out, "src_in_countries_24h", {"c4": 2})
+    assert_column(out, "src_in_risk_24h", {"c4": 1, "c3": 0})
+
+
+# ------------------------------------------------------------------------------ contract
+@pytest.mark.parametrize("kind,params,match", [
+    ("flow", {"windows": ["1mo"]}, r"windows: '1mo' is not a fixed duration"),
+    ("flow", {"band": [0.9, 0.8]}, r"band"),
+    ("burst", {"windows": []}, r"windows: give at least one window"),
+    ("novelty", {"lookback": "x"}, r"lookback"),
+    ("structuring", {"band": 1.5}, r"band must be in"),
+    ("cross_border", {"max_rows": 0}, r"max_rows"),
+])
+def test_bad_parameters_name_the_key(kind, params, match):
+    with pytest.raises(ConfigError, match=rf"features\.steps\.{kind}.*{match}"):
+        FeaturePlan.from_config({kind: params})
+
+
+def test_every_step_has_a_per_event_form():
+    plan = FeaturePlan.from_config({k: {} for k in ("flow", "burst", "novelty", "structuring", "cross_border")})
+    OnlineFeatures(plan)  # no step is left to deploy.engine=polars
+    needs = plan_needs(plan)
+    assert set(needs.extra_columns) == {"channel", "region", "src_country", "dst_country"}
+    assert needs.window_us == 37 * 86_400 * 10**6  # novelty: 30 days of look-back plus its 7-day window
