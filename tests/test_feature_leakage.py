@@ -33,7 +33,7 @@ CONFIG = {
     "amount": {"trailing_window": "24h"},
     "rolling": {"windows": ["1h", "24h"]},
     "graph": {"window": "24h", "max_intermediary_degree": 10},
-    "target_encoding": {"columns": ["src_account", "dst_account"], "smoothing": 10.0},
+    "target_encoding": {"columns": ["src_account", "dst_account"], "smoothing": 10.0, "label_delay": "1d"},
     "category_codes": {"columns": ["channel", "currency", "jurisdiction"]},
     "bucketing": {"columns": ["amount"], "n_buckets": 8},
     "flow": {"windows": ["1h", "24h"], "max_inflows": 3},

@@ -561,7 +561,8 @@ TE_LABELS = [1, 0, 1, 0, 0, None, 0]
 
 
 def test_target_encoding_by_hand():
-    plan = plan_of(target_encoding={"columns": ["src_account"], "smoothing": 2.0})
+    # label_delay 0s: labels known as soon as the event happens
+    plan = plan_of(target_encoding={"columns": ["src_account"], "smoothing": 2.0, "label_delay": "0s"})
     train = events(TE_TRAIN, label=pl.Series(TE_LABELS, dtype=pl.Int8))
     out = plan.fit_transform(train)
     assert_dtypes(plan, out)
@@ -587,12 +588,42 @@ def test_target_encoding_by_hand():
     assert_column(plan.transform(test), "te_src_account", {"u1": 4 / 9, "u2": 1 / 6, "u3": 1 / 3})
 
 
+def test_target_encoding_label_delay_by_hand():
+    """A label arrives label_delay after its event: rows see only labels arrived strictly before them."""
+    plan = plan_of(target_encoding={"columns": ["src_account"], "smoothing": 2.0, "label_delay": "30m"})
+    out = plan.fit_transform(events(TE_TRAIN, label=pl.Series(TE_LABELS, dtype=pl.Int8)))
+    step = plan.steps[0][1]
+    # Frozen table: the training window closes at its last event (t7 @12:00); labels known
+    # then are those of events at or before 11:30: t1..t6, not t7 (labelled 0).
+    #   prior = 2 positives / 5 labelled = 2/5
+    #   A (t1..t4): (2 + 2 * 2/5) / (4 + 2) = 7/15;  B (t5; t6 unlabelled): (0 + 4/5) / (1 + 2) = 4/15
+    assert step.prior_ == pytest.approx(2 / 5)
+    assert step.tables_["src_account"] == pytest.approx({"A": 7 / 15, "B": 4 / 15})
+    # Training rows at t see the labels of events strictly before t - 30m:
+    #   t1, t5 @10:00: nothing -> 0
+    #   t2, t3 @10:30: t1 @10:00 is exactly 30m old, its label not yet known -> prior 0 -> 0
+    #                  (with 0s they saw it: 2/3)
+    #   t4 @11:00 A: t1 (A, 1), t5 (B, 0) known -> prior 1/2; A n=1, p=1 -> (1 + 1) / 3 = 2/3
+    #   t6 @11:00 B: prior 1/2; B n=1 (t5), p=0 -> (0 + 1) / 3 = 1/3
+    #   t7 @12:00 B: t1..t6 known (t6 unlabelled) -> prior 2/5; B n=1, p=0 -> (4/5) / 3 = 4/15
+    assert_column(out, "te_src_account", {"t1": 0.0, "t2": 0.0, "t3": 0.0, "t4": 2 / 3, "t5": 0.0, "t6": 1 / 3, "t7": 4 / 15})
+    test = events([("u1", at("09:00", day=9), "A", "Z", 1.0), ("u3", at("09:01", day=9), "C", "Z", 1.0)])
+    assert_column(plan.transform(test), "te_src_account", {"u1": 7 / 15, "u3": 2 / 5})
+
+
+def test_target_encoding_label_delay_default_and_checks():
+    assert plan_of(target_encoding={}).steps[0][1].label_delay == "30d"
+    for bad in ("1mo", "soon", "-1d"):
+        with pytest.raises(ConfigError, match="features.steps.target_encoding: label_delay"):
+            plan_of(target_encoding={"label_delay": bad})
+
+
 def test_target_encoding_train_rows_arrival_order_and_same_instant():
-    plan = plan_of(target_encoding={"columns": ["src_account", "dst_account"], "smoothing": 2.0})
-    expected = plan.fit_transform(events(TE_TRAIN, label=pl.Series(TE_LABELS, dtype=pl.Int8))).sort("event_id")
+    te = {"columns": ["src_account", "dst_account"], "smoothing": 2.0, "label_delay": "0s"}
+    expected = plan_of(target_encoding=te).fit_transform(events(TE_TRAIN, label=pl.Series(TE_LABELS, dtype=pl.Int8))).sort("event_id")
     order = [3, 2, 6, 0, 5, 1, 4]
     shuffled = events([TE_TRAIN[i] for i in order], label=pl.Series([TE_LABELS[i] for i in order], dtype=pl.Int8))
-    out = plan_of(target_encoding={"columns": ["src_account", "dst_account"], "smoothing": 2.0}).fit_transform(shuffled)
+    out = plan_of(target_encoding=te).fit_transform(shuffled)
     assert out["event_id"].to_list() == [TE_TRAIN[i][0] for i in order]
     assert_frame_equal(out.sort("event_id"), expected)
     # t2 and t3 share an instant: neither sees the other's label
@@ -639,7 +670,7 @@ def test_bucketing_repeated_quantiles_merge_edges():
 
 # ------------------------------------------------------------------------------ plan
 ALL_STEPS = {  # target encoding first: later steps rely on it keeping the row order
-    "te": {"kind": "target_encoding", "columns": ["src_account", "dst_account"], "smoothing": 2.0},
+    "te": {"kind": "target_encoding", "columns": ["src_account", "dst_account"], "smoothing": 2.0, "label_delay": "10m"},
     "time": {},
     "amount": {"trailing_window": "24h"},
     "balance": {},

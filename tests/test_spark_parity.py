@@ -7,7 +7,8 @@ Features: every step of every plan in ``conf/features/*.yaml`` (composed with Hy
 - the simulator (``SyntheticSource(n_accounts=400, days=14, seed=3)``) plus crafted events
   for the awkward cases: several events at one instant, events exactly 1h / 24h / 7d after
   an earlier one (inside ``[t - w, t)``) and a microsecond more (outside), accounts with a
-  single event, a 3-cycle, a reciprocal payment, scatter-gather into a sink, a
+  single event, a labelled payment and the same sender exactly one label delay (1d) later
+  and a microsecond more, a 3-cycle, a reciprocal payment, scatter-gather into a sink, a
   self-payment, half-cent rounding ties, an amount too small for the fixed point (a mean
   of 0, so ``amount_vs_src_mean`` is inf), and ids, channels, currencies and
   jurisdictions first seen in the test window (unseen by the encoders);
@@ -122,7 +123,19 @@ def step_cases() -> list[StepCase]:
     return list(cases.values())
 
 
-CASES = step_cases()
+def label_delay_cases() -> list[StepCase]:
+    """Target encoding with labels known at once and a day late: the plans' 30d default is
+    longer than the training window of these event sets (no training label arrives in it)."""
+    cases = []
+    for delay in ("0s", "1d"):
+        spec = {"kind": "target_encoding", "columns": ["src_account", "dst_account"], "smoothing": 20.0, "label_delay": delay}
+        [(name, step)] = FeaturePlan.from_config({f"te_delay_{delay}": spec}).steps
+        cases.append(StepCase(name, {"kind": step.kind, **step.params()}, step.kind, list(step.output_columns()),
+                              used_by=[f"label_delay={delay}"], needs=step.required_columns()))
+    return cases
+
+
+CASES = step_cases() + label_delay_cases()
 
 
 def runs_for(cases: list[StepCase]) -> list[dict[str, dict]]:
@@ -174,6 +187,10 @@ CRAFTED = [
     ("x_sg_4", at(6, "09:00"), "X_MULE2", "X_SINK", 290.0, 1, {}),
     ("x_sg_5", at(6, "09:00"), "X_SINK", "X_OUT", 580.0, 1, {}),
     ("x_sg_6", at(6, "10:00"), "X_SINK", "X_OUT", 5.0, 0, {}),
+    # a label and the same sender exactly 1d later (label_delay 1d: not yet known) and 1us more (known)
+    ("x_te_0", at(2, "06:00"), "X_TE", "X_TE_B", 10.0, 1, {}),
+    ("x_te_1d", at(3, "06:00"), "X_TE", "X_TE_B", 11.0, 0, {}),
+    ("x_te_1d_plus", at(3, "06:00", 1), "X_TE", "X_TE_B", 12.0, 0, {}),
     # accounts with a single event
     ("x_solo", at(7, "03:33:33"), "X_SOLO_A", "X_SOLO_B", 123.45, 0, {}),
     # half-cent ties (polars rounds half to even), an amount below the fixed point's
@@ -418,6 +435,8 @@ def test_crafted_cases_are_present():
     t = dict(zip(events["event_id"], events["event_time"]))
     for w, (first, later) in WINDOW_EDGES.items():
         assert t[later] - t[first] == timedelta(microseconds=duration_us(w)), w
+    assert t["x_te_1d"] - t["x_te_0"] == timedelta(microseconds=duration_us("1d"))
+    assert {c.spec["label_delay"] for c in CASES if c.kind == "target_encoding"} >= {"0s", "1d"}
     same = events.group_by("src_account", "event_time").len().filter(pl.col("len") > 1)
     assert same.height > 0  # several events of one account at one instant
     counts = pl.concat([events["src_account"], events["dst_account"]]).value_counts()

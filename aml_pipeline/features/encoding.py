@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.windows import _FIXED_WINDOW
 
 
 @register
@@ -18,22 +19,30 @@ from aml_pipeline.features.base import FeatureStep, register
 class TargetEncoding(FeatureStep):
     """Smoothed laundering rate of high-cardinality ids (``te_<column>``), without leakage.
 
+    A label is not known when the payment happens: it arrives ``label_delay`` later (a
+    suspicious-activity report takes weeks), at ``event_time + label_delay``.
+
     Scoring (validation, test, live): the rate frozen at the end of the training window,
-    ``(positives + smoothing · prior) / (events + smoothing)``; an id never seen in training
-    gets the prior. Training rows: the same formula over the id's training events strictly
-    *before* the row's instant only, with the prior of all training labels strictly before
-    that instant (0 when there are none yet), so no row sees its own label or a later one
-    (the time-respecting rule; labels are assumed known as soon as the event happens).
+    ``(positives + smoothing · prior) / (events + smoothing)``, over the training labels
+    that had arrived by then (``event_time + label_delay <=`` the last training instant);
+    an id never seen there gets the prior. Training rows: the same formula over the id's
+    labels that arrived strictly *before* the row's instant (``event_time < t -
+    label_delay``), with the prior of all training labels arrived by then (0 when none), so
+    no row sees its own label, a later one or one not yet reported. ``label_delay: 0s``
+    assumes labels known as soon as the event happens.
     """
 
     columns: list[str] = field(default_factory=lambda: ["src_account", "dst_account"])
     smoothing: float = 20.0
+    label_delay: str = "30d"
 
     kind = "target_encoding"
 
     def __post_init__(self) -> None:
         if self.smoothing < 0:
             raise ValueError("smoothing must be >= 0")
+        if not _FIXED_WINDOW.fullmatch(str(self.label_delay)):
+            raise ValueError(f"label_delay: {self.label_delay!r} is not a duration such as 0s, 12h, 30d")
 
     def required_columns(self) -> list[str]:
         # The label and event time are needed to fit only; scoring needs the ids alone.
@@ -42,10 +51,15 @@ class TargetEncoding(FeatureStep):
     def output_columns(self) -> dict[str, pl.DataType]:
         return {f"te_{c}": pl.Float64 for c in self.columns}
 
+    def _arrived(self) -> pl.Expr:
+        """When each event's label became known."""
+        return pl.col("event_time").dt.offset_by(self.label_delay)
+
     def fit(self, frame: pl.DataFrame) -> "TargetEncoding":
         if "label" not in frame.columns:
             raise ValueError("target_encoding needs labelled training data (column 'label')")
-        labelled = frame.filter(pl.col("label").is_not_null())
+        # The labels known when the training window closes (at its last event).
+        labelled = frame.filter(pl.col("label").is_not_null() & (self._arrived() <= pl.col("event_time").max()))
         self.prior_ = float(labelled["label"].mean()) if labelled.height else 0.0
         self.tables_ = {}
         for c in self.columns:
@@ -55,37 +69,33 @@ class TargetEncoding(FeatureStep):
             self.tables_[c] = dict(zip(stats[c].to_list(), stats["rate"].to_list()))
         return self
 
+    def _known_before(self, frame: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+        """Per key and instant of ``frame``: labels (``_n``) and positives (``_p``) that
+        arrived strictly before it. Each label is counted at its arrival instant and every
+        row's instant is added with nothing, then running totals of the earlier instants."""
+        arrived = frame.select(*keys, self._arrived().alias("event_time"),
+                               pl.col("label").is_not_null().cast(pl.Int64).alias("_n"),
+                               pl.col("label").cast(pl.Int64).fill_null(0).alias("_p"))
+        asked = frame.select(*keys, "event_time", pl.lit(0, pl.Int64).alias("_n"), pl.lit(0, pl.Int64).alias("_p"))
+        totals = pl.concat([arrived, asked]).group_by(*keys, "event_time").agg(pl.sum("_n"), pl.sum("_p"))
+        before = [(pl.col(x).cum_sum() - pl.col(x)) for x in ("_n", "_p")]
+        if keys:
+            before = [b.over(keys) for b in before]
+        return totals.sort(*keys, "event_time").with_columns(before[0].alias("_n"), before[1].alias("_p"))
+
     def fit_transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         self.fit(frame)
         m = self.smoothing
         # The prior of a training row is the rate of the labels known strictly before its
         # instant (0 when none): the frozen prior_ includes the row's own and later labels.
-        known = pl.col("label").is_not_null()
-        priors = (
-            frame.group_by("event_time")
-            .agg(known.sum().cast(pl.Int64).alias("_n"), pl.col("label").cast(pl.Int64).sum().alias("_p"))
-            .sort("event_time")
-            .with_columns((pl.col("_n").cum_sum() - pl.col("_n")).alias("_n"), (pl.col("_p").cum_sum() - pl.col("_p")).alias("_p"))
-            .select("event_time", pl.when(pl.col("_n") > 0).then(pl.col("_p") / pl.col("_n")).otherwise(0.0).alias("_prior"))
-        )
+        priors = self._known_before(frame, []).select(
+            "event_time", pl.when(pl.col("_n") > 0).then(pl.col("_p") / pl.col("_n")).otherwise(0.0).alias("_prior"))
         out = frame.join(priors, on="event_time", how="left", maintain_order="left")
         prior = pl.col("_prior")
         for c in self.columns:
-            # Per id and instant: labelled events and positives at that instant, then running
-            # totals of the instants strictly before (shift by one instant within the id).
             # Every row's instant is kept, so an unlabelled row still sees its id's history.
-            per_instant = (
-                frame.group_by(c, "event_time")
-                .agg(known.sum().cast(pl.Int64).alias("_n"), pl.col("label").cast(pl.Int64).sum().alias("_p"))
-                .sort(c, "event_time")
-                .with_columns(
-                    (pl.col("_n").cum_sum().over(c) - pl.col("_n")).alias("_n_before"),
-                    (pl.col("_p").cum_sum().over(c) - pl.col("_p")).alias("_p_before"),
-                )
-            )
-            out = out.join(
-                per_instant.select(c, "event_time", "_n_before", "_p_before"), on=[c, "event_time"], how="left", maintain_order="left"
-            )
+            per_instant = self._known_before(frame, [c]).rename({"_n": "_n_before", "_p": "_p_before"})
+            out = out.join(per_instant, on=[c, "event_time"], how="left", maintain_order="left")
             n = pl.col("_n_before").fill_null(0)
             p = pl.col("_p_before").fill_null(0)
             rate = pl.when(n + m > 0).then((p + m * prior) / (n + m)).otherwise(prior)

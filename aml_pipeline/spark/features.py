@@ -485,7 +485,10 @@ def bucketing(step, frame: DataFrame, ctx: Context) -> DataFrame:
 def _fit_target_encoding(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
     if "label" not in train.columns:
         raise ValueError("target_encoding needs labelled training data (column 'label')")
-    labelled = train.where(F.col("label").isNotNull())
+    # The labels known when the training window closes (at its last event): polars' fit.
+    last = train.agg(F.max(T).alias("_last")).first()["_last"]
+    arrived = F.col(T) + F.lit(duration_us(step.label_delay))
+    labelled = train.where(F.col("label").isNotNull() & (arrived <= F.lit(last)))
     row = labelled.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("label").cast("long")).alias("p")).first()
     n, p = int(row["n"]), int(row["p"] or 0)
     prior = p / n if n else 0.0
@@ -501,24 +504,28 @@ def _fit_target_encoding(step, train: DataFrame, ctx: Context) -> dict[str, Any]
 
 
 def _time_respecting(step, frame: DataFrame, ctx: Context, c: str) -> DataFrame:
-    """Training rows' encodings from labels strictly before their instant (polars' fit_transform).
+    """Training rows' encodings from labels arrived strictly before their instant (polars' fit_transform).
 
-    The prior at each instant is the rate of all training labels before it: running totals
-    over instants, computed per day and offset by the totals of the earlier days (so no
-    single-partition window over the whole table).
+    Each label counts at its arrival, ``_t + label_delay``; every row's instant is added with
+    nothing. The prior at each instant is the rate of all training labels arrived before it:
+    running totals over instants, computed per day and offset by the totals of the earlier
+    days (so no single-partition window over the whole table).
     """
     m = float(step.smoothing)
     source = ctx.input if c in ctx.input.columns else frame
     train = source.where(ctx.train)
     known = F.col("label").isNotNull().cast("long")
     label = F.coalesce(F.col("label").cast("long"), F.lit(0).cast("long"))
-    inst = train.groupBy(T).agg(F.sum(known).alias("_n"), F.sum(label).alias("_p")) \
-        .withColumn("_day", F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}"))
+    zero = F.lit(0).cast("long")
+    ids = F.col(f"`{c}`").alias("_id")
+    timeline = train.select(ids, (F.col(T) + F.lit(duration_us(step.label_delay))).alias(T), known.alias("_n"),
+                            label.alias("_p")).unionByName(train.select(ids, F.col(T), zero.alias("_n"), zero.alias("_p")))
+    day = F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}")
+    inst = timeline.groupBy(T).agg(F.sum("_n").alias("_n"), F.sum("_p").alias("_p")).withColumn("_day", day)
     in_day = Window.partitionBy("_day").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
     inst = inst.withColumns({"_n0": F.coalesce(F.sum("_n").over(in_day), F.lit(0)),
                              "_p0": F.coalesce(F.sum("_p").over(in_day), F.lit(0))})
-    days = train.groupBy(F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}").alias("_day")) \
-        .agg(F.sum(known).alias("_dn"), F.sum(label).alias("_dp"))
+    days = timeline.groupBy(day.alias("_day")).agg(F.sum("_n").alias("_dn"), F.sum("_p").alias("_dp"))
     earlier = Window.orderBy("_day").rowsBetween(Window.unboundedPreceding, -1)  # one row per day
     days = days.withColumns({"_dn0": F.coalesce(F.sum("_dn").over(earlier), F.lit(0)),
                              "_dp0": F.coalesce(F.sum("_dp").over(earlier), F.lit(0))}).select("_day", "_dn0", "_dp0")
@@ -528,10 +535,10 @@ def _time_respecting(step, frame: DataFrame, ctx: Context, c: str) -> DataFrame:
                            .otherwise(F.lit(0.0)).alias("_prior"))
 
     by_id = Window.partitionBy("_id").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
-    per_instant = train.groupBy(F.col(f"`{c}`").alias("_id"), F.col(T)).agg(F.sum(known).alias("_n"), F.sum(label).alias("_p"))
+    per_instant = timeline.groupBy("_id", T).agg(F.sum("_n").alias("_n"), F.sum("_p").alias("_p"))
     per_instant = per_instant.select("_id", T, F.coalesce(F.sum("_n").over(by_id), F.lit(0)).alias("_nb"),
                                      F.coalesce(F.sum("_p").over(by_id), F.lit(0)).alias("_pb"))
-    rows = train.select(F.col(f"`{c}`").alias("_id"), F.col(T)).distinct()
+    rows = train.select(ids, F.col(T)).distinct()
     values = rows.join(priors, T, "left").join(per_instant, ["_id", T], "left")
     n = F.coalesce(F.col("_nb"), F.lit(0)).cast("double")
     p = F.coalesce(F.col("_pb"), F.lit(0)).cast("double")
