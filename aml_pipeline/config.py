@@ -83,6 +83,11 @@ class SyntheticSourceConfig(SourceConfig):
     #: Cash/transfer reporting threshold that structuring stays just below (source currency).
     reporting_threshold: float = 10_000.0
     seed: int = 42
+    #: Which world to simulate: simple (learnable: laundering avoids the card and salary
+    #: channels, few legitimate look-alikes) or realistic (every typology has legitimate
+    #: look-alikes, laundering uses the same channels, hours and amounts as normal
+    #: transfers; docs/data.md, "The realistic world").
+    realism: str = "simple"
 
 
 @dataclass

@@ -109,6 +109,9 @@ TYPOLOGIES = (
 
 PERSON, MERCHANT, EMPLOYER = 0, 1, 2
 
+#: The worlds ``source.realism`` chooses between (the realistic one lives in realistic.py).
+REALISMS = ("simple", "realistic")
+
 #: Target volume: transactions per account per day (documented in the module doc).
 TX_PER_ACCOUNT_DAY = 0.55
 MIN_ACCOUNTS = 200
@@ -871,6 +874,7 @@ class SyntheticSource(Source):
         reporting_threshold: float = 10_000.0,
         seed: int = 42,
         jurisdiction: str = "US",
+        realism: str = "simple",
     ):
         self.n_accounts = n_accounts
         self.days = days
@@ -880,6 +884,7 @@ class SyntheticSource(Source):
         self.reporting_threshold = reporting_threshold
         self.seed = seed
         self.jurisdiction = jurisdiction
+        self.realism = realism
 
     def describe(self) -> str:
         """One line with every parameter (for logs and run summaries); never validates."""
@@ -891,7 +896,7 @@ class SyntheticSource(Source):
         return (f"synthetic: {self.n_accounts} accounts x {self.days} days from {self.start}, "
                 f"laundering_rate={self.laundering_rate} over {active} typologies, "
                 f"reporting_threshold={self.reporting_threshold}, seed={self.seed}, "
-                f"jurisdiction={self.jurisdiction}")
+                f"jurisdiction={self.jurisdiction}, realism={self.realism}")
 
     # ---------------------------------------------------------------- validation
     def _start_seconds(self) -> tuple[int, np.datetime64]:
@@ -938,6 +943,8 @@ class SyntheticSource(Source):
         if self.jurisdiction not in COUNTRIES:
             raise ConfigError(f"source.jurisdiction: {self.jurisdiction!r} is not a simulated country; "
                               f"allowed: {', '.join(COUNTRIES)}")
+        if self.realism not in REALISMS:
+            raise ConfigError(f"source.realism: unknown world {self.realism!r}; allowed: {', '.join(REALISMS)}")
         start_s, start_date = self._start_seconds()
         return start_s, start_date, self._mix(), COUNTRIES.index(self.jurisdiction)
 
@@ -948,6 +955,12 @@ class SyntheticSource(Source):
         with status(f"simulating {self.n_accounts} accounts x {self.days} days"):
             rng = np.random.default_rng(int(self.seed))
             world = _build_world(rng, int(self.n_accounts), int(self.days), home, start_date)
+            if self.realism == "realistic":
+                # Imported here: realistic.py builds on this module's helpers, so the
+                # simple world never loads it.
+                from aml_pipeline.sources.realistic import simulate
+                return _frame(simulate(rng, world, float(self.laundering_rate), mix,
+                                       float(self.reporting_threshold)), world, start_s)
             normal = _normal(rng, world)
             bad = _laundering(rng, world, len(normal), float(self.laundering_rate), mix,
                               float(self.reporting_threshold))
