@@ -48,12 +48,13 @@ imitates, with its parameters.
 - large one-off payments: 2.5 % of persons pay a car, a deposit or tuition (5-60 k USD)
   once, half of them after receiving 100-115 % of it from family a few days before.
 
-*Laundering.* Actors and mules are ordinary persons with their full normal activity
-(salary, card, rent, friends), not thin accounts. Every hop is a transfer whose channel,
+*Laundering.* Actors (2 % of persons, plus 10 % of businesses as front companies) and
+mules (3 % of persons) are ordinary accounts with their full normal activity (salary,
+card, rent, friends), not thin accounts, each taking part in a handful of instances. Every hop is a transfer whose channel,
 hour of day and roundness come from the same rules as normal transfers by the same kind
 of sender (``_transfer_channel``, ``_later``, ``_round_like``): p2p, ach and wire for
 transfers, cash deposits for placement. Each forwarding hop passes on 85-99 % of what the
-account received (never 100 %), after minutes to days; amounts carry noise; ~95 % of
+account received (never 100 %), after minutes to days; amounts carry noise; ~90 % of
 instances stay inside one country. Instances start uniformly from ``LEAD_DAYS`` before
 the window to its end, so instances are cut at both edges: only hops inside the window
 appear. The shapes (sizes in docs/data.md) are those of the simple world, made into flows
@@ -113,7 +114,9 @@ KEEP = (0.85, 0.99)
 #: Probability that a person's transfer amount is a round figure (normal and laundering).
 ROUND_PERSON = 0.4
 ROUND_BUSINESS = 0.1
-#: Share of businesses that launder as front companies (actors besides the persons).
+#: Who launders: shares of persons that are actors or mules, of businesses that are fronts.
+ACTOR_SHARE = 0.02
+MULE_SHARE = 0.03
 FRONT_SHARE = 0.1
 
 
@@ -579,8 +582,8 @@ def _pooled(key_in, t_in, usd_in, key_out):
 def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: float):
     """Rows of all instances of one typology.
 
-    Returns (instance, src, dst, local offset s, USD amount, USD floor of a forwarding hop
-    or 0, channel or -1). Offsets count from local midnight of the instance's first day.
+    Returns (instance, src, dst, local offset s, USD amount as paid, channel or -1 for the
+    transfer rule). Offsets count from local midnight of the instance's first day.
     """
     inst, pos = _segments(sh["n_tx"])
     n_inst = len(sh["n_tx"])
@@ -588,15 +591,25 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
     zero = np.zeros(n, dtype=np.int64)
     t = np.zeros(n, dtype=np.int64)
     usd = np.zeros(n)
-    floor = np.zeros(n)
     channel = np.full(n, -1, dtype=np.int8)
     base = rng.lognormal(np.log(3000.0), 0.9, n_inst)
+
+    def settle(idx, basis=None):
+        """Rows ``idx`` paid as people pay: round figures (a forward keeps >= 85 % of
+        ``basis``), cash in whole banknotes. Later hops pass on what was really paid."""
+        fx = w.fx[src[idx]]
+        local = usd[idx] * fx
+        cash = channel[idx] == CASH
+        notes = np.where(rng.random(len(idx)) < 0.8, 10.0, 1.0)
+        floor = None if basis is None else KEEP[0] * basis * fx
+        paid = np.where(cash, np.floor(local / notes) * notes, _round_like(rng, w, src[idx], local, floor))
+        usd[idx] = paid / fx
 
     def forward(idx, basis, after, quick=0.3, more_days=0.3):
         """Rows ``idx`` pass on 85-99 % of ``basis`` after local time ``after``."""
         usd[idx] = basis * rng.uniform(*KEEP, len(idx))
-        floor[idx] = KEEP[0] * basis
         t[idx] = _later(rng, w, src[idx], after, quick, more_days)
+        settle(idx, basis)
 
     def start(idx):
         """Independent first hops: a day of the instance's span, the sender's usual hour."""
@@ -611,6 +624,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         i = np.flatnonzero(into)
         usd[i] = (base / 4)[inst[i]] * rng.uniform(0.7, 1.3, len(i))
         t[i] = start(i)
+        settle(i)
         o = np.flatnonzero(~into)
         total, last = _pooled(inst[i], t[i], usd[i], inst[o])
         forward(o, total * _weights(rng, inst[o], n_inst), last)
@@ -621,6 +635,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         i, o = np.flatnonzero(~out), np.flatnonzero(out)
         usd[i] = base * 2
         t[i] = start(i)
+        settle(i)
         forward(o, usd[o - pos[o]] * _weights(rng, inst[o], n_inst), t[o - pos[o]], more_days=0.5)
     elif typology in ("cycle", "random"):  # money passed on hop by hop
         if typology == "cycle":
@@ -636,6 +651,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         first = np.flatnonzero(pos == 0)
         usd[first] = base
         t[first] = start(first)
+        settle(first)
         for p in range(1, int(sh["n_tx"].max(initial=1))):  # hop by hop
             idx = np.flatnonzero(pos == p)
             forward(idx, usd[idx - 1], t[idx - 1])
@@ -649,6 +665,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         usd[out] = base[inst[out]] * _weights(rng, inst[out], n_inst)
         t0 = _hour_of(rng, w, A(np.arange(n_inst), 0))
         t[out] = _later(rng, w, src[out], t0[inst[out]], quick=0.5, more_days=0.2)
+        settle(out)
         b = np.flatnonzero(back)
         forward(b, usd[b - k[b]], t[b - k[b]])
     elif typology == "gather_scatter":  # many into a hub that splits it again
@@ -659,6 +676,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         i, o = np.flatnonzero(~out), np.flatnonzero(out)
         usd[i] = (base / 2)[inst[i]] * rng.uniform(0.7, 1.3, len(i))
         t[i] = np.floor(rng.random(len(i)) * 2).astype(np.int64) * DAY + _hour_of(rng, w, src[i])
+        settle(i)
         total, last = _pooled(inst[i], t[i], usd[i], inst[o])
         forward(o, total * _weights(rng, inst[o], n_inst), last)
     elif typology == "bipartite":  # a set of senders paying a set of receivers
@@ -666,6 +684,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         src, dst = A(inst, pos // b), M(inst, pos % b)
         usd[:] = (base / 3)[inst] * rng.uniform(0.8, 1.2, n)
         t[:] = start(np.arange(n))
+        settle(np.arange(n))
     elif typology == "stack":  # layer 0 -> layer 1 -> layer 2, each layer passing it on
         w0, w1, w2 = sh["w0"][inst], sh["w1"][inst], sh["w2"][inst]
         second = pos >= w0 * w1
@@ -675,6 +694,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         i, o = np.flatnonzero(~second), np.flatnonzero(second)
         usd[i] = (base / 3)[inst[i]] * rng.uniform(0.8, 1.2, len(i))
         t[i] = start(i)
+        settle(i)
         big = np.int64(1) << 32
         total, last = _pooled(inst[i] * big + dst[i], t[i], usd[i], inst[o] * big + src[o])
         forward(o, total / w2[o] * rng.uniform(0.85, 1.15, len(o)), last)
@@ -691,6 +711,7 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
         channel[d] = CASH
         span = sh["span"][inst[d]]
         t[d] = np.floor(rng.random(len(d)) * span).astype(np.int64) * DAY + _hours(rng, len(d), BRANCH_HOURS)
+        settle(d)
         c = np.flatnonzero(~dep)
         big = np.int64(1) << 32
         total, last = _pooled(inst[d] * big + who[d], t[d], usd[d], inst[c] * big + src[c])
@@ -704,14 +725,32 @@ def _build(rng, w: _World, typology: str, sh, A: _Block, M: _Block, threshold: f
             if p == 0:
                 usd[idx] = base[inst[idx]] * rng.uniform(0.7, 1.3, len(idx))
                 t[idx] = start(idx)
+                settle(idx)
             elif p % 2 == 1:
                 forward(idx, usd[idx - 1], t[idx - 1], quick=0.6, more_days=0.0)
             else:
                 usd[idx] = base[inst[idx]] * rng.uniform(0.7, 1.3, len(idx))
                 t[idx] = _later(rng, w, src[idx], t[idx - 1], quick=0.0, more_days=0.5)
+                settle(idx)
     else:  # pragma: no cover - TYPOLOGIES and this chain are kept in step by the tests
         raise AssertionError(typology)
-    return inst, src, dst, t, usd, floor, channel
+    return inst, src, dst, t, usd, channel
+
+
+def _launderers(rng, w: _World) -> tuple[_Pool, _Pool]:
+    """Who launders: actors (persons and front companies) and mules (persons), disjoint.
+
+    Chosen afresh rather than the simple world's few thin mule accounts, so that a mule
+    takes part in a handful of instances, not dozens, and leads an ordinary life.
+    """
+    shuffled = rng.permutation(w.persons)
+    n_actors = max(50, round(ACTOR_SHARE * len(w.persons)))
+    n_mules = max(60, round(MULE_SHARE * len(w.persons)))
+    biz = _businesses(w)
+    fronts = biz[rng.random(len(biz)) < FRONT_SHARE]
+    actors = np.concatenate((shuffled[:n_actors], fronts))
+    mules = shuffled[n_actors:n_actors + n_mules]
+    return _Pool(rng, actors, w.country), _Pool(rng, mules, w.country)
 
 
 def _laundering(rng, w: _World, n_normal: int, rate: float, mix: dict[str, float], threshold: float) -> _Batch:
@@ -727,10 +766,7 @@ def _laundering(rng, w: _World, n_normal: int, rate: float, mix: dict[str, float
     per_instance = sum(wt / total_w * _mean_size(t) for t, wt in weights.items())
     target_rows = rate * n_normal / (1.0 - rate)
     counts = _allocate(target_rows / per_instance, weights)
-    biz = _businesses(w)
-    fronts = biz[rng.random(len(biz)) < FRONT_SHARE]  # front companies among the actors
-    actors = _Pool(rng, np.concatenate((w.actors, fronts)), w.country)
-    mules = _Pool(rng, w.mules, w.country)
+    actors, mules = _launderers(rng, w)
     batches = []
     for code, typology in enumerate(TYPOLOGIES):  # ten iterations
         if typology not in weights:
@@ -744,10 +780,10 @@ def _laundering(rng, w: _World, n_normal: int, rate: float, mix: dict[str, float
             country = w.country[actors.glob[rng.integers(0, len(actors.glob), n)]]
         short = (actors.seg_count[country] < sh["actors"]) | (mules.seg_count[country] < sh["mules"])
         country = np.where(short, w.home, country)
-        p_local = 1.0 if typology == "structuring" else 0.95
+        p_local = 1.0 if typology == "structuring" else 0.9
         A = actors.block(rng, country, sh["actors"], p_local=p_local)
         M = mules.block(rng, country, sh["mules"], p_local=p_local)
-        inst, src, dst, offset, usd, floor, channel = _build(rng, w, typology, sh, A, M, threshold)
+        inst, src, dst, offset, usd, channel = _build(rng, w, typology, sh, A, M, threshold)
         start = _local_day_start(rng, n, w.days, lead=LEAD_DAYS)
         t = start[inst] + offset - UTC_OFFSET_H[country[inst]] * HOUR
         inside = (t >= 0) & (t < w.days * DAY)
@@ -757,10 +793,7 @@ def _laundering(rng, w: _World, n_normal: int, rate: float, mix: dict[str, float
         keep = inside & (inst < n_take)
         transfer = channel < 0
         channel = np.where(transfer, _transfer_channel(rng, w, src, dst, usd), channel).astype(np.int8)
-        local = usd * w.fx[src]
-        notes = np.where(rng.random(len(local)) < 0.8, 10.0, 1.0)  # cash: whole banknotes
-        amount = np.where(transfer, _round_like(rng, w, src, local, floor * w.fx[src]),
-                          np.floor(local / notes) * notes)
+        amount = usd * w.fx[src]
         batches.append(_Batch(src[keep], dst[keep], t[keep], amount[keep], channel[keep],
                               np.full(int(keep.sum()), code, dtype=np.int8), inst[keep]))
     return _Batch.concat(batches)
