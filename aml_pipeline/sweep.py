@@ -1,10 +1,17 @@
-"""One comparison table for a sweep (``-m``): every job's overrides and test metrics, ranked.
+"""One comparison table for a sweep (``-m``): every job ranked by its validation PR-AUC.
 
-Hydra calls :class:`SweepSummary` when a multirun ends; it reads each job's
-``reports/metrics.json`` and ``.hydra/overrides.yaml`` under the sweep folder and writes
-``sweep_summary.csv`` and ``sweep_summary.md`` there, best PR-AUC first. A job that
-failed (no metrics) is listed last with its status, never silently dropped.
-``task=sweep_summary input=<sweep folder>`` rebuilds the table for an existing folder.
+Hydra calls :class:`SweepSummary` when a multirun ends; it reads each job's validation
+metrics from its bundle (``models/bundle/manifest.json``, written by ``task=train``), its
+test metrics from ``reports/metrics.json`` and its ``.hydra/overrides.yaml`` under the sweep
+folder, and writes ``sweep_summary.csv`` and ``sweep_summary.md`` there, best validation
+PR-AUC first. The test columns are shown, never used to choose: a model picked for its
+test score has seen the test window, and its test numbers are no longer an estimate of
+what it will do next. A job that failed (no metrics) is listed last with its status,
+never silently dropped. ``task=sweep_summary input=<sweep folder>`` rebuilds the table for
+an existing folder.
+
+:func:`job_objective` makes a sweep job's return value its validation PR-AUC, the number
+Hydra's optimising sweepers (``+hparams_search=lightgbm_optuna``) maximise.
 """
 
 from __future__ import annotations
@@ -21,22 +28,39 @@ from omegaconf import DictConfig
 from aml_pipeline.errors import UserError
 from aml_pipeline.progress import out
 
-COLUMNS = ["pr_auc", "roc_auc", "precision", "recall", "f1", "alert_rate", "baseline_pr_auc"]
+RANK_BY = "valid_pr_auc"
+VALID_COLUMNS = ["valid_pr_auc", "valid_roc_auc"]
+TEST_COLUMNS = ["test_pr_auc", "test_roc_auc", "test_precision", "test_recall", "test_f1", "test_alert_rate",
+                "test_baseline_pr_auc"]
+COLUMNS = VALID_COLUMNS + TEST_COLUMNS
+RANKING_NOTE = ("Ranked by validation PR-AUC. The test columns are for reference only and never used to choose: "
+                "choosing on them would make the test window part of model selection and its numbers optimistic.")
+
+
+def validation_metrics(job: Path) -> dict[str, Any]:
+    """A job's validation metrics, as ``task=train`` recorded them in the bundle's manifest."""
+    manifest = job / "models" / "bundle" / "manifest.json"
+    if not manifest.exists():
+        return {}
+    return json.loads(manifest.read_text()).get("metrics") or {}
 
 
 def _row(job: Path) -> dict[str, Any]:
     overrides_file = job / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
     row: dict[str, Any] = {"job": job.name, "overrides": " ".join(o for o in overrides or [] if not o.startswith("task="))}
+    valid = validation_metrics(job)
+    row.update({"valid_pr_auc": valid.get("valid_pr_auc"), "valid_roc_auc": valid.get("valid_roc_auc")})
     metrics_file = job / "reports" / "metrics.json"
     if not metrics_file.exists():
         return {**row, "status": "failed (no metrics)"}
     m = json.loads(metrics_file.read_text())
     op, base = m.get("operating_point") or {}, m.get("baseline") or {}
-    values = {"pr_auc": m.get("pr_auc"), "roc_auc": m.get("roc_auc"), "precision": op.get("precision"),
-              "recall": op.get("recall"), "f1": op.get("f1"), "alert_rate": op.get("alert_rate"),
-              "baseline_pr_auc": base.get("pr_auc")}
-    return {**row, "status": "ok", **values}
+    values = {"test_pr_auc": m.get("pr_auc"), "test_roc_auc": m.get("roc_auc"), "test_precision": op.get("precision"),
+              "test_recall": op.get("recall"), "test_f1": op.get("f1"), "test_alert_rate": op.get("alert_rate"),
+              "test_baseline_pr_auc": base.get("pr_auc")}
+    status = "ok" if row["valid_pr_auc"] is not None else "no validation PR-AUC (not ranked)"
+    return {**row, "status": status, **values}
 
 
 def summarise(sweep_dir: Path) -> pl.DataFrame:
@@ -45,7 +69,10 @@ def summarise(sweep_dir: Path) -> pl.DataFrame:
         raise UserError(f"{sweep_dir} holds no sweep jobs (folders with a .hydra/ inside)")
     schema = {"job": pl.String, "overrides": pl.String, "status": pl.String, **{c: pl.Float64 for c in COLUMNS}}
     table = pl.DataFrame([_row(j) for j in jobs], schema=schema)
-    table = table.sort(["pr_auc"], descending=True, nulls_last=True).with_row_index("rank", offset=1)
+    # Failed jobs and jobs without a validation PR-AUC go last, whatever their test score.
+    table = (table.with_columns((pl.col("status") != "ok").alias("_last"))
+             .sort(["_last", RANK_BY], descending=[False, True], nulls_last=True, maintain_order=True)
+             .drop("_last").with_row_index("rank", offset=1))
     table.write_csv(sweep_dir / "sweep_summary.csv")
     (sweep_dir / "sweep_summary.md").write_text(_markdown(table, sweep_dir))
     return table
@@ -53,12 +80,16 @@ def summarise(sweep_dir: Path) -> pl.DataFrame:
 
 def _markdown(table: pl.DataFrame, sweep_dir: Path) -> str:
     head = ["rank", "overrides", *COLUMNS, "status"]
-    lines = [f"# Sweep summary: {sweep_dir}", "", "Ranked by test PR-AUC.", "",
+    lines = [f"# Sweep summary: {sweep_dir}", "", RANKING_NOTE, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table.iter_rows(named=True):
         cells = [str(r["rank"]), f"`{r['overrides']}`"] + [("" if r[c] is None else f"{r[c]:.4f}") for c in COLUMNS] + [r["status"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 class SweepSummary(Callback):
@@ -69,10 +100,26 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         table = summarise(sweep_dir)
-        out.print(f"sweep summary ({table.height} jobs, best PR-AUC first): {sweep_dir / 'sweep_summary.md'}")
+        out.print(f"sweep summary ({table.height} jobs, best validation PR-AUC first; test shown, not used to choose): "
+                  f"{sweep_dir / 'sweep_summary.md'}")
         for r in table.head(10).iter_rows(named=True):
-            pr = "n/a" if r["pr_auc"] is None else f"{r['pr_auc']:.4f}"
-            out.print(f"  {r['rank']:>2}. PR-AUC {pr}  {r['overrides']}  [{r['status']}]")
+            out.print(f"  {r['rank']:>2}. valid PR-AUC {_fmt(r['valid_pr_auc'])}  (test {_fmt(r['test_pr_auc'])})  "
+                      f"{r['overrides']}  [{r['status']}]")
+
+
+def job_objective(result: object) -> object:
+    """A sweep job's return value: its validation PR-AUC (None when it has none).
+
+    Hydra's sweepers read the task function's return value; an optimising sweeper maximises
+    it, so it must be the validation number, never a test one. Outside a sweep the task's
+    own result is returned unchanged.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return result
+    return validation_metrics(Path(HydraConfig.get().runtime.output_dir)).get(RANK_BY)
 
 
 def summarise_folder(cfg: DictConfig) -> pl.DataFrame:

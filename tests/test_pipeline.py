@@ -107,7 +107,9 @@ def test_sweep_writes_ranked_comparison(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     table = pl.read_csv(tmp_path / "multirun/sweep/sweep_summary.csv")
     assert table.height == 2 and table["status"].to_list() == ["ok", "ok"]
-    assert table["pr_auc"].to_list() == sorted(table["pr_auc"].to_list(), reverse=True)
+    # ranked by validation PR-AUC (the test PR-AUC is shown, never used to choose)
+    assert table["valid_pr_auc"].to_list() == sorted(table["valid_pr_auc"].to_list(), reverse=True)
+    assert table["test_pr_auc"].null_count() == 0
     models = {next(o for o in ov.split() if o.startswith("model=")) for ov in table["overrides"].to_list()}
     assert models == {"model=lightgbm", "model=sklearn_lr"}
-    assert "Ranked by test PR-AUC" in (tmp_path / "multirun/sweep/sweep_summary.md").read_text()
+    assert "Ranked by validation PR-AUC" in (tmp_path / "multirun/sweep/sweep_summary.md").read_text()
