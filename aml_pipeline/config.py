@@ -224,6 +224,25 @@ class ThresholdsConfig:
     report_precisions: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9])
 
 
+# ----------------------------------------------------------------------------- evaluation
+class LearnedBaseline(str, Enum):
+    """Learned baselines every evaluation report compares the configured plan with."""
+
+    raw = "raw"  # LightGBM on the raw canonical columns (amount, time of day, categorical codes)
+    raw_windows = "raw_windows"  # raw + per-account 24h / 7d in/out counts and sums (strictly earlier events)
+
+
+@dataclass
+class EvaluationConfig:
+    """``task=evaluate``: what the test-window report compares the model with (docs/evaluation.md)."""
+
+    #: Learned baselines trained on the same split (an empty list skips them for fast runs).
+    baselines: list[LearnedBaseline] = field(default_factory=lambda: [LearnedBaseline.raw, LearnedBaseline.raw_windows])
+    #: Instance- and account-level figures are also given at the test threshold reaching
+    #: this precision (a bench figure, chosen on test; the operating point is the bundle's).
+    instance_precision: float = 0.5
+
+
 # ----------------------------------------------------------------------------- tracking
 @dataclass
 class MlflowConfig:
@@ -499,6 +518,7 @@ class AppConfig:
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     thresholds: ThresholdsConfig = field(default_factory=ThresholdsConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -540,6 +560,7 @@ def register_configs() -> None:
     cs.store(group="weighting", name="base_weighting", node=WeightingConfig)
     cs.store(group="split", name="base_split", node=SplitConfig)
     cs.store(group="thresholds", name="base_thresholds", node=ThresholdsConfig)
+    cs.store(group="evaluation", name="base_evaluation", node=EvaluationConfig)
     cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
     cs.store(group="engine", name="base_engine", node=EngineConfig)
     for name, node in DEPLOY_SCHEMAS.items():
