@@ -40,7 +40,7 @@ class CashStructuring(FeatureStep):
     reporting_threshold: float = 10_000.0
     band: float = 0.15
     cash_channels: list[str] = field(default_factory=lambda: ["cash_deposit", "cash", "cash_in"])
-    branch_column: str | None = "region"
+    branch_column: str | None = None
     max_rows: int = 200
 
     kind = "structuring"
