@@ -50,17 +50,18 @@ imitates, with its parameters.
 
 *Laundering.* Actors (2 % of persons, plus 10 % of businesses as front companies) and
 mules (3 % of persons) are ordinary accounts with their full normal activity (salary,
-card, rent, friends), not thin accounts, each taking part in a handful of instances. Every hop is a transfer whose channel,
-hour of day and roundness come from the same rules as normal transfers by the same kind
-of sender (``_transfer_channel``, ``_later``, ``_round_like``): p2p, ach and wire for
-transfers, cash deposits for placement. Each forwarding hop passes on 85-99 % of what the
-account received (never 100 %), after minutes to days; amounts carry noise; ~90 % of
-instances stay inside one country. Instances start uniformly from ``LEAD_DAYS`` before
-the window to its end, so instances are cut at both edges: only hops inside the window
-appear. The shapes (sizes in docs/data.md) are those of the simple world, made into flows
-of money: a fan-in collector forwards what it gathered, a fan-out hub splits an inflow,
-cycles, stacks and random walks pass on what they received, structuring deposits are
-consolidated by transfer.
+card, rent, friends), not thin accounts, each taking part in a handful of instances. Every
+hop is a transfer whose channel, hour of day and roundness come from the same rules as
+normal transfers by the same kind of sender (``_transfer_channel``, ``_later``,
+``_round_like``): p2p, ach and wire for transfers, cash deposits for placement. Each
+forwarding hop passes on 85-99 % of what the account received (never 100 %), after minutes
+to days; amounts carry noise; ~90 % of instances stay inside one country (laundering
+crosses borders about as often as normal transfers). Instances start uniformly from
+``LEAD_DAYS`` before the window to its end, so instances are cut at both edges: only hops
+inside the window appear. The shapes (sizes in docs/data.md) are those of the simple
+world, made into flows of money: a fan-in collector forwards what it gathered, a fan-out
+hub splits an inflow, cycles, stacks and random walks pass on what they received,
+structuring deposits are consolidated by transfer.
 
 Everything is vectorised numpy over rows; loops run over generators, typologies, hop
 levels (at most ~20) or rounds only. The random stream continues the simple world's one
@@ -158,7 +159,8 @@ def _later(rng, w: _World, src: np.ndarray, t: np.ndarray, quick: float, more_da
     return np.where(rng.random(n) < quick, soon, nxt)
 
 
-def _round_like(rng, w: _World, src: np.ndarray, amount: np.ndarray, floor: np.ndarray | None = None) -> np.ndarray:
+def _round_like(rng, w: _World, src: np.ndarray, amount: np.ndarray,
+                floor: np.ndarray | None = None) -> np.ndarray:
     """Amounts (sender's currency) made round figures as people and businesses do.
 
     With probability 0.4 for persons and 0.1 for businesses the amount is rounded down to
@@ -196,6 +198,7 @@ def _local_day_start(rng, n: int, days: int, lead: int = 0) -> np.ndarray:
 
 
 def _businesses(w: _World) -> np.ndarray:
+    """Merchants and employers, sorted."""
     return np.sort(np.concatenate((w.merchants, w.employers)))
 
 
@@ -233,7 +236,7 @@ def _chains(rng, w: _World, members: np.ndarray, sizes: np.ndarray,
     """Rows of round trips: member j pays member j+1 (the last pays the first back).
 
     Each hop passes on a ``share`` of the previous one after ``_later``. Returns row
-    arrays (segment, src, dst, local time, usd, previous hop's usd).
+    arrays (src, dst, local time, usd).
     """
     seg, pos = _segments(sizes)
     start = np.cumsum(sizes) - sizes
@@ -242,15 +245,13 @@ def _chains(rng, w: _World, members: np.ndarray, sizes: np.ndarray,
     n = len(seg)
     t = np.zeros(n, dtype=np.int64)
     usd = np.zeros(n)
-    prev = np.zeros(n)
     first = pos == 0
-    t[first], usd[first], prev[first] = t0, usd0, usd0
+    t[first], usd[first] = t0, usd0
     for p in range(1, int(sizes.max(initial=1))):  # hop by hop: at most a few levels
         idx = np.flatnonzero(pos == p)
         t[idx] = _later(rng, w, src[idx], t[idx - 1], quick, more_days)
-        prev[idx] = usd[idx - 1]
         usd[idx] = usd[idx - 1] * rng.uniform(*share, len(idx))
-    return seg, src, dst, t, usd, prev
+    return src, dst, t, usd
 
 
 def _round_trips(rng, w: _World) -> _Batch:
@@ -273,8 +274,8 @@ def _round_trips(rng, w: _World) -> _Batch:
         members = np.where(dup, _others(rng, w, members, pool, p_foreign=0.0), members)
         usd0 = rng.lognormal(np.log(scale), 0.9, n)
         t0 = _local_day_start(rng, n, w.days, lead=3) + _hour_of(rng, w, head)
-        seg, src, dst, t, usd, prev = _chains(rng, w, members, sizes, usd0, t0,
-                                              (0.85, 1.02), quick=0.15, more_days=0.7)
+        src, dst, t, usd = _chains(rng, w, members, sizes, usd0, t0, (0.85, 1.02),
+                                   quick=0.15, more_days=0.7)
         out.append(_transfers(rng, w, src, dst, t, usd))
     return _Batch.concat(out)
 
@@ -757,9 +758,10 @@ def _laundering(rng, w: _World, n_normal: int, rate: float, mix: dict[str, float
     """Labelled instances whose hops inside the window make up ~``rate`` of all rows.
 
     Each typology gets its share of the target rows (``typology_mix`` weighs instances,
-    as in the simple world, times the typology's mean size); more instances than needed are simulated with start days uniform over
-    ``[-LEAD_DAYS, days)``, and instances are taken in order until their rows inside the
-    window reach the share (at least one instance with a row inside).
+    as in the simple world, times the typology's mean size). More instances than needed
+    are simulated, with start days uniform over ``[-LEAD_DAYS, days)``, and taken in order
+    until their rows inside the window reach the share (at least one instance with a row
+    inside).
     """
     weights = {t: mix.get(t, 0.0) for t in TYPOLOGIES if mix.get(t, 0.0) > 0}
     total_w = sum(weights.values())

@@ -70,6 +70,10 @@ Days are counted from ``start``; times are whole seconds in UTC inside
 countries only) driven by one ``np.random.default_rng(seed)``, so the same parameters give
 the same frame, byte for byte; the polars frame is built once at the end. One million rows
 take a second or two.
+
+This is the *simple* world (``realism: simple``, the default): deliberately learnable.
+``realism: realistic`` builds on the same accounts and helpers (realistic.py): every
+typology gets legitimate look-alikes and laundering looks like ordinary transfers.
 """
 
 from __future__ import annotations
