@@ -39,10 +39,22 @@ def test_quickstart_writes_reports_bundle_and_registration(run_dir):
     for png in ("pr_curve.png", "feature_importance.png"):
         assert (run_dir / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Model vs rule baseline" in (run_dir / "reports/summary.md").read_text()
+    # learned baselines (same split, rounds chosen on validation), the lift, instance figures
+    assert set(metrics["baselines"]) == {"rules", "raw", "raw_windows"} and metrics["baselines"]["rules"] == metrics["baseline"]
+    for name in ("raw", "raw_windows"):
+        block = metrics["baselines"][name]
+        assert 0 < block["pr_auc"] <= 1 and block["rounds"] >= 1 and block["valid_pr_auc"] is not None
+        assert metrics["lift"][name] == pytest.approx(metrics["pr_auc"] / block["pr_auc"], rel=1e-4)
+    instances = metrics["instances"]
+    assert instances["available"] and instances["instances"] > 0
+    assert instances["operating_point"]["instance_recall"]["per_typology"]
+    assert instances["at_precision"]["target_precision"] == 0.5
+    assert "lift over raw+windows" in (run_dir / "reports/summary.md").read_text()
     reg = json.loads((run_dir / "models/registered.json").read_text())
     assert reg["version"] == 1 and reg["model_uri"] == "models:/aml-scorer@challenger"
     out = (run_dir / "stdout.txt").read_text()
-    for stage in ("data: counts reconcile", "features", "train", "evaluate (test window)"):
+    for stage in ("data: counts reconcile", "features", "train", "evaluate (test window)", "lift over raw+windows",
+                  "instance recall"):
         assert stage in out
 
 

@@ -8,6 +8,13 @@
   best-F1 fallback for unattainable targets) and apply them to new scores.
 * :mod:`.baseline` — three transparent rules (high amount, velocity, structuring) scored
   on the canonical columns, so every report shows what the model adds over them.
+* :mod:`.learned_baselines` — LightGBM on the raw columns (``raw``) and with per-account
+  24 h / 7 d windows (``raw_windows``), trained on the same split with rounds chosen on
+  validation, so every report states the model's lift over what a team trains first.
+  Imported where used (it pulls in LightGBM and the feature plan).
+* :mod:`.instances` — instance recall per typology (by ``instance_id``), alerts per
+  account and alerts on accounts with no laundering, at the operating point and at the
+  test threshold reaching a target precision.
 * :mod:`.report` — assemble ``metrics.json`` and write the PR curve, feature importance
   and markdown summary into ``reports/``.
 
