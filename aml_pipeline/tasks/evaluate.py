@@ -148,7 +148,7 @@ def _instance_rows(block: dict | None) -> list[tuple[str, str]]:
         rows += [(f"  instances {t}", f"{_share(v)} / {_share((at_ir.get('per_typology') or {}).get(t))}")
                  for t, v in sorted(op_ir["per_typology"].items())]
     else:
-        rows.append(("instance recall", f"n/a ({block.get('note') or 'no instance_id'})"))
+        rows.append(("instance recall", "n/a (the source gives no instance_id)"))
 
     def accounts(point: dict) -> tuple[str, str]:
         a = point.get("accounts")
