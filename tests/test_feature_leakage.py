@@ -36,7 +36,7 @@ CONFIG = {
     "target_encoding": {"columns": ["src_account", "dst_account"], "smoothing": 10.0, "label_delay": "1d"},
     "category_codes": {"columns": ["channel", "currency", "jurisdiction"]},
     "bucketing": {"columns": ["amount"], "n_buckets": 8},
-    "flow": {"windows": ["1h", "24h"], "max_inflows": 3},
+    "flow": {"windows": ["1h", "12h"], "max_inflows": 3, "lookback": "12h"},
     "burst": {"windows": ["1h", "24h"]},
     "novelty": {"lookback": "12h", "new_windows": ["1h", "12h"]},
     "structuring": {"windows": ["24h"], "reporting_threshold": 1000.0, "band": 0.5, "cash_channels": ["cash_deposit", "p2p"],
@@ -115,8 +115,9 @@ def test_features_are_not_trivial(full, fitted):
                 "te_src_account", "code_channel", "bucket_amount"]:  # fmt: skip
         assert full[col].drop_nulls().n_unique() > 1, col
     assert full["cycle3_24h"].sum() >= 20
-    for col in ["src_fwd_share_24h", "src_fwd_matches_24h", "src_fwd_lag_24h", "dst_in_senders_1h", "dst_in_spread_24h",
-                "pair_prior_12h", "src_age_12h", "dst_age_12h", "src_new_payees_12h", "dst_cash_band_count_24h",
+    for col in ["src_fwd_share_12h", "src_fwd_matches_12h", "src_fwd_lag_12h", "src_fwd_new_12h", "dst_in_senders_1h", "dst_in_spread_24h",
+                "pair_prior_12h", "src_age_12h", "dst_age_12h", "src_new_payees_12h", "src_new_payers_12h",
+                "dst_new_payers_12h", "dst_cash_band_count_24h",
                 "dst_cash_band_sum_24h", "dst_cash_band_senders_24h", "dst_cash_band_branches_24h",
                 "src_in_countries_24h", "dst_in_countries_24h", "src_in_risk_24h", "cross_border"]:  # fmt: skip
         assert full[col].drop_nulls().n_unique() > 1, col
@@ -291,13 +292,20 @@ def _movement_reference(rows, r, t, s, d, a, close) -> None:
 
     hour, day, half = timedelta(hours=1), timedelta(hours=24), timedelta(hours=12)
     into = {acc: sorted((e for e in rows if e[3] == acc and e[1] < t), key=lambda e: e[1]) for acc in (s, d)}
-    for wn, w in (("1h", hour), ("24h", day)):
+    def one_off(e, rows):  # no earlier payment of e's pair in the 12 hours before it
+        return not any(p[2] == e[2] and p[3] == e[3] and e[1] - half <= p[1] < e[1] for p in rows)
+
+    for wn, w in (("1h", hour), ("12h", half)):
         inflows = [e for e in into[s] if e[1] >= t - w]
         total = sum(e[4] for e in inflows)
         assert close(r[f"src_fwd_share_{wn}"], a / total if inflows and total > 0 else None)
         hits = [e for e in _latest(inflows, 3) if 0.85 * e[4] <= a <= e[4]]
         assert r[f"src_fwd_matches_{wn}"] == len(hits)
         assert close(r[f"src_fwd_lag_{wn}"], (t - max(e[1] for e in hits)).total_seconds() if hits else None)
+        assert r[f"src_fwd_new_{wn}"] == sum(one_off(e, into[s]) for e in hits)
+        for side, acc in (("src", s), ("dst", d)):
+            assert r[f"{side}_new_payers_{wn}"] == sum(one_off(e, into[acc]) for e in into[acc] if e[1] >= t - w)
+    for wn, w in (("1h", hour), ("24h", day)):
         burst = [e for e in into[d] if e[1] >= t - w]
         assert r[f"dst_in_senders_{wn}"] == len({e[2] for e in burst})
         logs = [math.log1p(e[4]) for e in burst]

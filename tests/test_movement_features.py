@@ -148,5 +148,5 @@ def test_every_step_has_a_per_event_form():
     plan = FeaturePlan.from_config({k: {} for k in ("flow", "burst", "novelty", "structuring", "cross_border")})
     OnlineFeatures(plan)  # no step is left to deploy.engine=polars
     needs = plan_needs(plan)
-    assert set(needs.extra_columns) == {"channel", "region", "src_country", "dst_country"}
+    assert set(needs.extra_columns) == {"channel", "src_country", "dst_country"}  # structuring: no branch_column by default
     assert needs.window_us == 37 * 86_400 * 10**6  # novelty: 30 days of look-back plus its 7-day window

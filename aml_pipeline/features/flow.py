@@ -10,7 +10,10 @@ inflows can. Per payment a -> b of amount A at t and per window w, over a's infl
 - ``src_fwd_matches_{w}``: how many of those inflows this payment could be passing on,
   i.e. ``band[0] * x <= A <= band[1] * x`` for an inflow of amount x;
 - ``src_fwd_lag_{w}``: seconds since the latest such inflow (null when none): minutes or
-  hours for a mule, days for a household paying bills from its salary.
+  hours for a mule, days for a household paying bills from its salary;
+- ``src_fwd_new_{w}``: how many of those matching inflows came from a payer that had not
+  paid the sender in the ``lookback`` before (a one-off inflow passed on, where a person
+  moving their salary on passes on a payment that recurs every month).
 
 Only the latest ``max_inflows`` inflows of the window are matched (a busy merchant's
 thousands of card receipts are not searched for every supplier payment); the cut is made
@@ -24,12 +27,14 @@ account partition.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.novelty import pair_prior
 from aml_pipeline.features.windows import (check_windows, duration_us, fixed_sum, fixed_to_float, last_per_group,
                                            tail_instants, timeline, to_microseconds, window_rows)
 
@@ -37,17 +42,19 @@ from aml_pipeline.features.windows import (check_windows, duration_us, fixed_sum
 @register
 @dataclass
 class FlowMatching(FeatureStep):
-    """Columns ``src_fwd_share_{w}``, ``src_fwd_matches_{w}``, ``src_fwd_lag_{w}`` per window."""
+    """Columns ``src_fwd_share_{w}``, ``src_fwd_matches_{w}``, ``src_fwd_lag_{w}``, ``src_fwd_new_{w}`` per window."""
 
     windows: list[str] = field(default_factory=lambda: ["24h", "7d"])
     band: list[float] = field(default_factory=lambda: [0.85, 1.0])
     max_inflows: int = 50
+    lookback: str = "30d"
 
     kind = "flow"
     uses_history = True
 
     def __post_init__(self) -> None:
         check_windows(self.windows)
+        check_windows([self.lookback], "lookback")
         if len(self.band) != 2 or not 0 < float(self.band[0]) <= float(self.band[1]):
             raise ValueError(f"band: give [low, high] with 0 < low <= high (got {self.band!r})")
         if int(self.max_inflows) < 1:
@@ -59,11 +66,13 @@ class FlowMatching(FeatureStep):
     def output_columns(self) -> dict[str, pl.DataType]:
         cols: dict[str, pl.DataType] = {}
         for w in self.windows:
-            cols |= {f"src_fwd_share_{w}": pl.Float64, f"src_fwd_matches_{w}": pl.Int64, f"src_fwd_lag_{w}": pl.Float64}
+            cols |= {f"src_fwd_share_{w}": pl.Float64, f"src_fwd_matches_{w}": pl.Int64, f"src_fwd_lag_{w}": pl.Float64,
+                     f"src_fwd_new_{w}": pl.Int64}
         return cols
 
     def history_window(self) -> str | None:
-        return max(self.windows, key=duration_us)
+        # the matched inflows' own look-back reaches this far
+        return f"{duration_us(self.lookback) + max(duration_us(w) for w in self.windows)}us"
 
     def ahead(self, tl) -> list:
         return [lambda: [tl.aggregate("in", "src", w, a) for w in self.windows for a in ("count", "sum")]]
@@ -75,10 +84,11 @@ class FlowMatching(FeatureStep):
         q, view = tl.queries("src"), tl.view("in")
         amounts = tl.values()
         # The latest inflows of the longest window: each shorter window is a suffix of them.
-        which, pos = window_rows(tl, "in", "src", self.history_window(), int(self.max_inflows))
+        which, pos = window_rows(tl, "in", "src", max(self.windows, key=duration_us), int(self.max_inflows))
         x, paid = amounts[view.order[pos]], amounts[q.rows][which]
         with np.errstate(invalid="ignore"):
             match = (paid >= low * x) & (paid <= high * x)
+        one_off = pair_prior(tl, self.lookback)[view.order[pos]] == 0
         amount = frame["amount"].cast(pl.Float64).to_numpy()
         cols = []
         for w in self.windows:
@@ -91,7 +101,9 @@ class FlowMatching(FeatureStep):
             with np.errstate(invalid="ignore", divide="ignore"):
                 share = np.where((n > 0) & (total > 0), amount / np.where(total > 0, total, 1.0), np.nan)
             cols += [tl.series(f"src_fwd_share_{w}", share, pl.Float64)]
-            cols += tl.columns("src", {f"src_fwd_matches_{w}": (count, pl.Int64), f"src_fwd_lag_{w}": (lag, pl.Float64)})
+            new = np.bincount(which[hit & one_off], minlength=q.rows.size)
+            cols += tl.columns("src", {f"src_fwd_matches_{w}": (count, pl.Int64), f"src_fwd_lag_{w}": (lag, pl.Float64),
+                                       f"src_fwd_new_{w}": (new, pl.Int64)})
         by_name = {c.name: c for c in cols}
         return frame.hstack([by_name[c] for c in self.output_columns()])
 
@@ -99,7 +111,8 @@ class FlowMatching(FeatureStep):
     def online(self, col: dict[str, int]):
         """The same columns for one event from its sender's received rows (``col``: where
         each column sits in a stored row)."""
-        T, A = col["event_time"], col["amount"]
+        T, S, A = col["event_time"], col["src_account"], col["amount"]
+        lookback = duration_us(self.lookback)
         low, high = (float(b) for b in self.band)
         cap = int(self.max_inflows)
         windows = [(w, duration_us(w)) for w in self.windows]
@@ -107,13 +120,18 @@ class FlowMatching(FeatureStep):
         def compute(ev, h, out: dict) -> None:
             rows = h.received.get(ev.src, ())
             a = ev.amount
+            payers: dict = {}
+            for r in rows:
+                payers.setdefault(r[S], []).append(r[T])
             for w, width in windows:
                 lo = ev.t - width
                 inflows = [r[A] for r in rows if r[T] >= lo and r[A] is not None]
                 total = fixed_to_float(fixed_sum(inflows))
                 out[f"src_fwd_share_{w}"] = a / total if inflows and total > 0 else None
-                hits = [r[T] for r in tail_instants(list(rows), lo, cap, T)
+                hits = [r for r in tail_instants(list(rows), lo, cap, T)
                         if r[A] is not None and low * r[A] <= a <= high * r[A]]
                 out[f"src_fwd_matches_{w}"] = len(hits)
-                out[f"src_fwd_lag_{w}"] = (ev.t - max(hits)) / 1e6 if hits else None
+                out[f"src_fwd_lag_{w}"] = (ev.t - max(r[T] for r in hits)) / 1e6 if hits else None
+                seen = [payers[r[S]] for r in hits]
+                out[f"src_fwd_new_{w}"] = sum(bisect_left(s, r[T]) == bisect_left(s, r[T] - lookback) for r, s in zip(hits, seen))
         return compute

@@ -10,10 +10,14 @@ a -> b at t, looking back ``lookback`` (strictly earlier events only):
 - ``src_age_{L}`` / ``dst_age_{L}``: seconds since the account's earliest event (either
   side) in ``[t - L, t)``, capped by the look-back; null when it has none;
 - ``src_new_payees_{w}``: how many of a's payments in ``[t - w, t)`` went to a receiver a
-  had not paid in the look-back before that payment (new counterparties over w).
+  had not paid in the look-back before that payment (new counterparties over w);
+- ``src_new_payers_{w}`` / ``dst_new_payers_{w}``: how many of the sender's / receiver's
+  inflows in ``[t - w, t)`` came from a payer that had not paid it in the look-back before.
 
-The last needs each of those payments' own look-back, so the step's history reaches
-``lookback`` plus the longest of ``new_windows``.
+Recurrence is what most legitimate look-alikes of a typology share: payroll, rent, bills
+and treasury sweeps repeat the same relationships month after month, while a scheme's
+hops are one-off. The last three need each of those payments' own look-back, so the step's
+history reaches ``lookback`` plus the longest of ``new_windows``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from aml_pipeline.features.windows import SIDES, check_windows, duration_in, dur
 @register
 @dataclass
 class Novelty(FeatureStep):
-    """Columns ``pair_prior_{L}``, ``{src,dst}_age_{L}`` and ``src_new_payees_{w}``."""
+    """Columns ``pair_prior_{L}``, ``{src,dst}_age_{L}``, ``src_new_payees_{w}`` and ``{src,dst}_new_payers_{w}``."""
 
     lookback: str = "30d"
     new_windows: list[str] = field(default_factory=lambda: ["24h", "7d"])
@@ -50,29 +54,18 @@ class Novelty(FeatureStep):
     def output_columns(self) -> dict[str, pl.DataType]:
         L = self.lookback
         cols: dict[str, pl.DataType] = {f"pair_prior_{L}": pl.Int64, f"src_age_{L}": pl.Float64, f"dst_age_{L}": pl.Float64}
-        return cols | {f"src_new_payees_{w}": pl.Int64 for w in self.new_windows}
+        for w in self.new_windows:
+            cols |= {f"src_new_payees_{w}": pl.Int64, f"src_new_payers_{w}": pl.Int64, f"dst_new_payers_{w}": pl.Int64}
+        return cols
 
     def history_window(self) -> str | None:
         return f"{duration_us(self.lookback) + max(duration_us(w) for w in self.new_windows)}us"
 
     # -- batch form ------------------------------------------------------------------------
-    def _prior(self, tl) -> np.ndarray:
-        """Per row of the timeline: earlier payments of the same pair in ``[t - L, t)``."""
-
-        def build() -> np.ndarray:
-            rows, labels, index = _pair_index(tl)
-            group = search(labels, tl.src[rows] * tl.n_accounts + tl.dst[rows])
-            start = index.shifted(index.keys, group, tl.t[rows], -duration_in(self.lookback, tl.unit))
-            prior = np.empty(tl.n, dtype=np.int64)
-            prior[rows] = index.before(index.keys) - index.before(start)
-            return prior
-
-        return tl.memo(("pair_prior", self.lookback), build)
-
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
         tl = timeline(frame)
         L = self.lookback
-        prior = self._prior(tl)
+        prior = pair_prior(tl, L)
         cols = tl.columns("pairs_out", {f"pair_prior_{L}": (prior[tl.scored("pairs_out")], pl.Int64)})
         for side in SIDES:
             q = tl.queries(side)
@@ -85,18 +78,18 @@ class Novelty(FeatureStep):
             found = first != np.iinfo(np.int64).max
             age = np.where(found, to_microseconds(q.t - np.where(found, first, q.t), tl.unit) / 1e6, np.nan)
             cols += tl.columns(side, {f"{side}_age_{L}": (age, pl.Float64)})
-        view = tl.view("out")
-        new = np.concatenate([[0], np.cumsum(prior[view.order] == 0)])
+        new = {flow: np.concatenate([[0], np.cumsum(prior[tl.view(flow).order] == 0)]) for flow in ("out", "in")}
         for w in self.new_windows:
-            lo, hi = tl.window("out", "src", w)
-            cols += tl.columns("src", {f"src_new_payees_{w}": (new[hi] - new[lo], pl.Int64)})
+            for name, flow, side in (("src_new_payees", "out", "src"), ("src_new_payers", "in", "src"), ("dst_new_payers", "in", "dst")):
+                lo, hi = tl.window(flow, side, w)
+                cols += tl.columns(side, {f"{name}_{w}": (new[flow][hi] - new[flow][lo], pl.Int64)})
         by_name = {c.name: c for c in cols}
         return frame.hstack([by_name[c] for c in self.output_columns()])
 
     # -- per-event form ----------------------------------------------------------------------
     def online(self, col: dict[str, int]):
         """The same columns for one event from its accounts' sent and received rows."""
-        T, D = col["event_time"], col["dst_account"]
+        T, S, D = col["event_time"], col["src_account"], col["dst_account"]
         L, lookback = self.lookback, duration_us(self.lookback)
         windows = [(w, duration_us(w)) for w in self.new_windows]
 
@@ -107,15 +100,39 @@ class Novelty(FeatureStep):
             for side, acc in (("src", ev.src), ("dst", ev.dst)):
                 times = [r[T] for table in (h.sent, h.received) for r in table.get(acc, ()) if r[T] >= lo]
                 out[f"{side}_age_{L}"] = (ev.t - min(times)) / 1e6 if times else None
-            by_payee: dict = {}
-            for r in sent:
-                by_payee.setdefault(r[D], []).append(r[T])
-            for w, width in windows:
-                start = ev.t - width
-                new = 0
-                for r in sent:
-                    if r[T] >= start:
-                        times = by_payee[r[D]]
-                        new += bisect_left(times, r[T]) == bisect_left(times, r[T] - lookback)
-                out[f"src_new_payees_{w}"] = new
+            tables = {"src_new_payees": (sent, D), "src_new_payers": (h.received.get(ev.src, ()), S),
+                      "dst_new_payers": (h.received.get(ev.dst, ()), S)}
+            for name, (rows, other) in tables.items():
+                for w, width in windows:
+                    out[f"{name}_{w}"] = new_relationships(rows, other, T, ev.t - width, lookback)
         return compute
+
+
+def new_relationships(rows, other: int, T: int, start: int, lookback: int) -> int:
+    """Of one account's time-ordered rows, those at or after ``start`` whose counterparty
+    (at index ``other``) has no row in the ``lookback`` before them: the per-event form of
+    ``pair_prior == 0`` counted over a window."""
+    times: dict = {}
+    for r in rows:
+        times.setdefault(r[other], []).append(r[T])
+    new = 0
+    for r in rows:
+        if r[T] >= start:
+            seen = times[r[other]]
+            new += bisect_left(seen, r[T]) == bisect_left(seen, r[T] - lookback)
+    return new
+
+
+def pair_prior(tl, lookback: str) -> np.ndarray:
+    """Per row of the timeline: earlier payments of the same (sender, receiver) pair in
+    ``[t - lookback, t)`` (memoised on the timeline: flow matching reads it too)."""
+
+    def build() -> np.ndarray:
+        rows, labels, index = _pair_index(tl)
+        group = search(labels, tl.src[rows] * tl.n_accounts + tl.dst[rows])
+        start = index.shifted(index.keys, group, tl.t[rows], -duration_in(lookback, tl.unit))
+        prior = np.empty(tl.n, dtype=np.int64)
+        prior[rows] = index.before(index.keys) - index.before(start)
+        return prior
+
+    return tl.memo(("pair_prior", lookback), build)
