@@ -45,6 +45,8 @@ imitates, with its parameters.
   week, amounts around 65 % of the reporting threshold (about one in ten at 85-99 %);
 - trade wires and remittances (cross-border): businesses pay foreign suppliers by wire
   (0.06/business/day, 70 % abroad); 6 % of persons wire money home every month;
+- mid-size transfers between persons: a fifth of person-to-person transfers are 700 USD
+  typical instead of 90 (a holiday paid back, a share of rent, a used car);
 - large one-off payments: 2.5 % of persons pay a car, a deposit or tuition (5-60 k USD)
   once, half of them after receiving 100-115 % of it from family a few days before.
 
@@ -498,6 +500,20 @@ def _large_payments(rng, w: _World) -> _Batch:
     return _Batch.concat([gift, pay])
 
 
+def _friends(rng, w: _World, p2p: _Batch) -> _Batch:
+    """The simple world's person-to-person transfers with larger sums among them.
+
+    A fifth of them are 700 USD typical (lognormal, spread 0.9: paying back a holiday,
+    sharing rent, a used car) instead of the simple world's 90 USD, so that mid-size
+    transfers between persons are common; channel and roundness follow the shared rules.
+    """
+    usd = p2p.amount / w.fx[p2p.src]
+    usd = np.where(rng.random(len(usd)) < 0.2, rng.lognormal(np.log(700.0), 0.9, len(usd)), usd)
+    channel = _transfer_channel(rng, w, p2p.src, p2p.dst, usd)
+    amount = _round_like(rng, w, p2p.src, usd * w.fx[p2p.src])
+    return _Batch(p2p.src, p2p.dst, p2p.t, amount, channel)
+
+
 def _normal(rng, w: _World, threshold: float) -> _Batch:
     """All legitimate activity: the simple world's behaviour plus the look-alikes.
 
@@ -509,8 +525,7 @@ def _normal(rng, w: _World, threshold: float) -> _Batch:
     salaries = _salaries(rng, ordinary)
     standing = _standing_orders(rng, ordinary)
     standing.amount = _round_like(rng, w, standing.src, standing.amount)
-    p2p = _p2p(rng, ordinary)
-    p2p.amount = _round_like(rng, w, p2p.src, p2p.amount)
+    p2p = _friends(rng, w, _p2p(rng, ordinary))
     cash = _cash_deposits(rng, ordinary)
     cash = _cash(rng, w, cash.src, cash.t + UTC_OFFSET_H[w.country[cash.src]] * HOUR, cash.amount)
     return _Batch.concat([
