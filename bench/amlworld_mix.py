@@ -158,6 +158,11 @@ def simulate_world(seed: int, n_accounts: int, days: int) -> tuple[pl.DataFrame,
 
 
 # ------------------------------------------------------------------------- pure steps
+def to_usd(rows: pl.DataFrame) -> np.ndarray:
+    """``Amount Paid`` in US dollars at the fixed rates of :data:`UNITS_PER_USD`."""
+    return rows["amount_paid"].to_numpy() / rows["paid_currency"].replace_strict(UNITS_PER_USD).to_numpy()
+
+
 def allocate(counts: dict[str, int], total: int) -> dict[str, int]:
     """Split ``total`` between typologies in proportion to ``counts`` (largest remainder, capped)."""
     names = sorted(counts)
@@ -219,8 +224,7 @@ def laundering_rows(rows: pl.DataFrame, mapping: dict[str, int], t: np.ndarray, 
     """The injected rows in the canonical schema, every account attribute from the world."""
     src = np.array([mapping[k] for k in rows["src_key"].to_list()], dtype=np.int64)
     dst = np.array([mapping[k] for k in rows["dst_key"].to_list()], dtype=np.int64)
-    usd = rows["amount_paid"].to_numpy() / rows["paid_currency"].replace_strict(UNITS_PER_USD).to_numpy()
-    amount = np.maximum(np.round(usd * FX_PER_USD[world.country[src]], 2), 0.01)
+    amount = np.maximum(np.round(to_usd(rows) * FX_PER_USD[world.country[src]], 2), 0.01)
     countries, currencies = np.asarray(COUNTRIES), np.asarray(CURRENCIES)
 
     def acct(a: np.ndarray) -> list[str]:
@@ -283,8 +287,7 @@ def build_mixed(patterns: Path, seed: int, n_accounts: int, days: int, out: Path
         "attempts_per_typology": dict(sorted(per.group_by("typology").len().iter_rows())),
         "rows_per_typology": dict(sorted(rows.group_by("typology").len().iter_rows())),
         "accounts_mapped": len(mapping), "active_persons": int(len(persons)), "accounts_reused": reused,
-        "amount_usd_median": round(float(np.median(rows["amount_paid"].to_numpy()
-                                                   / rows["paid_currency"].replace_strict(UNITS_PER_USD).to_numpy())), 2),
+        "amount_usd_median": round(float(np.median(to_usd(rows))), 2),
         "out": str(out),
     }
     out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=2))

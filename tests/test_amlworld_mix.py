@@ -19,18 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.amlworld_mix import (  # noqa: E402
-    UNITS_PER_USD,
     allocate,
     build_mixed,
     load_attempts,
     parquet_overrides,
     simulate_world,
+    to_usd,
 )
 from aml_pipeline.sources.synthetic import COUNTRIES, FX_PER_USD, PERSON  # noqa: E402
 from aml_pipeline.tasks.data import ingest  # noqa: E402
-from conftest import DATA, compose_config  # noqa: E402
 
-SLICE = DATA / "amlworld" / "HI-Medium_head353_Patterns.txt"
+SLICE = Path(__file__).resolve().parent / "data" / "amlworld" / "HI-Medium_head353_Patterns.txt"
 SEED, ACCOUNTS, DAYS = 3, 400, 21
 
 
@@ -97,8 +96,8 @@ def test_accounts_map_one_to_one_onto_active_persons(mix, injected, world):
 
 def test_amounts_and_attributes_follow_the_sender(injected):
     country = injected["src_country"].replace_strict({c: i for i, c in enumerate(COUNTRIES)}).to_numpy()
-    usd = injected["amount_paid"].to_numpy() / injected["paid_currency"].replace_strict(UNITS_PER_USD).to_numpy()
-    np.testing.assert_allclose(injected["amount"].to_numpy(), usd * FX_PER_USD[country], rtol=1e-6, atol=0.006)
+    expected = to_usd(injected) * FX_PER_USD[country]  # AMLworld currency -> USD -> the sender's currency
+    np.testing.assert_allclose(injected["amount"].to_numpy(), expected, rtol=1e-6, atol=0.006)
     assert (injected["channel"] == "ach").all()  # the slice is all ACH
     assert (injected["jurisdiction"] == injected["src_country"]).all()
     assert injected["region"].str.starts_with(injected["src_country"] + "-").all()
@@ -113,9 +112,9 @@ def test_normal_rows_are_the_worlds_own(mix, world):
     assert_frame_equal(frame.filter(pl.col("label") == 0), world[0])
 
 
-def test_reads_back_through_source_parquet_with_nothing_quarantined(mix):
+def test_reads_back_through_source_parquet_with_nothing_quarantined(mix, compose_cfg):
     _, out, frame, _ = mix
-    ing = ingest(compose_config(parquet_overrides(out)))
+    ing = ingest(compose_cfg(parquet_overrides(out)))
     assert ing.result.rows_quarantined == 0
     assert ing.result.valid.height == frame.height
     assert ing.result.valid["label"].sum() == 249
