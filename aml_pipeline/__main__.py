@@ -3,29 +3,87 @@
 Composes ``conf/`` with Hydra, validates it against the typed schemas, then runs the
 chosen task. User errors print one line and exit 2; bugs keep their traceback. In a sweep
 (``-m``) a job returns its validation PR-AUC, the value Hydra's optimising sweepers maximise.
+
+Before anything is built, every ``_target_`` of the composed config (``hydra.callbacks``
+included, which Hydra instantiates before the job starts) is checked against the registry
+in :mod:`aml_pipeline.build`. The copies of the config Hydra writes (``.hydra/*.yaml``,
+``multirun.yaml``) repeat the command line, so their secrets are masked
+(:mod:`aml_pipeline.secrets`).
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+from aml_pipeline.build import check_targets
 from aml_pipeline.config import register_configs
 from aml_pipeline.errors import UserError
 from aml_pipeline.progress import fail
+from aml_pipeline.secrets import config_container, scrub, secret_values
 from aml_pipeline.sweep import job_objective
 from aml_pipeline.tasks import run_task
 
 register_configs()
 
 
+def _check_before_hydra_callbacks() -> None:
+    """Hydra builds ``hydra.callbacks`` from the composed config before our job runs: check
+    the whole config first, so a copied config cannot run code through them either."""
+    from hydra._internal import callbacks as hydra_callbacks
+
+    original = hydra_callbacks.Callbacks.__init__
+    if getattr(original, "checked_targets", False):
+        return
+
+    @functools.wraps(original)
+    def checked(self, config=None, *args, **kwargs):
+        if config is not None:
+            try:
+                check_targets(config)
+            except UserError as exc:
+                fail(str(exc), exc.exit_code)  # SystemExit passes through Hydra's error report
+        original(self, config, *args, **kwargs)
+
+    checked.checked_targets = True
+    hydra_callbacks.Callbacks.__init__ = checked
+
+
+def _mask_hydra_copies(cfg: DictConfig) -> None:
+    """Mask the run's secrets in the config copies Hydra wrote for this job (and the sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    values = secret_values(config_container(cfg))
+    if not values:
+        return
+    hc = HydraConfig.get()
+    files: list[Path] = []
+    if hc.output_subdir is not None:
+        files += sorted((Path(hc.runtime.output_dir) / hc.output_subdir).glob("*.yaml"))
+    files.append(Path(hc.sweep.dir) / "multirun.yaml")
+    for path in files:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        masked = scrub(text, values)
+        if masked != text:
+            path.write_text(masked)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
     try:
+        _mask_hydra_copies(cfg)
+        check_targets(cfg)  # every _target_, nested ones included, before anything is built
         return job_objective(run_task(cfg))  # in a sweep: the validation PR-AUC
     except UserError as exc:
         fail(str(exc), exc.exit_code)
 
 
 if __name__ == "__main__":
+    _check_before_hydra_callbacks()
     main()
