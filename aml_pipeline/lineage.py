@@ -2,7 +2,9 @@
 
 - config hash: SHA-256 of the resolved config minus the keys that only say *where* or
   *which stage* (paths, task, bundle/input/output), so the same experiment run from another
-  folder or stage by stage hashes the same;
+  folder or stage by stage hashes the same; secret keys (``deploy.api_key``, any ``*password``,
+  ``*secret``, ``*token``, ``*api_key``) are left out and URL passwords masked
+  (:mod:`aml_pipeline.secrets`), so rotating a key or a password keeps the hash;
 - data fingerprint: SHA-256 of the validated data file;
 - code version: the package version and the git commit (with a ``-dirty`` mark).
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 import aml_pipeline
+from aml_pipeline.secrets import without_secrets
 
 RUNTIME_KEYS = ("paths", "task", "bundle", "input", "output", "hydra")
 
@@ -24,7 +27,7 @@ def config_hash(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for key in RUNTIME_KEYS:
         data.pop(key, None)
-    text = OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True)
+    text = OmegaConf.to_yaml(OmegaConf.create(without_secrets(data)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,7 +1,8 @@
 """MLflow tracking and registry: log a run, register the bundle, resolve a bundle reference.
 
 A run logs a bounded set of parameters, the headline metrics, the whole resolved config as
-a file, the reports and the bundle. The bundle is registered as a model version (an MLflow
+a file, the reports and the bundle. Secrets never reach the run: params, tags and the config
+file pass through :mod:`aml_pipeline.secrets` (secret keys and URL passwords masked). The bundle is registered as a model version (an MLflow
 pyfunc wrapper around the bundle folder, so the registry shows a signature and an input
 example) tagged with the bundle hash, and given an alias (``models:/aml-scorer@challenger``).
 
@@ -22,9 +23,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.secrets import redact, redacted_yaml
 
 BUNDLE_ARTIFACT = "bundle"
 HASH_TAG = "bundle_sha256"
@@ -88,10 +90,10 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
 
         exp_id = _experiment_id(mlflow, cfg.mlflow)
         with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name) as run:
-            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_params({k: str(v)[:500] for k, v in redact(dict(params)).items()})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-            mlflow.set_tags({**tags, HASH_TAG: bundle_hash})
-            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            mlflow.set_tags({**redact(dict(tags)), HASH_TAG: bundle_hash})
+            mlflow.log_text(redacted_yaml(cfg), "config.yaml")
             for path in reports.values():
                 mlflow.log_artifact(path, artifact_path="reports")
             signature = None

@@ -139,7 +139,7 @@ class ThreadService:
         self.scorer.log.close()
 
     def health(self) -> tuple[int, dict]:
-        r = httpx.get(self.url + "/health")
+        r = httpx.get(self.url + "/health", headers={"X-API-Key": KEY})  # details need the key
         return r.status_code, r.json()
 
 
@@ -351,8 +351,10 @@ def test_openapi_health_metrics(memory_service):
         assert c.post("/score", json=tx("metrics-1", "2030-06-01T00:00:00Z", "MET-A", "MET-B")).status_code == 200
     with client(memory_service, key=None) as c:
         spec = c.get("/openapi.json").json()
-        health = c.get("/health").json()
+        assert c.get("/health").json() == {"status": "ready"}  # details need the key
         metrics = c.get("/metrics").text
+    with client(memory_service) as c:
+        health = c.get("/health").json()
     tx_schema = spec["components"]["schemas"]["Transaction"]
     assert tx_schema["additionalProperties"] is False
     assert {"event_id", "event_time", "amount", "currency"} <= set(tx_schema["required"])

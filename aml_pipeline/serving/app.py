@@ -4,6 +4,8 @@
   ``deploy.max_batch`` transactions, scored in event-time order (earlier events of the batch
   are history for later ones, exactly as if they had been sent one by one);
 - ``GET /health``: 200 once the bundle is loaded and the store warmed and reachable, else 503;
+  the body is the status alone unless the request carries the API key (then also the model,
+  the engine, the store and the reason, URL passwords masked): a probe learns nothing else;
 - ``GET /metrics``: Prometheus text;
 - ``GET /docs``, ``/openapi.json``: generated from the pydantic models.
 
@@ -22,6 +24,7 @@ import json
 import logging
 import math
 import time
+import traceback
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
@@ -32,6 +35,8 @@ from fastapi.responses import Response
 
 from aml_pipeline.serving.metrics import Metrics
 from pydantic import ValidationError
+
+from aml_pipeline.secrets import redact, redact_url
 
 from aml_pipeline.serving.schemas import BatchResponse, Decision, ErrorBody, Health, batch_model, transaction_model
 from aml_pipeline.serving.scorer import BadRequest, Scorer, ServiceUnavailable
@@ -171,7 +176,7 @@ class Guard:
             return await self.app(scope, receive, send_timed)
         except Exception:
             state.metrics.error("internal")
-            log.exception("request %s failed", path)
+            log.error("request %s failed: %s", path, redact_url(traceback.format_exc()))
             raise
         finally:
             state.metrics.request(endpoint, status[0], time.perf_counter() - t0)
@@ -203,9 +208,13 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
     async def invalid_request(request: Request, exc: RequestValidationError):
         return invalid(list(exc.errors()), prefix=())
 
+    def has_key(request: Request) -> bool:
+        key = request.headers.get("x-api-key")
+        return key is not None and hmac.compare_digest(key.encode(), state.api_key)
+
     def not_ready() -> Response:
         state.metrics.error("unavailable")
-        return _error(503, f"not ready: {state.status}" + (f" ({state.detail})" if state.detail else ""))
+        return _error(503, f"not ready: {state.status}" + (f" ({redact_url(state.detail)})" if state.detail else ""))
 
     def decide(values: dict, include: bool) -> dict:
         result = state.scorer.score(values, include)
@@ -241,7 +250,7 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
             return _error(422, f"invalid request: {exc}", fields=[exc.field])
         except ServiceUnavailable as exc:
             state.metrics.error("unavailable")
-            return _error(503, str(exc))
+            return _error(503, redact_url(str(exc)))
         result["latency_ms"] = (time.perf_counter() - request.scope[T0]) * 1e3
         return _json(result)
 
@@ -267,25 +276,30 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
                           scored=[r["event_id"] for r in results if r is not None])
         except ServiceUnavailable as exc:
             state.metrics.error("unavailable")
-            return _error(503, str(exc), scored=[r["event_id"] for r in results if r is not None])
+            return _error(503, redact_url(str(exc)), scored=[r["event_id"] for r in results if r is not None])
         latency = (time.perf_counter() - request.scope[T0]) * 1e3
         for r in results:
             r["latency_ms"] = latency
         return _json({"results": results, "latency_ms": latency})
 
-    @app.get("/health", response_model=Health, responses={503: {"model": Health}}, summary="Readiness")
-    async def health():
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}}, summary="Readiness",
+             description="Status only; with a valid X-API-Key also the model, the engine, the store and why "
+                         "it is not ready (probes need no key, details are for operators).")
+    async def health(request: Request):
+        details = has_key(request)
         if not state.ready:
-            return _json({"status": state.status, "detail": state.detail}, 503)
+            return _json({"status": state.status, **({"detail": redact_url(state.detail)} if details else {})}, 503)
         scorer = state.scorer
         try:
             scorer.store.ping()
-            store = scorer.store.stats()
+            store = scorer.store.stats() if details else None
         except Exception as exc:  # the store went away: not ready to score
-            return _json({"status": "unavailable", "detail": f"store: {exc}"}, 503)
+            return _json({"status": "unavailable", **({"detail": f"store: {redact_url(str(exc))}"} if details else {})}, 503)
+        if not details:
+            return _json({"status": "ready"})
         return _json({"status": "ready", "model_name": scorer.trace["model_name"],
                       "model_version": scorer.trace["model_version"], "bundle_hash": scorer.trace["bundle_hash"],
-                      "feature_engine": scorer.engine.name, "store": store})
+                      "feature_engine": scorer.engine.name, "store": redact(store)})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}}})

@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.secrets import redact_url
 from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
 from aml_pipeline.store.memory import MemoryStore
 
@@ -219,7 +220,9 @@ class RedisStore(OnlineStore):
             import redis
         except ImportError:  # pragma: no cover - a dependency of the package
             raise UserError("deploy.store.backend=redis needs the redis client: pip install redis") from None
-        self.url = url
+        #: For messages, logs and /health: the URL with its password masked (the real one
+        #: goes to the client only).
+        self.url = redact_url(url)
         self.prefix = prefix
         self.ttl = max(1, int(dedup_ttl_s))
         self._redis_errors = (redis.RedisError, OSError)
@@ -262,7 +265,7 @@ class RedisStore(OnlineStore):
         try:
             self._r.ping()
         except self._redis_errors as exc:
-            raise UserError(f"store: cannot reach Redis at {self.url}: {exc}") from None
+            raise UserError(f"store: cannot reach Redis at {self.url}: {redact_url(str(exc))}") from None
 
     # -- reads ----------------------------------------------------------------------------
     @staticmethod
