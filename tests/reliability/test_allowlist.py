@@ -110,3 +110,12 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, override):
     assert "_target_=" in lines[0] and "allowed" in lines[0]
     assert "PWNED" not in r.stdout + r.stderr
     assert not (tmp_path / "data").exists()  # refused before the task read or wrote anything
+
+
+def test_docs_example_is_what_the_command_prints(compose_cfg):
+    doc = (CONF.parent / "docs" / "reliability.md").read_text()
+    cfg = compose_cfg(["model._target_=aml_pipeline.serving.server.os.system"])
+    with pytest.raises(ConfigError) as exc:
+        check_targets(cfg)
+    shown = next(line for line in doc.splitlines() if line.startswith("error: model._target_="))
+    assert f"error: {exc.value}".startswith(shown.removesuffix(", ..."))
