@@ -7,13 +7,14 @@ chosen task. User errors print one line and exit 2; bugs keep their traceback. I
 Before anything is built, every ``_target_`` of the composed config (``hydra.callbacks``
 included, which Hydra instantiates before the job starts) is checked against the registry
 in :mod:`aml_pipeline.build`. The copies of the config Hydra writes (``.hydra/*.yaml``,
-``multirun.yaml``) repeat the command line, so their secrets are masked
-(:mod:`aml_pipeline.secrets`).
+``multirun.yaml``) and a sweep's log lines repeat the command line, so the run's secret
+values are masked in them (:mod:`aml_pipeline.secrets`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import hydra
@@ -46,10 +47,37 @@ def _check_before_hydra_callbacks() -> None:
                 check_targets(config)
             except UserError as exc:
                 fail(str(exc), exc.exit_code)  # SystemExit passes through Hydra's error report
+            _mask_log_lines(config)  # a sweep's launcher logs each job's overrides
         original(self, config, *args, **kwargs)
 
     checked.checked_targets = True
     hydra_callbacks.Callbacks.__init__ = checked
+
+
+def _mask_log_lines(cfg: DictConfig) -> None:
+    """Mask the run's secret values in every log record from now on (a record factory outlives
+    the logging reconfigurations Hydra does per launcher and per job)."""
+    values = secret_values(config_container(cfg))
+    factory = logging.getLogRecordFactory()
+    known = getattr(factory, "masked_values", None)
+    if not values or (known is not None and values <= known):
+        return
+    base = getattr(factory, "unmasked", factory)
+    values = values | (known or set())
+
+    def masking(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        try:
+            text = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler's own error path
+            return record
+        masked = scrub(text, values)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return record
+
+    masking.masked_values, masking.unmasked = values, base
+    logging.setLogRecordFactory(masking)
 
 
 def _mask_hydra_copies(cfg: DictConfig) -> None:
@@ -78,6 +106,7 @@ def _mask_hydra_copies(cfg: DictConfig) -> None:
 def main(cfg: DictConfig) -> object:
     try:
         _mask_hydra_copies(cfg)
+        _mask_log_lines(cfg)
         check_targets(cfg)  # every _target_, nested ones included, before anything is built
         return job_objective(run_task(cfg))  # in a sweep: the validation PR-AUC
     except UserError as exc:

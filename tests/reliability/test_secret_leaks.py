@@ -201,3 +201,16 @@ def test_no_output_of_a_run_holds_the_key_or_the_password(tmp_path):
             assert secret not in text
         for path in written:
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_a_sweep_logs_and_writes_no_key(tmp_path):
+    """Hydra's launcher logs each job's overrides and copies them into every job folder."""
+    r = run_cli(["-m", "task=data", "seed=1,2", "source.n_accounts=200", "source.days=7",
+                 f"paths.data_dir={tmp_path / 'data'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"deploy.api_key={KEY}"],
+                cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "deploy.api_key=***" in r.stdout + r.stderr and KEY not in r.stdout + r.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "multirun.yaml" for p in written) and any(p.name == "overrides.yaml" for p in written)
+    for path in written:
+        assert KEY.encode() not in path.read_bytes(), path
