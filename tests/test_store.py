@@ -381,7 +381,8 @@ def test_warm_from_parquet_takes_events_strictly_before(tmp_path, synthetic):
 def test_plan_needs_and_refusals(synthetic):
     plan, _, _ = synthetic
     needs = plan_needs(plan)
-    assert needs.window_us == 7 * 86_400_000_000 and needs.expand_us == 7 * 86_400_000_000
+    # flow matching and novelty look 30 days behind their 7-day windows; 2-hop paths only 7 days
+    assert needs.window_us == 37 * 86_400_000_000 and needs.expand_us == 7 * 86_400_000_000
     assert needs.hubs <= frozenset(dict(plan.steps)["graph"].hubs_)
     with pytest.raises(UserError, match="deploy.store.backend"):
         from types import SimpleNamespace

@@ -42,7 +42,7 @@ def headline(metrics: dict) -> dict[str, float]:
     op, base = metrics["operating_point"], metrics.get("baseline") or {}
     out = {"pr_auc": metrics["pr_auc"], "roc_auc": metrics["roc_auc"], "precision": op["precision"],
            "recall": op["recall"], "f1": op["f1"], "alert_rate": op["alert_rate"],
-           "baseline_pr_auc": base.get("pr_auc")}
+           "baseline_pr_auc": base.get("pr_auc"), "valid_pr_auc": metrics.get("valid_pr_auc")}
     baselines, lifts = metrics.get("baselines") or {}, metrics.get("lift") or {}
     for name in ("raw", "raw_windows"):
         out[f"{name}_pr_auc"] = (baselines.get(name) or {}).get("pr_auc")
@@ -102,6 +102,8 @@ def run(cfg: DictConfig) -> dict:
                                 list(cfg.thresholds.report_precisions), baseline_score=base["baseline_score"].to_numpy(),
                                 learned=learned_blocks,
                                 instances=instances(events, test, score, bundle.thresholds, cfg.evaluation.instance_precision))
+    # What a sweep or `dvc exp show` chooses on: the validation window, never the test one.
+    metrics["valid_pr_auc"] = bundle.metrics.get("valid_pr_auc")
     context = {"experiment": cfg.name, "source": cfg.source._target_.rsplit(".", 1)[-1], "model": bundle.model.name,
                "weighting": bundle.lineage.get("weighting"), "config_hash": bundle.lineage.get("config_hash"),
                "test window": f"{bounds['test_start'][:19]} on, {test.height:,} events"}
