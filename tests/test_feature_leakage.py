@@ -301,6 +301,9 @@ def _movement_reference(rows, r, t, s, d, a, close) -> None:
         assert close(r[f"src_fwd_share_{wn}"], a / total if inflows and total > 0 else None)
         paid = sum(e[4] for e in rows if e[2] == s and t - w <= e[1] < t)
         assert close(r[f"src_fwd_drain_{wn}"], (paid + a) / total if total > 0 else None)
+        got = sum(e[4] for e in into[d] if e[1] >= t - w)
+        gave = sum(e[4] for e in rows if e[2] == d and t - w <= e[1] < t)
+        assert close(r[f"dst_drain_{wn}"], gave / got if got > 0 else None)
         hits = [e for e in _latest(inflows, 3) if 0.85 * e[4] <= a <= e[4]]
         assert r[f"src_fwd_matches_{wn}"] == len(hits)
         assert close(r[f"src_fwd_lag_{wn}"], (t - max(e[1] for e in hits)).total_seconds() if hits else None)

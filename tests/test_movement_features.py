@@ -53,6 +53,7 @@ def test_flow_matching_split_and_forward_by_hand():
     assert_column(out, "src_fwd_share_7d", {"f1": 950 / 1060, "f3": 50 / 1260})
     # drained: what M paid out in the window plus this payment, over what it received
     assert_column(out, "src_fwd_drain_24h", {"f1": 950 / 1000, "f2": (950 + 170) / 1200, "f3": (950 + 170 + 50) / 1200})
+    assert_column(out, "dst_drain_24h", {"in1": None, "in2": 0.0, "old": None})  # M had paid nothing out before in2
 
 
 def test_flow_matching_keeps_the_latest_inflows_at_whole_instants():

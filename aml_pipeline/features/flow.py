@@ -17,7 +17,10 @@ inflows can. Per payment a -> b of amount A at t and per window w, over a's infl
 - ``src_fwd_drain_{w}``: (what the sender paid out in the window + this payment) / what it
   received in the window: near 0.85-1 when an account empties itself of a recent inflow
   over several payments (a fan-out hub splitting one large inflow), where no single
-  payment matches it.
+  payment matches it;
+- ``dst_drain_{w}``: the same for the receiver, before this payment (what it paid out over
+  what it received in the window): a receiver that passes money straight on is a mule
+  or a layering account more often than a household is.
 
 Only the latest ``max_inflows`` inflows of the window are matched (a busy merchant's
 thousands of card receipts are not searched for every supplier payment); the cut is made
@@ -46,7 +49,7 @@ from aml_pipeline.features.windows import (check_windows, duration_us, fixed_sum
 @register
 @dataclass
 class FlowMatching(FeatureStep):
-    """Columns ``src_fwd_{share,matches,lag,new,drain}_{w}`` per window."""
+    """Columns ``src_fwd_{share,matches,lag,new,drain}_{w}`` and ``dst_drain_{w}`` per window."""
 
     windows: list[str] = field(default_factory=lambda: ["24h", "7d"])
     band: list[float] = field(default_factory=lambda: [0.85, 1.0])
@@ -71,7 +74,7 @@ class FlowMatching(FeatureStep):
         cols: dict[str, pl.DataType] = {}
         for w in self.windows:
             cols |= {f"src_fwd_share_{w}": pl.Float64, f"src_fwd_matches_{w}": pl.Int64, f"src_fwd_lag_{w}": pl.Float64,
-                     f"src_fwd_new_{w}": pl.Int64, f"src_fwd_drain_{w}": pl.Float64}
+                     f"src_fwd_new_{w}": pl.Int64, f"src_fwd_drain_{w}": pl.Float64, f"dst_drain_{w}": pl.Float64}
         return cols
 
     def history_window(self) -> str | None:
@@ -80,7 +83,8 @@ class FlowMatching(FeatureStep):
 
     def ahead(self, tl) -> list:
         return [lambda: [tl.aggregate("in", "src", w, a) for w in self.windows for a in ("count", "sum")],
-                lambda: [tl.aggregate("out", "src", w, "sum") for w in self.windows]]
+                lambda: [tl.aggregate("out", "src", w, "sum") for w in self.windows],
+                lambda: [tl.aggregate(f, "dst", w, "sum") for w in self.windows for f in ("in", "out")]]
 
     # -- batch form ------------------------------------------------------------------------
     def transform(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -106,7 +110,10 @@ class FlowMatching(FeatureStep):
             with np.errstate(invalid="ignore", divide="ignore"):
                 share = np.where((n > 0) & (total > 0), amount / np.where(total > 0, total, 1.0), np.nan)
                 drain = np.where(total > 0, (tl.aggregate("out", "src", w, "sum") + amount) / np.where(total > 0, total, 1.0), np.nan)
-            cols += [tl.series(f"src_fwd_share_{w}", share, pl.Float64), tl.series(f"src_fwd_drain_{w}", drain, pl.Float64)]
+                got = tl.aggregate("in", "dst", w, "sum")
+                dst_drain = np.where(got > 0, tl.aggregate("out", "dst", w, "sum") / np.where(got > 0, got, 1.0), np.nan)
+            cols += [tl.series(f"src_fwd_share_{w}", share, pl.Float64), tl.series(f"src_fwd_drain_{w}", drain, pl.Float64),
+                     tl.series(f"dst_drain_{w}", dst_drain, pl.Float64)]
             new = np.bincount(which[hit & one_off], minlength=q.rows.size)
             cols += tl.columns("src", {f"src_fwd_matches_{w}": (count, pl.Int64), f"src_fwd_lag_{w}": (lag, pl.Float64),
                                        f"src_fwd_new_{w}": (new, pl.Int64)})
@@ -137,6 +144,9 @@ class FlowMatching(FeatureStep):
                 out[f"src_fwd_share_{w}"] = a / total if inflows and total > 0 else None
                 paid = fixed_to_float(fixed_sum(r[A] for r in sent if r[T] >= lo and r[A] is not None))
                 out[f"src_fwd_drain_{w}"] = (paid + a) / total if total > 0 else None
+                got = fixed_to_float(fixed_sum(r[A] for r in h.received.get(ev.dst, ()) if r[T] >= lo and r[A] is not None))
+                gave = fixed_to_float(fixed_sum(r[A] for r in h.sent.get(ev.dst, ()) if r[T] >= lo and r[A] is not None))
+                out[f"dst_drain_{w}"] = gave / got if got > 0 else None
                 hits = [r for r in tail_instants(list(rows), lo, cap, T)
                         if r[A] is not None and low * r[A] <= a <= high * r[A]]
                 out[f"src_fwd_matches_{w}"] = len(hits)
