@@ -36,8 +36,8 @@ CONFIG = {
     "target_encoding": {"columns": ["src_account", "dst_account"], "smoothing": 10.0, "label_delay": "1d"},
     "category_codes": {"columns": ["channel", "currency", "jurisdiction"]},
     "bucketing": {"columns": ["amount"], "n_buckets": 8},
-    "flow": {"windows": ["1h", "12h"], "max_inflows": 3, "lookback": "12h"},
-    "burst": {"windows": ["1h", "24h"]},
+    "flow": {"windows": ["1h", "12h"], "max_inflows": 3, "lookback": "12h", "habit": "12h"},
+    "burst": {"windows": ["1h", "24h"], "alike_windows": ["24h"], "max_rows": 3},
     "novelty": {"lookback": "12h", "new_windows": ["1h", "12h"]},
     "structuring": {"windows": ["24h"], "reporting_threshold": 1000.0, "band": 0.5, "cash_channels": ["cash_deposit", "p2p"],
                     "branch_column": "region", "max_rows": 2},
@@ -115,7 +115,8 @@ def test_features_are_not_trivial(full, fitted):
                 "te_src_account", "code_channel", "bucket_amount"]:  # fmt: skip
         assert full[col].drop_nulls().n_unique() > 1, col
     assert full["cycle3_24h"].sum() >= 20
-    for col in ["src_fwd_share_12h", "src_fwd_matches_12h", "src_fwd_lag_12h", "src_fwd_new_12h", "dst_in_senders_1h", "dst_in_spread_24h",
+    for col in ["src_fwd_share_12h", "src_fwd_matches_12h", "src_fwd_lag_12h", "src_fwd_new_12h", "src_fwd_habit_12h",
+                "dst_fwd_habit_12h", "dst_in_alike_24h", "src_out_alike_24h", "dst_in_senders_1h", "dst_in_spread_24h",
                 "pair_prior_12h", "src_age_12h", "dst_age_12h", "src_new_payees_12h", "src_new_payers_12h",
                 "dst_new_payers_12h", "dst_cash_band_count_24h",
                 "dst_cash_band_sum_24h", "dst_cash_band_senders_24h", "dst_cash_band_branches_24h",
@@ -310,6 +311,17 @@ def _movement_reference(rows, r, t, s, d, a, close) -> None:
         assert r[f"src_fwd_new_{wn}"] == sum(one_off(e, into[s]) for e in hits)
         for side, acc in (("src", s), ("dst", d)):
             assert r[f"{side}_new_payers_{wn}"] == sum(one_off(e, into[acc]) for e in into[acc] if e[1] >= t - w)
+    def forwarded(acc, p):  # p passes on one of acc's latest 3 inflows of the hour before it
+        before = [e for e in rows if e[3] == acc and p[1] - hour <= e[1] < p[1]]
+        return any(0.85 * e[4] <= p[4] <= e[4] for e in _latest(sorted(before, key=lambda e: e[1]), 3))
+
+    for side, acc in (("src", s), ("dst", d)):
+        mine = [e for e in rows if e[2] == acc and t - half <= e[1] < t]
+        assert r[f"{side}_fwd_habit_12h"] == sum(forwarded(acc, p) for p in mine)
+    recent_in = [e for e in into[d] if e[1] >= t - day]
+    recent_out = sorted((e for e in rows if e[2] == s and t - day <= e[1] < t), key=lambda e: e[1])
+    assert r["dst_in_alike_24h"] == sum(1 for e in _latest(recent_in, 3) if 0.9 * a <= e[4] <= 1.1 * a)
+    assert r["src_out_alike_24h"] == sum(1 for e in _latest(recent_out, 3) if 0.9 * a <= e[4] <= 1.1 * a)
     for wn, w in (("1h", hour), ("24h", day)):
         burst = [e for e in into[d] if e[1] >= t - w]
         assert r[f"dst_in_senders_{wn}"] == len({e[2] for e in burst})

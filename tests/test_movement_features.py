@@ -65,7 +65,32 @@ def test_flow_matching_keeps_the_latest_inflows_at_whole_instants():
     assert_column(out, "src_fwd_share_24h", {"f": 90 / 300})  # the share sums the whole window
 
 
+def test_forwarding_habit_of_both_accounts_by_hand():
+    rows = [
+        ("a1", at("10:00"), "X", "M", 1000.0),
+        ("a2", at("10:30"), "M", "N", 900.0),  # M forwards a1
+        ("b1", at("11:00"), "Y", "M", 500.0),
+        ("b2", at("12:00"), "M", "Z", 100.0),  # not a forward (too small)
+        ("c1", at("13:00"), "M", "N", 440.0),  # forwards b1: M's second forward
+        ("d1", at("14:00"), "Q", "M", 10.0),  # into M, which has forwarded twice
+    ]
+    out = run(rows, {"flow": {"windows": ["24h"], "habit": "30d"}})
+    assert_column(out, "src_fwd_habit_30d", {"a2": 0, "b2": 1, "c1": 1, "d1": 0})
+    assert_column(out, "dst_fwd_habit_30d", {"a1": 0, "b1": 1, "d1": 2, "c1": 0})
+
+
 # ------------------------------------------------------------------------------ burst
+def test_alike_amounts_into_the_receiver_and_out_of_the_sender_by_hand():
+    rows = [("p1", at("10:00"), "P1", "R", 1000.0), ("p2", at("10:10"), "P2", "R", 1050.0),
+            ("p3", at("10:20"), "P3", "R", 500.0), ("p4", at("10:30"), "P4", "R", 950.0),
+            ("s1", at("11:00"), "S", "T1", 300.0), ("s2", at("11:05"), "S", "T2", 310.0), ("s3", at("11:10"), "S", "T3", 330.0)]
+    out = run(rows, {"burst": {"windows": ["1h"], "alike_windows": ["24h"], "alike_band": 0.1}})
+    # 950 ± 10 % is [855, 1045]: 1000 is alike, 1050 is not
+    assert_column(out, "dst_in_alike_24h", {"p1": 0, "p2": 1, "p3": 0, "p4": 1})
+    assert_column(out, "src_out_alike_24h", {"s1": 0, "s2": 1, "s3": 2})  # 330 ± 10 % is [297, 363]
+
+
+# ------------------------------------------------------------------------------ burst (senders, spread)
 def test_burst_distinct_senders_and_spread_by_hand():
     rows = [(f"s{i}", at(f"10:{10 * i:02d}"), f"P{i}", "R", amount) for i, amount in enumerate([99.0, 99.0, 99.0, 499.0])]
     rows.append(("s4", at("10:50"), "P0", "R", 99.0))

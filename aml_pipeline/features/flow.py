@@ -22,6 +22,14 @@ inflows can. Per payment a -> b of amount A at t and per window w, over a's infl
   what it received in the window): a receiver that passes money straight on is a mule
   or a layering account more often than a household is.
 
+And over the ``habit`` window, how often each account has passed money on before: a
+payment is a *forward* when it matches (``band``) one of its sender's inflows of the
+first window before it (the latest ``max_inflows``):
+
+- ``src_fwd_habit_{H}`` / ``dst_fwd_habit_{H}``: the sender's / receiver's forwards in
+  ``[t - H, t)``. A mule forwards again and again; a receiver with that habit is where
+  layered money is heading.
+
 Only the latest ``max_inflows`` inflows of the window are matched (a busy merchant's
 thousands of card receipts are not searched for every supplier payment); the cut is made
 at whole instants, so the kept inflows never depend on arrival order.
@@ -42,8 +50,9 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.novelty import pair_prior
-from aml_pipeline.features.windows import (check_windows, duration_us, fixed_sum, fixed_to_float, last_per_group,
-                                           tail_instants, timeline, to_microseconds, window_rows)
+from aml_pipeline.features.windows import (check_windows, duration_in, duration_us, expand, fixed_sum, fixed_to_float,
+                                           last_instants, last_per_group, run_starts, tail_instants, timeline,
+                                           to_microseconds, window_rows)
 
 
 @register
@@ -55,6 +64,7 @@ class FlowMatching(FeatureStep):
     band: list[float] = field(default_factory=lambda: [0.85, 1.0])
     max_inflows: int = 50
     lookback: str = "30d"
+    habit: str = "30d"
 
     kind = "flow"
     uses_history = True
@@ -62,6 +72,7 @@ class FlowMatching(FeatureStep):
     def __post_init__(self) -> None:
         check_windows(self.windows)
         check_windows([self.lookback], "lookback")
+        check_windows([self.habit], "habit")
         if len(self.band) != 2 or not 0 < float(self.band[0]) <= float(self.band[1]):
             raise ValueError(f"band: give [low, high] with 0 < low <= high (got {self.band!r})")
         if int(self.max_inflows) < 1:
@@ -75,11 +86,35 @@ class FlowMatching(FeatureStep):
         for w in self.windows:
             cols |= {f"src_fwd_share_{w}": pl.Float64, f"src_fwd_matches_{w}": pl.Int64, f"src_fwd_lag_{w}": pl.Float64,
                      f"src_fwd_new_{w}": pl.Int64, f"src_fwd_drain_{w}": pl.Float64, f"dst_drain_{w}": pl.Float64}
-        return cols
+        return cols | {f"src_fwd_habit_{self.habit}": pl.Int64, f"dst_fwd_habit_{self.habit}": pl.Int64}
 
     def history_window(self) -> str | None:
-        # the matched inflows' own look-back reaches this far
-        return f"{duration_us(self.lookback) + max(duration_us(w) for w in self.windows)}us"
+        # the matched inflows' own look-back, and the habit window's forwards' inflows
+        reach = max(duration_us(self.lookback) + max(duration_us(w) for w in self.windows),
+                    duration_us(self.habit) + duration_us(self.windows[0]))
+        return f"{reach}us"
+
+    def _forwards(self, tl) -> np.ndarray:
+        """Per row of view ``out`` (every event seen from its sender): 1 when it matches one of
+        the sender's latest inflows of the first window before it, else 0."""
+
+        def build() -> np.ndarray:
+            low, high = (float(b) for b in self.band)
+            vin, vout = tl.view("in"), tl.view("out")
+            keys = vout.index.keys  # the same key space as the in view's index
+            hi = vin.index.before(keys)
+            lo = vin.index.before(vin.index.shifted(keys, vout.acc, vout.t, -duration_in(self.windows[0], tl.unit)))
+            starts = tl.memo(("run_starts", "in"), lambda: run_starts(vin.index.keys))
+            which, pos = expand(last_instants(starts, lo, hi, int(self.max_inflows)), hi)
+            amounts = tl.values()
+            x, paid = amounts[vin.order[pos]], amounts[vout.order][which]
+            with np.errstate(invalid="ignore"):
+                match = (paid >= low * x) & (paid <= high * x)
+            flag = np.zeros(keys.size, dtype=np.int64)
+            flag[which[match]] = 1
+            return np.concatenate([[0], np.cumsum(flag)])
+
+        return tl.memo(("forwards", tuple(self.band), self.windows[0], int(self.max_inflows)), build)
 
     def ahead(self, tl) -> list:
         return [lambda: [tl.aggregate("in", "src", w, a) for w in self.windows for a in ("count", "sum")],
@@ -117,6 +152,10 @@ class FlowMatching(FeatureStep):
             new = np.bincount(which[hit & one_off], minlength=q.rows.size)
             cols += tl.columns("src", {f"src_fwd_matches_{w}": (count, pl.Int64), f"src_fwd_lag_{w}": (lag, pl.Float64),
                                        f"src_fwd_new_{w}": (new, pl.Int64)})
+        forwards = self._forwards(tl)
+        for side in ("src", "dst"):
+            lo, hi = tl.window("out", side, self.habit)
+            cols += tl.columns(side, {f"{side}_fwd_habit_{self.habit}": (forwards[hi] - forwards[lo], pl.Int64)})
         by_name = {c.name: c for c in cols}
         return frame.hstack([by_name[c] for c in self.output_columns()])
 
@@ -129,8 +168,24 @@ class FlowMatching(FeatureStep):
         low, high = (float(b) for b in self.band)
         cap = int(self.max_inflows)
         windows = [(w, duration_us(w)) for w in self.windows]
+        first, habit = duration_us(self.windows[0]), duration_us(self.habit)
+
+        def forwards(acc: str, h, since: int) -> int:
+            """The account's payments at or after ``since`` that matched one of its inflows."""
+            got = list(h.received.get(acc, ()))
+            times = [r[T] for r in got]
+            n = 0
+            for p in h.sent.get(acc, ()):
+                if p[T] < since or p[A] is None:
+                    continue
+                before = got[:bisect_left(times, p[T])]
+                n += any(r[A] is not None and low * r[A] <= p[A] <= high * r[A]
+                         for r in tail_instants(before, p[T] - first, cap, T))
+            return n
 
         def compute(ev, h, out: dict) -> None:
+            out[f"src_fwd_habit_{self.habit}"] = forwards(ev.src, h, ev.t - habit)
+            out[f"dst_fwd_habit_{self.habit}"] = forwards(ev.dst, h, ev.t - habit)
             rows = h.received.get(ev.src, ())
             sent = h.sent.get(ev.src, ())
             a = ev.amount
