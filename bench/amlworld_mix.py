@@ -220,11 +220,12 @@ def place_in_window(rng: np.random.Generator, rows: pl.DataFrame, days: int) -> 
 
 
 def laundering_rows(rows: pl.DataFrame, mapping: dict[str, int], t: np.ndarray, world,
-                    start_s: int, acct_width: int) -> pl.DataFrame:
-    """The injected rows in the canonical schema, every account attribute from the world."""
+                    start_s: int, acct_width: int, scale: float = 1.0) -> pl.DataFrame:
+    """The injected rows in the canonical schema, every account attribute from the world;
+    USD amounts multiplied by ``scale`` (1: AMLworld's own)."""
     src = np.array([mapping[k] for k in rows["src_key"].to_list()], dtype=np.int64)
     dst = np.array([mapping[k] for k in rows["dst_key"].to_list()], dtype=np.int64)
-    amount = np.maximum(np.round(to_usd(rows) * FX_PER_USD[world.country[src]], 2), 0.01)
+    amount = np.maximum(np.round(to_usd(rows) * scale * FX_PER_USD[world.country[src]], 2), 0.01)
     countries, currencies = np.asarray(COUNTRIES), np.asarray(CURRENCIES)
 
     def acct(a: np.ndarray) -> list[str]:
@@ -253,8 +254,14 @@ def laundering_rows(rows: pl.DataFrame, mapping: dict[str, int], t: np.ndarray, 
 
 # ------------------------------------------------------------------------- the build
 def build_mixed(patterns: Path, seed: int, n_accounts: int, days: int, out: Path,
-                max_attempts: int | None = None) -> dict:
-    """Write the mix to ``out`` (parquet) and ``<stem>.summary.json``; return the summary."""
+                max_attempts: int | None = None, median_usd: float | None = None) -> dict:
+    """Write the mix to ``out`` (parquet) and ``<stem>.summary.json``; return the summary.
+
+    ``median_usd``: multiply every injected amount by one factor so that their median is this
+    many USD (ratios inside and between attempts kept). AMLworld's ~10 k USD hops stand out
+    against the world's transfers by size alone; rescaled to the world's mid-size transfers
+    (~700 USD), only how the money moves can tell them apart.
+    """
     patterns, out = Path(patterns), Path(out)
     normal, world = simulate_world(seed, n_accounts, days)
     rows = load_attempts(patterns)
@@ -270,7 +277,9 @@ def build_mixed(patterns: Path, seed: int, n_accounts: int, days: int, out: Path
     t = place_in_window(rng, rows, days)
     start_s = int(datetime.fromisoformat(WORLD_START.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp())
     acct_width = normal["src_account"].str.len_chars().max() - 1
-    bad = laundering_rows(rows, mapping, t, world, start_s, acct_width)
+    median = float(np.median(to_usd(rows)))
+    scale = 1.0 if median_usd is None or median <= 0 else float(median_usd) / median
+    bad = laundering_rows(rows, mapping, t, world, start_s, acct_width, scale)
 
     mixed = pl.concat([normal, bad]).sort("event_time", maintain_order=True)
     if mixed["event_id"].n_unique() != mixed.height:
@@ -287,7 +296,7 @@ def build_mixed(patterns: Path, seed: int, n_accounts: int, days: int, out: Path
         "attempts_per_typology": dict(sorted(per.group_by("typology").len().iter_rows())),
         "rows_per_typology": dict(sorted(rows.group_by("typology").len().iter_rows())),
         "accounts_mapped": len(mapping), "active_persons": int(len(persons)), "accounts_reused": reused,
-        "amount_usd_median": round(float(np.median(to_usd(rows))), 2),
+        "amount_usd_median": round(median, 2), "amount_scale": round(scale, 6),
         "out": str(out),
     }
     out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=2))
