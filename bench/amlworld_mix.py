@@ -26,7 +26,8 @@ trained and judged on laundering shaped by someone else's generator:
    (or ``max_attempts``), split between typologies in the file's own proportions (largest
    remainder) and drawn at random inside each typology.
 3. *Accounts.* Every distinct AMLworld account (bank + account) becomes one distinct
-   *person* account of the world that has normal activity, drawn at random, so laundering
+   *person* account of the world that has normal activity, drawn at random among the
+   persons of one country per attempt (drawn by the persons' share), so laundering
    hides among ordinary accounts' salaries, card payments and rents, as it does in
    AMLworld. No world account is used twice unless the attempts name more accounts than
    the world has active persons (then the rest are drawn again; ``accounts_reused`` says
@@ -191,14 +192,42 @@ def choose_attempts(rng: np.random.Generator, rows: pl.DataFrame, n_normal: int,
     return sorted(int(a) for a in chosen)
 
 
-def map_accounts(rng: np.random.Generator, rows: pl.DataFrame, candidates: np.ndarray) -> tuple[dict[str, int], int]:
-    """AMLworld account -> world account number, one to one while candidates last; also the number reused."""
-    keys = (rows.sort("attempt", "row").select(pl.concat_list("src_key", "dst_key").alias("k"))
-            .explode("k")["k"].unique(maintain_order=True).to_list())
-    pool = rng.permutation(candidates)
-    reused = max(0, len(keys) - len(pool))
-    target = pool[:len(keys)] if not reused else np.concatenate((pool, rng.choice(pool, size=reused)))
-    return dict(zip(keys, target.tolist())), reused
+def map_accounts(rng: np.random.Generator, rows: pl.DataFrame, candidates: np.ndarray,
+                 country: np.ndarray) -> tuple[dict[str, int], int]:
+    """AMLworld account -> world account number, one to one while candidates last; also the
+    number reused.
+
+    An attempt is domestic: it draws a country (weighted by the active persons there) and
+    its new accounts come from that country's persons, as most of the world's own laundering
+    and normal transfers stay in one country. Random accounts from anywhere would make an
+    attempt cross-border hop after hop, a give-away of the mixing rather than of the money
+    flow. An account already mapped by an earlier attempt keeps its account.
+    """
+    pools = {int(c): list(rng.permutation(candidates[country[candidates] == c]))
+             for c in np.unique(country[candidates])}
+    weights = np.array([len(pools[c]) for c in sorted(pools)], dtype=float)
+    spare = list(rng.permutation(candidates))
+    mapping: dict[str, int] = {}
+    used: set[int] = set()
+    reused = 0
+    for _, attempt in rows.sort("attempt", "row").group_by("attempt", maintain_order=True):
+        home = sorted(pools)[int(rng.choice(len(weights), p=weights / weights.sum()))]
+        keys = attempt.select(pl.concat_list("src_key", "dst_key").alias("k")).explode("k")["k"].unique(maintain_order=True)
+        for key in keys.to_list():
+            if key in mapping:
+                continue
+            pool = pools[home]
+            while pool and pool[-1] in used:
+                pool.pop()
+            while spare and spare[-1] in used:
+                spare.pop()
+            if pool or spare:
+                account = int((pool or spare).pop())
+            else:  # more accounts than active persons: draw again
+                account, reused = int(rng.choice(candidates)), reused + 1
+            used.add(account)
+            mapping[key] = account
+    return mapping, reused
 
 
 def place_in_window(rng: np.random.Generator, rows: pl.DataFrame, days: int) -> np.ndarray:
@@ -273,7 +302,7 @@ def build_mixed(patterns: Path, seed: int, n_accounts: int, days: int, out: Path
     active = np.unique(np.concatenate([normal[c].str.slice(1).cast(pl.Int64).to_numpy()
                                        for c in ("src_account", "dst_account")]))
     persons = active[world.kind[active] == PERSON]
-    mapping, reused = map_accounts(rng, rows, persons)
+    mapping, reused = map_accounts(rng, rows, persons, world.country)
     t = place_in_window(rng, rows, days)
     start_s = int(datetime.fromisoformat(WORLD_START.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp())
     acct_width = normal["src_account"].str.len_chars().max() - 1

@@ -94,6 +94,13 @@ def test_accounts_map_one_to_one_onto_active_persons(mix, injected, world):
     assert set(sides["acct"]) <= active
 
 
+def test_attempts_stay_mostly_in_one_country(injected):
+    # each attempt draws its new accounts from one country; only accounts shared with an
+    # earlier attempt elsewhere can make a hop cross-border
+    domestic = (injected["src_country"] == injected["dst_country"]).mean()
+    assert domestic >= 0.8, domestic
+
+
 def test_amounts_and_attributes_follow_the_sender(injected):
     country = injected["src_country"].replace_strict({c: i for i, c in enumerate(COUNTRIES)}).to_numpy()
     expected = to_usd(injected) * FX_PER_USD[country]  # AMLworld currency -> USD -> the sender's currency
