@@ -87,6 +87,7 @@ from aml_pipeline.sources.synthetic import (
     P2P,
     PERSON,
     RETAIL_HOURS,
+    SIMULATE,
     TYPOLOGIES,
     UTC_OFFSET_H,
     WIRE,
@@ -820,3 +821,6 @@ def simulate(rng, w: _World, rate: float, mix: dict[str, float], threshold: floa
     """Normal traffic with look-alikes and the labelled laundering of the realistic world."""
     normal = _normal(rng, w, threshold)
     return _Batch.concat([normal, _laundering(rng, w, len(normal), rate, mix, threshold)])
+
+
+SIMULATE["realistic"] = simulate

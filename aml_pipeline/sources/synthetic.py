@@ -79,7 +79,7 @@ typology gets legitimate look-alikes and laundering looks like ordinary transfer
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -115,6 +115,11 @@ PERSON, MERCHANT, EMPLOYER = 0, 1, 2
 
 #: The worlds ``source.realism`` chooses between (the realistic one lives in realistic.py).
 REALISMS = ("simple", "realistic")
+#: How each world fills the accounts with events: ``(rng, world, laundering_rate, mix,
+#: reporting_threshold) -> _Batch``. The simple world's is defined below; realistic.py,
+#: which builds on this module's helpers, adds its own (the ``sources`` package imports it),
+#: so this module never imports the one that imports it.
+SIMULATE: dict[str, Callable[..., "_Batch"]] = {}
 
 #: Target volume: transactions per account per day (documented in the module doc).
 TX_PER_ACCOUNT_DAY = 0.55
@@ -798,6 +803,15 @@ def _laundering(rng, w: _World, n_normal: int, rate: float, mix: dict[str, float
     return _Batch.concat(batches)
 
 
+def _simulate_simple(rng, w: _World, rate: float, mix: dict[str, float], threshold: float) -> _Batch:
+    """Normal behaviour, then the labelled laundering of the simple world."""
+    normal = _normal(rng, w)
+    return _Batch.concat([normal, _laundering(rng, w, len(normal), rate, mix, threshold)])
+
+
+SIMULATE["simple"] = _simulate_simple
+
+
 # ------------------------------------------------------------------------- frame
 def _frame(b: _Batch, w: _World, start_s: int) -> pl.DataFrame:
     """The canonical frame: sort by time (generation order breaks ties), format ids once."""
@@ -959,13 +973,6 @@ class SyntheticSource(Source):
         with status(f"simulating {self.n_accounts} accounts x {self.days} days"):
             rng = np.random.default_rng(int(self.seed))
             world = _build_world(rng, int(self.n_accounts), int(self.days), home, start_date)
-            if self.realism == "realistic":
-                # Imported here: realistic.py builds on this module's helpers, so the
-                # simple world never loads it.
-                from aml_pipeline.sources.realistic import simulate
-                return _frame(simulate(rng, world, float(self.laundering_rate), mix,
-                                       float(self.reporting_threshold)), world, start_s)
-            normal = _normal(rng, world)
-            bad = _laundering(rng, world, len(normal), float(self.laundering_rate), mix,
-                              float(self.reporting_threshold))
-            return _frame(_Batch.concat([normal, bad]), world, start_s)
+            events = SIMULATE[self.realism](rng, world, float(self.laundering_rate), mix,
+                                            float(self.reporting_threshold))
+            return _frame(events, world, start_s)
