@@ -142,7 +142,7 @@ class TabularSourceConfig(SourceConfig):
     format: FileFormat = FileFormat.csv
     separator: str = ","
     #: canonical column -> column in the file (event_time, src_account, dst_account and
-    #: amount are required; others optional, see docs/schema.md).
+    #: amount are required; others optional, see docs/data.md).
     columns: Any = None
     #: canonical column -> constant, for columns the file lacks (e.g. currency: EUR).
     constants: Any = None

@@ -126,7 +126,7 @@ class ValidatedTransactions(pa.DataFrameModel):
 
 
 def schema_markdown() -> str:
-    """The field reference table printed in docs/schema.md (kept in sync by a test)."""
+    """The field reference table printed in docs/data.md (kept in sync by a test)."""
     lines = ["| column | type | required | meaning |", "|---|---|---|---|"]
     for f in CANONICAL_FIELDS + EXTRA_FIELDS:
         lines.append(f"| `{f.name}` | {f.dtype} | {'yes' if f.required else 'no'} | {f.doc} |")

@@ -2,7 +2,7 @@
 
 ``columns`` maps canonical names to columns of the file, ``constants`` gives a fixed value
 for a canonical column the file lacks (``currency: EUR``). Keys must be canonical or extra
-column names (docs/schema.md); a key may be mapped or constant, not both.
+column names (docs/data.md); a key may be mapped or constant, not both.
 
 - Required: ``event_time``, ``src_account``, ``dst_account`` and ``amount`` mapped;
   ``currency`` mapped or constant. ``channel`` defaults to ``unknown``; ``event_id`` to
