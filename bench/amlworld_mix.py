@@ -1,6 +1,6 @@
 """AMLworld laundering inside the simulator's normal traffic: a benchmark input from another generator.
 
-Usage: python bench/amlworld_mix.py --patterns ../shared/datasets/amlworld/HI-Medium_Patterns.txt \\
+Usage: python bench/amlworld_mix.py --patterns tests/data/amlworld/HI-Medium_head353_Patterns.txt \\
            --seed 1 --accounts 14000 --days 60 --out bench/out/amlworld_mix/seed1.parquet [--max-attempts N]
 
 Problem

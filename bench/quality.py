@@ -20,12 +20,18 @@ aml_pipeline`` runs them), and the evaluation's own figures are read back from
 ``--amlworld`` adds IBM AMLworld's laundering attempts (the HI- and LI-Medium pattern
 files) injected into the first seed's realistic world in place of its own laundering
 (``bench/amlworld_mix.py``): once with AMLworld's amounts, and once rescaled to a median of
-700 USD, so that size alone does not give them away.
+700 USD, so that size alone does not give them away. ``--amlworld-dir`` is the folder
+holding the pattern files; for each of HI- and LI-Medium the largest ``*_Patterns.txt`` there
+is used. The default is the short slices in ``tests/data/amlworld`` (so the command runs in
+any clone); the figures in docs/benchmarks.md used the whole files
+(``--amlworld-dir <datasets>/amlworld``, with ``HI-Medium_Patterns.txt``).
 
-``--amlsim`` adds the three IBM AMLSim sample outputs (``../shared/datasets/amlsim``, or
-``--amlsim-dir``): a different generator with its own schema, mapped by the ``amlsim``
-source alone. Their labels are per account (the early format), so instance recall is not
-available there.
+``--amlsim`` adds AMLSim outputs, a different generator with its own schema mapped by the
+``amlsim`` source alone: every subfolder of ``--amlsim-dir`` holding a ``transactions.csv``
+(the IBM samples ``ibm_sample_20K_*`` only, when the folder has them). The default is the
+slices in ``tests/data``; the figures used IBM's three 20K samples
+(``--amlsim-dir <datasets>/amlsim``). Their labels are per account (the early format), so
+instance recall is not available there.
 
 Every model is chosen on the validation window (early stopping), never on test. Figures go
 to stdout and ``bench/out/quality.json``.
@@ -54,8 +60,10 @@ OUT = ROOT / "bench" / "out" / "quality"
 #: asked for 500k events holds a little more.
 EVENTS_PER_ACCOUNT_DAY = 0.60
 DAYS = 60
-AMLSIM_SAMPLES = ("ibm_sample_20K_cycle200", "ibm_sample_20K_fanin200", "ibm_sample_20K_fanin200cycle200")
-AMLWORLD_PATTERNS = ("HI-Medium_Patterns.txt", "LI-Medium_Patterns.txt")
+TEST_DATA = ROOT / "tests" / "data"
+#: The IBM samples are preferred where a folder holds them beside other AMLSim outputs.
+AMLSIM_PREFERRED = "ibm_sample_20K_"
+AMLWORLD_FILES = ("HI-Medium", "LI-Medium")
 #: Median hop of the rescaled AMLworld mixes: the realistic world's mid-size transfers.
 RESCALED_MEDIAN_USD = 700.0
 LIFT_TARGET, INSTANCE_TARGET = 1.3, 0.8
@@ -107,15 +115,36 @@ def print_row(name: str, s: dict) -> None:
               ", ".join(f"{t} {r:.2f} ({s['instances'][t]})" for t, r in s["instance_recall"].items()), flush=True)
 
 
+def amlsim_samples(folder: Path) -> list[Path]:
+    """AMLSim output folders under ``folder`` (the IBM samples alone where there are some)."""
+    found = [d for d in sorted(folder.iterdir()) if (d / "transactions.csv").exists()] if folder.is_dir() else []
+    preferred = [d for d in found if d.name.startswith(AMLSIM_PREFERRED)]
+    if not found:
+        print(f"no AMLSim output (a folder with transactions.csv) under {folder}; skipped", flush=True)
+    return preferred or found
+
+
+def amlworld_patterns(folder: Path) -> dict[str, Path]:
+    """For HI- and LI-Medium, the largest ``*_Patterns.txt`` of that name in ``folder``."""
+    found = {}
+    for prefix in AMLWORLD_FILES:
+        files = sorted(folder.glob(f"{prefix}*_Patterns.txt"), key=lambda f: f.stat().st_size) if folder.is_dir() else []
+        if files:
+            found[prefix] = files[-1]
+        else:
+            print(f"no {prefix} *_Patterns.txt under {folder}; skipped", flush=True)
+    return found
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--events", type=int, default=500_000, help="transactions per simulated world (about)")
     ap.add_argument("--plan", default="default", help="features=<plan> for every run")
-    ap.add_argument("--amlsim", action="store_true", help="also the three IBM AMLSim samples")
-    ap.add_argument("--amlsim-dir", default=str(ROOT.parent / "shared" / "datasets" / "amlsim"))
+    ap.add_argument("--amlsim", action="store_true", help="also AMLSim outputs (see --amlsim-dir)")
+    ap.add_argument("--amlsim-dir", type=Path, default=TEST_DATA, help="a folder of AMLSim output folders")
     ap.add_argument("--amlworld", action="store_true", help="also AMLworld's attempts inside the first seed's world")
-    ap.add_argument("--amlworld-dir", default=str(ROOT.parent / "shared" / "datasets" / "amlworld"))
+    ap.add_argument("--amlworld-dir", type=Path, default=TEST_DATA / "amlworld", help="a folder of *_Patterns.txt files")
     args = ap.parse_args()
     accounts = max(200, round(args.events / (EVENTS_PER_ACCOUNT_DAY * DAYS)))
     header = (f"{'run':34s} {'events':>8} {'pos':>6}  {'rules':6}  {'raw':6}  {'raw+win':6}  "
@@ -130,24 +159,16 @@ def main() -> None:
         print(header, flush=True)
         print_row(name, results[name])
     if args.amlsim:
-        for sample in AMLSIM_SAMPLES:
-            path = Path(args.amlsim_dir) / sample
-            if not path.exists():
-                print(f"{sample}: not found under {args.amlsim_dir}; skipped", flush=True)
-                continue
-            name = f"amlsim-{sample}"
+        for path in amlsim_samples(args.amlsim_dir):
+            name = f"amlsim-{path.name}"
             results[name] = summary(run_pipeline(name, ["+experiment=amlsim", f"features={args.plan}", f"source.path={path}"]))
             print(header, flush=True)
             print_row(name, results[name])
     if args.amlworld:
         seed = int(args.seeds.split(",")[0])
-        for patterns in AMLWORLD_PATTERNS:
-            path = Path(args.amlworld_dir) / patterns
-            if not path.exists():
-                print(f"{patterns}: not found under {args.amlworld_dir}; skipped", flush=True)
-                continue
+        for prefix, path in amlworld_patterns(args.amlworld_dir).items():
             for label, median in (("own amounts", None), (f"amounts to a {RESCALED_MEDIAN_USD:.0f} USD median", RESCALED_MEDIAN_USD)):
-                name = f"amlworld-{patterns.split('_')[0]}-{'own' if median is None else 'rescaled'}"
+                name = f"amlworld-{prefix}-{'own' if median is None else 'rescaled'}"
                 mix = build_mixed(path, seed, accounts, DAYS, OUT / f"{name}.parquet", median_usd=median)
                 print(f"{name}: {mix['attempts']} attempts ({label}), {mix['positives']:,} of {mix['rows']:,} rows", flush=True)
                 overrides = [*parquet_overrides(OUT / f"{name}.parquet"), f"features={args.plan}", f"seed={seed}"]
