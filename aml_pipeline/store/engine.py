@@ -39,7 +39,7 @@ import polars as pl
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.plan import FeaturePlan
-from aml_pipeline.features.windows import FIXED_POINT, duration_us
+from aml_pipeline.features.windows import FIXED_POINT, duration_us, fixed_sum, fixed_to_float
 from aml_pipeline.schema import ALL_COLUMNS, UTC_TIME
 from aml_pipeline.store.base import AMOUNT, CORE_COLUMNS, DST, SRC, T, OnlineStore, Row, StoreLayout
 
@@ -149,11 +149,6 @@ def gather(store: OnlineStore, needs: PlanNeeds, event: Event) -> tuple[dict | N
 
 
 # ------------------------------------------------------------------------------ exact arithmetic
-def _fx_float(total: int) -> float:
-    """A fixed-point sum back to float: ``.cast(Float64) / 2**60`` (int -> float rounds to nearest)."""
-    return float(total) / FIXED_POINT
-
-
 def _div(a: float, b: float) -> float:
     """IEEE division (polars gives inf/NaN where Python raises)."""
     try:
@@ -209,7 +204,7 @@ def _amount(step) -> Callable:
         out["whole_amount"] = int(cents % 100 == 0)
         out["near_threshold"] = int(a >= lo and a < threshold)
         n, s, _ = _window_stats(h.sent.get(ev.src, _NO_ROWS), ev.t, [width])[0]
-        out["amount_vs_src_mean"] = _div(a, _fx_float(s) / n) if n else None
+        out["amount_vs_src_mean"] = _div(a, fixed_to_float(s) / n) if n else None
     return compute
 
 
@@ -224,7 +219,7 @@ def _rolling(step) -> Callable:
             for flow in step.flows:
                 rows = (h.sent if flow == "out" else h.received).get(acc, _NO_ROWS)
                 for w, (n, s, mx) in zip(names, _window_stats(rows, ev.t, widths)):
-                    total = _fx_float(s)
+                    total = fixed_to_float(s)
                     for agg in step.aggs:
                         key = f"{side}_{flow}_{agg}_{w}"
                         if agg == "count":
@@ -294,9 +289,9 @@ def _graph(step) -> Callable:
         for side, acc in (("src", ev.src), ("dst", ev.dst)):
             for flow, table, cp in (("in", h.received, SRC), ("out", h.sent, DST)):
                 out[f"{side}_{flow}_degree_{w}"] = len({r[cp] for r in table.get(acc, _NO_ROWS) if r[T] >= lo})
-        sent = sum(round(r[AMOUNT] * FIXED_POINT) for r in h.sent.get(ev.src, _NO_ROWS) if r[T] >= lo)
-        got = _fx_float(sum(round(r[AMOUNT] * FIXED_POINT) for r in h.received.get(ev.src, _NO_ROWS) if r[T] >= lo))
-        out[f"src_pass_through_{w}"] = _div(_fx_float(sent) + ev.amount, got) if got > 0 else None
+        sent = fixed_sum(r[AMOUNT] for r in h.sent.get(ev.src, _NO_ROWS) if r[T] >= lo)
+        got = fixed_to_float(fixed_sum(r[AMOUNT] for r in h.received.get(ev.src, _NO_ROWS) if r[T] >= lo))
+        out[f"src_pass_through_{w}"] = _div(fixed_to_float(sent) + ev.amount, got) if got > 0 else None
         out[f"reciprocal_{w}"] = sum(1 for r in h.received.get(ev.src, _NO_ROWS) if r[T] >= lo and r[SRC] == ev.dst)
         src_paths, cycles = two_hop(h, ev.src, lo, ev.dst)
         dst_paths, _ = two_hop(h, ev.dst, lo, None)
