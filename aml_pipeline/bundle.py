@@ -6,6 +6,8 @@ re-derive from training data:
 - ``model.txt`` / ``model.skops``: the classifier (LightGBM text or skops, never a pickle);
 - ``plan.json``: the fitted feature plan (steps, parameters, JSON state);
 - ``thresholds.json``: the alert threshold per jurisdiction (``*`` for the rest);
+- ``reference.json``: histograms of the validation window's features and scores, what
+  ``task=monitor`` compares later windows with (bundles trained before it have none);
 - ``manifest.json``: feature columns, input schema, validation metrics, lineage (config
   hash, data fingerprint, git commit) and the SHA-256 of every file above.
 
@@ -61,6 +63,8 @@ class ModelBundle:
     #: Set when loaded from the registry: which version this is.
     registry: dict[str, Any] = field(default_factory=dict)
     bundle_hash: str | None = None
+    #: Monitoring reference (aml_pipeline/monitoring/reference.py); None in older bundles.
+    reference: dict[str, Any] | None = None
 
     # -- persistence ------------------------------------------------------------------
     def input_schema(self) -> dict[str, str]:
@@ -76,6 +80,8 @@ class ModelBundle:
         model_meta = self.model.save(d)
         (d / "plan.json").write_text(json.dumps(self.plan.to_dict(), indent=1, sort_keys=True) + "\n")
         (d / "thresholds.json").write_text(json.dumps(self.thresholds, indent=1, sort_keys=True) + "\n")
+        if self.reference is not None:
+            (d / "reference.json").write_text(json.dumps(self.reference, sort_keys=True, allow_nan=False) + "\n")
         files = sorted(p.name for p in d.iterdir())
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -110,8 +116,10 @@ class ModelBundle:
         plan = FeaturePlan.from_dict(json.loads((d / "plan.json").read_text()))
         model = load_classifier(d, manifest["model"])
         thresholds = json.loads((d / "thresholds.json").read_text())
+        reference = json.loads((d / "reference.json").read_text()) if "reference.json" in manifest["files"] else None
         return cls(name=manifest["name"], model=model, plan=plan, thresholds=thresholds, lineage=manifest["lineage"],
-                   metrics=manifest.get("metrics", {}), registry=registry or {}, bundle_hash=bundle_hash)
+                   metrics=manifest.get("metrics", {}), registry=registry or {}, bundle_hash=bundle_hash,
+                   reference=reference)
 
     # -- scoring ----------------------------------------------------------------------
     def feature_columns(self) -> list[str]:

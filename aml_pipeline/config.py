@@ -27,6 +27,7 @@ class Task(str, Enum):
     serve = "serve"  # online scoring service (FastAPI) over the online feature store
     stream = "stream"  # streaming scorer (Spark Structured Streaming) over the online feature store
     replay = "replay"  # publish validated transactions to Kafka or JSON-lines files, in event-time order
+    monitor = "monitor"  # drift of a scored window against the bundle's reference; performance over mature labels
 
 
 class FileFormat(str, Enum):
@@ -68,6 +69,25 @@ class SourceConfig:
 
 
 @dataclass
+class ShiftConfig:
+    """A change of behaviour in the simulated world (what ``task=monitor`` should notice).
+
+    Applied after the whole world is simulated, with its own random stream, so the
+    defaults (no shift) give the same bytes as before and a shifted world keeps the same
+    accounts and the same events, only changed. The typology mix is ``source.typology_mix``.
+    """
+
+    #: Multiply every amount by this (1.0 = no change), e.g. 3.0 for a currency or price shift.
+    amount_scale: float = 1.0
+    #: Channel -> channel: ``channel_share`` of the key channel's events move to the value
+    #: channel (channels: card, salary, ach, p2p, wire, cash_deposit).
+    channels: dict[str, str] = field(default_factory=dict)
+    channel_share: float = 0.5
+    #: The shift applies to events from this day of the window on (0 = all of them).
+    from_day: int = 0
+
+
+@dataclass
 class SyntheticSourceConfig(SourceConfig):
     _target_: str = "aml_pipeline.sources.synthetic.SyntheticSource"
     n_accounts: int = 20_000
@@ -88,6 +108,8 @@ class SyntheticSourceConfig(SourceConfig):
     #: look-alikes, laundering uses the same channels, hours and amounts as normal
     #: transfers; docs/data.md, "The realistic world").
     realism: str = "simple"
+    #: A change of behaviour from a given day on (the defaults change nothing).
+    shift: ShiftConfig = field(default_factory=ShiftConfig)
 
 
 @dataclass
@@ -503,6 +525,52 @@ class ReplayConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# ----------------------------------------------------------------------------- monitoring
+@dataclass
+class DriftLevel:
+    """Two levels of one drift measure: ``warn`` is reported, ``alert`` flags drift."""
+
+    warn: float = 0.1
+    alert: float = 0.25
+
+
+@dataclass
+class MonitorConfig:
+    """``task=monitor``: a scored window against the bundle's reference histograms, and
+    performance over the labels that had time to arrive (``conf/monitor/default.yaml``,
+    docs/monitoring.md)."""
+
+    #: Bins of each numeric histogram: the reference's fine quantile bins merged into this many.
+    bins: int = 10
+    #: Population stability index of each column and of the score.
+    psi: DriftLevel = field(default_factory=lambda: DriftLevel(0.1, 0.25))
+    #: Jensen-Shannon distance (base 2, between 0 and 1) of each column and of the score.
+    js: DriftLevel = field(default_factory=lambda: DriftLevel(0.1, 0.2))
+    #: Rise of a column's share of missing values over the reference's.
+    missing: DriftLevel = field(default_factory=lambda: DriftLevel(0.05, 0.2))
+    #: Share of a numeric column's values outside the reference's [min, max].
+    out_of_range: DriftLevel = field(default_factory=lambda: DriftLevel(0.05, 0.2))
+    #: Share of a categorical column's values the reference never saw.
+    novelty: DriftLevel = field(default_factory=lambda: DriftLevel(0.01, 0.05))
+    #: Columns reported but never judged (e.g. calendar features over a short window).
+    exclude: list[str] = field(default_factory=list)
+    #: The window: scored events at or after start and before end (ISO 8601, UTC); null = all.
+    start: Optional[str] = None
+    end: Optional[str] = None
+    #: Labels (csv or parquet: event_id, label, labelled_at); null = drift only.
+    labels: Optional[str] = None
+    #: How long a label may take to arrive: an event counts for performance only once
+    #: event_time + label_delay <= as_of (a duration: 30d, 12h).
+    label_delay: str = "30d"
+    #: When performance is judged (ISO 8601); null = the end of the window.
+    as_of: Optional[str] = None
+    #: Exit with code 3 when a judged column crosses an alert level (false: only the flag
+    #: in monitor.json).
+    fail_on_drift: bool = True
+    #: Where monitor.json, the plots and monitor.html go.
+    output: str = "${paths.reports_dir}/monitor"
+
+
 # ----------------------------------------------------------------------------- root
 @dataclass
 class AppConfig:
@@ -531,6 +599,8 @@ class AppConfig:
     output: Optional[str] = None
     #: task=replay: what to publish, where and how fast.
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    #: task=monitor: drift and label-delayed performance of a scored window.
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 SOURCE_SCHEMAS = {
@@ -563,5 +633,6 @@ def register_configs() -> None:
     cs.store(group="evaluation", name="base_evaluation", node=EvaluationConfig)
     cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
     cs.store(group="engine", name="base_engine", node=EngineConfig)
+    cs.store(group="monitor", name="base_monitor", node=MonitorConfig)
     for name, node in DEPLOY_SCHEMAS.items():
         cs.store(group="deploy", name=name, node=node)

@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -812,6 +812,23 @@ def _simulate_simple(rng, w: _World, rate: float, mix: dict[str, float], thresho
 SIMULATE["simple"] = _simulate_simple
 
 
+# ------------------------------------------------------------------------- behaviour shift
+def _shift(b: _Batch, amount_scale: float, moves: dict[int, int], share: float, from_s: int, seed: int) -> _Batch:
+    """The same events with changed behaviour from ``from_s`` on (``source.shift``).
+
+    Amounts are scaled and ``share`` of each moved channel's events take the new channel.
+    The draws come from their own stream, so the simulation itself is untouched: a shifted
+    world holds the same accounts and events as the unshifted one, only changed.
+    """
+    after = b.t >= from_s
+    amount = np.where(after, b.amount * amount_scale, b.amount)
+    channel = b.channel.copy()
+    u = np.random.default_rng([seed, 1]).random(len(b))
+    for old, new in moves.items():
+        channel[after & (b.channel == old) & (u < share)] = new
+    return replace(b, amount=amount, channel=channel)
+
+
 # ------------------------------------------------------------------------- frame
 def _frame(b: _Batch, w: _World, start_s: int) -> pl.DataFrame:
     """The canonical frame: sort by time (generation order breaks ties), format ids once."""
@@ -893,6 +910,7 @@ class SyntheticSource(Source):
         seed: int = 42,
         jurisdiction: str = "US",
         realism: str = "simple",
+        shift: Mapping[str, Any] | None = None,
     ):
         self.n_accounts = n_accounts
         self.days = days
@@ -903,6 +921,7 @@ class SyntheticSource(Source):
         self.seed = seed
         self.jurisdiction = jurisdiction
         self.realism = realism
+        self.shift = dict(shift or {})
 
     def describe(self) -> str:
         """One line with every parameter (for logs and run summaries); never validates."""
@@ -914,7 +933,13 @@ class SyntheticSource(Source):
         return (f"synthetic: {self.n_accounts} accounts x {self.days} days from {self.start}, "
                 f"laundering_rate={self.laundering_rate} over {active} typologies, "
                 f"reporting_threshold={self.reporting_threshold}, seed={self.seed}, "
-                f"jurisdiction={self.jurisdiction}, realism={self.realism}")
+                f"jurisdiction={self.jurisdiction}, realism={self.realism}"
+                + (f", shift={self.shift}" if self._shifts() else ""))
+
+    def _shifts(self) -> bool:
+        """Whether ``source.shift`` changes anything (the defaults do not)."""
+        s = self.shift
+        return s.get("amount_scale", 1.0) != 1.0 or bool(s.get("channels"))
 
     # ---------------------------------------------------------------- validation
     def _start_seconds(self) -> tuple[int, np.datetime64]:
@@ -966,13 +991,43 @@ class SyntheticSource(Source):
         start_s, start_date = self._start_seconds()
         return start_s, start_date, self._mix(), COUNTRIES.index(self.jurisdiction)
 
+    def _shift_params(self) -> tuple[float, dict[int, int], float, int] | None:
+        """source.shift checked: (amount scale, channel code moves, share, first day), None if no shift."""
+        s = self.shift
+        unknown = set(s) - {"amount_scale", "channels", "channel_share", "from_day"}
+        if unknown:
+            raise ConfigError(f"source.shift: unknown key {sorted(unknown)[0]!r}; allowed: amount_scale, channels, "
+                              f"channel_share, from_day")
+        scale, share, day = s.get("amount_scale", 1.0), s.get("channel_share", 0.5), s.get("from_day", 0)
+        if not _is_number(scale) or not math.isfinite(float(scale)) or float(scale) <= 0:
+            raise ConfigError(f"source.shift.amount_scale must be a number > 0 (got {scale!r})")
+        if not _is_number(share) or not 0 <= float(share) <= 1:
+            raise ConfigError(f"source.shift.channel_share must be in [0, 1] (got {share!r})")
+        if not _is_int(day) or not 0 <= day < int(self.days):
+            raise ConfigError(f"source.shift.from_day must be an integer in [0, source.days) (got {day!r})")
+        channels = s.get("channels") or {}
+        if not hasattr(channels, "items"):
+            raise ConfigError(f"source.shift.channels must map channel -> channel; allowed: {', '.join(CHANNELS)}")
+        moves = {}
+        for old, new in channels.items():
+            bad = next((v for v in (old, new) if v not in CHANNELS), None)
+            if bad is not None:
+                raise ConfigError(f"source.shift.channels.{old}: unknown channel {bad!r}; allowed: {', '.join(CHANNELS)}")
+            moves[CHANNELS.index(old)] = CHANNELS.index(new)
+        if not self._shifts():
+            return None
+        return float(scale), moves, float(share), int(day) * DAY
+
     # ---------------------------------------------------------------- simulation
     def read(self) -> pl.DataFrame:
         """Simulate the window and return it in the canonical schema, sorted by time."""
         start_s, start_date, mix, home = self._validate()
+        shift = self._shift_params()
         with status(f"simulating {self.n_accounts} accounts x {self.days} days"):
             rng = np.random.default_rng(int(self.seed))
             world = _build_world(rng, int(self.n_accounts), int(self.days), home, start_date)
             events = SIMULATE[self.realism](rng, world, float(self.laundering_rate), mix,
                                             float(self.reporting_threshold))
+            if shift is not None:
+                events = _shift(events, *shift, seed=int(self.seed))
             return _frame(events, world, start_s)

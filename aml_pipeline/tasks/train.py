@@ -18,9 +18,10 @@ from omegaconf import DictConfig
 from aml_pipeline.build import build
 from aml_pipeline.bundle import ModelBundle, feature_matrix
 from aml_pipeline.evaluation.metrics import pr_auc, roc_auc
-from aml_pipeline.evaluation.thresholds import choose_thresholds
+from aml_pipeline.evaluation.thresholds import apply_thresholds, choose_thresholds
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.lineage import lineage
+from aml_pipeline.monitoring.reference import build_reference, categorical_columns
 from aml_pipeline.progress import status, table
 from aml_pipeline.tasks.layout import Layout, need
 
@@ -41,9 +42,12 @@ def train_bundle(cfg: DictConfig, features: pl.DataFrame, plan: FeaturePlan, dat
     thresholds = choose_thresholds(valid_score, y_valid, valid["jurisdiction"].to_numpy(), cfg.thresholds)
     metrics = {"valid_pr_auc": pr_auc(y_valid, valid_score), "valid_roc_auc": roc_auc(y_valid, valid_score),
                "best_iteration": model.best_iteration}
+    # what task=monitor compares later windows with: the validation window's histograms
+    _, valid_alert = apply_thresholds(valid_score, valid["jurisdiction"].to_numpy(), thresholds)
+    reference = build_reference(valid, cols, categorical_columns(plan), valid_score, valid_alert)
     return ModelBundle(name=cfg.mlflow.registered_model, model=model, plan=plan, thresholds=thresholds,
                        lineage={**lineage(cfg, data_file), "model": model.name, "weighting": weighting.name},
-                       metrics=metrics)
+                       metrics=metrics, reference=reference)
 
 
 def run(cfg: DictConfig) -> dict:
