@@ -28,6 +28,8 @@ class Task(str, Enum):
     stream = "stream"  # streaming scorer (Spark Structured Streaming) over the online feature store
     replay = "replay"  # publish validated transactions to Kafka or JSON-lines files, in event-time order
     monitor = "monitor"  # drift of a scored window against the bundle's reference; performance over mature labels
+    promote = "promote"  # gate the challenger against the champion on a later labelled window, then move the alias
+    export = "export"  # write the bundle's LightGBM model as ONNX, lleaves or treelite, parity-checked
 
 
 class FileFormat(str, Enum):
@@ -58,6 +60,10 @@ class ValidationConfig:
     currencies: list[str] = MISSING
     #: Require a 0/1 label on every row when the source has labels (training data).
     require_label: bool = True
+    #: How far past the trusted clock (the wall clock when the records are read, in batch,
+    #: streams and the API alike) an event time may be; later ones are quarantined, dead-
+    #: lettered or answered 422 as event_time_in_future (docs/reliability.md says why).
+    max_future_skew: str = "1h"
 
 
 # ----------------------------------------------------------------------------- sources
@@ -304,6 +310,12 @@ class OnlineEngine(str, Enum):
     polars = "polars"  # FeaturePlan.transform(event, history) per request (the offline code; slow)
 
 
+class ModelRuntime(str, Enum):
+    native = "native"  # the bundle's own model (LightGBM Booster)
+    onnx = "onnx"  # the bundle's ONNX export on ONNX Runtime (task=export export.format=onnx)
+    lleaves = "lleaves"  # the bundle's LLVM-compiled export (task=export export.format=lleaves)
+
+
 @dataclass
 class StoreConfig:
     """The online feature store: each account's recent events, shared by online scorers."""
@@ -344,6 +356,9 @@ class DeployConfig:
     replay: Optional[str] = None
     log_level: str = "warning"
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: What computes the model's score: native (the bundle's LightGBM) or an export made
+    #: by task=export (onnx | lleaves), loaded only if its hash matches the manifest.
+    model_runtime: ModelRuntime = ModelRuntime.native
 
 
 # ----------------------------------------------------------------------------- deploy: streaming
@@ -525,6 +540,56 @@ class ReplayConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# ----------------------------------------------------------------------------- lifecycle
+class JurisdictionGate(str, Enum):
+    regression = "regression"  # blocked where the champion met the precision target and the challenger does not
+    strict = "strict"  # blocked wherever the challenger misses a precision target
+    off = "off"  # not checked
+
+
+@dataclass
+class PromoteConfig:
+    """``task=promote``: the gate a challenger passes before it becomes the champion
+    (``conf/promote/default.yaml``, docs/lifecycle.md)."""
+
+    #: Registered-model aliases: the candidate and the version in production.
+    challenger: str = "challenger"
+    champion: str = "champion"
+    #: The challenger's PR-AUC on the window may be at most this much below the champion's.
+    pr_auc_epsilon: float = 0.01
+    #: The challenger's alert count may differ from the champion's by at most this share
+    #: (0.25 = within ±25 %).
+    alert_volume_tolerance: float = 0.25
+    #: Jurisdictions with a precision target: regression (blocked where the champion met the
+    #: target on the window and the challenger does not), strict (blocked wherever the
+    #: challenger misses it) or off.
+    jurisdiction_precision: JurisdictionGate = JurisdictionGate.regression
+    #: Precision may fall this far below a target before it counts as missed.
+    precision_slack: float = 0.0
+    #: A jurisdiction with fewer alerts than this (by either model) is reported, not judged.
+    min_alerts: int = 10
+    #: First instant of the judged window (ISO 8601); null = the later of both bundles'
+    #: test windows. Events before it are history only.
+    window_start: Optional[str] = None
+    #: Check the gate and write the record, but never move the alias.
+    dry_run: bool = False
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"  # ONNX TreeEnsemble (onnxmltools), run by ONNX Runtime
+    lleaves = "lleaves"  # the trees compiled to native code with LLVM (lleaves)
+    treelite = "treelite"  # the trees compiled to a C shared library (treelite + tl2cgen)
+
+
+@dataclass
+class ExportConfig:
+    """``task=export``: a portable copy of the bundle's LightGBM model (docs/lifecycle.md)."""
+
+    format: ExportFormat = ExportFormat.onnx
+    #: Largest |export score - native score| allowed on the bundle's validation window.
+    tolerance: float = 1e-6
+
+
 # ----------------------------------------------------------------------------- monitoring
 @dataclass
 class DriftLevel:
@@ -601,6 +666,9 @@ class AppConfig:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     #: task=monitor: drift and label-delayed performance of a scored window.
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    #: task=promote: the gate (conf/promote/); task=export: the format.
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 SOURCE_SCHEMAS = {
@@ -634,5 +702,6 @@ def register_configs() -> None:
     cs.store(group="mlflow", name="base_mlflow", node=MlflowConfig)
     cs.store(group="engine", name="base_engine", node=EngineConfig)
     cs.store(group="monitor", name="base_monitor", node=MonitorConfig)
+    cs.store(group="promote", name="base_promote", node=PromoteConfig)
     for name, node in DEPLOY_SCHEMAS.items():
         cs.store(group="deploy", name=name, node=node)

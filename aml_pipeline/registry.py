@@ -68,8 +68,14 @@ def _experiment_id(mlflow, cfg: DictConfig) -> str:
 
 
 def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, reports: dict[str, str], params: dict[str, Any],
-                     metrics: dict[str, float], tags: dict[str, str], input_example=None) -> dict[str, Any]:
-    """Log one MLflow run with the bundle and reports; register a version with an alias."""
+                     metrics: dict[str, float], tags: dict[str, str], input_example=None, alias: str | None = "",
+                     parent_run_id: str | None = None) -> dict[str, Any]:
+    """Log one MLflow run with the bundle and reports; register a version with an alias.
+
+    ``alias`` defaults to ``mlflow.alias``; ``None`` registers the version without moving
+    any alias (a sweep's jobs: the sweep moves it to its best job by validation PR-AUC).
+    ``parent_run_id`` nests the run under a parent (one per sweep)."""
+    alias = cfg.mlflow.alias if alias == "" else alias
     with _quiet():
         mlflow = _client(cfg.mlflow)
         from mlflow.models import infer_signature
@@ -89,7 +95,8 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
                 return self.bundle.predict_features(pl.from_pandas(model_input))
 
         exp_id = _experiment_id(mlflow, cfg.mlflow)
-        with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name) as run:
+        nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id else {}
+        with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name, **nested) as run:
             mlflow.log_params({k: str(v)[:500] for k, v in redact(dict(params)).items()})
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
             mlflow.set_tags({**redact(dict(tags)), HASH_TAG: bundle_hash})
@@ -111,9 +118,73 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
         client = mlflow.MlflowClient()
         name = cfg.mlflow.registered_model
         mv = mlflow.register_model(info.model_uri, name, tags={HASH_TAG: bundle_hash})
-        client.set_registered_model_alias(name, cfg.mlflow.alias, mv.version)
-    return {"run_id": run_id, "name": name, "version": int(mv.version), "alias": cfg.mlflow.alias,
-            "model_uri": f"models:/{name}@{cfg.mlflow.alias}", "experiment_id": exp_id, "bundle_sha256": bundle_hash}
+        if alias:
+            client.set_registered_model_alias(name, alias, mv.version)
+    uri = f"models:/{name}@{alias}" if alias else f"models:/{name}/{mv.version}"
+    return {"run_id": run_id, "name": name, "version": int(mv.version), "alias": alias,
+            "model_uri": uri, "experiment_id": exp_id, "bundle_sha256": bundle_hash}
+
+
+def alias_version(cfg: DictConfig, alias: str) -> dict[str, Any] | None:
+    """The registered version an alias points at (name, version, run id, tags), or None."""
+    with _quiet():
+        mlflow = _client(cfg.mlflow)
+        client = mlflow.MlflowClient()
+        name = cfg.mlflow.registered_model
+        try:
+            mv = client.get_model_version_by_alias(name, alias)
+        except Exception:  # no such model or alias: MLflow raises its own RestException
+            return None
+    return {"name": mv.name, "version": int(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags or {})}
+
+
+def set_alias(cfg: DictConfig, alias: str, version: int, tags: dict[str, str] | None = None) -> None:
+    """Point ``alias`` at ``version`` of the registered model (and tag that version)."""
+    with _quiet():
+        mlflow = _client(cfg.mlflow)
+        client = mlflow.MlflowClient()
+        name = cfg.mlflow.registered_model
+        client.set_registered_model_alias(name, alias, str(version))
+        for k, v in (tags or {}).items():
+            client.set_model_version_tag(name, str(version), k, str(v))
+
+
+def log_record(cfg: DictConfig, run_name: str, record: dict[str, Any], metrics: dict[str, float], tags: dict[str, str],
+               artifact: str) -> str:
+    """Log a record (e.g. a promotion) as its own MLflow run: tags, metrics, the JSON; its run id."""
+    with _quiet():
+        mlflow = _client(cfg.mlflow)
+        exp_id = _experiment_id(mlflow, cfg.mlflow)
+        with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+            mlflow.set_tags(redact({k: str(v) for k, v in tags.items()}))
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+            mlflow.log_dict(record, artifact)
+            return run.info.run_id
+
+
+def start_parent_run(cfg: DictConfig, run_name: str, tags: dict[str, str]) -> str:
+    """Open a run that others nest under (a sweep's parent); it stays open until :func:`end_parent_run`."""
+    with _quiet():
+        mlflow = _client(cfg.mlflow)
+        client = mlflow.MlflowClient()
+        run = client.create_run(_experiment_id(mlflow, cfg.mlflow), run_name=run_name, tags=redact(dict(tags)))
+        return run.info.run_id
+
+
+def end_parent_run(cfg: DictConfig, run_id: str, metrics: dict[str, float], tags: dict[str, str],
+                   files: list[Path]) -> None:
+    with _quiet():
+        mlflow = _client(cfg.mlflow)
+        client = mlflow.MlflowClient()
+        for k, v in metrics.items():
+            if v is not None:
+                client.log_metric(run_id, k, float(v))
+        for k, v in tags.items():
+            client.set_tag(run_id, k, str(v))
+        for f in files:
+            if f.exists():
+                client.log_artifact(run_id, str(f))
+        client.set_terminated(run_id)
 
 
 def _requirements(bundle_dir: Path) -> list[str]:

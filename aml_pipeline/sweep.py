@@ -92,8 +92,53 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+#: In a sweep folder: the id of the MLflow run the jobs' runs nest under.
+PARENT_RUN_FILE = "mlflow_parent_run.txt"
+
+
+def _multirun_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir)
+
+
+def job_registration() -> dict[str, Any]:
+    """How a job registers its version: outside a sweep, as configured (``{}``); in a sweep,
+    with no alias (the sweep moves it to its best job by validation PR-AUC when it ends)
+    and nested under the sweep's parent run."""
+    sweep_dir = _multirun_dir()
+    if sweep_dir is None:
+        return {}
+    parent = sweep_dir / PARENT_RUN_FILE
+    return {"alias": None, "parent_run_id": parent.read_text().strip() if parent.is_file() else None}
+
+
+def best_job(table: pl.DataFrame, sweep_dir: Path) -> tuple[dict, dict] | None:
+    """The best-ranked job by validation PR-AUC that registered a version: (table row, registration)."""
+    for r in table.iter_rows(named=True):
+        reg = sweep_dir / r["job"] / "models" / "registered.json"
+        if r["status"] == "ok" and reg.is_file():
+            return r, json.loads(reg.read_text())
+    return None
+
+
 class SweepSummary(Callback):
-    """Hydra callback: write the comparison table when a multirun ends."""
+    """Hydra callback: group the jobs' MLflow runs under one parent run; when the multirun
+    ends, write the comparison table and point the alias at the best job by validation PR-AUC
+    (not the last to finish, as when each job moved it)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _mlflow_on(config):
+            return
+        from aml_pipeline.registry import start_parent_run
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        run_id = start_parent_run(config, f"sweep {sweep_dir.name}", {"aml.record": "sweep", "sweep_dir": str(sweep_dir)})
+        (sweep_dir / PARENT_RUN_FILE).write_text(run_id + "\n")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -105,6 +150,32 @@ class SweepSummary(Callback):
         for r in table.head(10).iter_rows(named=True):
             out.print(f"  {r['rank']:>2}. valid PR-AUC {_fmt(r['valid_pr_auc'])}  (test {_fmt(r['test_pr_auc'])})  "
                       f"{r['overrides']}  [{r['status']}]")
+        parent = sweep_dir / PARENT_RUN_FILE
+        if _mlflow_on(config) and parent.is_file():
+            self._alias_best(config, table, sweep_dir, parent.read_text().strip())
+
+    @staticmethod
+    def _alias_best(config: DictConfig, table: pl.DataFrame, sweep_dir: Path, parent_run_id: str) -> None:
+        from aml_pipeline.registry import end_parent_run, set_alias
+
+        best = best_job(table, sweep_dir)
+        tags: dict[str, Any] = {}
+        if best is not None:
+            row, reg = best
+            alias = config.mlflow.alias
+            set_alias(config, alias, reg["version"], {"sweep_dir": str(sweep_dir), "sweep_job": row["job"]})
+            tags = {"best_job": row["job"], "best_version": reg["version"], "best_overrides": row["overrides"]}
+            out.print(f"models:/{reg['name']}@{alias} = version {reg['version']} (job {row['job']}, "
+                      f"best validation PR-AUC {_fmt(row['valid_pr_auc'])})")
+        end_parent_run(config, parent_run_id, {"best_valid_pr_auc": best[0]["valid_pr_auc"] if best else None}, tags,
+                       [sweep_dir / "sweep_summary.md", sweep_dir / "sweep_summary.csv"])
+
+
+def _mlflow_on(config: DictConfig) -> bool:
+    try:
+        return bool(config.mlflow.enabled)
+    except Exception:  # a config without the mlflow group (a tool composing only parts)
+        return False
 
 
 def job_objective(result: object) -> object:

@@ -28,6 +28,7 @@ from aml_pipeline.evaluation.report import evaluation_report, lift_line, write_r
 from aml_pipeline.evaluation.thresholds import apply_thresholds
 from aml_pipeline.progress import status, table
 from aml_pipeline.registry import log_and_register, write_registration
+from aml_pipeline.sweep import job_registration
 from aml_pipeline.tasks.layout import Layout, need
 
 
@@ -117,7 +118,8 @@ def run(cfg: DictConfig) -> dict:
                       "split": f"{cfg.split.method}:{cfg.split.train}/{cfg.split.valid}", "seed": cfg.seed}
             tags = {k: str(v) for k, v in bundle.lineage.items() if v is not None}
             registration = log_and_register(cfg, layout.bundle, bundle.bundle_hash, reports, params, headline(metrics),
-                                            tags, input_example=test.select(bundle.feature_columns()).head(5))
+                                            tags, input_example=test.select(bundle.feature_columns()).head(5),
+                                            **job_registration())  # in a sweep: no alias, nested under its run
         write_registration(layout.registration, registration)
         decisions = decisions.with_columns(pl.lit(str(registration["version"])).alias("model_version"),
                                            pl.lit(registration["run_id"]).alias("run_id"))

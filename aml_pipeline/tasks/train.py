@@ -63,6 +63,10 @@ def run(cfg: DictConfig) -> dict:
     else:
         features = pl.read_parquet(need(layout.features, "features"))
         bundle = train_bundle(cfg, features, plan, need(layout.validated, "data"))
+    # The windows the model saw (train) and was tuned on (valid): task=promote judges only
+    # later events, task=export checks its parity on the validation window.
+    bounds = json.loads(need(layout.split, "features").read_text())
+    bundle.lineage.update({k: bounds[k] for k in ("valid_start", "test_start") if bounds.get(k)})
     bundle_hash = bundle.save(layout.bundle)
     secs = time.perf_counter() - start
     m = bundle.metrics

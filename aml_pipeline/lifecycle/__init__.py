@@ -1,0 +1,1 @@
+"""A model's life after evaluation: promotion through a gate (``task=promote``)."""
