@@ -368,8 +368,9 @@ class StreamStateMode(str, Enum):
 
 
 class KafkaConnector(str, Enum):
+    auto = "auto"  # spark where its jars are cached or mvn can fetch them, else python (a notice says which, and why)
+    spark = "spark"  # Spark's format("kafka"): spark-sql-kafka-0-10 jars from Maven Central (mvn), passed as spark.jars
     python = "python"  # aml_pipeline's Python data source on confluent-kafka (no jars needed)
-    spark = "spark"  # Spark's format("kafka") (needs the spark-sql-kafka jars on the classpath)
 
 
 class KafkaReader(str, Enum):
@@ -455,7 +456,7 @@ class KafkaTopics:
 class KafkaDeployConfig(StreamDeployConfig):
     """``deploy=kafka``: topic ``transactions_raw`` in, alert / dead-letter / deferred topics out."""
 
-    connector: KafkaConnector = KafkaConnector.python
+    connector: KafkaConnector = KafkaConnector.auto
     #: connector=python: who reads each micro-batch's records (auto | ranges | driver | tasks).
     reader: KafkaReader = KafkaReader.auto
     bootstrap_servers: str = "127.0.0.1:9092"

@@ -71,6 +71,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in CANONICAL_FIELDS if f.
 # exact place it was read from; they never reach data/validated.
 SOURCE_FILE = "_source_file"
 SOURCE_LINE = "_source_line"
+#: Why a line could not be split into the header's fields (null when it could), and its text.
+READ_ERROR = "_read_error"
+SOURCE_TEXT = "_source_text"
 RAW_PREFIX = "raw:"
 
 
@@ -91,7 +94,7 @@ def conform(frame: pl.DataFrame | pl.LazyFrame, keep_extra: bool = True):
         exprs.append(pl.col(name).cast(dtype) if name in names else pl.lit(None, dtype=dtype).alias(name))
     if keep_extra:
         exprs += [pl.col(n).cast(d) for n, d in EXTRA_COLUMNS.items() if n in names]
-    exprs += [pl.col(n) for n in names if n in (SOURCE_FILE, SOURCE_LINE) or n.startswith(RAW_PREFIX)]
+    exprs += [pl.col(n) for n in names if n in (SOURCE_FILE, SOURCE_LINE, READ_ERROR, SOURCE_TEXT) or n.startswith(RAW_PREFIX)]
     return frame.select(exprs)
 
 

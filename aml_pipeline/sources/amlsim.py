@@ -52,6 +52,7 @@ from pathlib import Path
 import polars as pl
 
 from aml_pipeline.errors import DataSourceError
+from aml_pipeline.sources import delimited
 from aml_pipeline.sources.base import (
     Source,
     config_duration_us,
@@ -122,8 +123,10 @@ class AmlSimSource(Source):
             return self.format
         require_file(transactions, "amlsim")
         try:  # the header only; read_text_table reports empty or malformed files properly later
-            names = set(pl.read_csv(transactions, n_rows=0, infer_schema=False).columns)
-        except (pl.exceptions.PolarsError, OSError):
+            with open(transactions, "rb") as f:
+                first = delimited.normalise(f.readline(), "amlsim", str(transactions)).split(b"\n", 1)[0]
+            names = set(delimited.header_names(first, ",")) - {""}
+        except (DataSourceError, OSError):
             names = set()
         if not names:
             read_text_table(transactions, "amlsim", [])  # raises the precise structural error

@@ -24,7 +24,8 @@ import polars as pl
 
 from aml_pipeline.errors import ConfigError, DataSourceError
 from aml_pipeline.progress import status
-from aml_pipeline.schema import SOURCE_FILE, SOURCE_LINE, conform, raw_column
+from aml_pipeline.schema import READ_ERROR, SOURCE_FILE, SOURCE_LINE, SOURCE_TEXT, conform, raw_column
+from aml_pipeline.sources import delimited
 
 TRUE_TEXT = ("1", "1.0", "true", "t", "yes", "y")
 FALSE_TEXT = ("0", "0.0", "false", "f", "no", "n")
@@ -64,52 +65,60 @@ def read_text_table(
 
     ``column_names`` replaces the header (for formats such as AMLworld whose header repeats
     a name). Fails with one clear line when the file is missing or a required column is
-    absent, and says so when the header looks like it was split on the wrong delimiter.
+    absent, and says so when the header looks like it was split on the wrong delimiter. A
+    line that cannot be split into the header's fields (too many or too few, undecodable
+    bytes, stray quotes) is one row with null fields, its reason in ``_read_error`` and its
+    text in ``_source_text`` (:mod:`.delimited`): validation quarantines it, the rest loads.
     """
     p = require_file(path, source, what)
     if p.stat().st_size == 0:
         raise DataSourceError(f"{source}: {p} is empty (no header line)")
-    if column_names is not None:
-        # The replacement names must fit the file's header, or every column would shift.
-        found = header_fields(p, separator)
-        if len(found) != len(column_names):
+    with status(f"reading {p.name} ({p.stat().st_size / 1e6:.1f} MB)"):
+        data = delimited.normalise(p.read_bytes(), source, str(p))
+        first = data.split(b"\n", 1)[0]
+        found = delimited.header_names(first, separator)
+        if not first.strip(b"\r \t"):
+            raise DataSourceError(f"{source}: {p} has an empty header line")
+        if column_names is not None and len(found) != len(column_names):
+            # The replacement names must fit the file's header, or every column would shift.
             raise DataSourceError(
                 f"{source}: {p}: the header has {len(found)} column(s), expected {len(column_names)} "
                 f"({', '.join(column_names)}){_delimiter_hint(found, separator)}"
             )
-    with status(f"reading {p.name} ({p.stat().st_size / 1e6:.1f} MB)"):
-        try:
-            frame = pl.read_csv(
-                p,
-                separator=separator,
-                infer_schema=False,
-                has_header=True,
-                new_columns=column_names,
-                truncate_ragged_lines=True,
-                empty_string_is_null=False,  # keep "" as "" in raw text (null = field absent)
-                raise_if_empty=False,
+        header = list(column_names) if column_names is not None else _unique(found)
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataSourceError(
+                f"{source}: {p}: required column {missing[0]!r} is missing "
+                f"(found: {', '.join(header[:12])}{'...' if len(header) > 12 else ''}){_delimiter_hint(header, separator)}"
             )
-        except pl.exceptions.PolarsError as exc:  # malformed quoting and the like
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise DataSourceError(f"{source}: cannot parse {p}: {first}") from None
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        header = frame.columns
-        raise DataSourceError(
-            f"{source}: {p}: required column {missing[0]!r} is missing "
-            f"(found: {', '.join(header[:12])}{'...' if len(header) > 12 else ''}){_delimiter_hint(header, separator)}"
-        )
-    frame = frame.select([pl.col(c).alias(raw_column(c)) for c in frame.columns])
-    # Line numbers in the file: the header is line 1 (true for files without quoted newlines).
-    return frame.with_columns(
+        rows = delimited.read_rows(data, separator, header)
+    return rows.select(
+        *[pl.col(c).alias(raw_column(c)) for c in header],
         pl.lit(str(p)).alias(SOURCE_FILE),
-        (pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias(SOURCE_LINE),
+        pl.col("line").alias(SOURCE_LINE),
+        pl.col("read_error").alias(READ_ERROR),
+        pl.col("text").alias(SOURCE_TEXT),
     )
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Header names made unique as polars makes them (``x``, ``x_duplicated_0``, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        if n in seen:
+            out.append(f"{n}_duplicated_{seen[n]}")
+            seen[n] += 1
+        else:
+            seen[n] = 0
+            out.append(n)
+    return out
 
 
 def header_fields(path: str | os.PathLike, separator: str = ",") -> list[str]:
     """The names in a text file's first line, split on ``separator`` (no quoting; BOM and CR removed)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         first = f.readline()
     return [name.strip().strip('"') for name in first.rstrip("\r\n").split(separator)]
 
@@ -176,7 +185,7 @@ def timestamp(expr: pl.Expr, fmt: str | None, timezone: str = "UTC") -> pl.Expr:
 
 def staged(frame: pl.DataFrame, columns: dict[str, pl.Expr]) -> pl.DataFrame:
     """Apply an adapter's column mapping and conform to the canonical schema, keeping raw text."""
-    keep = [c for c in frame.columns if c.startswith("raw:") or c in (SOURCE_FILE, SOURCE_LINE)]
+    keep = [c for c in frame.columns if c.startswith("raw:") or c in (SOURCE_FILE, SOURCE_LINE, READ_ERROR, SOURCE_TEXT)]
     return conform(frame.select(*[e.alias(n) for n, e in columns.items()], *keep))
 
 

@@ -36,7 +36,7 @@ from aml_pipeline.spark.split import assign, from_micros
 from aml_pipeline.spark.validation import ORDER, SparkValidationResult, validate
 from aml_pipeline.spark.windows import micros
 from aml_pipeline.tasks.layout import Layout, need
-from aml_pipeline.validation import build_rules
+from aml_pipeline.validation.rules import rules_from_config
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def run_data(cfg: DictConfig) -> dict:
     source: Source = build(cfg.source, "source")
     with status(f"reading {source.describe()}"):
         staged = source.read()
-    rules = build_rules(cfg.validation.currencies, bool(cfg.validation.require_label) and source.has_labels)
+    rules = rules_from_config(cfg.validation, bool(cfg.validation.require_label) and source.has_labels)
     spark = get_session(cfg.engine, cfg.paths.data_dir)
     frame, staged_path = stage(spark, staged, data_dir)
     del staged

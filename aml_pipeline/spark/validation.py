@@ -14,14 +14,16 @@ read one file each, so that is the file's line order).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import reduce
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from aml_pipeline.schema import ALL_COLUMNS, RAW_PREFIX, SOURCE_FILE, SOURCE_LINE
+from aml_pipeline.schema import ALL_COLUMNS, RAW_PREFIX, READ_ERROR, SOURCE_FILE, SOURCE_LINE, SOURCE_TEXT
+from aml_pipeline.validation.polars_engine import wall_clock_us
 from aml_pipeline.validation.rules import Rule
 
 ORDER = "_staged_row"
@@ -32,17 +34,23 @@ _BAD = "_bad"
 # Blank = only (Unicode) whitespace, as polars' str.strip_chars() sees it: Java's (?U)\s is
 # the Unicode White_Space property, the same set as Rust's char::is_whitespace.
 _BLANK = r"(?U)\A\s*\z"
+# The control characters of :data:`aml_pipeline.validation.rules.CONTROL_CHARACTERS`, in Java's syntax.
+_CONTROL = r"[\x{0}-\x{1f}\x{7f}-\x{9f}\x{2028}\x{2029}]"
 
 
 def _col(name: str) -> Column:
     return F.col(f"`{name}`")
 
 
-def violation(rule: Rule) -> Column:
+def violation(rule: Rule, now_us: int | None = None) -> Column:
     """A boolean column that is true where the row breaks ``rule`` (never null).
 
-    ``first_occurrence`` ranks rows by the source-order column ``_staged_row``.
+    ``first_occurrence`` ranks rows by the source-order column ``_staged_row``; ``not_after``
+    is judged against ``now_us`` (epoch µs; the wall clock when None).
     """
+    if len(rule.all_columns) > 1:
+        hits = [violation(replace(rule, column=c, columns=()), now_us) for c in rule.all_columns]
+        return reduce(lambda a, b: a | b, hits)
     col = _col(rule.column)
     if rule.kind == "not_blank":
         hit = col.isNull() | col.cast("string").rlike(_BLANK)
@@ -56,6 +64,15 @@ def violation(rule: Rule) -> Column:
         # Nulls are another rule's business; among non-null values keep the first in source order.
         first = F.row_number().over(Window.partitionBy(col).orderBy(F.col(ORDER)))
         hit = col.isNotNull() & (first > 1)
+    elif rule.kind == "read_error":
+        hit = col == F.lit(rule.reason)
+    elif rule.kind == "not_after":
+        bound = (now_us if now_us is not None else wall_clock_us()) + rule.limit
+        hit = F.unix_micros(col) > F.lit(bound)
+    elif rule.kind == "plain_text":
+        hit = col.cast("string").rlike(_CONTROL)
+    elif rule.kind == "max_length":
+        hit = F.length(col.cast("string")) > rule.limit
     else:
         raise ValueError(f"unknown rule kind {rule.kind!r}")
     return F.coalesce(hit, F.lit(False))
@@ -73,26 +90,27 @@ def _with_order(staged: DataFrame) -> DataFrame:
 
 @F.arrow_udf(StringType())
 def _json_records(rows: pa.Array) -> pa.Array:
-    """The original fields as one JSON object per row, encoded exactly as polars does.
+    """The original record of each row, encoded exactly as polars does (the same function,
+    :func:`aml_pipeline.validation.polars_engine.record_json`, on the same fields).
 
-    Runs only on quarantined rows (Spark evaluates it after the filter), so polars'
-    ``struct.json_encode`` itself can give the byte-identical text.
+    Runs only on quarantined rows (Spark evaluates it after the filter).
     """
     import polars as pl
+
+    from aml_pipeline.validation.polars_engine import record_json
 
     frame = pl.from_arrow(pa.RecordBatch.from_struct_array(rows))
     if isinstance(frame, pl.Series):
         frame = frame.to_frame()
-    return frame.select(pl.struct(pl.all()).struct.json_encode()).to_series().to_arrow()
+    return record_json(frame).to_arrow()
 
 
 def _record(staged: DataFrame) -> Column:
     names = staged.columns
     raw = [n for n in names if n.startswith(RAW_PREFIX)]
-    if raw:
-        fields = [_col(n).alias(n[len(RAW_PREFIX):]) for n in raw]
-    else:
-        fields = [_col(n) for n in names if n in ALL_COLUMNS]
+    fields = [_col(n) for n in raw] if raw else [_col(n) for n in names if n in ALL_COLUMNS]
+    if SOURCE_TEXT in names:
+        fields.append(_col(SOURCE_TEXT))
     return _json_records(F.struct(*fields))
 
 
@@ -117,7 +135,7 @@ class SparkValidationResult:
             self._flagged.unpersist()
 
 
-def validate(staged: DataFrame, rules: list[Rule]) -> SparkValidationResult:
+def validate(staged: DataFrame, rules: list[Rule], now_us: int | None = None) -> SparkValidationResult:
     """Route each staged row to ``valid`` or ``quarantine``, like the polars engine.
 
     ``valid`` keeps the canonical and extra columns (in the staged order of columns);
@@ -126,7 +144,11 @@ def validate(staged: DataFrame, rules: list[Rule]) -> SparkValidationResult:
     One aggregation gives rows read, valid, quarantined and the count per reason.
     """
     staged = _with_order(staged)
-    flags = {r.reason: violation(r) for r in rules}
+    if READ_ERROR not in staged.columns:
+        staged = staged.withColumn(READ_ERROR, F.lit(None).cast("string"))
+    now_us = wall_clock_us() if now_us is None else now_us
+    unread = _col(READ_ERROR).isNotNull()  # a row the adapter could not read fails its read error only
+    flags = {r.reason: violation(r, now_us) if r.kind == "read_error" else violation(r, now_us) & ~unread for r in rules}
     flagged = staged.withColumns({_FLAG + reason: hit for reason, hit in flags.items()})
     bad = F.lit(False)
     for reason in flags:

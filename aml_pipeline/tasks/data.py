@@ -20,7 +20,8 @@ from aml_pipeline.build import build
 from aml_pipeline.progress import status, table
 from aml_pipeline.schema import ValidatedTransactions
 from aml_pipeline.sources.base import Source
-from aml_pipeline.validation import ValidationResult, build_rules, validate
+from aml_pipeline.validation import ValidationResult, validate
+from aml_pipeline.validation.rules import rules_from_config
 
 
 @dataclass
@@ -36,7 +37,7 @@ def ingest(cfg: DictConfig) -> Ingested:
     source: Source = build(cfg.source, "source")
     with status(f"reading {source.describe()}"):
         staged = source.read()
-    rules = build_rules(cfg.validation.currencies, bool(cfg.validation.require_label) and source.has_labels)
+    rules = rules_from_config(cfg.validation, bool(cfg.validation.require_label) and source.has_labels)
     with status(f"validating {staged.height:,} rows"):
         result = validate(staged, rules)
         if result.valid.height:
