@@ -62,13 +62,42 @@ def kind(cfg: DictConfig) -> str:
 
 # ----------------------------------------------------------------------------- records from Spark rows
 def file_records(table) -> list[RawRecord]:
-    """Whole files (``wholetext``, an Arrow table) -> one record per non-blank line, with file and line."""
+    """Whole files (``wholetext``, an Arrow table) -> one record per non-blank line, with file and line.
+
+    Lines end at ``\n`` only (``\r\n`` too): ``str.splitlines`` also splits at U+2028,
+    U+2029 and ``\x85``, which a JSON string may hold. Spark decodes a file as UTF-8 with
+    replacement characters, so a file holding one is read again as bytes here: its lines
+    that are not UTF-8 keep their bytes (dead letters as ``invalid_utf8``)."""
     out = []
     for path, text in sorted(zip(table.column("path").to_pylist(), table.column("value").to_pylist())):
-        for n, line in enumerate(text.splitlines(), start=1):
+        lines: list[str | bytes] = (text or "").removeprefix("\ufeff").split("\n")
+        if "\ufffd" in (text or ""):
+            lines = _file_lines(path) or lines
+        for n, line in enumerate(lines, start=1):
+            if isinstance(line, bytes):
+                line = line.removesuffix(b"\r")
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    out.append(RawRecord(None, {"file": path, "line": n}, raw=line))
+                    continue
+            line = line.removesuffix("\r")
             if line.strip():
                 out.append(RawRecord(line, {"file": path, "line": n}))
     return out
+
+
+def _file_lines(path: str) -> list[bytes] | None:
+    """The lines of a file (a path or ``file:`` URI) as bytes, or None when it cannot be read."""
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(path)
+    local = unquote(u.path) if u.scheme in ("file", "") else None
+    try:
+        data = Path(local).read_bytes() if local else None
+    except OSError:
+        return None
+    return None if data is None else data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
 
 
 def kafka_records(table) -> list[RawRecord]:
@@ -129,13 +158,14 @@ def build_scorer(cfg: DictConfig):
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
     from aml_pipeline.streaming.scorer import StateLog, StreamScorer
-    from aml_pipeline.validation.rules import build_rules
+    from aml_pipeline.validation.rules import build_rules, future_skew_us
 
     d = cfg.deploy
     source = kind(cfg)
     if str(_value(d.state)) == "spark":
         raise UserError("deploy.state=spark is built by aml_pipeline.streaming.spark_state (run() goes there), not here")
     lateness, until = check_shared_options(cfg)
+    skew_us = future_skew_us(cfg.validation.get("max_future_skew", "1h"))
     if source == "kafka":
         source_options(cfg)
     idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
@@ -145,10 +175,11 @@ def build_scorer(cfg: DictConfig):
     store = open_store(d.store, needs.layout())
     outputs = stream_outputs(cfg)
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
+    rules = build_rules(currencies, require_label=False, max_future_skew_us=skew_us)
     state_dir = Path(d.checkpoint) / "scorer"
     saved = StateLog(state_dir).load()
     fresh = saved is None
-    scorer = StreamScorer(bundle, store, needs, outputs, build_rules(currencies, require_label=False), state_dir,
+    scorer = StreamScorer(bundle, store, needs, outputs, rules, state_dir,
                           lateness, AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
                           start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
                           top_k=int(d.top_k), write_decisions=bool(d.write_decisions), stream=str(Path(d.checkpoint).resolve()),

@@ -6,13 +6,31 @@ the canonical columns with the same types the adapters produce (a value that can
 parsed becomes null, so the rule on that column names it); :func:`check` then applies the
 rule list of :mod:`aml_pipeline.validation` (the same :class:`~aml_pipeline.validation.Rule`
 objects, compiled by the same :func:`~aml_pipeline.validation.polars_engine.violation`),
-plus ``unparseable_record`` for text that is not a JSON object and ``duplicate_event_id``
-for an id the stream accepted before. Every record ends up either valid or a dead letter
-carrying its original text, its reasons and its position.
+plus ``duplicate_event_id`` for an id the stream accepted before and the record-level
+reasons below. Every record ends up either valid or a dead letter carrying its original
+text (or bytes), its reasons and its position.
+
+Nothing one record holds can fail the micro-batch (Spark would replay it forever): each
+record is parsed on its own, and a failure is that record's reason:
+
+- ``invalid_utf8``: the bytes are not UTF-8 (the dead letter keeps them as base64);
+- ``record_too_large``: over :data:`MAX_RECORD_BYTES` (a transaction is well under 2 KB);
+- ``json_too_deep``: nesting too deep for the parser;
+- ``unparseable_record``: not a JSON object, or a value that cannot be staged;
+- ``invalid_label``: a label present but not 0/1 (live events need none; a wrong one is
+  refused, not dropped silently);
+- ``invalid_event_time`` also covers times that overflow once converted to UTC
+  (``9999-12-31T23:59:59-01:00``).
+
+A dead letter's original is kept whole up to :data:`DEAD_RECORD_BYTES`; above that its
+first bytes are kept with the SHA-256 and the size of the whole, so a dead letter always
+fits a broker's message limit.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -22,11 +40,19 @@ from typing import Any
 import polars as pl
 
 from aml_pipeline.schema import ALL_COLUMNS, UTC_TIME
-from aml_pipeline.validation.polars_engine import violation
+from aml_pipeline.validation.polars_engine import flag_rules
 from aml_pipeline.validation.rules import Rule
 
 UNPARSEABLE = "unparseable_record"
 DUPLICATE = "duplicate_event_id"
+INVALID_UTF8 = "invalid_utf8"
+TOO_LARGE = "record_too_large"
+TOO_DEEP = "json_too_deep"
+INVALID_LABEL = "invalid_label"
+#: The largest record parsed (bytes of UTF-8); larger ones are dead letters, unparsed.
+MAX_RECORD_BYTES = 64 * 1024
+#: The most of a record's original a dead letter keeps whole (bytes); the rest is hashed.
+DEAD_RECORD_BYTES = 16 * 1024
 #: Columns of a staged batch: every canonical and extra column, typed.
 STAGED_SCHEMA: dict[str, pl.DataType] = dict(ALL_COLUMNS)
 _FLOATS = {c for c, d in ALL_COLUMNS.items() if d == pl.Float64}
@@ -55,36 +81,38 @@ class Checked:
 
 
 def _time(v: Any) -> datetime | None:
-    """ISO-8601 with a UTC offset; naive or unparseable times are null (invalid_event_time)."""
+    """ISO-8601 with a UTC offset; naive, unparseable or unrepresentable times are null
+    (invalid_event_time): ``9999-12-31T23:59:59-01:00`` overflows once in UTC."""
     if not isinstance(v, str):
         return None
     try:
         ts = datetime.fromisoformat(v.strip())
-    except ValueError:
+        if ts.tzinfo is None:
+            return None
+        return ts.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    if ts.tzinfo is None:
-        return None
-    return ts.astimezone(timezone.utc)
 
 
 def _float(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
+    try:
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, str):
             return float(v.strip())
-        except ValueError:
-            return None
+    except (ValueError, OverflowError):  # text, or an integer too large for a float
+        return None
     return None
 
 
 def _int(v: Any) -> int | None:
+    """A 0/1 flag from JSON (0, 1, true, false, 0.0, 1.0, "0", "1"); anything else is null."""
     if isinstance(v, bool):
         return int(v)
-    if isinstance(v, int):
-        return v
+    if isinstance(v, (int, float)) and v in (0, 1):
+        return int(v)
     if isinstance(v, str) and v.strip() in ("0", "1"):
         return int(v.strip())
     return None
@@ -101,13 +129,22 @@ def _str(v: Any) -> str | None:
 
 
 def _loads(text: str | None) -> dict[str, Any] | None:
+    return _load(text)[0]
+
+
+def _load(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object, None) or (None, the reason it is not one)."""
     if text is None:
-        return None
+        return None, INVALID_UTF8
+    if len(text) > MAX_RECORD_BYTES or (len(text) * 4 > MAX_RECORD_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES):
+        return None, TOO_LARGE
     try:
         obj = json.loads(text)
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
+    except RecursionError:
+        return None, TOO_DEEP
+    except (ValueError, TypeError):
+        return None, UNPARSEABLE
+    return (obj, None) if isinstance(obj, dict) else (None, UNPARSEABLE)
 
 
 def _column(name: str, values: list[Any]) -> pl.Series:
@@ -131,41 +168,82 @@ def stage(objects: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame([_column(c, [o.get(c) for o in objects]) for c in STAGED_SCHEMA])
 
 
+def _stage_each(objects: list[dict[str, Any]]) -> tuple[pl.DataFrame, list[int]]:
+    """The staged frame of the objects that stage, and the indexes of those that do not.
+
+    The batch is staged column by column (fast); only if that fails is each object staged
+    on its own, so one value no column can hold costs its own record, never the batch."""
+    try:
+        return stage(objects), []
+    except Exception:
+        frames, failed = [], []
+        for i, o in enumerate(objects):
+            try:
+                frames.append(stage([o]))
+            except Exception:
+                failed.append(i)
+        return (pl.concat(frames, how="vertical") if frames else stage([])), failed
+
+
 def parse(text: str | None) -> dict[str, Any] | None:
     """The canonical values of one JSON record, or None when it is not a JSON object."""
     obj = _loads(text)
-    return None if obj is None else stage([obj]).row(0, named=True)
+    if obj is None:
+        return None
+    staged, failed = _stage_each([obj])
+    return None if failed else staged.row(0, named=True)
 
 
-def _dead(rec: RawRecord, reasons: list[str], event_id: str | None) -> dict[str, Any]:
-    d: dict[str, Any] = {"event_id": event_id, "reasons": reasons, **rec.position}
+def original(rec: RawRecord) -> dict[str, Any]:
+    """The dead letter's copy of a record as read: ``record`` (text) or ``record_base64``
+    (bytes that are not UTF-8); over :data:`DEAD_RECORD_BYTES`, its first bytes plus
+    ``record_truncated``, ``record_bytes`` and ``record_sha256`` of the whole."""
+    raw = rec.raw if rec.text is None else rec.text.encode("utf-8", "surrogatepass")
+    raw = raw or b""
+    d: dict[str, Any] = {}
+    kept = raw[:DEAD_RECORD_BYTES]
     if rec.text is not None:
-        d["record"] = rec.text
+        d["record"] = kept.decode("utf-8", "ignore") if len(raw) > DEAD_RECORD_BYTES else rec.text
     else:
-        import base64
-
         d["record"] = None
-        d["record_base64"] = base64.b64encode(rec.raw or b"").decode("ascii")
+        d["record_base64"] = base64.b64encode(kept).decode("ascii")
+    if len(raw) > DEAD_RECORD_BYTES:
+        d.update(record_truncated=True, record_bytes=len(raw), record_sha256=hashlib.sha256(raw).hexdigest())
     return d
 
 
+def _dead(rec: RawRecord, reasons: list[str], event_id: str | None) -> dict[str, Any]:
+    if event_id is not None and len(event_id) > DEAD_RECORD_BYTES:
+        event_id = None  # the record (truncated, hashed) still holds it
+    return {"event_id": event_id, "reasons": reasons, **rec.position, **original(rec)}
+
+
 def check(records: list[RawRecord], rules: list[Rule], known_ids: set[str] | None = None,
-          is_known=None) -> Checked:
+          is_known=None, now_us: int | None = None) -> Checked:
     """Split records (in source order) into valid events and dead letters.
 
     ``duplicate_event_id`` covers, as in the batch path, later records of an id seen earlier
     in the batch, and also ids the stream accepted in earlier batches (``known_ids``, or the
-    callable ``is_known(ids) -> set`` asked once for the batch).
+    callable ``is_known(ids) -> set`` asked once for the batch). ``now_us``: the trusted
+    clock of ``event_time_in_future`` (default: the wall clock, read once per batch).
     """
-    parsed = [_loads(r.text) for r in records]
-    ok = [i for i, p in enumerate(parsed) if p is not None]
-    dead = [(i, [UNPARSEABLE], None) for i, p in enumerate(parsed) if p is None]
-    staged = stage([parsed[i] for i in ok])
-    flags = staged.select([violation(r).alias(r.reason) for r in rules]) if rules else pl.DataFrame()
+    loaded = [_load(r.text) for r in records]
+    ok = [i for i, (p, _) in enumerate(loaded) if p is not None]
+    dead = [(i, [why], None) for i, (p, why) in enumerate(loaded) if p is None]
+    staged, failed = _stage_each([loaded[i][0] for i in ok])
+    if failed:
+        dead += [(ok[j], [UNPARSEABLE], None) for j in failed]
+        ok = [i for j, i in enumerate(ok) if j not in set(failed)]
+    flags = flag_rules(staged, rules, now_us) if rules else pl.DataFrame()
     reasons_per_row: list[list[str]] = [[] for _ in ok]
     for r in rules:
         for j in flags[r.reason].arg_true().to_list():
             reasons_per_row[j].append(r.reason)
+    label_rule = any(r.reason == INVALID_LABEL for r in rules)
+    for j, i in enumerate(ok):  # a label given must be 0/1 even where none is required
+        given = loaded[i][0].get("label")
+        if given is not None and _int(given) is None and not label_rule:
+            reasons_per_row[j].append(INVALID_LABEL)
     # ids accepted before this batch
     ids = staged["event_id"].to_list()
     candidates = {e for e, rs in zip(ids, reasons_per_row) if e is not None and not rs}
@@ -188,4 +266,5 @@ def empty_events() -> pl.DataFrame:
     return pl.DataFrame(schema=STAGED_SCHEMA)
 
 
-__all__ = ["RawRecord", "Checked", "check", "parse", "UNPARSEABLE", "DUPLICATE", "STAGED_SCHEMA", "UTC_TIME"]
+__all__ = ["RawRecord", "Checked", "check", "parse", "original", "UNPARSEABLE", "DUPLICATE", "INVALID_UTF8", "TOO_LARGE",
+           "TOO_DEEP", "MAX_RECORD_BYTES", "DEAD_RECORD_BYTES", "STAGED_SCHEMA", "UTC_TIME"]

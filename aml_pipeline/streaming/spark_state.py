@@ -110,7 +110,7 @@ def _payload(row: dict[str, Any], position: dict | None = None, record: str | No
     return json.dumps(out)
 
 
-def make_stage(source: str, currencies: list[str]):
+def make_stage(source: str, currencies: list[str], max_future_skew_us: int | None = None):
     """The ``mapInArrow`` function: one micro-batch's raw rows -> staged rows (:data:`STAGED`)."""
 
     def stage(batches: Iterator) -> Iterator:
@@ -127,7 +127,8 @@ def make_stage(source: str, currencies: list[str]):
         if not table.num_rows:
             return
         records = (file_records if source == "file" else kafka_records)(table)
-        checked = check(records, build_rules(currencies, require_label=False), known_ids=set())
+        skew = {} if max_future_skew_us is None else {"max_future_skew_us": max_future_skew_us}
+        checked = check(records, build_rules(currencies, require_label=False, **skew), known_ids=set())
         cols: dict[str, list] = {k: [] for k in ("account", "role", "kind", "event_id", "t", "wm", "payload")}
 
         def add(account, role, kind, event_id, t_us, payload):
@@ -466,7 +467,10 @@ def build(cfg: DictConfig):
                               stream=str(Path(d.checkpoint).resolve()), progress=bool(d.progress), snapshot_every=0)
     last = scorer.restore()
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
-    return scorer, {"source": source, "fresh": fresh, "resumed_after_batch": last, "currencies": currencies,
+    from aml_pipeline.validation.rules import future_skew_us
+
+    skew_us = future_skew_us(cfg.validation.get("max_future_skew", "1h"))
+    return scorer, {"source": source, "fresh": fresh, "resumed_after_batch": last, "currencies": currencies, "skew_us": skew_us,
                     "window_us": needs.window_us, "start_us": to_us(until) if until else None, "until": until}
 
 
@@ -519,7 +523,7 @@ def run(cfg: DictConfig) -> dict:
 
     lateness_ms = scorer.lateness_us // 1000
     staged = (_source(spark, cfg, source).coalesce(1)
-              .mapInArrow(make_stage(source, info["currencies"]), STAGED))
+              .mapInArrow(make_stage(source, info["currencies"], info["skew_us"]), STAGED))
     marks = (spark.readStream.format("text").option("wholetext", "true").option("pathGlobFilter", "*.json")
              .load(str(control)).mapInArrow(stage_control, STAGED))
     processor = make_processor(scorer.bundle.plan.to_dict(), info["window_us"], info["start_us"])
