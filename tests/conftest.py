@@ -25,6 +25,36 @@ LONGEST_FIRST = ("test_spark_cluster.py", "test_stream_spark_state.py", "test_st
                  "test_dvc.py", "test_spark_models.py", "test_kafka_connector.py")
 
 
+#: Spark's own Kafka connector (spark-sql-kafka-0-10) for the in-process Spark sessions of the
+#: tests: its jars (resolved with mvn on first use, cached under .cache/jars/) go on the JVM's
+#: classpath when pyspark launches it (PYSPARK_SUBMIT_ARGS, read once per process, whichever
+#: test module starts Spark first), so format("kafka") and our format("aml_kafka") run in the
+#: same session. Why not, if they could not be had: SPARK_KAFKA_MISSING (the tests that need
+#: them fail with it). Subprocesses (run_cli) do not inherit it: the scorer adds the jars itself.
+SPARK_KAFKA_JARS: list[str] = []
+SPARK_KAFKA_MISSING: str | None = None
+
+
+def pytest_configure(config):
+    global SPARK_KAFKA_MISSING
+    from aml_pipeline.streaming.jars import JarsUnavailable, spark_kafka_jars
+
+    try:
+        jars, _ = spark_kafka_jars()
+    except JarsUnavailable as exc:
+        SPARK_KAFKA_MISSING = str(exc)
+        return
+    SPARK_KAFKA_JARS[:] = [str(j) for j in jars]
+    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--jars {','.join(SPARK_KAFKA_JARS)} pyspark-shell"
+
+
+def spark_kafka_jars_or_fail() -> list[str]:
+    """The connector's jars, or the test fails saying why they are missing."""
+    if not SPARK_KAFKA_JARS:
+        pytest.fail(f"Spark's Kafka connector is not available: {SPARK_KAFKA_MISSING}")
+    return SPARK_KAFKA_JARS
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
@@ -92,9 +122,15 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of a ``python -m aml_pipeline`` subprocess: the test process's, without
+    the Spark submit arguments set for in-process sessions (a scorer chooses its own jars)."""
+    return {k: v for k, v in os.environ.items() if k != "PYSPARK_SUBMIT_ARGS"}
+
+
 def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m aml_pipeline ARGS`` as a user would, from ``cwd``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "aml_pipeline", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -113,9 +149,11 @@ def redis_server(tmp_path_factory):
 # ----------------------------------------------------------------------------- Kafka broker
 @pytest.fixture(scope="session")
 def kafka_broker():
-    """Bootstrap string of a local Kafka-protocol broker (noida-db, from the test extra), for the
-    whole session; tests create their own topics (auto-create on produce also works)."""
-    from aml_pipeline.streaming.broker import LocalBroker
+    """Bootstrap string of a local Apache Kafka broker (KRaft, from its Maven Central jars,
+    resolved with mvn on first use), for the whole session (each xdist worker has its own);
+    tests create their own topics, with fresh names (auto-create on produce also works)."""
+    from aml_pipeline.streaming.broker import KafkaBroker
 
-    with LocalBroker() as broker:
+    with KafkaBroker() as broker:
+        print(f"\nApache Kafka on {broker.bootstrap}, up in {broker.start_seconds:.1f}s", file=sys.stderr)
         yield broker.bootstrap

@@ -1,4 +1,5 @@
-"""The Kafka connector (aml_pipeline.streaming.kafka) against a real local broker (noida-db).
+"""The Kafka connector (aml_pipeline.streaming.kafka) against a real local Apache Kafka broker
+(KRaft, the session's ``kafka_broker``); the two broker wrappers' own tests also run noida-db.
 
 Streaming reads must deliver every record exactly once into Spark across restarts from the
 checkpoint; the sink must put back what it was given; bad options must fail naming the option.
@@ -15,7 +16,7 @@ from datetime import datetime
 import pytest
 
 from aml_pipeline.errors import ConfigError
-from aml_pipeline.streaming.broker import LocalBroker
+from aml_pipeline.streaming.broker import KafkaBroker, LocalBroker
 from aml_pipeline.streaming.kafka import (
     FORMAT,
     SCHEMA,
@@ -149,29 +150,36 @@ def test_prorate_shares_the_limit_by_backlog():
 # ----------------------------------------------------------------------------- broker
 
 
-def test_local_broker_starts_creates_topics_and_stops():
-    with LocalBroker({"a": 3, "b": 1}) as broker:
+#: The two local brokers: Apache Kafka (the tests' broker) and noida-db (no Java needed).
+BROKERS = pytest.mark.parametrize("kind", ["KafkaBroker", "LocalBroker"])
+
+
+@BROKERS
+def test_local_broker_starts_creates_topics_and_stops(kind):
+    with {"KafkaBroker": KafkaBroker, "LocalBroker": LocalBroker}[kind]({"a": 3, "b": 1}) as broker:
         port = broker.port
         produce(broker.bootstrap, "a", [(None, "x")] * 3)
         from confluent_kafka.admin import AdminClient
 
         topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
         assert len(topics["a"].partitions) == 3 and len(topics["b"].partitions) == 1
-        proc = broker.proc
-    assert proc.poll() is not None
+        proc, data = broker.proc, broker._data_dir
+        assert broker.start_seconds < 60
+    assert proc.poll() is not None and not data.exists()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-def test_local_broker_dies_with_the_process_that_started_it(tmp_path):
+@BROKERS
+def test_local_broker_dies_with_the_process_that_started_it(tmp_path, kind):
     """A test run killed with SIGKILL must not leave a broker behind."""
     import os
     import signal
     import subprocess
     import sys
 
-    script = ("from aml_pipeline.streaming.broker import LocalBroker; import time\n"
-              "b = LocalBroker().start(); print(b.proc.pid, b.port, flush=True); time.sleep(60)")
+    script = (f"from aml_pipeline.streaming.broker import {kind}; import time\n"
+              f"b = {kind}(data_dir={str(tmp_path / 'broker')!r}).start(); print(b.proc.pid, b.port, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pid, port = map(int, parent.stdout.readline().split())
     socket.create_connection(("127.0.0.1", port), timeout=5).close()

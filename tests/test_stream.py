@@ -32,7 +32,7 @@ from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.outputs import read_jsonl
 from aml_pipeline.streaming.records import DUPLICATE, UNPARSEABLE, RawRecord, check
 from aml_pipeline.validation.rules import build_rules
-from tests.conftest import ROOT, SMALL_RUN, compose_config, run_cli, train_small_run
+from tests.conftest import ROOT, SMALL_RUN, cli_env, compose_config, run_cli, train_small_run
 
 SMALL = SMALL_RUN
 NOT_EVENT = ("label", "typology", "instance_id")
@@ -179,7 +179,7 @@ def test_deploy_options_compose_with_their_own_schemas():
     assert cfg.deploy.state.value == "store" and cfg.deploy.allowed_lateness == "10m" and "input" in cfg.deploy
     cfg = compose_config(["task=stream", "deploy=kafka", "deploy.topics.alerts=my_alerts"])
     assert cfg.deploy.topics.input == "transactions_raw" and cfg.deploy.topics.alerts == "my_alerts"
-    assert cfg.deploy.connector.value == "python"
+    assert cfg.deploy.connector.value == "auto"  # Spark's connector where its jars can be had, else ours
     assert compose_config(["task=serve"]).deploy.port == 8000  # deploy=service unchanged
     from hydra.errors import ConfigCompositionException
 
@@ -462,7 +462,7 @@ def _kill_and_restart(run, file_run, name: str, *extra: str, rewarm: bool = True
     base = run.dir / name
     write_files(base / "in", run.files)
     args = stream_args(run, name, "deploy.once=true", "deploy.max_files_per_trigger=1", *extra)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 600

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.progress import table
@@ -196,6 +196,67 @@ def build_scorer(cfg: DictConfig):
     return scorer, store, source, {"warmed": warmed, "resumed_after_batch": last, "fresh": fresh}
 
 
+# ----------------------------------------------------------------------------- the Kafka connector
+#: The artifact of Spark's own Kafka connector (deploy.connector=spark).
+SPARK_KAFKA = "spark-sql-kafka-0-10_2.13"
+
+
+def _has_user_jars(cfg: DictConfig) -> bool:
+    """Spark's connector already on the session's classpath through ``engine.conf``
+    (``spark.jars.packages`` or ``spark.jars`` naming it, as ``spark-submit --packages`` does)."""
+    from aml_pipeline.spark.session import flatten_conf
+
+    conf = flatten_conf(OmegaConf.to_container(cfg.engine.conf, resolve=True) or {})
+    return any("spark-sql-kafka" in str(conf.get(k) or "") for k in ("spark.jars.packages", "spark.jars"))
+
+
+def choose_connector(cfg: DictConfig) -> dict[str, Any]:
+    """Which Kafka connector a ``deploy=kafka`` query runs, decided once before Spark starts.
+
+    ``spark``: Spark's ``format("kafka")`` with the jars of :data:`SPARK_KAFKA`, resolved with
+    ``mvn`` (cached under ``.cache/jars/``; :func:`aml_pipeline.streaming.jars.spark_kafka_jars`),
+    or the user's own (``engine.conf``); unavailable jars are an error naming the reason.
+    ``auto`` (the default): ``spark`` when its jars can be had, else ``python``, our data
+    source. Returns ``{"name", "jars", "version", "why"}``; ``why`` is the notice's reason."""
+    from aml_pipeline.streaming.jars import JarsUnavailable, pyspark_version, spark_kafka_jars
+
+    wanted = str(_value(cfg.deploy.connector))
+    if wanted == "python":
+        return {"name": "python", "jars": [], "version": None, "why": "deploy.connector=python"}
+    if _has_user_jars(cfg):
+        return {"name": "spark", "jars": [], "version": None, "why": f"deploy.connector={wanted}, {SPARK_KAFKA} from engine.conf"}
+    try:
+        jars, version = spark_kafka_jars()
+    except JarsUnavailable as exc:
+        if wanted == "spark":
+            raise UserError(f"deploy.connector=spark: {SPARK_KAFKA} is not available ({exc}); "
+                            "use deploy.connector=python or auto") from None
+        return {"name": "python", "jars": [], "version": None,
+                "why": f"deploy.connector=auto and {SPARK_KAFKA} is not available: {exc}"}
+    mine = pyspark_version()
+    note = "" if version == mine else f"; Maven Central has no {mine} (pyspark's), {version} is the nearest release tested with it"
+    return {"name": "spark", "jars": [str(j) for j in jars], "version": version,
+            "why": f"deploy.connector={wanted}, {SPARK_KAFKA} {version} from {Path(jars[0]).parent}{note}"}
+
+
+def settle_connector(cfg: DictConfig) -> dict[str, Any] | None:
+    """Decide the connector (:func:`choose_connector`), write the choice into
+    ``cfg.deploy.connector`` (so every later step sees ``spark`` or ``python``) and its jars
+    into ``cfg.engine.conf["spark.jars"]``, and print the one-line notice. None for files."""
+    if kind(cfg) != "kafka":
+        return None
+    choice = choose_connector(cfg)
+    with open_dict(cfg):
+        cfg.deploy.connector = choice["name"]
+        if choice["jars"]:
+            conf = dict(OmegaConf.to_container(cfg.engine.conf, resolve=True) or {})
+            earlier = str(conf.get("spark.jars") or "").strip(",")
+            conf["spark.jars"] = ",".join([*([earlier] if earlier else []), *choice["jars"]])
+            cfg.engine.conf = conf
+    print(f"kafka connector: {choice['name']} ({choice['why']})", file=sys.stderr, flush=True)
+    return choice
+
+
 def _source(spark, cfg: DictConfig, source: str):
     d = cfg.deploy
     if source == "file":
@@ -221,9 +282,9 @@ def _source(spark, cfg: DictConfig, source: str):
         reader = reader.option(k, v)
     try:
         df = reader.load()
-    except Exception as exc:  # Spark's connector without its jars
+    except Exception as exc:  # Spark's connector without its jars (a session started before the choice)
         raise UserError(f"deploy.connector={connector}: cannot load the Kafka source ({str(exc).splitlines()[0]}); "
-                        "use deploy.connector=python") from None
+                        "use deploy.connector=python or auto") from None
     if options.get("aml.reader") == "ranges":
         return df.select("topic", "partition", "startOffset", "endOffset")
     return df.select("value", "topic", "partition", "offset")
@@ -231,9 +292,10 @@ def _source(spark, cfg: DictConfig, source: str):
 
 def kafka_reader(cfg: DictConfig) -> str | None:
     """Who reads the records of a Kafka micro-batch (``deploy.reader``, ``auto`` resolved:
-    ``ranges`` for ``state=store``, ``driver`` for ``state=spark``); None with Spark's connector."""
+    ``ranges`` for ``state=store``, ``driver`` for ``state=spark``); None with Spark's connector
+    (``deploy.connector=auto`` counts as ours until :func:`settle_connector` has decided)."""
     d = cfg.deploy
-    if str(_value(d.connector)) != "python":
+    if str(_value(d.connector)) == "spark":
         return None
     state = str(_value(d.get("state")))
     reader = str(_value(d.reader))
@@ -319,9 +381,11 @@ def run(cfg: DictConfig) -> dict:
     if str(_value(cfg.deploy.get("state"))) == "spark":  # Spark's own state store: its own query (spark_state.py)
         from aml_pipeline.streaming.spark_state import run as run_spark_state
 
+        settle_connector(cfg)
         return run_spark_state(cfg)
     d = cfg.deploy
     start = time.perf_counter()
+    settle_connector(cfg)
     scorer, store, source, info = build_scorer(cfg)
     spark = stream_session(cfg)
     to_records, close_records = batch_records(cfg, source)
@@ -421,6 +485,7 @@ def finish(cfg: DictConfig, scorer, source: str, store: str, stopped: list[int],
     batches = trigger_durations(query) if query is not None else []
     summary = {**scorer.summary(), "source": source, "store": store, "outputs": scorer.outputs.describe(),
                "reader": kafka_reader(cfg) if source == "kafka" else None,
+               "connector": str(_value(cfg.deploy.connector)) if source == "kafka" else None,
                "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if cfg.deploy.once else "end"),
                "seconds": round(time.perf_counter() - start, 3),
                "spark_seconds": {k: round(sum(b.get(k, 0) for b in batches) / 1000, 3) for k in SPARK_PHASES},
