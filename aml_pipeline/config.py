@@ -87,7 +87,7 @@ class ShiftConfig:
     amount_scale: float = 1.0
     #: Channel -> channel: ``channel_share`` of the key channel's events move to the value
     #: channel (channels: card, salary, ach, p2p, wire, cash_deposit).
-    channels: dict[str, str] = field(default_factory=dict)
+    channels: Any = None
     channel_share: float = 0.5
     #: The shift applies to events from this day of the window on (0 = all of them).
     from_day: int = 0

@@ -47,7 +47,7 @@ def numeric_counts(edges, values) -> np.ndarray:
                        minlength=len(edges) + 1).astype(np.int64)
 
 
-def _key(v) -> str:
+def category_key(v) -> str:
     """A category as the JSON key it is stored under (integer-valued floats as integers)."""
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
@@ -62,7 +62,7 @@ def categorical_reference(values) -> dict:
         if v is None or (isinstance(v, float) and np.isnan(v)):
             missing += 1
         else:
-            k = _key(v)
+            k = category_key(v)
             cats[k] = cats.get(k, 0) + 1
     return {"kind": "categorical", "counts": dict(sorted(cats.items())), "missing": missing, "n": len(values)}
 
