@@ -155,7 +155,7 @@ def test_records_follow_the_batch_rules_and_keep_their_position():
     assert dead[(3, None)]["reasons"] == ["duplicate_event_id", "invalid_amount"]  # e1 came first; rule order
     assert dead[(4, None)]["reasons"] == ["duplicate_event_id"]
     assert dead[(5, None)]["reasons"] == ["unknown_currency"]
-    assert dead[(None, 9)]["reasons"] == [UNPARSEABLE] and dead[(None, 9)]["record_base64"] == "//4="
+    assert dead[(None, 9)]["reasons"] == ["invalid_utf8"] and dead[(None, 9)]["record_base64"] == "//4="
     # an id the stream accepted in an earlier batch is a duplicate too
     again = check([RawRecord(good, {"file": "g", "line": 1})], rules, is_known=lambda ids: set(ids))
     assert again.valid.height == 0 and again.dead[0]["reasons"] == [DUPLICATE]

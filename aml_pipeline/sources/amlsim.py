@@ -59,6 +59,7 @@ from aml_pipeline.sources.base import (
     config_time,
     flag,
     number,
+    offset_time,
     option,
     raw,
     read_text_table,
@@ -170,7 +171,7 @@ class AmlSimSource(Source):
                     "source": sender, "target": receiver}[self.label_rule]
         label = pl.when(positive).then(pl.lit(1, pl.Int8)).when(~positive).then(pl.lit(0, pl.Int8)).otherwise(None)
 
-        event_time = pl.lit(self.start) + (pl.col("_time") * self.step_us).cast(pl.Duration("us"))
+        event_time = offset_time(self.start, pl.col("_time").cast(pl.Float64) * self.step_us)
         return staged(tx, {
             "event_id": row_event_id(tx_path.stem),
             "event_time": event_time,

@@ -183,6 +183,19 @@ def timestamp(expr: pl.Expr, fmt: str | None, timezone: str = "UTC") -> pl.Expr:
     return parsed.dt.replace_time_zone(timezone, ambiguous="earliest", non_existent="null").dt.convert_time_zone("UTC")
 
 
+#: The farthest offset from a source's start an event time may have (7,000 years, in
+#: µs): beyond it the time leaves what Python can hold, then the timestamp type wraps round.
+MAX_OFFSET_US = 7_000 * 365 * 86_400_000_000
+
+
+def offset_time(start, offset_us: pl.Expr) -> pl.Expr:
+    """``start`` + ``offset_us`` (a float or integer expression of µs) as a UTC timestamp;
+    null when the offset is null, not finite or too far (:data:`MAX_OFFSET_US`) to be a time."""
+    off = offset_us.cast(pl.Float64)
+    fits = off.is_finite() & (off.abs() <= MAX_OFFSET_US)
+    return pl.lit(start) + pl.when(fits).then(off).cast(pl.Int64, strict=False).cast(pl.Duration("us"))
+
+
 def staged(frame: pl.DataFrame, columns: dict[str, pl.Expr]) -> pl.DataFrame:
     """Apply an adapter's column mapping and conform to the canonical schema, keeping raw text."""
     keep = [c for c in frame.columns if c.startswith("raw:") or c in (SOURCE_FILE, SOURCE_LINE, READ_ERROR, SOURCE_TEXT)]

@@ -31,6 +31,7 @@ from aml_pipeline.sources.base import (
     config_time,
     flag,
     number,
+    offset_time,
     raw,
     read_text_table,
     row_event_id,
@@ -64,7 +65,7 @@ class PaySimSource(Source):
         frame = frame.with_columns(number(raw("step")).alias("_step"))
         step = pl.col("_step")
         whole_step = pl.when(step.is_finite() & (step >= 1) & (step == step.floor())).then(step)
-        event_time = pl.lit(self.start) + ((whole_step - 1) * HOUR_US).cast(pl.Int64).cast(pl.Duration("us"))
+        event_time = offset_time(self.start, (whole_step - 1) * HOUR_US)
         dest = text(raw("nameDest"))
         return staged(frame, {
             "event_id": row_event_id(Path(self.path).stem),
