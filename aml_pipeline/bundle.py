@@ -65,6 +65,10 @@ class ModelBundle:
     bundle_hash: str | None = None
     #: Monitoring reference (aml_pipeline/monitoring/reference.py); None in older bundles.
     reference: dict[str, Any] | None = None
+    #: Set when loaded: the verified folder, and its portable exports (task=export: format ->
+    #: file, parity), each file hashed in the manifest like the rest.
+    directory: Path | None = None
+    exports: dict[str, Any] = field(default_factory=dict)
 
     # -- persistence ------------------------------------------------------------------
     def input_schema(self) -> dict[str, str]:
@@ -119,7 +123,7 @@ class ModelBundle:
         reference = json.loads((d / "reference.json").read_text()) if "reference.json" in manifest["files"] else None
         return cls(name=manifest["name"], model=model, plan=plan, thresholds=thresholds, lineage=manifest["lineage"],
                    metrics=manifest.get("metrics", {}), registry=registry or {}, bundle_hash=bundle_hash,
-                   reference=reference)
+                   reference=reference, directory=d, exports=manifest.get("exports") or {})
 
     # -- scoring ----------------------------------------------------------------------
     def feature_columns(self) -> list[str]:

@@ -314,6 +314,7 @@ class ModelRuntime(str, Enum):
     native = "native"  # the bundle's own model (LightGBM Booster)
     onnx = "onnx"  # the bundle's ONNX export on ONNX Runtime (task=export export.format=onnx)
     lleaves = "lleaves"  # the bundle's LLVM-compiled export (task=export export.format=lleaves)
+    treelite = "treelite"  # the bundle's treelite export, run by treelite's predictor (task=export export.format=treelite)
 
 
 @dataclass
@@ -357,7 +358,7 @@ class DeployConfig:
     log_level: str = "warning"
     store: StoreConfig = field(default_factory=StoreConfig)
     #: What computes the model's score: native (the bundle's LightGBM) or an export made
-    #: by task=export (onnx | lleaves), loaded only if its hash matches the manifest.
+    #: by task=export (onnx | lleaves | treelite), loaded only if its hash matches the manifest.
     model_runtime: ModelRuntime = ModelRuntime.native
 
 

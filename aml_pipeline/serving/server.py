@@ -66,8 +66,12 @@ def build(cfg: DictConfig):
     from aml_pipeline.store import open_store
     from aml_pipeline.store.engine import plan_needs
 
+    from aml_pipeline.export.bundle_export import exported_model
+
     bundle = resolve_bundle(cfg.bundle, cfg)
     single_threaded(bundle)
+    # deploy.model_runtime: scores from an export the manifest verified (explanations stay native)
+    bundle.model = exported_model(bundle, str(_value(cfg.deploy.get("model_runtime", "native"))))
     needs = plan_needs(bundle.plan)
     engine = make_engine(str(_value(cfg.deploy.feature_engine)), bundle, needs, request_columns(bundle))
     store = open_store(cfg.deploy.store, needs.layout())
@@ -131,7 +135,10 @@ def serve(cfg: DictConfig) -> dict:
 
     state = ServiceState(key, d.max_body_bytes, Metrics())
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
-    app = create_app(state, currencies, bundle.plan.required_columns(), int(d.max_batch))
+    from aml_pipeline.validation.rules import future_skew_us
+
+    app = create_app(state, currencies, bundle.plan.required_columns(), int(d.max_batch),
+                     max_future_skew_us=future_skew_us(cfg.validation.get("max_future_skew", "1h")))
     http = "httptools" if _has("httptools") else "h11"
     loop = "uvloop" if _has("uvloop") else "asyncio"
     config = uvicorn.Config(app, host=d.host, port=int(d.port), log_level=str(d.log_level).lower(), access_log=False,
@@ -151,7 +158,8 @@ def serve(cfg: DictConfig) -> dict:
             state.set_ready(scorer)
             print(f"serving {scorer.trace['model_name']} version {scorer.trace['model_version']} "
                   f"(sha256 {bundle.bundle_hash[:12]}) on http://{d.host}:{d.port} "
-                  f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s, engine {engine.name}]",
+                  f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s, engine {engine.name}, "
+                  f"model runtime {getattr(bundle.model, 'runtime', 'native')}]",
                   file=sys.stderr, flush=True)
         except UserError as exc:
             failure.append(str(exc))
