@@ -183,8 +183,8 @@ class Guard:
 
 
 def create_app(state: ServiceState, currencies: list[str], plan_columns: list[str], max_batch: int,
-               title: str = "aml_pipeline scoring service") -> FastAPI:
-    Transaction = transaction_model(currencies, plan_columns)
+               title: str = "aml_pipeline scoring service", max_future_skew_us: int = 3_600_000_000) -> FastAPI:
+    Transaction = transaction_model(currencies, plan_columns, max_future_skew_us)
     BatchRequest = batch_model(Transaction, max_batch)
     app = FastAPI(title=title, version="1", description=(
         "Scores transactions with a verified model bundle and the online feature store. "

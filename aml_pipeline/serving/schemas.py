@@ -3,19 +3,26 @@
 A request is one transaction in the canonical schema (:mod:`aml_pipeline.schema`): the
 required columns, the optional ones, and the extra columns the bundle's plan reads
 (required when the plan needs them). Live events carry no label, typology or instance id.
-Validation mirrors the row rules of :mod:`aml_pipeline.validation.rules`: ids not blank,
-the amount a finite number > 0 (a JSON number, not a string), the currency one of
-``validation.currencies``, the event time ISO-8601 *with* a UTC offset. Unknown fields are
+Validation mirrors the row rules of :mod:`aml_pipeline.validation.rules`: ids not blank, at
+most 256 characters and free of control characters, the amount a finite number > 0 (a JSON
+number, not a string), the currency one of ``validation.currencies``, the event time
+ISO-8601 *with* a UTC offset, representable in UTC and not later than the wall clock plus
+``validation.max_future_skew``. Unknown fields are
 refused, so a misspelt optional column cannot silently become a null.
 """
 
+import re
+import time
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, Strict, create_model, field_validator
 
 from aml_pipeline.schema import CANONICAL_FIELDS, EXTRA_FIELDS
+from aml_pipeline.validation.rules import CONTROL_CHARACTERS, HOUR_US, MAX_ID_CHARS
 
-MAX_TEXT = 256
+MAX_TEXT = MAX_ID_CHARS
+_CONTROL = re.compile(CONTROL_CHARACTERS)
 #: Canonical columns a live request never carries.
 NOT_IN_REQUESTS = ("label", "typology", "instance_id", "flagged")
 
@@ -23,6 +30,8 @@ NOT_IN_REQUESTS = ("label", "typology", "instance_id", "flagged")
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")
+    if _CONTROL.search(value):
+        raise ValueError("control_character: must not hold control or line-separator characters")
     return value
 
 
@@ -49,8 +58,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def transaction_model(currencies: list[str], plan_columns: list[str]) -> type[BaseModel]:
-    """The request model for one transaction, for this deployment's currencies and plan."""
+def future_check(max_future_skew_us: int):
+    """The event-time check of a request, as the batch and stream rules judge it: a time
+    that cannot be written in UTC is ``invalid_event_time``; one later than the wall clock
+    plus ``max_future_skew_us`` is ``event_time_in_future`` (it would move the account's
+    history in the store past every later event)."""
+
+    def check_event_time(cls, value: datetime) -> datetime:
+        try:
+            utc = value.astimezone(timezone.utc)
+        except (OverflowError, ValueError):
+            raise ValueError("invalid_event_time: cannot be represented in UTC") from None
+        now = datetime.fromtimestamp(time.time(), tz=timezone.utc)
+        if (utc - now).total_seconds() * 1e6 > max_future_skew_us:
+            raise ValueError(f"event_time_in_future: later than the server's clock plus validation.max_future_skew "
+                             f"({max_future_skew_us / 3.6e9:g}h)")
+        return value
+
+    return check_event_time
+
+
+def transaction_model(currencies: list[str], plan_columns: list[str],
+                      max_future_skew_us: int = HOUR_US) -> type[BaseModel]:
+    """The request model for one transaction, for this deployment's currencies, plan and
+    ``validation.max_future_skew``."""
     allowed = frozenset(currencies)
     fields: dict[str, Any] = {}
     for f in CANONICAL_FIELDS + EXTRA_FIELDS:
@@ -75,7 +106,8 @@ def transaction_model(currencies: list[str], plan_columns: list[str]) -> type[Ba
         return value
 
     validators = {"_currency": field_validator("currency")(check_currency),
-                  "_currency_received": field_validator("currency_received")(check_received)}
+                  "_currency_received": field_validator("currency_received")(check_received),
+                  "_event_time": field_validator("event_time")(future_check(max_future_skew_us))}
     return create_model("Transaction", __base__=_Strict, __validators__=validators, **fields)
 
 
