@@ -229,9 +229,9 @@ def test_store_outage_is_503_not_500(run, tmp_path):
     try:
         store = lambda layout: RedisStore(layout, redis.url, prefix="outage:")  # noqa: E731
         with ThreadService(run, "outage", store=store, warm=False) as svc, client(svc) as c:
-            assert c.post("/score", json=tx("out-1", "2030-07-01T00:00:00Z", "OUT-A", "OUT-B")).status_code == 200
+            assert c.post("/score", json=tx("out-1", "2026-07-01T00:00:00Z", "OUT-A", "OUT-B")).status_code == 200
             redis.stop()
-            r = c.post("/score", json=tx("out-2", "2030-07-01T01:00:00Z", "OUT-A", "OUT-B"))
+            r = c.post("/score", json=tx("out-2", "2026-07-01T01:00:00Z", "OUT-A", "OUT-B"))
             assert r.status_code == 503 and "store unavailable" in r.json()["error"]
             assert c.get("/health").status_code == 503
             assert 'aml_errors_total{kind="unavailable"}' in c.get("/metrics").text
@@ -250,7 +250,7 @@ def test_parity_polars_engine(run):
 
 # ----------------------------------------------------------------------------- safety
 def test_auth_required(memory_service):
-    body = tx("auth-1", "2030-01-01T00:00:00Z", "AUTH-A", "AUTH-B")
+    body = tx("auth-1", "2026-01-01T00:00:00Z", "AUTH-A", "AUTH-B")
     with client(memory_service, key=None) as c:
         assert c.post("/score", json=body).status_code == 401
         assert c.post("/score/batch", json={"transactions": [body]}).status_code == 401
@@ -263,7 +263,7 @@ def test_auth_required(memory_service):
 
 
 def test_body_too_large(memory_service):
-    big = tx("big-1", "2030-01-01T00:00:00Z", "BIG-A", "BIG-B", merchant="m" * 300_000)
+    big = tx("big-1", "2026-01-01T00:00:00Z", "BIG-A", "BIG-B", merchant="m" * 300_000)
     with client(memory_service) as c:
         r = c.post("/score", json=big)
         assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]
@@ -294,7 +294,7 @@ def test_body_too_large(memory_service):
     ("drop event_id", "event_id"),
 ])
 def test_invalid_transaction_is_422_naming_the_field(memory_service, change, field):
-    body = tx("bad-1", "2030-01-01T00:00:00Z", "BAD-A", "BAD-B")
+    body = tx("bad-1", "2026-01-01T00:00:00Z", "BAD-A", "BAD-B")
     if isinstance(change, str):
         body.pop(change.split()[1])
     else:
@@ -308,7 +308,7 @@ def test_invalid_transaction_is_422_naming_the_field(memory_service, change, fie
 
 
 def test_idempotent_replay(run, memory_service):
-    first = tx("idem-1", "2030-02-01T10:00:00Z", "IDEM-A", "IDEM-B", 500.0)
+    first = tx("idem-1", "2026-02-01T10:00:00Z", "IDEM-A", "IDEM-B", 500.0)
     with client(memory_service) as c:
         a = c.post("/score", json=first).json()
         b = c.post("/score", json=first).json()
@@ -317,7 +317,7 @@ def test_idempotent_replay(run, memory_service):
                {k: v for k, v in b.items() if k not in ("replayed", "latency_ms")}
         # state was not updated twice: the next payment of IDEM-A sees one earlier payment
         nxt = c.post("/score", params={"include_features": "true"},
-                     json=tx("idem-2", "2030-02-01T11:00:00Z", "IDEM-A", "IDEM-C", 40.0)).json()
+                     json=tx("idem-2", "2026-02-01T11:00:00Z", "IDEM-A", "IDEM-C", 40.0)).json()
         assert nxt["features"]["src_out_count_24h"] == 1 and nxt["features"]["src_out_sum_24h"] == 500.0
         assert nxt["features"]["src_secs_since_prev"] == 3600.0
     lines = [json.loads(x) for x in (run.dir / "decisions-memory.jsonl").read_text().splitlines()]
@@ -325,9 +325,9 @@ def test_idempotent_replay(run, memory_service):
 
 
 def test_batch_scores_in_event_time_order(run, memory_service):
-    events = [tx("batch-3", "2030-03-01T12:00:00Z", "BAT-A", "BAT-C", 30.0),
-              tx("batch-1", "2030-03-01T10:00:00Z", "BAT-A", "BAT-B", 10.0),
-              tx("batch-2", "2030-03-01T10:00:00Z", "BAT-B", "BAT-A", 20.0)]  # same instant as batch-1
+    events = [tx("batch-3", "2026-03-01T12:00:00Z", "BAT-A", "BAT-C", 30.0),
+              tx("batch-1", "2026-03-01T10:00:00Z", "BAT-A", "BAT-B", 10.0),
+              tx("batch-2", "2026-03-01T10:00:00Z", "BAT-B", "BAT-A", 20.0)]  # same instant as batch-1
     with client(memory_service) as c:
         r = c.post("/score/batch", params={"include_features": "true"}, json={"transactions": events})
     assert r.status_code == 200, r.text
@@ -342,13 +342,13 @@ def test_batch_scores_in_event_time_order(run, memory_service):
     assert results[0]["features"]["src_out_count_24h"] == 1  # batch-1 is history of batch-3
     assert results[1]["features"]["dst_secs_since_prev"] is None  # batch-2 is not history of batch-1
     with client(memory_service) as c:
-        too_many = {"transactions": [tx(f"m{i}", "2030-03-02T00:00:00Z", "X", "Y") for i in range(501)]}
+        too_many = {"transactions": [tx(f"m{i}", "2026-03-02T00:00:00Z", "X", "Y") for i in range(501)]}
         assert c.post("/score/batch", json=too_many).status_code == 422
 
 
 def test_openapi_health_metrics(memory_service):
     with client(memory_service) as c:
-        assert c.post("/score", json=tx("metrics-1", "2030-06-01T00:00:00Z", "MET-A", "MET-B")).status_code == 200
+        assert c.post("/score", json=tx("metrics-1", "2026-06-01T00:00:00Z", "MET-A", "MET-B")).status_code == 200
     with client(memory_service, key=None) as c:
         spec = c.get("/openapi.json").json()
         assert c.get("/health").json() == {"status": "ready"}  # details need the key
@@ -389,13 +389,13 @@ def test_health_is_503_until_ready_and_plain_metrics(run):
             time.sleep(0.02)
         with httpx.Client(base_url=url, headers={"X-API-Key": KEY}) as c:
             assert c.get("/health").status_code == 503
-            assert c.post("/score", json=tx("early", "2030-01-01T00:00:00Z", "E-A", "E-B")).status_code == 503
+            assert c.post("/score", json=tx("early", "2026-01-01T00:00:00Z", "E-A", "E-B")).status_code == 503
             needs = plan_needs(run.bundle.plan)
             scorer = Scorer(run.bundle, MemoryStore(needs.layout()), needs, make_engine("online", run.bundle, needs, []),
                             DecisionLog(run.dir / "decisions-inproc.jsonl"))
             state.set_ready(scorer)
             assert c.get("/health").status_code == 200
-            r = c.post("/score", json=tx("late", "2030-01-01T00:00:00Z", "E-A", "E-B"))
+            r = c.post("/score", json=tx("late", "2026-01-01T00:00:00Z", "E-A", "E-B"))
             assert r.status_code == 200 and r.json()["model_version"] == "unregistered"
             text = c.get("/metrics").text
         assert "# TYPE aml_request_latency_seconds histogram" in text
@@ -441,16 +441,16 @@ def test_redis_backend_keeps_state_across_service_restart(run, redis_server):
         with client(svc) as c:
             r = c.post("/score", params={"include_features": "true"}, json=payload(first))
             assert_parity(run, {first["event_id"]: r.json()["features"]}, {first["event_id"]: r.json()})
-            assert c.post("/score", json=tx("r-1", "2030-04-01T08:00:00Z", "RS-X", "RS-Y", 100.0)).status_code == 200
-            assert c.post("/score", json=tx("r-2", "2030-04-01T09:00:00Z", "RS-X", "RS-Z", 250.0)).status_code == 200
+            assert c.post("/score", json=tx("r-1", "2026-04-01T08:00:00Z", "RS-X", "RS-Y", 100.0)).status_code == 200
+            assert c.post("/score", json=tx("r-2", "2026-04-01T09:00:00Z", "RS-X", "RS-Z", 250.0)).status_code == 200
     finally:
         assert svc.stop() == 0
     svc = start(run, "restart", *store, warm=False)
     try:
         with client(svc) as c:
             r = c.post("/score", params={"include_features": "true"},
-                       json=tx("r-3", "2030-04-01T10:00:00Z", "RS-X", "RS-W", 40.0)).json()
-            again = c.post("/score", json=tx("r-1", "2030-04-01T08:00:00Z", "RS-X", "RS-Y", 100.0)).json()
+                       json=tx("r-3", "2026-04-01T10:00:00Z", "RS-X", "RS-W", 40.0)).json()
+            again = c.post("/score", json=tx("r-1", "2026-04-01T08:00:00Z", "RS-X", "RS-Y", 100.0)).json()
     finally:
         svc.stop()
     f = r["features"]
@@ -462,7 +462,7 @@ def test_redis_backend_keeps_state_across_service_restart(run, redis_server):
 def test_replay_cli_rescores_logged_decisions(run, memory_service, tmp_path):
     log = run.dir / "decisions-memory.jsonl"
     with client(memory_service) as c:  # make sure the log has at least one line
-        c.post("/score", json=tx("replay-1", "2030-05-01T00:00:00Z", "RP-A", "RP-B"))
+        c.post("/score", json=tx("replay-1", "2026-05-01T00:00:00Z", "RP-A", "RP-B"))
     res = cli(["task=serve", f"bundle={run.bundle_dir}", f"deploy.decision_log={log}", "deploy.replay=all"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "re-scored to the logged score" in res.stdout

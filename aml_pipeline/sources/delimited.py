@@ -72,7 +72,7 @@ def read_rows(data: bytes, separator: str, names: list[str]) -> pl.DataFrame:
 
 def _fast(data: bytes, body_start: int, separator: str, names: list[str]) -> pl.DataFrame | None:
     body = data[body_start:]
-    if not body or b'"' in data:
+    if not body or b'"' in data or body.startswith(_UTF8_BOM):  # polars would drop a first field's BOM
         return None
     try:
         data.decode("utf-8")
