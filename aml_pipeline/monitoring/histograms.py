@@ -80,15 +80,16 @@ def categorical_counts(reference: dict, values) -> tuple[dict[str, int], int, in
 def merge_groups(counts, k: int) -> np.ndarray:
     """For each fine bin, the index of its group: ``k`` consecutive groups of about equal mass.
 
-    A bin joins the group its cumulative share so far falls in; a point mass larger than
-    1/k keeps one group, so fewer than ``k`` groups can result (group ids stay consecutive).
+    A bin joins the group its middle (in cumulative reference share) falls in; a point
+    mass larger than 1/k stays one bin, so fewer than ``k`` groups can result (group ids
+    stay consecutive).
     """
     c = np.asarray(counts, dtype=np.float64)
     total = c.sum()
     if total <= 0 or c.size == 0:
         return np.zeros(c.size, dtype=np.int64)
-    before = np.concatenate([[0.0], np.cumsum(c)[:-1]]) / total
-    raw = np.minimum((before * k + 1e-9).astype(np.int64), k - 1)
+    middle = (np.cumsum(c) - c / 2) / total
+    raw = np.minimum((middle * k + 1e-9).astype(np.int64), k - 1)
     return np.unique(raw, return_inverse=True)[1].astype(np.int64)
 
 
