@@ -357,6 +357,9 @@ class DeployConfig:
     replay: Optional[str] = None
     log_level: str = "warning"
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: A second bundle (uri) scored on every decision and logged beside the live one as
+    #: shadow_score / shadow_alert; it never alerts. Needs the live bundle's feature plan.
+    shadow: Optional[str] = None
     #: What computes the model's score: native (the bundle's LightGBM) or an export made
     #: by task=export (onnx | lleaves | treelite), loaded only if its hash matches the manifest.
     model_runtime: ModelRuntime = ModelRuntime.native

@@ -293,3 +293,75 @@ def test_bad_monitor_config_names_the_key(world, override, message):
     with pytest.raises(UserError) as exc:
         monitor(cfg)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+# ----------------------------------------------------------------------------- shadow scoring
+def _scorer(world, log_path, shadow_dir=None, shadow_uri="shadow"):
+    """The service's scorer over a memory store warmed up to the test window, with a shadow."""
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer, make_engine, single_threaded
+    from aml_pipeline.serving.server import request_columns
+    from aml_pipeline.serving.shadow import Shadow
+    from aml_pipeline.store import parse_time, warm_from_parquet
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.store.memory import MemoryStore
+
+    live = ModelBundle.load(world["bundle"])
+    single_threaded(live)
+    needs = plan_needs(live.plan)
+    store = MemoryStore(needs.layout())
+    warm_from_parquet(store, world["root"] / "data/validated/transactions.parquet",
+                      parse_time(world["split"]["test_start"], "test_start"))
+    shadow = Shadow(ModelBundle.load(shadow_dir), live, shadow_uri) if shadow_dir else None
+    scorer = Scorer(live, store, needs, make_engine("online", live, needs, request_columns(live)), DecisionLog(log_path),
+                    shadow=shadow)
+    scorer.warm_up()
+    return scorer
+
+
+def test_shadow_bundle_is_logged_never_alerts_and_monitor_reports_agreement(world, tmp_path):
+    root = world["root"]
+    # a challenger on the same features: smaller trees, faster learning, its own thresholds
+    run_task(compose_config([*SMALL_RUN, f"paths.data_dir={root / 'data'}", f"paths.models_dir={root / 'models2'}",
+                             f"paths.reports_dir={root / 'reports2'}", "model.params.num_leaves=4",
+                             "model.params.learning_rate=0.3", "task=train"]))
+    challenger = ModelBundle.load(root / "models2/bundle")
+    test_start = datetime.fromisoformat(world["split"]["test_start"])
+    events = (pl.read_parquet(root / "data/validated/transactions.parquet")
+              .filter(pl.col("event_time") >= test_start).head(400))
+    scorer = _scorer(world, tmp_path / "decisions.jsonl", root / "models2/bundle")
+    responses = [scorer.score(row) for row in events.to_dicts()]
+    scorer.log.close()
+    assert not any(k.startswith("shadow") for k in responses[0])  # the response never carries the shadow
+    logged = [json.loads(line) for line in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert len(logged) == events.height
+    assert [r["alert"] for r in logged] == [r["alert"] for r in responses]  # live alerts are the live bundle's
+    # the shadow scored the live feature values: the challenger's own offline scores of those events
+    features = pl.read_parquet(root / "data/features/features.parquet").filter(pl.col("event_id").is_in(events["event_id"].to_list()))
+    offline = dict(zip(features["event_id"].to_list(), challenger.predict_features(features).tolist()))
+    assert max(abs(r["shadow_score"] - offline[r["event_id"]]) for r in logged) < 1e-9
+    assert {r["shadow_model_version"] for r in logged} == {"unregistered"}
+    assert {r["shadow_bundle_hash"] for r in logged} == {challenger.bundle_hash}
+    report = monitor(compose_config([*world["common"], "task=monitor", f"input={tmp_path / 'decisions.jsonl'}",
+                                     "monitor.fail_on_drift=false", f"monitor.output={tmp_path / 'report'}"]))
+    s = report["shadow"]
+    live_alerts = sum(r["alert"] for r in logged)
+    shadow_alerts = sum(r["shadow_alert"] for r in logged)
+    both = sum(r["alert"] and r["shadow_alert"] for r in logged)
+    assert (s["events"], s["live_alerts"], s["shadow_alerts"], s["both"]) == (events.height, live_alerts, shadow_alerts, both)
+    assert s["alert_overlap"] == pytest.approx(both / (live_alerts + shadow_alerts - both))
+    ranks = pl.DataFrame({"a": [r["score"] for r in logged], "b": [r["shadow_score"] for r in logged]})
+    assert s["rank_correlation"] == pytest.approx(ranks.select(pl.corr("a", "b", method="spearman")).item())
+    assert 0 < s["rank_correlation"] < 1
+    assert "Shadow bundle" in (tmp_path / "report/monitor.html").read_text()
+
+
+def test_shadow_with_another_plan_is_refused(world):
+    from aml_pipeline.serving.shadow import Shadow
+
+    live, other = ModelBundle.load(world["bundle"]), ModelBundle.load(world["bundle"])
+    other.plan.steps = other.plan.steps[:-1]
+    with pytest.raises(UserError, match="deploy.shadow=models:/x@y: its feature plan differs from the live bundle's"):
+        Shadow(other, live, "models:/x@y")
+    same = Shadow(ModelBundle.load(world["bundle"]), live, "same")  # itself as shadow: always agrees
+    x = np.zeros(len(live.feature_columns()))
+    assert same.decide(x, "US")["shadow_score"] == live.model.predict_one(x)

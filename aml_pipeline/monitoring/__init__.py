@@ -8,5 +8,6 @@
 - :mod:`.drift`: each column and the score of a window judged against the reference;
 - :mod:`.volume`: alert volume and rate per day and per jurisdiction;
 - :mod:`.labels`: which events' labels are mature, and performance over those only;
+- :mod:`.agreement`: a shadow bundle's alerts and ranks against the live one's;
 - :mod:`.report`: the plots and the self-contained HTML page.
 """

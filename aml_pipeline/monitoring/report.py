@@ -144,6 +144,12 @@ def render_html(report: dict, plots: dict[str, Path]) -> str:
                         f"{_f(p['immature_events'])} ({_f(p['immature_share'], True)})", _f(p["mature_events"]),
                         _f(p["positives"]), _f(p["alerts"]), _f(p["precision"]), _f(p["recall"]), _f(p["pr_auc"])]])
     w = report["window"]
+    s = report.get("shadow")
+    shadow = "" if not s else "<h2>Shadow bundle</h2>" + _table(
+        ["shadow version", "events", "both alert", "live only", "shadow only", "alert overlap", "decisions agree",
+         "rank correlation"],
+        [[_f(", ".join(s["shadow_versions"])), _f(s["events"]), _f(s["both"]), _f(s["live_only"]), _f(s["shadow_only"]),
+          _f(s["alert_overlap"]), _f(s["decisions_agree"], True), _f(s["rank_correlation"])]])
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>aml_pipeline monitor: {html.escape(verdict)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse;margin:1em 0}}
@@ -162,6 +168,7 @@ to {html.escape(str(report['reference']['end']))}, {report['reference']['events'
 reference {_f(v['reference_alert_rate'], True)}).</p>{_img(plots['alert_rate'])}
 {_table(['jurisdiction', 'events', 'alerts', 'alert rate', 'reference rate'], jur)}
 <h2>Performance over mature labels</h2>{perf}{_img(plots['precision'])}
+{shadow}
 </body></html>
 """
 

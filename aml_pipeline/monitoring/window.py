@@ -11,8 +11,9 @@ Three scorers write decisions, each in its own form; the monitor reads all three
 
 A folder is read whole (its parquet or ``*.jsonl`` files). The result has ``event_id``,
 ``event_time`` (UTC), ``jurisdiction``, ``score``, ``alert`` and the bundle's feature
-columns (missing ones as nulls, which the report shows as missing values). An event
-logged twice (a replay) counts once, its last decision.
+columns (missing ones as nulls, which the report shows as missing values), and the
+shadow bundle's ``shadow_score``, ``shadow_alert`` and version when the log has them
+(``deploy.shadow``). An event logged twice (a replay) counts once, its last decision.
 """
 
 from __future__ import annotations
@@ -88,7 +89,10 @@ def read_window(path: str | Path, feature_columns: list[str], start: str | None 
         frame = frame.filter(pl.col("event_time") >= parse_instant(start, "monitor.start"))
     if end:
         frame = frame.filter(pl.col("event_time") < parse_instant(end, "monitor.end"))
-    keep = ["event_id", "event_time", "jurisdiction", "score", "alert", *feature_columns]
+    shadow = [pl.col("shadow_score").cast(pl.Float64), pl.col("shadow_alert").cast(pl.Boolean),
+              pl.col("shadow_model_version").cast(pl.String)] if "shadow_score" in frame.columns else []
+    if shadow and "shadow_model_version" not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, pl.String).alias("shadow_model_version"))
     return (frame.select(pl.col("event_id").cast(pl.String), "event_time", pl.col("jurisdiction").cast(pl.String),
-                         pl.col("score").cast(pl.Float64), pl.col("alert").cast(pl.Boolean), *keep[5:])
+                         pl.col("score").cast(pl.Float64), pl.col("alert").cast(pl.Boolean), *feature_columns, *shadow)
             .unique("event_id", keep="last", maintain_order=True).sort("event_time", "event_id"))

@@ -118,7 +118,7 @@ class DecisionLog:
 
 class Scorer:
     def __init__(self, bundle: ModelBundle, store: OnlineStore, needs: PlanNeeds, engine: OnlineFeatures | PolarsFeatures,
-                 decision_log: DecisionLog, explain: str = "alerts", top_k: int = 5):
+                 decision_log: DecisionLog, explain: str = "alerts", top_k: int = 5, shadow=None):
         self.bundle = bundle
         self.store = store
         self.needs = needs
@@ -126,6 +126,8 @@ class Scorer:
         self.log = decision_log
         self.explain = explain
         self.top_k = top_k
+        #: deploy.shadow: a second bundle whose decision is logged beside this one's, never acted on.
+        self.shadow = shadow
         self.columns = bundle.feature_columns()
         self.model = bundle.model
         self.trace = bundle.trace
@@ -154,6 +156,8 @@ class Scorer:
         self.model.predict_one(x)
         if self.explain != "none":
             top_features(self.bundle, x, self.top_k)
+        if self.shadow is not None:
+            self.shadow.warm_up(len(self.columns))
 
     # -- one decision -----------------------------------------------------------------------
     def score(self, values: dict[str, Any], include_features: bool = False) -> dict[str, Any]:
@@ -187,7 +191,8 @@ class Scorer:
             **self.trace,
             "feature_engine": self.engine.name,
         }
-        self.log.write({**decision, "logged_at": time.time(), "features": features, "event": ev.values})
+        shadow = self.shadow.decide(x, jurisdiction) if self.shadow is not None else {}
+        self.log.write({**decision, **shadow, "logged_at": time.time(), "features": features, "event": ev.values})
         self.store.commit(ev.row(self.needs.extra_columns), decision)
         return {**decision, "replayed": False, "features": features if include_features else None}
 

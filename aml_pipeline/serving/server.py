@@ -121,6 +121,9 @@ def serve(cfg: DictConfig) -> dict:
     if not d.warm_only:
         _check_port(d.host, int(d.port))
     bundle, store, needs, engine = build(cfg)
+    from aml_pipeline.serving.shadow import load_shadow
+
+    shadow = None if d.warm_only else load_shadow(cfg, bundle)  # deploy.shadow: logged, never alerts
 
     if d.warm_only:
         n, secs = _warm(cfg, store)
@@ -151,7 +154,7 @@ def serve(cfg: DictConfig) -> dict:
             state.detail = "warming the store"
             n, secs = _warm(cfg, store)
             scorer = Scorer(bundle, store, needs, engine, DecisionLog(d.decision_log), explain=str(_value(d.explain)),
-                            top_k=int(d.top_k))
+                            top_k=int(d.top_k), shadow=shadow)
             scorer.warm_up()
             gc.collect()
             gc.freeze()  # the warmed store is long-lived: keep full collections from walking it
@@ -159,7 +162,8 @@ def serve(cfg: DictConfig) -> dict:
             print(f"serving {scorer.trace['model_name']} version {scorer.trace['model_version']} "
                   f"(sha256 {bundle.bundle_hash[:12]}) on http://{d.host}:{d.port} "
                   f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s, engine {engine.name}, "
-                  f"model runtime {getattr(bundle.model, 'runtime', 'native')}]",
+                  f"model runtime {getattr(bundle.model, 'runtime', 'native')}"
+                  + (f", shadow version {shadow.trace['shadow_model_version']}" if shadow else "") + "]",
                   file=sys.stderr, flush=True)
         except UserError as exc:
             failure.append(str(exc))

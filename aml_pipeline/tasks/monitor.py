@@ -3,8 +3,9 @@
 A window of scored events (``input=``: ``task=score`` output, the service's decision log,
 the streaming scorer's decisions) is compared with the reference histograms the bundle
 kept from its validation window (``reference.json``): drift per feature and of the score,
-alert volume per day and per jurisdiction, and, given labels, performance over the events
-whose label had ``monitor.label_delay`` to arrive. Writes ``reports/monitor/``
+alert volume per day and per jurisdiction, given labels, performance over the events
+whose label had ``monitor.label_delay`` to arrive, and, when the log carries a shadow
+bundle's decisions (``deploy.shadow``), how far the two agree. Writes ``reports/monitor/``
 (monitor.json, plots, monitor.html). When a judged column crosses an alert level the
 command exits with code 3 and one line naming the columns, so a scheduler can act;
 ``monitor.fail_on_drift=false`` leaves only the flag in monitor.json. docs/monitoring.md.
@@ -18,6 +19,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import ConfigError, UserError
+from aml_pipeline.monitoring.agreement import agreement
 from aml_pipeline.monitoring.drift import MEASURES, Levels, drift_report
 from aml_pipeline.monitoring.histograms import REFERENCE_BINS
 from aml_pipeline.monitoring.labels import parse_delay, performance, read_labels
@@ -102,6 +104,7 @@ def monitor(cfg: DictConfig) -> dict:
         "reference": reference["window"],
         "config": OmegaConf.to_container(m, resolve=True),
         "drift": drift, "alerts": volume, "performance": perf,
+        "shadow": agreement(window),
     }
     outputs = write_report(m.output, report, levels.levels["psi"])
     _print(report, outputs, time.perf_counter() - start)
@@ -125,6 +128,13 @@ def _print(report: dict, outputs: dict, secs: float) -> None:
         prec = "n/a" if p["precision"] is None else f"{p['precision']:.4f}"
         rows.append(("mature labels", f"{p['mature_events']:,} events, precision {prec}, "
                                       f"{p['immature_share']:.1%} of the window still immature"))
+    s = report["shadow"]
+    if s:
+        overlap = "n/a" if s["alert_overlap"] is None else f"{s['alert_overlap']:.2f}"
+        rho = "n/a" if s["rank_correlation"] is None else f"{s['rank_correlation']:.4f}"
+        rows.append(("shadow", f"version {', '.join(s['shadow_versions']) or '?'}: alert overlap {overlap} "
+                               f"({s['both']:,} both, {s['live_only']:,} live only, {s['shadow_only']:,} shadow only), "
+                               f"rank correlation {rho}"))
     rows += [("report", outputs["html"]), ("took", f"{secs:.1f}s")]
     table("monitor", rows)
 
