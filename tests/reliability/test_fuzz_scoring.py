@@ -111,6 +111,23 @@ def check_api(api, body: bytes, batch: bool) -> None:
         assert answer["error"] and "\n" not in answer["error"]
 
 
+@pytest.mark.parametrize("name", list(STREAM_CASES))
+def test_api_seeded_corpus_is_scored_or_refused(api, name):
+    """Each hostile record of the corpus as a request body, alone and in a batch; where it is
+    JSON, also with a real event's fields around it."""
+    value = STREAM_CASES[name][0]
+    body = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    for batch in (False, True):
+        check_api(api, body, batch)
+    try:
+        hostile = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    if isinstance(hostile, dict):
+        mixed = {**api.events[1], **{k: v for k, v in hostile.items() if k in api.events[1]}}
+        check_api(api, json.dumps(mixed).encode(), False)
+
+
 @given(st.data())
 def test_api_any_body_is_scored_or_refused(api, data):
     body = data.draw(_bodies(api.events))
