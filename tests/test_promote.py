@@ -148,7 +148,7 @@ def test_a_sweep_aliases_its_best_job_by_validation_and_nests_its_runs(tmp_path)
     assert {r["alias"] for r in regs.values()} == {None}  # jobs register versions, move no alias
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     client = mlflow.MlflowClient()
-    assert client.get_model_version_by_alias("aml-scorer", "challenger").version == str(regs["0"]["version"])
+    assert int(client.get_model_version_by_alias("aml-scorer", "challenger").version) == regs["0"]["version"]
     assert regs["1"]["version"] > regs["0"]["version"]  # the last registered is not the one aliased
     parent = (sweep / "mlflow_parent_run.txt").read_text().strip()
     parent_run = client.get_run(parent)

@@ -1,7 +1,8 @@
 """``task=score``: score a file of transactions with a bundle.
 
 The bundle comes from a folder, an MLflow run or a registered version
-(``bundle=models:/aml-scorer@challenger``). The input is a parquet file in the canonical
+(``bundle=models:/aml-scorer@challenger``, or ``@champion`` once ``task=promote`` has
+passed one through its gate). The input is a parquet file in the canonical
 schema (``input=data/validated/transactions.parquet``) or, when no input is given, the
 configured source read and validated as in ``task=data``. Each event gets its score, the
 threshold and jurisdiction it was judged by, the alert flag, the top contributing
