@@ -1,9 +1,8 @@
 """``task=stream``: the streaming scorer (Spark Structured Streaming) over the online store.
 
 ``python -m aml_pipeline task=stream deploy=file bundle=models:/aml-scorer@challenger``
-(``@champion`` once ``task=promote`` has set it)
-(or ``deploy=kafka``); everything else is under ``deploy.*`` (conf/deploy/file.yaml,
-conf/deploy/kafka.yaml). See docs/streaming.md.
+(or ``deploy=kafka``; ``@champion`` once ``task=promote`` has set it); everything else is
+under ``deploy.*`` (conf/deploy/file.yaml, conf/deploy/kafka.yaml). See docs/streaming.md.
 """
 
 from __future__ import annotations
