@@ -25,6 +25,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.features.windows import duration_us
 from aml_pipeline.schema import conform
 from aml_pipeline.sources.synthetic import SyntheticSource
 
@@ -37,6 +38,7 @@ CONFIG = {
     "category_codes": {"columns": ["channel", "currency", "jurisdiction"]},
     "bucketing": {"columns": ["amount"], "n_buckets": 8},
     "flow": {"windows": ["1h", "12h"], "max_inflows": 3, "lookback": "12h", "habit": "12h"},
+    "paths": {"window": "24h", "hop_lag": "1h", "max_rows": 3, "max_intermediary_degree": 10},
     "burst": {"windows": ["1h", "24h"], "alike_windows": ["24h"], "max_rows": 3},
     "novelty": {"lookback": "12h", "new_windows": ["1h", "12h"]},
     "structuring": {"windows": ["24h"], "reporting_threshold": 1000.0, "band": 0.5, "cash_channels": ["cash_deposit", "p2p"],
@@ -120,8 +122,10 @@ def test_features_are_not_trivial(full, fitted):
                 "pair_prior_12h", "src_age_12h", "dst_age_12h", "src_new_payees_12h", "src_new_payers_12h",
                 "dst_new_payers_12h", "dst_cash_band_count_24h",
                 "dst_cash_band_sum_24h", "dst_cash_band_senders_24h", "dst_cash_band_branches_24h",
-                "src_in_countries_24h", "dst_in_countries_24h", "src_in_risk_24h", "cross_border"]:  # fmt: skip
+                "src_in_countries_24h", "dst_in_countries_24h", "src_in_risk_24h", "cross_border",
+                "src_fwd_chain_1h", "dst_in_fwd_24h", "dst_gather_routes_24h"]:  # fmt: skip
         assert full[col].drop_nulls().n_unique() > 1, col
+    assert set(fitted.steps[3][1].hubs_) == set(dict(fitted.steps)["paths"].hubs_)  # fitted as the graph step fits them
 
 
 # --------------------------------------------------------------------------- (a)
@@ -199,12 +203,13 @@ def test_streaming_with_only_the_history_window(data, start):
     bounded = {k: v for k, v in CONFIG.items() if k != "time"}  # time needs unbounded history
     plan = FeaturePlan.from_config(bounded)
     plan.fit_transform(data.filter(pl.col(T) < start + timedelta(days=7)))
-    assert plan.history_window() == "24h"
+    # paths: its 24 h window's forwards read their senders' inflows an hour (hop_lag) before
+    assert duration_us(plan.history_window()) == duration_us("25h")
     full = plan.transform(data)
     for day in (4, 8, 11):
         cut = start + timedelta(days=day, hours=5)
         batch = (pl.col(T) >= cut) & (pl.col(T) < cut + timedelta(hours=12))
-        history = (pl.col(T) < cut) & (pl.col(T) >= cut - timedelta(hours=24))
+        history = (pl.col(T) < cut) & (pl.col(T) >= cut - timedelta(hours=25))
         exact(plan.transform(data.filter(batch), history=data.filter(history)), full.filter(batch))
 
 
@@ -249,6 +254,9 @@ def test_history_features_match_a_brute_force_reference(data, fitted, full):
             if e1[3] == e2[2] and e1[1] < e2[1] and e1[2] not in (e2[2], end) and (start is None or e1[2] == start)
         )
 
+    inflows_of: dict = {}
+    for e in sorted(rows, key=lambda e: e[1]):
+        inflows_of.setdefault(e[3], []).append(e)
     rng = np.random.default_rng(5)
     for i in rng.choice(len(rows), 400, replace=False):
         eid, t, s, d, a = rows[i][:5]
@@ -277,6 +285,7 @@ def test_history_features_match_a_brute_force_reference(data, fitted, full):
         assert r["dst_2hop_in_24h"] == paths(win, None, d)
         assert r["src_2hop_in_24h"] == paths(win, None, s)
         _movement_reference(rows, r, t, s, d, a, close)
+        _paths_reference(inflows_of, hubs, r, t, s, d, a)
 
 
 def _latest(rows: list, cap: int) -> list:
@@ -285,6 +294,39 @@ def _latest(rows: list, cap: int) -> list:
         return rows
     first = rows[-cap][1]
     return [e for e in rows if e[1] >= first]
+
+
+def _paths_reference(received: dict, hubs: set, r: dict, t, s, d, a) -> None:
+    """The paths step of CONFIG against its docstring, by plain loops (``received``: each
+    account's inflows in time order)."""
+    lag, day = timedelta(hours=1), timedelta(hours=24)
+
+    def passes(paid, got):
+        return paid is not None and got is not None and 0.85 * got <= paid <= got
+
+    def inflows(acc, since, until):  # the latest 3 (whole instants) in [since, until)
+        return _latest([e for e in received.get(acc, []) if since <= e[1] < until], 3)
+
+    depth = 0
+    for r1 in inflows(s, t - lag, t):
+        x = r1[2]
+        if s == d or x == s or not passes(a, r1[4]):
+            continue
+        depth = max(depth, 1)
+        if x not in hubs and any(r0[2] != x and passes(r1[4], r0[4]) for r0 in inflows(x, max(r1[1] - lag, t - day), r1[1])):
+            depth = 2
+    assert r["src_fwd_chain_1h"] == depth
+    into = inflows(d, t - day, t)
+    forwards = [e for e in into if e[2] != d and e[2] not in hubs and any(passes(e[4], g[4]) for g in inflows(e[2], e[1] - lag, e[1]))]
+    assert r["dst_in_fwd_24h"] == len(forwards)
+    origins = set() if s in hubs else {e[2] for e in inflows(s, t - day, t)} - {s, d}
+    via: dict = {}
+    for e in into:
+        if e[2] not in hubs and e[2] not in (d, s):
+            for g in inflows(e[2], t - day, e[1]):
+                if g[2] not in (d, e[2]):
+                    via.setdefault(g[2], set()).add(e[2])
+    assert r["dst_gather_routes_24h"] == max((1 + len(via.get(o, ())) for o in origins), default=0)
 
 
 def _movement_reference(rows, r, t, s, d, a, close) -> None:

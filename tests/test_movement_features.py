@@ -1,4 +1,4 @@
-"""The money-movement steps (flow, burst, novelty, structuring, cross_border) on tiny
+"""The money-movement steps (flow, paths, burst, novelty, structuring, cross_border) on tiny
 hand-made frames whose every expected value is worked out by hand, and their per-event
 forms against the batch forms.
 
@@ -80,6 +80,57 @@ def test_forwarding_habit_of_both_accounts_by_hand():
 
 
 # ------------------------------------------------------------------------------ burst
+# ------------------------------------------------------------------------------ paths
+def test_forwarding_chain_of_three_hops_by_hand():
+    rows = [
+        ("h1", at("08:00"), "O", "A", 1000.0),  # the origin pays A
+        ("h2", at("09:00"), "A", "B", 960.0),  # A forwards 96 %: a chain of one hop into h2
+        ("h3", at("10:00"), "B", "C", 900.0),  # B forwards 94 % of h2, which forwarded h1: depth 2
+        ("h4", at("11:00"), "C", "D", 400.0),  # 44 %: no forward
+        ("slow", at("10:00", day=9), "B", "E", 930.0),  # three days after h2: beyond the 48 h hop lag
+        ("self", at("12:00"), "C", "C", 890.0),  # a self-payment is no hop (it would forward h3)
+        ("h5", at("13:00"), "X", "C", 10.0),
+    ]
+    out = run(rows, {"paths": {}})
+    assert_column(out, "src_fwd_chain_48h", {"h1": 0, "h2": 1, "h3": 2, "h4": 0, "slow": 0, "self": 0})
+    # C's inflows before h5: h3, a forward (B had received h2 an hour before it), and the
+    # self-payment, never a forward
+    assert_column(out, "dst_in_fwd_7d", {"h1": 0, "h2": 0, "h3": 0, "self": 1, "h5": 1})
+
+
+def test_scatter_gather_routes_into_the_sink_by_hand():
+    rows = [
+        ("s1", at("09:00"), "O", "Y1", 500.0),  # the origin scatters over three intermediaries
+        ("s2", at("09:05"), "O", "Y2", 500.0),
+        ("s3", at("09:10"), "O", "Y3", 500.0),
+        ("g1", at("10:00"), "Y1", "K", 480.0),  # and they gather at the sink K
+        ("g2", at("10:10"), "Y2", "K", 470.0),
+        ("g3", at("10:20"), "Y3", "K", 490.0),
+        ("o1", at("10:30"), "P", "K", 300.0),  # a payer with no payer of its own: no origin
+        ("k1", at("11:00"), "K", "O", 1400.0),  # K's payers reach O by no other route: 1, this one
+    ]
+    out = run(rows, {"paths": {}})
+    # g1: O paid Y1, no route O -> y -> K before it: 1 (this one); g2: Y1 too; g3: Y1 and Y2
+    assert_column(out, "dst_gather_routes_7d", {"s1": 0, "g1": 1, "g2": 2, "g3": 3, "o1": 0, "k1": 1})
+    # forwards into K: g1, g2, g3 each pass on (94-98 %) what the intermediary got from O
+    assert_column(out, "dst_in_fwd_7d", {"g1": 0, "g2": 1, "g3": 2, "o1": 3, "k1": 0})
+
+
+def test_paths_never_go_through_a_hub():
+    # H pays three distinct receivers in training: a hub when max_intermediary_degree is 2
+    rows = [
+        ("t1", at("08:00"), "H", "R1", 10.0), ("t2", at("08:01"), "H", "R2", 10.0), ("t3", at("08:02"), "H", "R3", 10.0),
+        ("in", at("09:00"), "O", "H", 1000.0),
+        ("f1", at("10:00"), "H", "A", 950.0),  # H forwards O's payment
+        ("f2", at("11:00"), "A", "K", 930.0),  # A forwards it on: the third hop runs through H
+        ("f3", at("12:00"), "Z", "A", 1.0),
+    ]
+    out = run(rows, {"paths": {"max_intermediary_degree": 2}})
+    assert_column(out, "src_fwd_chain_48h", {"f1": 1, "f2": 1})  # not 2: H's inflows are not followed
+    assert_column(out, "dst_in_fwd_7d", {"f3": 0})  # A's inflow from H (f1) is not counted as a forward
+    assert_column(out, "dst_gather_routes_7d", {"f1": 0})  # H sends: a hub is no route
+
+
 def test_alike_amounts_into_the_receiver_and_out_of_the_sender_by_hand():
     rows = [("p1", at("10:00"), "P1", "R", 1000.0), ("p2", at("10:10"), "P2", "R", 1050.0),
             ("p3", at("10:20"), "P3", "R", 500.0), ("p4", at("10:30"), "P4", "R", 950.0),
@@ -166,6 +217,8 @@ def test_cross_border_countries_and_risk_list_by_hand():
     ("novelty", {"lookback": "x"}, r"lookback"),
     ("structuring", {"band": 1.5}, r"band must be in"),
     ("cross_border", {"max_rows": 0}, r"max_rows"),
+    ("paths", {"hop_lag": "soon"}, r"hop_lag"),
+    ("paths", {"band": [1.0, 0.5]}, r"band"),
 ])
 def test_bad_parameters_name_the_key(kind, params, match):
     with pytest.raises(ConfigError, match=rf"features\.steps\.{kind}.*{match}"):
@@ -173,11 +226,12 @@ def test_bad_parameters_name_the_key(kind, params, match):
 
 
 def test_every_step_has_a_per_event_form():
-    plan = FeaturePlan.from_config({k: {} for k in ("flow", "burst", "novelty", "structuring", "cross_border")})
+    plan = FeaturePlan.from_config({k: {} for k in ("flow", "paths", "burst", "novelty", "structuring", "cross_border")})
     OnlineFeatures(plan)  # no step is left to deploy.engine=polars
     needs = plan_needs(plan)
     assert set(needs.extra_columns) == {"channel", "src_country", "dst_country"}  # structuring: no branch_column by default
     assert needs.window_us == 37 * 86_400 * 10**6  # novelty: 30 days of look-back plus its 7-day window
+    assert needs.expand_us == 9 * 86_400 * 10**6  # paths: the payers' inflows, 7 days plus the 48 h hop lag
 
 
 def test_per_event_forms_equal_the_batch_forms_on_simulated_data():
@@ -187,7 +241,7 @@ def test_per_event_forms_equal_the_batch_forms_on_simulated_data():
     from aml_pipeline.sources.synthetic import SyntheticSource
 
     frame = SyntheticSource(n_accounts=300, days=21, seed=3, laundering_rate=0.03, realism="realistic").read()
-    steps = {"flow": {}, "burst": {}, "novelty": {}, "cross_border": {"risk_countries": ["AE", "MX"]},
+    steps = {"flow": {}, "paths": {"max_intermediary_degree": 20}, "burst": {}, "novelty": {}, "cross_border": {"risk_countries": ["AE", "MX"]},
              "structuring": {"reporting_threshold": 1000.0, "band": 0.5, "branch_column": "region"}}
     plan = FeaturePlan.from_config(steps)
     cut = frame["event_time"][int(frame.height * 0.6)]
@@ -197,6 +251,6 @@ def test_per_event_forms_equal_the_batch_forms_on_simulated_data():
     exact, total = assert_same_features(plan, frame, got)
     assert exact == total
     out = plan.transform(frame)
-    for col in ("src_fwd_matches_24h", "src_fwd_new_7d", "dst_in_senders_1h", "src_new_payers_7d", "dst_cash_band_branches_14d",
+    for col in ("src_fwd_matches_24h", "src_fwd_new_7d", "src_fwd_chain_48h", "dst_in_fwd_7d", "dst_gather_routes_7d", "dst_in_senders_1h", "src_new_payers_7d", "dst_cash_band_branches_14d",
                 "src_in_countries_7d", "src_in_risk_7d"):
         assert out[col].drop_nulls().n_unique() > 1, col  # the comparison covers real values

@@ -65,6 +65,24 @@ def _lookup(labels: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return candidates[hit], pos[hit]
 
 
+def hub_accounts(frame: pl.DataFrame, max_degree: int) -> list[str]:
+    """The senders that paid more than ``max_degree`` distinct receivers in ``frame``,
+    sorted: the intermediaries no 2-hop path goes through (:class:`CounterpartyGraph`,
+    :class:`~aml_pipeline.features.paths.TemporalPaths`)."""
+    if SRC in frame.columns and DST in frame.columns:
+        # A plan's frame: count distinct receivers per sender on the shared timeline
+        # (its pairs are grouped already), instead of grouping the account names.
+        tl = timeline(frame)
+        rows = tl.pairs("out")
+        src, dst = tl.src[rows], tl.dst[rows]
+        new_pair = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])] if rows.size else np.zeros(0, dtype=bool)
+        degree = np.bincount(src[new_pair], minlength=tl.n_accounts)
+        hubs = tl.frame.filter(pl.col(SRC).is_in(np.flatnonzero(degree > max_degree).tolist()))
+        return sorted(hubs["src_account"].unique().to_list())
+    degree = frame.group_by("src_account").agg(pl.col("dst_account").n_unique().alias("n"))
+    return sorted(degree.filter(pl.col("n") > max_degree)["src_account"].to_list())
+
+
 @register
 @dataclass
 class CounterpartyGraph(FeatureStep):
@@ -106,19 +124,7 @@ class CounterpartyGraph(FeatureStep):
         return self.window, list(getattr(self, "hubs_", []) or [])
 
     def fit(self, frame: pl.DataFrame) -> "CounterpartyGraph":
-        if SRC in frame.columns and DST in frame.columns:
-            # A plan's frame: count distinct receivers per sender on the shared timeline
-            # (its pairs are grouped already), instead of grouping the account names.
-            tl = timeline(frame)
-            rows = tl.pairs("out")
-            src, dst = tl.src[rows], tl.dst[rows]
-            new_pair = np.r_[True, (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])] if rows.size else np.zeros(0, dtype=bool)
-            degree = np.bincount(src[new_pair], minlength=tl.n_accounts)
-            hubs = tl.frame.filter(pl.col(SRC).is_in(np.flatnonzero(degree > self.max_intermediary_degree).tolist()))
-            self.hubs_ = sorted(hubs["src_account"].unique().to_list())
-            return self
-        degree = frame.group_by("src_account").agg(pl.col("dst_account").n_unique().alias("n"))
-        self.hubs_ = sorted(degree.filter(pl.col("n") > self.max_intermediary_degree)["src_account"].to_list())
+        self.hubs_ = hub_accounts(frame, self.max_intermediary_degree)
         return self
 
     # -- pieces (numpy on the shared timeline; rows in the order each piece sorts them) ----

@@ -19,7 +19,7 @@ from aml_pipeline.features.windows import duration_us, scored_events, shared_tim
 
 # Import the step modules so their @register decorators fill STEPS.
 from aml_pipeline.features import (amount_signals, balance, burst, cross_border, encoding, flow, graph,  # noqa: F401,E402
-                                   novelty, rolling, structuring, time_signals)
+                                   novelty, paths, rolling, structuring, time_signals)
 
 
 class FeaturePlan:

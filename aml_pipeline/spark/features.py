@@ -399,6 +399,11 @@ def _graph_passes(step, ctx: Context) -> list[PassRequest]:
     return requests
 
 
+#: Spark fits of steps that have fitted state but no compiled transform: they run per
+#: account partition only (``engine.passes=accounts``), fitted here first.
+PARTITION_FITS: dict[str, Callable] = {"paths": _fit_graph}  # the same hubs as the graph step
+
+
 @compiles("graph", fit=_fit_graph, passes=_graph_passes)
 def graph(step, frame: DataFrame, ctx: Context) -> DataFrame:
     sent, got = F.col(ctx.tmp("sent")), F.col(ctx.tmp("got"))
@@ -562,13 +567,19 @@ def target_encoding(step, frame: DataFrame, ctx: Context) -> DataFrame:
 
 
 # ----------------------------------------------------------------------------- the plan
+def _spark_fit(step: FeatureStep) -> Callable | None:
+    """The Spark fit of a step: its compilation's, or its partition-only fit, or None."""
+    return SPARK_STEPS[step.kind].fit if step.kind in SPARK_STEPS else PARTITION_FITS.get(step.kind)
+
+
 def check_compiled(plan: FeaturePlan, passes: str = "arrow") -> None:
     """Refuse a plan with a step kind that has no Spark compilation, naming the step.
 
     With ``passes="accounts"`` a step without one runs as its own polars code per account
     partition (:mod:`.accounts`), so only a step that cannot run there must be compiled."""
     for name, step in plan.steps:
-        if step.kind not in SPARK_STEPS and passes == "accounts" and partitionable(step) and type(step).fit is FeatureStep.fit:
+        if step.kind not in SPARK_STEPS and passes == "accounts" and partitionable(step) and (
+                type(step).fit is FeatureStep.fit or step.kind in PARTITION_FITS):
             continue
         if step.kind not in SPARK_STEPS:
             hint = ("" if passes == "accounts" or not partitionable(step) else
@@ -742,7 +753,7 @@ class SparkFeatures:
         """Run the steps that can run per account partition (:mod:`.accounts`); return the
         frame of their results, prepared again, and the steps left for the compiled path.
         ``train``: the training-window flag when fitting; ``history``: history rows present."""
-        local, rest = split_plan(self.plan, inputs, lambda step: step.kind in SPARK_STEPS and SPARK_STEPS[step.kind].fit is not None)
+        local, rest = split_plan(self.plan, inputs, lambda step: _spark_fit(step) is not None)
         for name, step in rest:
             if step.kind not in SPARK_STEPS:
                 raise ConfigError(f"features.steps.{name} ({step.kind}) reads a column that a step after the account "
@@ -754,7 +765,7 @@ class SparkFeatures:
             raise ConfigError(f"features.steps.{names}: with history rows, engine.passes=accounts runs only steps that "
                               f"read input columns; use engine.passes=arrow for this plan")
         for name, step in local:
-            fit = SPARK_STEPS[step.kind].fit if step.kind in SPARK_STEPS else None
+            fit = _spark_fit(step)
             if train is not None and fit is not None:
                 self.ctx.step = name
                 step.load_state(fit(step, prepared.where(F.col(TRAIN)), self.ctx))

@@ -22,9 +22,10 @@ whatever order they arrived in.
 
 What the store must return (:class:`PlanNeeds`): the two accounts' rows within the
 longest bounded window, each account's previous event time (``time``; unbounded), and
-for graph steps the received rows of the accounts that paid either account within the
-graph window (paths ``a -> x -> account`` need ``x``'s incoming payments), except hubs,
-which the graph step never counts through.
+for steps that follow 2-hop paths (``two_hop``: the graph and paths steps) the received
+rows of the accounts that paid either account within the step's reach (paths
+``a -> x -> account`` need ``x``'s incoming payments), except hubs, which those steps
+never count through.
 """
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ def plan_needs(plan: FeaturePlan) -> PlanNeeds:
                                 "a bounded window (plus each account's previous event, for time)")
             continue
         window = max(window, duration_us(w))
-        if step.kind == "graph":
-            expand = max(expand, duration_us(w))
-            step_hubs = frozenset(getattr(step, "hubs_", []) or [])
+        hop = step.two_hop()
+        if hop is not None:
+            expand = max(expand, duration_us(hop[0]))
+            step_hubs = frozenset(hop[1])
             hubs = step_hubs if hubs is None else hubs & step_hubs
     return PlanNeeds(window, expand, hubs or frozenset(), tuple(extra))
 
