@@ -277,8 +277,8 @@ def test_bundle_without_reference_is_one_line(world, tmp_path):
     with pytest.raises(UserError) as exc:
         monitor(cfg)
     assert exc.value.exit_code == 2 and str(exc.value) == (
-        f"bundle {old} has no monitoring reference (reference.json): it predates task=monitor or was trained "
-        f"on Spark; retrain it with task=train")
+        f"bundle {old} has no monitoring reference (reference.json): it predates task=monitor; retrain it with "
+        f"task=train")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -365,3 +365,20 @@ def test_shadow_with_another_plan_is_refused(world):
     same = Shadow(ModelBundle.load(world["bundle"]), live, "same")  # itself as shadow: always agrees
     x = np.zeros(len(live.feature_columns()))
     assert same.decide(x, "US")["shadow_score"] == live.model.predict_one(x)
+
+
+@pytest.mark.slow
+def test_spark_trained_bundle_keeps_the_same_reference(world):
+    """model=spark_gbt: the reference comes back from Spark and its feature histograms are
+    the polars-trained bundle's (same validation rows, same features)."""
+    root = world["root"]
+    small = [o for o in SMALL_RUN if not o.startswith("model.")]  # LightGBM's parameters
+    run_task(compose_config([*small, f"paths.data_dir={root / 'data'}", f"paths.models_dir={root / 'models_spark'}",
+                             f"paths.reports_dir={root / 'reports_spark'}", "model=spark_gbt", "model.params.maxIter=5",
+                             "engine.master='local[2]'", "engine.shuffle_partitions=2", "task=train"]))
+    spark_ref = ModelBundle.load(root / "models_spark/bundle").reference
+    polars_ref = ModelBundle.load(world["bundle"]).reference
+    assert spark_ref["window"] == polars_ref["window"]
+    for column in ("log_amount", "src_in_count_24h", "code_channel", "jurisdiction"):
+        assert spark_ref["columns"][column] == polars_ref["columns"][column], column
+    assert spark_ref["score"]["n"] == polars_ref["score"]["n"]

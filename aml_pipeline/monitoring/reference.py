@@ -47,6 +47,8 @@ def build_reference(frame: pl.DataFrame, feature_columns: list[str], categorical
         if c in frame.columns:
             columns[c] = categorical_reference(frame[c].to_list())
     times = frame["event_time"] if "event_time" in frame.columns else None
+    if times is not None and getattr(times.dtype, "time_zone", None) is None:
+        times = times.dt.replace_time_zone("UTC")  # Spark hands back naive UTC times
     jur = frame["jurisdiction"].to_numpy() if "jurisdiction" in frame.columns else np.full(frame.height, "*")
     alert = np.asarray(alert, dtype=bool)
     per_jur = {}

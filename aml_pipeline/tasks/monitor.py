@@ -78,8 +78,8 @@ def monitor(cfg: DictConfig) -> dict:
         bundle = resolve_bundle(cfg.bundle, cfg)
     reference = bundle.reference
     if reference is None:
-        raise UserError(f"bundle {cfg.bundle} has no monitoring reference (reference.json): it predates task=monitor "
-                        f"or was trained on Spark; retrain it with task=train")
+        raise UserError(f"bundle {cfg.bundle} has no monitoring reference (reference.json): it predates task=monitor; "
+                        f"retrain it with task=train")
     unknown = [c for c in m.exclude if c != "score" and c not in reference["columns"]]
     if unknown:
         raise ConfigError(f"monitor.exclude: {unknown[0]!r} is not a monitored column; allowed: score, "
