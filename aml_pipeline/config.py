@@ -624,6 +624,8 @@ class MonitorConfig:
     novelty: DriftLevel = field(default_factory=lambda: DriftLevel(0.01, 0.05))
     #: Columns reported but never judged (e.g. calendar features over a short window).
     exclude: list[str] = field(default_factory=list)
+    #: A window with fewer events is reported but not judged (its histograms are noise).
+    min_events: int = 200
     #: The window: scored events at or after start and before end (ISO 8601, UTC); null = all.
     start: Optional[str] = None
     end: Optional[str] = None

@@ -206,6 +206,11 @@ def test_shifted_world_is_flagged_with_its_features_named(world):
     quiet = monitor(compose_config([*world["common"], *world["window"], "task=monitor", "monitor.fail_on_drift=false",
                                     f"input={world['root'] / 'shifted.parquet'}", f"monitor.output={out}/quiet"]))
     assert quiet["drift_detected"] is True and quiet["exit_code"] == 0
+    # too few events for monitor.min_events: measured and shown, not judged
+    few = monitor(compose_config([*world["common"], *world["window"], "task=monitor", "monitor.min_events=100000",
+                                  f"input={world['root'] / 'shifted.parquet'}", f"monitor.output={out}/few"]))
+    assert few["judged"] is False and few["drift_detected"] is False and few["exit_code"] == 0
+    assert few["drift"]["columns"]["log_amount"]["psi"] == pytest.approx(columns["log_amount"]["psi"])
     # excluding every drifted column (and the score) leaves nothing judged to flag
     excluded = ",".join(["score", *report["drifted"]])
     calm = monitor(compose_config([*world["common"], *world["window"], "task=monitor", f"monitor.exclude=[{excluded}]",
@@ -284,6 +289,7 @@ def test_bundle_without_reference_is_one_line(world, tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("monitor.psi.warn=0.5", "monitor.psi.warn (0.5) must not exceed monitor.psi.alert (0.25)"),
     ("monitor.bins=1", "monitor.bins must be between 2 and 50"),
+    ("monitor.min_events=0", "monitor.min_events must be >= 1"),
     ("monitor.label_delay=soon", "monitor.label_delay='soon' is not a duration"),
     ("monitor.exclude=[nope]", "monitor.exclude: 'nope' is not a monitored column"),
 ])

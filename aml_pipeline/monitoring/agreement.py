@@ -26,6 +26,7 @@ def agreement(window: pl.DataFrame) -> dict | None:
                       neither=(~live & ~shadow).sum()).row(0, named=True)
     either = counts["both"] + counts["live_only"] + counts["shadow_only"]
     rho = w.select(pl.corr("score", "shadow_score", method="spearman")).item() if w.height > 1 else None
+    rho = None if rho is None or rho != rho else float(rho)  # constant scores have no rank order (NaN)
     versions = sorted({str(v) for v in w["shadow_model_version"].to_list()}) if "shadow_model_version" in w.columns else []
     return {"events": w.height, **{k: int(v) for k, v in counts.items()},
             "live_alerts": counts["both"] + counts["live_only"], "shadow_alerts": counts["both"] + counts["shadow_only"],

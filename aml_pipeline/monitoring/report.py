@@ -130,7 +130,8 @@ def _status(s: str) -> str:
 
 def render_html(report: dict, plots: dict[str, Path]) -> str:
     d, v, p = report["drift"], report["alerts"], report.get("performance")
-    verdict = ("DRIFT: " + ", ".join(html.escape(c) for c in report["drifted"])) if report["drift_detected"] else "no drift"
+    verdict = ("DRIFT: " + ", ".join(html.escape(c) for c in report["drifted"])) if report["drift_detected"] else \
+        "no drift" if report.get("judged", True) else "not judged: too few events (monitor.min_events)"
     rows = [[html.escape(n), r["kind"], _f(r["psi"]), _f(r["js"]), _f(r["missing_reference"], True),
              _f(r["missing_current"], True), _f(r["out_of_range"], True), _f(r["novelty"], True), _status(r["status"])]
             for n, r in [("score", d["score"]), *sorted(d["columns"].items(), key=lambda kv: -np.nan_to_num(kv[1]["psi"]))]]

@@ -56,6 +56,8 @@ def levels_of(m: DictConfig) -> Levels:
 
 def check(cfg: DictConfig) -> Levels:
     m = cfg.monitor
+    if int(m.min_events) < 1:
+        raise ConfigError(f"monitor.min_events must be >= 1 (got {m.min_events})")
     if not 2 <= int(m.bins) <= REFERENCE_BINS:
         raise ConfigError(f"monitor.bins must be between 2 and {REFERENCE_BINS} (the reference keeps {REFERENCE_BINS} "
                           f"quantile bins; got {m.bins})")
@@ -87,8 +89,10 @@ def monitor(cfg: DictConfig) -> dict:
     window = read_window(cfg.input, bundle.feature_columns(), m.start, m.end)
     if window.height == 0:
         raise UserError(f"input={cfg.input}: no scored events in the window (monitor.start={m.start}, monitor.end={m.end})")
+    judged = window.height >= int(m.min_events)  # a handful of events makes noisy histograms, not drift
+    exclude = list(m.exclude) if judged else ["score", *reference["columns"]]
     with status(f"monitor: {window.height:,} events against the reference"):
-        drift = drift_report(reference, window, levels, int(m.bins), list(m.exclude))
+        drift = drift_report(reference, window, levels, int(m.bins), exclude)
         volume = alert_volume(window, reference)
     perf = None
     if m.labels:
@@ -96,7 +100,7 @@ def monitor(cfg: DictConfig) -> dict:
         perf = performance(window, read_labels(m.labels), as_of, parse_delay(m.label_delay))
     drifted = [*(["score"] if drift["score"]["status"] == "alert" else []), *drift["drifted_columns"]]
     report = {
-        "drift_detected": drift["drift"], "drifted": drifted, "warned": drift["warned_columns"],
+        "judged": judged, "drift_detected": drift["drift"], "drifted": drifted, "warned": drift["warned_columns"],
         "exit_code": DRIFT_EXIT if drift["drift"] and m.fail_on_drift else 0,
         "bundle": bundle.trace, "input": str(cfg.input),
         "window": {"start": window["event_time"].min().isoformat(), "end": window["event_time"].max().isoformat(),
@@ -118,7 +122,8 @@ def _names(items: list[str], k: int = 6) -> str:
 def _print(report: dict, outputs: dict, secs: float) -> None:
     d, v, p = report["drift"], report["alerts"], report["performance"]
     rows = [("window", f"{report['window']['start'][:19]} to {report['window']['end'][:19]}, {report['window']['events']:,} events"),
-            ("drift", ("yes: " + _names(report["drifted"])) if report["drift_detected"] else "no"),
+            ("drift", ("yes: " + _names(report["drifted"])) if report["drift_detected"] else "no" if report["judged"]
+             else f"not judged: {report['window']['events']:,} events < monitor.min_events={report['config']['min_events']}"),
             ("warnings", _names(report["warned"]) or "none"),
             ("score PSI / JS", f"{d['score']['psi']:.4f} / {d['score']['js']:.4f}"),
             ("largest PSI", ", ".join(f"{n} {x:.3f}" for n, x in d["top_psi"][:3])),
