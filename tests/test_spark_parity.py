@@ -498,7 +498,8 @@ def _corrupted_paysim(folder: Path) -> Path:
         (5, "amount", "12x.5"), (6, "amount", "-5"), (7, "amount", "nan"), (8, "amount", "inf"), (9, "amount", "0"),
         (10, "step", ""), (11, "step", "x"), (12, "nameOrig", ""), (13, "nameDest", "  "),
         (14, "nameDest", "\u00a0\t"), (15, "isFraud", "2"), (16, "isFraud", ""), (17, "oldbalanceOrg", "abc"),
-        (18, "nameOrig", 'say "hi"\\'), (19, "amount", "1e400"),
+        (18, "nameOrig", 'say "hi"\\'), (19, "amount", "1e400"), (22, "step", "9000000"), (23, "nameOrig", "C\x1f1"),
+        (24, "amount", "1,234.50"),  # too many fields
     ]:
         put(line_no, column, value)
     lines[20] = ""  # a blank line
