@@ -21,7 +21,8 @@ DATA = Path(__file__).resolve().parent / "data"
 #: The longest test files (minutes each: Spark clusters, streaming queries, kill-and-restart
 #: runs), collected first: the two workers (``-n 2 --dist loadfile``) take them at the start
 #: and share out the many short files after, instead of one worker ending alone on them.
-LONGEST_FIRST = ("test_spark_cluster.py", "test_stream_spark_state.py", "test_stream.py", "test_spark_parity.py",
+LONGEST_FIRST = ("test_spark_cluster.py", "test_stream_kafka.py", "test_stream_spark_state.py", "test_stream.py",
+                 "test_spark_parity.py",
                  "test_dvc.py", "test_spark_models.py", "test_kafka_connector.py")
 
 
@@ -29,30 +30,27 @@ LONGEST_FIRST = ("test_spark_cluster.py", "test_stream_spark_state.py", "test_st
 #: tests: its jars (resolved with mvn on first use, cached under .cache/jars/) go on the JVM's
 #: classpath when pyspark launches it (PYSPARK_SUBMIT_ARGS, read once per process, whichever
 #: test module starts Spark first), so format("kafka") and our format("aml_kafka") run in the
-#: same session. Why not, if they could not be had: SPARK_KAFKA_MISSING (the tests that need
-#: them fail with it). Subprocesses (run_cli) do not inherit it: the scorer adds the jars itself.
-SPARK_KAFKA_JARS: list[str] = []
-SPARK_KAFKA_MISSING: str | None = None
-
-
+#: same session. If they cannot be had, the tests that need them fail saying why
+#: (spark_kafka_jars_or_fail). Subprocesses (run_cli) do not inherit it:
+#: the scorer adds the jars itself.
 def pytest_configure(config):
-    global SPARK_KAFKA_MISSING
     from aml_pipeline.streaming.jars import JarsUnavailable, spark_kafka_jars
 
     try:
         jars, _ = spark_kafka_jars()
-    except JarsUnavailable as exc:
-        SPARK_KAFKA_MISSING = str(exc)
+    except JarsUnavailable:
         return
-    SPARK_KAFKA_JARS[:] = [str(j) for j in jars]
-    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--jars {','.join(SPARK_KAFKA_JARS)} pyspark-shell"
+    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--jars {','.join(str(j) for j in jars)} pyspark-shell"
 
 
 def spark_kafka_jars_or_fail() -> list[str]:
-    """The connector's jars, or the test fails saying why they are missing."""
-    if not SPARK_KAFKA_JARS:
-        pytest.fail(f"Spark's Kafka connector is not available: {SPARK_KAFKA_MISSING}")
-    return SPARK_KAFKA_JARS
+    """The connector's jars (cached by then), or the test fails saying why they are missing."""
+    from aml_pipeline.streaming.jars import JarsUnavailable, spark_kafka_jars
+
+    try:
+        return [str(j) for j in spark_kafka_jars()[0]]
+    except JarsUnavailable as exc:
+        pytest.fail(f"Spark's Kafka connector is not available: {exc}")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -299,11 +299,16 @@ def _check_sink_columns(columns: list[str], topic: str | None) -> None:
 
 
 def _consumer(client: Mapping[str, str], **extra: Any):
-    """A consumer for metadata and reads; never joins a group, never commits offsets."""
+    """A consumer for metadata and reads; never joins a group, never commits offsets.
+
+    An assigned offset the broker no longer holds (retention, DeleteRecords) resets to the
+    partition's earliest: the reader then sees the gap and applies ``failOnDataLoss``. With
+    librdkafka's default (``latest``) it waited for records that were gone until
+    ``kafkaConsumer.pollTimeoutMs`` (found against Apache Kafka's DeleteRecords)."""
     from confluent_kafka import Consumer, KafkaException
 
     conf = {"group.id": f"aml-kafka-{uuid.uuid4().hex[:12]}", **client, **extra,
-            "enable.auto.commit": False, "enable.auto.offset.store": False}
+            "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest"}
     try:
         return Consumer(conf)
     except KafkaException as exc:

@@ -1,0 +1,273 @@
+"""The streaming scorer on Apache Kafka (the session's KRaft broker) with both Kafka
+connectors: Spark's own (``deploy.connector=spark``: spark-sql-kafka-0-10, jars resolved with
+mvn) and ours (``deploy.connector=python``: a PySpark data source on confluent-kafka).
+
+The same records (the test window's events out of order, malformed records, duplicates, late
+events, bytes that are not UTF-8) go through ``task=stream deploy=kafka`` with each connector;
+each run must score every event exactly as ``task=score`` does and reconcile its counts, and
+the two runs must publish the same alerts, deferred alerts, dead letters (with their topic,
+partition and offset) and late events. Then, per connector: a scorer killed with SIGKILL
+mid-stream restarts from its checkpoint without losing or changing an alert; offsets lost to
+retention fail the query unless ``failOnDataLoss=false``; and with neither the connector's jars
+nor mvn at hand, ``auto`` falls back to ours and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from aml_pipeline.streaming.records import UNPARSEABLE
+from tests.conftest import ROOT, cli_env, run_cli, spark_kafka_jars_or_fail
+from tests.test_stream import (  # noqa: F401  (run: the module's trained bundle and stream records)
+    _consume_all,
+    _create_topics,
+    _state_batch,
+    assert_parity,
+    kafka_round_trip,
+    run,
+    stream_args,
+)
+
+CONNECTORS = ("spark", "python")
+
+
+@pytest.fixture(scope="module")
+def output_broker():
+    """A second Apache Kafka broker for the output topics (``deploy.output_bootstrap_servers``)."""
+    from aml_pipeline.streaming.broker import KafkaBroker
+
+    with KafkaBroker() as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="module")
+def kafka_runs(run, kafka_broker, output_broker):
+    """One uninterrupted run per connector, each on its own topics (computed when first asked for)."""
+    done: dict[str, tuple] = {}
+
+    def get(connector: str):
+        if connector not in done:
+            if connector == "spark":
+                spark_kafka_jars_or_fail()
+            tag = f"{connector}_{uuid.uuid4().hex[:8]}"
+            args = stream_args(run, f"kafka_{connector}", "deploy.once=true", "deploy.max_records_per_batch=150",
+                               f"deploy.connector={connector}")
+            done[connector] = (*kafka_round_trip(run, kafka_broker, args, tag, output_broker=output_broker), tag)
+        return done[connector]
+
+    return get
+
+
+def _unique(records: list[dict], key: str) -> dict[str, dict]:
+    """Records by ``key``; the outputs are at-least-once, so a key may repeat, with the same record."""
+    out: dict[str, dict] = {}
+    for r in records:
+        k = r[key]
+        if k in out:
+            assert {**out[k], "scored_at": None, "batch_id": None} == {**r, "scored_at": None, "batch_id": None}, k
+        out[k] = r
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_kafka_stream_matches_offline_and_reconciles(run, kafka_runs, kafka_broker, output_broker, connector):
+    """Every event scored as offline, counts reconcile (checked in kafka_round_trip), the
+    connector the notice names is the one asked for, outputs on the second broker only."""
+    from confluent_kafka.admin import AdminClient
+
+    records, summary, got, tag = kafka_runs(connector)
+    assert summary["connector"] == connector
+    assert f"kafka connector: {connector} (deploy.connector={connector}" in summary["_stderr"]
+    assert summary["reader"] == ("ranges" if connector == "python" else None)
+    on_input = set(AdminClient({"bootstrap.servers": kafka_broker}).list_topics(timeout=30).topics)
+    assert f"input_{tag}" in on_input and not {f"{k}_{tag}" for k in got} & on_input
+    assert {d["record"] for d in got["dead_letter"] if d["record"] is not None} == set(run.expected["dead"])
+    for kind in ("alerts", "deferred"):
+        assert all(a["_key"] == a["alert_id"] for a in got[kind])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_dead_letters_keep_their_offsets_and_the_budget_defers(run, kafka_runs, connector):
+    """Each dead letter names the partition and offset its record was produced at (record i went
+    to partition i % 2, so it sits at offset i // 2), with the original text; the budget (cap 5 a
+    day per jurisdiction) deferred alerts with their reason; late events are the expected ones."""
+    records, summary, got, _ = kafka_runs(connector)
+    for d in got["dead_letter"]:
+        i = d["partition"] + 2 * d["offset"]
+        assert d["batch_id"] is not None and d["reasons"]
+        if d["record"] is not None:
+            assert records[i].decode() == d["record"], d
+        else:
+            assert records[i] == b"\xff\xfe not utf-8"
+    for x in got["late"]:
+        assert records[x["partition"] + 2 * x["offset"]].decode() == x["record"] and x["reasons"] == ["late"]
+    assert got["deferred"] and all("alert budget: jurisdiction=" in a["deferred_reason"] for a in got["deferred"])
+    c = summary["counts"]
+    assert (c["alerts"], c["deferred"]) == (len(_unique(got["alerts"], "alert_id")), len(_unique(got["deferred"], "alert_id")))
+
+
+@pytest.mark.slow
+def test_both_connectors_publish_the_same_outputs(kafka_runs):
+    """Spark's connector and ours: the same counts, alerts, deferred alerts (with reasons),
+    dead letters (reasons and positions) and late events."""
+    a, b = kafka_runs("spark"), kafka_runs("python")
+    ca, cb = a[1]["counts"], b[1]["counts"]
+    assert {**ca, "batches": 0} == {**cb, "batches": 0}
+    for kind in ("alerts", "deferred"):
+        ga, gb = _unique(a[2][kind], "alert_id"), _unique(b[2][kind], "alert_id")
+        assert set(ga) == set(gb) and len(ga) > 0, kind
+        strip = ("scored_at", "batch_id", "_key")
+        assert ({k: {f: v for f, v in r.items() if f not in strip} for k, r in ga.items()}
+                == {k: {f: v for f, v in r.items() if f not in strip} for k, r in gb.items()}), kind
+
+    def positions(got, kind):
+        return sorted((d["partition"], d["offset"], tuple(d["reasons"]), d.get("event_id")) for d in got[kind])
+
+    assert positions(a[2], "dead_letter") == positions(b[2], "dead_letter")
+    assert positions(a[2], "late") == positions(b[2], "late")
+    da = pl.DataFrame(a[2]["decisions"], infer_schema_length=None).drop("_key", "scored_at", "batch_id", strict=False)
+    db = pl.DataFrame(b[2]["decisions"], infer_schema_length=None).drop("_key", "scored_at", "batch_id", strict=False)
+    assert da.sort("event_id").equals(db.sort("event_id").select(da.columns))
+
+
+# ----------------------------------------------------------------------------- kill and restart
+def _produce(bootstrap: str, topic: str, values: list[bytes], partitions: int = 2) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for i, value in enumerate(values):
+        producer.produce(topic, value=value, partition=i % partitions)
+    assert producer.flush(30) == 0
+
+
+def _kafka_args(run, name: str, bootstrap: str, topics: dict, connector: str, *extra: str) -> list[str]:
+    args = [a for a in stream_args(run, name, *extra) if not a.startswith(("deploy=", "deploy.input=", "deploy.output="))]
+    return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}", f"deploy.connector={connector}",
+            *[f"deploy.topics.{k}={t}" for k, t in topics.items()]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_killed_scorer_on_kafka_restarts_without_losing_alerts(run, kafka_runs, kafka_broker, connector):
+    """SIGKILL (the scorer and its JVM) after its 4th micro-batch of 150 records, restart with
+    micro-batches of 400: Spark replays the uncommitted micro-batch from its checkpoint's
+    offsets, and the alerts, deferred alerts and counts equal the uninterrupted run's."""
+    records, whole, whole_got, _ = kafka_runs(connector)
+    tag = f"kill_{connector}_{uuid.uuid4().hex[:8]}"
+    topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions")}
+    _create_topics(kafka_broker, {topics["input"]: 2, **{t: 1 for k, t in topics.items() if k != "input"}})
+    _produce(kafka_broker, topics["input"], records)
+    name = f"kafka_killed_{connector}"
+    base = run.dir / name
+    args = _kafka_args(run, name, kafka_broker, topics, connector, "deploy.once=true", "deploy.max_records_per_batch=150")
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while _state_batch(base / "checkpoint") < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the scorer finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = _state_batch(base / "checkpoint")
+    assert killed_at >= 4 and not (base / "reports/stream_summary.json").exists()
+    r = run_cli([*args, "deploy.max_records_per_batch=400"], cwd=run.dir, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert f"resuming after batch {killed_at}" in r.stderr
+    got = {k: _consume_all(kafka_broker, t) for k, t in topics.items() if k != "input"}
+    for kind in ("alerts", "deferred"):
+        assert set(_unique(got[kind], "alert_id")) == set(_unique(whole_got[kind], "alert_id")), kind
+    summary = json.loads((base / "reports/stream_summary.json").read_text())
+    assert summary["counts"] == {**whole["counts"], "batches": summary["counts"]["batches"]}
+    decisions = pl.DataFrame(list(_unique(got["decisions"], "event_id").values()), infer_schema_length=None).drop("_key")
+    assert set(decisions["event_id"].to_list()) == set(run.window["event_id"].to_list())
+    assert_parity(run, decisions)
+
+
+# ----------------------------------------------------------------------------- lost offsets
+@pytest.mark.slow
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_offsets_lost_to_retention_fail_unless_allowed(run, kafka_broker, connector):
+    """The scorer reads the first records; then the log's start moves past its checkpointed
+    offset (Kafka's DeleteRecords, what retention does): the next run fails, naming the data
+    loss; with ``failOnDataLoss=false`` it reads on from the log's new start and counts exactly
+    the records still there."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    if connector == "spark":
+        spark_kafka_jars_or_fail()
+    tag = f"loss_{connector}_{uuid.uuid4().hex[:8]}"
+    topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions")}
+    _create_topics(kafka_broker, {t: 1 for t in topics.values()})
+    lines = [t.encode() for f in run.files for t in f if t.startswith('{"event_id": "synthetic')]
+    first, second = lines[:120], lines[120:240]
+    _produce(kafka_broker, topics["input"], first, partitions=1)
+    name = f"kafka_loss_{connector}"
+    args = _kafka_args(run, name, kafka_broker, topics, connector, "deploy.once=true")
+    r = run_cli(args, cwd=run.dir, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((run.dir / name / "reports/stream_summary.json").read_text())
+    assert summary["counts"]["records_in"] == 120
+    _produce(kafka_broker, topics["input"], second, partitions=1)  # offsets 120..239
+    admin = AdminClient({"bootstrap.servers": kafka_broker})
+    lost = 150  # offsets 120..149 go before the scorer reads them
+    for f in admin.delete_records([TopicPartition(topics["input"], 0, lost)]).values():
+        assert f.result(30).low_watermark == lost
+    r = run_cli(args, cwd=run.dir, timeout=900)
+    err = r.stderr.lower()
+    assert r.returncode != 0 and ("data loss" in err or "data may have been lost" in err), r.stderr[-3000:]
+    r = run_cli([*args, "+deploy.options.failOnDataLoss=false"], cwd=run.dir, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    summary = json.loads((run.dir / name / "reports/stream_summary.json").read_text())
+    c = summary["counts"]
+    assert c["records_in"] == 120 + (240 - lost) and summary["reconciles"] is True
+    positions = {d["offset"] for d in _consume_all(kafka_broker, topics["dead_letter"])}
+    positions |= {d["offset"] for d in _consume_all(kafka_broker, topics["late"])}
+    assert not positions & set(range(120, lost))  # nothing of the lost range was read
+
+
+# ----------------------------------------------------------------------------- without the jars
+@pytest.mark.slow
+def test_auto_falls_back_to_our_connector_without_the_jars(run, kafka_broker, tmp_path):
+    """No cached connector jars (an empty AML_CACHE_DIR) and no mvn on PATH: deploy.connector=auto
+    says why it uses ours, and scores; deploy.connector=spark refuses in one line."""
+    tag = f"nojar_{uuid.uuid4().hex[:8]}"
+    topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions")}
+    _create_topics(kafka_broker, {t: 1 for t in topics.values()})
+    lines = [t.encode() for f in run.files for t in f if t.startswith('{"event_id": "synthetic')][:100]
+    _produce(kafka_broker, topics["input"], lines, partitions=1)
+    java = Path(subprocess.run(["bash", "-c", "command -v java"], capture_output=True, text=True).stdout.strip()).parent
+    env = {**cli_env(), "PYTHONPATH": str(ROOT), "AML_CACHE_DIR": str(tmp_path / "empty-cache"),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), str(java)])}
+    name = "kafka_nojar"
+    args = _kafka_args(run, name, kafka_broker, topics, "auto", "deploy.once=true")
+    r = subprocess.run([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    notice = [line for line in r.stderr.splitlines() if line.startswith("kafka connector:")]
+    assert len(notice) == 1 and notice[0].startswith("kafka connector: python (deploy.connector=auto and "
+                                                     "spark-sql-kafka-0-10_2.13 is not available: ")
+    assert "mvn is not installed" in notice[0]
+    summary = json.loads((run.dir / name / "reports/stream_summary.json").read_text())
+    assert summary["connector"] == "python" and summary["reader"] == "ranges"
+    assert summary["counts"]["records_in"] == 100 and summary["reconciles"] is True
+    spark_args = [a for a in args if not a.startswith("deploy.connector=")] + ["deploy.connector=spark"]
+    r = subprocess.run([sys.executable, "-m", "aml_pipeline", *spark_args],
+                       cwd=run.dir, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: deploy.connector=spark: spark-sql-kafka-0-10_2.13 is not available (")
