@@ -1,13 +1,14 @@
 """Streaming scorer benchmark: sustained events/s and event-to-alert latency on local[2].
 
-    python bench/stream.py                      # ~1M simulated events, deploy=kafka on the local broker
+    python bench/stream.py                      # ~1M simulated events, deploy=kafka on a local Apache Kafka
+    python bench/stream.py --connector spark,python --triggers "1 second"   # Spark's Kafka connector beside ours
     python bench/stream.py --events 200000      # fewer
     python bench/stream.py --latency-rate 3000 --latency-seconds 60 --triggers "1 second,5 seconds"
     python bench/stream.py --deploy file        # JSON-lines files in and out, no broker
     python bench/stream.py --state both --events 20000 --triggers ""   # state: store and state: spark side by side
     python bench/stream.py --readers auto       # only deploy.reader=auto (default: auto, then driver)
     python bench/stream.py --set deploy.model_threads=1   # any override for the scorer's runs
-    python bench/stream.py --output-broker same  # output topics on the input's broker (default: a second one)
+    python bench/stream.py --output-broker separate  # output topics on a second broker (default: the input's)
 
 What it does (everything under bench/out/stream/, reused when present):
 
@@ -30,17 +31,18 @@ What it does (everything under bench/out/stream/, reused when present):
    Python workers are up). The query is then stopped (SIGTERM: the held events are
    released and the summary written).
 
-On Kafka, each run has fresh local brokers: one for the input topic and, unless
-``--output-broker same``, a second one for the output topics
-(``deploy.output_bootstrap_servers``; :func:`brokers` says why). Every latency run also
+On Kafka, each run has a fresh local Apache Kafka broker (KRaft, from its Maven Central jars:
+:class:`aml_pipeline.streaming.broker.KafkaBroker`); with ``--output-broker separate`` a second
+one holds the output topics (``deploy.output_bootstrap_servers``). Every latency run also
 prints what one micro-batch costs (:func:`per_batch`).
 
-On Kafka, every run is done once per ``--readers`` value (``deploy.reader``: ``auto``, the
-default, which is ``ranges`` with state store: Spark plans each micro-batch's offset ranges and
-the scorer reads their records itself; then ``driver``, the alternative: the records read by
-consumers in the driver's source process and handed through Spark), and a last line compares
-them (throughput and steady-state p99 as ratios). ``tasks`` (a Spark task per partition and
-micro-batch) is the third choice.
+On Kafka, every run is done once per ``--connector`` value (``deploy.connector``: ``spark``,
+Spark's own spark-sql-kafka-0-10, and ``python``, ours) and, for ours, once per ``--readers``
+value (``deploy.reader``: ``auto``, which is ``ranges`` with state store: Spark plans each
+micro-batch's offset ranges and the scorer reads their records itself; ``driver``: the records
+read by consumers in the driver's source process and handed through Spark; ``tasks``: a Spark
+task per partition and micro-batch). A last line compares each with the first (throughput and
+steady-state p99 as ratios).
 
 ``--state spark`` (or ``both``) runs the same with ``deploy.state=spark`` (Spark's state
 store, RocksDB): its bundle is trained with ``features=streaming_local`` (the default plan
@@ -107,7 +109,7 @@ class Steal:
 
 
 #: Who a process is, by its command line (first match wins), for :class:`CpuByRole`.
-ROLES = (("broker", "noida-db"), ("publisher", "task=replay"), ("spark JVM", "java"),
+ROLES = (("broker", "kafka.Kafka"), ("broker", "noida-db"), ("publisher", "task=replay"), ("spark JVM", "java"),
          ("scorer", "task=stream"), ("spark python workers", "pyspark"))
 
 
@@ -222,8 +224,25 @@ def stream_args(name: str, bootstrap: str | None, topics: dict, data: dict, *ext
     if bootstrap is None:
         return [*args, "deploy=file", f"deploy.input={base / 'in'}", f"deploy.output={base / 'out'}", *extra, *SETTINGS]
     return [*args, "deploy=kafka", f"deploy.bootstrap_servers={bootstrap}", f"deploy.output_bootstrap_servers={outputs_at(bootstrap)}",
-            f"deploy.reader={reader}",
+            *deploy_for(reader),
             *[f"deploy.topics.{k}={v}" for k, v in topics.items()], *extra, *SETTINGS]
+
+
+#: The label of a run with Spark's own Kafka connector (the others are our connector's readers).
+SPARK_CONNECTOR = "spark-connector"
+
+
+def deploy_for(variant: str) -> list[str]:
+    """The connector and reader overrides of a run's variant: Spark's connector, or ours with a reader."""
+    if variant == SPARK_CONNECTOR:
+        return ["deploy.connector=spark"]
+    return ["deploy.connector=python", f"deploy.reader={variant}"]
+
+
+def describe(variant: str | None) -> str:
+    if variant is None:
+        return "files"
+    return "connector spark" if variant == SPARK_CONNECTOR else f"connector python, reader {variant}"
 
 
 def topics_for(tag: str) -> dict:
@@ -253,7 +272,7 @@ def throughput(bootstrap: str | None, data: dict, batch: int, state: str = "stor
     summary = json.loads((OUT / f"runs/{name}/reports/stream_summary.json").read_text())
     c = summary["counts"]
     span = summary["last_batch_at"] - summary["first_batch_at"]
-    return {"state": state, "reader": reader if bootstrap else None, "records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
+    return {"state": state, "reader": reader if bootstrap else None, "connector": summary.get("connector"), "records": c["records_in"], "scored": c["scored"], "alerts": c["alerts"], "batches": c["batches"],
             "seconds": round(span, 1), "events_per_s": round(c["records_in"] / span), "busy_seconds": summary["busy_seconds"],
             "reconciles": summary["reconciles"], "run_seconds": summary["seconds"],
             "late": c["late"], "stage_seconds": summary.get("stage_seconds"), "spark_seconds": summary.get("spark_seconds"),
@@ -394,7 +413,7 @@ def latency(bootstrap: str | None, data: dict, trigger: str, rate: float, second
         return {"alerts_timed": int(a.size), **{f"p{q}_s": round(float(np.percentile(a, q)), 3) for q in (50, 95, 99)},
                 "max_s": round(float(a.max()), 3)}
 
-    return {"state": state, "reader": reader if bootstrap else None, "trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
+    return {"state": state, "reader": reader if bootstrap else None, "connector": summary.get("connector"), "trigger": trigger, "rate": rate, "published": n, "publish_seconds": round(secs, 1),
             # every alert, and the steady state: events published after the first STEADY seconds
             "all": pct([lat for _, lat in timed]), "steady": pct([lat for p, lat in timed if p >= first + STEADY]),
             "counts": summary["counts"], "reconciles": summary["reconciles"], "stage_seconds": summary.get("stage_seconds"),
@@ -425,22 +444,20 @@ def outputs_at(bootstrap: str) -> str:
 
 @contextmanager
 def brokers(kafka: bool, separate_outputs: bool) -> Iterator[str | None]:
-    """Fresh local brokers for one run: the input topic's (yielded; None for deploy=file) and,
-    with ``separate_outputs``, a second one for the output topics (``OUTPUT_BROKER``,
-    ``deploy.output_bootstrap_servers``). Fresh, and the outputs apart, because the local
-    broker re-writes everything it holds after any write: a throughput run's 918,954 events
-    left on it more than doubled its CPU seconds in the latency run after (31 -> 74 CPU-s), and
-    with the input on the same broker every alert written costs a re-write of the backlog
-    (the broker took ~1 of the 2 cores in the throughput run: 201 CPU-s in 212 s)."""
+    """Fresh local Apache Kafka brokers for one run: the input topic's (yielded; None for
+    deploy=file) and, with ``separate_outputs``, a second one for the output topics
+    (``OUTPUT_BROKER``, ``deploy.output_bootstrap_servers``). Fresh, so that no run reads or
+    pays for what an earlier one left. (The outputs went apart by default while the benchmark
+    ran noida-db, which re-wrote all it held after any write; Apache Kafka appends.)"""
     global OUTPUT_BROKER
     if not kafka:
         yield None
         return
     from contextlib import nullcontext
 
-    from aml_pipeline.streaming.broker import LocalBroker
+    from aml_pipeline.streaming.broker import KafkaBroker
 
-    with LocalBroker() as b, (LocalBroker() if separate_outputs else nullcontext()) as out:
+    with KafkaBroker() as b, (KafkaBroker() if separate_outputs else nullcontext()) as out:
         OUTPUT_BROKER = out.bootstrap if out is not None else None
         try:
             yield b.bootstrap
@@ -461,11 +478,13 @@ def main() -> None:
     ap.add_argument("--deploy", choices=["kafka", "file"], default="kafka", help="kafka: the local broker; file: JSON-lines files")
     ap.add_argument("--state", choices=["store", "spark", "both"], default="store",
                     help="deploy.state; spark and both use a bundle of features=streaming_local")
-    ap.add_argument("--readers", default="auto,driver",
-                    help="deploy.reader values to run (kafka), in order; the first is the one measured against the "
-                         "targets, the others are the alternative in the same run")
-    ap.add_argument("--output-broker", choices=["separate", "same"], default="separate",
-                    help="kafka: the output topics on a second local broker (default) or on the input's")
+    ap.add_argument("--connector", default="spark,python",
+                    help="deploy.connector values to run (kafka), in order: spark (Spark's spark-sql-kafka-0-10), "
+                         "python (ours, once per --readers value); the first is compared with the others")
+    ap.add_argument("--readers", default="auto",
+                    help="deploy.reader values to run with our connector, in order (auto, ranges, driver, tasks)")
+    ap.add_argument("--output-broker", choices=["separate", "same"], default="same",
+                    help="kafka: the output topics on the input's broker (default) or on a second one")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every task=stream run, e.g. --set deploy.model_threads=1 (repeatable)")
     args = ap.parse_args()
@@ -476,12 +495,19 @@ def main() -> None:
 
     shutil.rmtree(OUT / "runs", ignore_errors=True)
     states = ["store", "spark"] if args.state == "both" else [args.state]
-    readers = [r.strip() for r in args.readers.split(",") if r.strip()] if args.deploy == "kafka" else ["auto"]
+    readers = [r.strip() for r in args.readers.split(",") if r.strip()]
+    connectors = [c.strip() for c in args.connector.split(",") if c.strip()]
+    if set(connectors) - {"spark", "python"}:
+        raise SystemExit(f"--connector: spark and/or python, not {args.connector!r}")
+    # what each run varies: Spark's connector, or ours with one of the readers
+    readers = ([v for c in connectors for v in ([SPARK_CONNECTOR] if c == "spark" else readers)]
+               if args.deploy == "kafka" else ["auto"])
     triggers = [s.strip() for s in args.triggers.split(",") if s.strip()]
     data = prepare(args.events, local_plan=args.state != "store")
     results: dict = {"deploy": args.deploy, "output_broker": args.output_broker if args.deploy == "kafka" else None,
                      "states": states, "readers": readers, "settings": SETTINGS, "events": data["events"],
-                     "partitions": PARTITIONS, "cpu_count": os.cpu_count(), "load_before": os.getloadavg(), "runs": []}
+                     "partitions": PARTITIONS, "cpu_count": os.cpu_count(), "load_before": os.getloadavg(),
+                     "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "runs": []}
     kafka = args.deploy == "kafka"
     for state in states:
         for reader in readers:
@@ -489,7 +515,7 @@ def main() -> None:
             if not args.skip_throughput:
                 with brokers(kafka, args.output_broker == "separate") as bootstrap:
                     run["throughput"] = t = throughput(bootstrap, data, args.batch, state, reader)
-                print(f"throughput (state {state}, reader {reader}): {t['records']:,} records in {t['seconds']}s = "
+                print(f"throughput (state {state}, {describe(run['reader'])}): {t['records']:,} records in {t['seconds']}s = "
                       f"{t['events_per_s']:,} events/s ({t['batches']} micro-batches, reconciles {t['reconciles']}; "
                       f"CPU steal {t['cpu_steal_percent']}%; CPU-s {t['cpu_seconds_by_role']})", flush=True)
             for trigger in triggers:
@@ -498,7 +524,7 @@ def main() -> None:
                 run["latency"].append(r)
                 for k in ("all", "steady"):
                     x = r[k]
-                    print(f"latency ({k}, state {state}, reader {reader}) at trigger {trigger}, {r['rate']:.0f} events/s: "
+                    print(f"latency ({k}, state {state}, {describe(run['reader'])}) at trigger {trigger}, {r['rate']:.0f} events/s: "
                           f"p50 {x.get('p50_s')}s p95 {x.get('p95_s')}s p99 {x.get('p99_s')}s over {x['alerts_timed']} alerts "
                           f"(CPU steal {r['cpu_steal_percent']}%; CPU-s {r['cpu_seconds_by_role']})", flush=True)
                 b = r["per_batch"]
@@ -526,7 +552,7 @@ def print_comparison(runs: list[dict]) -> None:
                 if pa and pb:
                     parts.append(f"steady p99 at {la['trigger']}: {pa}s vs {pb}s (ratio {pb / pa:.2f})")
             if parts:
-                print(f"state {state}, reader {base['reader']} vs {other['reader']}: " + "; ".join(parts), flush=True)
+                print(f"state {state}, {describe(base['reader'])} vs {describe(other['reader'])}: " + "; ".join(parts), flush=True)
 
 
 if __name__ == "__main__":

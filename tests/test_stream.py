@@ -201,6 +201,28 @@ def test_scorer_driver_jvm_options_follow_the_user_s():
     assert spark_conf(compose_config([]).engine)[key] == off  # batch tasks keep the JVM's default compilers
 
 
+def test_connector_choice_puts_spark_s_jars_in_the_session_conf():
+    """auto and spark: Spark's connector with its cached jars as spark.jars (after the user's);
+    python: no jars; a connector the user's engine.conf already loads: taken as is."""
+    from aml_pipeline.spark.session import spark_conf
+    from aml_pipeline.streaming.job import kafka_reader, settle_connector, stream_engine
+    from tests.conftest import spark_kafka_jars_or_fail
+
+    jars = spark_kafka_jars_or_fail()
+    for wanted in ("auto", "spark"):
+        cfg = compose_config(["task=stream", "deploy=kafka", f"deploy.connector={wanted}", "+engine.conf={spark.jars: /my.jar}"])
+        choice = settle_connector(cfg)
+        assert choice["name"] == "spark" and cfg.deploy.connector.value == "spark" and kafka_reader(cfg) is None
+        assert spark_conf(stream_engine(cfg))["spark.jars"] == ",".join(["/my.jar", *jars])
+        assert any(j.endswith(f"spark-sql-kafka-0-10_2.13-{choice['version']}.jar") for j in jars)
+    cfg = compose_config(["task=stream", "deploy=kafka", "deploy.connector=python"])
+    assert settle_connector(cfg)["name"] == "python" and "spark.jars" not in spark_conf(stream_engine(cfg))
+    assert kafka_reader(cfg) == "ranges"
+    cfg = compose_config(["task=stream", "deploy=kafka", "+engine.conf={spark.jars.packages: org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0}"])
+    assert settle_connector(cfg)["jars"] == [] and cfg.deploy.connector.value == "spark"
+    assert settle_connector(compose_config(["task=stream", "deploy=file"])) is None
+
+
 def test_kafka_reader_auto_follows_the_state_mode_and_ranges_needs_the_store():
     from aml_pipeline.streaming.job import kafka_reader, source_options
 
