@@ -75,7 +75,7 @@ def read_text_table(
         raise DataSourceError(f"{source}: {p} is empty (no header line)")
     with status(f"reading {p.name} ({p.stat().st_size / 1e6:.1f} MB)"):
         data = delimited.normalise(p.read_bytes(), source, str(p))
-        first = data.split(b"\n", 1)[0]
+        first = data[:data.find(b"\n")] if b"\n" in data else data
         found = delimited.header_names(first, separator)
         if not first.strip(b"\r \t"):
             raise DataSourceError(f"{source}: {p} has an empty header line")

@@ -65,33 +65,32 @@ def read_rows(data: bytes, separator: str, names: list[str]) -> pl.DataFrame:
     """Rows of ``data`` (header line included, already :func:`normalise` d) as text columns
     named ``names``, plus ``line`` (Int64, 1-based physical line), ``read_error`` and
     ``text`` (both null for a row read cleanly)."""
-    body_start = data.find(b"\n") + 1 if b"\n" in data else len(data)
+    newline = data.find(b"\n")
+    body_start = newline + 1 if newline >= 0 else len(data)
     frame = _fast(data, body_start, separator, names)
     return frame if frame is not None else _by_line(data[body_start:], separator, names)
 
 
 def _fast(data: bytes, body_start: int, separator: str, names: list[str]) -> pl.DataFrame | None:
+    """polars' reader, when it reads every line as one row of exactly the header's fields.
+
+    Without a quote character a line's fields are its separators plus one. polars refuses a
+    line with too many fields and pads one with too few, so: no line has too many (polars
+    did not refuse) and the separators add up to lines x (fields - 1), hence none has too few."""
     body = data[body_start:]
     if not body or b'"' in data or body.startswith(_UTF8_BOM):  # polars would drop a first field's BOM
         return None
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    lines = body.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
     sep = separator.encode("utf-8")
-    want = len(names) - 1
-    if any(line.count(sep) != want for line in lines):  # ragged, or a blank line (fewer fields)
+    lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+    if len(sep) != 1 or body.count(sep) != lines * (len(names) - 1):
         return None
-    try:
+    try:  # strict: invalid UTF-8 or a ragged line raises, and the line path takes the file
         frame = pl.read_csv(io.BytesIO(body), separator=separator, infer_schema=False, has_header=False,
                             new_columns=list(names), empty_string_is_null=False, raise_if_empty=False,
                             quote_char=None)
     except pl.exceptions.PolarsError:
         return None
-    if frame.height != len(lines) or frame.width != len(names):
+    if frame.height != lines or frame.width != len(names):
         return None
     return frame.with_columns(
         (pl.int_range(pl.len(), dtype=pl.Int64) + 2).alias("line"),
