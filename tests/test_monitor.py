@@ -180,6 +180,13 @@ def test_same_world_shows_no_drift(world):
     assert report["alerts"]["alert_rate"] == pytest.approx(report["alerts"]["reference_alert_rate"])
     saved = json.loads((out / "monitor.json").read_text())
     assert saved["drift_detected"] is False and saved["exit_code"] == 0
+    # every second event of the world: sampling noise only, below every warn level
+    half = world["root"] / "half.parquet"
+    pl.read_parquet(world["root"] / "same.parquet").sort("event_time", "event_id").gather_every(2).write_parquet(half)
+    noisy = monitor(compose_config([*world["common"], *world["window"], "task=monitor", f"input={half}",
+                                    f"monitor.output={out}/half"]))
+    psis = [r["psi"] for r in noisy["drift"]["columns"].values()]
+    assert noisy["drift_detected"] is False and noisy["warned"] == [] and 0 < max(psis) < 0.1
 
 
 def test_shifted_world_is_flagged_with_its_features_named(world):
