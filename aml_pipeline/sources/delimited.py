@@ -80,6 +80,8 @@ def _fast(data: bytes, body_start: int, separator: str, names: list[str]) -> pl.
     body = data[body_start:]
     if not body or b'"' in data or body.startswith(_UTF8_BOM):  # polars would drop a first field's BOM
         return None
+    if body.count(b"\r") != body.count(b"\r\n"):  # a lone CR: polars may take it for a line end
+        return None
     sep = separator.encode("utf-8")
     lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
     if len(sep) != 1 or body.count(sep) != lines * (len(names) - 1):
