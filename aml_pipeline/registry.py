@@ -3,8 +3,9 @@
 A run logs a bounded set of parameters, the headline metrics, the whole resolved config as
 a file, the reports and the bundle. Secrets never reach the run: params, tags and the config
 file pass through :mod:`aml_pipeline.secrets` (secret keys and URL passwords masked). The bundle is registered as a model version (an MLflow
-pyfunc wrapper around the bundle folder, so the registry shows a signature and an input
-example) tagged with the bundle hash, and given an alias (``models:/aml-scorer@challenger``).
+pyfunc that takes canonical transactions and returns score, threshold, alert and reasons,
+:mod:`aml_pipeline.lifecycle.pyfunc`, with its signature and an input example), tagged
+with the bundle hash, and given an alias (``models:/aml-scorer@challenger``).
 
 Loading never goes through the pyfunc wrapper: :func:`resolve_bundle` downloads the
 version's files and :class:`~aml_pipeline.bundle.ModelBundle` loads them only if the
@@ -79,20 +80,8 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
     with _quiet():
         mlflow = _client(cfg.mlflow)
         from mlflow.models import infer_signature
-        from mlflow.pyfunc import PythonModel
 
-        class BundleModel(PythonModel):
-            """Registry wrapper: scoring uses aml_pipeline's verified loader, not this class."""
-
-            def load_context(self, context):
-                from aml_pipeline.bundle import ModelBundle
-
-                self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT])
-
-            def predict(self, context, model_input, params=None):
-                import polars as pl
-
-                return self.bundle.predict_features(pl.from_pandas(model_input))
+        from aml_pipeline.lifecycle.pyfunc import TransactionScorer
 
         exp_id = _experiment_id(mlflow, cfg.mlflow)
         nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id else {}
@@ -103,14 +92,21 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
             mlflow.log_text(redacted_yaml(cfg), "config.yaml")
             for path in reports.values():
                 mlflow.log_artifact(path, artifact_path="reports")
-            signature = None
-            if input_example is not None:
-                signature = infer_signature(input_example.to_pandas(), None)
+            signature = example = None
+            python_model = TransactionScorer(bundle_hash)
+            if input_example is not None:  # canonical transactions in, decisions out
+                from aml_pipeline.bundle import ModelBundle
+                from aml_pipeline.lifecycle.pyfunc import decide
+
+                example = input_example.to_pandas()
+                decided = decide(ModelBundle.load(bundle_dir, expected_hash=bundle_hash), input_example).to_pandas()
+                signature = infer_signature(example, decided)
             info = mlflow.pyfunc.log_model(
                 name=BUNDLE_ARTIFACT,
-                python_model=BundleModel(),
+                python_model=python_model,
                 artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
                 signature=signature,
+                input_example=example,
                 # Explicit requirements: MLflow's inference runs the model in a subprocess (~7 s).
                 pip_requirements=_requirements(bundle_dir),
             )

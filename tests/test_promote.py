@@ -155,3 +155,29 @@ def test_a_sweep_aliases_its_best_job_by_validation_and_nests_its_runs(tmp_path)
     assert parent_run.info.status == "FINISHED" and parent_run.data.tags["best_job"] == "0"
     for reg in regs.values():
         assert client.get_run(reg["run_id"]).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_the_registered_model_takes_canonical_transactions(world):
+    """MLflow's own loader: canonical transactions in; score, threshold, alert, reasons out,
+    as the bundle decides them; hyper-parameters and weighting logged as params."""
+    import polars as pl
+
+    from aml_pipeline.bundle import ModelBundle
+
+    version = aliases(world)["challenger"]
+    model = mlflow.pyfunc.load_model(f"models:/aml-scorer/{version}")
+    inputs = model.metadata.get_input_schema().input_names()
+    assert {"event_id", "event_time", "src_account", "dst_account", "amount"} <= set(inputs) and "label" not in inputs
+    assert model.metadata.get_output_schema().input_names() == ["event_id", "score", "threshold", "alert", "reasons"]
+    events = pl.read_parquet(world.root / "data/validated/transactions.parquet").sort("event_time").tail(300)
+    naive = events.select(inputs).with_columns(pl.col("event_time").dt.replace_time_zone(None))  # MLflow's datetimes
+    out = model.predict(naive.to_pandas())
+    assert list(out["event_id"]) == events["event_id"].to_list()
+    bundle = ModelBundle.load(world.root / "models/bundle")
+    expected = bundle.score(events.select(inputs), explain="none")
+    assert abs(out["score"].to_numpy() - expected["score"].to_numpy()).max() <= 1e-12
+    assert list(out["alert"]) == expected["alert"].to_list()
+    assert all(len(r.split("; ")) == 5 for r in out["reasons"])
+    run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version("aml-scorer", str(version)).run_id)
+    assert run.data.params["model.num_leaves"] == "2" and run.data.params["weighting.positive_weight"] == "1.0"
+    assert run.data.params["model.early_stopping_rounds"] == "0" and run.data.params["model.num_iterations"] == "1"

@@ -57,6 +57,23 @@ def headline(metrics: dict) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def model_params(cfg: DictConfig, bundle: ModelBundle) -> dict[str, object]:
+    """The hyper-parameters the model was trained with and the weighting's, as MLflow params
+    (``model.num_leaves``, ``weighting.positive_weight``): what runs are compared on."""
+    out: dict[str, object] = {f"model.{k}": v for k, v in sorted((getattr(bundle.model, "params", None) or {}).items())}
+    out["model.early_stopping_rounds"] = cfg.model.early_stopping_rounds
+    out["model.best_iteration"] = bundle.metrics.get("best_iteration")
+    out.update({f"weighting.{k}": v for k, v in cfg.weighting.items() if not str(k).startswith("_")})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def canonical_example(test: pl.DataFrame, bundle: ModelBundle) -> pl.DataFrame:
+    """Five test transactions in the columns the bundle needs (the registered model's input);
+    event_time as naive UTC, the only datetimes MLflow's signatures accept."""
+    example = test.select([c for c in bundle.input_schema() if c in test.columns]).head(5)
+    return example.with_columns(pl.col("event_time").dt.convert_time_zone("UTC").dt.replace_time_zone(None))
+
+
 def learned(cfg: DictConfig, events: pl.DataFrame, features_path, test: pl.DataFrame) -> tuple[dict, dict]:
     """The configured learned baselines: (name -> metrics, name -> scores in ``test``'s order)."""
     names = [str(getattr(n, "value", n)) for n in cfg.evaluation.baselines]
@@ -115,10 +132,11 @@ def run(cfg: DictConfig) -> dict:
         with status("evaluate: logging to MLflow and registering the bundle"):
             params = {"experiment": cfg.name, "model": bundle.model.name, "weighting": bundle.lineage.get("weighting"),
                       "features": ",".join(n for n, _ in bundle.plan.steps), "n_features": len(bundle.feature_columns()),
-                      "split": f"{cfg.split.method}:{cfg.split.train}/{cfg.split.valid}", "seed": cfg.seed}
+                      "split": f"{cfg.split.method}:{cfg.split.train}/{cfg.split.valid}", "seed": cfg.seed,
+                      **model_params(cfg, bundle)}
             tags = {k: str(v) for k, v in bundle.lineage.items() if v is not None}
             registration = log_and_register(cfg, layout.bundle, bundle.bundle_hash, reports, params, headline(metrics),
-                                            tags, input_example=test.select(bundle.feature_columns()).head(5),
+                                            tags, input_example=canonical_example(test, bundle),
                                             **job_registration())  # in a sweep: no alias, nested under its run
         write_registration(layout.registration, registration)
         decisions = decisions.with_columns(pl.lit(str(registration["version"])).alias("model_version"),
