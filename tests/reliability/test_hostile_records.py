@@ -58,8 +58,10 @@ def test_dead_letters_keep_the_original_and_stay_under_the_limit():
 
 def test_future_events_are_dead_letters_and_the_clock_is_the_wall_clock():
     soon = record(event_id="soon", event_time="2030-01-01T00:00:00Z")
-    checked = check([RawRecord(soon, {"line": 1})], STREAM_RULES, now_us=1_893_456_000_000_000)  # 2030-01-01 - 1h
-    assert checked.valid.height == 1  # within the skew of that clock
+    checked = check([RawRecord(soon, {"line": 1})], STREAM_RULES, now_us=1_893_452_400_000_000)  # 2029-12-31T23:00Z
+    assert checked.valid.height == 1  # exactly the skew past that clock: accepted
+    checked = check([RawRecord(soon, {"line": 1})], STREAM_RULES, now_us=1_893_452_400_000_000 - 1)
+    assert checked.dead[0]["reasons"] == ["event_time_in_future"]  # one microsecond more: refused
     far = check([RawRecord(record(event_time="2100-01-01T00:00:00Z"), {"line": 1})], STREAM_RULES)
     assert far.dead[0]["reasons"] == ["event_time_in_future"]
 
