@@ -68,6 +68,13 @@ def _stream_files(window: pl.DataFrame, seed: int = 7, per_file: int = 60) -> tu
         (3, json.dumps({**json.loads(_line(first)), "event_id": "  ", "src_account": None}),
          ["missing_event_id", "missing_src_account"]),
         (4, _line(first), [DUPLICATE]),  # the same event again, three files later
+        # hostile records (issue 17): each costs its own record, never the micro-batch
+        (1, _line({**first, "event_id": "overflow", "event_time": "9999-12-31T23:59:59-01:00"}), ["invalid_event_time"]),
+        (2, json.dumps({**json.loads(_line(first)), "event_id": "label-300", "label": 300}), ["invalid_label"]),
+        (2, '{"a":' * 1000 + "1" + "}" * 1000, ["json_too_deep"]),
+        (3, _line({**first, "event_id": "from-2100", "event_time": "2100-01-01T00:00:00Z"}), ["event_time_in_future"]),
+        (3, json.dumps({**json.loads(_line(first)), "event_id": " ", "merchant": "a\u2028b\u2029c\x85d"}, ensure_ascii=False),
+         ["missing_event_id"]),  # one line: U+2028, U+2029 and \x85 do not end it
     ]
     for k, text, _ in bad:
         files[k].insert(len(files[k]) // 2, text)
