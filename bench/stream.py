@@ -74,6 +74,7 @@ import numpy as np
 import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the package, for the brokers, from a clone that did not pip-install it
 #: Input topic partitions (--partitions). The local test broker stopped serving a partition
 #: from offset 0 once it held ~230 MB (918k events on 2 partitions); 4 keep 1M events well below.
 PARTITIONS = 4

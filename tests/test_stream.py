@@ -563,7 +563,8 @@ def _consume_all(bootstrap: str, topic: str) -> list[dict]:
             if m is None or m.error():
                 continue
             seen[m.partition()] = m.offset() + 1
-            out.append({**json.loads(m.value()), "_key": m.key().decode() if m.key() else None})
+            out.append({**json.loads(m.value()), "_key": m.key().decode() if m.key() else None,
+                        "_headers": {k: v.decode() for k, v in (m.headers() or [])}})
         assert all(seen[p] >= ends[p] for p in parts), (topic, seen, ends)
         return out
     finally:
@@ -597,7 +598,7 @@ def kafka_round_trip(run, kafka_broker, file_args: list[str], tag: str, output_b
     summary = json.loads((reports / "stream_summary.json").read_text())
     summary["_stderr"] = r.stderr
     got = {k: _consume_all(out_broker, t) for k, t in topics.items() if k != "input"}
-    decisions = pl.DataFrame(got["decisions"], infer_schema_length=None).drop("_key")
+    decisions = pl.DataFrame(got["decisions"], infer_schema_length=None).drop("_key", "_headers")
     assert set(decisions["event_id"].to_list()) == set(run.window["event_id"].to_list())
     assert_parity(run, decisions)
     c = summary["counts"]

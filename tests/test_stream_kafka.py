@@ -74,7 +74,8 @@ def _unique(records: list[dict], key: str) -> dict[str, dict]:
     for r in records:
         k = r[key]
         if k in out:
-            assert {**out[k], "scored_at": None, "batch_id": None} == {**r, "scored_at": None, "batch_id": None}, k
+            same = {"scored_at": None, "batch_id": None, "_headers": None}
+            assert {**out[k], **same} == {**r, **same}, k
         out[k] = r
     return out
 
@@ -93,8 +94,39 @@ def test_kafka_stream_matches_offline_and_reconciles(run, kafka_runs, kafka_brok
     on_input = set(AdminClient({"bootstrap.servers": kafka_broker}).list_topics(timeout=30).topics)
     assert f"input_{tag}" in on_input and not {f"{k}_{tag}" for k in got} & on_input
     assert {d["record"] for d in got["dead_letter"] if d["record"] is not None} == set(run.expected["dead"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("connector", CONNECTORS)
+def test_outputs_are_keyed_by_account_with_headers(run, kafka_runs, connector):
+    """Alerts, deferred alerts and late events are keyed by the sending account (decisions, which
+    do not carry it, by event id);
+    headers name the record (aml.id), the reason, the model and bundle hash and where the
+    event was read; dead letters carry Kafka Connect's DLQ headers with their offset."""
+    records, _, got, tag = kafka_runs(connector)
+    model = f"{run.bundle.trace['model_name']}:{run.bundle.trace['model_version']}"
+    for kind in ("alerts", "deferred", "late"):
+        assert got[kind] and all(r["_key"] == r["src_account"] for r in got[kind]), kind
+    assert all(r["_key"] == r["event_id"] == r["_headers"]["aml.id"] for r in got["decisions"])  # no account in them
     for kind in ("alerts", "deferred"):
-        assert all(a["_key"] == a["alert_id"] for a in got[kind])
+        for a in got[kind]:
+            h = a["_headers"]
+            assert h["aml.kind"] == kind and h["aml.id"] == a["alert_id"] and h["aml.model"] == model
+            assert h["aml.bundle_hash"] == run.bundle.bundle_hash
+            src = a["source"]
+            assert src["topic"] == f"input_{tag}" and h["aml.source.offset"] == str(src["offset"])
+            assert h["aml.source.partition"] == str(src["partition"])
+            assert json.loads(records[src["partition"] + 2 * src["offset"]])["event_id"] == a["event_id"]
+            if kind == "deferred":
+                assert h["aml.reason"] == a["deferred_reason"]
+    for d in got["dead_letter"]:
+        h = d["_headers"]
+        assert h["aml.kind"] == "dead_letter" and h["aml.reason"] == ",".join(d["reasons"])
+        assert (h["__connect.errors.topic"], h["__connect.errors.partition"], h["__connect.errors.offset"]) == (
+            d["topic"], str(d["partition"]), str(d["offset"]))
+        assert h["__connect.errors.exception.message"] == ",".join(d["reasons"])
+        assert h["aml.bundle_hash"] == run.bundle.bundle_hash
+    assert all(x["_headers"]["aml.reason"] == "late" and x["_headers"]["aml.id"] == x["event_id"] for x in got["late"])
 
 
 @pytest.mark.slow
@@ -128,7 +160,7 @@ def test_both_connectors_publish_the_same_outputs(kafka_runs):
     for kind in ("alerts", "deferred"):
         ga, gb = _unique(a[2][kind], "alert_id"), _unique(b[2][kind], "alert_id")
         assert set(ga) == set(gb) and len(ga) > 0, kind
-        strip = ("scored_at", "batch_id", "_key")
+        strip = ("scored_at", "batch_id", "_key", "_headers")
         assert ({k: {f: v for f, v in r.items() if f not in strip} for k, r in ga.items()}
                 == {k: {f: v for f, v in r.items() if f not in strip} for k, r in gb.items()}), kind
 
@@ -137,8 +169,9 @@ def test_both_connectors_publish_the_same_outputs(kafka_runs):
 
     assert positions(a[2], "dead_letter") == positions(b[2], "dead_letter")
     assert positions(a[2], "late") == positions(b[2], "late")
-    da = pl.DataFrame(a[2]["decisions"], infer_schema_length=None).drop("_key", "scored_at", "batch_id", strict=False)
-    db = pl.DataFrame(b[2]["decisions"], infer_schema_length=None).drop("_key", "scored_at", "batch_id", strict=False)
+    drop = ("_key", "_headers", "scored_at", "batch_id")
+    da = pl.DataFrame(a[2]["decisions"], infer_schema_length=None).drop(*drop, strict=False)
+    db = pl.DataFrame(b[2]["decisions"], infer_schema_length=None).drop(*drop, strict=False)
     assert da.sort("event_id").equals(db.sort("event_id").select(da.columns))
 
 
@@ -193,7 +226,7 @@ def test_killed_scorer_on_kafka_restarts_without_losing_alerts(run, kafka_runs, 
         assert set(_unique(got[kind], "alert_id")) == set(_unique(whole_got[kind], "alert_id")), kind
     summary = json.loads((base / "reports/stream_summary.json").read_text())
     assert summary["counts"] == {**whole["counts"], "batches": summary["counts"]["batches"]}
-    decisions = pl.DataFrame(list(_unique(got["decisions"], "event_id").values()), infer_schema_length=None).drop("_key")
+    decisions = pl.DataFrame(list(_unique(got["decisions"], "event_id").values()), infer_schema_length=None).drop("_key", "_headers")
     assert set(decisions["event_id"].to_list()) == set(run.window["event_id"].to_list())
     assert_parity(run, decisions)
 

@@ -7,9 +7,13 @@ state and inputs, so it produces the same records (same ``alert_id``):
 
 - :class:`FileOutputs` writes ``<output>/<kind>/part-<batch>.jsonl`` through a temporary
   file and an atomic rename, so a replay replaces the file: exactly once per batch;
-- :class:`KafkaOutputs` produces to one topic per kind, keyed by ``alert_id`` / event id,
-  and waits for the broker's acknowledgements before the scorer commits: at least once, a
-  replay may publish a record twice with the same key (consumers deduplicate on it).
+- :class:`KafkaOutputs` produces to one topic per kind, keyed by the sending account (one
+  account's records stay in one partition, in order), with headers naming the record
+  (``aml.id``: ``alert_id`` or event id), the reason, the model and bundle hash and the
+  source position (Kafka Connect's dead-letter headers too, on dead letters), through an
+  idempotent producer; it waits for the broker's acknowledgements before the scorer
+  commits: at least once, a replay may publish a record twice with the same ``aml.id``
+  (consumers deduplicate on it).
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ class Outputs:
     def commit(self, tag: str) -> None:
         """Make the batch's records durable (flush, wait for acknowledgements)."""
 
+    def set_trace(self, trace: dict[str, Any]) -> None:
+        """The model's lineage (name, version, run id, config and bundle hash), for outputs
+        that label every record with it (:class:`KafkaOutputs`' headers)."""
+
     def close(self) -> None:
         pass
 
@@ -116,17 +124,63 @@ def read_jsonl(directory: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+#: Kafka Connect's dead-letter headers (``errors.deadletterqueue.context.headers.enable``),
+#: set on our dead letters too, so tools written for Connect's DLQ read them.
+CONNECT_DLQ = "__connect.errors."
+
+
+def record_key(kind: str, record: dict[str, Any]) -> str | None:
+    """The Kafka key of an output record: the sending account (a dead letter's only when its
+    record had one), else the event id."""
+    return record.get("src_account") or record.get("event_id")
+
+
+def record_headers(kind: str, record: dict[str, Any], trace: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """Headers of an output record: ``aml.kind``; ``aml.id`` (``alert_id``, else the event id:
+    the deduplication key); ``aml.reason`` (the deferral's reason, or the dead letter's or late
+    event's reason codes, comma-separated); ``aml.model`` (name:version) and
+    ``aml.bundle_hash``; ``aml.source.*`` (topic, partition, offset, or file, line: where the
+    event was read). Dead letters also carry Kafka Connect's ``__connect.errors.topic``,
+    ``.partition``, ``.offset``, ``.exception.class.name`` and ``.exception.message``."""
+    h: list[tuple[str, str]] = [("aml.kind", kind)]
+    ident = record.get("alert_id") or record.get("event_id")
+    if ident:
+        h.append(("aml.id", str(ident)))
+    reason = record.get("deferred_reason") or ",".join(record.get("reasons") or [])
+    if reason:
+        h.append(("aml.reason", reason))
+    name, version = record.get("model_name") or trace.get("model_name"), record.get("model_version") or trace.get("model_version")
+    if name:
+        h.append(("aml.model", f"{name}:{version}"))
+    bundle = record.get("bundle_hash") or trace.get("bundle_hash")
+    if bundle:
+        h.append(("aml.bundle_hash", str(bundle)))
+    source = record.get("source") if isinstance(record.get("source"), dict) else {
+        k: record[k] for k in ("topic", "partition", "offset", "file", "line") if record.get(k) is not None}
+    h += [(f"aml.source.{k}", str(v)) for k, v in source.items() if v is not None]
+    if kind == "dead_letter":
+        h += [(f"{CONNECT_DLQ}{k}", str(source[k])) for k in ("topic", "partition", "offset") if k in source]
+        h += [(f"{CONNECT_DLQ}exception.class.name", "aml_pipeline.validation"),
+              (f"{CONNECT_DLQ}exception.message", reason)]
+    return [(k, v.encode()) for k, v in h]
+
+
 class KafkaOutputs(Outputs):
-    """One topic per kind (``deploy.topics``), produced with confluent-kafka."""
+    """One topic per kind (``deploy.topics``), produced with confluent-kafka: keyed by
+    :func:`record_key`, labelled by :func:`record_headers`, idempotent (``acks=all``)."""
 
     def __init__(self, bootstrap_servers: str, topics: dict[str, str], config: dict[str, Any] | None = None):
         from confluent_kafka import Producer
 
         self.topics = topics
-        conf = {"bootstrap.servers": bootstrap_servers, "linger.ms": 5, "enable.idempotence": False,
+        conf = {"bootstrap.servers": bootstrap_servers, "linger.ms": 5, "enable.idempotence": True,
                 "acks": "all", **(config or {})}
         self.producer = Producer(conf)
         self._errors: list[str] = []
+        self.trace: dict[str, Any] = {}
+
+    def set_trace(self, trace: dict[str, Any]) -> None:
+        self.trace = dict(trace)
 
     def _report(self, err, msg) -> None:
         if err is not None:
@@ -135,11 +189,12 @@ class KafkaOutputs(Outputs):
     def write(self, tag: str, kind: str, records: list[dict[str, Any]]) -> None:
         topic = self.topics[kind]
         for r in records:
-            key = r.get("alert_id") or r.get("event_id")
+            key = record_key(kind, r)
+            headers = record_headers(kind, r, self.trace)
             while True:
                 try:
                     self.producer.produce(topic, value=dumps(r).encode(), key=None if key is None else str(key).encode(),
-                                          on_delivery=self._report)
+                                          headers=headers, on_delivery=self._report)
                     break
                 except BufferError:
                     self.producer.poll(0.05)

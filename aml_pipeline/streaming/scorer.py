@@ -153,6 +153,7 @@ class StreamScorer:
         self.progress = progress
         self.snapshot_every = int(snapshot_every)
         self.trace = bundle.trace
+        outputs.set_trace(self.trace)
         #: the embedded store's rows as a frame for history reads (built on the first read)
         self.recent: RecentRows | None = None
         self.columnar = getattr(store, "backend", "") == "memory"
@@ -451,6 +452,8 @@ class StreamScorer:
                 **self.trace,
                 "scored_at": when,
                 "batch_id": batch_id,
+                # where the event was read: topic, partition, offset (or file, line)
+                "source": json.loads(e["_position"]) if e.get("_position") else None,
             }
             reason = self.budget.admit(e.get(key), to_us(d["event_time"]))
             if reason is None:
@@ -463,7 +466,8 @@ class StreamScorer:
     def _late_records(self, late: pl.DataFrame) -> list[dict]:
         out = []
         for r in late.iter_rows(named=True):
-            out.append({"event_id": r["event_id"], "event_time": r["event_time"], "reasons": ["late"],
+            out.append({"event_id": r["event_id"], "event_time": r["event_time"], "src_account": r.get("src_account"),
+                        "reasons": ["late"],
                         "watermark": _iso(self.watermark), "allowed_lateness_us": self.lateness_us,
                         **json.loads(r["_position"]), "record": r["_record"]})
         return out
