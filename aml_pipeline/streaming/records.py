@@ -233,7 +233,8 @@ def check(records: list[RawRecord], rules: list[Rule], known_ids: set[str] | Non
     staged, failed = _stage_each([loaded[i][0] for i in ok])
     if failed:
         dead += [(ok[j], [UNPARSEABLE], None) for j in failed]
-        ok = [i for j, i in enumerate(ok) if j not in set(failed)]
+        unstaged = set(failed)
+        ok = [i for j, i in enumerate(ok) if j not in unstaged]
     flags = flag_rules(staged, rules, now_us) if rules else pl.DataFrame()
     reasons_per_row: list[list[str]] = [[] for _ in ok]
     for r in rules:
