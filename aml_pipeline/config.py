@@ -565,13 +565,13 @@ class PromoteConfig:
     #: The challenger's alert count may differ from the champion's by at most this share
     #: (0.25 = within ±25 %).
     alert_volume_tolerance: float = 0.25
-    #: Jurisdictions with a precision target: regression (blocked where the champion met the
-    #: target on the window and the challenger does not), strict (blocked wherever the
-    #: challenger misses it) or off.
+    #: Jurisdictions with a precision target: regression (blocked where the challenger misses
+    #: it and the champion met it on the window, or had too few alerts to show it missed),
+    #: strict (blocked wherever the challenger misses it) or off.
     jurisdiction_precision: JurisdictionGate = JurisdictionGate.regression
     #: Precision may fall this far below a target before it counts as missed.
     precision_slack: float = 0.0
-    #: A jurisdiction with fewer alerts than this (by either model) is reported, not judged.
+    #: A jurisdiction where the challenger raises fewer alerts than this is reported, not judged.
     min_alerts: int = 10
     #: First instant of the judged window (ISO 8601); null = the later of both bundles'
     #: test windows. Events before it are history only.

@@ -48,6 +48,13 @@ def test_gate_rules_on_hand_made_figures():
     assert judge(bad, None, targets, GATE)["passed"]
     strict = judge(bad, None, targets, SimpleNamespace(**{**vars(GATE), "jurisdiction_precision": "strict"}))
     assert not strict["passed"] and "precision[*]" in strict["reason"]
+    # a champion with too few alerts to show it missed: the challenger must meet the target itself
+    quiet = {**good, "jurisdictions": {"*": {**good["jurisdictions"]["*"], "alerts": 1, "precision": 0.0}}}
+    v = judge(bad, quiet, targets, SimpleNamespace(**{**vars(GATE), "pr_auc_epsilon": 1.0}))
+    assert [c["name"] for c in v["checks"] if c["passed"] is False] == ["precision[*]"]
+    # a challenger with too few alerts is reported, not judged
+    few = judge(bad, good, targets, SimpleNamespace(**{**vars(GATE), "pr_auc_epsilon": 1.0, "min_alerts": 6}))
+    assert few["passed"] and next(c for c in few["checks"] if c["name"] == "precision[*]")["passed"] is None
     # twice the alerts at the same ranking: blocked on volume alone
     noisy = {**good, "alerts": 10}
     v = judge(noisy, good, targets, SimpleNamespace(**{**vars(GATE), "jurisdiction_precision": "off"}))

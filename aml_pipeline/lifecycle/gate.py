@@ -9,9 +9,10 @@ three checks of ``conf/promote/`` and says which failed, in words a reviewer can
 - **alert volume**: the challenger's alert count within ``±alert_volume_tolerance`` of the
   champion's (a model that doubles the alerts swamps the reviewers even if it ranks well);
 - **jurisdiction precision**: every jurisdiction with a precision target still meets it
-  (``regression``: blocked where the champion met it and the challenger does not;
-  ``strict``: wherever the challenger misses it). Jurisdictions with fewer than
-  ``min_alerts`` alerts are listed as not judged: a precision of 2 out of 3 says little.
+  (``regression``: blocked where the challenger misses it and the champion met it, or
+  raised too few alerts to show it missed; ``strict``: wherever the challenger misses it).
+  Jurisdictions where the challenger raises fewer than ``min_alerts`` alerts are listed as
+  not judged: a precision of 2 out of 3 says little.
 
 With no champion there is nothing to compare with: only the strict jurisdiction check
 can block, and the first challenger that passes becomes the champion.
@@ -76,6 +77,11 @@ def _volume_check(ch: dict, champ: dict | None, tolerance: float) -> dict[str, A
 
 def _jurisdiction_checks(ch: dict, champ: dict | None, targets: dict[str, float], mode: str, slack: float,
                          min_alerts: int) -> list[dict[str, Any]]:
+    """One check per jurisdiction with a precision target and events in the window.
+
+    A challenger with fewer than ``min_alerts`` alerts there is not judged. In regression
+    mode a champion with too few alerts to show that it missed counts as having met the
+    target (the gate errs toward blocking); with no champion nothing can regress."""
     if mode == "off":
         return []
     out = []
@@ -83,19 +89,29 @@ def _jurisdiction_checks(ch: dict, champ: dict | None, targets: dict[str, float]
         c = ch["jurisdictions"].get(key)
         if c is None:
             continue  # no event of this jurisdiction in the window
-        o = (champ or {}).get("jurisdictions", {}).get(key) if champ else None
+        o = champ["jurisdictions"].get(key) if champ else None
         name = f"precision[{key}]"
-        if c["alerts"] < min_alerts or (o is not None and o["alerts"] < min_alerts):
-            out.append(_check(name, None, f"not judged: {c['alerts']} challenger / "
-                                          f"{'-' if o is None else o['alerts']} champion alerts < min_alerts {min_alerts}"))
+        if c["alerts"] < min_alerts:
+            out.append(_check(name, None, f"{c['alerts']} challenger alerts < min_alerts {min_alerts}"))
             continue
         c_ok = c["precision"] >= target - slack
-        o_ok = o is not None and o["precision"] is not None and o["precision"] >= target - slack
-        said = f"challenger {c['precision']:.3f}" + (f", champion {o['precision']:.3f}" if o else "") + f" (target {target:g})"
-        if mode == "strict" or o_ok:
+        said = f"challenger {c['precision']:.3f} on {c['alerts']} alerts"
+        if o is not None:
+            said += f", champion {'n/a' if o['precision'] is None else format(o['precision'], '.3f')} on {o['alerts']}"
+        said += f" (target {target:g})"
+        if mode == "strict":
             out.append(_check(name, c_ok, said))
-        else:  # regression: the champion misses it too (or there is none), so this is no regression
-            out.append(_check(name, True, said + ("; met" if c_ok else "; missed, but not met by the champion either")))
+            continue
+        if champ is None:
+            o_ok = False
+        elif o is None or o["alerts"] < min_alerts:
+            o_ok = True  # too few champion alerts to show it missed: the challenger must meet the target
+        else:
+            o_ok = o["precision"] >= target - slack
+        if c_ok or o_ok:
+            out.append(_check(name, c_ok, said))
+        else:
+            out.append(_check(name, True, said + "; missed, but the champion misses it too"))
     return out
 
 
