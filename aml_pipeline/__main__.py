@@ -1,4 +1,4 @@
-"""Command line: ``python -m aml_pipeline [task=...] [group=option ...] [key=value ...]``.
+"""Command line: ``aml-pipeline`` or ``python -m aml_pipeline [task=...] [group=option ...] [key=value ...]``.
 
 Composes ``conf/`` with Hydra, validates it against the typed schemas, then runs the
 chosen task. User errors print one line and exit 2; bugs keep their traceback. In a sweep
@@ -102,7 +102,12 @@ def _mask_hydra_copies(cfg: DictConfig) -> None:
             path.write_text(masked)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+#: The configs, by absolute path: Hydra resolves a relative one against the calling module,
+#: which differs between ``python -m aml_pipeline`` and the console command.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> object:
     try:
         _mask_hydra_copies(cfg)
@@ -113,6 +118,11 @@ def main(cfg: DictConfig) -> object:
         fail(str(exc), exc.exit_code)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``aml-pipeline`` console command: the same as ``python -m aml_pipeline``."""
     _check_before_hydra_callbacks()
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -63,3 +63,22 @@ def test_wrong_delimiter_is_named(tmp_path):
     (tmp_path / "semi.csv").write_text("\n".join(line.replace(",", ";") for line in src) + "\n")
     res = run_cli(["task=data", "source=paysim", "source.path=semi.csv"], cwd=tmp_path)
     assert res.returncode == 2 and "delimiter ';'" in res.stderr and "semi.csv" in res.stderr
+
+
+def test_console_command_runs_a_task_from_any_folder(tmp_path):
+    """``aml-pipeline`` (the installed console command) finds the configs from any working
+    folder and behaves as ``python -m aml_pipeline``: a task runs, a user error is one line."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import cli_env
+
+    command = shutil.which("aml-pipeline")
+    assert command, "the aml-pipeline console command is not installed (pip install -e .)"
+    ok = subprocess.run([command, "task=data", "source=paysim", f"source.path={DATA / 'paysim_head3000.csv'}"],
+                        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "data/validated/summary.json").read_text())["rows_valid"] == 3000
+    bad = subprocess.run([command, "task=data", "source.days=3"], cwd=tmp_path, env=cli_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: source.days must be an integer >= 7 (got 3)"]
