@@ -327,6 +327,10 @@ class StoreConfig:
     prefix: str = "aml:"
     #: How long a scored event id is remembered for idempotent replays (a duration).
     dedup_ttl: str = "30d"
+    #: Accounts idle this long, and event ids this old (event time, behind the newest event
+    #: seen), are forgotten, so the store stays bounded; must exceed the longest feature
+    #: window plus the allowed lateness. null = never (the store grows with the accounts).
+    retention: Optional[str] = "60d"
 
 
 @dataclass

@@ -8,6 +8,7 @@ validated history. See docs/serving.md.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from aml_pipeline.features.windows import duration_us
 from aml_pipeline.store.base import OnlineStore, Reading, StoreLayout
 from aml_pipeline.store.memory import MemoryStore
 
-__all__ = ["OnlineStore", "Reading", "StoreLayout", "MemoryStore", "open_store", "warm_from_parquet", "parse_time"]
+__all__ = ["OnlineStore", "Reading", "StoreLayout", "MemoryStore", "open_store", "retention_us", "warm_from_parquet", "parse_time"]
 
 
 def _ttl_seconds(text: str) -> float:
@@ -31,10 +32,42 @@ def _ttl_seconds(text: str) -> float:
     return us / 1e6
 
 
-def open_store(store_cfg, layout: StoreLayout) -> OnlineStore:
-    """The backend ``store_cfg.backend`` names (``memory`` or ``redis``)."""
+def _short(us: int) -> str:
+    """A duration as the largest whole units (14d10m), for messages."""
+    out, rest = "", int(us)
+    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000)):
+        if rest >= size:
+            out += f"{rest // size}{unit}"
+            rest %= size
+    return out + (f"{rest}us" if rest else "") or "0s"
+
+
+def retention_us(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> int:
+    """``deploy.store.retention`` in µs (0 = null: never forget), checked against what the
+    plan reads: it must exceed the longest feature window plus the allowed lateness, so an
+    account forgotten for being idle has no row inside any window of an event still accepted."""
+    text = store_cfg.get("retention") if hasattr(store_cfg, "get") else getattr(store_cfg, "retention", None)
+    if text is None or str(text).lower() in ("null", "none", ""):
+        return 0
+    try:
+        us = duration_us(str(text))
+    except Exception:
+        us = 0
+    minimum = layout.window_us + int(lateness_us)
+    if us <= 0:
+        raise UserError(f"deploy.store.retention={text!r} is not a duration such as 30d (or null: never forget)")
+    if us <= minimum:
+        raise UserError(f"deploy.store.retention={text} must be longer than the longest feature window plus the allowed "
+                        f"lateness: more than {_short(minimum)} ({_short(layout.window_us)} + {_short(lateness_us)})")
+    return us
+
+
+def open_store(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> OnlineStore:
+    """The backend ``store_cfg.backend`` names (``memory`` or ``redis``), bounded by
+    ``deploy.store.retention`` (checked against the window and ``lateness_us``)."""
     backend = str(getattr(store_cfg.backend, "value", store_cfg.backend))
     ttl = _ttl_seconds(store_cfg.dedup_ttl)
+    layout = replace(layout, retention_us=retention_us(store_cfg, layout, lateness_us))
     if backend == "memory":
         return MemoryStore(layout, dedup_ttl_s=ttl)
     if backend == "redis":

@@ -38,10 +38,18 @@ Row = Sequence[Any]
 
 @dataclass(frozen=True)
 class StoreLayout:
-    """What a store keeps: the window (µs) sets are trimmed to, and the row's extra columns."""
+    """What a store keeps: the window (µs) sets are trimmed to, and the row's extra columns.
+
+    ``retention_us`` bounds the store (0 = never): an account whose latest event is older
+    than the newest event time the store has seen minus the retention is forgotten whole,
+    and so is an event id whose event is that old. ``open_store`` checks that it is longer
+    than the window plus the allowed lateness, so a forgotten row lies outside every window
+    of every event still accepted (docs/reliability.md, "Bounded state").
+    """
 
     window_us: int
     extra_columns: tuple[str, ...] = ()
+    retention_us: int = 0
 
     @property
     def columns(self) -> tuple[str, ...]:

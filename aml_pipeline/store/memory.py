@@ -2,6 +2,12 @@
 
 Fast (no network, no decoding) and simple; its state lasts as long as the process, so a
 restarted service warms it again from the validated history (``deploy.warm_from``).
+
+With a retention (``layout.retention_us``) it stays bounded: accounts are kept in the order
+they were last touched with their latest event time, event ids in the order they were
+seen with theirs, and after every append the oldest of each are dropped while they are
+older than the newest event time seen minus the retention (amortised O(1): each entry is
+dropped once).
 """
 
 from __future__ import annotations
@@ -66,15 +72,31 @@ class MemoryStore(OnlineStore):
         self.dedup_ttl_s = float(dedup_ttl_s)
         self._sent: dict[str, _Set] = {}
         self._received: dict[str, _Set] = {}
-        #: event id -> (expiry (monotonic s), decision or None); insertion-ordered for purging.
-        self._seen: OrderedDict[str, tuple[float, dict | None]] = OrderedDict()
+        #: event id -> (expiry (monotonic s), decision or None, event time µs); insertion-ordered for purging.
+        self._seen: OrderedDict[str, tuple[float, dict | None, int]] = OrderedDict()
         self._commits = 0
+        self.retention_us = int(layout.retention_us or 0)
+        #: newest event time appended (µs), and account -> its latest event time, least
+        #: recently touched first (only kept with a retention).
+        self._newest: int | None = None
+        self._last: OrderedDict[str, int] = OrderedDict()
+        self.evicted_accounts = 0
+        self.evicted_ids = 0
         self._lock = threading.RLock()
 
     # -- reads ----------------------------------------------------------------------------
+    def _cutoff(self) -> int | None:
+        """Event time before which state is forgotten (None: no retention, or nothing yet)."""
+        if not self.retention_us or self._newest is None:
+            return None
+        return self._newest - self.retention_us
+
     def _decision(self, event_id: str) -> tuple[bool, dict | None]:
         entry = self._seen.get(event_id)
         if entry is None or entry[0] < time.monotonic():
+            return False, None
+        cutoff = self._cutoff()
+        if cutoff is not None and entry[2] < cutoff:
             return False, None
         return True, entry[1]
 
@@ -126,16 +148,48 @@ class MemoryStore(OnlineStore):
     # -- writes ---------------------------------------------------------------------------
     def _purge(self) -> None:
         now = time.monotonic()
+        cutoff = self._cutoff()
         seen = self._seen
         while seen:
-            key, (expiry, _) = next(iter(seen.items()))
-            if expiry >= now:
+            key, (expiry, _, t) = next(iter(seen.items()))
+            if expiry >= now and (cutoff is None or t >= cutoff):
                 break
             seen.popitem(last=False)
+            self.evicted_ids += 1
 
-    def _remember(self, event_id: str, decision: dict | None) -> None:
-        self._seen[event_id] = (time.monotonic() + self.dedup_ttl_s, decision)
+    def _remember(self, event_id: str, decision: dict | None, t_us: int) -> None:
+        self._seen[event_id] = (time.monotonic() + self.dedup_ttl_s, decision, t_us)
         self._seen.move_to_end(event_id)
+
+    def _touch(self, row: Row) -> None:
+        """Note the row's time as its accounts' latest (with a retention only)."""
+        if not self.retention_us:
+            return
+        t, last = row[T], self._last
+        if self._newest is None or t > self._newest:
+            self._newest = t
+        for acc in (row[SRC], row[DST]):
+            old = last.get(acc)
+            if old is None or t > old:
+                last[acc] = t
+            last.move_to_end(acc)
+
+    def expire(self) -> None:
+        """Forget accounts idle, and event ids older, than the retention (see module doc)."""
+        cutoff = self._cutoff()
+        if cutoff is None:
+            return
+        with self._lock:
+            last, sent, received = self._last, self._sent, self._received
+            while last:
+                acc, t = next(iter(last.items()))
+                if t >= cutoff:
+                    break
+                last.popitem(last=False)
+                sent.pop(acc, None)
+                received.pop(acc, None)
+                self.evicted_accounts += 1
+            self._purge()
 
     def commit(self, row: Row, decision: dict | None) -> bool:
         with self._lock:
@@ -143,14 +197,17 @@ class MemoryStore(OnlineStore):
             known, old = self._decision(event_id)
             if known:
                 if decision is not None and old is None:
-                    self._remember(event_id, decision)
+                    self._remember(event_id, decision, self._seen[event_id][2])
                 return False
             w = self.layout.window_us
             self._sent.setdefault(row[SRC], _Set()).add(row, w)
             self._received.setdefault(row[DST], _Set()).add(row, w)
-            self._remember(event_id, decision)
+            self._remember(event_id, decision, row[T])
+            self._touch(row)
             self._commits += 1
-            if self._commits % 4096 == 0:
+            if self.retention_us:
+                self.expire()
+            elif self._commits % 4096 == 0:
                 self._purge()
             return True
 
@@ -177,19 +234,25 @@ class MemoryStore(OnlineStore):
                     else:
                         s.times.append(row[T])
                         s.rows.append(row)
-                self._remember(row[ID], None)
+                self._remember(row[ID], None, row[T])
+                self._touch(row)
                 n += 1
             for s in sets:
                 s.trim(self.layout.window_us)
+            self.expire()
             return n
 
-    def remember_ids(self, event_ids: Iterable[str]) -> None:
-        """Record ids as seen (``known_ids``) without storing rows: for a scorer that keeps
-        the rows itself (the streaming scorer's columnar copy, streaming/history.py)."""
+    def remember_ids(self, event_ids: Iterable[str], times_us: Iterable[int]) -> None:
+        """Record ids as seen (``known_ids``) with their event times, without storing rows:
+        for a scorer that keeps the rows itself (the streaming scorer's columnar copy,
+        streaming/history.py); the times let them expire with the retention."""
         with self._lock:
-            for e in event_ids:
+            for e, t in zip(event_ids, times_us):
                 if not self._decision(e)[0]:
-                    self._remember(e, None)
+                    self._remember(e, None, t)
+                if self.retention_us and (self._newest is None or t > self._newest):
+                    self._newest = t
+            self._purge()
 
     def sets(self) -> Iterable[tuple[str, str, list[Row]]]:
         """(direction, account, rows) of every set: ``sent`` / ``received``."""
@@ -208,8 +271,12 @@ class MemoryStore(OnlineStore):
     def stats(self) -> dict[str, Any]:
         with self._lock:
             rows = sum(len(s.rows) for s in self._sent.values())
-            return {"backend": self.backend, "accounts": len(set(self._sent) | set(self._received)), "events": rows,
-                    "event_ids": len(self._seen)}
+            out = {"backend": self.backend, "accounts": len(set(self._sent) | set(self._received)), "events": rows,
+                   "event_ids": len(self._seen)}
+            if self.retention_us:
+                out.update(retention_s=self.retention_us / 1e6, evicted_accounts=self.evicted_accounts,
+                           evicted_ids=self.evicted_ids)
+            return out
 
     # -- bulk access for micro-batch scorers (the streaming scorer) -------------------------
     def history_rows(self, accounts: Iterable[str], end_us: int, expand_start_us: int | None,

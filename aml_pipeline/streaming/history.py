@@ -76,8 +76,22 @@ class RecentRows:
         if watermark_us is None or not (force or self.frame.height > GROWTH * self.trimmed_at):
             return
         t = pl.col("event_time")
-        keep = ((t >= watermark_us - self.layout.window_us)
-                | (t.rank("dense", descending=True).over("src_account") <= 2)
-                | (t.rank("dense", descending=True).over("dst_account") <= 2))
-        self.frame = self.frame.filter(keep)
+        recent_src = t.rank("dense", descending=True).over("src_account") <= 2
+        recent_dst = t.rank("dense", descending=True).over("dst_account") <= 2
+        frame = self.frame
+        retention = self.layout.retention_us
+        if retention:  # an account idle longer than the retention is forgotten whole (store/base.py)
+            f = self.frame
+            latest = (pl.concat([f.select(pl.col("src_account").alias("a"), "event_time"),
+                                 f.select(pl.col("dst_account").alias("a"), "event_time")])
+                      .group_by("a").agg(pl.col("event_time").max().alias("_latest")))
+            frame = (f.join(latest.rename({"a": "src_account", "_latest": "_src_latest"}), on="src_account", how="left",
+                             maintain_order="left")
+                     .join(latest.rename({"a": "dst_account", "_latest": "_dst_latest"}), on="dst_account", how="left",
+                           maintain_order="left"))
+            idle = watermark_us - retention
+            recent_src = recent_src & (pl.col("_src_latest") >= idle)
+            recent_dst = recent_dst & (pl.col("_dst_latest") >= idle)
+        keep = (t >= watermark_us - self.layout.window_us) | recent_src | recent_dst
+        self.frame = frame.filter(keep).select(self.frame.columns)
         self.trimmed_at = max(self.frame.height, 1)

@@ -172,7 +172,7 @@ def build_scorer(cfg: DictConfig):
     bundle = resolve_bundle(cfg.bundle, cfg)
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)
-    store = open_store(d.store, needs.layout())
+    store = open_store(d.store, needs.layout(), lateness)
     outputs = stream_outputs(cfg)
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
     rules = build_rules(currencies, require_label=False, max_future_skew_us=skew_us)

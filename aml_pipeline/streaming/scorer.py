@@ -218,7 +218,7 @@ class StreamScorer:
             cols = list(self.store.layout.columns)
             frame = rows.select(cols).with_columns(pl.col("event_time").dt.epoch("us"))
             if self.recent is not None:  # the columnar copy holds the rows; the store keeps their ids
-                self.store.remember_ids(frame["event_id"].to_list())
+                self.store.remember_ids(frame["event_id"].to_list(), frame["event_time"].to_list())
                 self.recent.append(frame)
             else:
                 self.store.warm(frame.iter_rows())
