@@ -11,6 +11,12 @@ Keys (``prefix`` first, ``aml:`` by default):
 - ``g``: how many times any set changed (the store's *generation*);
 - ``epoch``: a random id made when the store is empty (a flushed store gets a new one);
 - ``meta``: the store layout (window, row columns), checked when a scorer connects.
+- with a retention (``deploy.store.retention``): ``n``, the newest event time appended;
+  ``a``, a sorted set of accounts scored by their latest event time; ``e``, a sorted set
+  of event ids scored by their event time. Every append then forgets up to 64 accounts
+  idle, and 64 ids older, than ``n`` minus the retention (their sets, version, ``s:`` and
+  ``d:`` keys), so the store plateaus; a version key made again starts from the
+  generation ``g``, never from a number a cached copy may still hold.
 
 Appending is one Lua script (atomic): it sets ``s:<id>`` only if absent, adds the row to
 both sets, trims them by the rule of :mod:`aml_pipeline.store.base` and bumps both
@@ -61,10 +67,36 @@ local function trim(key, window)
 end
 """
 
+# Forget what the retention no longer covers: accounts whose latest event, and event ids
+# whose event, is older than the newest event time minus the retention (at most `limit`
+# of each per call). Returns the accounts forgotten.
+_EVICT_FN = """
+local function evict(p, retention, limit)
+  local newest = redis.call('GET', p .. 'n')
+  if retention <= 0 or not newest then return {} end
+  local stop = '(' .. string.format('%.0f', tonumber(newest) - retention)
+  local gone = redis.call('ZRANGEBYSCORE', p .. 'a', '-inf', stop, 'LIMIT', 0, limit)
+  for _, acc in ipairs(gone) do
+    redis.call('DEL', p .. 'o:' .. acc, p .. 'i:' .. acc, p .. 'v:' .. acc)
+    redis.call('ZREM', p .. 'a', acc)
+  end
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'e', '-inf', stop, 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    redis.call('DEL', p .. 's:' .. id, p .. 'd:' .. id)
+    redis.call('ZREM', p .. 'e', id)
+  end
+  return gone, #ids
+end
+"""
+
 # KEYS: seen, sent set of src, received set of dst, decision, version of src, version of dst;
-# ARGV: member, t, window, ttl, decision. Versions count the changes of an account's sets.
-_APPEND = _TRIM + """
+# ARGV: member, t, window, ttl, decision, retention (0 = none), prefix, src, dst, event id.
+# Versions count the changes of an account's sets. Returns {appended, v_src, v_dst, g,
+# accounts forgotten...}.
+_APPEND = _TRIM + _EVICT_FN + """
 local window = tonumber(ARGV[3])
+local retention = tonumber(ARGV[6])
+local p = ARGV[7]
 if ARGV[5] ~= '' then
   if redis.call('EXISTS', KEYS[4]) == 0 then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[4]) end
 end
@@ -73,9 +105,31 @@ for i = 2, 3 do
   redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
   trim(KEYS[i], window)
 end
+local gone = {}
+if retention > 0 then
+  local newest = redis.call('GET', p .. 'n')
+  if not newest or tonumber(ARGV[2]) > tonumber(newest) then redis.call('SET', p .. 'n', ARGV[2]) end
+  redis.call('ZADD', p .. 'a', 'GT', ARGV[2], ARGV[8])
+  redis.call('ZADD', p .. 'a', 'GT', ARGV[2], ARGV[9])
+  redis.call('ZADD', p .. 'e', ARGV[2], ARGV[10])
+  local g = redis.call('GET', KEYS[7]) or '0'
+  for i = 5, 6 do
+    if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SET', KEYS[i], g) end
+  end
+  gone = evict(p, retention, 64)
+end
 local vs = redis.call('INCR', KEYS[5])
 local vd = redis.call('INCR', KEYS[6])
-return {1, vs, vd, redis.call('INCR', KEYS[7])}
+local out = {1, vs, vd, redis.call('INCR', KEYS[7])}
+for _, acc in ipairs(gone) do out[#out + 1] = acc end
+return out
+"""
+
+# ARGV: prefix, retention, limit. Returns {accounts forgotten, ids forgotten}.
+_EVICT = _EVICT_FN + """
+local gone, ids = evict(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+if #gone > 0 or (ids or 0) > 0 then redis.call('INCR', ARGV[1] .. 'g') end
+return {#gone, ids or 0}
 """
 
 # The single-writer read: ARGV prefix, event id, the client's epoch, the generation it
@@ -228,6 +282,8 @@ class RedisStore(OnlineStore):
         self._redis_errors = (redis.RedisError, OSError)
         self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
         self._append = self._r.register_script(_APPEND)
+        self._evict = self._r.register_script(_EVICT)
+        self.retention_us = int(layout.retention_us or 0)
         self._trim = self._r.register_script(_TRIM_KEY)
         self._read = self._r.register_script(_READ)
         self._read_fast = self._r.register_script(_READ_FAST)
@@ -436,8 +492,11 @@ class RedisStore(OnlineStore):
     def commit(self, row: Row, decision: dict | None) -> bool:
         keys = [self._k("s", row[ID]), self._k("o", row[SRC]), self._k("i", row[DST]), self._k("d", row[ID]),
                 self._k("v", row[SRC]), self._k("v", row[DST]), self._p + b"g"]
-        args = [_dumps(list(row)), row[T], self.layout.window_us, self.ttl, _dumps(decision) if decision is not None else ""]
-        appended, v_src, v_dst, generation = self._append(keys=keys, args=args)
+        args = [_dumps(list(row)), row[T], self.layout.window_us, self.ttl, _dumps(decision) if decision is not None else "",
+                self.retention_us, self.prefix, row[SRC], row[DST], row[ID]]
+        appended, v_src, v_dst, generation, *gone = self._append(keys=keys, args=args)
+        for acc in gone:  # forgotten by the retention: our copies of them are gone too
+            self._cache.pop(acc.decode() if isinstance(acc, bytes) else acc, None)
         if appended:
             self._mirror(row, int(v_src), int(v_dst))
             # our own change, and the only one since: every copy stays current
@@ -499,12 +558,49 @@ class RedisStore(OnlineStore):
         for acc in order:  # cached copies of these accounts' sets are now stale
             p.incr(self._k("v", acc))
         p.incr(self._p + b"g")
+        if self.retention_us:  # index what was written for the retention, then forget what it no longer covers
+            self._index_warmed(local)
         *versions, after = p.execute()
         # the other copies stay current only if no other writer came in during the warm-up
         alone = after == before + 1 and (self._generation == before or not self._cache)
         self._generation = after if alone else None
         self._cache_warmed(local, dict(zip(order, versions)))
         return n
+
+    def _index_warmed(self, local: MemoryStore) -> None:
+        """Record warmed rows in ``n``, ``a`` and ``e`` (the retention's indexes), then evict."""
+        latest: dict[str, int] = {}
+        for _, acc, rows in local.sets():
+            if rows and rows[-1][T] > latest.get(acc, -1):
+                latest[acc] = rows[-1][T]
+        p = self._r.pipeline(transaction=False)
+        items = list(latest.items())
+        for i in range(0, len(items), 5000):
+            p.zadd(self._p + b"a", dict(items[i:i + 5000]), gt=True)
+        seen = [(e, v[2]) for e, v in local._seen.items()]
+        for i in range(0, len(seen), 5000):
+            p.zadd(self._p + b"e", dict(seen[i:i + 5000]))
+        p.execute()
+        if latest:
+            newest = max(latest.values())
+            old = self._r.get(self._p + b"n")
+            if old is None or int(old) < newest:
+                self._r.set(self._p + b"n", newest)
+        self.expire()
+
+    def expire(self) -> int:
+        """Forget everything the retention no longer covers; returns how many accounts went."""
+        if not self.retention_us:
+            return 0
+        total = 0
+        while True:
+            accounts, ids = self._evict(args=[self.prefix, self.retention_us, 1000])
+            total += int(accounts)
+            if int(accounts) < 1000 and int(ids) < 1000:
+                break
+        self._cache.clear()
+        self._generation = None
+        return total
 
     def _cache_warmed(self, local: MemoryStore, versions: dict[str, int]) -> None:
         """Hold the sets just written as cached copies, so the first requests after a warm-up
@@ -527,7 +623,10 @@ class RedisStore(OnlineStore):
 
     # -- misc -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        return {"backend": self.backend, "url": self.url, "prefix": self.prefix, "keys": int(self._r.dbsize())}
+        out = {"backend": self.backend, "url": self.url, "prefix": self.prefix, "keys": int(self._r.dbsize())}
+        if self.retention_us:
+            out["retention_s"] = self.retention_us / 1e6
+        return out
 
     def close(self) -> None:
         self._r.close()
