@@ -123,7 +123,7 @@ def test_features_are_not_trivial(full, fitted):
                 "dst_new_payers_12h", "dst_cash_band_count_24h",
                 "dst_cash_band_sum_24h", "dst_cash_band_senders_24h", "dst_cash_band_branches_24h",
                 "src_in_countries_24h", "dst_in_countries_24h", "src_in_risk_24h", "cross_border",
-                "src_fwd_chain_1h", "dst_in_fwd_24h", "dst_gather_routes_24h"]:  # fmt: skip
+                "src_fwd_chain_1h", "dst_in_fwd_24h", "dst_gather_routes_24h", "dst_return_24h"]:  # fmt: skip
         assert full[col].drop_nulls().n_unique() > 1, col
     assert set(fitted.steps[3][1].hubs_) == set(dict(fitted.steps)["paths"].hubs_)  # fitted as the graph step fits them
 
@@ -255,8 +255,10 @@ def test_history_features_match_a_brute_force_reference(data, fitted, full):
         )
 
     inflows_of: dict = {}
+    payments_of: dict = {}
     for e in sorted(rows, key=lambda e: e[1]):
         inflows_of.setdefault(e[3], []).append(e)
+        payments_of.setdefault(e[2], []).append(e)
     rng = np.random.default_rng(5)
     for i in rng.choice(len(rows), 400, replace=False):
         eid, t, s, d, a = rows[i][:5]
@@ -285,7 +287,7 @@ def test_history_features_match_a_brute_force_reference(data, fitted, full):
         assert r["dst_2hop_in_24h"] == paths(win, None, d)
         assert r["src_2hop_in_24h"] == paths(win, None, s)
         _movement_reference(rows, r, t, s, d, a, close)
-        _paths_reference(inflows_of, hubs, r, t, s, d, a)
+        _paths_reference(inflows_of, payments_of, hubs, r, t, s, d, a)
 
 
 def _latest(rows: list, cap: int) -> list:
@@ -296,9 +298,9 @@ def _latest(rows: list, cap: int) -> list:
     return [e for e in rows if e[1] >= first]
 
 
-def _paths_reference(received: dict, hubs: set, r: dict, t, s, d, a) -> None:
-    """The paths step of CONFIG against its docstring, by plain loops (``received``: each
-    account's inflows in time order)."""
+def _paths_reference(received: dict, sent_by: dict, hubs: set, r: dict, t, s, d, a) -> None:
+    """The paths step of CONFIG against its docstring, by plain loops (``received`` /
+    ``sent_by``: each account's inflows / payments in time order)."""
     lag, day = timedelta(hours=1), timedelta(hours=24)
 
     def passes(paid, got):
@@ -327,6 +329,8 @@ def _paths_reference(received: dict, hubs: set, r: dict, t, s, d, a) -> None:
                 if g[2] not in (d, e[2]):
                     via.setdefault(g[2], set()).add(e[2])
     assert r["dst_gather_routes_24h"] == max((1 + len(via.get(o, ())) for o in origins), default=0)
+    paid = _latest([e for e in sent_by.get(d, []) if t - day <= e[1] < t], 3)
+    assert r["dst_return_24h"] == sum(1 for e in paid if e[3] not in (s, d) and 0.85 ** 5 * e[4] <= a <= e[4])
 
 
 def _movement_reference(rows, r, t, s, d, a, close) -> None:

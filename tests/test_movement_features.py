@@ -116,6 +116,25 @@ def test_scatter_gather_routes_into_the_sink_by_hand():
     assert_column(out, "dst_in_fwd_7d", {"g1": 0, "g2": 1, "g3": 2, "o1": 3, "k1": 0})
 
 
+def test_a_four_hop_cycle_returns_to_its_origin_by_hand():
+    rows = [
+        ("c1", at("09:00"), "O", "P", 1000.0),  # O -> P -> Q -> R -> O, each hop keeping 5 %
+        ("c2", at("10:00"), "P", "Q", 950.0),
+        ("c3", at("11:00"), "Q", "R", 902.0),
+        ("c4", at("12:00"), "R", "O", 857.0),  # closes the cycle: 85.7 % of what O paid out
+        ("r1", at("13:00"), "P", "O", 990.0),  # P pays O back directly: a 2-cycle, not a return of c1 to O from afar
+        ("x1", at("14:00"), "Z", "O", 5000.0),  # more than O ever paid out: no return
+        ("x2", at("15:00"), "Z", "O", 300.0),  # 30 %: below 0.85 ** 5 = 0.44
+    ]
+    out = run(rows, {"paths": {}})
+    assert_column(out, "dst_return_7d", {"c4": 1, "r1": 0, "x1": 0, "x2": 0, "c1": 0, "c2": 0})
+    assert_column(out, "src_fwd_chain_48h", {"c4": 2})  # and it is the end of a forwarding chain
+    out = run(rows, {"paths": {"cycle_hops": 3}})  # two hops back at most: 0.85 ** 2 = 0.7225 still allows 0.857
+    assert_column(out, "dst_return_7d", {"c4": 1})
+    out = run(rows, {"paths": {"band": [0.9, 1.0], "cycle_hops": 2}})  # one hop back of at least 90 %: 85.7 % is not
+    assert_column(out, "dst_return_7d", {"c4": 0})
+
+
 def test_paths_never_go_through_a_hub():
     # H pays three distinct receivers in training: a hub when max_intermediary_degree is 2
     rows = [
@@ -219,6 +238,7 @@ def test_cross_border_countries_and_risk_list_by_hand():
     ("cross_border", {"max_rows": 0}, r"max_rows"),
     ("paths", {"hop_lag": "soon"}, r"hop_lag"),
     ("paths", {"band": [1.0, 0.5]}, r"band"),
+    ("paths", {"cycle_hops": 1}, r"cycle_hops"),
 ])
 def test_bad_parameters_name_the_key(kind, params, match):
     with pytest.raises(ConfigError, match=rf"features\.steps\.{kind}.*{match}"):
@@ -251,6 +271,6 @@ def test_per_event_forms_equal_the_batch_forms_on_simulated_data():
     exact, total = assert_same_features(plan, frame, got)
     assert exact == total
     out = plan.transform(frame)
-    for col in ("src_fwd_matches_24h", "src_fwd_new_7d", "src_fwd_chain_48h", "dst_in_fwd_7d", "dst_gather_routes_7d", "dst_in_senders_1h", "src_new_payers_7d", "dst_cash_band_branches_14d",
+    for col in ("src_fwd_matches_24h", "src_fwd_new_7d", "src_fwd_chain_48h", "dst_in_fwd_7d", "dst_gather_routes_7d", "dst_return_7d", "dst_in_senders_1h", "src_new_payers_7d", "dst_cash_band_branches_14d",
                 "src_in_countries_7d", "src_in_risk_7d"):
         assert out[col].drop_nulls().n_unique() > 1, col  # the comparison covers real values

@@ -21,10 +21,17 @@ the same-instant rule):
   receiver in the window: one origin reaching one sink through many accounts. 0 when the
   sender had no payer in the window.
 
-Cycles longer than three hops are not followed: the online store and the Spark account
-partitions hold the histories of an event's accounts and of the accounts that paid them
-(one hop out), which is what these columns and the graph step's ``cycle3`` need; a
-4-hop cycle would need the payers of the payers' payers.
+- ``dst_return_{w}``: how many of the receiver's latest payments of the window (to
+  accounts other than this sender) this payment could be the return of, after up to
+  ``cycle_hops - 1`` hops that each kept ``band`` of the amount:
+  ``band[0]^(cycle_hops - 1)·B <= A <= band[1]·B`` for an earlier payment ``B`` of the
+  receiver. Money that left an account comes back through others, a little less each
+  hop: the closing payment of a cycle of any length up to ``cycle_hops``.
+
+Cycles are not followed hop by hop beyond three (the graph step's ``cycle3``): the online
+store and the Spark account partitions hold the histories of an event's accounts and of
+the accounts that paid them (one hop out), and a 4-hop cycle would need the payers of the
+payers' payers. ``dst_return`` sees a cycle of any length from its two ends instead.
 
 Intermediaries ``x`` and ``y`` are never hubs (accounts that paid more than
 ``max_intermediary_degree`` distinct counterparties in the training window, fitted as
@@ -54,13 +61,15 @@ from aml_pipeline.features.windows import (check_windows, duration_in, duration_
 @register
 @dataclass
 class TemporalPaths(FeatureStep):
-    """Columns ``src_fwd_chain_{hop_lag}``, ``dst_in_fwd_{window}``, ``dst_gather_routes_{window}``."""
+    """Columns ``src_fwd_chain_{hop_lag}``, ``dst_in_fwd_{window}``, ``dst_gather_routes_{window}``,
+    ``dst_return_{window}``."""
 
     window: str = "7d"
     hop_lag: str = "48h"
     band: list[float] = field(default_factory=lambda: [0.85, 1.0])
     max_rows: int = 20
     max_intermediary_degree: int = 50
+    cycle_hops: int = 6
 
     kind = "paths"
     uses_history = True
@@ -74,13 +83,15 @@ class TemporalPaths(FeatureStep):
             raise ValueError("max_rows must be >= 1")
         if int(self.max_intermediary_degree) < 1:
             raise ValueError("max_intermediary_degree must be >= 1")
+        if int(self.cycle_hops) < 2:
+            raise ValueError("cycle_hops must be >= 2")
 
     def required_columns(self) -> list[str]:
         return ["event_time", "src_account", "dst_account", "amount"]
 
     def output_columns(self) -> dict[str, pl.DataType]:
         return {f"src_fwd_chain_{self.hop_lag}": pl.Int64, f"dst_in_fwd_{self.window}": pl.Int64,
-                f"dst_gather_routes_{self.window}": pl.Int64}
+                f"dst_gather_routes_{self.window}": pl.Int64, f"dst_return_{self.window}": pl.Int64}
 
     def _reach_us(self) -> int:
         """How far back any row these columns read lies: an inflow of the window's oldest
@@ -134,7 +145,6 @@ class TemporalPaths(FeatureStep):
         unit = tl.unit
         width, lag = duration_in(self.window, unit), duration_in(self.hop_lag, unit)
         is_hub = tl.memo(("hubs", tuple(self.hubs_)), lambda: self._hubs(tl))
-        amounts = tl.values()
         vin = tl.view("in")
         cols = tl.columns("src", {f"src_fwd_chain_{self.hop_lag}": (self._chain(tl, is_hub, width, lag), pl.Int64)})
 
@@ -144,8 +154,8 @@ class TemporalPaths(FeatureStep):
         qd = tl.queries("dst")
         fwd_in = np.bincount(which, weights=flag[vin.order[pos]], minlength=qd.rows.size).astype(np.int64)
         cols += tl.columns("dst", {f"dst_in_fwd_{self.window}": (fwd_in, pl.Int64),
-                                   f"dst_gather_routes_{self.window}": (self._routes(tl, is_hub, width), pl.Int64)})
-        del amounts
+                                   f"dst_gather_routes_{self.window}": (self._routes(tl, is_hub, width), pl.Int64),
+                                   f"dst_return_{self.window}": (self._returns(tl), pl.Int64)})
         by_name = {c.name: c for c in cols}
         return frame.hstack([by_name[c] for c in self.output_columns()])
 
@@ -165,6 +175,21 @@ class TemporalPaths(FeatureStep):
         depth[which[w2[hop]]] = 2
         depth[q.acc == tl.dst[q.rows]] = 0  # a self-payment passes nothing on
         return depth
+
+    def _return_band(self) -> tuple[float, float]:
+        low, high = (float(b) for b in self.band)
+        return low ** (int(self.cycle_hops) - 1), high
+
+    def _returns(self, tl) -> np.ndarray:
+        """``dst_return`` for the queries in the receiver's order."""
+        qd, vout, amounts = tl.queries("dst"), tl.view("out"), tl.values()
+        which, pos = window_rows(tl, "out", "dst", self.window, int(self.max_rows))
+        low, high = self._return_band()
+        paid, back = amounts[vout.order[pos]], amounts[qd.rows][which]
+        with np.errstate(invalid="ignore"):
+            hit = (back >= low * paid) & (back <= high * paid)
+        hit &= (vout.cp[pos] != tl.src[qd.rows[which]]) & (vout.cp[pos] != qd.acc[which])
+        return np.bincount(which[hit], minlength=qd.rows.size)
 
     def _routes(self, tl, is_hub: np.ndarray, width: int) -> np.ndarray:
         """``dst_gather_routes`` for the queries in the receiver's order."""
@@ -198,11 +223,12 @@ class TemporalPaths(FeatureStep):
         """The same columns for one event from the store's rows (``col``: where each column
         sits in a stored row): the event's accounts' received rows and those of the
         accounts that paid them (the store's 1-hop expansion)."""
-        T, S, A = col["event_time"], col["src_account"], col["amount"]
+        T, S, D, A = col["event_time"], col["src_account"], col["dst_account"], col["amount"]
         width, lag, cap = duration_us(self.window), duration_us(self.hop_lag), int(self.max_rows)
         low, high = (float(b) for b in self.band)
         hubs = frozenset(getattr(self, "hubs_", []) or [])
         names = list(self.output_columns())
+        back_low, back_high = self._return_band()
 
         def passes(paid, got) -> bool:
             return paid is not None and got is not None and low * got <= paid <= high * got
@@ -245,5 +271,8 @@ class TemporalPaths(FeatureStep):
                             if r0[S] != v and r0[S] != y:
                                 via.setdefault(r0[S], set()).add(y)
                     routes = max(1 + len(via.get(a, ())) for a in origins)
+            out[names[3]] = sum(1 for r in tail_instants(list(h.sent.get(v, ())), t - width, cap, T)
+                                if r[D] != u and r[D] != v and r[A] is not None
+                                and back_low * r[A] <= ev.amount <= back_high * r[A])
             out[names[0]], out[names[1]], out[names[2]] = depth, fwd, routes
         return compute
