@@ -68,7 +68,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aml_bench_export_"))
     folder = tmp / "bundle"
     shutil.copytree(args.bundle, folder)
-    cols = ModelBundle.load(folder).feature_columns()
+    cols = json.loads((folder / "manifest.json").read_text())["feature_columns"]
     valid = pl.scan_parquet(args.features).filter(pl.col("split") == "valid").select(cols).collect()
     X = feature_matrix(valid, cols)
     exports = {}

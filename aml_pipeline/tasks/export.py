@@ -9,6 +9,7 @@ with one line. The formats' libraries are the ``[export]`` extra. docs/lifecycle
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def run(cfg: DictConfig) -> dict:
     if not (directory / MANIFEST).is_file():
         raise UserError(f"bundle={directory}: not a bundle folder (no {MANIFEST}); run task=train first")
     start = time.perf_counter()
-    columns = ModelBundle.load(directory).feature_columns()
+    ModelBundle.load(directory)  # verified before anything is read from it
+    # the columns the model was trained on, as recorded (the model's input, whatever the plan code says now)
+    columns = json.loads((directory / MANIFEST).read_text())["feature_columns"]
     valid = pl.scan_parquet(need(layout.features, "features")).filter(pl.col("split") == "valid")
     missing = [c for c in columns if c not in valid.collect_schema().names()]
     if missing:
