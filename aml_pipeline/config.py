@@ -333,6 +333,25 @@ class StoreConfig:
     retention: Optional[str] = "60d"
 
 
+class FsyncPolicy(str, Enum):
+    always = "always"  # fsync after every decision line, before the answer goes out
+    interval = "interval"  # fsync at most fsync_interval after a line (background thread)
+    never = "never"  # flush each line to the OS; the OS decides when it reaches the disk
+
+
+@dataclass
+class DecisionLogPolicy:
+    """How durable and how large the decision log is (docs/serving.md, "The decision log")."""
+
+    fsync: FsyncPolicy = FsyncPolicy.never
+    fsync_interval: str = "1s"
+    #: Rotate (decisions.jsonl -> decisions.jsonl.1 ...) before the file passes this many
+    #: bytes (0 = never) or when it is older than max_age (null = never); keep that many old files.
+    max_bytes: int = 0
+    max_age: Optional[str] = None
+    keep: int = 10
+
+
 @dataclass
 class DeployConfig:
     """``task=serve``: the online scoring service (``conf/deploy/service.yaml``)."""
@@ -352,6 +371,7 @@ class DeployConfig:
     top_k: int = 5
     #: JSON lines, one per decision (features, score, threshold, model version).
     decision_log: str = "${paths.data_dir}/decisions/decisions.jsonl"
+    decision_log_policy: DecisionLogPolicy = field(default_factory=DecisionLogPolicy)
     #: Warm the store before serving: validated parquet, events strictly before warm_until.
     warm_from: Optional[str] = None
     warm_until: Optional[str] = None

@@ -5,7 +5,8 @@ Three scorers write decisions, each in its own form; the monitor reads all three
 - ``task=score`` (and ``task=evaluate``'s ``data/scores/test.parquet``): parquet with the
   feature values as columns;
 - the online service's decision log (``deploy.decision_log``): JSON lines with the
-  feature values under ``features``;
+  feature values under ``features``; its rotated files (``decisions.jsonl.N``) are read
+  too, oldest first, and a torn last line is skipped with one warning;
 - the streaming scorer's ``decisions`` output (``deploy.write_decisions``): a folder of
   parquet parts, or JSON lines with the features as fields.
 
@@ -18,12 +19,14 @@ shadow bundle's ``shadow_score``, ``shadow_alert`` and version when the log has 
 
 from __future__ import annotations
 
+import io
 from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.jsonl import complete_bytes, rotated_files
 
 NEEDED = ("event_id", "event_time", "score", "alert")
 
@@ -31,10 +34,11 @@ NEEDED = ("event_id", "event_time", "score", "alert")
 def _jsonl(files: list[Path]) -> pl.DataFrame:
     frames = []
     for f in files:
-        if f.stat().st_size == 0:
+        data = complete_bytes(f)  # a torn last line (a write cut short) is skipped, with a warning
+        if not data.strip():
             continue
         try:
-            frame = pl.read_ndjson(f, infer_schema_length=None)
+            frame = pl.read_ndjson(io.BytesIO(data), infer_schema_length=None)
         except Exception as exc:  # polars' own error names the line
             raise UserError(f"input={f}: not JSON lines ({str(exc).splitlines()[0]})") from None
         if "features" in frame.columns and frame.schema["features"] == pl.Struct:
@@ -48,6 +52,7 @@ def _files(p: Path) -> tuple[str, list[Path]]:
     if p.is_dir():
         parquet = sorted(p.rglob("*.parquet"))
         jsonl = sorted([*p.rglob("*.jsonl"), *p.rglob("*.json")])
+        jsonl = [r for f in jsonl for r in (rotated_files(f) if f.suffix == ".jsonl" else [f])]
         if parquet:
             return "parquet", parquet
         if jsonl:
@@ -55,7 +60,7 @@ def _files(p: Path) -> tuple[str, list[Path]]:
         raise UserError(f"input={p}: the folder holds no .parquet or .jsonl files")
     if not p.is_file():
         raise UserError(f"input={p}: no such file (task=score output, a decision log or a streaming decisions folder)")
-    return ("parquet" if p.suffix == ".parquet" else "jsonl"), [p]
+    return ("parquet", [p]) if p.suffix == ".parquet" else ("jsonl", rotated_files(p))
 
 
 def parse_instant(text: str, key: str) -> datetime:

@@ -21,20 +21,24 @@ import numpy as np
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
 from aml_pipeline.evaluation.thresholds import apply_thresholds
+from aml_pipeline.jsonl import read_lines, rotated_files
 
 
 def read_decisions(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Every logged decision, the rotated files first (oldest first); a torn last line of a
+    file (a write cut short) is skipped with one warning, any other bad line is an error."""
     p = Path(path)
+    files = rotated_files(p)
     if not p.is_file():
         raise UserError(f"decision log {p}: no such file (deploy.decision_log)")
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    for f in files:
+        for n, line in enumerate(read_lines(f), 1):
             if not line.strip():
                 continue
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
-                raise UserError(f"decision log {p}, line {n}: not JSON ({exc.msg})") from None
+                raise UserError(f"decision log {f}, line {n}: not JSON ({exc.msg})") from None
 
 
 def rescore(bundle: ModelBundle, record: dict[str, Any]) -> dict[str, Any]:

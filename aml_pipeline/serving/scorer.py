@@ -15,7 +15,6 @@ A known event id (a client retry, a replayed stream) returns the stored decision
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
@@ -29,6 +28,7 @@ import numpy as np
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
 from aml_pipeline.evaluation.thresholds import apply_thresholds
+from aml_pipeline.serving.decision_log import DecisionLog as _DecisionLog
 from aml_pipeline.store.base import OnlineStore
 from aml_pipeline.store.engine import Event, OnlineFeatures, PlanNeeds, PolarsFeatures, gather
 
@@ -98,22 +98,12 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-class DecisionLog:
-    """Append-only JSON lines, one per decision; each line is flushed as it is written."""
+class DecisionLog(_DecisionLog):
+    """Append-only JSON lines, one per decision (fsync policy and rotation:
+    :mod:`aml_pipeline.serving.decision_log`); datetimes are written in UTC ISO 8601."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", buffering=1, encoding="utf-8")
-        self._lock = threading.Lock()
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), default=_json_value)
-        with self._lock:
-            self._f.write(line + "\n")
-
-    def close(self) -> None:
-        self._f.close()
+    def __init__(self, path: str | Path, **policy: Any):
+        super().__init__(path, default=_json_value, **policy)
 
 
 class Scorer:

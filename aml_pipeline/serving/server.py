@@ -134,7 +134,8 @@ def serve(cfg: DictConfig) -> dict:
 
     from aml_pipeline.serving.app import ServiceState, create_app
     from aml_pipeline.serving.metrics import Metrics
-    from aml_pipeline.serving.scorer import DecisionLog, Scorer
+    from aml_pipeline.serving.decision_log import open_decision_log
+    from aml_pipeline.serving.scorer import Scorer, _json_value
 
     state = ServiceState(key, d.max_body_bytes, Metrics())
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
@@ -153,7 +154,7 @@ def serve(cfg: DictConfig) -> dict:
         try:
             state.detail = "warming the store"
             n, secs = _warm(cfg, store)
-            scorer = Scorer(bundle, store, needs, engine, DecisionLog(d.decision_log), explain=str(_value(d.explain)),
+            scorer = Scorer(bundle, store, needs, engine, open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value), explain=str(_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)
             scorer.warm_up()
             gc.collect()
