@@ -17,7 +17,9 @@ Spark's checkpoint, partitioned by account across the executors. The query:
 3. ``groupBy(account).transformWithStateInPandas(AccountProcessor, timeMode=EventTime)``:
    per account, one ``ValueState``: the held events, the history (JSON lists; the history
    trimmed to the plan's longest window plus the account's newest event, which ``time``
-   needs) and the account's one event-time timer, 1 ms after its earliest held event. When
+   needs) and the account's one event-time timer, 1 ms after its earliest held event
+   (with ``deploy.store.retention``, an idle account also has a timer at its newest event
+   plus the retention, which clears its state). When
    the watermark passes it, the
    held events strictly before it are released, oldest first, and the columns of this
    account's side computed from the account's rows strictly before each event by
@@ -224,8 +226,12 @@ def account_features(engine, account: str, history: list[tuple], due: list[tuple
     return out
 
 
-def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | None):
-    """A :class:`~pyspark.sql.streaming.StatefulProcessor` for one account (see the module docstring)."""
+def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | None, retention_us: int = 0):
+    """A :class:`~pyspark.sql.streaming.StatefulProcessor` for one account (see the module docstring).
+
+    With ``retention_us``, an account holding no events whose newest row is older than the
+    watermark minus the retention is cleared (one timer at newest + retention); it emits
+    one ``evicted`` row, so the driver counts what Spark's state forgot."""
     import pandas as pd
     from pyspark.sql.streaming import StatefulProcessor
 
@@ -265,10 +271,17 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
         # One timer per account is enough: ``timer`` (ms) is always at or before the earliest
         # held event's time + 1 ms, so it fires no later than the first release is due; the
         # release registers the next one. Superseded timers fire later and find nothing due.
+        def _idle_timer(self, history: list[tuple]) -> None:
+            """The timer after which this account, if it stays idle, is forgotten."""
+            if retention_us and history:
+                self.handle.registerTimer((max(r[0] for r in history) + retention_us) // 1000 + 1)
+
         def handleInitialState(self, key, initialState, timerValues) -> None:
             held, history, timer = self._load()
             cols = [initialState[c] for c in ("t", "event_id", "src", "dst", "amount")]
-            self._save(held, history + [(int(t), e, s, d, float(a)) for t, e, s, d, a in zip(*cols)], timer)
+            history = history + [(int(t), e, s, d, float(a)) for t, e, s, d, a in zip(*cols)]
+            self._save(held, history, timer)
+            self._idle_timer(history)
 
         def handleInputRows(self, key, rows, timerValues) -> Iterator[pd.DataFrame]:
             wm = timerValues.getCurrentWatermarkInMs() * 1000
@@ -312,7 +325,10 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
             wm = timerValues.getCurrentWatermarkInMs() * 1000
             held, history, timer = self._load()
             due = sorted((h for h in held if h[0] < wm), key=lambda h: (h[0], h[1]))
-            if not due:  # a superseded timer, or an earlier one of this batch released them
+            if not due:  # a superseded timer, an earlier one of this batch released them, or the idle timer
+                if retention_us and not held and history and max(r[0] for r in history) < wm - retention_us:
+                    self.state.clear()  # idle longer than the retention: forgotten whole
+                    return self._out([("evicted", None, "", wm, 1, None, None)])
                 return self._out([])
             features = account_features(self.engine, key[0], history, due)
             out = []
@@ -329,6 +345,8 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
             newest = max(kept, key=lambda r: r[0])
             kept = [r for r in kept if r[0] >= wm - window_us or r is newest]
             self._save(rest, kept, timer)
+            if not rest:
+                self._idle_timer(kept)
             return self._out(out)
 
         def close(self) -> None:
@@ -346,6 +364,9 @@ class SparkStateScorer(StreamScorer):
         super().__init__(*args, **kwargs)
         self.held = 0  # events in Spark's state (as the operator reports them)
         self.orphans: dict[str, dict] = {}
+        self.evicted_accounts = 0  # accounts Spark's state forgot (deploy.store.retention)
+        self.expired_halves = 0  # unmatched halves dropped, older than the watermark minus the retention
+        self.retention_us = 0
 
     def restore(self, rebuild_store: bool = False) -> int:
         state = self._load_state()
@@ -394,6 +415,7 @@ class SparkStateScorer(StreamScorer):
             # Spark's watermark for the next micro-batch (milliseconds), for the summary
             w = (self.max_seen // 1000 - self.lateness_us // 1000) * 1000
             self.watermark = w if self.watermark is None else max(self.watermark, w)
+        self.evicted_accounts += sum(r["n"] for r in rows if r["kind"] == "evicted")
         events = self._join_halves([r for r in rows if r["kind"] == "half"])
         self.held += accepted - events.height
         records_in = len(dead) + len(late) + accepted
@@ -407,12 +429,20 @@ class SparkStateScorer(StreamScorer):
         half has not come (yet) waits in ``orphans`` (it should not happen: both sides
         release an event on the same watermark)."""
         for h in halves:
-            o = self.orphans.setdefault(h["event_id"], {"features": {}, "payload": None, "sides": set()})
+            o = self.orphans.setdefault(h["event_id"], {"features": {}, "payload": None, "sides": set(), "t": h["t"]})
             o["features"].update(json.loads(h["features"]))
             o["sides"] |= {"src", "dst"} if h["role"] == "both" else {h["role"]}
             if h["payload"] is not None:
                 o["payload"] = h["payload"]
         done = [e for e, o in self.orphans.items() if o["sides"] == {"src", "dst"}]
+        if self.retention_us and self.watermark is not None:  # bounded: a half that old never finds its pair
+            stale = [e for e, o in self.orphans.items() if e not in done and o["t"] < self.watermark - self.retention_us]
+            for e in stale:
+                del self.orphans[e]
+            if stale:
+                self.expired_halves += len(stale)
+                print(f"warning: {len(stale)} unmatched feature halves older than deploy.store.retention dropped "
+                      f"(first event id {stale[0]!r})", file=sys.stderr, flush=True)
         if not done:
             return pl.DataFrame()
         ready = [self.orphans.pop(e) for e in done]
@@ -433,6 +463,8 @@ class SparkStateScorer(StreamScorer):
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         out.update(state="spark", held_in_spark_state=self.held, unmatched_halves=len(self.orphans))
+        if self.retention_us:
+            out.update(evicted_accounts=self.evicted_accounts, expired_halves=self.expired_halves)
         return out
 
 
@@ -457,6 +489,9 @@ def build(cfg: DictConfig):
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)  # refuses steps that cannot run per event, or need unbounded history
     refuse_cross_account(bundle.plan)
+    from aml_pipeline.store import retention_us
+
+    retention = retention_us(d.store, needs.layout(), lateness)
     outputs = stream_outputs(cfg)
     state_dir = Path(d.checkpoint) / "scorer"
     fresh = StateLog(state_dir).load() is None
@@ -465,13 +500,14 @@ def build(cfg: DictConfig):
                               start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
                               top_k=int(d.top_k), write_decisions=bool(d.write_decisions),
                               stream=str(Path(d.checkpoint).resolve()), progress=bool(d.progress), snapshot_every=0)
+    scorer.retention_us = retention
     last = scorer.restore()
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
     from aml_pipeline.validation.rules import future_skew_us
 
     skew_us = future_skew_us(cfg.validation.get("max_future_skew", "1h"))
     return scorer, {"source": source, "fresh": fresh, "resumed_after_batch": last, "currencies": currencies, "skew_us": skew_us,
-                    "window_us": needs.window_us, "start_us": to_us(until) if until else None, "until": until}
+                    "window_us": needs.window_us, "retention_us": retention, "start_us": to_us(until) if until else None, "until": until}
 
 
 def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
@@ -526,7 +562,7 @@ def run(cfg: DictConfig) -> dict:
               .mapInArrow(make_stage(source, info["currencies"], info["skew_us"]), STAGED))
     marks = (spark.readStream.format("text").option("wholetext", "true").option("pathGlobFilter", "*.json")
              .load(str(control)).mapInArrow(stage_control, STAGED))
-    processor = make_processor(scorer.bundle.plan.to_dict(), info["window_us"], info["start_us"])
+    processor = make_processor(scorer.bundle.plan.to_dict(), info["window_us"], info["start_us"], info["retention_us"])
     operated = (staged.unionByName(marks).withWatermark("wm", f"{lateness_ms} milliseconds").drop("wm")
                 .groupBy("account")
                 .transformWithStateInPandas(processor, OUTPUT, "Append", "EventTime", initialState=initial))
