@@ -90,7 +90,10 @@ def read_patterns(path: str | Path) -> pl.DataFrame:
     BEGIN lines numbers the attempts, a line is inside an attempt between its BEGIN and END.
     """
     p = require_file(path, "amlworld", "patterns")
-    lines = pl.DataFrame({"line": p.read_text(encoding="utf-8").splitlines()})
+    # Lines end at \n only (splitlines also cuts at U+2028, \x85...); a byte that is not UTF-8
+    # becomes U+FFFD, so its line matches no transaction rather than failing the read.
+    text = p.read_bytes().decode("utf-8", errors="replace").removeprefix("\ufeff")
+    lines = pl.DataFrame({"line": [line.removesuffix("\r") for line in text.split("\n")]})
     line = pl.col("line").str.strip_chars()
     is_begin = line.str.starts_with(BEGIN)
     is_end = line.str.starts_with(END)
