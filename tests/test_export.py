@@ -114,3 +114,18 @@ def test_serving_from_an_export_gives_the_same_decisions(run, fmt, tmp_path):
     assert [a["threshold"] for a in native] == [b["threshold"] for b in exported]
     alerted = [b for b in exported if b["alert"]]
     assert all(b["top_features"] for b in alerted)  # explanations still given
+
+
+def test_an_export_made_before_evaluation_is_registered_with_the_bundle(run, tmp_path):
+    """train -> export -> evaluate: the registered version carries the export, verified on load."""
+    need("onnx")
+    export(run, "onnx")
+    from aml_pipeline.registry import resolve_bundle
+
+    store = [f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"mlflow.artifact_location={tmp_path}/artifacts"]
+    cfg = compose_config([*SMALL_RUN, *run.paths, *store, "evaluation=fast", "task=evaluate"])
+    registration = run_task(cfg)["registration"]
+    bundle = resolve_bundle(registration["model_uri"], cfg)
+    assert bundle.registry["version"] == registration["version"] and "onnx" in bundle.exports
+    X = feature_matrix(run.test, bundle.feature_columns())
+    assert np.max(np.abs(exported_model(bundle, "onnx").predict_proba(X) - bundle.model.predict_proba(X))) <= 1e-6
