@@ -31,6 +31,9 @@ from tests.reliability.corpus import CSV_CASES, PAYSIM_HEADER, STREAM_CASES
 from tests.reliability.strategies import ANY_TEXT, csv_line, stream_text
 
 RULES = build_rules(["USD"], require_label=True)
+AMLWORLD_HEADER = ("Timestamp,From Bank,Account,To Bank,Account,Amount Received,Receiving Currency,Amount Paid,"
+                   "Payment Currency,Payment Format,Is Laundering")
+AMLWORLD_ROW = "2022/09/01 00:20,010,8000EBD30,010,8000EBD30,3697.34,US Dollar,3697.34,US Dollar,Reinvestment,0"
 STREAM_RULES = build_rules(["USD"], require_label=False)
 ENCODINGS = ("utf-8", "utf-8-sig", "utf-16")
 
@@ -39,9 +42,11 @@ def _text(line: bytes) -> str:
     return line.removesuffix(b"\r").decode("utf-8", errors="backslashreplace")
 
 
-def check_paysim_file(lines: list[bytes], encoding: str = "utf-8", separator: str = ",") -> None:
+def check_paysim_file(lines: list[bytes], encoding: str = "utf-8", separator: str = ",",
+                      header: str = PAYSIM_HEADER, source=None) -> None:
     """Write header + lines, read and validate: the invariants of every batch read."""
-    header = PAYSIM_HEADER.replace(",", separator)
+    header = header.replace(",", separator)
+    source = source or (lambda path: PaySimSource(str(path), separator=separator))
     if encoding == "utf-8":
         data = header.encode() + b"".join(b"\n" + line for line in lines) + b"\n"
     else:
@@ -51,7 +56,7 @@ def check_paysim_file(lines: list[bytes], encoding: str = "utf-8", separator: st
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "fuzz.csv"
         path.write_bytes(data)
-        result = validate(PaySimSource(str(path), separator=separator).read(), RULES)
+        result = validate(source(path).read(), RULES)
     assert result.reconciles()
     quoted = any(b'"' in line for line in lines)
     if not quoted:  # no field can span lines: one row per line, exactly
@@ -83,6 +88,14 @@ def test_paysim_any_encoding(lines, encoding):
 def test_paysim_other_delimiters_and_mixed_lines(case):
     separator, lines = case
     check_paysim_file(lines, separator=separator)
+
+
+@given(st.lists(st.one_of(csv_line(), st.just(AMLWORLD_ROW.encode())), max_size=10))
+def test_amlworld_any_lines(lines):
+    """AMLworld's adapter renames the header's columns (it repeats Account): same invariants."""
+    from aml_pipeline.sources.amlworld import AmlWorldSource
+
+    check_paysim_file(lines, header=AMLWORLD_HEADER, source=lambda path: AmlWorldSource(str(path)))
 
 
 @given(st.binary(max_size=400))
