@@ -7,6 +7,8 @@ the thresholds; with the bundle the line names, score and threshold come out ide
 
 CLI: ``python -m aml_pipeline task=serve bundle=<ref> deploy.replay=<event id|alerts|all>``
 prints one line per decision and exits 2 when any differs (or the bundle is another one).
+``deploy.decision_log=<stream output>/decisions`` re-scores the streaming scorer's
+decisions (``deploy.write_decisions=true``) the same way.
 """
 
 from __future__ import annotations
@@ -26,11 +28,27 @@ from aml_pipeline.jsonl import read_lines, rotated_files
 
 def read_decisions(path: str | Path) -> Iterator[dict[str, Any]]:
     """Every logged decision, the rotated files first (oldest first); a torn last line of a
-    file (a write cut short) is skipped with one warning, any other bad line is an error."""
+    file (a write cut short) is skipped with one warning, any other bad line is an error.
+
+    ``path`` may also be the streaming scorer's ``decisions`` output (a folder of parquet
+    or JSON-lines parts, ``deploy.write_decisions``), so every stream alert can be
+    re-scored the same way."""
     p = Path(path)
-    files = rotated_files(p)
-    if not p.is_file():
-        raise UserError(f"decision log {p}: no such file (deploy.decision_log)")
+    if p.is_dir():
+        parts = sorted(p.glob("part-*.parquet"))
+        if parts:
+            import polars as pl
+
+            for f in parts:
+                yield from pl.read_parquet(f).iter_rows(named=True)
+            return
+        files = sorted(p.glob("part-*.jsonl"))
+        if not files:
+            raise UserError(f"decision log {p}: the folder holds no part-*.parquet or part-*.jsonl (a stream's decisions output)")
+    else:
+        files = rotated_files(p)
+        if not p.is_file():
+            raise UserError(f"decision log {p}: no such file (deploy.decision_log)")
     for f in files:
         for n, line in enumerate(read_lines(f), 1):
             if not line.strip():
@@ -43,8 +61,8 @@ def read_decisions(path: str | Path) -> Iterator[dict[str, Any]]:
 
 def rescore(bundle: ModelBundle, record: dict[str, Any]) -> dict[str, Any]:
     """Score a logged decision's features again; ``same`` when score and threshold are identical."""
-    features = record.get("features") or {}
     cols = bundle.feature_columns()
+    features = record.get("features") or {c: record[c] for c in cols if c in record}  # the stream's: flat
     missing = [c for c in cols if c not in features]
     result = {"event_id": record.get("event_id"), "logged_score": record.get("score"),
               "logged_threshold": record.get("threshold"), "logged_alert": record.get("alert"),

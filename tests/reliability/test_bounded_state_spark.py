@@ -51,4 +51,9 @@ def test_spark_state_forgets_idle_accounts_and_keeps_batch_values(run):  # noqa:
         if not differs:
             assert math.isclose(d["score"], ref["score"], rel_tol=1e-9, abs_tol=1e-12), d["event_id"]
     assert read_jsonl(base / "out" / "dead_letter")  # the hostile records are still dead letters
+    # every stream alert re-scores from the stream's decisions output alone (deploy.replay)
+    from aml_pipeline.serving.replay import replay
+
+    again = replay(run.bundle, base / "out" / "decisions", "alerts")
+    assert again and all(x["same"] for x in again) and len(again) == decisions["alert"].sum()
     print(f"evicted accounts {summary['evicted_accounts']}, events reading a forgotten account {forgotten}")
