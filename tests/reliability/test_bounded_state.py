@@ -182,3 +182,30 @@ def test_features_equal_a_batch_recomputation_with_expiry_active(bursty, backend
     assert forgotten > 50  # expiry really was active
     if backend == "memory":
         assert store.stats()["evicted_accounts"] > 100
+
+
+def test_stream_columnar_copy_forgets_idle_accounts(bursty):
+    """The streaming scorer's copy of the embedded store's rows (``deploy.state=store``,
+    memory): a trim drops the rows kept only for accounts idle longer than the retention."""
+    from aml_pipeline.streaming.history import RecentRows
+
+    _, frame = bursty
+    rows = frame.select("event_id", "event_time", "src_account", "dst_account", "amount") \
+        .with_columns(pl.col("event_time").dt.epoch("us"))
+    watermark = rows["event_time"].max()
+    kept = {}
+    for retention in (0, RETENTION):
+        copy = RecentRows(StoreLayout(DAY, retention_us=retention), rows.iter_rows())
+        copy.trim(watermark, force=True)
+        kept[retention] = copy.frame
+    latest = pl.concat([rows.select(pl.col("src_account").alias("a"), "event_time"),
+                        rows.select(pl.col("dst_account").alias("a"), "event_time")]) \
+        .group_by("a").agg(pl.col("event_time").max())
+    idle = set(latest.filter(pl.col("event_time") < watermark - RETENTION)["a"].to_list())
+    assert len(idle) > 20
+    both_idle = pl.col("src_account").is_in(list(idle)) & pl.col("dst_account").is_in(list(idle))
+    assert kept[0].filter(both_idle).height > 20  # without a retention: their latest rows stay
+    assert kept[RETENTION].filter(both_idle).height == 0  # with it: gone
+    # every row inside the window, or at an active account's two latest instants, stays
+    assert set(kept[RETENTION].filter(pl.col("event_time") >= watermark - DAY)["event_id"]) == \
+        set(rows.filter(pl.col("event_time") >= watermark - DAY)["event_id"])
