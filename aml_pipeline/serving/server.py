@@ -154,7 +154,8 @@ def serve(cfg: DictConfig) -> dict:
         try:
             state.detail = "warming the store"
             n, secs = _warm(cfg, store)
-            scorer = Scorer(bundle, store, needs, engine, open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value), explain=str(_value(d.explain)),
+            log = open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value)
+            scorer = Scorer(bundle, store, needs, engine, log, explain=str(_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)
             scorer.warm_up()
             gc.collect()
