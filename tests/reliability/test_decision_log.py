@@ -127,3 +127,23 @@ def test_every_acknowledged_decision_survives_sigkill(tmp_path):
     ids = [int(d["event_id"][1:]) for d in read_decisions(path)]
     assert ids[: acked + 1] == list(range(acked + 1))  # every acknowledged decision, in order, none torn
     assert len(rotated_files(path)) > 10  # rotation ran while it wrote
+
+
+def test_the_policy_comes_from_the_composed_config(tmp_path):
+    from aml_pipeline.serving.decision_log import open_decision_log
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["deploy=service", "deploy.decision_log_policy.fsync=interval",
+                          "deploy.decision_log_policy.fsync_interval=250ms", "deploy.decision_log_policy.max_age=1d",
+                          "deploy.decision_log_policy.max_bytes=1000000", "deploy.decision_log_policy.keep=4"])
+    log = open_decision_log(tmp_path / "d.jsonl", cfg.deploy.decision_log_policy)
+    assert (log.fsync, log.fsync_interval_s, log.max_age_s, log.max_bytes, log.keep) == ("interval", 0.25, 86400.0,
+                                                                                          1_000_000, 4)
+    log.close()
+    default = open_decision_log(tmp_path / "e.jsonl", compose_config(["deploy=service"]).deploy.decision_log_policy)
+    assert (default.fsync, default.max_bytes, default.max_age_s) == ("never", 0, 0.0)  # as before: no sync, no rotation
+    default.close()
+    bad = compose_config(["deploy=service", "deploy.decision_log_policy.fsync=interval",
+                          "deploy.decision_log_policy.fsync_interval=soon"])
+    with pytest.raises(UserError, match=r"^deploy.decision_log_policy.fsync_interval='soon' is not a duration"):
+        open_decision_log(tmp_path / "f.jsonl", bad.deploy.decision_log_policy)
