@@ -82,3 +82,23 @@ def test_console_command_runs_a_task_from_any_folder(tmp_path):
     bad = subprocess.run([command, "task=data", "source.days=3"], cwd=tmp_path, env=cli_env(),
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: source.days must be an integer >= 7 (got 3)"]
+
+
+def test_help_lists_every_task_and_every_option_of_every_group(tmp_path):
+    """``--help`` is the user's map: every task, every group of conf/ with all its options
+    (and none of the internal ``base_*`` schemas)."""
+    import re
+
+    from aml_pipeline.config import Task
+    from tests.conftest import ROOT
+
+    res = run_cli(["--help"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    tasks, groups = text.split("== Config groups")
+    listed_tasks = set(re.findall(r"^  (\w+) ", tasks, re.M))
+    assert listed_tasks == {t.value for t in Task} - {"sweep_summary"}  # a sweep's callback, not a user's task
+    listed = {m[0]: m[1].split(", ") for m in re.findall(r"^  (\w+) +([\w, ]+):", groups, re.M)}
+    on_disk = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
+    assert {g: sorted(o) for g, o in listed.items()} == on_disk
+    assert "base_" not in text
