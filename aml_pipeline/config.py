@@ -380,6 +380,9 @@ class DeployConfig:
     #: Re-score logged decisions and exit: an event id, "alerts" or "all".
     replay: Optional[str] = None
     log_level: str = "warning"
+    #: Service processes on the port (SO_REUSEPORT), sharing the store: > 1 needs the
+    #: redis backend (an embedded store per process would give wrong features).
+    workers: int = 1
     store: StoreConfig = field(default_factory=StoreConfig)
     #: A second bundle (uri) scored on every decision and logged beside the live one as
     #: shadow_score / shadow_alert; it never alerts. Needs the live bundle's feature plan.

@@ -245,6 +245,27 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def wait_for_workers(service, n: int, timeout: float = 300) -> None:
+    """Until n distinct processes answer /health with 200 (each worker loads its own bundle)."""
+    import urllib.request
+
+    pids, deadline = set(), time.monotonic() + timeout
+    while len(pids) < n and time.monotonic() < deadline:
+        try:
+            req = urllib.request.Request(service.url + "/health", headers={"X-API-Key": KEY})
+            pids.add(json.loads(urllib.request.urlopen(req, timeout=2).read())["pid"])
+        except Exception:
+            time.sleep(0.1)
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of a service started with deploy.workers > 1 (Linux /proc)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def score_histogram(url: str) -> dict[float, float]:
     """Cumulative counts of the service's /score latency histogram (its own clock)."""
     import urllib.request
@@ -308,12 +329,15 @@ def bench_backend(backend: str, run_dir: Path, test_start: str, payloads: Path, 
     redis = None
     overrides = [f"bundle={run_dir / 'models/bundle'}", f"deploy.warm_from={run_dir / 'data/validated/transactions.parquet'}",
                  f"deploy.warm_until='{test_start}'", f"deploy.decision_log={tmp / f'decisions-{backend}.jsonl'}"]
-    if backend == "redis":
+    if backend.startswith("redis"):  # redis, or redisN: N workers (deploy.workers) sharing it
         redis = LocalRedis(tmp / "redis").start()
-        overrides += ["deploy.store.backend=redis", f"deploy.store.redis_url={redis.url}"]
+        overrides += ["deploy.store.backend=redis", f"deploy.store.redis_url={redis.url}",
+                      f"deploy.workers={int(backend[5:] or 1)}"]
     t0 = time.perf_counter()
     service = ServiceProcess(overrides, cwd=tmp, api_key=KEY).start(timeout=600)
-    out = {"start_and_warm_s": round(time.perf_counter() - t0, 1), "rates": {}}
+    workers = int(backend[5:] or 1) if backend.startswith("redis") else 1
+    wait_for_workers(service, workers)
+    out = {"start_and_warm_s": round(time.perf_counter() - t0, 1), "workers": workers, "rates": {}}
     offset = 0
     try:
         # warm-up, not recorded: the first seconds of a fresh process (page faults, first
@@ -326,7 +350,7 @@ def bench_backend(backend: str, run_dir: Path, test_start: str, payloads: Path, 
             if offset + count > n_window:
                 offset = 0  # reusing events: replays (idempotent) are cheaper; noted in the output
                 out["note"] = "test window exhausted: later phases include replayed event ids"
-            pids = [service.proc.pid] + ([redis.proc.pid] if redis else [])
+            pids = [service.proc.pid, *children(service.proc.pid)] + ([redis.proc.pid] if redis else [])
             cpu0, hist0 = cpu_seconds(pids), score_histogram(service.url)
             r = run_client(service, payloads, offset, count, rate, seconds)
             r["server_cpu_ms_per_request"] = round((cpu_seconds(pids) - cpu0) * 1e3 / max(r["answered"], 1), 3)

@@ -474,3 +474,51 @@ def test_replay_cli_rescores_logged_decisions(run, memory_service, tmp_path):
     tampered.write_text(json.dumps({**first, "score": first["score"] + 1e-6}) + "\n")
     assert [r["same"] for r in replay(run.bundle, tampered, "all")] == [False]
     assert replay(run.bundle, log, first["event_id"])[0]["same"]
+
+
+# ----------------------------------------------------------------------------- scale-out
+def _fresh(svc, method: str, path: str, **kw):
+    """One request on a new connection: with deploy.workers > 1 the kernel picks the process."""
+    with httpx.Client(base_url=svc.url, headers={"X-API-Key": KEY}, timeout=30) as c:
+        return getattr(c, method)(path, **kw)
+
+
+def _decisions_through(run, redis_server, workers: int) -> tuple[dict, set[int]]:
+    store = ["deploy.store.backend=redis", f"deploy.store.redis_url={redis_server.url}",
+             f"deploy.store.prefix=workers{workers}:", f"deploy.workers={workers}"]
+    svc = start(run, f"workers{workers}", *store)
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 120
+        while len(pids) < workers and time.monotonic() < deadline:  # every worker ready, not just the first
+            r = _fresh(svc, "get", "/health")
+            if r.status_code == 200:
+                pids.add(r.json()["pid"])
+            else:
+                time.sleep(0.1)
+        decisions = {}
+        for row in run.window.iter_rows(named=True):
+            r = _fresh(svc, "post", "/score", params={"include_features": "true"}, json=payload(row))
+            assert r.status_code == 200, r.text
+            decisions[row["event_id"]] = r.json()
+    finally:
+        assert svc.stop() == 0
+    return decisions, pids
+
+
+def test_workers_share_the_redis_store_with_one_process_answers(run, redis_server):
+    """deploy.workers=3 (three processes on one port, one Redis) decides every event exactly as
+    one process does, and as task=score; the memory store with workers > 1 is refused."""
+    one, _ = _decisions_through(run, redis_server, 1)
+    three, pids = _decisions_through(run, redis_server, 3)
+    assert len(pids) == 3 and len(three) == len(one) == run.window.height
+    volatile = ("latency_ms",)
+    for eid, d in one.items():
+        assert {k: v for k, v in three[eid].items() if k not in volatile} == \
+               {k: v for k, v in d.items() if k not in volatile}, eid
+    assert_parity(run, {e: d["features"] for e, d in three.items()}, three)
+    logged = [json.loads(x) for x in (run.dir / "decisions-workers3.jsonl").read_text().splitlines()]
+    assert sorted(x["event_id"] for x in logged) == sorted(three)  # every decision logged once, whole lines
+    res = cli(["task=serve", f"bundle={run.bundle_dir}", "deploy.workers=2", f"deploy.port={free_port()}"], cwd=run.dir)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "deploy.workers=2" in res.stderr and "redis" in res.stderr

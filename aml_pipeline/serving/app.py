@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
 import traceback
 from typing import Any, Optional
@@ -299,7 +300,7 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
             return _json({"status": "ready"})
         return _json({"status": "ready", "model_name": scorer.trace["model_name"],
                       "model_version": scorer.trace["model_version"], "bundle_hash": scorer.trace["bundle_hash"],
-                      "feature_engine": scorer.engine.name, "store": redact(store)})
+                      "feature_engine": scorer.engine.name, "store": redact(store), "pid": os.getpid()})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {"text/plain": {}}}})

@@ -155,6 +155,7 @@ class Health(BaseModel):
     bundle_hash: Optional[str] = None
     feature_engine: Optional[str] = None
     store: Optional[dict[str, Any]] = None
+    pid: Optional[int] = Field(None, description="the answering process (deploy.workers > 1: one of several)")
 
 
 class ErrorBody(BaseModel):

@@ -105,7 +105,9 @@ def _replay(cfg: DictConfig, bundle) -> dict:
     return {"replayed": len(results)}
 
 
-def serve(cfg: DictConfig) -> dict:
+def serve(cfg: DictConfig, worker: int | None = None) -> dict:
+    """The service; ``worker`` is the index of one of ``deploy.workers`` processes (None: the
+    command itself, which starts them when there are several: :mod:`aml_pipeline.serving.workers`)."""
     d = cfg.deploy
     if d.replay:
         from aml_pipeline.registry import resolve_bundle
@@ -118,8 +120,18 @@ def serve(cfg: DictConfig) -> dict:
         from aml_pipeline.store import parse_time
 
         parse_time(d.warm_until, "deploy.warm_until")
-    if not d.warm_only:
+    if worker is None and not d.warm_only:
+        from aml_pipeline.serving.workers import check_workers, run_workers
+
         _check_port(d.host, int(d.port))
+        n = check_workers(cfg)
+        if n > 1:
+            return run_workers(cfg, n, key)
+    sockets = None
+    if worker is not None:
+        from aml_pipeline.serving.workers import reuse_port_socket
+
+        sockets = [reuse_port_socket(d.host, int(d.port))]
     bundle, store, needs, engine = build(cfg)
     from aml_pipeline.serving.shadow import load_shadow
 
@@ -165,7 +177,8 @@ def serve(cfg: DictConfig) -> dict:
                   f"(sha256 {bundle.bundle_hash[:12]}) on http://{d.host}:{d.port} "
                   f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s, engine {engine.name}, "
                   f"model runtime {getattr(bundle.model, 'runtime', 'native')}"
-                  + (f", shadow version {shadow.trace['shadow_model_version']}" if shadow else "") + "]",
+                  + (f", shadow version {shadow.trace['shadow_model_version']}" if shadow else "")
+                  + (f", worker {worker} pid {os.getpid()}" if worker is not None else "") + "]",
                   file=sys.stderr, flush=True)
         except UserError as exc:
             failure.append(str(exc))
@@ -184,7 +197,7 @@ def serve(cfg: DictConfig) -> dict:
     stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    server.run()
+    server.run(sockets=sockets)
     if stopped:
         print(f"stopped ({signal.Signals(stopped[-1]).name})", file=sys.stderr, flush=True)
     if failure:
