@@ -81,7 +81,8 @@ class LocalBroker:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
-        #: Seconds from the process start until the broker answered a metadata request.
+        #: Seconds from start() until the broker answered a metadata request (Apache Kafka: the
+        #: storage format included; the jars' first resolution too, when it happens).
         self.start_seconds: float | None = None
 
     @property
@@ -96,9 +97,13 @@ class LocalBroker:
         self._data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or _free_port()
         self.log_path = self._data_dir / "broker.log"
-        command = self._command()
-        log = open(self.log_path, "ab")
         t0 = time.monotonic()
+        try:
+            command = self._command()  # Apache Kafka: resolves the jars and formats the log directory
+        except BaseException:
+            self.stop()
+            raise
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
