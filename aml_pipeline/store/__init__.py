@@ -56,9 +56,12 @@ def retention_us(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> int:
     minimum = layout.window_us + int(lateness_us)
     if us <= 0:
         raise UserError(f"deploy.store.retention={text!r} is not a duration such as 30d (or null: never forget)")
-    if us <= minimum:
+    if us <= minimum and lateness_us:
         raise UserError(f"deploy.store.retention={text} must be longer than the longest feature window plus the allowed "
                         f"lateness: more than {_short(minimum)} ({_short(layout.window_us)} + {_short(lateness_us)})")
+    if us <= minimum:
+        raise UserError(f"deploy.store.retention={text} must be longer than the longest feature window: more than "
+                        f"{_short(minimum)}")
     return us
 
 

@@ -40,6 +40,9 @@ def test_retention_must_exceed_the_longest_window_plus_lateness():
         open_store(_cfg("14d"), layout, lateness_us=10 * MINUTE)
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("deploy.store.retention=14d ") and "more than 14d10m" in msg
+    with pytest.raises(UserError, match=r"^deploy.store.retention=7d must be longer than the longest feature window: "
+                                        r"more than 14d$"):
+        open_store(_cfg("7d"), layout)  # the service: no lateness
     with pytest.raises(UserError, match=r"deploy.store.retention='soon' is not a duration"):
         open_store(_cfg("soon"), layout)
     assert open_store(_cfg("15d"), layout, lateness_us=10 * MINUTE).layout.retention_us == 15 * DAY
