@@ -172,15 +172,18 @@ class FlowMatching(FeatureStep):
 
         def forwards(acc: str, h, since: int) -> int:
             """The account's payments at or after ``since`` that matched one of its inflows."""
-            got = list(h.received.get(acc, ()))
+            got = h.received.get(acc, ())
             times = [r[T] for r in got]
             n = 0
             for p in h.sent.get(acc, ()):
                 if p[T] < since or p[A] is None:
                     continue
-                before = got[:bisect_left(times, p[T])]
-                n += any(r[A] is not None and low * r[A] <= p[A] <= high * r[A]
-                         for r in tail_instants(before, p[T] - first, cap, T))
+                # tail_instants(got[:k], p[T] - first, cap) by bisection on the times, without copies
+                k = bisect_left(times, p[T])
+                i = bisect_left(times, p[T] - first, 0, k)
+                if k - i > cap:
+                    i = bisect_left(times, times[k - cap], i, k - cap)
+                n += any((r := got[j])[A] is not None and low * r[A] <= p[A] <= high * r[A] for j in range(i, k))
             return n
 
         def compute(ev, h, out: dict) -> None:

@@ -121,8 +121,8 @@ class CashStructuring(FeatureStep):
         low, top = self._bounds()
 
         def compute(ev, h, out: dict) -> None:
-            deposits = [r for r in h.received.get(ev.dst, ())
-                        if r[C] is not None and r[C].lower() in cash and r[A] is not None and low <= r[A] < top]
+            deposits = [r for r in h.received.get(ev.dst, ())  # the band first: it rules out most rows cheaply
+                        if r[A] is not None and low <= r[A] < top and r[C] is not None and r[C].lower() in cash]
             for w, width in windows:
                 lo = ev.t - width
                 recent = [r for r in deposits if r[T] >= lo]
