@@ -555,16 +555,23 @@ class RedisStore(OnlineStore):
                 pending = 0
         p.execute()
         order = sorted(touched)
+        made = [False] * len(order)
+        if self.retention_us:  # a version key made again starts from the generation (as in the append script)
+            for acc in order:
+                p.set(self._k("v", acc), before, nx=True)
+            made = p.execute()
         for acc in order:  # cached copies of these accounts' sets are now stale
             p.incr(self._k("v", acc))
         p.incr(self._p + b"g")
+        *versions, after = p.execute()
         if self.retention_us:  # index what was written for the retention, then forget what it no longer covers
             self._index_warmed(local)
-        *versions, after = p.execute()
         # the other copies stay current only if no other writer came in during the warm-up
         alone = after == before + 1 and (self._generation == before or not self._cache)
         self._generation = after if alone else None
-        self._cache_warmed(local, dict(zip(order, versions)))
+        fresh = {acc: int(version) for acc, version, m in zip(order, versions, made)
+                 if m or (not self.retention_us and int(version) == 1)}
+        self._cache_warmed(local, fresh)
         return n
 
     def _index_warmed(self, local: MemoryStore) -> None:
@@ -602,23 +609,25 @@ class RedisStore(OnlineStore):
         self._generation = None
         return total
 
-    def _cache_warmed(self, local: MemoryStore, versions: dict[str, int]) -> None:
+    def _cache_warmed(self, local: MemoryStore, fresh: dict[str, int]) -> None:
         """Hold the sets just written as cached copies, so the first requests after a warm-up
         do not each fetch them again (a payment into a merchant would read thousands of rows).
 
-        Only accounts whose version is now 1 are held: Redis had no rows of theirs before, so
-        its sets are exactly the local ones. Rows go through JSON as a Redis read returns them.
+        Only ``fresh`` accounts are held, at the version this warm-up's increment gave them
+        (their version key was made by it): Redis had no rows of theirs before, so its sets
+        are exactly the local ones. Rows go through JSON as a Redis read returns them.
         """
+        versions = fresh
         sets: dict[str, list] = {}
         for direction, acc, rows in local.sets():
-            if versions.get(acc) == 1:
+            if acc in versions:
                 sets.setdefault(acc, [[], []])[direction == "received"] = rows
         if self._epoch is None:
             self._epoch = (self._r.get(self._p + b"epoch") or b"").decode()
         recent = sorted(sets, key=lambda a: max((s[-1][T] for s in sets[a] if s), default=0))[-self.cache_size:]
         for acc in recent:
             sent, received = json.loads(_dumps([[list(r) for r in s] for s in sets[acc]]))
-            self._cache[acc] = _Entry(1, sent, received)
+            self._cache[acc] = _Entry(versions[acc], sent, received)
             self._cache.move_to_end(acc)
 
     # -- misc -----------------------------------------------------------------------------
