@@ -270,7 +270,10 @@ def score_histogram(url: str) -> dict[float, float]:
     """Cumulative counts of the service's /score latency histogram (its own clock)."""
     import urllib.request
 
-    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    try:  # a saturated server may answer late: the histogram is then missing, not the run
+        text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
+    except OSError:
+        return {}
     out = {}
     for line in text.splitlines():
         if line.startswith('aml_request_latency_seconds_bucket{endpoint="/score",le="'):

@@ -1,0 +1,116 @@
+"""Where a request's CPU goes in the scoring service, end to end, under cProfile.
+
+Usage: python bench/profile_service.py [--run-dir DIR] [--requests 3000] [--rate 200]
+
+Runs the real service (``task=serve``, memory store, warmed with the events before the test
+window of bench/service.py's quickstart run) under ``python -m cProfile``, sends
+``--requests`` test-window events with bench/service.py's open-loop client, stops the
+service and splits the main thread's time (the event loop: HTTP, the app, the scorer) into
+the parts of a request. cProfile's own overhead inflates every Python call, so the shares
+matter more than the absolute figures; the process's CPU without the profiler comes from
+bench/service.py. Prints a table (markdown) and writes ``bench/out/profile_service.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pstats
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).absolute().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import service as bench  # noqa: E402  (bench/service.py: the quickstart run, payloads, client)
+
+#: (part, (file suffix, function name)): cumulative time of these functions, per request.
+PARTS = [
+    ("whole request in the event loop (HTTP parse + app)", [("httptools_impl.py", "data_received"),
+                                                           ("httptools_impl.py", "run_asgi")]),
+    ("  API key, body, timing (Guard)", [("serving/app.py", "__call__")]),
+    ("  pydantic: validate the JSON body", [("pydantic/main.py", "model_validate_json")]),
+    ("  pydantic: model_dump", [("pydantic/main.py", "model_dump")]),
+    ("  scorer: whole decision", [("serving/scorer.py", "score")]),
+    ("    store read (gather)", [("store/engine.py", "gather")]),
+    ("    features (online engine)", [("store/engine.py", "compute")]),
+    ("    model predict_one", [("", "predict_one")]),
+    ("    explanation (SHAP, alerts)", [("serving/scorer.py", "top_features")]),
+    ("    decision log write", [("serving/decision_log.py", "write")]),
+    ("    store append (commit)", [("", "commit")]),
+    ("  metrics", [("serving/metrics.py", "request"), ("serving/metrics.py", "decision")]),
+    ("  response JSON", [("serving/app.py", "_json")]),
+]
+
+
+def cumulative(stats: pstats.Stats, file_suffix: str, name: str) -> tuple[float, int]:
+    """Cumulative seconds of the matching functions; nested ones of the same name (the
+    feature engine's per-step ``compute`` closures inside its own) count once: the outermost."""
+    total, calls, outer = 0.0, 0, 0.0
+    for (file, _, func), (_, ncalls, _, cum, _) in stats.stats.items():
+        if func == name and file.endswith(".py") and file_suffix in file:
+            total += cum
+            calls += ncalls
+            outer = max(outer, cum)
+    return (outer if name == "compute" else total), calls
+
+
+def per_step(stats: pstats.Stats, n: int) -> list[tuple[str, float]]:
+    """The feature steps' per-event forms (closures named compute/two_hop/forwards in
+    aml_pipeline/features and store/engine.py), ms per request, largest first."""
+    out = []
+    for (file, line, func), (_, _, _, cum, _) in stats.stats.items():
+        if func == "compute" and ("/aml_pipeline/features/" in file or "/store/engine.py" in file):
+            out.append((f"{file.split('aml_pipeline/')[-1]}:{line}", cum * 1e3 / max(n, 1)))
+    return sorted(out, key=lambda x: -x[1])[1:13]  # the first is the engine's own loop over steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", type=Path, default=bench.OUT / "service_run")
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--rate", type=float, default=200)
+    args = ap.parse_args()
+    from aml_pipeline.serving.launcher import ServiceProcess
+
+    bench.ensure_run(args.run_dir)
+    test_start, _, window = bench.test_window(args.run_dir)
+    with tempfile.TemporaryDirectory(prefix="aml_profile_") as tmp:
+        tmp = Path(tmp)
+        payloads = tmp / "payloads.jsonl"
+        bench.write_payloads(window, payloads)
+        prof = tmp / "service.prof"
+        run = args.run_dir
+        svc = ServiceProcess([f"bundle={run / 'models/bundle'}", f"deploy.warm_from={run / 'data/validated/transactions.parquet'}",
+                              f"deploy.warm_until='{test_start}'", f"deploy.decision_log={tmp / 'decisions.jsonl'}"],
+                             cwd=tmp, api_key=bench.KEY)
+        svc.args[1:1] = ["-m", "cProfile", "-o", str(prof)]
+        svc.start(timeout=600)
+        try:
+            r = bench.run_client(svc, payloads, 0, args.requests, args.rate, args.requests / args.rate)
+        finally:
+            svc.stop(timeout=60)
+        stats = pstats.Stats(str(prof))
+    n = r["answered"]
+    rows = []
+    for part, funcs in PARTS:
+        ms = sum(cumulative(stats, f, name)[0] for f, name in funcs) * 1e3 / max(n, 1)
+        rows.append((part, round(ms, 3)))
+    whole = rows[0][1]
+    print(f"{n} requests at {args.rate:.0f}/s under cProfile (errors {r['error_rate']:.2%})\n")
+    print("| part | ms per request (cProfile) | share |\n|---|---|---|")
+    for part, ms in rows:
+        print(f"| {part.strip()} | {ms:.3f} | {ms / whole:.0%} |")
+    steps = per_step(stats, n)
+    print("\n| feature step (per-event form) | ms per request (cProfile) |\n|---|---|")
+    for name, ms in steps:
+        print(f"| {name} | {ms:.3f} |")
+    print("\nTop 25 functions by own time:")
+    stats.sort_stats("tottime").print_stats(25)
+    (bench.OUT / "profile_service.json").write_text(json.dumps({"requests": n, "rate": args.rate, "parts": rows, "steps": steps}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
