@@ -97,8 +97,9 @@ class Novelty(FeatureStep):
             sent = h.sent.get(ev.src, ())
             lo = ev.t - lookback
             out[f"pair_prior_{L}"] = sum(1 for r in sent if r[T] >= lo and r[D] == ev.dst)
-            for side, acc in (("src", ev.src), ("dst", ev.dst)):
-                times = [r[T] for table in (h.sent, h.received) for r in table.get(acc, ()) if r[T] >= lo]
+            for side, acc in (("src", ev.src), ("dst", ev.dst)):  # rows are time-ordered: the first in range is the oldest
+                times = [x for x in (first_at(h.sent.get(acc, ()), T, lo), first_at(h.received.get(acc, ()), T, lo))
+                         if x is not None]
                 out[f"{side}_age_{L}"] = (ev.t - min(times)) / 1e6 if times else None
             tables = {"src_new_payees": (sent, D), "src_new_payers": (h.received.get(ev.src, ()), S),
                       "dst_new_payers": (h.received.get(ev.dst, ()), S)}
@@ -108,6 +109,14 @@ class Novelty(FeatureStep):
                 for w, width in windows:
                     out[f"{name}_{w}"] = len(new) - bisect_left(new, ev.t - width)
         return compute
+
+
+def first_at(rows, T: int, lo: int) -> int | None:
+    """The time of the first of time-ordered ``rows`` at or after ``lo`` (None: none)."""
+    for r in rows:
+        if r[T] >= lo:
+            return r[T]
+    return None
 
 
 def new_relationships(rows, other: int, T: int, start: int, lookback: int) -> int:
