@@ -381,9 +381,10 @@ def test_warm_from_parquet_takes_events_strictly_before(tmp_path, synthetic):
 def test_plan_needs_and_refusals(synthetic):
     plan, _, _ = synthetic
     needs = plan_needs(plan)
-    # flow matching and novelty look 30 days behind their 7-day windows; 2-hop paths only 7 days
-    assert needs.window_us == 37 * 86_400_000_000 and needs.expand_us == 7 * 86_400_000_000
-    assert needs.hubs <= frozenset(dict(plan.steps)["graph"].hubs_)
+    # flow matching and novelty look 30 days behind their 7-day windows; the payers' inflows
+    # 9 days (the paths step's 7-day window and 48 h hop lag; the graph's 2-hop paths: 7)
+    assert needs.window_us == 37 * 86_400_000_000 and needs.expand_us == 9 * 86_400_000_000
+    assert needs.hubs == frozenset(dict(plan.steps)["graph"].hubs_) & frozenset(dict(plan.steps)["paths"].hubs_)
     with pytest.raises(UserError, match="deploy.store.backend"):
         from types import SimpleNamespace
 
