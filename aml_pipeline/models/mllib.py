@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aml_pipeline.errors import ConfigError
-from aml_pipeline.models.classifiers import _SEED_HINT, _WEIGHTING_HINT, Classifier, _refuse_reserved
+from aml_pipeline.models.base import SEED_HINT, WEIGHTING_HINT, Classifier, refuse_reserved
 
 SCORE = "score"
 _ROW = "_row"
@@ -92,7 +92,7 @@ class MLlibClassifier(Classifier):
     _reserved: ClassVar[dict[str, str]] = {
         "featuresCol": _PIPELINE_HINT, "labelCol": _PIPELINE_HINT, "predictionCol": _PIPELINE_HINT,
         "probabilityCol": _PIPELINE_HINT, "rawPredictionCol": _PIPELINE_HINT, "leafCol": _PIPELINE_HINT,
-        "weightCol": _WEIGHTING_HINT, "seed": _SEED_HINT,
+        "weightCol": WEIGHTING_HINT, "seed": SEED_HINT,
         "thresholds": "alert thresholds are chosen per jurisdiction on the validation window (conf/thresholds)",
         "threshold": "alert thresholds are chosen per jurisdiction on the validation window (conf/thresholds)",
         "validationIndicatorCol": "early stopping uses the validation window; set model.early_stopping_rounds",
@@ -120,7 +120,7 @@ class MLlibClassifier(Classifier):
         return {n: getattr(est, n) for n in dir(est) if isinstance(getattr(est, n, None), Param)}
 
     def _resolve_params(self, user: dict[str, Any]) -> dict[str, Any]:
-        _refuse_reserved(user, self._reserved)
+        refuse_reserved(user, self._reserved)
         params = self.estimator_params()
         allowed = sorted(set(params) - set(self._reserved))
         for key in user:
