@@ -37,6 +37,7 @@ from aml_pipeline.spark.validation import ORDER, SparkValidationResult, validate
 from aml_pipeline.spark.windows import micros
 from aml_pipeline.tasks.layout import Layout, need
 from aml_pipeline.validation.rules import rules_from_config
+from aml_pipeline.validation.summary import print_summary, summary_record
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,6 @@ def spark_summary(source: Source, r: SparkValidationResult, seconds: float, outp
 
     accounts = valid.select(F.col("src_account").alias("a")).union(valid.select(F.col("dst_account").alias("a"))) \
         .agg(F.count_distinct("a")).first()[0] if r.rows_valid else 0
-    from aml_pipeline.tasks.data import summary_record
 
     return summary_record(
         source, r, positives=positives, negatives=negatives,
@@ -138,7 +138,6 @@ def stage(spark, staged: pl.DataFrame, data_dir: Path) -> tuple[DataFrame, str]:
 
 def run_data(cfg: DictConfig) -> dict:
     """``task=data`` with the validation split in Spark; writes the same three outputs."""
-    from aml_pipeline.tasks.data import print_summary
 
     start = time.perf_counter()
     data_dir = Path(cfg.paths.data_dir)

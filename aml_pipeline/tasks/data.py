@@ -17,11 +17,12 @@ import polars as pl
 from omegaconf import DictConfig
 
 from aml_pipeline.build import build
-from aml_pipeline.progress import status, table
+from aml_pipeline.progress import status
 from aml_pipeline.schema import ValidatedTransactions
 from aml_pipeline.sources.base import Source
 from aml_pipeline.validation import ValidationResult, validate
 from aml_pipeline.validation.rules import rules_from_config
+from aml_pipeline.validation.summary import print_summary, summary_record
 
 
 @dataclass
@@ -43,29 +44,6 @@ def ingest(cfg: DictConfig) -> Ingested:
         if result.valid.height:
             ValidatedTransactions.validate(result.valid)
     return Ingested(source, result, time.perf_counter() - start)
-
-
-def summary_record(source: Source, r, *, positives: int, negatives: int, typologies: dict[str, int],
-                   time_range: list[str] | None, accounts: int, jurisdictions: dict[str, int],
-                   seconds: float, outputs: dict[str, str]) -> dict:
-    """The summary.json layout, shared by every engine (each computes the counts its own way)."""
-    return {
-        "source": source.name,
-        "description": source.describe(),
-        "rows_read": r.rows_read,
-        "rows_valid": r.rows_valid,
-        "rows_quarantined": r.rows_quarantined,
-        "reconciles": r.reconciles(),
-        "quarantined_by_reason": dict(sorted(r.by_reason.items(), key=lambda kv: -kv[1])),
-        "labels": {"positive": positives, "negative": negatives, "unknown": r.rows_valid - positives - negatives},
-        "label_rate": positives / (positives + negatives) if positives + negatives else None,
-        "typologies": typologies,
-        "time_range": time_range,
-        "accounts": accounts,
-        "jurisdictions": jurisdictions,
-        "seconds": round(seconds, 3),
-        "outputs": outputs,
-    }
 
 
 def summarise(ing: Ingested, outputs: dict[str, str]) -> dict:
@@ -98,26 +76,6 @@ def write_layers(result: ValidationResult, data_dir: Path) -> dict[str, str]:
         result.valid.write_parquet(validated)
         result.quarantine.write_parquet(quarantine)
     return {"validated": str(validated), "quarantine": str(quarantine), "summary": str(data_dir / "validated" / "summary.json")}
-
-
-def print_summary(s: dict) -> None:
-    rows = [
-        ("source", s["description"]),
-        ("rows read", f"{s['rows_read']:,}"),
-        ("valid", f"{s['rows_valid']:,}"),
-        ("quarantined", f"{s['rows_quarantined']:,}"),
-    ]
-    rows += [(f"  {k}", f"{v:,}") for k, v in s["quarantined_by_reason"].items()]
-    rate = s["label_rate"]
-    rows.append(("label rate", "n/a" if rate is None else f"{rate:.4%} ({s['labels']['positive']:,} positive)"))
-    rows += [(f"  {k}", f"{v:,}") for k, v in s["typologies"].items()]
-    if s["time_range"]:
-        rows.append(("time range", f"{s['time_range'][0][:16]} .. {s['time_range'][1][:16]}"))
-    rows.append(("accounts", f"{s['accounts']:,}"))
-    rows.append(("took", f"{s['seconds']:.1f}s"))
-    rows.append(("validated", s["outputs"]["validated"]))
-    rows.append(("quarantine", s["outputs"]["quarantine"]))
-    table("data: " + ("counts reconcile" if s["reconciles"] else "COUNTS DO NOT RECONCILE"), rows)
 
 
 def run(cfg: DictConfig) -> dict:
