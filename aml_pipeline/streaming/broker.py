@@ -257,7 +257,9 @@ class KafkaBroker(LocalBroker):
         config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         jvm = [java, *self.jvm_options, f"-Dlog4j2.configurationFile=file:{MAVEN / 'broker-log4j2.properties'}",
                "-cp", classpath]
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # one in 64 would read as an option (Kafka's own ids avoid it too)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "--standalone", "--ignore-formatted",
                               "--cluster-id", cluster_id, "--config", str(config)],
                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
