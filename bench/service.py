@@ -333,7 +333,7 @@ def bench_backend(backend: str, run_dir: Path, test_start: str, payloads: Path, 
     overrides = [f"bundle={run_dir / 'models/bundle'}", f"deploy.warm_from={run_dir / 'data/validated/transactions.parquet'}",
                  f"deploy.warm_until='{test_start}'", f"deploy.decision_log={tmp / f'decisions-{backend}.jsonl'}"]
     if backend.startswith("redis"):  # redis, or redisN: N workers (deploy.workers) sharing it
-        redis = LocalRedis(tmp / "redis").start()
+        redis = LocalRedis(tmp / f"redis-{backend}").start()  # its own data: never the previous backend's decisions
         overrides += ["deploy.store.backend=redis", f"deploy.store.redis_url={redis.url}",
                       f"deploy.workers={int(backend[5:] or 1)}"]
     t0 = time.perf_counter()
