@@ -485,24 +485,30 @@ def _state_batch(checkpoint: Path) -> int:
         return -1
 
 
+def kill_after_batches(args: list[str], cwd: Path, checkpoint: Path, batches: int = 4) -> int:
+    """Start the scorer with ``args``, SIGKILL it and its JVM once ``batches`` micro-batches
+    are committed (mid-stream), and return the last committed batch id."""
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while _state_batch(checkpoint) < batches and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the scorer finished before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return _state_batch(checkpoint)
+
+
 def _kill_and_restart(run, file_run, name: str, *extra: str, rewarm: bool = True) -> None:
     """SIGKILL mid-stream (one file per micro-batch), restart with four files per micro-batch: the
     same alerts as the uninterrupted run, however the rest of the stream is batched."""
     base = run.dir / name
     write_files(base / "in", run.files)
     args = stream_args(run, name, "deploy.once=true", "deploy.max_files_per_trigger=1", *extra)
-    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while _state_batch(base / "checkpoint") < 4 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the scorer finished before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the scorer and its JVM, mid-stream
-        proc.wait()
-    killed_at = _state_batch(base / "checkpoint")
+    killed_at = kill_after_batches(args, run.dir, base / "checkpoint")
     assert 4 <= killed_at < len(run.files) - 1
     if not rewarm:  # restarts from the store's snapshot (embedded) or from Redis itself
         state = json.loads((base / "checkpoint/scorer/state.json").read_text())

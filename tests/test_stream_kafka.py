@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from aml_pipeline.streaming.records import UNPARSEABLE
 from tests.conftest import ROOT, cli_env, run_cli, spark_kafka_jars_or_fail
 from tests.test_stream import (  # noqa: F401  (run: the module's trained bundle and stream records)
     _consume_all,
     _create_topics,
-    _state_batch,
+    kill_after_batches,
     assert_parity,
     kafka_round_trip,
     run,
@@ -209,18 +206,7 @@ def test_killed_scorer_on_kafka_restarts_without_losing_alerts(run, kafka_runs, 
     name = f"kafka_killed_{connector}"
     base = run.dir / name
     args = _kafka_args(run, name, kafka_broker, topics, connector, "deploy.once=true", "deploy.max_records_per_batch=150")
-    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=run.dir, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 600
-    try:
-        while _state_batch(base / "checkpoint") < 4 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the scorer finished before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    killed_at = _state_batch(base / "checkpoint")
+    killed_at = kill_after_batches(args, run.dir, base / "checkpoint")
     assert killed_at >= 4 and not (base / "reports/stream_summary.json").exists()
     r = run_cli([*args, "deploy.max_records_per_batch=400"], cwd=run.dir, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
