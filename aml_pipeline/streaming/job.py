@@ -162,8 +162,8 @@ def build_scorer(cfg: DictConfig):
 
     d = cfg.deploy
     source = kind(cfg)
-    if str(_value(d.state)) == "spark":
-        raise UserError("deploy.state=spark is built by aml_pipeline.streaming.spark_state (run() goes there), not here")
+    if uses_spark_state(cfg):
+        raise UserError("deploy.state=spark is built by aml_pipeline.streaming.spark_state (task=stream goes there), not here")
     lateness, until = check_shared_options(cfg)
     skew_us = future_skew_us(cfg.validation.get("max_future_skew", "1h"))
     if source == "kafka":
@@ -377,12 +377,13 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def run(cfg: DictConfig) -> dict:
-    if str(_value(cfg.deploy.get("state"))) == "spark":  # Spark's own state store: its own query (spark_state.py)
-        from aml_pipeline.streaming.spark_state import run as run_spark_state
+def uses_spark_state(cfg: DictConfig) -> bool:
+    """``deploy.state=spark``: Spark's own state store, a query of its own (:mod:`.spark_state`)."""
+    return str(_value(cfg.deploy.get("state"))) == "spark"
 
-        settle_connector(cfg)
-        return run_spark_state(cfg)
+
+def run(cfg: DictConfig) -> dict:
+    """``task=stream`` with ``deploy.state=store``: the scorer over the online feature store."""
     d = cfg.deploy
     start = time.perf_counter()
     settle_connector(cfg)

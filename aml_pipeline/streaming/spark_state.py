@@ -532,10 +532,11 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream deploy.state=spark``: build, run until done or stopped, flush, summarise."""
-    from aml_pipeline.streaming.job import _source, await_query, finish, keep_failure, stream_session
+    from aml_pipeline.streaming.job import _source, await_query, finish, keep_failure, settle_connector, stream_session
 
     d = cfg.deploy
     start = time.perf_counter()
+    settle_connector(cfg)
     scorer, info = build(cfg)
     spark = stream_session(cfg)
     spark.conf.set("spark.sql.streaming.stateStore.providerClass", ROCKSDB)

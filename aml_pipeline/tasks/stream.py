@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 
 def run(cfg: DictConfig) -> dict:
-    from aml_pipeline.streaming.job import run as run_stream
+    # Spark and the streaming package load only for this task.
+    from aml_pipeline.streaming import job, spark_state
 
-    return run_stream(cfg)
+    return spark_state.run(cfg) if job.uses_spark_state(cfg) else job.run(cfg)
