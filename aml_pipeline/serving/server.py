@@ -105,6 +105,15 @@ def _replay(cfg: DictConfig, bundle) -> dict:
     return {"replayed": len(results)}
 
 
+def _warm_shared(cfg: DictConfig) -> tuple[int, float]:
+    """Warm the store the workers will share, once, before they start."""
+    _, store, _, _ = build(cfg)
+    try:
+        return _warm(cfg, store)
+    finally:
+        store.close()
+
+
 def serve(cfg: DictConfig, worker: int | None = None) -> dict:
     """The service; ``worker`` is the index of one of ``deploy.workers`` processes (None: the
     command itself, which starts them when there are several: :mod:`aml_pipeline.serving.workers`)."""
@@ -126,7 +135,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
         _check_port(d.host, int(d.port))
         n = check_workers(cfg)
         if n > 1:
-            return run_workers(cfg, n, key)
+            return run_workers(cfg, n, key, (lambda: _warm_shared(cfg)) if d.warm_from else None)
     sockets = None
     if worker is not None:
         from aml_pipeline.serving.workers import reuse_port_socket
@@ -212,3 +221,19 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def worker_main(argv: list[str]) -> None:
+    """One of ``deploy.workers`` processes (``python -m aml_pipeline.serving.server CONFIG
+    INDEX``): the ordinary service on a SO_REUSEPORT socket (errors: one line, exit 2)."""
+    from aml_pipeline.progress import fail
+
+    cfg = OmegaConf.load(argv[0])
+    try:
+        serve(cfg, worker=int(argv[1]))
+    except UserError as exc:
+        fail(str(exc), exc.exit_code)
+
+
+if __name__ == "__main__":
+    worker_main(sys.argv[1:])

@@ -8,7 +8,7 @@ shared: each process would hold its own history and compute wrong features, so N
 it is refused.
 
 How: the parent checks the configuration, warms the store once (``deploy.warm_from``), then
-starts N fresh interpreters (``python -m aml_pipeline.serving.workers CONFIG INDEX``: no
+starts N fresh interpreters (``python -m aml_pipeline.serving.server CONFIG INDEX``: no
 state inherited from the parent's thread pools). Each child is the ordinary one-process
 service, bound with ``SO_REUSEPORT`` so the kernel spreads new connections across them; a
 child answers ``/health`` 503 until its own bundle is loaded. The parent forwards SIGTERM /
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -68,14 +69,11 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_workers(cfg: DictConfig, n: int, key: str) -> dict:
-    """Warm once, start ``n`` worker processes, wait for them (see module doc)."""
-    from aml_pipeline.serving.server import _warm, build
-
-    if cfg.deploy.warm_from:
-        bundle, store, _, _ = build(cfg)
-        n_warm, secs = _warm(cfg, store)
-        store.close()
+def run_workers(cfg: DictConfig, n: int, key: str, warm: Callable[[], tuple[int, float]] | None) -> dict:
+    """Warm once (``warm``: the shared store's warm-up, or None), start ``n`` worker processes,
+    wait for them (see module doc)."""
+    if warm is not None:
+        n_warm, secs = warm()
         print(f"warmed the shared store: +{n_warm:,} events in {secs:.1f}s; starting {n} workers", file=sys.stderr,
               flush=True)
     child = OmegaConf.to_container(cfg, resolve=True)
@@ -84,7 +82,7 @@ def run_workers(cfg: DictConfig, n: int, key: str) -> dict:
         path = Path(tmp) / "config.yaml"
         path.write_text(OmegaConf.to_yaml(OmegaConf.create(child)))
         env = {**os.environ, "AML_API_KEY": key}
-        procs = [subprocess.Popen([sys.executable, "-m", "aml_pipeline.serving.workers", str(path), str(i)], env=env)
+        procs = [subprocess.Popen([sys.executable, "-m", "aml_pipeline.serving.server", str(path), str(i)], env=env)
                  for i in range(n)]
         stopped: list[int] = []
 
@@ -106,19 +104,3 @@ def run_workers(cfg: DictConfig, n: int, key: str) -> dict:
     if failed is not None:
         raise UserError(f"deploy.workers: worker {failed[0]} exited with code {failed[1]}; the others were stopped")
     return {"served": True, "workers": n}
-
-
-def main(argv: list[str]) -> None:
-    """One worker: the ordinary service on a SO_REUSEPORT socket (errors: one line, exit 2)."""
-    from aml_pipeline.progress import fail
-    from aml_pipeline.serving.server import serve
-
-    cfg = OmegaConf.load(argv[0])
-    try:
-        serve(cfg, worker=int(argv[1]))
-    except UserError as exc:
-        fail(str(exc), exc.exit_code)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
