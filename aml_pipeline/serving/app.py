@@ -104,7 +104,10 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 
 def _error(status: int, message: str, **extra: Any) -> Response:
-    return _json({"error": message, **extra}, status)
+    """An error body whose ``error`` is one printable line: a client's own field names or
+    values (a JSON key ``"\n"``, say) appear escaped in it, as they are in ``fields``."""
+    line = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in message)
+    return _json({"error": line, **extra}, status)
 
 
 class Guard:

@@ -111,6 +111,16 @@ def check_api(api, body: bytes, batch: bool) -> None:
         assert answer["error"] and "\n" not in answer["error"]
 
 
+def test_api_error_is_one_line_when_a_field_name_is_not(api):
+    """A client's field name with a line break (found by the long fuzz run) is escaped in the
+    one-line error, and named as it is in ``fields``."""
+    body = json.dumps({**api.events[0], "\n": 1, "a\u2028b": 2}).encode()
+    for batch in (False, True):
+        check_api(api, body, batch)
+    r = api.client.post("/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "\\n" in r.json()["error"] and "\n" in r.json()["fields"]
+
+
 @pytest.mark.parametrize("name", list(STREAM_CASES))
 def test_api_seeded_corpus_is_scored_or_refused(api, name):
     """Each hostile record of the corpus as a request body, alone and in a batch; where it is

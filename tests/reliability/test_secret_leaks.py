@@ -134,7 +134,7 @@ class PasswordRedis:
 
 
 def _tx(i: int) -> dict:
-    return {"event_id": f"leak-{i}", "event_time": f"2030-01-01T00:0{i}:00Z", "src_account": "LEAK-A",
+    return {"event_id": f"leak-{i}", "event_time": f"2026-01-01T00:0{i}:00Z", "src_account": "LEAK-A",
             "dst_account": "LEAK-B", "amount": 120.0 + i, "currency": "USD", "channel": "transfer", "jurisdiction": "US"}
 
 
