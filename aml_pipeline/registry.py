@@ -4,7 +4,7 @@ A run logs a bounded set of parameters, the headline metrics, the whole resolved
 a file, the reports and the bundle. Secrets never reach the run: params, tags and the config
 file pass through :mod:`aml_pipeline.secrets` (secret keys and URL passwords masked). The bundle is registered as a model version (an MLflow
 pyfunc that takes canonical transactions and returns score, threshold, alert and reasons,
-:mod:`aml_pipeline.lifecycle.pyfunc`, with its signature and an input example), tagged
+:mod:`aml_pipeline.pyfunc`, with its signature and an input example), tagged
 with the bundle hash, and given an alias (``models:/aml-scorer@challenger``).
 
 Loading never goes through the pyfunc wrapper: :func:`resolve_bundle` downloads the
@@ -81,7 +81,7 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
         mlflow = _client(cfg.mlflow)
         from mlflow.models import infer_signature
 
-        from aml_pipeline.lifecycle.pyfunc import TransactionScorer
+        from aml_pipeline.pyfunc import TransactionScorer
 
         exp_id = _experiment_id(mlflow, cfg.mlflow)
         nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id else {}
@@ -96,7 +96,7 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
             python_model = TransactionScorer(bundle_hash)
             if input_example is not None:  # canonical transactions in, decisions out
                 from aml_pipeline.bundle import ModelBundle
-                from aml_pipeline.lifecycle.pyfunc import decide
+                from aml_pipeline.pyfunc import decide
 
                 example = input_example.to_pandas()
                 decided = decide(ModelBundle.load(bundle_dir, expected_hash=bundle_hash), input_example).to_pandas()
