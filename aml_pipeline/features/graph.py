@@ -83,6 +83,19 @@ def hub_accounts(frame: pl.DataFrame, max_degree: int) -> list[str]:
     return sorted(degree.filter(pl.col("n") > max_degree)["src_account"].to_list())
 
 
+def hub_mask(tl: Timeline, hubs: list[str]) -> np.ndarray:
+    """Per account code of ``tl``: True for a hub (fitted by name; only senders can be
+    intermediaries). Memoised per hub list; read from every event of the timeline, history
+    included: the steps may see only the scored ones."""
+
+    def build() -> np.ndarray:
+        is_hub = np.zeros(tl.n_accounts, dtype=bool)
+        is_hub[tl.frame.filter(pl.col("src_account").is_in(hubs))[SRC].to_numpy()] = True
+        return is_hub
+
+    return tl.memo(("hubs", tuple(hubs)), build)
+
+
 @register
 @dataclass
 class CounterpartyGraph(FeatureStep):
@@ -128,16 +141,6 @@ class CounterpartyGraph(FeatureStep):
         return self
 
     # -- pieces (numpy on the shared timeline; rows in the order each piece sorts them) ----
-    def _hubs(self, tl: Timeline) -> np.ndarray:
-        """Per account code: True for a hub (fitted by name; only senders can be intermediaries).
-
-        Read from every event of the timeline, history included: the steps may see only
-        the scored ones.
-        """
-        is_hub = np.zeros(tl.n_accounts, dtype=bool)
-        is_hub[tl.frame.filter(pl.col("src_account").is_in(self.hubs_))[SRC].to_numpy()] = True
-        return is_hub
-
     def _reciprocal(self, tl: Timeline, width: int) -> np.ndarray:
         """Per event a -> b at t: earlier payments b -> a in [t - window, t) (``pairs_in`` order)."""
         _, labels, index = _pair_index(tl)
@@ -218,7 +221,7 @@ class CounterpartyGraph(FeatureStep):
         key = (width, tuple(self.hubs_))
 
         def paths() -> tuple[np.ndarray, np.ndarray]:
-            return tl.memo(("paths", *key), lambda: self._two_hop_paths(tl, width, self._hubs(tl)))
+            return tl.memo(("paths", *key), lambda: self._two_hop_paths(tl, width, hub_mask(tl, self.hubs_)))
 
         def reciprocal() -> np.ndarray:
             return self._reciprocal_memo(tl, width)

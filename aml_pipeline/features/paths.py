@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.graph import hub_accounts
+from aml_pipeline.features.graph import hub_accounts, hub_mask
 from aml_pipeline.features.windows import (check_windows, duration_in, duration_us, expand, last_instants, run_starts,
                                            tail_instants, timeline, window_rows)
 
@@ -109,11 +109,6 @@ class TemporalPaths(FeatureStep):
         return self
 
     # -- batch form ------------------------------------------------------------------------
-    def _hubs(self, tl) -> np.ndarray:
-        is_hub = np.zeros(tl.n_accounts, dtype=bool)
-        is_hub[tl.frame.filter(pl.col("src_account").is_in(self.hubs_))["_src"].to_numpy()] = True
-        return is_hub
-
     def _matches(self, paid: np.ndarray, got: np.ndarray) -> np.ndarray:
         low, high = (float(b) for b in self.band)
         with np.errstate(invalid="ignore"):
@@ -144,7 +139,7 @@ class TemporalPaths(FeatureStep):
         tl = timeline(frame)
         unit = tl.unit
         width, lag = duration_in(self.window, unit), duration_in(self.hop_lag, unit)
-        is_hub = tl.memo(("hubs", tuple(self.hubs_)), lambda: self._hubs(tl))
+        is_hub = hub_mask(tl, self.hubs_)
         vin = tl.view("in")
         cols = tl.columns("src", {f"src_fwd_chain_{self.hop_lag}": (self._chain(tl, is_hub, width, lag), pl.Int64)})
 
