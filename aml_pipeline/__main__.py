@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from aml_pipeline import CONF_DIR as PACKAGE_CONF
 from aml_pipeline.build import check_targets
 from aml_pipeline.config import register_configs
 from aml_pipeline.errors import UserError
@@ -102,9 +103,7 @@ def _mask_hydra_copies(cfg: DictConfig) -> None:
             path.write_text(masked)
 
 
-#: The configs, by absolute path: Hydra resolves a relative one against the calling module,
-#: which differs between ``python -m aml_pipeline`` and the console command.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(PACKAGE_CONF)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -19,10 +19,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from aml_pipeline import CONF_DIR
 from aml_pipeline.config import register_configs
 
 STAMP = Path("data/.params_composed")
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 
 
 def compose_params(overrides: list[str]) -> str:

@@ -33,6 +33,7 @@ import pandas as pd
 import polars as pl
 from hydra import compose, initialize_config_dir
 
+from aml_pipeline import CONF_DIR
 from aml_pipeline.config import register_configs
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.tasks import data, evaluate, features, train
@@ -71,7 +72,7 @@ def timed(fn):
 def run_stages(args_overrides: list[str]) -> tuple[dict, dict]:
     """Each task of ``task=all`` in order, as the command line runs them; wall seconds each."""
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=args_overrides)
     seconds = {}
     for name, module in (("data", data), ("features", features), ("train", train), ("evaluate", evaluate)):

@@ -50,6 +50,7 @@ from hydra import compose, initialize_config_dir
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from aml_pipeline import CONF_DIR  # noqa: E402
 from aml_pipeline.config import register_configs  # noqa: E402
 from aml_pipeline.tasks import data, evaluate, features, train  # noqa: E402
 from bench.amlworld_mix import build_mixed, parquet_overrides  # noqa: E402
@@ -73,7 +74,7 @@ def run_pipeline(name: str, overrides: list[str]) -> dict:
     """The four stages in order, outputs under bench/out/quality/<name>; metrics.json back."""
     out = OUT / name
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, *output_overrides(out), "mlflow.enabled=false"])
     start = time.perf_counter()
     for module in (data, features, train, evaluate):

@@ -73,10 +73,11 @@ def compose(args: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from aml_pipeline import CONF_DIR
     from aml_pipeline.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=args)
 
 

@@ -11,11 +11,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from aml_pipeline import CONF_DIR
 from aml_pipeline.config import register_configs
 from aml_pipeline.store.local_redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 DATA = Path(__file__).resolve().parent / "data"
 
 #: The longest test files (minutes each: Spark clusters, streaming queries, kill-and-restart

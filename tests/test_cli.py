@@ -7,6 +7,7 @@ import json
 import polars as pl
 import pytest
 
+from aml_pipeline import CONF_DIR
 from tests.conftest import DATA, run_cli
 
 
@@ -99,6 +100,6 @@ def test_help_lists_every_task_and_every_option_of_every_group(tmp_path):
     listed_tasks = set(re.findall(r"^  (\w+) ", tasks, re.M))
     assert listed_tasks == {t.value for t in Task} - {"sweep_summary"}  # a sweep's callback, not a user's task
     listed = {m[0]: m[1].split(", ") for m in re.findall(r"^  (\w+) +([\w, ]+):", groups, re.M)}
-    on_disk = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
+    on_disk = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in CONF_DIR.iterdir() if d.is_dir()}
     assert {g: sorted(o) for g, o in listed.items()} == on_disk
     assert "base_" not in text

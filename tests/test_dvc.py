@@ -31,7 +31,7 @@ from hydra.core.global_hydra import GlobalHydra
 from aml_pipeline.compose import compose_params
 
 ROOT = Path(__file__).resolve().parents[1]
-COPY = ["conf", "aml_pipeline", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore", "pyproject.toml", "params.yaml"]
+COPY = ["aml_pipeline", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore", "pyproject.toml", "params.yaml"]
 STAGES = ["compose", "data", "features", "train", "evaluate"]
 HGB = "aml_pipeline.models.classifiers.HistGradientBoostingClassifier"
 LGBM = "aml_pipeline.models.classifiers.LightGBMClassifier"
@@ -53,7 +53,7 @@ def _dvc_compose(overrides: list[str], out: Path) -> str:
         root, out, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
         hydra = Repo(root).config.get("hydra", {})
         assert hydra.get("enabled"), "[hydra] enabled = true is missing from .dvc/config"
-        compose_and_dump(out, os.path.join(root, hydra.get("config_dir", "conf")), None,
+        compose_and_dump(out, os.path.join(root, hydra.get("config_dir", "aml_pipeline/conf")), None,
                          hydra.get("config_name", "config"),
                          os.path.join(root, hydra.get("plugins_path", "")), overrides)
     """)
@@ -107,12 +107,12 @@ def test_dvc_yaml_params_and_deps_exist():
 # ------------------------------------------------------------------------------- slow
 SMALL = {
     # ~10k transactions with ~190 positives: every stage in seconds.
-    "conf/source/synthetic.yaml": [("n_accounts: 20000", "n_accounts: 600"), ("days: 90", "days: 30"),
+    "aml_pipeline/conf/source/synthetic.yaml": [("n_accounts: 20000", "n_accounts: 600"), ("days: 90", "days: 30"),
                                    ("laundering_rate: 0.004", "laundering_rate: 0.02")],
-    "conf/model/lightgbm.yaml": [("n_estimators: 500", "n_estimators: 40")],
-    "conf/model/sklearn_hgb.yaml": [("max_iter: 500", "max_iter: 20")],
+    "aml_pipeline/conf/model/lightgbm.yaml": [("n_estimators: 500", "n_estimators: 40")],
+    "aml_pipeline/conf/model/sklearn_hgb.yaml": [("max_iter: 500", "max_iter: 20")],
     # MLflow's log_model costs ~7 s per evaluate; only the queue test turns it on (-S).
-    "conf/mlflow/local.yaml": [("enabled: true", "enabled: false")],
+    "aml_pipeline/conf/mlflow/local.yaml": [("enabled: true", "enabled: false")],
 }
 
 
@@ -215,7 +215,7 @@ def test_second_repro_does_nothing(project):
 def test_feature_param_change_reruns_downstream_not_data(project):
     proj, _ = project
     dvc(proj, "repro")  # settled, whichever tests ran before
-    _edit(proj / "conf/features/default.yaml", "  graph:\n    window: 7d", "  graph:\n    window: 3d")
+    _edit(proj / "aml_pipeline/conf/features/default.yaml", "  graph:\n    window: 7d", "  graph:\n    window: 3d")
     data_before = (proj / "data/validated/transactions.parquet").stat().st_mtime_ns
     out = dvc(proj, "repro")
     assert ran(out) == ["compose", "features", "train", "evaluate"], out[-4000:]
@@ -226,7 +226,7 @@ def test_feature_param_change_reruns_downstream_not_data(project):
     plan = (proj / "data/features/plan.json").read_text()
     assert "3d" in plan
     # An edit that does not change any value (a comment) re-runs only compose.
-    path = proj / "conf/features/default.yaml"
+    path = proj / "aml_pipeline/conf/features/default.yaml"
     path.write_text(path.read_text() + "# a comment\n")
     out = dvc(proj, "repro")
     assert ran(out) == ["compose"], out[-4000:]
@@ -271,7 +271,7 @@ def test_exp_run_with_model_override(project):
     # conf/ untouched, and no stage re-runs for params.yaml formatting.
     assert "up to date" in dvc(proj, "status")
     assert ran(dvc(proj, "repro")) == []
-    assert git(proj, "status", "--porcelain", "--", "conf") == ""
+    assert git(proj, "status", "--porcelain", "--", "aml_pipeline/conf") == ""
     # The baseline is intact: back to the commit, every output restores from the cache.
     git(proj, "checkout", "--", "params.yaml", "dvc.lock", "models/registered.json")
     dvc(proj, "checkout")

@@ -53,6 +53,7 @@ from omegaconf import OmegaConf
 
 pytest.importorskip("pyspark")
 
+from aml_pipeline import CONF_DIR
 from aml_pipeline.config import register_configs  # noqa: E402
 from aml_pipeline.errors import ConfigError  # noqa: E402
 from aml_pipeline.features.base import STEPS, FeatureStep  # noqa: E402
@@ -74,7 +75,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = CONF_DIR
 DATA = Path(__file__).resolve().parent / "data"
 SPLIT = OmegaConf.create({"method": "fraction", "train": 0.6, "valid": 0.2, "valid_start": None, "test_start": None})
 BY_EVENTS = OmegaConf.create({"method": "events", "train": 0.6, "valid": 0.2, "valid_start": None, "test_start": None})
