@@ -544,6 +544,61 @@ def test_killed_scorer_on_redis_restarts_without_losing_alerts(run, file_run, re
                       rewarm=False)
 
 
+def test_a_failing_micro_batch_exits_non_zero_even_with_a_stop_pending(run, tmp_path):
+    """A micro-batch that fails while SIGTERM is pending is a failure: exit non-zero, and the
+    committed state stays that of the last good batch (no release over the half-applied one).
+
+    The failure is made real and timed without touching the scorer: batch 1's dead-letter
+    file is written through a FIFO planted at its temporary name. The scorer blocks writing
+    (the pipe holds 64 KiB; the dead letters are larger), SIGTERM arrives, then the pipe is
+    drained and ``fsync`` on it fails (EINVAL): the batch raises with the stop pending."""
+    import fcntl
+    import termios
+
+    base = tmp_path / "fail"
+    files = [run.files[0], [f"not json {n} " + "x" * 1000 for n in range(120)], run.files[1]]
+    write_files(base / "in", files)
+    fifo = base / "out/dead_letter/.part-000000000001.jsonl.tmp"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    args = stream_args(run, "fail", "deploy.trigger='1 second'", "deploy.max_files_per_trigger=1")
+    args = [a.replace(str(run.dir / "fail"), str(base)) for a in args]
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
+    log = base / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the scorer's open for writing then returns
+    try:
+        deadline, held = time.monotonic() + 300, -1
+        while proc.poll() is None and time.monotonic() < deadline:  # until the pipe is full: the batch is blocked
+            n = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+            if n >= 60_000 and n == held:
+                break
+            held = n
+            time.sleep(0.3)
+        assert proc.poll() is None and held >= 60_000, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(2)  # the signal is handled while batch 1 is still blocked
+        os.set_blocking(fd, True)
+        while os.read(fd, 1 << 16):  # drain to the end: the writer goes on to fsync, which fails
+            pass
+        proc.wait(300)
+    finally:
+        os.close(fd)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    stderr = log.read_text()
+    assert proc.returncode != 0, stderr[-3000:]
+    assert "the streaming query failed" in stderr and "Invalid argument" in stderr, stderr[-3000:]
+    state = json.loads((base / "checkpoint/scorer/state.json").read_text())
+    assert (state["batch_id"], state["flushed"], state["tag"]) == (0, False, "000000000000")
+    c = state["counts"]
+    assert c["records_in"] == len(files[0]) == c["scored"] + c["dead_lettered"] + c["late"] + c["pending"]
+    assert not (base / "reports/stream_summary.json").exists()
+
+
 # ----------------------------------------------------------------------------- on Kafka
 def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic

@@ -391,21 +391,15 @@ def run(cfg: DictConfig) -> dict:
     spark = stream_session(cfg)
     to_records, close_records = batch_records(cfg, source)
     failure: list[BaseException] = []
-    busy = threading.Lock()  # a micro-batch and the final release never overlap (stop() may return mid-batch)
+    busy = threading.Lock()  # a micro-batch and the final release never overlap
     stopped: list[int] = []  # the signals that asked for a stop
 
-    def each_batch(df, batch_id: int) -> None:
-        with busy:
-            _each_batch(df, batch_id)
+    def score_batch(df, batch_id: int) -> None:
+        t0 = time.perf_counter()
+        records = to_records(df)
+        scorer.process(batch_id, records, read_seconds=time.perf_counter() - t0)
 
-    def _each_batch(df, batch_id: int) -> None:
-        try:
-            t0 = time.perf_counter()
-            records = to_records(df)
-            scorer.process(int(batch_id), records, read_seconds=time.perf_counter() - t0)
-        except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
-            keep_failure(failure, stopped, exc)
-            raise
+    each_batch = micro_batch(score_batch, busy, stopped, failure)
 
     writer = (_source(spark, cfg, source).writeStream.foreachBatch(each_batch)
               .option("checkpointLocation", str(Path(d.checkpoint).resolve() / "spark"))
@@ -419,7 +413,7 @@ def run(cfg: DictConfig) -> dict:
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
     query = writer.start()
     try:
-        await_query(query, stopped, failure)
+        await_query(query, stopped, failure, busy)
     finally:
         with busy:  # not under a micro-batch still reading
             close_records()
@@ -452,17 +446,46 @@ def trigger_durations(query) -> list[dict[str, Any]]:
     return batches
 
 
-def keep_failure(failure: list[BaseException], stopped: list[int], exc: BaseException) -> None:
-    """Keep a micro-batch's exception for :func:`await_query` to re-raise, unless a stop was
-    asked for: then it is the stop interrupting the batch, which was not committed and is
-    read again by the next run."""
-    if not stopped:
+class StopRequested(Exception):
+    """Raised by a micro-batch that Spark starts after a stop was asked for: it does no work,
+    and Spark, which records a batch only when ``foreachBatch`` returns, hands it to the next run."""
+
+
+def micro_batch(work, busy: threading.Lock, stopped: list[int], failure: list[BaseException]):
+    """The ``foreachBatch`` function around ``work(df, batch_id)``.
+
+    Micro-batches run one at a time under ``busy``. One that starts after a stop signal does
+    nothing (:class:`StopRequested`); one already running when the signal comes runs to its
+    end (:func:`await_query` waits for it), so a stop never cuts a batch short and any
+    exception a batch raises is a real failure, kept for :func:`await_query` to re-raise."""
+
+    def each_batch(df, batch_id: int) -> None:
+        with busy:
+            if stopped:
+                raise StopRequested(f"micro-batch {batch_id} not started: a stop was asked for; the next run reads it")
+            try:
+                work(df, int(batch_id))
+            except BaseException as exc:  # keep the reason; Spark wraps it in a long Java trace
+                keep_failure(failure, exc)
+                raise
+
+    return each_batch
+
+
+def keep_failure(failure: list[BaseException], exc: BaseException) -> None:
+    """Keep a micro-batch's exception for :func:`await_query` to re-raise, signal or not:
+    the batch was not committed, and a run that lost it must not exit 0 (nor release the
+    held events over a half-applied batch). Only :class:`StopRequested` is not a failure."""
+    if not isinstance(exc, StopRequested):
         failure.append(exc)
 
 
-def await_query(query, stopped: list[int], failure: list[BaseException]) -> None:
+def await_query(query, stopped: list[int], failure: list[BaseException], busy: threading.Lock | None = None) -> None:
     """Wait until the query ends or a signal arrives, then stop it; re-raise a micro-batch's
-    failure (a UserError as it is, for its one line)."""
+    failure (a UserError as it is, for its one line).
+
+    ``busy``: the lock micro-batches hold (:func:`micro_batch`). On a signal the micro-batch
+    in flight is waited for before the query is stopped: it commits, or fails and is reported."""
     try:
         while query.isActive and not stopped:
             query.awaitTermination(0.5)
@@ -473,8 +496,13 @@ def await_query(query, stopped: list[int], failure: list[BaseException]) -> None
         raise RuntimeError(f"the streaming query failed: {cause!r}") from cause
     finally:
         if query.isActive:
+            if busy is not None:
+                with busy:  # the batch in flight ends first; a later one sees the stop and does nothing
+                    pass
             query.stop()
     if failure:
+        if isinstance(failure[0], UserError):
+            raise failure[0]
         raise RuntimeError(f"the streaming query failed: {failure[0]!r}") from failure[0]
 
 

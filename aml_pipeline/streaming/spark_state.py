@@ -532,7 +532,7 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream deploy.state=spark``: build, run until done or stopped, flush, summarise."""
-    from aml_pipeline.streaming.job import _source, await_query, finish, keep_failure, settle_connector, stream_session
+    from aml_pipeline.streaming.job import _source, await_query, finish, micro_batch, settle_connector, stream_session
 
     d = cfg.deploy
     start = time.perf_counter()
@@ -548,15 +548,12 @@ def run(cfg: DictConfig) -> dict:
     busy = threading.Lock()
     stopped: list[int] = []  # the signals that asked for a stop
 
-    def each_batch(df, batch_id: int) -> None:
-        with busy:
-            try:
-                t0 = time.perf_counter()
-                out = df.toArrow()  # evaluated once: the operator commits its state with this job
-                scorer.process_output(int(batch_id), out, read_seconds=time.perf_counter() - t0)
-            except BaseException as exc:
-                keep_failure(failure, stopped, exc)
-                raise
+    def score_batch(df, batch_id: int) -> None:
+        t0 = time.perf_counter()
+        out = df.toArrow()  # evaluated once: the operator commits its state with this job
+        scorer.process_output(batch_id, out, read_seconds=time.perf_counter() - t0)
+
+    each_batch = micro_batch(score_batch, busy, stopped, failure)
 
     lateness_ms = scorer.lateness_us // 1000
     staged = (_source(spark, cfg, source).coalesce(1)
@@ -579,7 +576,7 @@ def run(cfg: DictConfig) -> dict:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
     query = start_query(bool(d.once))
-    await_query(query, stopped, failure)
+    await_query(query, stopped, failure, busy)
     if scorer.held and scorer.max_seen is not None:
         # flush: a marker whose time puts the watermark 1 ms past the newest event seen
         flush_ms = scorer.max_seen // 1000 + 1
@@ -588,7 +585,7 @@ def run(cfg: DictConfig) -> dict:
         (control / f".{name}").rename(control / name)
         scorer.flushed = True
         signals, stopped[:] = list(stopped), []
-        await_query(start_query(True), stopped, failure)
+        await_query(start_query(True), stopped, failure, busy)
         stopped[:0] = signals
         scorer.watermark = max(scorer.watermark or 0, flush_ms * 1000)  # where the marker put it
     return finish(cfg, scorer, source, "spark state (RocksDB)", stopped, start, query)
