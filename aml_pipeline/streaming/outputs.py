@@ -6,7 +6,8 @@ scorer commits its state. A batch replayed after a crash is computed again from 
 state and inputs, so it produces the same records (same ``alert_id``):
 
 - :class:`FileOutputs` writes ``<output>/<kind>/part-<batch>.jsonl`` through a temporary
-  file and an atomic rename, so a replay replaces the file: exactly once per batch;
+  file and an atomic rename (both fsync-ed: :func:`aml_pipeline.jsonl.replace_durably`), so
+  a replay replaces the file: exactly once per batch;
 - :class:`KafkaOutputs` produces to one topic per kind, keyed by the sending account (one
   account's records stay in one partition, in order), with headers naming the record
   (``aml.id``: ``alert_id`` or event id), the reason, the model and bundle hash and the
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from aml_pipeline.jsonl import replace_durably
 
 KINDS = ("alerts", "dead_letter", "deferred", "late", "decisions")
 
@@ -87,30 +89,17 @@ class FileOutputs(Outputs):
         for kind in KINDS:
             (self.root / kind).mkdir(parents=True, exist_ok=True)
 
-    def _replace(self, path: Path, write) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        write(tmp)
-        os.replace(tmp, path)
-
     def write(self, tag: str, kind: str, records: list[dict[str, Any]]) -> None:
         path = self.root / kind / f"part-{tag}.jsonl"
         if not records:
             if path.exists():  # a replay that now has nothing for this kind (cannot happen, but stay exact)
                 path.unlink()
             return
-        text = "".join(dumps(r) + "\n" for r in records)
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-
-        self._replace(path, write)
+        replace_durably(path, "".join(dumps(r) + "\n" for r in records))
 
     def write_decisions(self, tag: str, decisions: pl.DataFrame) -> None:
         if decisions.height:
-            self._replace(self.root / "decisions" / f"part-{tag}.parquet", decisions.write_parquet)
+            replace_durably(self.root / "decisions" / f"part-{tag}.parquet", decisions.write_parquet)
 
     def describe(self) -> str:
         return str(self.root)

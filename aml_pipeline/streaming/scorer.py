@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from typing import Any
 import polars as pl
 
 from aml_pipeline.bundle import ModelBundle
+from aml_pipeline.jsonl import replace_durably
 from aml_pipeline.schema import UTC_TIME
 from aml_pipeline.store.base import T, OnlineStore
 from aml_pipeline.store.engine import PlanNeeds, to_us
@@ -68,15 +68,6 @@ def alert_id(event_id: str, model_name: str, model_version: str, bundle_hash: st
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class StateLog:
     """The scorer's own state next to Spark's checkpoint (``<checkpoint>/scorer``).
 
@@ -88,6 +79,10 @@ class StateLog:
     store's rows (trimmed to the window) replace the warm-up file and the row logs so far
     (``snapshot-<batch>.parquet``), so a restart reads a bounded amount whatever the
     stream's age.
+
+    Every file is written by :func:`aml_pipeline.jsonl.replace_durably` (fsync-ed, renamed,
+    its directory fsync-ed), and the files ``state.json`` names are durable before it is
+    replaced: a power loss at any point leaves a ``state.json`` whose files are whole.
     """
 
     def __init__(self, directory: str | Path):
@@ -103,13 +98,13 @@ class StateLog:
 
     def commit(self, tag: str, state: dict[str, Any], rows: pl.DataFrame, pending: pl.DataFrame) -> None:
         if rows.height:
-            rows.write_parquet(self.rows_path(tag))
+            replace_durably(self.rows_path(tag), rows.write_parquet)
         pending_name = f"pending-{tag}.parquet"
-        pending.write_parquet(self.dir / pending_name)
+        replace_durably(self.dir / pending_name, pending.write_parquet)
         previous = self.load()
         carried = {"snapshot": previous["snapshot"]} if previous and previous.get("snapshot") else {}
-        _atomic_write(self.dir / "state.json",
-                      json.dumps({**carried, **state, "tag": tag, "pending_file": pending_name}, sort_keys=True))
+        replace_durably(self.dir / "state.json",
+                        json.dumps({**carried, **state, "tag": tag, "pending_file": pending_name}, sort_keys=True))
         if previous and previous.get("pending_file") not in (None, pending_name):
             (self.dir / previous["pending_file"]).unlink(missing_ok=True)
 
@@ -121,11 +116,9 @@ class StateLog:
         """Record ``rows`` (the whole store after batch ``tag``) as the base of the next rebuild,
         then drop the row logs and the snapshot it replaces."""
         name = f"snapshot-{tag}.parquet"
-        tmp = self.dir / f".{name}.tmp"
-        rows.write_parquet(tmp)
-        os.replace(tmp, self.dir / name)
+        replace_durably(self.dir / name, rows.write_parquet)
         state = self.load() or {}
-        _atomic_write(self.dir / "state.json", json.dumps({**state, "snapshot": name}, sort_keys=True))
+        replace_durably(self.dir / "state.json", json.dumps({**state, "snapshot": name}, sort_keys=True))
         for p in self.committed_rows(tag):
             p.unlink(missing_ok=True)
         for p in self.dir.glob("snapshot-*.parquet"):

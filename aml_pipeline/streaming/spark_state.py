@@ -58,6 +58,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.jsonl import replace_durably
 from aml_pipeline.streaming.records import DUPLICATE, STAGED_SCHEMA, RawRecord, _dead
 from aml_pipeline.streaming.scorer import StreamScorer, _tag
 
@@ -581,8 +582,7 @@ def run(cfg: DictConfig) -> dict:
         # flush: a marker whose time puts the watermark 1 ms past the newest event seen
         flush_ms = scorer.max_seen // 1000 + 1
         name = f"flush-{scorer.batch_id:012d}-{uuid.uuid4().hex[:8]}.json"
-        (control / f".{name}").write_text(json.dumps({"flush_us": (flush_ms + lateness_ms) * 1000}) + "\n")
-        (control / f".{name}").rename(control / name)
+        replace_durably(control / name, json.dumps({"flush_us": (flush_ms + lateness_ms) * 1000}) + "\n")
         scorer.flushed = True
         signals, stopped[:] = list(stopped), []
         await_query(start_query(True), stopped, failure, busy)
