@@ -30,6 +30,7 @@ class Task(str, Enum):
     monitor = "monitor"  # drift of a scored window against the bundle's reference; performance over mature labels
     promote = "promote"  # gate the challenger against the champion on a later labelled window, then move the alias
     export = "export"  # write the bundle's LightGBM model as ONNX, lleaves or treelite, parity-checked
+    workbench = "workbench"  # the investigators' web pages over the case database (queue, evidence, dispositions)
 
 
 class FileFormat(str, Enum):
@@ -670,6 +671,38 @@ class MonitorConfig:
     output: str = "${paths.reports_dir}/monitor"
 
 
+# ----------------------------------------------------------------------------- workbench
+@dataclass
+class WorkbenchConfig:
+    """``task=workbench``: the investigators' web pages over the case database
+    (``conf/workbench/default.yaml``, docs/workbench.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8050
+    #: The case database (SQLAlchemy URL): the one task=cases fills.
+    db_url: str = MISSING
+    #: The key that signs session cookies comes from env AML_WORKBENCH_SECRET or, when that
+    #: is unset, from this file, created with a random key (mode 0600) on the first start;
+    #: null = workbench.secret beside a SQLite database, under paths.reports_dir otherwise.
+    secret_file: Optional[str] = None
+    #: Mark the session cookie Secure (true behind HTTPS; the browser then never sends it over http).
+    secure_cookies: bool = False
+    #: A login lasts this long (a duration), then the user logs in again.
+    session_max_age: str = "8h"
+    #: Cases per queue page.
+    page_size: int = 50
+    #: The validated transactions the alerts were scored from (task=data's parquet): the
+    #: case page's transactions and money flow. Missing file: the alerted transfers only.
+    transactions: Optional[str] = None
+    #: The case page shows the account's transactions from this long before its first
+    #: alert (the longest feature window) up to its last alert.
+    window: str = "7d"
+    #: The money-flow picture: counterparties up to this many hops, at most this many transfers.
+    flow_hops: int = 2
+    flow_max_edges: int = 200
+    log_level: str = "warning"
+
+
 # ----------------------------------------------------------------------------- root
 @dataclass
 class AppConfig:
@@ -703,6 +736,8 @@ class AppConfig:
     #: task=promote: the gate (conf/promote/); task=export: the format.
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    #: task=workbench: the investigators' web pages (conf/workbench/).
+    workbench: WorkbenchConfig = field(default_factory=WorkbenchConfig)
 
 
 SOURCE_SCHEMAS = {
@@ -737,5 +772,6 @@ def register_configs() -> None:
     cs.store(group="engine", name="base_engine", node=EngineConfig)
     cs.store(group="monitor", name="base_monitor", node=MonitorConfig)
     cs.store(group="promote", name="base_promote", node=PromoteConfig)
+    cs.store(group="workbench", name="base_workbench", node=WorkbenchConfig)
     for name, node in DEPLOY_SCHEMAS.items():
         cs.store(group="deploy", name=name, node=node)
