@@ -435,6 +435,11 @@ class StreamDeployConfig:
     once: bool = False
     #: Spark's checkpoint (source offsets) and the scorer's own state next to it.
     checkpoint: str = "${paths.data_dir}/stream/checkpoint"
+    #: Start the stream over: clear the checkpoint (Spark's offsets, the scorer's state and
+    #: the fingerprint of what it was started with) before starting. A restart whose bundle,
+    #: plan, lateness, budget, store or source differs from the checkpoint's is refused
+    #: without it. Pass it once on the command line, never keep it in a config file.
+    reset: bool = False
     #: Events earlier than (latest event time seen - allowed_lateness) go to the late output.
     allowed_lateness: str = "10m"
     #: A source partition that delivered nothing for this long (processing time) stops

@@ -599,6 +599,92 @@ def test_a_failing_micro_batch_exits_non_zero_even_with_a_stop_pending(run, tmp_
     assert not (base / "reports/stream_summary.json").exists()
 
 
+def _args_under(run, base: Path, *extra: str) -> list[str]:
+    """:func:`stream_args` with every path under ``base``."""
+    return [a.replace(str(run.dir / "x"), str(base)) for a in stream_args(run, "x", *extra)]
+
+
+def test_checkpoint_fingerprint_refuses_changed_restarts_and_reset_starts_over(run, tmp_path):
+    """The first start records what the stream runs with; the same config resumes, another
+    lateness or bundle is refused in one line naming what changed (exit 2 from the command
+    line), and deploy.reset=true clears the checkpoint and starts over (refused while the
+    earlier run's file outputs would be overwritten)."""
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.streaming.job import build_scorer
+
+    base = tmp_path / "fp"
+    args = _args_under(run, base)
+    scorer, store, _, info = build_scorer(compose_config(args))
+    assert info["fresh"] and info["resumed_after_batch"] == -1
+    parts = json.loads((base / "checkpoint/fingerprint.json").read_text())["parts"]
+    assert parts["allowed_lateness"] == "1d" and parts["bundle_hash"] == run.bundle.bundle_hash
+    assert parts["budget"] == "jurisdiction 1d cap 5" and parts["store"].startswith("memory")
+    for i, b in enumerate(_batches(run)[:2]):
+        scorer.process(i, b)
+    scorer, _, _, info = build_scorer(compose_config([*args, "deploy.allowed_lateness=24h", "deploy.trigger='5 seconds'"]))
+    assert info["resumed_after_batch"] == 1 and not info["fresh"]  # same meaning (24h is 1d), other trigger: resumes
+
+    with pytest.raises(UserError) as refused:
+        build_scorer(compose_config([*args, "deploy.allowed_lateness=2h", "deploy.budget.cap=7"]))
+    msg = str(refused.value)
+    assert "\n" not in msg and "deploy.allowed_lateness 1d -> 2h" in msg and "deploy.budget jurisdiction 1d cap 5 -> " in msg
+    assert "deploy.reset=true" in msg and "bundle" not in msg
+
+    other = ModelBundle.load(run.bundle_dir)  # the same model and plan, another bundle (a reviewed threshold note)
+    other.lineage = {**other.lineage, "note": "thresholds reviewed"}
+    other.save(tmp_path / "other_bundle")
+    r = run_cli([*args, f"bundle={tmp_path / 'other_bundle'}"], cwd=tmp_path)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert f"bundle (sha256) {run.bundle.bundle_hash[:12]}… -> " in lines[0] and "feature plan" not in lines[0]
+    assert json.loads((base / "checkpoint/fingerprint.json").read_text())["parts"] == parts  # unchanged
+
+    reset = [*args, "deploy.allowed_lateness=2h", "deploy.reset=true"]
+    with pytest.raises(UserError, match="still holds .* output file"):
+        build_scorer(compose_config(reset))
+    (base / "out").rename(base / "out.before-reset")
+    scorer, _, _, info = build_scorer(compose_config(reset))
+    assert info["fresh"] and info["resumed_after_batch"] == -1 and "scorer" in info["reset"]
+    assert json.loads((base / "checkpoint/fingerprint.json").read_text())["parts"]["allowed_lateness"] == "2h"
+    assert not (base / "checkpoint/scorer/state.json").exists()
+
+
+def test_redis_store_that_lost_its_data_stops_the_scorer(run, tmp_path):
+    """Redis restarted without persistence mid-stream: the next micro-batch stops with one
+    line before writing or committing anything, a restart is refused, and deploy.reset=true
+    starts over on the emptied store (warmed again)."""
+    from aml_pipeline.store.local_redis import LocalRedis
+    from aml_pipeline.streaming.job import build_scorer
+
+    if not LocalRedis.available():
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    redis = LocalRedis(tmp_path / "redis", appendonly=False).start()
+    try:
+        base = tmp_path / "epoch"
+        args = _args_under(run, base, "deploy.store.backend=redis", f"deploy.store.redis_url={redis.url}")
+        scorer, store, _, info = build_scorer(compose_config(args))
+        epoch = json.loads((base / "checkpoint/fingerprint.json").read_text())["store_epoch"]
+        assert info["fresh"] and epoch and store.epoch() == epoch and info["warmed"] > 0
+        batches = _batches(run)
+        scorer.process(0, batches[0])
+        redis.stop()
+        redis.start()  # same port, no persistence: every row and the epoch are gone
+        with pytest.raises(UserError, match="lost its data mid-stream") as stopped:
+            scorer.process(1, batches[1])
+        assert "\n" not in str(stopped.value)
+        assert json.loads((base / "checkpoint/scorer/state.json").read_text())["batch_id"] == 0
+        assert not list((base / "out").glob("*/part-000000000001.*"))  # nothing of batch 1 was written
+        with pytest.raises(UserError, match="not the data this checkpoint was scored against"):
+            build_scorer(compose_config(args))
+        (base / "out").rename(base / "out.before-reset")
+        scorer, store, _, info = build_scorer(compose_config([*args, "deploy.reset=true"]))
+        assert info["fresh"] and info["warmed"] > 0
+        assert json.loads((base / "checkpoint/fingerprint.json").read_text())["store_epoch"] == store.epoch() != epoch
+        assert scorer.process(0, batches[0])["records_in"] == len(batches[0])
+    finally:
+        redis.stop()
+
+
 # ----------------------------------------------------------------------------- on Kafka
 def _create_topics(bootstrap: str, topics: dict[str, int]) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic

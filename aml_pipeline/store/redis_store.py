@@ -631,6 +631,13 @@ class RedisStore(OnlineStore):
             self._cache.move_to_end(acc)
 
     # -- misc -----------------------------------------------------------------------------
+    def epoch(self) -> str | None:
+        """The store's epoch (module doc), or None once it is gone: a FLUSHALL, or a Redis
+        restarted without persistence, took it with every row. The streaming scorer keeps
+        the epoch it started with in its checkpoint and compares in every micro-batch."""
+        raw = self._r.get(self._p + b"epoch")
+        return None if raw is None else raw.decode()
+
     def stats(self) -> dict[str, Any]:
         out = {"backend": self.backend, "url": self.url, "prefix": self.prefix, "keys": int(self._r.dbsize())}
         if self.retention_us:

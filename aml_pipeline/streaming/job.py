@@ -156,7 +156,9 @@ def build_scorer(cfg: DictConfig):
     from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store import open_store, warm_from_parquet
     from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store.redis_store import RedisStore
     from aml_pipeline.streaming.budget import AlertBudget
+    from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
     from aml_pipeline.streaming.scorer import StateLog, StreamScorer
     from aml_pipeline.validation.rules import build_rules, future_skew_us
 
@@ -173,6 +175,9 @@ def build_scorer(cfg: DictConfig):
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)
     store = open_store(d.store, needs.layout(), lateness)
+    # deploy.reset, then this run's fingerprint recorded or compared (and Redis's epoch): before any state is read
+    epoch = store.epoch() if isinstance(store, RedisStore) else None
+    checkpoint = settle_checkpoint(cfg, bundle, source, epoch)
     outputs = stream_outputs(cfg)
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
     rules = build_rules(currencies, require_label=False, max_future_skew_us=skew_us)
@@ -191,9 +196,11 @@ def build_scorer(cfg: DictConfig):
     # from the warm-up file and the row logs, or from its last snapshot and the logs after it.
     if d.warm_from and (fresh or (memory and not saved.get("snapshot"))):
         warmed = warm_from_parquet(store, d.warm_from, until)
+    scorer.store_epoch = epoch
     last = scorer.restore(rebuild_store=memory)
     scorer.warm_up(currencies[0])
-    return scorer, store, source, {"warmed": warmed, "resumed_after_batch": last, "fresh": fresh}
+    return scorer, store, source, {"warmed": warmed, "resumed_after_batch": last, "fresh": fresh,
+                                   "reset": checkpoint["reset"]}
 
 
 # ----------------------------------------------------------------------------- the Kafka connector

@@ -45,6 +45,7 @@ from typing import Any
 import polars as pl
 
 from aml_pipeline.bundle import ModelBundle
+from aml_pipeline.errors import UserError
 from aml_pipeline.jsonl import replace_durably
 from aml_pipeline.schema import UTC_TIME
 from aml_pipeline.store.base import T, OnlineStore
@@ -150,6 +151,8 @@ class StreamScorer:
         #: the embedded store's rows as a frame for history reads (built on the first read)
         self.recent: RecentRows | None = None
         self.columnar = getattr(store, "backend", "") == "memory"
+        #: Redis: the store's epoch recorded in the checkpoint (see :meth:`check_store`); None: not checked
+        self.store_epoch: str | None = None
         self.batch_id = -1
         self.flushed = False
         self.watermark: int | None = start_watermark_us
@@ -244,6 +247,21 @@ class StreamScorer:
         frame = pl.DataFrame(list(rows.values()), schema=schema, orient="row")
         return frame.with_columns(pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
 
+    def check_store(self) -> None:
+        """Redis: stop (one line) when the store no longer holds what this stream was scored
+        against: its epoch is gone (FLUSHALL, a restart without persistence) or another.
+        Called after the batch's reads and before its outputs, so a batch whose features saw
+        an emptied store writes nothing and commits nothing; the next start is refused too."""
+        if self.store_epoch is None:
+            return
+        now = self.store.epoch()
+        if now != self.store_epoch:
+            raise UserError(f"store {self.store.url} (prefix {self.store.prefix}) lost its data mid-stream (epoch "
+                            f"{self.store_epoch[:8]}…, now {(now or 'none')[:8]}…: flushed, or restarted without "
+                            f"persistence); stopped before batch {self.batch_id + 1} was scored on empty history. Restore "
+                            "Redis's data, or start over with deploy.reset=true (the store is warmed again from "
+                            "deploy.warm_from)")
+
     # -- one micro-batch --------------------------------------------------------------------
     def process(self, batch_id: int, records: list[RawRecord], read_seconds: float = 0.0) -> dict[str, int]:
         """Score one micro-batch (idempotent by batch id); returns this batch's counts.
@@ -332,6 +350,7 @@ class StreamScorer:
         """Score the released events, write every output of the batch and count it all
         (the pending count, the batch id and the state commit are the caller's)."""
         decisions = self.score(released)
+        self.check_store()  # every read of the batch is done; nothing is written yet
         alerts, deferred = self._alerts(released, decisions, batch_id, time.time())
         for r in dead:
             r["batch_id"] = batch_id

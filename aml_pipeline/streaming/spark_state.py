@@ -476,6 +476,7 @@ def build(cfg: DictConfig):
     from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store.engine import plan_needs, to_us
     from aml_pipeline.streaming.budget import AlertBudget
+    from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
     from aml_pipeline.streaming.job import _value, check_shared_options, kind, source_options, stream_outputs
     from aml_pipeline.streaming.scorer import StateLog
 
@@ -495,6 +496,7 @@ def build(cfg: DictConfig):
     retention = retention_us(d.store, needs.layout(), lateness)
     outputs = stream_outputs(cfg)
     state_dir = Path(d.checkpoint) / "scorer"
+    checkpoint = settle_checkpoint(cfg, bundle, source)  # deploy.reset, then the fingerprint recorded or compared
     fresh = StateLog(state_dir).load() is None
     scorer = SparkStateScorer(bundle, None, needs, outputs, [], state_dir, lateness,
                               AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
@@ -508,7 +510,8 @@ def build(cfg: DictConfig):
 
     skew_us = future_skew_us(cfg.validation.get("max_future_skew", "1h"))
     return scorer, {"source": source, "fresh": fresh, "resumed_after_batch": last, "currencies": currencies, "skew_us": skew_us,
-                    "window_us": needs.window_us, "retention_us": retention, "start_us": to_us(until) if until else None, "until": until}
+                    "window_us": needs.window_us, "retention_us": retention, "start_us": to_us(until) if until else None, "until": until,
+                    "reset": checkpoint["reset"]}
 
 
 def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
