@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import warnings
 import json
 import logging
@@ -27,6 +28,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.optional import install_hint, installed, require_extra
 from aml_pipeline.secrets import redact, redacted_yaml
 
 BUNDLE_ARTIFACT = "bundle"
@@ -50,7 +52,21 @@ def _quiet():
             lg.setLevel(lvl)
 
 
+def tracking_on(cfg: DictConfig) -> bool:
+    """Whether this run logs to MLflow: ``mlflow.enabled``, and MLflow (the ``mlflow`` extra)
+    installed. The core install runs the quickstart without it; the run keeps its bundle and
+    reports, and one line on stderr says it was not logged and how to install MLflow."""
+    if not cfg.mlflow.enabled:
+        return False
+    if installed("mlflow"):
+        return True
+    print(f"mlflow.enabled: MLflow is not installed, so this run is not logged or registered "
+          f"({install_hint('mlflow')}; or mlflow.enabled=false)", file=sys.stderr)
+    return False
+
+
 def _client(cfg: DictConfig):
+    require_extra("mlflow", why="the MLflow registry (task=promote, models:/ and runs:/ bundles)")
     import mlflow
 
     uri = cfg.tracking_uri

@@ -26,6 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.optional import installed
 from aml_pipeline.progress import out
 
 RANK_BY = "valid_pr_auc"
@@ -173,7 +174,7 @@ class SweepSummary(Callback):
 
 def _mlflow_on(config: DictConfig) -> bool:
     try:
-        return bool(config.mlflow.enabled)
+        return bool(config.mlflow.enabled) and installed("mlflow")  # each job says when it is not
     except Exception:  # a config without the mlflow group (a tool composing only parts)
         return False
 

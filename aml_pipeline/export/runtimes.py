@@ -1,6 +1,6 @@
 """The export formats: how each is written from a LightGBM model and how it scores.
 
-Each format's library is optional (``pip install -e '.[export]'``) and imported only here,
+Each format's library is optional (``pip install 'aml_pipeline[export]'``) and imported only here,
 when that format is asked for; a missing one is a one-line error naming what to install.
 
 | format | file in the bundle | runtime | parity with LightGBM (quickstart bundle, 40k rows) |
@@ -22,8 +22,9 @@ from typing import Any, Callable
 import numpy as np
 
 from aml_pipeline.export.base import ExportError
+from aml_pipeline.optional import install_hint
 
-INSTALL = "pip install -e '.[export]'"
+INSTALL = install_hint("export")
 
 #: format -> (file written into the bundle, modules it needs, pip packages that bring them)
 FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {

@@ -45,6 +45,7 @@ import numpy as np
 
 from aml_pipeline.errors import ConfigError
 from aml_pipeline.models.base import SEED_HINT, WEIGHTING_HINT, Classifier, refuse_reserved
+from aml_pipeline.optional import require_extra
 
 SCORE = "score"
 _ROW = "_row"
@@ -64,6 +65,7 @@ def _pyspark_version() -> str:
 
 def _active_spark():
     """The running SparkSession, or a local one (scoring a small matrix outside a Spark task)."""
+    require_extra("spark", why="an MLlib model (model=spark_*)")
     from pyspark.sql import SparkSession
 
     spark = SparkSession.getActiveSession()
@@ -286,6 +288,7 @@ class MLlibClassifier(Classifier):
 
     def _restore(self, path: Path):
         """Unzip beside the bundle folder (Spark reads the parts with its own file system) and load."""
+        require_extra("spark", why="an MLlib model (model=spark_*)")
         from pyspark.ml import PipelineModel
 
         _active_spark()

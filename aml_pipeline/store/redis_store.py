@@ -49,6 +49,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.optional import require
 from aml_pipeline.secrets import redact_url
 from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
 from aml_pipeline.store.memory import MemoryStore
@@ -270,10 +271,7 @@ class RedisStore(OnlineStore):
     def __init__(self, layout: StoreLayout, url: str, prefix: str = "aml:", dedup_ttl_s: float = 30 * 86400.0,
                  cache_size: int = 20_000):
         super().__init__(layout)
-        try:
-            import redis
-        except ImportError:  # pragma: no cover - a dependency of the package
-            raise UserError("deploy.store.backend=redis needs the redis client: pip install redis") from None
+        redis = require("redis", why="deploy.store.backend=redis")
         #: For messages, logs and /health: the URL with its password masked (the real one
         #: goes to the client only).
         self.url = redact_url(url)

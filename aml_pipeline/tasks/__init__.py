@@ -13,11 +13,27 @@ import importlib
 from omegaconf import DictConfig, open_dict
 
 from aml_pipeline.config import Task
+from aml_pipeline.optional import require_extra
 
 STAGES = (Task.data, Task.features, Task.train, Task.evaluate)
 
+#: Tasks that cannot run without an extra (pyproject.toml): checked before the task's module
+#: loads, so a core install answers with the pip command instead of an ImportError. Engine
+#: and option choices inside other tasks (engine=spark, a models:/ bundle) check their own.
+TASK_EXTRAS = {
+    "serve": "serve",
+    "stream": "stream",
+    "promote": "mlflow",
+    "cases": "workbench",
+    "labels": "workbench",
+    "workbench": "workbench",
+}
+
 
 def _module(task: Task):
+    extra = TASK_EXTRAS.get(task.value)
+    if extra is not None:
+        require_extra(extra, why=f"task={task.value}")
     return importlib.import_module(f"aml_pipeline.tasks.{task.value}")
 
 

@@ -17,6 +17,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from aml_pipeline.build import build
+from aml_pipeline.optional import require_extra
 from aml_pipeline.progress import status
 from aml_pipeline.schema import ValidatedTransactions
 from aml_pipeline.sources.base import Source
@@ -83,6 +84,7 @@ def run(cfg: DictConfig) -> dict:
 
     if engine_name(cfg) == "spark":
         # engine=spark: the same rules compiled to Spark write the same files (aml_pipeline/spark/tasks.py).
+        require_extra("spark", why="engine=spark")
         from aml_pipeline.spark.tasks import run_data
 
         return run_data(cfg)

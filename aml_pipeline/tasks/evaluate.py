@@ -27,7 +27,7 @@ from aml_pipeline.evaluation.learned_baselines import BaselineModel, learned_bas
 from aml_pipeline.evaluation.report import evaluation_report, lift_line, write_reports
 from aml_pipeline.evaluation.thresholds import apply_thresholds
 from aml_pipeline.progress import status, table
-from aml_pipeline.registry import log_and_register, write_registration
+from aml_pipeline.registry import log_and_register, tracking_on, write_registration
 from aml_pipeline.sweep import job_registration
 from aml_pipeline.tasks.layout import Layout, need
 
@@ -128,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
     reports = write_reports(layout.reports_dir, metrics, context, y, score, base["baseline_score"].to_numpy(),
                             bundle.model.feature_importance(), learned_scores=learned_scores)
     registration = {}
-    if cfg.mlflow.enabled:
+    if tracking_on(cfg):
         with status("evaluate: logging to MLflow and registering the bundle"):
             params = {"experiment": cfg.name, "model": bundle.model.name, "weighting": bundle.lineage.get("weighting"),
                       "features": ",".join(n for n, _ in bundle.plan.steps), "n_features": len(bundle.feature_columns()),

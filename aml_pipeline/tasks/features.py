@@ -16,6 +16,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.optional import require_extra
 from aml_pipeline.progress import status, table
 from aml_pipeline.split import assign
 from aml_pipeline.tasks.layout import Layout, need
@@ -42,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
     plan = FeaturePlan.from_config(cfg.features.steps)
     if engine_name(cfg) == "spark":
         # engine=spark: the same plan compiled to Spark writes the same file (aml_pipeline/spark/tasks.py).
+        require_extra("spark", why="engine=spark")
         from aml_pipeline.spark.tasks import run_features
 
         bounds, n_events = run_features(cfg, plan, layout)

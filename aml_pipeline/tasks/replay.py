@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.config import ReplayTarget
 from aml_pipeline.errors import ConfigError, UserError
+from aml_pipeline.optional import require
 from aml_pipeline.progress import err, table
 from aml_pipeline.schema import ALL_COLUMNS, REQUIRED_COLUMNS
 from aml_pipeline.tasks.layout import Layout
@@ -123,6 +124,7 @@ class _Progress:
 
 
 def publish_kafka(lines: list[str], keys: list[str], rc: DictConfig, on_progress: Callable[[int], None]) -> int:
+    require("confluent_kafka", why="task=replay to Kafka")
     from confluent_kafka import KafkaException, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from aml_pipeline.config import Explain
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.optional import require_extra
 from aml_pipeline.progress import status, table
 from aml_pipeline.registry import resolve_bundle
 from aml_pipeline.tasks.layout import Layout
@@ -42,6 +43,7 @@ def run(cfg: DictConfig) -> dict:
 
     if engine_name(cfg) == "spark":
         # engine=spark: features and scores computed in Spark by the same bundle (aml_pipeline/spark/scoring.py).
+        require_extra("spark", why="engine=spark")
         from aml_pipeline.spark.scoring import run_score
 
         return run_score(cfg)

@@ -22,6 +22,7 @@ from aml_pipeline.evaluation.thresholds import apply_thresholds, choose_threshol
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.lineage import lineage
 from aml_pipeline.monitoring.reference import build_reference, categorical_columns
+from aml_pipeline.optional import require_extra
 from aml_pipeline.progress import status, table
 from aml_pipeline.tasks.layout import Layout, need
 
@@ -57,6 +58,7 @@ def run(cfg: DictConfig) -> dict:
     model = build(cfg.model, "model")
     if getattr(model, "trains_on_spark", False):
         # model=spark_*: MLlib trains on the feature table in Spark (aml_pipeline/spark/train.py).
+        require_extra("spark", why=f"model={model.name}")
         from aml_pipeline.spark.train import train_bundle as spark_train_bundle
 
         bundle = spark_train_bundle(cfg, model, plan, layout)

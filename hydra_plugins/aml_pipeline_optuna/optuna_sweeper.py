@@ -42,9 +42,10 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger(__name__)
+from aml_pipeline.optional import MissingExtra, require
+from aml_pipeline.progress import fail
 
-INSTALL_HINT = "the Optuna sweeper needs optuna: pip install 'aml_pipeline[tune]'"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,10 +67,9 @@ def register() -> None:
 def _optuna():
     """The one place Optuna is imported (an optional dependency)."""
     try:
-        import optuna
-    except ImportError as exc:
-        raise ImportError(INSTALL_HINT) from exc
-    return optuna
+        return require("optuna", why="the Optuna sweeper (+hparams_search=lightgbm_optuna)")
+    except MissingExtra as exc:
+        fail(str(exc))  # one line and exit 2: Hydra reports a sweeper's own errors with a traceback
 
 
 def distribution(override: Override, optuna) -> Any:
