@@ -1,8 +1,10 @@
 """Java artifacts from Maven Central, resolved with ``mvn`` from the poms in ``maven/``.
 
-Two sets of jars, each cached under ``<cache>/jars/<name>-<version>/`` (``<cache>`` is
-``$AML_CACHE_DIR``, else ``.cache/`` at the project's root, git-ignored) once ``mvn`` has
-copied them there; after that no network and no ``mvn`` are needed:
+Two sets of jars, each cached under ``<cache>/jars/<name>-<version>/`` once ``mvn`` has
+copied them there; after that no network and no ``mvn`` are needed. ``<cache>`` is
+:func:`cache_dir`: ``$AML_CACHE_DIR``; else, running from a clone, ``.cache/`` at its root
+(git-ignored; the tests and ``.ci/run`` use it); else the user's cache folder
+(``$XDG_CACHE_HOME/aml_pipeline``, by default ``~/.cache/aml_pipeline``):
 
 - :func:`kafka_broker_jars`: Apache Kafka's broker (KRaft), for the tests and benchmarks
   (:class:`aml_pipeline.streaming.broker.KafkaBroker`);
@@ -40,8 +42,16 @@ class JarsUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
+    """Where the jars are cached. An installed package (``pip install .``) lives in
+    site-packages, which is no place for downloads (often read-only, and shared by every
+    user of the environment), so outside a clone the user's cache folder holds them."""
     env = os.environ.get("AML_CACHE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache"
+    if env:
+        return Path(env)
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file():  # a clone or an editable install of one
+        return root / ".cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aml_pipeline"
 
 
 def _jars(folder: Path) -> list[Path]:
