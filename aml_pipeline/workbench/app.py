@@ -31,6 +31,9 @@ from aml_pipeline.workbench.security import (CSRF_FIELD, LoginRequired, LoginThr
                                              csrf_token, new_csrf_token, safe_next, wants_json)
 
 HERE = Path(__file__).resolve().parent
+#: A case page lists at most this many alerts in full (the highest scores, in time order);
+#: the transactions table and the flow picture still show them all.
+ALERTS_SHOWN = 100
 SESSION_COOKIE = "aml_workbench"
 DECISION_CHOICES = [(d, cases.DECISION_WORDS[d]) for d in cases.DECISIONS]
 STATUS_CHOICES = [("active", "active (open, escalated, waiting)"), *[(s, s.replace("_", " ")) for s in cases.CASE_STATUSES],
@@ -216,7 +219,8 @@ def create_app(db: CaseDB, settings: Settings, transactions: Optional[Transactio
         for e in edges:
             e["alerted"] = e["event_id"] in alerted
         currency = next((a.currency for a in detail.alerts if a.currency), "")
-        return {"transfers": transfers, "transfer_total": total, "alerted": alerted, "window_start": start,
+        shown = sorted(sorted(detail.alerts, key=lambda a: -a.score)[:ALERTS_SHOWN], key=lambda a: (a.event_time, a.event_id))
+        return {"shown_alerts": shown, "transfers": transfers, "transfer_total": total, "alerted": alerted, "window_start": start,
                 "window_end": end, "flow_end": end + settings.window if transactions is not None else end, "flow_svg": render_flow(c.subject_account, nodes, edges, currency=currency or ""),
                 "flow_edges": len(edges), "has_transactions": transactions is not None}
 

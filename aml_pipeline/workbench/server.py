@@ -33,6 +33,15 @@ def secret_path(cfg: DictConfig, db) -> Path:
     return Path(cfg.paths.reports_dir) / "workbench.secret"
 
 
+def refresh_statistics(db) -> None:
+    """SQLite plans a query from the statistics ANALYZE keeps; without them it takes the
+    status index for the queue even when nearly every case is open, and sorts them all
+    (bench/workbench.py). PostgreSQL's autovacuum keeps its own statistics."""
+    if db.dialect == "sqlite":
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")
+
+
 def settings_of(cfg: DictConfig, secret: str):
     from aml_pipeline.workbench.app import Settings
 
@@ -57,6 +66,7 @@ def build(cfg: DictConfig):
     w = cfg.workbench
     settings_of(cfg, "x" * 32)  # durations and sizes, before anything is opened
     db = open_db(w.db_url)
+    refresh_statistics(db)
     settings = settings_of(cfg, session_secret(secret_path(cfg, db)))
     transactions = None
     if w.transactions and Path(w.transactions).is_file():
