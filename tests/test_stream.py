@@ -14,6 +14,7 @@ so that records in = scored + dead-lettered + late.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -32,6 +33,7 @@ from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.outputs import read_jsonl
 from aml_pipeline.streaming.records import DUPLICATE, UNPARSEABLE, RawRecord, check
 from aml_pipeline.validation.rules import build_rules
+from tests import stream_driver
 from tests.conftest import ROOT, SMALL_RUN, cli_env, compose_config, run_cli, train_small_run
 
 SMALL = SMALL_RUN
@@ -683,6 +685,117 @@ def test_redis_store_that_lost_its_data_stops_the_scorer(run, tmp_path):
         assert scorer.process(0, batches[0])["records_in"] == len(batches[0])
     finally:
         redis.stop()
+
+
+def _outputs(out: Path) -> dict[str, list]:
+    """A run's file outputs as the consumers see them (every part file), scored_at left out."""
+    got = {k: [{x: v for x, v in r.items() if x != "scored_at"} for r in read_jsonl(out / k)]
+           for k in ("alerts", "deferred", "dead_letter", "late")}
+    got["decisions"] = decisions_of(out).sort("event_id")
+    return got
+
+
+#: The files a micro-batch's protocol writes, in order: outputs by kind, then the scorer's logs and state.
+STEP_FILES = {"dead_letter": "out/dead_letter/part-{tag}.jsonl", "late": "out/late/part-{tag}.jsonl",
+              "alerts": "out/alerts/part-{tag}.jsonl", "deferred": "out/deferred/part-{tag}.jsonl",
+              "decisions": "out/decisions/part-{tag}.parquet", "rows": "checkpoint/scorer/rows-{tag}.parquet",
+              "pending": "checkpoint/scorer/pending-{tag}.parquet"}
+
+
+def _wait_for_step(base: Path, n: int, step: str, proc, rng: random.Random) -> None:
+    """Until batch ``n``'s file for ``step`` exists (polled every ms), or its state is committed
+    (a batch without records of that kind), or, for ``moment``, a random moment after it is."""
+    deadline = time.monotonic() + 120
+    path = base / STEP_FILES[step].format(tag=f"{n:012d}") if step in STEP_FILES else None
+    while proc.is_alive() and time.monotonic() < deadline and _state_batch(base / "checkpoint") < n:
+        if path is not None and path.exists():
+            return
+        time.sleep(0.001)
+    if path is None:
+        time.sleep(rng.uniform(0, 1.0))
+
+
+def _kill_point(base: Path) -> str:
+    """Where a kill left the protocol of the next micro-batch N (committed: the scorer's state)."""
+    n = _state_batch(base / "checkpoint") + 1
+    spark = json.loads((base / "commits.json").read_text())["batch_id"] if (base / "commits.json").is_file() else -1
+    if spark < n - 1:
+        return f"batch {n - 1}: after state.json, before Spark's commit (store append, snapshot)"
+    written = sorted({p.parent.name for p in (base / "out").glob(f"*/part-{n:012d}.*")})
+    if written:
+        return f"batch {n}: outputs written ({', '.join(written)}), state not"
+    return f"batch {n}: before its outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_scorer_killed_at_random_points_loses_and_repeats_nothing(run, tmp_path, redis_server, backend):
+    """Randomised fault injection: the scorer (as task=stream builds it, under Spark's
+    foreachBatch contract: tests/stream_driver.py) is SIGKILLed at random moments, between
+    and inside micro-batches (outputs, row and pending logs, state.json, store appends,
+    snapshots every 2 batches on the embedded store), and restarted each time. At the end:
+    every record is scored, dead-lettered or late; no event is scored twice; alerts,
+    deferred alerts, dead letters, late events and decisions equal an uninterrupted run's.
+    Seeded: AML_FAULT_SEED=<n> replays a run; the seed is printed."""
+    from polars.testing import assert_frame_equal
+
+    from aml_pipeline.streaming.job import build_scorer
+
+    seed = int(os.environ.get("AML_FAULT_SEED", "20261207"))
+    print(f"fault injection: AML_FAULT_SEED={seed} backend={backend}")
+    rng = random.Random(f"{seed}-{backend}")
+    batches = [[[r.text, r.position] for r in b] for b in _batches(run)]
+    store = ["deploy.snapshot_every=2"] if backend == "memory" else [
+        "deploy.store.backend=redis", f"deploy.store.redis_url={redis_server.url}"]
+
+    def args(name: str) -> list[str]:
+        prefix = [f"deploy.store.prefix=fault{seed}{name}{os.getpid()}:"] if backend == "redis" else []
+        return _args_under(run, tmp_path / name, *store, *prefix, "deploy.progress=false")
+
+    whole, wstore, _, _ = build_scorer(compose_config(args("whole")))
+    for n, b in enumerate(batches):
+        whole.process(n, [RawRecord(t, p) for t, p in b])
+    whole.flush()
+    wstore.close()
+
+    spec = {"overrides": args("faulty"), "batches": str(tmp_path / "batches.json"),
+            "commits": str(tmp_path / "faulty/commits.json"), "summary": str(tmp_path / "faulty/summary.json")}
+    (tmp_path / "batches.json").write_text(json.dumps(batches))
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["tests.stream_driver"])
+    kills: list[str] = []
+    # kill points: (micro-batch, step of its protocol) or a random moment after a batch's commit
+    points = [(n, rng.choice([*STEP_FILES, "moment"])) for n in sorted(rng.sample(range(1, len(batches) - 3), 5))]
+    for attempt in range(12):
+        proc = ctx.Process(target=stream_driver.main, args=(str(tmp_path / "spec.json"),))
+        proc.start()
+        if len(kills) < len(points):
+            n, step = points[len(kills)]
+            _wait_for_step(tmp_path / "faulty", n, step, proc, rng)
+            if proc.is_alive():
+                proc.kill()  # SIGKILL
+                proc.join(60)
+                kills.append(f"{step} of batch {n}: {_kill_point(tmp_path / 'faulty')}")
+        proc.join(300)
+        if proc.exitcode == 0:
+            break
+        assert proc.exitcode == -signal.SIGKILL, f"the scorer failed (exit code {proc.exitcode}; its error is above)"
+    print(f"killed {len(kills)} times: {'; '.join(kills)}; done after {attempt + 1} starts")
+    assert len(kills) >= 4 and proc.exitcode == 0
+
+    summary = json.loads((tmp_path / "faulty/summary.json").read_text())
+    c, w = summary["counts"], whole.counts
+    assert {k: c[k] for k in c if k != "batches"} == {k: w[k] for k in w if k != "batches"}
+    assert c["records_in"] == sum(map(len, batches)) == c["scored"] + c["dead_lettered"] + c["late"] and c["pending"] == 0
+    got, want = _outputs(tmp_path / "faulty/out"), _outputs(tmp_path / "whole/out")
+    ids = got["decisions"]["event_id"]
+    assert ids.n_unique() == ids.len() == c["scored"]  # no event scored twice in the committed outputs
+    assert len({a["alert_id"] for a in got["alerts"] + got["deferred"]}) == len(got["alerts"]) + len(got["deferred"])
+    for kind in ("alerts", "deferred", "dead_letter", "late"):
+        assert got[kind] == want[kind], kind
+    assert_frame_equal(got["decisions"], want["decisions"])
+    assert_parity(run, got["decisions"])
 
 
 # ----------------------------------------------------------------------------- on Kafka
