@@ -5,9 +5,11 @@ Start-up, in order; any failure before the query starts is one line and exit cod
 1. the deploy options (state mode, lateness, trigger, budget key);
 2. the bundle (verified against its manifest and the registry's hash), and the plan's
    needs from the store: a step that cannot run per event is refused here, by name;
-3. the store (Redis must answer) and the scorer's state next to the checkpoint: the
-   embedded store is warmed from ``warm_from`` and rebuilt from the state's row logs, the
-   Redis store is warmed only on a fresh checkpoint (it keeps its rows across restarts);
+3. the store (Redis must answer); ``deploy.reset``, then the checkpoint's fingerprint
+   recorded or compared (a restart with another bundle, plan, lateness, budget, store or
+   source is refused; :mod:`.checkpoint`), with Redis's epoch; then the scorer's state next
+   to the checkpoint: the embedded store is warmed from ``warm_from`` and rebuilt from the
+   state's row logs, the Redis store is warmed only on a fresh checkpoint (it keeps its rows);
 4. the Spark query: the source (a directory of JSON-lines files, or a Kafka topic through
    our connector or Spark's), ``foreachBatch`` into :class:`.scorer.StreamScorer`, Spark's
    checkpoint under ``<checkpoint>/spark``, a processing-time trigger or ``availableNow``.

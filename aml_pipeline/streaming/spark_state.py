@@ -38,8 +38,9 @@ file dropped in ``<checkpoint>/control`` (a second file source, unioned with the
 time moves Spark's watermark past the newest event seen; the query is run once more with
 ``availableNow`` to apply it. That run first reads what is waiting in the input, so after a
 stop with a backlog it scores the backlog, and the events newer than the marker stay held in
-Spark's state (counted as pending; the next start releases them). A micro-batch the stop
-interrupts is not a failure: it was not committed, and that run reads it again.
+Spark's state (counted as pending; the next start releases them). The micro-batch running
+when the signal comes runs to its end first; one Spark starts after it does nothing and is
+read by that run (:func:`.job.micro_batch`). A micro-batch that fails fails the run.
 """
 
 from __future__ import annotations
