@@ -464,6 +464,20 @@ class StreamDeployConfig:
     #: JVM options added to the scorer's Spark driver (spark.driver.extraJavaOptions, after
     #: engine.conf's). Default: the quick JIT compiler only; see docs/streaming.md.
     jvm_options: str = "-XX:TieredStopAtLevel=1"
+    #: Prometheus /metrics of the scorer on this port (null = off): counts, alerts, batch
+    #: timing and lag, drift of the score and features over the last metrics_window scored
+    #: events against the bundle's reference (levels from the monitor group); docs/streaming.md.
+    metrics_port: Optional[int] = None
+    metrics_host: str = "127.0.0.1"
+    metrics_window: int = 5000
+    #: After the stream ends (once, or a stop), keep /metrics up this long so the last
+    #: scrape sees the final counts; a second stop signal ends it sooner.
+    metrics_linger: str = "0s"
+    #: A second bundle (uri) scoring the same released events on the live feature values;
+    #: its decisions go to the "shadow" output only, never to the alerts (needs the same plan).
+    shadow: Optional[str] = None
+    #: What computes the live model's score: native or an export made by task=export.
+    model_runtime: ModelRuntime = ModelRuntime.native
 
 
 @dataclass
@@ -487,6 +501,8 @@ class KafkaTopics:
     late: str = "aml_late"
     #: Every decision with its features (only with write_decisions).
     decisions: str = "aml_decisions"
+    #: The shadow bundle's decision on every scored event (only with deploy.shadow).
+    shadow: str = "aml_alerts_shadow"
 
 
 @dataclass

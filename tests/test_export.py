@@ -129,3 +129,49 @@ def test_an_export_made_before_evaluation_is_registered_with_the_bundle(run, tmp
     assert bundle.registry["version"] == registration["version"] and "onnx" in bundle.exports
     X = feature_matrix(run.test, bundle.feature_columns())
     assert np.max(np.abs(exported_model(bundle, "onnx").predict_proba(X) - bundle.model.predict_proba(X))) <= 1e-6
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "treelite"])
+def test_task_score_and_the_stream_score_through_an_export_with_the_native_alerts(run, fmt, tmp_path):
+    """deploy.model_runtime for task=score and the streaming scorer: the export's scores within
+    1e-6 of LightGBM's and the very same thresholds and alerts, on every event."""
+    need(fmt)
+    if fmt not in json.loads((run.bundle / "manifest.json").read_text()).get("exports", {}):
+        export(run, fmt)
+    from aml_pipeline.streaming.job import build_scorer
+    from aml_pipeline.streaming.records import RawRecord
+
+    validated = run.root / "data/validated/transactions.parquet"
+
+    def score(runtime: str) -> pl.DataFrame:
+        out = tmp_path / f"{runtime}.parquet"
+        info = run_task(compose_config([*SMALL_RUN, *run.paths, "task=score", f"bundle={run.bundle}", f"input={validated}",
+                                        f"output={out}", "scoring.explain=none", f"deploy.model_runtime={runtime}"]))
+        assert info["model_runtime"] == runtime
+        return pl.read_parquet(out)
+
+    native, exported = score("native"), score(fmt)
+    assert native["event_id"].to_list() == exported["event_id"].to_list()
+    assert (native["score"] - exported["score"]).abs().max() <= 1e-6
+    assert native["alert"].to_list() == exported["alert"].to_list() and native["alert"].sum() > 0
+    assert native["threshold"].to_list() == exported["threshold"].to_list()
+    # the stream (the scorer task=stream builds, fed one micro-batch without Spark)
+    cfg = compose_config([*SMALL_RUN, *run.paths, "task=stream", "deploy=file", f"bundle={run.bundle}",
+                          f"deploy.model_runtime={fmt}", f"deploy.output={tmp_path / 'out'}",
+                          f"deploy.checkpoint={tmp_path / 'checkpoint'}", f"deploy.warm_from={validated}",
+                          f"deploy.warm_until='{run.test_start.isoformat()}'", "deploy.progress=false",
+                          "deploy.write_decisions=true", "deploy.explain=none"])
+    scorer, store, _, _ = build_scorer(cfg)
+    assert scorer.bundle.model.runtime == fmt
+    window = pl.read_parquet(validated).filter(pl.col("event_time") >= run.test_start)
+    lines = [json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()
+                         if k not in ("label", "typology", "instance_id")}) for r in window.iter_rows(named=True)]
+    scorer.process(0, [RawRecord(t, {"file": "in.jsonl", "line": n}) for n, t in enumerate(lines, start=1)])
+    scorer.flush()
+    store.close()
+    streamed = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "out/decisions").glob("*.parquet"))])
+    both = streamed.join(native, on="event_id", suffix="_native")
+    assert both.height == window.height == streamed.height
+    assert (both["score"] - both["score_native"]).abs().max() <= 1e-6
+    assert both["alert"].to_list() == both["alert_native"].to_list()
+    assert both["threshold"].to_list() == both["threshold_native"].to_list()

@@ -196,6 +196,30 @@ def test_deploy_options_compose_with_their_own_schemas():
         compose_config(["task=stream", "deploy=file", "deploy.alowed_lateness=1h"])
 
 
+def test_metrics_shadow_and_runtime_options_are_checked_before_any_work():
+    from aml_pipeline.errors import ConfigError
+    from aml_pipeline.streaming.job import refuse_store_only_options
+    from aml_pipeline.streaming.metrics import metrics_options
+
+    def cfg(*overrides):
+        return compose_config(["task=stream", "deploy=file", *overrides])
+
+    assert metrics_options(cfg()) is None  # off by default
+    opts = metrics_options(cfg("deploy.metrics_port=9108", "deploy.metrics_linger=30s"))
+    assert (opts["port"], opts["host"], opts["window"], opts["linger_s"]) == (9108, "127.0.0.1", 5000, 30.0)
+    assert opts["levels"].levels["psi"] == (0.1, 0.25) and opts["bins"] == 10  # the monitor group's
+    for bad, message in (("deploy.metrics_port=0", "deploy.metrics_port=0 must be a TCP port"),
+                         ("deploy.metrics_linger=soon", "deploy.metrics_linger='soon' is not a duration"),
+                         ("deploy.metrics_window=0", "deploy.metrics_window=0 must be >= 1"),
+                         ("monitor.psi.warn=0.5", r"monitor.psi.warn \(0.5\) must not exceed")):
+        with pytest.raises(ConfigError, match=message):
+            metrics_options(cfg("deploy.metrics_port=9108", bad))
+    refuse_store_only_options(cfg("deploy.state=spark"))  # nothing asked for: nothing refused
+    for extra in ("deploy.metrics_port=9108", "deploy.shadow=models:/aml-scorer@challenger", "deploy.model_runtime=onnx"):
+        with pytest.raises(UserError, match="not available with deploy.state=spark"):
+            refuse_store_only_options(cfg("deploy.state=spark", extra))
+
+
 def test_scorer_driver_jvm_options_follow_the_user_s():
     from aml_pipeline.spark.session import spark_conf
     from aml_pipeline.streaming.job import stream_engine
@@ -393,15 +417,130 @@ def test_a_silent_partition_stops_holding_the_watermark(run, tmp_path):
     assert silent.counts["records_in"] == silent.counts["scored"] + silent.counts["late"] + silent.counts["pending"]
 
 
-# ----------------------------------------------------------------------------- on Spark
 @pytest.fixture(scope="module")
-def file_run(run):
-    """One uninterrupted run over files (availableNow, two files per micro-batch)."""
+def shadow_bundle(run) -> Path:
+    """A challenger on the run's features (fewer, bolder trees): same plan, other scores."""
+    from aml_pipeline.tasks import run_task
+
+    paths = [f"paths.data_dir={run.dir / 'data'}", f"paths.models_dir={run.dir / 'models_shadow'}",
+             f"paths.reports_dir={run.dir / 'reports_shadow'}"]
+    run_task(compose_config([*SMALL, *paths, "task=train", "model.params.n_estimators=30", "model.params.learning_rate=0.2",
+                             "model.params.num_leaves=7"]))
+    return run.dir / "models_shadow/bundle"
+
+
+def _shadowed_scorer(run, name: str, tmp_path: Path, shadow_root: Path | None, shadow_bundle: Path):
+    """The first half of the test window through the micro-batch scorer (no Spark), with a
+    shadow writing under ``shadow_root``."""
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.serving.shadow import Shadow
+    from aml_pipeline.streaming.outputs import FileOutputs
+    from aml_pipeline.streaming.shadow import StreamShadow
+
+    scorer = _scorer(run, tmp_path / name / "state", tmp_path / name / "out", 0)
+    if shadow_root is not None:
+        shadow = Shadow(ModelBundle.load(shadow_bundle), run.bundle, str(shadow_bundle))
+        scorer.shadow = StreamShadow(shadow, FileOutputs(shadow_root), str(shadow_bundle))
+    for i, b in enumerate(_batches(run)[:8]):  # half the window is enough, and half the time
+        scorer.process(i, b)
+    scorer.flush()
+    return scorer
+
+
+@pytest.mark.slow
+def test_a_shadow_never_changes_the_champion_s_outputs(run, shadow_bundle, tmp_path):
+    """With a shadow, and with a shadow whose sink fails on every batch, the champion's
+    alerts, deferred alerts, dead letters, late events and counts are those of a run without
+    one; the working shadow decided every scored event, into its own output only."""
+    plain = _shadowed_scorer(run, "plain", tmp_path, None, shadow_bundle)
+    (tmp_path / "sink/shadow").mkdir(parents=True)
+    shadowed = _shadowed_scorer(run, "shadowed", tmp_path, tmp_path / "sink", shadow_bundle)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/shadow").write_text("a file where the shadow's folder should be")
+    broken = _shadowed_scorer(run, "broken", tmp_path, tmp_path / "broken", shadow_bundle)
+    for kind in ("alerts", "deferred", "dead_letter", "late"):
+        want = [{k: v for k, v in r.items() if k != "scored_at"} for r in read_jsonl(tmp_path / f"plain/out/{kind}")]
+        for name in ("shadowed", "broken"):
+            got = [{k: v for k, v in r.items() if k != "scored_at"} for r in read_jsonl(tmp_path / f"{name}/out/{kind}")]
+            assert got == want, (name, kind)
+    assert plain.counts == shadowed.counts == broken.counts and plain.counts["alerts"] > 0
+    written = len(list((tmp_path / "sink/shadow").glob("part-*.jsonl")))  # the batches that scored events
+    assert shadowed.shadow.failures == 0 and broken.shadow.failures == written > 1
+    records = read_jsonl(tmp_path / "sink/shadow")
+    decisions = decisions_of(tmp_path / "shadowed/out")
+    assert sorted(r["event_id"] for r in records) == sorted(decisions["event_id"].to_list())
+    assert len(records) == plain.counts["scored"]
+    assert not any(p.name == "shadow" for p in (tmp_path / "shadowed/out").iterdir())
+
+
+# ----------------------------------------------------------------------------- on Spark
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url: str) -> dict[str, dict[tuple, float]]:
+    """One real HTTP scrape of /metrics: sample name -> {sorted label pairs: value}."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def run_scraped(args: list[str], cwd: Path, url: str, summary: Path, timeout: int = 900):
+    """Run the scorer (with deploy.metrics_linger) scraping /metrics while it runs and once more
+    after its summary is written (the final counts), then end the linger with SIGTERM.
+    Returns (exit code, stderr, scrapes during the run, the final scrape)."""
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
+    log = summary.parent.parent / "stderr.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "aml_pipeline", *args], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    during, final = [], None
+    deadline = time.monotonic() + timeout
+    try:
+        while not summary.exists() and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                during.append(scrape(url))
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.2)
+        if proc.poll() is None and summary.exists():
+            time.sleep(0.5)  # the summary is being written: the counts are final
+            final = scrape(url)
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, log.read_text(), during, final
+
+
+@pytest.fixture(scope="module")
+def file_run(run, shadow_bundle):
+    """One uninterrupted run over files (availableNow, two files per micro-batch), with a shadow
+    bundle and the metrics page on (its window holds every scored event), scraped over HTTP."""
     base = run.dir / "files"
     n = write_files(base / "in", run.files)
-    r = run_cli(stream_args(run, "files", "deploy.once=true", "deploy.max_files_per_trigger=2"), cwd=run.dir, timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return SimpleNamespace(base=base, out=base / "out", records=n, stderr=r.stderr,
+    port = free_port()
+    args = stream_args(run, "files", "deploy.once=true", "deploy.max_files_per_trigger=2", f"deploy.shadow={shadow_bundle}",
+                       f"deploy.metrics_port={port}", "deploy.metrics_window=1000000", "deploy.metrics_linger=300s")
+    code, stderr, during, final = run_scraped(args, run.dir, f"http://127.0.0.1:{port}/metrics",
+                                              base / "reports/stream_summary.json")
+    assert code == 0 and final is not None, stderr[-4000:]
+    return SimpleNamespace(base=base, out=base / "out", records=n, stderr=stderr, scrapes=during, metrics=final,
                            summary=json.loads((base / "reports/stream_summary.json").read_text()))
 
 
@@ -477,6 +616,86 @@ def test_alert_budget_defers_with_reasons_and_totals_add_up(run, file_run):
         assert len(a["top_features"]) == 5 and {"feature", "value", "contribution"} <= set(a["top_features"][0])
         assert a["score"] >= a["threshold"] and a["jurisdiction"] and a["config_hash"] and a["scored_at"]
         assert a["model_name"] == "aml-scorer" and a["bundle_hash"] == run.bundle.bundle_hash
+
+
+@pytest.mark.slow
+def test_metrics_page_counts_equal_the_reconciled_counts(run, file_run):
+    from collections import Counter
+
+    from aml_pipeline.streaming.metrics import COUNTERS
+
+    m, c = file_run.metrics, file_run.summary["counts"]
+    assert file_run.summary["reconciles"] is True
+    for name in COUNTERS:
+        assert m[f"aml_stream_{name}_total"][()] == c[name], name
+    assert m["aml_stream_pending_events"][()] == c["pending"] == 0
+    alerts = Counter(a["jurisdiction"] for a in read_jsonl(file_run.out / "alerts"))
+    assert {dict(k)["jurisdiction"]: v for k, v in m["aml_stream_alerts_by_jurisdiction_total"].items()} == alerts
+    assert c["batches"] <= m["aml_stream_batch_duration_seconds_count"][()] <= c["batches"] + 1  # + the final release
+    assert m["aml_stream_last_batch_duration_seconds"][()] > 0 and m["aml_stream_event_lag_seconds"][()] > 0
+    assert m["aml_stream_bundle_info"][(("bundle_hash", run.bundle.bundle_hash), ("model_name", "aml-scorer"),
+                                        ("model_runtime", "native"), ("model_version", "unregistered"))] == 1
+    # scraped while the stream ran: counts part way
+    mid = [s["aml_stream_records_in_total"][()] for s in file_run.scrapes if "aml_stream_records_in_total" in s]
+    assert any(0 < x < c["records_in"] for x in mid), mid
+
+
+@pytest.mark.slow
+def test_metrics_page_drift_is_task_monitor_s_on_the_same_window(run, file_run):
+    """The drift gauges over the window (every scored event here) equal what
+    aml_pipeline.monitoring computes on the stream's decisions, with the monitor group's settings."""
+    from aml_pipeline.monitoring.drift import drift_report, levels_of
+    from aml_pipeline.monitoring.window import read_window
+
+    m = file_run.metrics
+    mon = compose_config([]).monitor
+    window = read_window(file_run.out / "decisions", run.columns)
+    assert m["aml_stream_window_events"][()] == window.height == file_run.summary["counts"]["scored"] >= mon.min_events
+    report = drift_report(run.bundle.reference, window, levels_of(mon), int(mon.bins), list(mon.exclude))
+    psi, js, status = m["aml_stream_drift_psi"], m["aml_stream_drift_js"], m["aml_stream_drift_status"]
+    judged = [("score", report["score"]), *report["columns"].items()]
+    assert len(judged) == len(psi) > 50
+    for name, r in judged:
+        key = (("column", name),)
+        assert psi[key] == pytest.approx(r["psi"], rel=1e-9, abs=1e-12), name
+        assert js[key] == pytest.approx(r["js"], rel=1e-9, abs=1e-12), name
+        assert status[key] == {"ok": 0, "warn": 1, "alert": 2}[r["status"]], name
+    assert m["aml_stream_drift_detected"][()] == float(report["drift"])
+    assert m["aml_stream_drift_level"][(("level", "alert"), ("measure", "psi"))] == mon.psi.alert
+    assert m["aml_stream_window_alert_rate"][()] == pytest.approx(window["alert"].mean(), rel=1e-12)
+
+
+@pytest.mark.slow
+def test_stream_shadow_decides_every_scored_event_into_its_own_sink(run, file_run, shadow_bundle):
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.monitoring.agreement import agreement
+    from aml_pipeline.monitoring.window import read_window
+
+    decisions = decisions_of(file_run.out)
+    records = read_jsonl(file_run.out / "shadow")
+    assert len(records) == decisions.height == len({r["event_id"] for r in records})
+    assert {r["event_id"] for r in records} == set(decisions["event_id"].to_list())
+    challenger = ModelBundle.load(shadow_bundle)
+    want = {d["event_id"]: d for d in challenger.score_features(decisions, 0, "none").iter_rows(named=True)}
+    live = {d["event_id"]: d for d in decisions.iter_rows(named=True)}
+    for r in records:
+        assert r["shadow_score"] == pytest.approx(want[r["event_id"]]["score"], abs=1e-12)
+        assert r["shadow_alert"] == want[r["event_id"]]["alert"] and r["alert"] == live[r["event_id"]]["alert"]
+        assert r["shadow_bundle_hash"] == challenger.bundle_hash and r["bundle_hash"] == run.bundle.bundle_hash
+    assert sum(r["shadow_score"] != r["score"] for r in records) > len(records) // 2  # another model indeed
+    # never alerting: every alert and deferred alert is the champion's
+    for kind in ("alerts", "deferred"):
+        assert all(a["bundle_hash"] == run.bundle.bundle_hash for a in read_jsonl(file_run.out / kind))
+    # the agreement on the metrics page is task=monitor's on the shadow output
+    m = file_run.metrics
+    counts = {(dict(k)["live"], dict(k)["shadow"]): v for k, v in m["aml_stream_shadow_decisions_total"].items()}
+    assert sum(counts.values()) == len(records) and m["aml_stream_shadow_failures_total"][()] == 0
+    assert counts[("alert", "alert")] == sum(r["alert"] and r["shadow_alert"] for r in records)
+    a = agreement(read_window(file_run.out / "shadow", []))
+    assert a["events"] == len(records)
+    assert m["aml_stream_shadow_alert_overlap"][()] == pytest.approx(a["alert_overlap"], rel=1e-12)
+    assert m["aml_stream_shadow_rank_correlation"][()] == pytest.approx(a["rank_correlation"], rel=1e-9)
+    assert file_run.summary["shadow"]["failures"] == 0
 
 
 def _state_batch(checkpoint: Path) -> int:

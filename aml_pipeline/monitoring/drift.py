@@ -12,12 +12,14 @@ column, or the score, reaches an alert level.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
+from aml_pipeline.errors import ConfigError
 from aml_pipeline.monitoring.distances import js_distance, psi
 from aml_pipeline.monitoring.histograms import NEW, categorical_counts, category_key, merge, merge_groups, numeric_counts
 from aml_pipeline.monitoring.reference import floats
@@ -37,6 +39,21 @@ class Levels:
             return "ok"
         warn, alert = self.levels[measure]
         return "alert" if value >= alert else "warn" if value >= warn else "ok"
+
+
+def levels_of(m) -> Levels:
+    """monitor.<measure>.warn/alert (the ``monitor`` config node) checked: numbers >= 0 with warn <= alert."""
+    out = {}
+    for name in MEASURES:
+        node = m[name]
+        warn, alert = node.warn, node.alert
+        for key, value in (("warn", warn), ("alert", alert)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"monitor.{name}.{key} must be a number >= 0 (got {value!r})")
+        if warn > alert:
+            raise ConfigError(f"monitor.{name}.warn ({warn}) must not exceed monitor.{name}.alert ({alert})")
+        out[name] = (float(warn), float(alert))
+    return Levels(out)
 
 
 def numeric_drift(ref: dict, values: np.ndarray, bins: int) -> dict:

@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
@@ -56,6 +57,16 @@ class Shadow:
         threshold = self.threshold(jurisdiction)
         return {"shadow_score": score, "shadow_threshold": threshold, "shadow_alert": bool(score >= threshold),
                 **self.trace}
+
+    def decide_frame(self, features: pl.DataFrame) -> pl.DataFrame:
+        """The shadow's decisions for many rows of live feature values at once (one model
+        call for a micro-batch, as the streaming scorer needs): event id and the fields of
+        :meth:`decide`, computed the same way."""
+        score = self.bundle.predict_features(features)
+        threshold, alert = apply_thresholds(score, features["jurisdiction"].to_numpy(), self.bundle.thresholds)
+        return features.select("event_id").with_columns(
+            pl.Series("shadow_score", score, pl.Float64), pl.Series("shadow_threshold", threshold, pl.Float64),
+            pl.Series("shadow_alert", alert, pl.Boolean), *[pl.lit(v, pl.String).alias(k) for k, v in self.trace.items()])
 
     def warm_up(self, n_features: int) -> None:
         self.model.predict_one(np.zeros(n_features))

@@ -154,6 +154,7 @@ def stream_outputs(cfg: DictConfig):
 
 def build_scorer(cfg: DictConfig):
     """(scorer, store, source kind). Raises UserError for anything a user can fix."""
+    from aml_pipeline.export.bundle_export import exported_model
     from aml_pipeline.registry import resolve_bundle
     from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store import open_store, warm_from_parquet
@@ -162,6 +163,7 @@ def build_scorer(cfg: DictConfig):
     from aml_pipeline.streaming.budget import AlertBudget
     from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
     from aml_pipeline.streaming.scorer import StateLog, StreamScorer
+    from aml_pipeline.streaming.shadow import load_stream_shadow
     from aml_pipeline.validation.rules import build_rules, future_skew_us
 
     d = cfg.deploy
@@ -175,6 +177,8 @@ def build_scorer(cfg: DictConfig):
     idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
     bundle = resolve_bundle(cfg.bundle, cfg)
     set_threads(bundle, int(d.model_threads))
+    # deploy.model_runtime: scores from an export the manifest verified (explanations stay native)
+    bundle.model = exported_model(bundle, str(_value(d.get("model_runtime", "native"))))
     needs = plan_needs(bundle.plan)
     store = open_store(d.store, needs.layout(), lateness)
     # deploy.reset, then this run's fingerprint recorded or compared (and Redis's epoch): before any state is read
@@ -192,6 +196,7 @@ def build_scorer(cfg: DictConfig):
                           top_k=int(d.top_k), write_decisions=bool(d.write_decisions), stream=str(Path(d.checkpoint).resolve()),
                           progress=bool(d.progress), snapshot_every=int(d.snapshot_every),
                           idle_timeout_s=idle_timeout_s)
+    scorer.shadow = load_stream_shadow(cfg, bundle, source)  # deploy.shadow (None when not set)
     memory = store.backend == "memory"
     warmed = 0
     # Redis keeps its rows: warm it once, on a new checkpoint. The embedded store is rebuilt:
@@ -386,6 +391,16 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def refuse_store_only_options(cfg: DictConfig) -> None:
+    """``deploy.state=spark`` scores inside Spark's state store: the metrics page, the shadow
+    bundle and an export runtime are the ``state=store`` scorer's, refused here by name."""
+    d = cfg.deploy
+    for key, off in (("metrics_port", None), ("shadow", None), ("model_runtime", "native")):
+        value = _value(d.get(key, off))
+        if value != off:
+            raise UserError(f"deploy.{key}={value} is not available with deploy.state=spark; use deploy.state=store")
+
+
 def uses_spark_state(cfg: DictConfig) -> bool:
     """``deploy.state=spark``: Spark's own state store, a query of its own (:mod:`.spark_state`)."""
     return str(_value(cfg.deploy.get("state"))) == "spark"
@@ -393,10 +408,14 @@ def uses_spark_state(cfg: DictConfig) -> bool:
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream`` with ``deploy.state=store``: the scorer over the online feature store."""
+    from aml_pipeline.streaming.metrics import linger, metrics_options, start_metrics
+
     d = cfg.deploy
     start = time.perf_counter()
+    metrics_opts = metrics_options(cfg)  # deploy.metrics_port (None: off), checked before any work
     settle_connector(cfg)
     scorer, store, source, info = build_scorer(cfg)
+    metrics = start_metrics(metrics_opts, scorer, str(_value(d.model_runtime))) if metrics_opts else None
     spark = stream_session(cfg)
     to_records, close_records = batch_records(cfg, source)
     failure: list[BaseException] = []
@@ -418,6 +437,11 @@ def run(cfg: DictConfig) -> dict:
           f"(sha256 {(scorer.trace['bundle_hash'] or '')[:12]}) from {source} [store {store.backend}, "
           f"+{info['warmed']:,} events warmed, resuming after batch {info['resumed_after_batch']}]",
           file=sys.stderr, flush=True)
+    extras = [*([f"model runtime {_value(d.model_runtime)}"] if str(_value(d.model_runtime)) != "native" else []),
+              *([f"shadow version {scorer.shadow.trace['shadow_model_version']}"] if scorer.shadow else []),
+              *([f"metrics on {metrics.url}"] if metrics else [])]
+    if extras:
+        print("stream: " + ", ".join(extras), file=sys.stderr, flush=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
     query = writer.start()
@@ -430,6 +454,9 @@ def run(cfg: DictConfig) -> dict:
         scorer.flush()
     summary = finish(cfg, scorer, source, store.backend, stopped, start, query)
     store.close()
+    if metrics is not None:
+        linger(metrics, metrics_opts["linger_s"], stopped)
+        metrics.close()
     return summary
 
 
@@ -530,6 +557,9 @@ def finish(cfg: DictConfig, scorer, source: str, store: str, stopped: list[int],
                "spark_batches": batches}
     out = Path(cfg.paths.reports_dir) / "stream_summary.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(scorer, "shadow", None) is not None:
+        scorer.shadow.close()
+        summary["shadow"] = scorer.shadow.describe()
     out.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     scorer.outputs.close()
     c = summary["counts"]

@@ -172,6 +172,10 @@ class StreamScorer:
         self.stage_seconds: dict[str, float] = {}
         self.stage_totals: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._mark = time.perf_counter()
+        #: deploy.shadow (a StreamShadow; its decisions of the current batch) and deploy.metrics_port (StreamMetrics)
+        self.shadow: Any = None
+        self._shadow_frame: pl.DataFrame | None = None
+        self.metrics: Any = None
 
     # -- state ------------------------------------------------------------------------------
     @staticmethod
@@ -349,6 +353,7 @@ class StreamScorer:
                           records_in: int) -> dict[str, int]:
         """Score the released events, write every output of the batch and count it all
         (the pending count, the batch id and the state commit are the caller's)."""
+        self._shadow_frame = None
         decisions = self.score(released)
         self.check_store()  # every read of the batch is done; nothing is written yet
         alerts, deferred = self._alerts(released, decisions, batch_id, time.time())
@@ -362,6 +367,8 @@ class StreamScorer:
         if self.write_decisions:
             o.write_decisions(tag, decisions)
         o.commit(tag)
+        if self.shadow is not None:  # its own sink, after the live outputs; it never raises
+            self.shadow.write(tag, batch_id, self._shadow_frame)
         self._lap("outputs")
         c = self.counts
         c["records_in"] += records_in  # counted as read, independently of where records end up
@@ -370,6 +377,8 @@ class StreamScorer:
         c["scored"] += released.height
         c["alerts"] += len(alerts)
         c["deferred"] += len(deferred)
+        if self.metrics is not None:
+            self.metrics.on_decisions(decisions, alerts, self._shadow_frame)
         return {"scored": released.height, "alerts": len(alerts), "deferred": len(deferred)}
 
     def warm_up(self, currency: str) -> None:
@@ -431,6 +440,8 @@ class StreamScorer:
         features = self.bundle.plan.transform(frame, history=self.history(frame))
         self._lap("features")
         decisions = self.bundle.score_features(features, self.top_k, self.explain)
+        if self.shadow is not None:  # the same feature values, its own model (timed with the live one's)
+            self._shadow_frame = self.shadow.decide(features, decisions)
         self._lap("model")
         return decisions
 
@@ -490,6 +501,8 @@ class StreamScorer:
         self.busy_seconds += secs
         for k, v in self.stage_seconds.items():
             self.stage_totals[k] += v
+        if self.metrics is not None:
+            self.metrics.on_batch(secs)
         if not self.progress:
             return
         c = self.counts

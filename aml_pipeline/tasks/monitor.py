@@ -13,14 +13,13 @@ command exits with code 3 and one line naming the columns, so a scheduler can ac
 
 from __future__ import annotations
 
-import math
 import time
 
 from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.monitoring.agreement import agreement
-from aml_pipeline.monitoring.drift import MEASURES, Levels, drift_report
+from aml_pipeline.monitoring.drift import Levels, drift_report, levels_of
 from aml_pipeline.monitoring.histograms import REFERENCE_BINS
 from aml_pipeline.monitoring.labels import parse_delay, performance, read_labels
 from aml_pipeline.monitoring.report import write_report
@@ -37,21 +36,6 @@ class DriftDetected(UserError):
     """Drift crossed a configured alert level: one line, exit code 3."""
 
     exit_code = DRIFT_EXIT
-
-
-def levels_of(m: DictConfig) -> Levels:
-    """monitor.<measure>.warn/alert checked: numbers >= 0 with warn <= alert."""
-    out = {}
-    for name in MEASURES:
-        node = m[name]
-        warn, alert = node.warn, node.alert
-        for key, value in (("warn", warn), ("alert", alert)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"monitor.{name}.{key} must be a number >= 0 (got {value!r})")
-        if warn > alert:
-            raise ConfigError(f"monitor.{name}.warn ({warn}) must not exceed monitor.{name}.alert ({alert})")
-        out[name] = (float(warn), float(alert))
-    return Levels(out)
 
 
 def check(cfg: DictConfig) -> Levels:

@@ -14,4 +14,7 @@ def run(cfg: DictConfig) -> dict:
     # Spark and the streaming package load only for this task.
     from aml_pipeline.streaming import job, spark_state
 
-    return spark_state.run(cfg) if job.uses_spark_state(cfg) else job.run(cfg)
+    if job.uses_spark_state(cfg):
+        job.refuse_store_only_options(cfg)
+        return spark_state.run(cfg)
+    return job.run(cfg)
