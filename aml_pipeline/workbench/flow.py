@@ -28,6 +28,9 @@ NODE_W, NODE_H, ROW = 124, 30, 54
 TOP = 36
 #: The most accounts drawn per column; the others are counted in the caption.
 MAX_PER_COLUMN = 12
+#: Amounts and times are written on the largest flows and on every alerted one; the others
+#: carry them in their tooltip, so a busy picture stays readable.
+MAX_LABELS = 16
 LABEL_CHARS = 16
 
 ALERT_COLOUR, EDGE_COLOUR, CENTER_FILL, NODE_FILL = "#b42318", "#667085", "#fef0c7", "#f2f4f7"
@@ -182,8 +185,9 @@ def render_flow(center: str, nodes: list[dict], edges: list[dict], *, currency: 
     for label, col in (("2nd hop in", -2), ("1st hop in", -1), ("account", 0), ("1st hop out", 1), ("2nd hop out", 2)):
         if columns.get(col):
             out.append(f'<text x="{COLUMNS[col]}" y="18" text-anchor="middle" fill="#475467" font-weight="600">{label}</text>')
+    labelled = {id(f) for f in drawn[:MAX_LABELS]} | {id(f) for f in drawn if f.alerted}
     for f in drawn:
-        out.append(_edge(f, pos, str(center), unit))
+        out.append(_edge(f, pos, str(center), unit, id(f) in labelled))
     for node, (x, y) in pos.items():
         is_center = node == str(center)
         bold = ' font-weight="700"' if is_center else ""
@@ -201,7 +205,7 @@ def render_flow(center: str, nodes: list[dict], edges: list[dict], *, currency: 
     return "".join(out)
 
 
-def _edge(f: Flow, pos: dict[str, tuple[float, float]], center: str, unit: str) -> str:
+def _edge(f: Flow, pos: dict[str, tuple[float, float]], center: str, unit: str, label: bool) -> str:
     (x1, y1), (x2, y2) = pos[f.src], pos[f.dst]
     half = NODE_W / 2
     if x2 > x1:  # forward: right side of the sender to the left side of the receiver
@@ -221,14 +225,17 @@ def _edge(f: Flow, pos: dict[str, tuple[float, float]], center: str, unit: str) 
         path = f"M{sx:.1f},{y1:.1f} Q{cx:.1f},{(y1 + y2) / 2:.1f} {ex:.1f},{y2:.1f}"
         lx, ly = (sx + cx) / 2, (y1 + y2) / 2
     colour = ALERT_COLOUR if f.alerted else EDGE_COLOUR
+    backward = x2 < x1 or x2 == x1  # money flowing against the page: drawn dashed and lighter
+    dash = ' stroke-dasharray="5 4" opacity="0.6"' if backward and not f.alerted else ""
     amount = (f"{f.count}\u00d7 " if f.count > 1 else "") + amount_text(f.total) + unit
     when = when_text(f.first, f.last)
     label_title = f"{f.src} \u2192 {f.dst}: {f.count} transfer(s), {amount_text(f.total)}{unit}, {when}" + (
         " (alerted)" if f.alerted else "")
     return (f'<g class="edge{" alerted" if f.alerted else ""}"><title>{escape(label_title)}</title>'
-            f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="{2.5 if f.alerted else 1.3}" '
+            f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="{2.5 if f.alerted else 1.3}"{dash} '
             f'marker-end="url(#{"arrow-alert" if f.alerted else "arrow"})"/>'
-            f'<text x="{lx:.1f}" y="{ly - 3:.1f}" text-anchor="middle" fill="{colour}" font-weight="600" '
+            + ("" if not label else
+               f'<text x="{lx:.1f}" y="{ly - 3:.1f}" text-anchor="middle" fill="{colour}" font-weight="600" '
             f'paint-order="stroke" stroke="#ffffff" stroke-width="3">{escape(amount)}</text>'
             f'<text x="{lx:.1f}" y="{ly + 10:.1f}" text-anchor="middle" fill="#475467" font-size="11" '
-            f'paint-order="stroke" stroke="#ffffff" stroke-width="3">{escape(when)}</text></g>')
+            f'paint-order="stroke" stroke="#ffffff" stroke-width="3">{escape(when)}</text>') + '</g>')
