@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -53,6 +54,59 @@ def _check_before_hydra_callbacks() -> None:
 
     checked.checked_targets = True
     hydra_callbacks.Callbacks.__init__ = checked
+
+
+def config_error_line(exc: BaseException) -> str:
+    """Hydra's report of a wrong override or option as one line: its message and the
+    OmegaConf cause (an enum's allowed values, a key's schema), the ``full_key`` kept, a list
+    of available options joined with commas."""
+    text = str(exc)
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text = f"{text}: {cause}"
+    lines = [line.strip() for line in text.split("Config search path:")[0].splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    parts: list[str] = []
+    for line in lines:
+        if line.startswith(("full_key:", "object_type=", "reference_type=", "Set the environment variable")):
+            continue
+        if parts and parts[-1].endswith(":") and not line.startswith("base_"):
+            parts[-1] = f"{parts[-1]} {line}"
+        elif parts and parts[-1].startswith("Available options"):
+            if not line.startswith("base_"):  # the typed schemas, not options
+                parts[-1] = f"{parts[-1]}, {line}"
+        else:
+            parts.append(line)
+    out = "; ".join(parts)
+    return f"{out} (key {key})" if key and key not in out else out
+
+
+def _one_line_config_errors() -> None:
+    """Hydra reports a wrong override or option (an enum value, an unknown key or option)
+    itself, before our job runs, over four or more lines; every other error a user can fix
+    is one line. Its report function is wrapped so these print as one line and exit 2;
+    ``HYDRA_FULL_ERROR=1`` still gives Hydra's full report."""
+    from hydra._internal import utils as hydra_utils
+    from hydra.errors import CompactHydraException
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "one_line", False):
+        return
+
+    @functools.wraps(original)
+    def run_and_report(func):
+        def checked():
+            try:
+                return func()
+            except CompactHydraException as exc:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                fail(config_error_line(exc), 2)  # SystemExit passes through Hydra's report
+
+        return original(checked)
+
+    run_and_report.one_line = True
+    hydra_utils.run_and_report = run_and_report
 
 
 def _mask_log_lines(cfg: DictConfig) -> None:
@@ -120,6 +174,7 @@ def main(cfg: DictConfig) -> object:
 def cli() -> None:
     """The ``aml-pipeline`` console command: the same as ``python -m aml_pipeline``."""
     _check_before_hydra_callbacks()
+    _one_line_config_errors()
     main()
 
 

@@ -50,6 +50,9 @@ def test_docs_csv_mapping_example_runs(tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["source=paysim", "source.path=missing.csv"], "paysim: file not found: missing.csv"),
     (["source=csv", "source.path=x.csv", "source.columns={when:t}"], "source.columns.when"),
+    # Hydra's own reports (before the job runs): an enum value, an unknown option of a group
+    (["engine.name=spork"], "Error merging override engine.name=spork: Invalid value 'spork', expected one of [polars, spark]"),
+    (["deploy=bogus"], "Could not find 'deploy/bogus'; Available options in 'deploy': file, kafka, service"),
 ])
 def test_user_errors_are_one_line_exit_2(tmp_path, args, needle):
     res = run_cli(["task=data", *args], cwd=tmp_path)
