@@ -216,3 +216,29 @@ def test_flow_picture_by_hand():
     assert "2\u00d7 8,000.00 USD" in svg and "14 Mar 12:00-13:00" in svg  # two transfers, one arrow
     assert svg.count('class="edge alerted"') == 1 and "&lt;b&gt;" in svg and "<b>" not in svg
     assert "style=" not in svg and render_flow("A2", nodes, edges, currency="USD") == svg
+
+
+def test_failed_logins_are_throttled(world):
+    """Five wrong passwords for a user name: the sixth attempt is refused even with the right one."""
+    c = client(world)
+    token = csrf_of(c.get("/login").text)
+    for _ in range(5):
+        assert c.post("/login", data={"username": "bob", "password": "guess-guess", "csrf_token": token}).status_code == 401
+    r = c.post("/login", data={"username": "bob", "password": PASSWORDS["bob"], "csrf_token": token})
+    assert r.status_code == 429 and "Too many failed attempts" in r.text
+    assert c.get("/api/me").status_code == 401
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("workbench.session_max_age=soon", "workbench.session_max_age='soon' is not a duration"),
+    ("workbench.flow_hops=3", "workbench.flow_hops=3: 1 or 2"),
+])
+def test_bad_workbench_config_names_the_key(tmp_path, compose_cfg, override, needle):
+    """Checked before the database is opened or created."""
+    from aml_pipeline.errors import ConfigError
+    from aml_pipeline.workbench.server import build
+
+    cfg = compose_cfg(["task=workbench", override, f"workbench.db_url=sqlite:///{tmp_path / 'c.db'}"])
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        build(cfg)
+    assert not (tmp_path / "c.db").exists()

@@ -84,7 +84,7 @@ def create_app(db: CaseDB, settings: Settings, transactions: Optional[Transactio
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters.update(money=_money, when=_when, score=_score, kv=_json)
     templates.env.globals.update(decision_words=cases.DECISION_WORDS)
-    throttle = LoginThrottle()
+    by_user, by_address = LoginThrottle(limit=5), LoginThrottle(limit=20)  # an office shares one address
 
     # outermost first: headers on everything, then the cookie, then the login check
     app.add_middleware(LoginRequired)
@@ -141,15 +141,16 @@ def create_app(db: CaseDB, settings: Settings, transactions: Optional[Transactio
         form = await form_of(request)
         username, password = form.get("username", "").strip(), form.get("password", "")
         nxt = safe_next(form.get("next"))
-        client = f"ip:{request.client.host if request.client else '?'}"
-        if throttle.blocked(f"user:{username}", client):
+        address = request.client.host if request.client else "?"
+        if by_user.blocked(username) or by_address.blocked(address):
             return page(request, "login.html", {"next": nxt, "error": "Too many failed attempts; wait a few minutes."}, 429)
         user = cases.authenticate(db, username, password)
         if user is None:
-            throttle.failed(f"user:{username}", client)
+            by_user.failed(username)
+            by_address.failed(address)
             cases.log_action(db, None, "login_failed", after={"username": username[:64]})
             return page(request, "login.html", {"next": nxt, "error": "Wrong user name or password."}, 401)
-        throttle.succeeded(f"user:{username}")
+        by_user.succeeded(username)
         request.session.clear()  # a new session: nothing from before the login carries over
         request.session.update({"uid": user.id, "csrf": new_csrf_token()})
         cases.log_action(db, user, "login")

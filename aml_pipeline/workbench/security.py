@@ -163,7 +163,7 @@ class SecurityHeaders:
 
 
 class LoginThrottle:
-    """At most ``limit`` failed logins per user name (and per client address) in ``window``
+    """At most ``limit`` failed logins per key (a user name, a client address) in ``window``
     seconds; further attempts are refused without checking the password, so guessing is slow."""
 
     def __init__(self, limit: int = 5, window: float = 300.0) -> None:
@@ -176,18 +176,15 @@ class LoginThrottle:
             q.popleft()
         return q
 
-    def blocked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        return any(len(self._recent(k, now)) >= self.limit for k in keys)
+    def blocked(self, key: str) -> bool:
+        return len(self._recent(key, time.monotonic())) >= self.limit
 
-    def failed(self, *keys: str) -> None:
+    def failed(self, key: str) -> None:
         now = time.monotonic()
-        for k in keys:
-            self._recent(k, now).append(now)
+        self._recent(key, now).append(now)
 
-    def succeeded(self, *keys: str) -> None:
-        for k in keys:
-            self.failures.pop(k, None)
+    def succeeded(self, key: str) -> None:
+        self.failures.pop(key, None)
 
 
 def safe_next(target: str | None) -> str:
