@@ -36,6 +36,9 @@ PACKAGE = "aml_pipeline"
 TARGET = "_target_"
 #: Keys of a buildable node that are instructions, not constructor arguments.
 SPECIAL = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")
+#: Keys of a group's config that the task reads itself, never passed to the built class
+#: (``source.labels``: a labels file applied to whatever source is chosen).
+TASK_KEYS = {"source": ("labels", "labels_as_of")}
 
 #: Where config may name something to build -> what it may name there, as
 #: (defining module, qualified name) of the object the target resolves to.
@@ -186,7 +189,7 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     obj = check_target(target, (key,))
     try:
         args = list(_plain(node.get("_args_")) or [])
-        params = {str(k): _plain(node[k]) for k in node.keys() if k not in SPECIAL}
+        params = {str(k): _plain(node[k]) for k in node.keys() if k not in SPECIAL and k not in TASK_KEYS.get(key, ())}
         params.update(kwargs)
         if node.get("_partial_", False):
             return functools.partial(obj, *args, **params)

@@ -31,6 +31,7 @@ import polars as pl
 from aml_pipeline.errors import UserError
 from aml_pipeline.evaluation.thresholds import apply_thresholds
 from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.features.reasons import reasons_column
 from aml_pipeline.models.classifiers import Classifier, load_classifier
 from aml_pipeline.schema import ALL_COLUMNS, REQUIRED_COLUMNS
 
@@ -194,16 +195,19 @@ class ModelBundle:
         """Decisions for rows with feature columns: score, threshold, alert and their trace.
 
         Every row carries all its feature values; ``explain`` picks which rows also get
-        their top contributing features (per-row SHAP costs ~1000x a prediction).
+        their top contributing features (per-row SHAP costs ~1000x a prediction) and the
+        reasons in plain words written from them (:mod:`aml_pipeline.features.reasons`).
         """
         score = self.predict_features(features)
         threshold, alert = apply_thresholds(score, features["jurisdiction"].to_numpy(), self.thresholds)
         trace = self.trace
+        tops = self.explanations(features, alert, str(explain), top_k).alias("top_features")
         out = features.select("event_id", "event_time", "jurisdiction").with_columns(
             pl.Series("score", score, pl.Float64),
             pl.Series("threshold", threshold, pl.Float64),
             pl.Series("alert", alert, pl.Boolean),
-            self.explanations(features, alert, str(explain), top_k).alias("top_features"),
+            tops,
+            reasons_column(tops, features),
             *[pl.lit(v, pl.String).alias(k) for k, v in trace.items()],
         )
         return out.hstack(features.select(self.feature_columns()).get_columns())

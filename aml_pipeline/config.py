@@ -30,6 +30,8 @@ class Task(str, Enum):
     monitor = "monitor"  # drift of a scored window against the bundle's reference; performance over mature labels
     promote = "promote"  # gate the challenger against the champion on a later labelled window, then move the alias
     export = "export"  # write the bundle's LightGBM model as ONNX, lleaves or treelite, parity-checked
+    cases = "cases"  # alerts (a score file, the stream's alert folder) into the case database, grouped per account
+    labels = "labels"  # the case database's dispositions as a labels file (event_id, account, label, labelled_at, source)
     workbench = "workbench"  # the investigators' web pages over the case database (queue, evidence, dispositions)
 
 
@@ -73,6 +75,14 @@ class SourceConfig:
     _target_: str = MISSING
     #: Jurisdiction of transactions whose sender's country is unknown (ISO 3166 alpha-2).
     jurisdiction: str = "US"
+    #: A labels file (csv or parquet: event_id, label, labelled_at; ``task=labels`` writes
+    #: one from the workbench's dispositions) whose labels replace the source's own, or add
+    #: one where it has none. Applied after validation, before anything else reads the data.
+    labels: Optional[str] = None
+    #: Only labels given at or before this instant count (ISO 8601; null = now): a label
+    #: given later was not known when the model is trained (docs/cases.md). The task reads
+    #: both keys; the adapter never sees them (aml_pipeline.build.TASK_KEYS).
+    labels_as_of: Optional[str] = None
 
 
 @dataclass
@@ -724,6 +734,39 @@ class WorkbenchConfig:
     log_level: str = "warning"
 
 
+# ----------------------------------------------------------------------------- cases
+class CaseSubject(str, Enum):
+    src_account = "src_account"  # the sender: whose payment the alert is about (the default)
+    dst_account = "dst_account"  # the receiver (e.g. a mule account collecting fan-in)
+
+
+@dataclass
+class CasesConfig:
+    """The case database (``task=cases``, ``task=labels``, the workbench): where it lives and
+    how alerts become cases (``conf/cases/default.yaml``, docs/cases.md)."""
+
+    #: SQLAlchemy URL: sqlite:///path/cases.db (the default, embedded) or
+    #: postgresql://user:password@host:port/database (psycopg 3); a bare path means SQLite.
+    db: str = "sqlite:///${paths.data_dir}/cases.db"
+    #: An alert joins its account's active case when it comes at most this long after the
+    #: case's latest alert; otherwise it opens a new case (a duration, or null: no limit).
+    period: Optional[str] = "30d"
+    #: Which account an alert's case is about.
+    subject: CaseSubject = CaseSubject.src_account
+    #: Canonical events (parquet) to take the accounts and amounts from when the alerts lack
+    #: them (evaluate's test scores); null: the alerts must carry them.
+    events: Optional[str] = "${paths.data_dir}/validated/transactions.parquet"
+    #: task=cases on a folder (the stream's alerts/): keep watching it for new files.
+    follow: bool = False
+    #: Seconds between two looks at the folder when following.
+    poll_seconds: float = 5.0
+    #: Stop following after this many looks (null: until interrupted).
+    max_polls: Optional[int] = None
+    #: task=labels: "suspicious – escalate" gives label 1 at the time of the decision (a
+    #: later false-positive decision replaces it); false: only SARs and false positives.
+    label_escalated: bool = True
+
+
 # ----------------------------------------------------------------------------- root
 @dataclass
 class AppConfig:
@@ -757,6 +800,8 @@ class AppConfig:
     #: task=promote: the gate (conf/promote/); task=export: the format.
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    #: task=cases / task=labels / the workbench: the case database and its grouping.
+    cases: CasesConfig = field(default_factory=CasesConfig)
     #: task=workbench: the investigators' web pages (conf/workbench/).
     workbench: WorkbenchConfig = field(default_factory=WorkbenchConfig)
 
@@ -793,6 +838,7 @@ def register_configs() -> None:
     cs.store(group="engine", name="base_engine", node=EngineConfig)
     cs.store(group="monitor", name="base_monitor", node=MonitorConfig)
     cs.store(group="promote", name="base_promote", node=PromoteConfig)
+    cs.store(group="cases", name="base_cases", node=CasesConfig)
     cs.store(group="workbench", name="base_workbench", node=WorkbenchConfig)
     for name, node in DEPLOY_SCHEMAS.items():
         cs.store(group="deploy", name=name, node=node)

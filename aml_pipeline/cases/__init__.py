@@ -19,6 +19,7 @@ here::
     decide(db, case.case.id, "sar_filed", user=ana, note="...")  # pending: the case waits for a 2nd user
     approve(db, case.case.id, user=sup, note="...")   # a supervisor other than the maker; reject() sends it back
     audit_trail(db, case_id=case.case.id)             # -> [AuditEntry], oldest first
+    export_labels(db)                                 # -> polars frame: event_id, account, label, labelled_at, source
 
 Users are given as an id, a username or a :class:`UserView`. Errors are
 :class:`CaseError` subclasses with one-line messages and an ``http_status``:
@@ -36,6 +37,7 @@ from aml_pipeline.cases.db import DEFAULT_URL, CaseDB, open_db
 from aml_pipeline.cases.decisions import approve, assign, decide, reject
 from aml_pipeline.cases.errors import AuditIsAppendOnly, CaseError, InvalidTransition, NotFound, PermissionDenied
 from aml_pipeline.cases.ingest import ingest_alerts
+from aml_pipeline.cases.labels import export_labels
 from aml_pipeline.cases.models import ACTIVE_STATUSES, CASE_STATUSES, DECISION_WORDS, DECISIONS, ROLES
 from aml_pipeline.cases.queries import SORTS, dispositions, facets, get_alert, get_case, list_cases
 from aml_pipeline.cases.users import authenticate, create_user, get_user, list_users, set_active, set_password
@@ -46,7 +48,8 @@ __all__ = [
     "ACTIVE_STATUSES", "CASE_STATUSES", "DECISIONS", "DECISION_WORDS", "DEFAULT_URL", "ROLES", "SORTS",
     "AlertView", "AuditEntry", "AuditIsAppendOnly", "CaseDB", "CaseDetail", "CaseError", "CaseSummary",
     "DispositionView", "IngestResult", "InvalidTransition", "NotFound", "Page", "PermissionDenied", "UserView",
-    "approve", "assign", "audit_trail", "authenticate", "create_user", "decide", "dispositions", "facets",
+    "approve", "assign", "audit_trail", "authenticate", "create_user", "decide", "dispositions", "export_labels",
+    "facets",
     "get_alert", "get_case", "get_user", "ingest_alerts", "list_cases", "list_users", "log_action", "open_db",
     "reject", "set_active", "set_password",
 ]

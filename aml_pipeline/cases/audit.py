@@ -61,15 +61,16 @@ def audit_trail(db: CaseDB, case_id: Optional[int] = None, *, user: Any = None, 
 
 def log_action(db: CaseDB, user: Any, action: str, *, entity: str = "session", entity_id: Any = None,
                case_id: Optional[int] = None, before: Any = None, after: Any = None,
-               note: Optional[str] = None) -> AuditEntry:
+               note: Optional[str] = None, actor: Optional[str] = None) -> AuditEntry:
     """Record an action taken outside this package (the workbench's log-in, log-out,
     failed log-in, label export...). ``user`` is a user (id, username, UserView) or None
-    for an unknown one (then ``after`` may name who tried)."""
+    for an unknown one (then ``after`` may name who tried; ``actor`` names a program, e.g.
+    ``task=labels``, instead of ``anonymous``)."""
     from aml_pipeline.cases.users import resolve_user
 
     with db.session() as s:
         u = resolve_user(s, user, require_active=False) if user is not None else None
         entry = record(s, action, user=u, entity=entity, entity_id=entity_id, case_id=case_id, before=before,
-                       after=after, note=note, actor=None if u else "anonymous")
+                       after=after, note=note, actor=None if u else (actor or "anonymous"))
         s.flush()
         return AuditEntry.of(entry)

@@ -9,6 +9,7 @@ ends, rolled back when it raises.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -75,9 +76,15 @@ class CaseDB:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        quiet = logging.getLogger("alembic")  # its INFO lines would fill every task's output
+        level = quiet.level
+        quiet.setLevel(max(level, logging.WARNING))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            quiet.setLevel(level)
         return self.revision()
 
     def revision(self) -> str | None:

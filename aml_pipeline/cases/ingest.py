@@ -40,7 +40,10 @@ ALERT_COLUMNS = ("event_id", "event_time", "score", "threshold", "jurisdiction",
 #: Columns of the event kept in the alert's ``details`` (never the label, typology or
 #: instance id a training source may carry: the analyst decides, the data does not tell).
 DETAIL_COLUMNS = ("src_account", "dst_account", "src_bank", "dst_bank", "src_country", "dst_country", "merchant",
-                  "region", "partition", "offset")
+                  "region",
+                  # the streaming scorer's: its alert id, where it read the event, when it scored it, and for
+                  # an alert over the alert budget, why it was deferred
+                  "alert_id", "position", "scored_at", "deferred_reason", "budget_key", "budget_value")
 SUBJECTS = ("src_account", "dst_account")
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's parameter limit
 
@@ -51,7 +54,7 @@ def parse_period(period: Any) -> Optional[timedelta]:
         return None
     if isinstance(period, timedelta):
         return period
-    from aml_pipeline.monitoring.labels import parse_delay
+    from aml_pipeline.labels import parse_delay
 
     return parse_delay(str(period), "cases.period")
 

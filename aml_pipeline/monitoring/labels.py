@@ -14,50 +14,16 @@ alerted; laundering nobody ever reported stays unknown to any monitor.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 
-from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.evaluation.metrics import pr_auc
+from aml_pipeline.labels import COLUMNS, parse_delay, read_labels
 
-COLUMNS = ("event_id", "label", "labelled_at")
-_DURATION = re.compile(r"(\d+)(s|m|h|d|w)")
-_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_delay(text: str, key: str = "monitor.label_delay") -> timedelta:
-    """A duration such as 30d, 12h, 1d12h (units s, m, h, d, w), or a one-line ConfigError."""
-    s = str(text).strip()
-    parts = _DURATION.findall(s)
-    if not parts or "".join(n + u for n, u in parts) != s:
-        raise ConfigError(f"{key}={text!r} is not a duration; use digits and units s, m, h, d, w (e.g. 30d, 12h)")
-    return sum((timedelta(**{_UNIT[u]: int(n)}) for n, u in parts), timedelta())
-
-
-def read_labels(path: str | Path) -> pl.DataFrame:
-    """A labels file (csv or parquet) with event_id, label (0/1) and labelled_at (UTC)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"monitor.labels={p}: no such file (csv or parquet with {', '.join(COLUMNS)})")
-    frame = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema_length=10_000)
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise UserError(f"monitor.labels={p}: no column {missing[0]!r}; needs {', '.join(COLUMNS)}")
-    at = pl.col("labelled_at")
-    if frame.schema["labelled_at"] == pl.String:
-        at = at.str.to_datetime(time_zone="UTC", strict=False)
-    elif isinstance(frame.schema["labelled_at"], pl.Datetime) and frame.schema["labelled_at"].time_zone is None:
-        at = at.dt.replace_time_zone("UTC")
-    out = frame.select(pl.col("event_id").cast(pl.String), pl.col("label").cast(pl.Int8, strict=False),
-                       at.dt.convert_time_zone("UTC").dt.cast_time_unit("us").alias("labelled_at"))
-    bad = out.filter(pl.col("label").is_null() | ~pl.col("label").is_in([0, 1]) | pl.col("labelled_at").is_null())
-    if bad.height:
-        raise UserError(f"monitor.labels={p}: {bad.height} rows have a label other than 0/1 or an unreadable "
-                        f"labelled_at (first: event_id {bad['event_id'][0]!r})")
-    return out
+# read_labels and parse_delay live with the rest of the labels-file code, which training
+# (source.labels) and the workbench's export use too.
+__all__ = ["COLUMNS", "mature_frame", "parse_delay", "performance", "read_labels"]
 
 
 def mature_frame(window: pl.DataFrame, labels: pl.DataFrame, as_of: datetime, delay: timedelta) -> pl.DataFrame:

@@ -131,6 +131,7 @@ class Decision(BaseModel):
     threshold: float = Field(description="the jurisdiction's alert threshold; alert = score >= threshold")
     jurisdiction: str
     top_features: Optional[list[TopFeature]] = Field(None, description="top contributing features (per deploy.explain)")
+    reasons: Optional[list[str]] = Field(None, description="the top features in plain words (with top_features)")
     model_name: str
     model_version: str
     run_id: Optional[str] = None

@@ -28,6 +28,7 @@ import numpy as np
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
 from aml_pipeline.evaluation.thresholds import apply_thresholds
+from aml_pipeline.features.reasons import reasons_and_hint
 from aml_pipeline.serving.decision_log import DecisionLog as _DecisionLog
 from aml_pipeline.store.base import OnlineStore
 from aml_pipeline.store.engine import Event, OnlineFeatures, PlanNeeds, PolarsFeatures, gather
@@ -169,6 +170,7 @@ class Scorer:
         score = float(self.model.predict_one(x))
         alert = bool(score >= threshold)
         explain = self.explain == "all" or (self.explain == "alerts" and alert)
+        tops = top_features(self.bundle, x, self.top_k) if explain else None
         decision = {
             "event_id": ev.event_id,
             "event_time": ev.time.isoformat(),
@@ -177,7 +179,8 @@ class Scorer:
             "decision": "alert" if alert else "no_alert",
             "threshold": threshold,
             "jurisdiction": jurisdiction,
-            "top_features": top_features(self.bundle, x, self.top_k) if explain else None,
+            "top_features": tops,
+            "reasons": reasons_and_hint(tops, {**ev.values, **features})[0] if explain else None,
             **self.trace,
             "feature_engine": self.engine.name,
         }

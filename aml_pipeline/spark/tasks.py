@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from aml_pipeline.build import build
+from aml_pipeline.errors import ConfigError
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.progress import status
 from aml_pipeline.schema import REQUIRED_COLUMNS
@@ -141,6 +142,9 @@ def run_data(cfg: DictConfig) -> dict:
 
     start = time.perf_counter()
     data_dir = Path(cfg.paths.data_dir)
+    if cfg.source.get("labels"):
+        raise ConfigError("source.labels: engine=spark does not apply a labels file in task=data yet; run task=data "
+                          "with engine=polars (the default), then the other stages on Spark")
     source: Source = build(cfg.source, "source")
     with status(f"reading {source.describe()}"):
         staged = source.read()

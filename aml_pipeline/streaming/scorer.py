@@ -461,7 +461,8 @@ class StreamScorer:
         key = self.budget.key
         kept, deferred = [], []
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(scored_at)) + f".{int(scored_at % 1 * 1e6):06d}+00:00"
-        for d in flagged.select("event_id", "event_time", "jurisdiction", "score", "threshold", "top_features").iter_rows(named=True):
+        for d in flagged.select("event_id", "event_time", "jurisdiction", "score", "threshold", "top_features",
+                                 "reasons").iter_rows(named=True):
             e = ev[d["event_id"]]
             record = {
                 "alert_id": alert_id(d["event_id"], self.trace["model_name"], self.trace["model_version"], self.trace["bundle_hash"]),
@@ -471,6 +472,7 @@ class StreamScorer:
                 "threshold": d["threshold"],
                 "jurisdiction": d["jurisdiction"],
                 "top_features": d["top_features"],
+                "reasons": d["reasons"],
                 **{c: e.get(c) for c in ALERT_EVENT_COLUMNS},
                 **self.trace,
                 "scored_at": when,

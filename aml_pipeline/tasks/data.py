@@ -31,6 +31,21 @@ class Ingested:
     source: Source
     result: ValidationResult
     seconds: float
+    #: What ``source.labels`` changed (None without a labels file).
+    labels: dict | None = None
+
+
+def labels_from_file(cfg: DictConfig, valid: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """``source.labels``: each event's latest label known by ``source.labels_as_of`` (default
+    now) replaces the source's own or adds one (:func:`aml_pipeline.labels.apply_labels`)."""
+    from datetime import datetime, timezone
+
+    from aml_pipeline.labels import apply_labels, parse_instant, read_labels
+
+    as_of = cfg.source.get("labels_as_of")
+    when = parse_instant(as_of, "source.labels_as_of") if as_of else datetime.now(timezone.utc)
+    frame, stats = apply_labels(valid, read_labels(cfg.source.labels, "source.labels"), when)
+    return frame, {"file": str(cfg.source.labels), **stats}
 
 
 def ingest(cfg: DictConfig) -> Ingested:
@@ -44,7 +59,11 @@ def ingest(cfg: DictConfig) -> Ingested:
         result = validate(staged, rules)
         if result.valid.height:
             ValidatedTransactions.validate(result.valid)
-    return Ingested(source, result, time.perf_counter() - start)
+    labels = None
+    if cfg.source.get("labels"):
+        with status(f"labels from {cfg.source.labels}"):
+            result.valid, labels = labels_from_file(cfg, result.valid)
+    return Ingested(source, result, time.perf_counter() - start, labels)
 
 
 def summarise(ing: Ingested, outputs: dict[str, str]) -> dict:
@@ -57,7 +76,7 @@ def summarise(ing: Ingested, outputs: dict[str, str]) -> dict:
         return {k: int(c) for k, c in vc.iter_rows()} if vc is not None else {}
 
     times = valid["event_time"]
-    return summary_record(
+    record = summary_record(
         ing.source, ing.result,
         positives=int((labels == 1).sum()), negatives=int((labels == 0).sum()),
         typologies=counts("typology"),
@@ -65,6 +84,9 @@ def summarise(ing: Ingested, outputs: dict[str, str]) -> dict:
         accounts=int(pl.concat([valid["src_account"], valid["dst_account"]]).n_unique()) if valid.height else 0,
         jurisdictions=counts("jurisdiction"), seconds=ing.seconds, outputs=outputs,
     )
+    if ing.labels is not None:
+        record["labels_file"] = ing.labels
+    return record
 
 
 def write_layers(result: ValidationResult, data_dir: Path) -> dict[str, str]:

@@ -48,6 +48,11 @@ def print_summary(s: dict) -> None:
     if s["time_range"]:
         rows.append(("time range", f"{s['time_range'][0][:16]} .. {s['time_range'][1][:16]}"))
     rows.append(("accounts", f"{s['accounts']:,}"))
+    lf = s.get("labels_file")
+    if lf:
+        rows.append(("labels file", f"{lf['events_matched']:,} events labelled ({lf['changed']:,} changed, "
+                                    f"{lf['added']:,} added); {lf['given_later']:,} given after {lf['as_of'][:19]} "
+                                    f"left out; {lf['not_in_data']:,} not in the data"))
     rows.append(("took", f"{s['seconds']:.1f}s"))
     rows.append(("validated", s["outputs"]["validated"]))
     rows.append(("quarantine", s["outputs"]["quarantine"]))
