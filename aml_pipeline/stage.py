@@ -59,6 +59,10 @@ def anchor_mlflow(cfg, root: str | None = None) -> None:
 def run_stage(cfg) -> None:
     """Run one task so that every out dvc.yaml declares for it exists afterwards.
 
+    monitor judges ``data/scores/test.parquet`` (evaluate's decisions) against
+    ``models/bundle`` unless params.yaml names others, and records drift in monitor.json
+    instead of exiting 3: in a pipeline, drift is a result to compare across experiments.
+
     evaluate registers the bundle in MLflow and records that in models/registered.json
     only when ``mlflow.enabled``; as a DVC out the file must exist either way, and must
     not survive from an earlier run that did register. So it is removed first and, with
@@ -68,6 +72,11 @@ def run_stage(cfg) -> None:
     from aml_pipeline.tasks import run_task
     from aml_pipeline.tasks.layout import Layout
 
+    if cfg.task == Task.monitor.value:  # the test window evaluate scored, against the bundle it trained
+        layout = Layout.of(cfg)
+        cfg.bundle = cfg.bundle or str(layout.bundle)
+        cfg.input = cfg.input or str(layout.data_dir / "scores" / "test.parquet")
+        cfg.monitor.fail_on_drift = False  # drift is a metric in monitor.json here, not a failed pipeline
     registration = Layout.of(cfg).registration if cfg.task == Task.evaluate.value else None
     if registration is not None:
         registration.unlink(missing_ok=True)

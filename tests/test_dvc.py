@@ -6,7 +6,7 @@ is byte for byte the same, and every param / dep dvc.yaml names exists.
 
 Slow checks (``slow``): in a temporary git copy of the project with a small simulator and
 small models, ``dvc repro`` runs every stage, a second ``dvc repro`` runs none, a feature
-parameter edited in conf/ re-runs compose/features/train/evaluate but not data, and
+parameter edited in conf/ re-runs compose/features/train/evaluate/monitor but not data, and
 ``dvc exp run -S model=sklearn_hgb`` trains the HGB model while the baseline stays intact.
 The slow tests share one copy and build on each other in file order; each also works
 when selected alone.
@@ -32,10 +32,10 @@ from aml_pipeline.compose import compose_params
 
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ["aml_pipeline", "dvc.yaml", ".dvc", ".dvcignore", ".gitignore", "pyproject.toml", "params.yaml"]
-STAGES = ["compose", "data", "features", "train", "evaluate"]
+STAGES = ["compose", "data", "features", "train", "evaluate", "monitor"]
 HGB = "aml_pipeline.models.classifiers.HistGradientBoostingClassifier"
 LGBM = "aml_pipeline.models.classifiers.LightGBMClassifier"
-OUTPUTS = ["reports/metrics.json", "models/bundle/manifest.json", "data/validated/summary.json"]
+OUTPUTS = ["reports/metrics.json", "models/bundle/manifest.json", "data/validated/summary.json", "reports/monitor/monitor.json"]
 
 
 # ------------------------------------------------------------------------------- fast
@@ -195,6 +195,9 @@ def test_repro_on_fresh_copy_runs_every_stage(project):
     assert json.loads((proj / "data/validated/summary.json").read_text())["reconciles"] is True
     assert json.loads((proj / "models/bundle/manifest.json").read_text())["model"]["class"] == "lightgbm"
     assert json.loads((proj / "reports/metrics.json").read_text())["pr_auc"] > 0
+    # monitor: evaluate's test decisions against the bundle's reference, drift as a metric
+    report = json.loads((proj / "reports/monitor/monitor.json").read_text())
+    assert report["window"]["events"] > 0 and isinstance(report["drift_detected"], bool) and report["exit_code"] == 0
     # evaluate's declared out exists with MLflow off, and says nothing was registered.
     assert json.loads((proj / "models/registered.json").read_text())["registered"] is False
 
@@ -218,7 +221,7 @@ def test_feature_param_change_reruns_downstream_not_data(project):
     _edit(proj / "aml_pipeline/conf/features/default.yaml", "  graph:\n    window: 7d", "  graph:\n    window: 3d")
     data_before = (proj / "data/validated/transactions.parquet").stat().st_mtime_ns
     out = dvc(proj, "repro")
-    assert ran(out) == ["compose", "features", "train", "evaluate"], out[-4000:]
+    assert ran(out) == ["compose", "features", "train", "evaluate", "monitor"], out[-4000:]
     assert skipped(out) == ["data"], out[-4000:]
     assert (proj / "data/validated/transactions.parquet").stat().st_mtime_ns == data_before
     params = yaml.safe_load((proj / "params.yaml").read_text())
@@ -243,7 +246,7 @@ def test_exp_run_with_model_override(project):
 
     out = dvc(proj, "exp", "run", "-n", "hgb", "-S", "model=sklearn_hgb")
     # DVC composed conf/ + the override into params.yaml: only train and evaluate re-run.
-    assert ran(out) == ["train", "evaluate"], out[-4000:]
+    assert ran(out) == ["train", "evaluate", "monitor"], out[-4000:]
     params = yaml.safe_load((proj / "params.yaml").read_text())
     assert params["model"]["_target_"] == HGB
     assert params["source"]["n_accounts"] == 600  # the rest of conf/ is still composed
@@ -292,7 +295,7 @@ def test_queued_experiment_runs_in_temp_copy_and_logs_to_project_mlflow(project)
     params_before = (proj / "params.yaml").read_text()
     dvc(proj, "exp", "run", "--queue", "-n", "topk3", "-S", "scoring.top_k=3", "-S", "mlflow.enabled=true")
     out = dvc(proj, "exp", "run", "--run-all")
-    assert ran(out) in (["evaluate"], ["compose", "evaluate"]), out[-4000:]
+    assert ran(out) in (["evaluate", "monitor"], ["compose", "evaluate", "monitor"]), out[-4000:]
 
     rows = json.loads(dvc(proj, "exp", "show", "--json"))
     head = next(r for r in rows if r["rev"] != "workspace")
