@@ -114,7 +114,7 @@ def main() -> None:
         ms = features_cpu(args.run_dir, args.features_only)
         print(f"online features: {ms:.3f} ms CPU per event (mean over {args.features_only}, min of 5 runs)")
         return
-    from aml_pipeline.serving.launcher import ServiceProcess
+    from aml_pipeline.testing.launcher import ServiceProcess
 
     bench.ensure_run(args.run_dir)
     test_start, _, window = bench.test_window(args.run_dir)

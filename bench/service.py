@@ -190,7 +190,7 @@ def noop_server_main(port: int) -> None:
 def bench_noop(payloads: Path, rate: float, seconds: float) -> dict:
     import urllib.request
 
-    from aml_pipeline.store.local_redis import free_port
+    from aml_pipeline.testing.local_redis import free_port
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--noop-server", str(port)])
@@ -326,8 +326,8 @@ def write_payloads(window, path: Path) -> None:
 
 def bench_backend(backend: str, run_dir: Path, test_start: str, payloads: Path, n_window: int, rates: list[float],
                   seconds: float, tmp: Path) -> dict:
-    from aml_pipeline.serving.launcher import ServiceProcess
-    from aml_pipeline.store.local_redis import LocalRedis
+    from aml_pipeline.testing.launcher import ServiceProcess
+    from aml_pipeline.testing.local_redis import LocalRedis
 
     redis = None
     overrides = [f"bundle={run_dir / 'models/bundle'}", f"deploy.warm_from={run_dir / 'data/validated/transactions.parquet'}",

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from aml_pipeline.features.windows import duration_us  # noqa: E402
 from aml_pipeline.store.base import StoreLayout  # noqa: E402
-from aml_pipeline.store.local_redis import LocalRedis  # noqa: E402
+from aml_pipeline.testing.local_redis import LocalRedis  # noqa: E402
 from aml_pipeline.store.memory import MemoryStore  # noqa: E402
 
 START_US = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z

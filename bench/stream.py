@@ -32,7 +32,7 @@ What it does (everything under bench/out/stream/, reused when present):
    released and the summary written).
 
 On Kafka, each run has a fresh local Apache Kafka broker (KRaft, from its Maven Central jars:
-:class:`aml_pipeline.streaming.broker.KafkaBroker`); with ``--output-broker separate`` a second
+:class:`aml_pipeline.testing.broker.KafkaBroker`); with ``--output-broker separate`` a second
 one holds the output topics (``deploy.output_bootstrap_servers``). Every latency run also
 prints what one micro-batch costs (:func:`per_batch`).
 
@@ -456,7 +456,7 @@ def brokers(kafka: bool, separate_outputs: bool) -> Iterator[str | None]:
         return
     from contextlib import nullcontext
 
-    from aml_pipeline.streaming.broker import KafkaBroker
+    from aml_pipeline.testing.broker import KafkaBroker
 
     with KafkaBroker() as b, (KafkaBroker() if separate_outputs else nullcontext()) as out:
         OUTPUT_BROKER = out.bootstrap if out is not None else None

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from aml_pipeline import CONF_DIR
 from aml_pipeline.config import register_configs
-from aml_pipeline.store.local_redis import LocalRedis
+from aml_pipeline.testing.local_redis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -151,7 +151,7 @@ def kafka_broker():
     """Bootstrap string of a local Apache Kafka broker (KRaft, from its Maven Central jars,
     resolved with mvn on first use), for the whole session (each xdist worker has its own);
     tests create their own topics, with fresh names (auto-create on produce also works)."""
-    from aml_pipeline.streaming.broker import KafkaBroker
+    from aml_pipeline.testing.broker import KafkaBroker
 
     with KafkaBroker() as broker:
         print(f"\nApache Kafka on {broker.bootstrap}, up in {broker.start_seconds:.1f}s", file=sys.stderr)

@@ -16,7 +16,7 @@ from datetime import datetime
 import pytest
 
 from aml_pipeline.errors import ConfigError
-from aml_pipeline.streaming.broker import KafkaBroker, LocalBroker
+from aml_pipeline.testing.broker import KafkaBroker, LocalBroker
 from aml_pipeline.streaming.kafka import (
     FORMAT,
     SCHEMA,
@@ -180,7 +180,7 @@ def test_local_broker_dies_with_the_process_that_started_it(tmp_path, kind):
     import subprocess
     import sys
 
-    script = (f"from aml_pipeline.streaming.broker import {kind}; import time\n"
+    script = (f"from aml_pipeline.testing.broker import {kind}; import time\n"
               f"b = {kind}(data_dir={str(tmp_path / 'broker')!r}).start(); print(b.proc.pid, b.port, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     pid, port = map(int, parent.stdout.readline().split())

@@ -26,8 +26,8 @@ from types import SimpleNamespace
 import polars as pl
 import pytest
 
-from aml_pipeline.serving.launcher import ROOT, ServiceProcess
-from aml_pipeline.store.local_redis import LocalRedis, free_port
+from aml_pipeline.testing.launcher import ROOT, ServiceProcess
+from aml_pipeline.testing.local_redis import LocalRedis, free_port
 from tests.conftest import SMALL_RUN, compose_config, train_small_run
 
 httpx = pytest.importorskip("httpx")

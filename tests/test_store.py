@@ -23,7 +23,7 @@ from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.store import StoreLayout, open_store, warm_from_parquet
 from aml_pipeline.store.base import trim_start
 from aml_pipeline.store.engine import Event, OnlineFeatures, PolarsFeatures, gather, plan_needs
-from aml_pipeline.store.local_redis import LocalRedis
+from aml_pipeline.testing.local_redis import LocalRedis
 from aml_pipeline.store.memory import MemoryStore
 from aml_pipeline.store.redis_store import RedisStore
 

@@ -874,7 +874,7 @@ def test_redis_store_that_lost_its_data_stops_the_scorer(run, tmp_path):
     """Redis restarted without persistence mid-stream: the next micro-batch stops with one
     line before writing or committing anything, a restart is refused, and deploy.reset=true
     starts over on the emptied store (warmed again)."""
-    from aml_pipeline.store.local_redis import LocalRedis
+    from aml_pipeline.testing.local_redis import LocalRedis
     from aml_pipeline.streaming.job import build_scorer
 
     if not LocalRedis.available():

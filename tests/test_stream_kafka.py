@@ -41,7 +41,7 @@ CONNECTORS = ("spark", "python")
 @pytest.fixture(scope="module")
 def output_broker():
     """A second Apache Kafka broker for the output topics (``deploy.output_bootstrap_servers``)."""
-    from aml_pipeline.streaming.broker import KafkaBroker
+    from aml_pipeline.testing.broker import KafkaBroker
 
     with KafkaBroker() as broker:
         yield broker.bootstrap

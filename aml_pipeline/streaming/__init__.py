@@ -1,5 +1,5 @@
-"""Streaming: the Kafka connector (source and sink for Spark) and a local Kafka-protocol broker.
+"""Streaming: the Kafka connector (source and sink for Spark) and the streaming scorer.
 
-``aml_pipeline.streaming.kafka`` holds the connector, ``aml_pipeline.streaming.broker`` the
-``LocalBroker`` used by tests, benchmarks and docs.
+``aml_pipeline.streaming.kafka`` holds the connector; the local brokers the tests,
+benchmarks and docs start live in ``aml_pipeline.testing.broker`` (not in the wheel).
 """

@@ -7,7 +7,7 @@ copied them there; after that no network and no ``mvn`` are needed. ``<cache>`` 
 (``$XDG_CACHE_HOME/aml_pipeline``, by default ``~/.cache/aml_pipeline``):
 
 - :func:`kafka_broker_jars`: Apache Kafka's broker (KRaft), for the tests and benchmarks
-  (:class:`aml_pipeline.streaming.broker.KafkaBroker`);
+  (:class:`aml_pipeline.testing.broker.KafkaBroker`);
 - :func:`spark_kafka_jars`: Spark's own Kafka connector, ``spark-sql-kafka-0-10_2.13``,
   for ``deploy.connector=spark`` (passed to the session as ``spark.jars``).
 

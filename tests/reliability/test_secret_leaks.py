@@ -20,7 +20,7 @@ import pytest
 
 from aml_pipeline.lineage import config_hash
 from aml_pipeline.secrets import redact, redact_url, secret_values, without_secrets
-from aml_pipeline.store.local_redis import free_port
+from aml_pipeline.testing.local_redis import free_port
 from tests.conftest import SMALL_RUN, run_cli
 
 KEY = "key-Hs83Kd02Qp-0123456789"
@@ -143,7 +143,7 @@ def test_no_output_of_a_run_holds_the_key_or_the_password(tmp_path):
     httpx = pytest.importorskip("httpx")
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    from aml_pipeline.serving.launcher import ServiceProcess
+    from aml_pipeline.testing.launcher import ServiceProcess
 
     root = tmp_path / "run"
     root.mkdir()

@@ -271,12 +271,12 @@ class KafkaBroker(LocalBroker):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m aml_pipeline.streaming.broker [--port 9092] [--topic transactions_raw:2 ...] [--noida]``:
+    """``python -m aml_pipeline.testing.broker [--port 9092] [--topic transactions_raw:2 ...] [--noida]``:
     a local Apache Kafka broker (or noida-db) in the foreground (Ctrl-C stops it), to try
     ``deploy=kafka`` and ``task=replay`` without a Kafka cluster."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m aml_pipeline.streaming.broker", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m aml_pipeline.testing.broker", description=main.__doc__)
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--data-dir", default=None, help="keep the data here (default: a temporary directory)")
     parser.add_argument("--topic", action="append", default=[], metavar="NAME[:PARTITIONS]")

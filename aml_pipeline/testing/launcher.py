@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from aml_pipeline.store.local_redis import free_port
+from aml_pipeline.testing.local_redis import free_port
 
 ROOT = Path(__file__).absolute().parents[2]
 
