@@ -526,6 +526,8 @@ def await_query(query, stopped: list[int], failure: list[BaseException], busy: t
         while query.isActive and not stopped:
             query.awaitTermination(0.5)
     except Exception as exc:
+        if stopped and not failure and StopRequested.__name__ in str(exc):
+            return  # the query ended on a batch Spark started after the signal: a clean stop (finally still runs)
         cause = failure[0] if failure else exc
         if isinstance(cause, UserError):
             raise cause
