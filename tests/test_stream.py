@@ -946,21 +946,25 @@ def _kill_point(base: Path) -> str:
     return f"batch {n}: before its outputs"
 
 
+#: Seeds of the fault-injection runs: AML_FAULT_SEED=1,2,3 soaks (each seed, each backend).
+FAULT_SEEDS = [int(x) for x in os.environ.get("AML_FAULT_SEED", "20261207").split(",") if x.strip()]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", FAULT_SEEDS)
 @pytest.mark.parametrize("backend", ["memory", "redis"])
-def test_scorer_killed_at_random_points_loses_and_repeats_nothing(run, tmp_path, redis_server, backend):
+def test_scorer_killed_at_random_points_loses_and_repeats_nothing(run, tmp_path, redis_server, backend, seed):
     """Randomised fault injection: the scorer (as task=stream builds it, under Spark's
     foreachBatch contract: tests/stream_driver.py) is SIGKILLed at random moments, between
     and inside micro-batches (outputs, row and pending logs, state.json, store appends,
     snapshots every 2 batches on the embedded store), and restarted each time. At the end:
     every record is scored, dead-lettered or late; no event is scored twice; alerts,
     deferred alerts, dead letters, late events and decisions equal an uninterrupted run's.
-    Seeded: AML_FAULT_SEED=<n> replays a run; the seed is printed."""
+    Seeded: AML_FAULT_SEED=<n> replays a run (a list, e.g. 1,2,3, runs each); the seed is printed."""
     from polars.testing import assert_frame_equal
 
     from aml_pipeline.streaming.job import build_scorer
 
-    seed = int(os.environ.get("AML_FAULT_SEED", "20261207"))
     print(f"fault injection: AML_FAULT_SEED={seed} backend={backend}")
     rng = random.Random(f"{seed}-{backend}")
     batches = [[[r.text, r.position] for r in b] for b in _batches(run)]
@@ -1058,7 +1062,7 @@ def kafka_round_trip(run, kafka_broker, file_args: list[str], tag: str, output_b
     counts for reconciliation. Returns (records, summary, outputs by kind)."""
     from confluent_kafka import Producer
 
-    topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions")}
+    topics = {k: f"{k}_{tag}" for k in ("input", "alerts", "dead_letter", "deferred", "late", "decisions", "shadow")}
     out_broker = output_broker or kafka_broker
     _create_topics(kafka_broker, {topics["input"]: 2})
     _create_topics(out_broker, {t: 1 for k, t in topics.items() if k != "input"})

@@ -32,6 +32,7 @@ from tests.test_stream import (  # noqa: F401  (run: the module's trained bundle
     assert_parity,
     kafka_round_trip,
     run,
+    shadow_bundle,
     stream_args,
 )
 
@@ -48,8 +49,9 @@ def output_broker():
 
 
 @pytest.fixture(scope="module")
-def kafka_runs(run, kafka_broker, output_broker):
-    """One uninterrupted run per connector, each on its own topics (computed when first asked for)."""
+def kafka_runs(run, kafka_broker, output_broker, shadow_bundle):
+    """One uninterrupted run per connector, each on its own topics (computed when first asked for);
+    the python connector's with a shadow bundle (deploy.shadow), whose topic is read back too."""
     done: dict[str, tuple] = {}
 
     def get(connector: str):
@@ -58,7 +60,8 @@ def kafka_runs(run, kafka_broker, output_broker):
                 spark_kafka_jars_or_fail()
             tag = f"{connector}_{uuid.uuid4().hex[:8]}"
             args = stream_args(run, f"kafka_{connector}", "deploy.once=true", "deploy.max_records_per_batch=150",
-                               f"deploy.connector={connector}")
+                               f"deploy.connector={connector}",
+                               *([f"deploy.shadow={shadow_bundle}"] if connector == "python" else []))
             done[connector] = (*kafka_round_trip(run, kafka_broker, args, tag, output_broker=output_broker), tag)
         return done[connector]
 
@@ -91,6 +94,20 @@ def test_kafka_stream_matches_offline_and_reconciles(run, kafka_runs, kafka_brok
     on_input = set(AdminClient({"bootstrap.servers": kafka_broker}).list_topics(timeout=30).topics)
     assert f"input_{tag}" in on_input and not {f"{k}_{tag}" for k in got} & on_input
     assert {d["record"] for d in got["dead_letter"] if d["record"] is not None} == set(run.expected["dead"])
+
+
+@pytest.mark.slow
+def test_kafka_shadow_topic_has_one_decision_per_scored_event(run, kafka_runs):
+    """deploy.shadow on Kafka: the challenger's decisions go to their own topic (keyed and
+    labelled by event id), one per scored event; without a shadow that topic stays empty."""
+    _, summary, got, _ = kafka_runs("python")
+    shadow = got["shadow"]
+    assert {r["event_id"] for r in shadow} == {d["event_id"] for d in got["decisions"]}
+    assert len({r["event_id"] for r in shadow}) == summary["counts"]["scored"]
+    assert all(r["_key"] == r["event_id"] == r["_headers"]["aml.id"] and r["_headers"]["aml.kind"] == "shadow"
+               for r in shadow)
+    assert all(r["bundle_hash"] == run.bundle.bundle_hash != r["shadow_bundle_hash"] for r in shadow)
+    assert summary["shadow"]["failures"] == 0 and kafka_runs("spark")[2]["shadow"] == []
 
 
 @pytest.mark.slow
