@@ -184,7 +184,7 @@ def start_parent_run(cfg: DictConfig, run_name: str, tags: dict[str, str]) -> st
 
 
 def end_parent_run(cfg: DictConfig, run_id: str, metrics: dict[str, float], tags: dict[str, str],
-                   files: list[Path]) -> None:
+                   files: list[Path], status: str = "FINISHED") -> None:
     with _quiet():
         mlflow = _client(cfg.mlflow)
         client = mlflow.MlflowClient()
@@ -196,7 +196,7 @@ def end_parent_run(cfg: DictConfig, run_id: str, metrics: dict[str, float], tags
         for f in files:
             if f.exists():
                 client.log_artifact(run_id, str(f))
-        client.set_terminated(run_id)
+        client.set_terminated(run_id, status=status)
 
 
 def _requirements(bundle_dir: Path) -> list[str]:

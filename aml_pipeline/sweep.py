@@ -16,6 +16,7 @@ Hydra's optimising sweepers (``+hparams_search=lightgbm_optuna``) maximise.
 
 from __future__ import annotations
 
+import atexit
 import json
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,14 @@ def best_job(table: pl.DataFrame, sweep_dir: Path) -> tuple[dict, dict] | None:
 class SweepSummary(Callback):
     """Hydra callback: group the jobs' MLflow runs under one parent run; when the multirun
     ends, write the comparison table and point the alias at the best job by validation PR-AUC
-    (not the last to finish, as when each job moved it)."""
+    (not the last to finish, as when each job moved it).
+
+    A sweep that ends any other way (a job's error ends the multirun, Ctrl-C) never reaches
+    ``on_multirun_end``: the parent run is then closed at interpreter exit as FAILED, tagged
+    with why, instead of staying RUNNING in MLflow forever."""
+
+    def __init__(self) -> None:
+        self._open: tuple[DictConfig, str] | None = None  # (config, parent run id) until the sweep's end
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _mlflow_on(config):
@@ -140,6 +148,22 @@ class SweepSummary(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         run_id = start_parent_run(config, f"sweep {sweep_dir.name}", {"aml.record": "sweep", "sweep_dir": str(sweep_dir)})
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id + "\n")
+        self._open = (config, run_id)
+        atexit.register(self._fail_if_open)
+
+    def _fail_if_open(self) -> None:
+        """At exit: a parent run the sweep's end did not close is closed as FAILED."""
+        if self._open is None:
+            return
+        config, run_id = self._open
+        self._open = None
+        from aml_pipeline.registry import end_parent_run
+
+        try:
+            end_parent_run(config, run_id, {}, {"aml.sweep_outcome": "the sweep ended before its summary (a job failed "
+                                                "or it was interrupted)"}, [], status="FAILED")
+        except Exception as exc:  # the tracking store is gone: nothing left to close
+            out.print(f"sweep: could not mark MLflow run {run_id} FAILED: {exc}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -154,6 +178,7 @@ class SweepSummary(Callback):
         parent = sweep_dir / PARENT_RUN_FILE
         if _mlflow_on(config) and parent.is_file():
             self._alias_best(config, table, sweep_dir, parent.read_text().strip())
+            self._open = None
 
     @staticmethod
     def _alias_best(config: DictConfig, table: pl.DataFrame, sweep_dir: Path, parent_run_id: str) -> None:

@@ -164,6 +164,20 @@ def test_a_sweep_aliases_its_best_job_by_validation_and_nests_its_runs(tmp_path)
         assert client.get_run(reg["run_id"]).data.tags["mlflow.parentRunId"] == parent
 
 
+@pytest.mark.slow
+def test_a_sweep_that_dies_closes_its_parent_run_as_failed(tmp_path):
+    """A job whose error ends the multirun (here the first, refused in task=data) leaves no
+    parent run RUNNING in MLflow: it is closed FAILED, saying why."""
+    res = run_cli(["-m", *SMALL_RUN, "evaluation=fast", "source.n_accounts=-5,400", "hydra.sweep.dir=multirun/sweep"],
+                  cwd=tmp_path)
+    assert res.returncode == 2 and "source.n_accounts must be >= 200" in res.stderr, res.stderr[-3000:]
+    parent = (tmp_path / "multirun/sweep/mlflow_parent_run.txt").read_text().strip()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    run = mlflow.MlflowClient().get_run(parent)
+    assert run.info.status == "FAILED" and run.info.end_time is not None
+    assert "ended before its summary" in run.data.tags["aml.sweep_outcome"]
+
+
 def test_the_registered_model_takes_canonical_transactions(world):
     """MLflow's own loader: canonical transactions in; score, threshold, alert, reasons out,
     as the bundle decides them; hyper-parameters and weighting logged as params."""
