@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from aml_pipeline import cases
@@ -144,23 +145,24 @@ def create_app(db: CaseDB, settings: Settings, transactions: Optional[Transactio
         address = request.client.host if request.client else "?"
         if by_user.blocked(username) or by_address.blocked(address):
             return page(request, "login.html", {"next": nxt, "error": "Too many failed attempts; wait a few minutes."}, 429)
-        user = cases.authenticate(db, username, password)
+        # scrypt takes tens of milliseconds of CPU: off the event loop, like every database call
+        user = await run_in_threadpool(cases.authenticate, db, username, password)
         if user is None:
             by_user.failed(username)
             by_address.failed(address)
-            cases.log_action(db, None, "login_failed", after={"username": username[:64]})
+            await run_in_threadpool(cases.log_action, db, None, "login_failed", after={"username": username[:64]})
             return page(request, "login.html", {"next": nxt, "error": "Wrong user name or password."}, 401)
         by_user.succeeded(username)
         request.session.clear()  # a new session: nothing from before the login carries over
         request.session.update({"uid": user.id, "csrf": new_csrf_token()})
-        cases.log_action(db, user, "login")
+        await run_in_threadpool(cases.log_action, db, user, "login")
         return RedirectResponse(nxt, status_code=303)
 
     @app.post("/logout")
     async def logout(request: Request):
-        user = user_of(request)
+        user = await run_in_threadpool(user_of, request)
         await form_of(request)
-        cases.log_action(db, user, "logout")
+        await run_in_threadpool(cases.log_action, db, user, "logout")
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
@@ -240,15 +242,16 @@ def create_app(db: CaseDB, settings: Settings, transactions: Optional[Transactio
         return case_page(request, user, case_id, message=flash)
 
     async def act(request: Request, case_id: int, action) -> Response:
-        user = user_of(request)
+        """A POST on a case: the form (CSRF checked), then the database's rule, off the event loop."""
+        user = await run_in_threadpool(user_of, request)
         form = await form_of(request)
         try:
-            message = action(user, form)
+            message = await run_in_threadpool(action, user, form)
         except CaseError as exc:
             status = getattr(exc, "http_status", 400)
             if wants_json(request):
                 return JSONResponse({"detail": str(exc)}, status_code=status)
-            return case_page(request, user, case_id, error=str(exc), status=status)
+            return await run_in_threadpool(case_page, request, user, case_id, error=str(exc), status=status)
         request.session["flash"] = message
         return RedirectResponse(f"/cases/{case_id}", status_code=303)
 
