@@ -1,8 +1,8 @@
 """The case database (aml_pipeline.cases): migrations, users, grouping alerts into cases,
 the queue, decisions with maker-checker, and the append-only audit trail.
 
-Every test runs on SQLite; ``tests/test_cases_postgres.py`` runs the same tests on a real
-PostgreSQL server that it starts itself.
+Every test runs on both engines: SQLite, and a real PostgreSQL server the module starts
+itself (Debian's ``postgresql``, which ``.ci/run`` installs), each test in a new database.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from aml_pipeline.cases import (CaseError, InvalidTransition, NotFound, PermissionDenied, approve, assign,
                                 audit_trail, authenticate, create_user, decide, facets, get_alert, get_case,
                                 ingest_alerts, list_cases, log_action, open_db, reject, set_active)
+from aml_pipeline.cases.db import normalise_url
 from aml_pipeline.cases.models import Base
 from aml_pipeline.errors import UserError
 
@@ -30,10 +31,29 @@ def alert(event_id: str, account: str, hours: float, score: float, amount: float
             "run_id": "r1", "config_hash": "c0ffee", "bundle_hash": "b0", **extra}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def postgres_server():
+    import os
+
+    from aml_pipeline.testing.local_postgres import LocalPostgres
+
+    if not LocalPostgres.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    server = LocalPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path):
-    url = getattr(request, "param", None) or f"sqlite:///{tmp_path}/cases.db"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/cases.db"
+    else:
+        url = request.getfixturevalue("postgres_server").new_database()
     database = open_db(url)
+    assert database.dialect == request.param
     yield database
     database.close()
 
@@ -62,6 +82,7 @@ def test_open_db_migrates_and_the_models_match_the_migration(db):
 
 
 def test_a_bare_path_opens_sqlite_and_a_bad_url_is_one_line(tmp_path):
+    assert normalise_url("postgresql://u:secret@h/d").drivername == "postgresql+psycopg"
     d = open_db(tmp_path / "sub" / "c.db")
     assert d.dialect == "sqlite" and (tmp_path / "sub" / "c.db").is_file()
     d.close()

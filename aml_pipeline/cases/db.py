@@ -27,6 +27,8 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 def normalise_url(url: str | Path | None) -> sa.URL:
     """A SQLAlchemy URL from a URL or a file path; ``postgresql://`` uses psycopg 3."""
+    if isinstance(url, sa.URL):
+        url = url.render_as_string(hide_password=False)
     text = str(url) if url else DEFAULT_URL
     if "://" not in text:
         text = f"sqlite:///{text}"

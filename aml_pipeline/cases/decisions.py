@@ -31,7 +31,7 @@ MAX_NOTE = 10_000
 
 
 def _case_for_update(session: Session, case_id: int) -> Case:
-    c = session.scalar(sa.select(Case).where(Case.id == int(case_id)).with_for_update())
+    c = session.scalar(sa.select(Case).where(Case.id == int(case_id)).with_for_update(of=Case))
     if c is None:
         raise NotFound(f"no case {case_id}")
     return c
@@ -111,7 +111,7 @@ def decide(db: CaseDB, case_id: int, decision: str, *, user: Any, note: str = ""
 
 def _pending(s: Session, c: Case) -> Disposition:
     d = s.scalar(sa.select(Disposition).where(Disposition.case_id == c.id, Disposition.state == "pending")
-                 .order_by(Disposition.id.desc()).with_for_update())
+                 .order_by(Disposition.id.desc()).with_for_update(of=Disposition))
     if d is None or c.status != "pending_approval":
         raise InvalidTransition(f"case {c.id} has no SAR waiting for approval")
     return d

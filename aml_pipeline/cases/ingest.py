@@ -160,7 +160,7 @@ def ingest_alerts(db: CaseDB, alerts: pl.DataFrame | Iterable[Mapping], *, perio
         for i in range(0, len(accounts), _CHUNK):
             q = (sa.select(Case).where(Case.subject_account.in_(accounts[i:i + _CHUNK]),
                                        Case.status.in_(ACTIVE_STATUSES)).order_by(Case.last_alert_at, Case.id)
-                 .with_for_update())
+                 .with_for_update(of=Case))
             for c in s.scalars(q):
                 active[c.subject_account] = c  # the latest active case per account
         touched: dict[int, _Touched] = {}
