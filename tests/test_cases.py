@@ -296,3 +296,49 @@ def test_the_audit_trail_is_append_only(db, people):
         with db.session() as s:
             s.delete(s.get(AuditEvent, entry.id))
     assert audit_trail(db)[0] == entry
+
+
+# ------------------------------------------------------------------------- concurrency
+def test_two_users_deciding_at_once_cannot_both_pass_the_checks(db, people):
+    """Row locks (PostgreSQL) and the write lock (SQLite): of two simultaneous decisions on
+    one case, one lands and the other sees the case it left; of two approvals, one."""
+    import threading
+
+    ingest_alerts(db, [alert(f"e{i}", f"acct{i}", i, 0.9) for i in range(6)])
+    ids = [c.id for c in list_cases(db, page_size=10).items]
+    for cid in ids[:3]:
+        outcomes: list[str] = []
+        start = threading.Barrier(2)
+
+        def act(decision: str, user: str) -> None:
+            start.wait()
+            try:
+                decide(db, cid, decision, user=user)
+                outcomes.append("ok")
+            except InvalidTransition:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=act, args=("sar_filed", "ana")),
+                   threading.Thread(target=act, args=("false_positive", "bob"))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert sorted(outcomes) == ["ok", "refused"]
+        assert len(get_case(db, cid).dispositions) == 1
+    for cid in ids[3:]:
+        decide(db, cid, "sar_filed", user="ana")
+        outcomes = []
+        start = threading.Barrier(2)
+
+        def check(user: str) -> None:
+            start.wait()
+            try:
+                approve(db, cid, user=user)
+                outcomes.append("ok")
+            except InvalidTransition:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=check, args=(u,)) for u in ("sam", "sue")]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert sorted(outcomes) == ["ok", "refused"]
+        assert [e.action for e in audit_trail(db, case_id=cid)].count("approve") == 1

@@ -108,6 +108,16 @@ class CaseDB:
         return f"CaseDB({self.url})"
 
 
+def write_lock(session: Session) -> None:
+    """SQLite: take the database's write lock as the transaction's first statement (an
+    UPDATE matching no row does), so the reads that follow see the latest state and nobody
+    else writes until this transaction ends; a second writer waits (busy_timeout) instead
+    of failing when it tries to write after reading an older snapshot. PostgreSQL: nothing
+    (its callers lock the rows they change with SELECT ... FOR UPDATE)."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(sa.text("UPDATE cases SET id = id WHERE 0 = 1"))
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")  # SQLite enforces foreign keys only when asked

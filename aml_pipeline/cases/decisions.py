@@ -21,13 +21,19 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from aml_pipeline.cases.audit import record
-from aml_pipeline.cases.db import CaseDB
+from aml_pipeline.cases.db import CaseDB, write_lock
 from aml_pipeline.cases.errors import CaseError, InvalidTransition, NotFound, PermissionDenied
 from aml_pipeline.cases.models import DECISION_WORDS, DECISIONS, Case, Disposition, User, utcnow
 from aml_pipeline.cases.users import resolve_user
 from aml_pipeline.cases.views import CaseSummary, DispositionView
 
 MAX_NOTE = 10_000
+
+
+def _lock(session: Session, case_id: int) -> None:
+    """Before anything is read: PostgreSQL locks the case's row in :func:`_case_for_update`;
+    SQLite takes its write lock now (:func:`~aml_pipeline.cases.db.write_lock`)."""
+    write_lock(session)
 
 
 def _case_for_update(session: Session, case_id: int) -> Case:
@@ -52,6 +58,7 @@ def assign(db: CaseDB, case_id: int, assignee: Any, *, user: Any) -> CaseSummary
     """Give a case to ``assignee`` (a user, or None to release it). Anyone may take a case
     for themselves or release their own; a supervisor may assign or release any."""
     with db.session() as s:
+        _lock(s, case_id)
         actor = resolve_user(s, user)
         c = _case_for_update(s, case_id)
         target: Optional[User] = resolve_user(s, assignee) if assignee is not None else None
@@ -82,6 +89,7 @@ def decide(db: CaseDB, case_id: int, decision: str, *, user: Any, note: str = ""
     if decision not in DECISIONS:
         raise InvalidTransition(f"decision {decision!r} is not one of {', '.join(DECISIONS)}")
     with db.session() as s:
+        _lock(s, case_id)
         actor = resolve_user(s, user)
         c = _case_for_update(s, case_id)
         if c.status == "closed":
@@ -120,6 +128,7 @@ def _pending(s: Session, c: Case) -> Disposition:
 def _check(db: CaseDB, case_id: int, user: Any, note: str, approve_it: bool) -> DispositionView:
     verb = "approve" if approve_it else "reject"
     with db.session() as s:
+        _lock(s, case_id)
         actor = resolve_user(s, user)
         c = _case_for_update(s, case_id)
         d = _pending(s, c)

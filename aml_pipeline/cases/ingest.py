@@ -27,7 +27,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from aml_pipeline.cases.audit import SYSTEM
-from aml_pipeline.cases.db import CaseDB
+from aml_pipeline.cases.db import CaseDB, write_lock
 from aml_pipeline.cases.errors import CaseError
 from aml_pipeline.cases.models import ACTIVE_STATUSES, Alert, AuditEvent, Case, utcnow
 from aml_pipeline.cases.views import IngestResult
@@ -150,6 +150,7 @@ def ingest_alerts(db: CaseDB, alerts: pl.DataFrame | Iterable[Mapping], *, perio
     unique.sort(key=lambda r: (r["event_time"], r["event_id"]))
     now = utcnow()
     with db.session() as s:
+        write_lock(s)  # SQLite: before the reads below, so a decision cannot slip in between
         existing: set[str] = set()
         ids = [r["event_id"] for r in unique]
         for i in range(0, len(ids), _CHUNK):
