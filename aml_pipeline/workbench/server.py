@@ -14,12 +14,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from aml_pipeline.errors import ConfigError, UserError
-from aml_pipeline.sources.base import config_duration_us
+from aml_pipeline.errors import ConfigError
+from aml_pipeline.labels import parse_delay
 
 
 def _duration(value, key: str) -> timedelta:
-    return timedelta(microseconds=config_duration_us(value, key))
+    span = parse_delay(str(value), key)
+    if span <= timedelta(0):
+        raise ConfigError(f"{key}={value!r} must be longer than zero")
+    return span
 
 
 def secret_path(cfg: DictConfig, db) -> Path:
