@@ -15,7 +15,7 @@ escalation, then a decision): the latest known at a given instant is the one tha
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -37,14 +37,6 @@ def parse_delay(text: str, key: str = "monitor.label_delay") -> timedelta:
         raise ConfigError(f"{key}={text!r} is not a duration; use digits and units s, m, h, d, w (e.g. 30d, 12h)")
     return sum((timedelta(**{_UNIT[u]: int(n)}) for n, u in parts), timedelta())
 
-
-def parse_instant(text: str, key: str) -> datetime:
-    """An ISO 8601 instant (a date alone is midnight UTC; no zone means UTC)."""
-    try:
-        t = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{key}={text!r} is not an ISO 8601 instant (e.g. 2025-03-01 or 2025-03-01T12:00:00Z)") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def read_labels(path: str | Path, key: str = "monitor.labels") -> pl.DataFrame:

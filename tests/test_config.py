@@ -10,7 +10,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from aml_pipeline.build import build
 from aml_pipeline.errors import ConfigError
 from aml_pipeline.sources.base import Source
-from tests.conftest import CONF
+from tests.conftest import CONF, ROOT
 
 
 def options(group: str) -> list[str]:
@@ -84,7 +84,7 @@ def test_docs_list_every_schema_field_and_reason():
     from aml_pipeline.schema import schema_markdown
     from aml_pipeline.validation.rules import build_rules, rules_markdown
 
-    doc = (CONF.parent / "docs" / "data.md").read_text()
+    doc = (ROOT / "docs" / "data.md").read_text()
     assert schema_markdown() in doc
     assert rules_markdown(build_rules(["USD"], True)) in doc
 

@@ -35,7 +35,8 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import check_windows, duration_us, tail_instants, timeline, window_rows
+from aml_pipeline.features.windows import check_windows, tail_instants, timeline, window_rows
+from aml_pipeline.timeutil import duration_us
 
 #: Log amounts are kept in units of 2**-16 (about 1.5e-5).
 SCALE = 65536.0

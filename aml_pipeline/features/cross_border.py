@@ -22,7 +22,8 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import check_windows, distinct_per_group, duration_us, tail_instants, timeline, window_rows
+from aml_pipeline.features.windows import check_windows, distinct_per_group, tail_instants, timeline, window_rows
+from aml_pipeline.timeutil import duration_us
 
 
 @register

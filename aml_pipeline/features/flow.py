@@ -50,9 +50,10 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.novelty import pair_prior
-from aml_pipeline.features.windows import (check_windows, duration_in, duration_us, expand, fixed_sum, fixed_to_float,
+from aml_pipeline.features.windows import (check_windows, duration_in, expand, fixed_sum, fixed_to_float,
                                            last_instants, last_per_group, run_starts, tail_instants, timeline,
                                            to_microseconds, window_rows)
+from aml_pipeline.timeutil import duration_us
 
 
 @register

@@ -29,7 +29,8 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import DST, SRC, FeatureStep, register
-from aml_pipeline.features.windows import FLOWS, SIDES, Index, Timeline, duration_in, duration_us, search, timeline
+from aml_pipeline.features.windows import FLOWS, SIDES, Index, Timeline, duration_in, search, timeline
+from aml_pipeline.timeutil import duration_us
 
 
 def _pair_index(tl: Timeline) -> tuple[np.ndarray, np.ndarray, Index]:

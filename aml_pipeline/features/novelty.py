@@ -30,7 +30,8 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.graph import _pair_index
-from aml_pipeline.features.windows import SIDES, check_windows, duration_in, duration_us, search, timeline, to_microseconds
+from aml_pipeline.features.windows import SIDES, check_windows, duration_in, search, timeline, to_microseconds
+from aml_pipeline.timeutil import duration_us
 
 
 @register

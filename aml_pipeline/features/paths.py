@@ -54,8 +54,9 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.graph import hub_accounts, hub_mask
-from aml_pipeline.features.windows import (check_windows, duration_in, duration_us, expand, last_instants, run_starts,
+from aml_pipeline.features.windows import (check_windows, duration_in, expand, last_instants, run_starts,
                                            tail_instants, timeline, window_rows)
+from aml_pipeline.timeutil import duration_us
 
 
 @register

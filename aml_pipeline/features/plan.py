@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import ConfigError
 from aml_pipeline.features.base import DST, IS_QUERY, ROW, SRC, STEPS, FeatureStep, check_json, make_step
-from aml_pipeline.features.windows import duration_us, scored_events, shared_timelines, timeline
+from aml_pipeline.features.windows import scored_events, shared_timelines, timeline
+from aml_pipeline.timeutil import duration_us
 
 # Import the step modules so their @register decorators fill STEPS.
 from aml_pipeline.features import (amount_signals, balance, burst, cross_border, encoding, flow, graph,  # noqa: F401,E402

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, duration_us, timeline
+from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, timeline
+from aml_pipeline.timeutil import duration_us
 
 
 @register

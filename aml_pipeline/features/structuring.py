@@ -26,9 +26,10 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import (check_windows, distinct_per_group, duration_us, expand, fixed_running_sums,
+from aml_pipeline.features.windows import (check_windows, distinct_per_group, expand, fixed_running_sums,
                                            fixed_sum, fixed_to_float, fixed_window_sums, last_instants, run_starts,
                                            search, tail_instants, timeline)
+from aml_pipeline.timeutil import duration_us
 
 
 @register

@@ -57,6 +57,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import DST, IS_QUERY, SRC
+from aml_pipeline.timeutil import duration_us
 
 AGGS = ("count", "sum", "mean", "max")
 SIDES = ("src", "dst")
@@ -77,12 +78,6 @@ FIXED_POINT = 2.0**60
 #: Windows made only of fixed-length units (a day is 24 h in UTC); others ("1mo") are
 #: calendar offsets and take polars' own date arithmetic.
 _FIXED_WINDOW = re.compile(r"(\d+(ns|us|ms|s|m|h|d|w))+")
-
-
-def duration_us(window: str) -> int:
-    """A polars duration string ("1h", "24h", "7d") in microseconds."""
-    base = pl.datetime(2000, 1, 1, time_unit="us")
-    return int(pl.select((base.dt.offset_by(window) - base).dt.total_microseconds()).item())
 
 
 def duration_in(window: str, unit: str) -> int:

@@ -20,13 +20,13 @@ shadow bundle's ``shadow_score``, ``shadow_alert`` and version when the log has 
 from __future__ import annotations
 
 import io
-from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.jsonl import complete_bytes, rotated_files
+from aml_pipeline.timeutil import config_time
 
 NEEDED = ("event_id", "event_time", "score", "alert")
 
@@ -63,15 +63,6 @@ def _files(p: Path) -> tuple[str, list[Path]]:
     return ("parquet", [p]) if p.suffix == ".parquet" else ("jsonl", rotated_files(p))
 
 
-def parse_instant(text: str, key: str) -> datetime:
-    """An ISO 8601 instant (naive = UTC), or a one-line error naming the key."""
-    try:
-        dt = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise UserError(f"{key}={text!r} is not an ISO 8601 time (e.g. 2025-02-01T00:00:00Z)") from None
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
-
-
 def read_window(path: str | Path, feature_columns: list[str], start: str | None = None,
                 end: str | None = None) -> pl.DataFrame:
     """The decisions of ``path`` in [start, end), in event-time order, with the columns above."""
@@ -91,9 +82,9 @@ def read_window(path: str | Path, feature_columns: list[str], start: str | None 
         frame = frame.with_columns(pl.lit(None, pl.String).alias("jurisdiction"))
     frame = frame.with_columns(*[pl.lit(None, pl.Float64).alias(c) for c in feature_columns if c not in frame.columns])
     if start:
-        frame = frame.filter(pl.col("event_time") >= parse_instant(start, "monitor.start"))
+        frame = frame.filter(pl.col("event_time") >= config_time(start, "monitor.start"))
     if end:
-        frame = frame.filter(pl.col("event_time") < parse_instant(end, "monitor.end"))
+        frame = frame.filter(pl.col("event_time") < config_time(end, "monitor.end"))
     shadow = [pl.col("shadow_score").cast(pl.Float64), pl.col("shadow_alert").cast(pl.Boolean),
               pl.col("shadow_model_version").cast(pl.String)] if "shadow_score" in frame.columns else []
     if shadow and "shadow_model_version" not in frame.columns:

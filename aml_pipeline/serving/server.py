@@ -79,7 +79,8 @@ def build(cfg: DictConfig):
 
 
 def _warm(cfg: DictConfig, store) -> tuple[int, float]:
-    from aml_pipeline.store import parse_time, warm_from_parquet
+    from aml_pipeline.store import warm_from_parquet
+    from aml_pipeline.timeutil import parse_time
 
     if not cfg.deploy.warm_from:
         return 0, 0.0
@@ -126,7 +127,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
     if d.warm_from and not os.path.isfile(d.warm_from):
         raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
     if d.warm_until:
-        from aml_pipeline.store import parse_time
+        from aml_pipeline.timeutil import parse_time
 
         parse_time(d.warm_until, "deploy.warm_until")
     if worker is None and not d.warm_only:

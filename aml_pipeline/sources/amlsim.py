@@ -55,8 +55,6 @@ from aml_pipeline.errors import DataSourceError
 from aml_pipeline.sources import delimited
 from aml_pipeline.sources.base import (
     Source,
-    config_duration_us,
-    config_time,
     flag,
     number,
     offset_time,
@@ -70,6 +68,7 @@ from aml_pipeline.sources.base import (
     timestamp,
     typology_name,
 )
+from aml_pipeline.timeutil import config_duration_us, config_time
 
 FORMATS = ("auto", "early", "v2")
 LABEL_RULES = ("both", "either", "source", "target")

@@ -13,10 +13,7 @@ leniently, so one bad number quarantines one row instead of failing the whole re
 from __future__ import annotations
 
 import os
-import re
 from abc import ABC, abstractmethod
-from datetime import datetime
-from datetime import timezone as dt_timezone
 from enum import Enum
 from pathlib import Path
 
@@ -211,9 +208,6 @@ def row_event_id(frame_stem: str) -> pl.Expr:
 # Small parsers for adapter parameters. They run in ``__init__`` (no I/O) so a bad value
 # fails before any file is read, with a ConfigError naming the full key.
 
-_DURATION_UNITS = {"w": 604_800_000_000, "d": 86_400_000_000, "h": 3_600_000_000, "m": 60_000_000,
-                   "s": 1_000_000, "ms": 1_000, "us": 1}
-_DURATION_PART = re.compile(r"(\d+)(us|ms|w|d|h|m|s)")
 
 
 def option(value: object, allowed: tuple[str, ...], key: str) -> str:
@@ -223,27 +217,6 @@ def option(value: object, allowed: tuple[str, ...], key: str) -> str:
     if v not in allowed:
         raise ConfigError(f"{key}={value.value if isinstance(value, Enum) else value!r} is not allowed; use one of: {', '.join(allowed)}")
     return v
-
-
-def config_time(value: object, key: str) -> datetime:
-    """An ISO 8601 instant from config (``2025-01-01T00:00:00Z``; naive = UTC) as aware UTC."""
-    try:
-        t = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).strip())
-    except ValueError:
-        raise ConfigError(f"{key}={value!r} is not an ISO 8601 time (e.g. 2025-01-01T00:00:00Z)") from None
-    return t.replace(tzinfo=dt_timezone.utc) if t.tzinfo is None else t.astimezone(dt_timezone.utc)
-
-
-def config_duration_us(value: object, key: str) -> int:
-    """A positive duration such as ``1d``, ``1h``, ``30m``, ``1d12h`` (units w d h m s ms us) in microseconds."""
-    s = str(value).strip().lower().replace(" ", "")
-    parts = _DURATION_PART.findall(s)
-    if not s or "".join(n + u for n, u in parts) != s:
-        raise ConfigError(f"{key}={value!r} is not a duration; write e.g. 1d, 1h, 30m, 1d12h (units: w d h m s ms us)")
-    total = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
-    if total <= 0:
-        raise ConfigError(f"{key}={value!r} must be longer than zero")
-    return total
 
 
 def typology_name(expr: pl.Expr) -> pl.Expr:

@@ -28,7 +28,6 @@ import polars as pl
 
 from aml_pipeline.sources.base import (
     Source,
-    config_time,
     flag,
     number,
     offset_time,
@@ -38,6 +37,7 @@ from aml_pipeline.sources.base import (
     staged,
     text,
 )
+from aml_pipeline.timeutil import config_time
 
 COLUMNS = ["step", "type", "amount", "nameOrig", "oldbalanceOrg", "newbalanceOrig", "nameDest",
            "oldbalanceDest", "newbalanceDest", "isFraud", "isFlaggedFraud"]

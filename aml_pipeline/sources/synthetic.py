@@ -81,7 +81,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -91,6 +90,7 @@ from aml_pipeline.errors import ConfigError
 from aml_pipeline.progress import status
 from aml_pipeline.schema import conform
 from aml_pipeline.sources.base import Source
+from aml_pipeline.timeutil import config_time
 
 # ------------------------------------------------------------------------- constants
 COUNTRIES = ("US", "GB", "DE", "FR", "NL", "CH", "AE", "SG", "HK", "MX")
@@ -944,12 +944,7 @@ class SyntheticSource(Source):
     # ---------------------------------------------------------------- validation
     def _start_seconds(self) -> tuple[int, np.datetime64]:
         """Start as UTC epoch seconds and its UTC calendar date; naive text counts as UTC."""
-        try:
-            dt = datetime.fromisoformat(str(self.start).strip())
-        except ValueError:
-            raise ConfigError(f"source.start: cannot parse {self.start!r} as an ISO 8601 time "
-                              f"(e.g. 2025-01-01T00:00:00Z)") from None
-        dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+        dt = config_time(self.start, "source.start")
         return int(dt.timestamp()), np.datetime64(dt.date().isoformat(), "D")
 
     def _mix(self) -> dict[str, float]:

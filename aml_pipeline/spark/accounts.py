@@ -48,9 +48,10 @@ from pyspark.sql import functions as F
 
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
-from aml_pipeline.features.windows import duration_us
+
 from aml_pipeline.spark.io import ROW_GROUP_ROWS
 from aml_pipeline.spark.windows import T
+from aml_pipeline.timeutil import duration_us
 
 IQ = "_is_query"  # True for events to return, False for history-only rows
 PART, ROLE, SALT = "_part", "_role", "_salt"

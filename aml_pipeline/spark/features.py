@@ -48,11 +48,12 @@ from aml_pipeline.errors import ConfigError
 from aml_pipeline.features.balance import BALANCES
 from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
-from aml_pipeline.features.windows import FLOWS, SIDES, duration_us
+from aml_pipeline.features.windows import FLOWS, SIDES
 from aml_pipeline.spark.accounts import IQ, AccountPartitions, partitionable, split_plan
 from aml_pipeline.spark.io import STAGING, remove_if_empty
 from aml_pipeline.spark.windows import (EVALUATORS, T, PassRequest, View, ieee_divide, interval_changes, kth_smallest,
                                         micros, run_passes)
+from aml_pipeline.timeutil import duration_us
 
 #: The feature table's row order (``task=features`` writes it sorted so).
 TABLE_ORDER = ["event_time", "event_id"]

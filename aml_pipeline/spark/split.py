@@ -8,7 +8,7 @@ the polars engine's.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import polars as pl
 from omegaconf import DictConfig
@@ -18,29 +18,20 @@ from pyspark.sql import functions as F
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.split import SPLITS, cut_times
 from aml_pipeline.spark.windows import kth_smallest, micros
-
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def from_micros(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=int(us))
-
-
-def to_micros(t: datetime) -> int:
-    return (t - EPOCH) // timedelta(microseconds=1)
+from aml_pipeline.timeutil import from_us, to_us
 
 
 def spark_cut_times(events: DataFrame, cfg: DictConfig) -> tuple[datetime, datetime, datetime, datetime]:
     """(valid_start, test_start, first event time, last event time)."""
     t = micros("event_time").alias("_t")
     row = events.agg(F.min(t).alias("lo"), F.max(t).alias("hi"), F.count(F.lit(1)).alias("n")).first()
-    lo, hi, n = from_micros(row["lo"]), from_micros(row["hi"]), int(row["n"])
+    lo, hi, n = from_us(row["lo"]), from_us(row["hi"]), int(row["n"])
     if cfg.method == "events":
         if not (0 < cfg.train and 0 < cfg.valid and cfg.train + cfg.valid < 1):
             raise ConfigError(f"split.train={cfg.train}, split.valid={cfg.valid}: both must be > 0 and sum to < 1 (the rest tests)")
         ranks = {share: min(int(share * n), n - 1) for share in (cfg.train, cfg.train + cfg.valid)}
         found = kth_smallest(events.select(t), "_t", sorted(set(ranks.values())))
-        return from_micros(found[ranks[cfg.train]]), from_micros(found[ranks[cfg.train + cfg.valid]]), lo, hi
+        return from_us(found[ranks[cfg.train]]), from_us(found[ranks[cfg.train + cfg.valid]]), lo, hi
     valid_start, test_start = cut_times(pl.Series("event_time", [lo, hi], dtype=pl.Datetime("us", "UTC")), cfg)
     return valid_start, test_start, lo, hi
 
@@ -51,8 +42,8 @@ def assign(events: DataFrame, cfg: DictConfig) -> tuple[DataFrame, dict]:
     t = micros("event_time")
     out = events.withColumn(
         "split",
-        F.when(t < F.lit(to_micros(valid_start)), F.lit("train"))
-        .when(t < F.lit(to_micros(test_start)), F.lit("valid"))
+        F.when(t < F.lit(to_us(valid_start)), F.lit("train"))
+        .when(t < F.lit(to_us(test_start)), F.lit("valid"))
         .otherwise(F.lit("test")),
     )
     counts = {r["split"]: int(r["count"]) for r in out.groupBy("split").count().collect()}

@@ -33,11 +33,12 @@ from aml_pipeline.sources.base import Source
 from aml_pipeline.spark import io
 from aml_pipeline.spark.features import TABLE_ORDER, SparkFeatures
 from aml_pipeline.spark.session import get_session, pass_evaluator
-from aml_pipeline.spark.split import assign, from_micros
+from aml_pipeline.spark.split import assign
 from aml_pipeline.spark.validation import ORDER, SparkValidationResult, validate
 from aml_pipeline.spark.windows import micros
 from aml_pipeline.tasks.layout import Layout, need
 from aml_pipeline.validation.rules import rules_from_config
+from aml_pipeline.timeutil import from_us
 from aml_pipeline.validation.summary import print_summary, summary_record
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def spark_summary(source: Source, r: SparkValidationResult, seconds: float, outp
     return summary_record(
         source, r, positives=positives, negatives=negatives,
         typologies=counts("typology") if r.rows_valid else {},
-        time_range=[from_micros(row["lo"]).isoformat(), from_micros(row["hi"]).isoformat()] if r.rows_valid else None,
+        time_range=[from_us(row["lo"]).isoformat(), from_us(row["hi"]).isoformat()] if r.rows_valid else None,
         accounts=int(accounts), jurisdictions=counts("jurisdiction") if r.rows_valid else {},
         seconds=seconds, outputs=outputs,
     )

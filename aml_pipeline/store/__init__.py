@@ -15,9 +15,10 @@ from pathlib import Path
 import polars as pl
 
 from aml_pipeline.errors import UserError
-from aml_pipeline.features.windows import duration_us
+
 from aml_pipeline.store.base import OnlineStore, Reading, StoreLayout
 from aml_pipeline.store.memory import MemoryStore
+from aml_pipeline.timeutil import duration_us, parse_time  # noqa: F401 - parse_time: the stream's import until it moves
 
 __all__ = ["OnlineStore", "Reading", "StoreLayout", "MemoryStore", "open_store", "retention_us", "warm_from_parquet", "parse_time"]
 
@@ -78,17 +79,6 @@ def open_store(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> OnlineSt
 
         return RedisStore(layout, store_cfg.redis_url, prefix=store_cfg.prefix, dedup_ttl_s=ttl)
     raise UserError(f"deploy.store.backend={backend!r}; allowed: memory, redis")
-
-
-def parse_time(text: str, key: str) -> datetime:
-    """An ISO-8601 time with an offset (naive times are refused: which zone would it be?)."""
-    try:
-        ts = datetime.fromisoformat(str(text).strip())
-    except ValueError:
-        raise UserError(f"{key}={text!r} is not an ISO-8601 time such as 2025-01-25T00:00:00Z") from None
-    if ts.tzinfo is None:
-        raise UserError(f"{key}={text!r} has no UTC offset; write e.g. 2025-01-25T00:00:00Z")
-    return ts
 
 
 def warm_from_parquet(store: OnlineStore, path: str | Path, until: datetime | None) -> int:

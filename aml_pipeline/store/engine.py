@@ -33,29 +33,19 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from typing import Any, Callable
 
 import polars as pl
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.plan import FeaturePlan
-from aml_pipeline.features.windows import FIXED_POINT, duration_us, fixed_sum, fixed_to_float
+from aml_pipeline.features.windows import FIXED_POINT, fixed_sum, fixed_to_float
 from aml_pipeline.schema import ALL_COLUMNS, UTC_TIME
 from aml_pipeline.store.base import AMOUNT, CORE_COLUMNS, DST, SRC, T, OnlineStore, Row, StoreLayout
+from aml_pipeline.timeutil import duration_us, from_us, to_us
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _NO_ROWS: list = []
-
-
-def to_us(ts: datetime) -> int:
-    """A timezone-aware datetime as integer microseconds since the epoch (exact)."""
-    delta = ts - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(t_us: int) -> datetime:
-    return datetime.fromtimestamp(t_us // 1_000_000, tz=timezone.utc).replace(microsecond=t_us % 1_000_000)
 
 
 class Event:

@@ -20,7 +20,9 @@ from aml_pipeline.build import build
 from aml_pipeline.optional import require_extra
 from aml_pipeline.progress import status
 from aml_pipeline.schema import ValidatedTransactions
+from aml_pipeline.labels import apply_labels, read_labels
 from aml_pipeline.sources.base import Source
+from aml_pipeline.timeutil import config_time, utcnow
 from aml_pipeline.validation import ValidationResult, validate
 from aml_pipeline.validation.rules import rules_from_config
 from aml_pipeline.validation.summary import print_summary, summary_record
@@ -38,12 +40,8 @@ class Ingested:
 def labels_from_file(cfg: DictConfig, valid: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
     """``source.labels``: each event's latest label known by ``source.labels_as_of`` (default
     now) replaces the source's own or adds one (:func:`aml_pipeline.labels.apply_labels`)."""
-    from datetime import datetime, timezone
-
-    from aml_pipeline.labels import apply_labels, parse_instant, read_labels
-
     as_of = cfg.source.get("labels_as_of")
-    when = parse_instant(as_of, "source.labels_as_of") if as_of else datetime.now(timezone.utc)
+    when = config_time(as_of, "source.labels_as_of") if as_of else utcnow()
     frame, stats = apply_labels(valid, read_labels(cfg.source.labels, "source.labels"), when)
     return frame, {"file": str(cfg.source.labels), **stats}
 

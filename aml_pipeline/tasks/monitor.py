@@ -24,9 +24,10 @@ from aml_pipeline.monitoring.histograms import REFERENCE_BINS
 from aml_pipeline.monitoring.labels import parse_delay, performance, read_labels
 from aml_pipeline.monitoring.report import write_report
 from aml_pipeline.monitoring.volume import alert_volume
-from aml_pipeline.monitoring.window import parse_instant, read_window
+from aml_pipeline.monitoring.window import read_window
 from aml_pipeline.progress import status, table
 from aml_pipeline.registry import resolve_bundle
+from aml_pipeline.timeutil import config_time
 
 #: Exit code when drift crosses an alert level (2 stays "the command was wrong").
 DRIFT_EXIT = 3
@@ -80,7 +81,7 @@ def monitor(cfg: DictConfig) -> dict:
         volume = alert_volume(window, reference)
     perf = None
     if m.labels:
-        as_of = parse_instant(m.as_of, "monitor.as_of") if m.as_of else window["event_time"].max()
+        as_of = config_time(m.as_of, "monitor.as_of") if m.as_of else window["event_time"].max()
         perf = performance(window, read_labels(m.labels), as_of, parse_delay(m.label_delay))
     drifted = [*(["score"] if drift["score"]["status"] == "alert" else []), *drift["drifted_columns"]]
     report = {

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aml_pipeline.timeutil import config_duration_us
+
 RuleKind = Literal["not_blank", "not_null", "positive_finite", "in_set", "first_occurrence", "read_error", "not_after",
                    "plain_text", "max_length"]
 
@@ -97,8 +99,6 @@ def build_rules(currencies: list[str] | tuple[str, ...], require_label: bool,
 
 def future_skew_us(value: object, key: str = "validation.max_future_skew") -> int:
     """``validation.max_future_skew`` (``1h``, ``30m``, ``1d``) in microseconds; ConfigError naming the key."""
-    from aml_pipeline.sources.base import config_duration_us
-
     return config_duration_us(value, key)
 
 

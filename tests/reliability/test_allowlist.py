@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from aml_pipeline.build import REGISTRY, build, check_targets
 from aml_pipeline.errors import ConfigError
-from tests.conftest import CONF, run_cli
+from tests.conftest import CONF, ROOT, run_cli
 
 #: Probes a copied config could carry; each one printed or ran something before.
 BYPASSES = {
@@ -113,7 +113,7 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, override):
 
 
 def test_docs_example_is_what_the_command_prints(compose_cfg):
-    doc = (CONF.parent / "docs" / "reliability.md").read_text()
+    doc = (ROOT / "docs" / "reliability.md").read_text()
     cfg = compose_cfg(["model._target_=aml_pipeline.serving.server.os.system"])
     with pytest.raises(ConfigError) as exc:
         check_targets(cfg)
