@@ -1,10 +1,12 @@
-"""The workbench over a real SQLite case database, through FastAPI's TestClient (the
-app's own middleware, templates and the case database's rules; nothing stubbed).
+"""The workbench over a real case database, SQLite and a PostgreSQL server the module
+starts, through FastAPI's TestClient (the app's own middleware, templates and the case
+database's rules; nothing stubbed).
 
 The browser walk-through is tests/test_workbench_browser.py."""
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -42,9 +44,26 @@ def _alerts(tx: pl.DataFrame) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def postgres_server():
+    from aml_pipeline.testing.local_postgres import LocalPostgres
+
+    if not LocalPostgres.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    server = LocalPostgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request, tmp_path_factory):
+    """The same app over either engine: every test below runs on both."""
     root = tmp_path_factory.mktemp("workbench")
-    db = cases.open_db(f"sqlite:///{root / 'cases.db'}")
+    url = f"sqlite:///{root / 'cases.db'}" if request.param == "sqlite" else \
+        request.getfixturevalue("postgres_server").new_database()
+    db = cases.open_db(url)
+    assert db.dialect == request.param
     users = {name: cases.create_user(db, name, pw, role="supervisor" if name in ("sam", "sue") else "analyst")
              for name, pw in PASSWORDS.items()}
     tx = _transactions()
