@@ -870,6 +870,19 @@ def test_checkpoint_fingerprint_refuses_changed_restarts_and_reset_starts_over(r
     assert not (base / "checkpoint/scorer/state.json").exists()
 
 
+def test_fingerprint_on_kafka_names_topic_and_connector_and_masks_passwords(run):
+    """On Kafka the fingerprint holds the topic and the connector Spark's offsets belong to;
+    a Redis URL's password never reaches the checkpoint."""
+    from aml_pipeline.streaming.checkpoint import fingerprint, store_location
+
+    cfg = compose_config(["task=stream", "deploy=kafka", "deploy.connector=python", "deploy.topics.input=payments",
+                          "deploy.store.backend=redis", "deploy.store.redis_url=redis://scorer:s3cret@10.0.0.5:6379/2"])
+    parts = fingerprint(cfg, run.bundle, "kafka", store_location(cfg.deploy.store, "store"))
+    assert parts["source"] == "kafka topic payments" and parts["connector"] == "python"
+    assert "s3cret" not in json.dumps(parts) and parts["store"].startswith("redis redis://scorer:") and "10.0.0.5" in parts["store"]
+    assert parts["allowed_lateness"] == "10m" and parts["budget"] == "off (cap 0)" and parts["state"] == "store"
+
+
 def test_redis_store_that_lost_its_data_stops_the_scorer(run, tmp_path):
     """Redis restarted without persistence mid-stream: the next micro-batch stops with one
     line before writing or committing anything, a restart is refused, and deploy.reset=true
@@ -946,21 +959,25 @@ def _kill_point(base: Path) -> str:
     return f"batch {n}: before its outputs"
 
 
+#: Seeds of the fault-injection runs: AML_FAULT_SEED=1,2,3 soaks (each seed, each backend).
+FAULT_SEEDS = [int(x) for x in os.environ.get("AML_FAULT_SEED", "20261207").split(",") if x.strip()]
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", FAULT_SEEDS)
 @pytest.mark.parametrize("backend", ["memory", "redis"])
-def test_scorer_killed_at_random_points_loses_and_repeats_nothing(run, tmp_path, redis_server, backend):
+def test_scorer_killed_at_random_points_loses_and_repeats_nothing(run, tmp_path, redis_server, backend, seed):
     """Randomised fault injection: the scorer (as task=stream builds it, under Spark's
     foreachBatch contract: tests/stream_driver.py) is SIGKILLed at random moments, between
     and inside micro-batches (outputs, row and pending logs, state.json, store appends,
     snapshots every 2 batches on the embedded store), and restarted each time. At the end:
     every record is scored, dead-lettered or late; no event is scored twice; alerts,
     deferred alerts, dead letters, late events and decisions equal an uninterrupted run's.
-    Seeded: AML_FAULT_SEED=<n> replays a run; the seed is printed."""
+    Seeded: AML_FAULT_SEED=<n> replays a run (a list, e.g. 1,2,3, runs each); the seed is printed."""
     from polars.testing import assert_frame_equal
 
     from aml_pipeline.streaming.job import build_scorer
 
-    seed = int(os.environ.get("AML_FAULT_SEED", "20261207"))
     print(f"fault injection: AML_FAULT_SEED={seed} backend={backend}")
     rng = random.Random(f"{seed}-{backend}")
     batches = [[[r.text, r.position] for r in b] for b in _batches(run)]
