@@ -197,10 +197,12 @@ def test_supervisor_cannot_approve_own_sar_and_assignment(world):
     sam, token = login(world, "sam")
     assert sam.post(f"/cases/{second.id}/assign", data={"assignee": "bob", "csrf_token": token}).status_code == 303
     assert cases.get_case(db, second.id).case.assignee == "bob"
-    assert sam.post(f"/cases/{second.id}/decide", data={"decision": "sar_filed", "note": "n", "csrf_token": token}).status_code == 303
+    note = "<script>alert(1)</script>"
+    assert sam.post(f"/cases/{second.id}/decide", data={"decision": "sar_filed", "note": note, "csrf_token": token}).status_code == 303
     own = sam.post(f"/cases/{second.id}/check", data={"verdict": "approve", "csrf_token": token})
     assert own.status_code == 403 and "maker-checker" in own.text
-    assert "You filed it" in sam.get(f"/cases/{second.id}").text
+    page = sam.get(f"/cases/{second.id}").text
+    assert "You filed it" in page and note not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     sue, sue_token = login(world, "sue")
     assert sue.post(f"/cases/{second.id}/check", data={"verdict": "reject", "note": "more evidence", "csrf_token": sue_token}).status_code == 303
     assert cases.get_case(db, second.id).case.status == "open"
@@ -261,3 +263,14 @@ def test_bad_workbench_config_names_the_key(tmp_path, compose_cfg, override, nee
     with pytest.raises(ConfigError, match=re.escape(needle)):
         build(cfg)
     assert not (tmp_path / "c.db").exists()
+
+
+def test_a_deactivated_user_is_out_at_once(world):
+    PASSWORDS.setdefault("eve", "eve-password-1")
+    if not any(u.username == "eve" for u in cases.list_users(world["db"])):
+        cases.create_user(world["db"], "eve", PASSWORDS["eve"], role="analyst")
+    eve, _ = login(world, "eve")
+    assert eve.get("/api/me").json()["username"] == "eve"
+    cases.set_active(world["db"], "eve", False)
+    assert eve.get("/api/me").status_code == 401
+    assert eve.get("/queue", headers={"accept": "text/html"}).headers["location"].startswith("/login")
