@@ -71,13 +71,16 @@ def test_open_db_migrates_and_the_models_match_the_migration(db):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    assert db.revision() == "0001"
+    assert db.revision() == "0002"
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    assert diff == []
+        indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("cases")}
+    # Alembic cannot compare an index on DESC expressions on SQLite: checked by name instead
+    risk = [d for d in diff if d[0] in ("add_index", "remove_index") and d[1].name == "ix_cases_risk"]
+    assert [d for d in diff if d not in risk] == [] and "ix_cases_risk" in indexes
     # opening again is a no-op at the same revision
     again = open_db(db.engine.url)
-    assert again.revision() == "0001"
+    assert again.revision() == "0002"
     again.close()
 
 

@@ -117,6 +117,8 @@ class Case(Base):
         sa.CheckConstraint("status IN ('open', 'escalated', 'pending_approval', 'closed')", name="ck_cases_status"),
         # The queue: status first (open cases), then the risk order.
         sa.Index("ix_cases_queue", "status", "max_score", "alert_count", "total_amount"),
+        # The default queue's order (migration 0002): its first page is the index's first entries.
+        sa.Index("ix_cases_risk", sa.desc("max_score"), sa.desc("alert_count"), sa.desc("total_amount"), "id"),
         sa.Index("ix_cases_subject_status", "subject_account", "status"),
         sa.Index("ix_cases_jurisdiction", "jurisdiction", "status", "max_score"),
         sa.Index("ix_cases_typology", "typology_hint", "status", "max_score"),
