@@ -840,6 +840,9 @@ def test_checkpoint_fingerprint_refuses_changed_restarts_and_reset_starts_over(r
     parts = json.loads((base / "checkpoint/fingerprint.json").read_text())["parts"]
     assert parts["allowed_lateness"] == "1d" and parts["bundle_hash"] == run.bundle.bundle_hash
     assert parts["budget"] == "jurisdiction 1d cap 5" and parts["store"].startswith("memory")
+    build_scorer(compose_config([*args, "deploy.allowed_lateness=12h"]))  # no micro-batch yet: nothing to protect
+    assert json.loads((base / "checkpoint/fingerprint.json").read_text())["parts"]["allowed_lateness"] == "12h"
+    scorer, _, _, _ = build_scorer(compose_config(args))
     for i, b in enumerate(_batches(run)[:2]):
         scorer.process(i, b)
     scorer, _, _, info = build_scorer(compose_config([*args, "deploy.allowed_lateness=24h", "deploy.trigger='5 seconds'"]))
@@ -947,9 +950,12 @@ def _wait_for_step(base: Path, n: int, step: str, proc, rng: random.Random) -> N
         time.sleep(rng.uniform(0, 1.0))
 
 
-def _kill_point(base: Path) -> str:
-    """Where a kill left the protocol of the next micro-batch N (committed: the scorer's state)."""
+def _kill_point(base: Path, before: int) -> str:
+    """Where a kill left the protocol of the next micro-batch N (committed: the scorer's state;
+    ``before``: the committed batch when this start began)."""
     n = _state_batch(base / "checkpoint") + 1
+    if n - 1 == before and not list((base / "out").glob(f"*/part-{n:012d}.*")):
+        return f"batch {n}: during start-up (restore, warm-up) or before its outputs"
     spark = json.loads((base / "commits.json").read_text())["batch_id"] if (base / "commits.json").is_file() else -1
     if spark < n - 1:
         return f"batch {n - 1}: after state.json, before Spark's commit (store append, snapshot)"
@@ -1004,6 +1010,7 @@ def test_scorer_killed_at_random_points_loses_and_repeats_nothing(run, tmp_path,
     # kill points: (micro-batch, step of its protocol) or a random moment after a batch's commit
     points = [(n, rng.choice([*STEP_FILES, "moment"])) for n in sorted(rng.sample(range(1, len(batches) - 3), 5))]
     for attempt in range(12):
+        before = _state_batch(tmp_path / "faulty/checkpoint")
         proc = ctx.Process(target=stream_driver.main, args=(str(tmp_path / "spec.json"),))
         proc.start()
         if len(kills) < len(points):
@@ -1012,7 +1019,7 @@ def test_scorer_killed_at_random_points_loses_and_repeats_nothing(run, tmp_path,
             if proc.is_alive():
                 proc.kill()  # SIGKILL
                 proc.join(60)
-                kills.append(f"{step} of batch {n}: {_kill_point(tmp_path / 'faulty')}")
+                kills.append(f"{step} of batch {n}: {_kill_point(tmp_path / 'faulty', before)}")
         proc.join(300)
         if proc.exitcode == 0:
             break

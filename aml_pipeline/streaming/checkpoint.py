@@ -11,8 +11,9 @@ So the first start records a **fingerprint** in ``<checkpoint>/fingerprint.json`
 durably before the query starts): the bundle's hash, the feature plan's hash, the allowed
 lateness, the alert budget, the state mode, the store (backend and location, passwords
 masked), the source (directory or topic) and, on Kafka, the connector. Every later start
-compares; any difference refuses the start in one line naming each changed part and the
-ways on: restore it, use another ``deploy.checkpoint``, or ``deploy.reset=true``, which
+compares; once the checkpoint holds a micro-batch (Spark planned one, or the scorer committed
+one), any difference refuses the start in one line naming each changed part and the ways
+on: restore it, use another ``deploy.checkpoint``, or ``deploy.reset=true``, which
 clears this checkpoint (Spark's offsets, the scorer's state, the fingerprint) and starts
 the stream over. Options that do not change what a committed batch means (trigger, batch
 sizes, ``progress``, ``explain``, threads) are not part of it.
@@ -146,7 +147,7 @@ def load(checkpoint: str | Path) -> dict[str, Any] | None:
 
 
 def _has_state(root: Path) -> bool:
-    """A checkpoint made before fingerprints: the scorer's state or Spark's offsets are there."""
+    """The checkpoint holds a micro-batch: the scorer's state, or Spark's offsets (a batch planned)."""
     return (root / "scorer" / "state.json").is_file() or any((root / "spark" / "offsets").glob("*"))
 
 
@@ -172,6 +173,12 @@ def settle(cfg: DictConfig, bundle, source: str, store_epoch: str | None = None)
     theirs = saved.get("parts", {})
     changed = [f"{label} {_shown(k, theirs.get(k))} -> {_shown(k, mine.get(k))}"
                for k, label in PARTS.items() if theirs.get(k) != mine.get(k)]
+    if changed and not _has_state(root):  # an earlier start that never reached a micro-batch: nothing to protect
+        print(f"checkpoint {root} holds no micro-batch yet: its fingerprint is this run's ({'; '.join(changed)})",
+              file=sys.stderr, flush=True)
+        replace_durably(root / FINGERPRINT, json.dumps({"parts": mine, "store_epoch": store_epoch}, indent=1,
+                                                       sort_keys=True) + "\n")
+        return {"fingerprint": mine, "recorded": True, "reset": removed}
     if changed:
         raise UserError(f"deploy.checkpoint={root} was started with another configuration: {'; '.join(changed)}; "
                         "restore it, use a new deploy.checkpoint, or start the stream over with deploy.reset=true")
