@@ -166,6 +166,14 @@ def test_scores_to_cases_to_labels_to_a_retrain(tmp_path):
     given = dict(labels.select("event_id", "label").iter_rows())
     got = dict(valid.filter(pl.col("event_id").is_in(list(given))).select("event_id", "label").iter_rows())
     assert got == given
+    # task=monitor judges precision over them (as of now: they were given today)
+    report = run_task(compose_config([*SMALL_RUN, *paths, "task=monitor", f"bundle={tmp_path / 'models' / 'bundle'}",
+                                      f"input={scored['output']}", f"monitor.labels={out['output']}",
+                                      f"monitor.as_of={datetime.now(timezone.utc).isoformat()}",
+                                      "monitor.fail_on_drift=false", "monitor.label_delay=1d",
+                                      f"monitor.output={tmp_path / 'reports' / 'monitor'}"]))
+    perf = report["performance"]
+    assert perf["labels_known"] == labels["event_id"].n_unique() and perf["true_alerts"] >= 1
     for task in ("features", "train"):  # a retrain on them
         run_task(compose_config([*SMALL_RUN, *paths, f"task={task}"]))
     assert (tmp_path / "models" / "bundle" / "manifest.json").is_file()
