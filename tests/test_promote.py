@@ -133,6 +133,29 @@ def test_a_worse_challenger_is_blocked_and_recorded(world):
     assert aliases(world)["champion"] == champion
 
 
+@pytest.mark.slow
+def test_promote_on_spark_judges_with_the_polars_figures(world):
+    """engine=spark: both versions re-scored by Spark (features and scores) give the polars
+    run's figures, so the weaker challenger above stays blocked by the same checks."""
+    from aml_pipeline.spark.session import stop_session
+
+    on_polars = json.loads((world.root / "reports/promote.json").read_text())
+    assert on_polars["decision"] == "blocked"  # the test above, in order
+    try:
+        with pytest.raises(PromotionBlocked, match="pr_auc: challenger"):
+            promote(world, "engine=spark", "engine.master='local[2]'", "engine.shuffle_partitions=2")
+    finally:
+        stop_session()
+    on_spark = json.loads((world.root / "reports/promote.json").read_text())
+    assert on_spark["window"] == on_polars["window"] and on_spark["champion_after"] == on_polars["champion_after"]
+    for role in ("challenger", "champion"):
+        a, b = on_polars[role]["figures"], on_spark[role]["figures"]
+        assert (b["alerts"], b["true_alerts"]) == (a["alerts"], a["true_alerts"]), role
+        assert b["pr_auc"] == pytest.approx(a["pr_auc"], rel=1e-12), role
+    assert [(c["name"], c["passed"]) for c in on_spark["gate"]["checks"]] == \
+        [(c["name"], c["passed"]) for c in on_polars["gate"]["checks"]]
+
+
 def test_window_inside_training_is_refused(world):
     from aml_pipeline.errors import ConfigError
 
