@@ -46,11 +46,11 @@ from typing import Any
 import polars as pl
 
 from aml_pipeline.errors import ConfigError, UserError
-from aml_pipeline.features.windows import duration_us
 from aml_pipeline.monitoring.agreement import agreement
 from aml_pipeline.monitoring.drift import RANK, Levels, drift_report, levels_of
 from aml_pipeline.monitoring.histograms import REFERENCE_BINS
 from aml_pipeline.monitoring.volume import per_jurisdiction
+from aml_pipeline.timeutil import config_duration_us
 
 try:  # the serve extra; a stream without deploy.metrics_port never needs it
     import prometheus_client
@@ -305,12 +305,7 @@ def metrics_options(cfg) -> dict[str, Any] | None:
     m = cfg.monitor
     if not 2 <= int(m.bins) <= REFERENCE_BINS:
         raise ConfigError(f"monitor.bins must be between 2 and {REFERENCE_BINS} (got {m.bins})")
-    try:
-        linger = duration_us(str(d.metrics_linger))
-    except Exception:
-        linger = -1
-    if linger < 0:
-        raise ConfigError(f"deploy.metrics_linger={d.metrics_linger!r} is not a duration such as 0s, 30s or 5m")
+    linger = config_duration_us(d.metrics_linger, "deploy.metrics_linger", allow_zero=True)
     return {"host": str(d.metrics_host), "port": int(port), "window": int(d.metrics_window), "levels": levels_of(m),
             "bins": int(m.bins), "exclude": [str(c) for c in m.exclude], "min_events": int(m.min_events),
             "linger_s": linger / 1e6}
