@@ -741,6 +741,24 @@ class CaseSubject(str, Enum):
 
 
 @dataclass
+class CasesKafkaConfig:
+    """``task=cases`` reading the streaming scorer's alert topics (deploy=kafka's
+    ``deploy.topics.alerts`` and ``.deferred``) with a consumer group: offsets are committed
+    after each batch lands in the database (ingestion is idempotent by event id, so a
+    batch read twice after a crash adds nothing)."""
+
+    #: host:port[,host:port]; null = read input= instead.
+    bootstrap_servers: Optional[str] = None
+    topics: list[str] = field(default_factory=lambda: ["aml_alerts", "aml_deferred"])
+    group_id: str = "aml-cases"
+    #: Without cases.follow: stop once every partition is read to its end, or after this
+    #: many seconds without a record.
+    idle_seconds: float = 10.0
+    #: Extra consumer settings (librdkafka names, e.g. security.protocol).
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class CasesConfig:
     """The case database (``task=cases``, ``task=labels``, the workbench): where it lives and
     how alerts become cases (``conf/cases/default.yaml``, docs/cases.md)."""
@@ -765,6 +783,8 @@ class CasesConfig:
     #: task=labels: "suspicious – escalate" gives label 1 at the time of the decision (a
     #: later false-positive decision replaces it); false: only SARs and false positives.
     label_escalated: bool = True
+    #: task=cases from the streaming scorer's Kafka topics instead of input=.
+    kafka: CasesKafkaConfig = field(default_factory=lambda: CasesKafkaConfig())
 
 
 # ----------------------------------------------------------------------------- root

@@ -177,3 +177,55 @@ def test_scores_to_cases_to_labels_to_a_retrain(tmp_path):
     for task in ("features", "train"):  # a retrain on them
         run_task(compose_config([*SMALL_RUN, *paths, f"task={task}"]))
     assert (tmp_path / "models" / "bundle" / "manifest.json").is_file()
+
+
+def _write_part(folder, name, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}"
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "event_time": r["event_time"].isoformat()}) + "\n")
+    tmp.rename(folder / name)
+
+
+def test_task_cases_follows_a_stream_folder(tmp_path):
+    import threading
+
+    stream = tmp_path / "stream"
+    _write_part(stream / "alerts", "part-00000.jsonl", [_alert("f1", "A", 0)])
+    later = threading.Timer(0.6, _write_part, (stream / "alerts", "part-00001.jsonl", [_alert("f2", "A", 1),
+                                                                                      _alert("f3", "B", 1)]))
+    later.start()
+    db_url = f"sqlite:///{tmp_path / 'cases.db'}"
+    res = run_task(compose_config(["task=cases", f"input={stream}", f"cases.db={db_url}", "cases.follow=true",
+                                   "cases.poll_seconds=0.3", "cases.max_polls=8"]))
+    later.join()
+    assert (res["alerts_added"], res["active_cases"]) == (3, 2)
+
+
+@pytest.mark.slow
+def test_task_cases_reads_the_streams_kafka_topics(tmp_path, kafka_broker):
+    """The streaming scorer's alerts and deferred topics, as KafkaOutputs writes them; offsets
+    committed per batch, so a second run of the same group reads nothing new."""
+    import uuid
+
+    from aml_pipeline.streaming.outputs import KafkaOutputs
+
+    topics = {"alerts": f"alerts-{uuid.uuid4().hex[:8]}", "deferred": f"deferred-{uuid.uuid4().hex[:8]}"}
+    out = KafkaOutputs(kafka_broker, topics)
+    out.write("0", "alerts", [{**_alert("k1", "A", 0), "source": {"topic": "in", "partition": 0, "offset": 3}},
+                              _alert("k2", "B", 1)])
+    out.write("0", "deferred", [{**_alert("k3", "A", 2), "deferred_reason": "over_budget"}])
+    out.commit("0")
+    out.close()
+    db_url = f"sqlite:///{tmp_path / 'cases.db'}"
+    args = ["task=cases", f"cases.db={db_url}", f"cases.kafka.bootstrap_servers={kafka_broker}",
+            f"cases.kafka.topics=[{topics['alerts']},{topics['deferred']}]", f"cases.kafka.group_id=g-{tmp_path.name}",
+            "cases.kafka.idle_seconds=20"]
+    res = run_task(compose_config(args))
+    assert (res["alerts_added"], res["active_cases"], res["kafka_records"]) == (3, 2, 3)
+    db = open_db(db_url)
+    assert get_alert(db, "k1").details["position"]["offset"] == 3
+    assert get_alert(db, "k3").details["deferred_reason"] == "over_budget"
+    again = run_task(compose_config([*args, "cases.kafka.idle_seconds=3"]))
+    assert again.get("kafka_records", 0) == 0 and again["active_cases"] == 2

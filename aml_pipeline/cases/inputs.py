@@ -32,16 +32,25 @@ def jsonl_rows(path: Path) -> list[dict]:
                 r = json.loads(line)
             except json.JSONDecodeError:
                 raise UserError(f"{path}:{n}: not a JSON line") from None
-            if not isinstance(r, dict) or not r.get("alert", True):
-                continue
-            event = r.pop("event", None)
-            r.pop("features", None)
-            if isinstance(event, dict):
-                r = {**{k: event.get(k) for k in EVENT_COLUMNS if k in event}, **r}
-            if isinstance(r.get("source"), dict):  # the stream's read position
-                r["position"] = r.pop("source")
-            rows.append(r)
+            row = alert_row(r)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def alert_row(r: object) -> dict | None:
+    """One alert record (a file line, a Kafka message) as ingest_alerts takes it; None for
+    a decision that is no alert. A decision log's ``event`` is flattened in, the stream's
+    read position kept as ``position``."""
+    if not isinstance(r, dict) or not r.get("alert", True):
+        return None
+    event = r.pop("event", None)
+    r.pop("features", None)
+    if isinstance(event, dict):
+        r = {**{k: event.get(k) for k in EVENT_COLUMNS if k in event}, **r}
+    if isinstance(r.get("source"), dict):  # the stream's read position
+        r["position"] = r.pop("source")
+    return r
 
 
 def alert_files(folder: Path) -> list[Path]:

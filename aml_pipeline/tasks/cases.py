@@ -1,6 +1,7 @@
 """``task=cases``: alerts into the case database, grouped into one case per account.
 
-``input=`` names the alerts: ``task=score``'s parquet (the default:
+``input=`` names the alerts (or ``cases.kafka.bootstrap_servers`` the streaming scorer's
+Kafka topics): ``task=score``'s parquet (the default:
 ``data/scores/scores.parquet``), ``task=evaluate``'s ``data/scores/test.parquet``, the
 streaming scorer's output folder (its ``alerts/`` and ``deferred/`` JSON lines) or the
 online service's decision log. Scores that carry no accounts are joined with
@@ -67,8 +68,40 @@ def ingest_path(db, cfg: DictConfig, path: Path, seen: dict[Path, tuple[float, i
     return total
 
 
+def run_kafka(cfg: DictConfig, db) -> tuple[dict, str]:
+    """Ingest from the streaming scorer's Kafka topics (cases.kafka)."""
+    from aml_pipeline.cases.kafka_input import consume
+
+    k = cfg.cases.kafka
+    total: dict = {}
+
+    def on_rows(rows, source):
+        res = _ingest_rows(db, rows, cfg, source)
+        _add(total, res)
+        if cfg.cases.follow:
+            print(f"cases: +{res.alerts_added:,} alerts, {res.cases_opened:,} cases opened, "
+                  f"{res.cases_updated:,} updated", flush=True)
+
+    counts = consume(k.bootstrap_servers, list(k.topics), k.group_id, on_rows, follow=bool(cfg.cases.follow),
+                     poll_seconds=float(cfg.cases.poll_seconds), max_polls=cfg.cases.max_polls,
+                     idle_seconds=float(k.idle_seconds), config=dict(k.config or {}))
+    total["kafka_records"] = counts["records"]
+    return total, f"kafka {k.bootstrap_servers} topics {', '.join(k.topics)} (group {k.group_id})"
+
+
 def run(cfg: DictConfig) -> dict:
     start = time.perf_counter()
+    if cfg.cases.kafka.bootstrap_servers:
+        db = open_case_db(cfg)
+        try:
+            with status("cases: reading Kafka"):
+                total, where = run_kafka(cfg, db)
+            from aml_pipeline.cases import list_cases
+
+            active = list_cases(db, page_size=1).total
+        finally:
+            db.close()
+        return _report(total, where, active, db.url, time.perf_counter() - start)
     path = Path(cfg.input) if cfg.input else Layout.of(cfg).data_dir / "scores" / "scores.parquet"
     if not path.exists():
         raise UserError(f"input={path}: no such file or folder (task=score's parquet, the stream's output folder or "
@@ -95,17 +128,20 @@ def run(cfg: DictConfig) -> dict:
         active = list_cases(db, page_size=1).total
     finally:
         db.close()
-    secs = time.perf_counter() - start
+    return _report(total, str(path), active, db.url, time.perf_counter() - start)
+
+
+def _report(total: dict, where: str, active: int, url: str, secs: float) -> dict:
     table("cases", [
-        ("input", str(path)),
+        ("input", where),
         ("alerts", f"{total.get('alerts_added', 0):,} added, {total.get('alerts_skipped', 0):,} already there "
                    f"(of {total.get('alerts_read', 0):,} read)"),
         ("cases", f"{total.get('cases_opened', 0):,} opened, {total.get('cases_updated', 0):,} updated; "
                   f"{active:,} active in the database"),
-        ("database", db.url),
+        ("database", url),
         ("took", f"{secs:.1f}s"),
     ])
-    return {**total, "active_cases": active, "db": db.url}
+    return {**total, "active_cases": active, "db": url}
 
 
 def _add_dict(total: dict, new: dict) -> None:
