@@ -155,7 +155,16 @@ def test_analyst_and_supervisor_walk_through(run, server, browser, tmp_path):
     page.screenshot(path=str(shots / "workbench-case.png"))
     page.locator("figure.flow-figure").screenshot(path=str(shots / "workbench-flow.png"))
 
-    decide(page, "suspicious – escalate", "forwarding pattern, escalating")
+    # the decision by keyboard alone: arrows choose within the radio group, Tab moves on
+    page.get_by_label("false positive", exact=True).focus()
+    page.keyboard.press("ArrowRight")
+    assert page.get_by_label("suspicious – escalate", exact=True).is_checked()
+    page.keyboard.press("Tab")
+    page.keyboard.type("forwarding pattern, escalating")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Record decision"
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{server}/cases/{top.id}")
     assert page.get_by_role("status").inner_text().startswith("Recorded: suspicious")
     assert cases.get_case(db, top.id).case.status == "escalated"
 
