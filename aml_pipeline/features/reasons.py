@@ -62,6 +62,8 @@ def pct(v: Any) -> str:
 
 def plural(n: Any, word: str, many: Optional[str] = None) -> str:
     k = int(round(float(n)))
+    if k == 0:
+        return f"no {many or word + 's'}"
     return f"{k:,} {word if k == 1 else (many or word + 's')}"
 
 
