@@ -2,9 +2,9 @@
 
 - The session is a cookie signed with a key from env ``AML_WORKBENCH_SECRET`` or from a file
   created once with a random key (mode 0600); the key is never logged or shown. The cookie is
-  HttpOnly and SameSite=Lax (Secure with ``workbench.secure_cookies``); it holds the user's
-  id, a CSRF token and a fingerprint of the user's password hash, so changing a password
-  ends that user's sessions.
+  HttpOnly and SameSite=Lax (Secure with ``workbench.secure_cookies``); it holds only the
+  user's id and a CSRF token. The user is read again on every request, so a user
+  deactivated in the case database is out at once.
 - :class:`LoginRequired` is a middleware in front of every route: nothing answers without a
   login but the login form and the stylesheet. Pages redirect to the login form; the JSON
   API and any non-GET request answer 401.
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -69,11 +68,6 @@ def session_secret(secret_file: Path) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(key + "\n")
     return key
-
-
-def password_fingerprint(password_hash: str) -> str:
-    """A short digest of the stored hash: kept in the session, compared on every request."""
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 def new_csrf_token() -> str:
