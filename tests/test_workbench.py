@@ -68,6 +68,10 @@ def world(request, tmp_path_factory):
              for name, pw in PASSWORDS.items()}
     tx = _transactions()
     cases.ingest_alerts(db, _alerts(tx), period="30d", source="test")
+    # an alert on an account the transactions file does not hold (scored from elsewhere)
+    cases.ingest_alerts(db, [{"event_id": "z1", "event_time": T0, "score": 0.6, "threshold": 0.5, "alert": True,
+                              "src_account": "Z9", "dst_account": "Z8", "amount": 42.0, "jurisdiction": "GB"}],
+                        period="30d", source="test")
     top = cases.list_cases(db).items
     app = create_app(db, Settings(secret="s" * 40), Transactions(tx, "memory"))
     yield {"db": db, "app": app, "users": users, "top": top}
@@ -154,7 +158,7 @@ def test_csrf_missing_or_wrong_is_refused(world):
 
 
 def test_queue_case_page_and_maker_checker(world):
-    db, (top, second) = world["db"], world["top"]
+    db, (top, second, _) = world["db"], world["top"]
     ana, ana_token = login(world, "ana")
     queue = ana.get("/queue").text
     assert queue.index(f"/cases/{top.id}") < queue.index(f"/cases/{second.id}")  # highest score first
@@ -274,3 +278,13 @@ def test_a_deactivated_user_is_out_at_once(world):
     cases.set_active(world["db"], "eve", False)
     assert eve.get("/api/me").status_code == 401
     assert eve.get("/queue", headers={"accept": "text/html"}).headers["location"].startswith("/login")
+
+
+def test_an_account_missing_from_the_transactions_shows_its_alerted_transfers(world):
+    ana, _ = login(world, "ana")
+    z9 = next(c for c in world["top"] if c.subject_account == "Z9")
+    page = ana.get(f"/cases/{z9.id}").text
+    assert "the transactions file (memory) has none of this account" in page
+    svg = page[page.index("<svg"):page.index("</svg>")]
+    assert ">Z8</text>" in svg and "42.00" in svg and 'class="edge alerted"' in svg
+    assert "out to" in page and ">z1 <strong>alert</strong>" in page

@@ -210,22 +210,29 @@ def create_app(db: CaseDB, settings: Settings, transactions: Optional[Transactio
         c = detail.case
         start, end = c.first_alert_at - settings.window, c.last_alert_at
         alerted = {a.event_id for a in detail.alerts}
-        if transactions is not None:
+        known = transactions is not None and transactions.knows(c.subject_account)
+        if known:
             transfers, total = transactions.account(c.subject_account, start, end)
             # the picture also follows the money after the alerts: where it went next
-            nodes, edges = transactions.flow(c.subject_account, start, end + settings.window, settings.flow_hops,
+            flow_end = end + settings.window
+            nodes, edges = transactions.flow(c.subject_account, start, flow_end, settings.flow_hops,
                                              settings.flow_max_edges)
+            note = None
         else:
             transfers = alerted_transfers(detail.alerts)
-            total = len(transfers)
+            total, flow_end = len(transfers), end
             nodes, edges = flow_of(transfers, c.subject_account)
+            note = ("Only the case's alerted transfers are shown: "
+                    + ("no transactions file is loaded." if transactions is None
+                       else f"the transactions file ({transactions.source}) has none of this account's."))
         for e in edges:
             e["alerted"] = e["event_id"] in alerted
         currency = next((a.currency for a in detail.alerts if a.currency), "")
-        shown = sorted(sorted(detail.alerts, key=lambda a: -a.score)[:ALERTS_SHOWN], key=lambda a: (a.event_time, a.event_id))
-        return {"shown_alerts": shown, "transfers": transfers, "transfer_total": total, "alerted": alerted, "window_start": start,
-                "window_end": end, "flow_end": end + settings.window if transactions is not None else end, "flow_svg": render_flow(c.subject_account, nodes, edges, currency=currency or ""),
-                "flow_edges": len(edges), "has_transactions": transactions is not None}
+        shown = sorted(sorted(detail.alerts, key=lambda a: -a.score)[:ALERTS_SHOWN],
+                       key=lambda a: (a.event_time, a.event_id))
+        return {"shown_alerts": shown, "transfers": transfers, "transfer_total": total, "alerted": alerted,
+                "window_start": start, "window_end": end, "flow_end": flow_end, "evidence_note": note,
+                "flow_svg": render_flow(c.subject_account, nodes, edges, currency=currency or "")}
 
     def case_page(request: Request, user, case_id: int, message: Optional[str] = None, error: Optional[str] = None,
                   status: int = 200) -> HTMLResponse:

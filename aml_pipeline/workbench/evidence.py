@@ -5,8 +5,9 @@ The case database keeps alerts, not every transaction, so the workbench reads th
 transactions the alerts were scored from (``workbench.transactions``, the canonical
 parquet of ``task=data``) once at start-up and indexes them by account: a case page then
 costs two dictionary look-ups and a few numpy slices, whatever the size of the database.
-Without that file (alerts from the online service's decision log, say) the evidence is the
-case's own alerted transfers, and the page says so.
+Without that file (alerts from the online service's decision log, say), or when it holds
+none of the account's transfers, the evidence is the case's own alerted transfers, and the
+page says so.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class Transactions:
         if not p.is_file():
             raise UserError(f"workbench.transactions={p}: no such file (the validated parquet of task=data)")
         return cls(pl.read_parquet(p), str(p))
+
+    def knows(self, account: str) -> bool:
+        """Whether any transfer sent or received by ``account`` is in the file."""
+        return str(account) in self._by
 
     @property
     def height(self) -> int:
