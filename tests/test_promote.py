@@ -10,6 +10,7 @@ rules are also checked on hand-made figures a reader can verify.
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import mlflow
@@ -225,3 +226,53 @@ def test_the_registered_model_takes_canonical_transactions(world):
     run = mlflow.MlflowClient().get_run(mlflow.MlflowClient().get_model_version("aml-scorer", str(version)).run_id)
     assert run.data.params["model.num_leaves"] == "2" and run.data.params["weighting.positive_weight"] == "1.0"
     assert run.data.params["model.early_stopping_rounds"] == "0" and run.data.params["model.num_iterations"] == "1"
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_takes_canonical_transactions(world, tmp_path):
+    """``mlflow models serve`` (MLflow's own scoring server, in this environment) answers
+    /invocations with the bundle's decisions for canonical transactions: a user who knows
+    only MLflow can put the registered model behind HTTP."""
+    import subprocess
+    import time
+
+    import httpx
+    import polars as pl
+
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.testing.local_redis import free_port
+
+    version = aliases(world)["challenger"]
+    port = free_port()
+    uri = f"sqlite:///{world.root}/mlruns/mlflow.db"
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/aml-scorer/{version}", "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
+            time.sleep(1)
+        inputs = mlflow.pyfunc.load_model(f"models:/aml-scorer/{version}").metadata.get_input_schema().input_names()
+        events = pl.read_parquet(world.root / "data/validated/transactions.parquet").sort("event_time").tail(200)
+        body = events.select(inputs).with_columns(pl.col("event_time").dt.replace_time_zone(None)).to_pandas()
+        reply = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                           content=json.dumps({"dataframe_split": json.loads(body.to_json(orient="split", date_format="iso"))}),
+                           headers={"content-type": "application/json"})
+        assert reply.status_code == 200, reply.text[:2000]
+        decisions = reply.json()["predictions"]
+        expected = ModelBundle.load(world.root / "models/bundle").score(events.select(inputs), explain="none")
+        assert [d["event_id"] for d in decisions] == events["event_id"].to_list()
+        assert [bool(d["alert"]) for d in decisions] == expected["alert"].to_list()
+        assert max(abs(d["score"] - s) for d, s in zip(decisions, expected["score"].to_list())) <= 1e-9
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
