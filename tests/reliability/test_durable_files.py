@@ -44,8 +44,9 @@ def _trace(tmp_path: Path) -> list[tuple[str, str]]:
         pytest.skip("strace is not installed (apt-get install -y strace)")
     state = tmp_path / "scorer"
     out = tmp_path / "trace.txt"
-    r = subprocess.run(["strace", "-f", "-o", str(out), "-e", "trace=openat,fsync,rename,renameat,renameat2",
-                        sys.executable, "-c", COMMIT, str(state)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    calls = "trace=openat,fsync,rename,renameat,renameat2"
+    r = subprocess.run(["strace", "--seccomp-bpf", "-f", "-o", str(out), "-e", calls, sys.executable, "-c", COMMIT, str(state)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     if r.returncode != 0 and "ptrace" in r.stderr.lower():
         pytest.skip(f"strace cannot trace here: {r.stderr.strip().splitlines()[0]}")
     assert r.returncode == 0, r.stderr[-3000:]
