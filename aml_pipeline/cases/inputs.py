@@ -71,9 +71,12 @@ def read_parquet_alerts(path: Path, events: Optional[str], subject: str) -> pl.D
         if not events or not Path(events).is_file():
             raise UserError(f"input={path}: the scores carry no {subject!r}; cases.events must name the canonical "
                             f"events they were scored from (got {events!r})")
-        ev = pl.read_parquet(events, columns=None)
-        take = [c for c in missing if c in ev.columns]
-        ev = ev.select("event_id", *take).unique("event_id", keep="first")
+        scan = pl.scan_parquet(events)
+        names = scan.collect_schema().names()
+        take = [c for c in missing if c in names]
+        wanted = frame["event_id"].unique().implode()
+        ev = (scan.select("event_id", *take).filter(pl.col("event_id").is_in(wanted))  # only the alerts' events
+              .unique("event_id", keep="first").collect())
         frame = frame.join(ev, on="event_id", how="left", maintain_order="left")
         lost = frame.filter(pl.col(subject).is_null()).height
         if lost:
