@@ -376,8 +376,8 @@ def reasons_and_hint(top_features: Iterable[Mapping[str, Any]] | None,
         text, h = sentence(str(f.get("feature")), f.get("value"), row)
         if text and text not in words:
             words.append(text)
-        if hint is None and h is not None and text:
-            hint = h
+        if hint is None and h is not None and text and _number(f.get("value")) not in (0.0, None):
+            hint = h  # a count of 0 says what did not happen: no typology to hint at
     return words, hint
 
 
