@@ -36,8 +36,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.features.windows import duration_us
 from aml_pipeline.jsonl import replace_durably
 from aml_pipeline.secrets import redact_url
+from aml_pipeline.store import _short
 
 FINGERPRINT = "fingerprint.json"
 #: The fingerprint's parts, in the order a refusal names them, with how the message calls them.
@@ -59,17 +61,9 @@ def _value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
-def _short(us: int) -> str:
-    from aml_pipeline.store import _short as short
-
-    return short(us)
-
-
 def fingerprint(cfg: DictConfig, bundle, source: str, store_location: str) -> dict[str, str]:
     """The parts of :data:`PARTS` for this configuration, as short comparable texts
     (durations normalised: ``24h`` and ``1d`` are the same)."""
-    from aml_pipeline.features.windows import duration_us
-
     d = cfg.deploy
     plan = json.dumps(bundle.plan.to_dict(), sort_keys=True, default=str)
     cap = int(d.budget.cap)
