@@ -33,6 +33,7 @@ class Task(str, Enum):
     cases = "cases"  # alerts (a score file, the stream's alert folder) into the case database, grouped per account
     labels = "labels"  # the case database's dispositions as a labels file (event_id, account, label, labelled_at, source)
     workbench = "workbench"  # the investigators' web pages over the case database (queue, evidence, dispositions)
+    users = "users"  # the workbench's users: add, new password, deactivate, activate, list
 
 
 class FileFormat(str, Enum):
@@ -202,6 +203,11 @@ class FeaturesConfig:
     #: Ordered feature steps: step name -> {_target_: aml_pipeline.features..., params}.
     #: Each step's parameters are checked against its class when the plan is built.
     steps: dict[str, Any] = MISSING
+    #: One reporting currency: ``{currency: USD, rates: {EUR: 1.08, GBP: 1.27}}`` (units of
+    #: the reporting currency per one unit of the listed one). Every amount is converted by
+    #: its event's currency before any step sees it; a currency with no rate is an error.
+    #: null: amounts are used as given (aml_pipeline/features/fx.py).
+    fx: Any = None
 
 
 # ----------------------------------------------------------------------------- model
@@ -787,6 +793,33 @@ class CasesConfig:
     kafka: CasesKafkaConfig = field(default_factory=lambda: CasesKafkaConfig())
 
 
+# ----------------------------------------------------------------------------- users
+class UsersAction(str, Enum):
+    add = "add"  # a new user users.name with users.role
+    password = "password"  # a new password for users.name
+    deactivate = "deactivate"  # users.name can no longer log in or act (kept for the audit trail)
+    activate = "activate"  # users.name can log in again
+    list = "list"  # every user, role and whether active
+
+
+class UserRole(str, Enum):
+    analyst = "analyst"  # reviews cases and decides
+    supervisor = "supervisor"  # also approves another user's SAR and assigns cases to anyone
+
+
+@dataclass
+class UsersConfig:
+    """``task=users``: the workbench's users, kept in the case database (``cases.db``).
+
+    The password comes from the environment variable ``password_env`` or, at a terminal, a
+    prompt: never from the command line or the config, which end up in logs and run records."""
+
+    action: UsersAction = UsersAction.add
+    name: Optional[str] = None
+    role: UserRole = UserRole.analyst
+    password_env: str = "AML_WORKBENCH_PASSWORD"
+
+
 # ----------------------------------------------------------------------------- root
 @dataclass
 class AppConfig:
@@ -824,6 +857,8 @@ class AppConfig:
     cases: CasesConfig = field(default_factory=CasesConfig)
     #: task=workbench: the investigators' web pages (conf/workbench/).
     workbench: WorkbenchConfig = field(default_factory=WorkbenchConfig)
+    #: task=users: who may log in to the workbench.
+    users: UsersConfig = field(default_factory=UsersConfig)
 
 
 SOURCE_SCHEMAS = {

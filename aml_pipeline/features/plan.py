@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import ConfigError
 from aml_pipeline.features.base import DST, IS_QUERY, ROW, SRC, STEPS, FeatureStep, check_json, make_step
+from aml_pipeline.features.fx import FxTable
 from aml_pipeline.features.windows import scored_events, shared_timelines, timeline
 from aml_pipeline.timeutil import duration_us
 
@@ -24,11 +25,14 @@ from aml_pipeline.features import (amount_signals, balance, burst, cross_border,
 
 
 class FeaturePlan:
-    def __init__(self, steps: list[tuple[str, FeatureStep]]):
+    def __init__(self, steps: list[tuple[str, FeatureStep]], fx: FxTable | None = None):
         names = [n for n, _ in steps]
         if len(set(names)) != len(names):
             raise ConfigError(f"features.steps: step names must be unique, got {names}")
         self.steps = steps
+        #: ``features.fx``: amounts are converted to one reporting currency before any step
+        #: sees them (None: used as given). See :mod:`aml_pipeline.features.fx`.
+        self.fx = fx
         outputs: dict[str, str] = {}
         for name, step in steps:
             for col in step.output_columns():
@@ -38,8 +42,9 @@ class FeaturePlan:
 
     # -- construction -----------------------------------------------------------------
     @classmethod
-    def from_config(cls, steps_cfg: Mapping[str, Any]) -> "FeaturePlan":
-        """Build from ``features.steps``: ``{name: {kind: ..., <params>}}`` (kind defaults to name)."""
+    def from_config(cls, steps_cfg: Mapping[str, Any], fx: Any = None) -> "FeaturePlan":
+        """Build from ``features.steps``: ``{name: {kind: ..., <params>}}`` (kind defaults to name),
+        and ``features.fx`` (null: no currency conversion)."""
         if isinstance(steps_cfg, DictConfig):
             steps_cfg = OmegaConf.to_container(steps_cfg, resolve=True)
         steps = []
@@ -49,10 +54,27 @@ class FeaturePlan:
             steps.append((str(name), make_step(str(kind), spec, f"features.steps.{name}")))
         if not steps:
             raise ConfigError("features.steps: the plan has no steps; allowed step kinds: " + ", ".join(sorted(STEPS)))
-        return cls(steps)
+        return cls(steps, FxTable.from_config(fx))
+
+    @classmethod
+    def from_features_config(cls, features_cfg: Any) -> "FeaturePlan":
+        """The plan of a whole ``features`` config node (steps and fx)."""
+        return cls.from_config(features_cfg.steps, features_cfg.get("fx"))
+
+    def without_fx(self) -> "FeaturePlan":
+        """The same steps (sharing their fitted state) for input already in the reporting
+        currency: what an engine that converted at its own entry runs, so nothing is
+        converted twice."""
+        if self.fx is None:
+            return self
+        return FeaturePlan(self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": [{"name": n, "kind": s.kind, "params": s.params(), "state": s.state()} for n, s in self.steps]}
+        data: dict[str, Any] = {
+            "steps": [{"name": n, "kind": s.kind, "params": s.params(), "state": s.state()} for n, s in self.steps]}
+        if self.fx is not None:  # absent when off: bundles saved before fx existed load unchanged
+            data["fx"] = self.fx.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FeaturePlan":
@@ -60,7 +82,7 @@ class FeaturePlan:
         for entry in data["steps"]:
             step = make_step(entry["kind"], entry["params"], f"bundle feature step {entry['name']}")
             steps.append((entry["name"], step.load_state(entry.get("state", {}))))
-        return cls(steps)
+        return cls(steps, FxTable.from_dict(data["fx"]) if data.get("fx") else None)
 
     # -- contract ---------------------------------------------------------------------
     def feature_columns(self) -> list[str]:
@@ -70,7 +92,7 @@ class FeaturePlan:
         return {c: d for _, s in self.steps for c, d in s.output_columns().items()}
 
     def required_columns(self) -> list[str]:
-        seen: dict[str, None] = {}
+        seen: dict[str, None] = dict.fromkeys(["amount", "currency"]) if self.fx is not None else {}
         for _, s in self.steps:
             for c in s.required_columns():
                 seen.setdefault(c, None)
@@ -93,6 +115,9 @@ class FeaturePlan:
     def check(self, frame: pl.DataFrame | pl.LazyFrame, source: str = "the source") -> None:
         """Refuse a step whose input columns the data lacks (or has only as nulls)."""
         schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+        if self.fx is not None and "currency" not in schema:
+            raise ConfigError(f"features.fx needs column 'currency', which {source} does not provide; "
+                              f"set features.fx=null or map the source's currency column")
         for name, step in self.steps:
             missing = [c for c in step.required_columns() if c not in schema]
             if not missing and isinstance(frame, pl.DataFrame) and frame.height:
@@ -105,6 +130,10 @@ class FeaturePlan:
 
     # -- engine: polars ---------------------------------------------------------------
     def _prepare(self, events: pl.DataFrame, history: pl.DataFrame | None) -> pl.DataFrame:
+        if self.fx is not None:  # the one place the polars engine converts (history too, before they meet)
+            events = self.fx.convert_frame(events)
+            if history is not None:
+                history = self.fx.convert_frame(history.select(events.columns), "history events")
         events = events.with_columns(pl.lit(True).alias(IS_QUERY))
         if history is not None and history.height:
             hist = history.select(events.columns[:-1]).with_columns(pl.lit(False).alias(IS_QUERY))
@@ -117,8 +146,11 @@ class FeaturePlan:
             pl.col(ROW).cast(pl.Int64), codes.slice(0, n).alias(SRC), codes.slice(n, n).alias(DST)
         )
 
-    def _finish(self, frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.filter(pl.col(IS_QUERY)).sort(ROW).drop(ROW, IS_QUERY, SRC, DST)
+    def _finish(self, frame: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+        out = frame.filter(pl.col(IS_QUERY)).sort(ROW).drop(ROW, IS_QUERY, SRC, DST)
+        if self.fx is not None:  # the rows keep their own amount; only the features saw it converted
+            out = out.with_columns(events["amount"])
+        return out
 
     def _ahead(self, frame: pl.DataFrame) -> None:
         """Start the history steps' fit-independent window work in the background, so that
@@ -142,7 +174,7 @@ class FeaturePlan:
             for name, step in self.steps:
                 frame = step.fit_transform(frame)
                 check_json(step.state(), f"features.steps.{name}")
-        return self._finish(frame)
+        return self._finish(frame, train)
 
     def transform(self, events: pl.DataFrame, history: pl.DataFrame | None = None) -> pl.DataFrame:
         """Features of ``events``; ``history`` rows take part in aggregates but are not returned."""
@@ -156,4 +188,4 @@ class FeaturePlan:
             self._ahead(frame)
             for _, step in self.steps:
                 frame = step.transform(frame)
-        return self._finish(frame)
+        return self._finish(frame, events)

@@ -153,16 +153,25 @@ class Scorer:
     # -- one decision -----------------------------------------------------------------------
     def score(self, values: dict[str, Any], include_features: bool = False) -> dict[str, Any]:
         """The decision for one validated transaction (canonical values, aware event_time)."""
+        fx = self.bundle.plan.fx
+        shown = None
+        if fx is not None:  # the features and the store see the reporting currency, the log the event's own amount
+            try:
+                values, shown = fx.convert_values(values), values["amount"]
+            except ValueError as exc:
+                raise BadRequest("currency", str(exc)) from None
         with self._lock:
             try:
-                return self._score(Event(values), include_features)
+                return self._score(Event(values), include_features, shown)
             except self._store_errors as exc:
                 raise ServiceUnavailable(f"store unavailable: {exc}") from None
 
-    def _score(self, ev: Event, include_features: bool) -> dict[str, Any]:
+    def _score(self, ev: Event, include_features: bool, amount: float | None = None) -> dict[str, Any]:
+        """``amount``: the event's own amount when ``ev`` holds it converted (features.fx)."""
         stored, history = gather(self.store, self.needs, ev)
         if stored is not None:
             return {**stored, "replayed": True, "features": None}
+        event = ev.values if amount is None else {**ev.values, "amount": amount}
         jurisdiction = ev.values["jurisdiction"]
         threshold = self.threshold(jurisdiction)
         features = self.engine.compute(ev, history)
@@ -180,12 +189,12 @@ class Scorer:
             "threshold": threshold,
             "jurisdiction": jurisdiction,
             "top_features": tops,
-            "reasons": reasons_and_hint(tops, {**ev.values, **features})[0] if explain else None,
+            "reasons": reasons_and_hint(tops, {**event, **features})[0] if explain else None,
             **self.trace,
             "feature_engine": self.engine.name,
         }
         shadow = self.shadow.decide(x, jurisdiction) if self.shadow is not None else {}
-        self.log.write({**decision, **shadow, "logged_at": time.time(), "features": features, "event": ev.values})
+        self.log.write({**decision, **shadow, "logged_at": time.time(), "features": features, "event": event})
         self.store.commit(ev.row(self.needs.extra_columns), decision)
         return {**decision, "replayed": False, "features": features if include_features else None}
 

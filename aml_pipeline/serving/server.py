@@ -78,7 +78,7 @@ def build(cfg: DictConfig):
     return bundle, store, needs, engine
 
 
-def _warm(cfg: DictConfig, store) -> tuple[int, float]:
+def _warm(cfg: DictConfig, store, fx=None) -> tuple[int, float]:
     from aml_pipeline.store import warm_from_parquet
     from aml_pipeline.timeutil import parse_time
 
@@ -86,7 +86,7 @@ def _warm(cfg: DictConfig, store) -> tuple[int, float]:
         return 0, 0.0
     until = parse_time(cfg.deploy.warm_until, "deploy.warm_until") if cfg.deploy.warm_until else None
     start = time.perf_counter()
-    n = warm_from_parquet(store, cfg.deploy.warm_from, until)
+    n = warm_from_parquet(store, cfg.deploy.warm_from, until, fx)
     return n, time.perf_counter() - start
 
 
@@ -108,9 +108,9 @@ def _replay(cfg: DictConfig, bundle) -> dict:
 
 def _warm_shared(cfg: DictConfig) -> tuple[int, float]:
     """Warm the store the workers will share, once, before they start."""
-    _, store, _, _ = build(cfg)
+    bundle, store, _, _ = build(cfg)
     try:
-        return _warm(cfg, store)
+        return _warm(cfg, store, bundle.plan.fx)
     finally:
         store.close()
 
@@ -148,7 +148,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
     shadow = None if d.warm_only else load_shadow(cfg, bundle)  # deploy.shadow: logged, never alerts
 
     if d.warm_only:
-        n, secs = _warm(cfg, store)
+        n, secs = _warm(cfg, store, bundle.plan.fx)
         table("warm", [("store", str(store.stats())), ("events added", f"{n:,}"), ("took", f"{secs:.1f}s")])
         return {"warmed": n}
 
@@ -175,7 +175,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
     def prepare() -> None:
         try:
             state.detail = "warming the store"
-            n, secs = _warm(cfg, store)
+            n, secs = _warm(cfg, store, bundle.plan.fx)
             log = open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value)
             scorer = Scorer(bundle, store, needs, engine, log, explain=str(_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)

@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.features.fx import FxTable
 
 from aml_pipeline.store.base import OnlineStore, Reading, StoreLayout
 from aml_pipeline.store.memory import MemoryStore
@@ -81,11 +82,13 @@ def open_store(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> OnlineSt
     raise UserError(f"deploy.store.backend={backend!r}; allowed: memory, redis")
 
 
-def warm_from_parquet(store: OnlineStore, path: str | Path, until: datetime | None) -> int:
+def warm_from_parquet(store: OnlineStore, path: str | Path, until: datetime | None, fx: FxTable | None = None) -> int:
     """Append the events of a validated parquet file strictly before ``until`` (time order).
 
     Returns how many events were new to the store. The file is the ``data/validated``
-    layer: it passed validation once, so it is not validated again here.
+    layer: it passed validation once, so it is not validated again here. With the plan's
+    ``fx`` the amounts are converted to its reporting currency first: the store holds
+    reporting-currency amounts, as the scorers append them.
     """
     p = Path(path)
     if not p.is_file():
@@ -97,6 +100,9 @@ def warm_from_parquet(store: OnlineStore, path: str | Path, until: datetime | No
         raise UserError(f"deploy.warm_from={p}: column {missing[0]!r} is missing (the store keeps {', '.join(columns)})")
     if until is not None:
         lf = lf.filter(pl.col("event_time") < until)
+    if fx is not None:
+        frame = fx.convert_frame(lf.select(*columns, "currency").collect(), f"deploy.warm_from={p}: events").select(columns)
+        lf = frame.lazy()
     frame = (lf.select(columns).sort("event_time", maintain_order=True)
              .with_columns(pl.col("event_time").dt.epoch("us")).collect())
     return store.warm(frame.iter_rows())

@@ -390,7 +390,9 @@ class PolarsFeatures:
     name = "polars"
 
     def __init__(self, plan: FeaturePlan, event_columns: list[str], extra_columns: tuple[str, ...]):
-        self.plan = plan
+        # The event (converted before it is built) and the store's rows are already in the
+        # reporting currency: the plan must not convert them again.
+        self.plan = plan.without_fx()
         self.columns = plan.feature_columns()
         self.schema = {c: ALL_COLUMNS.get(c, pl.String) for c in event_columns}
         self.schema["event_time"] = UTC_TIME

@@ -202,7 +202,7 @@ def build_scorer(cfg: DictConfig):
     # Redis keeps its rows: warm it once, on a new checkpoint. The embedded store is rebuilt:
     # from the warm-up file and the row logs, or from its last snapshot and the logs after it.
     if d.warm_from and (fresh or (memory and not saved.get("snapshot"))):
-        warmed = warm_from_parquet(store, d.warm_from, until)
+        warmed = warm_from_parquet(store, d.warm_from, until, bundle.plan.fx)
     scorer.store_epoch = epoch
     last = scorer.restore(rebuild_store=memory)
     scorer.warm_up(currencies[0])

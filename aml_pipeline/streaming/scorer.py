@@ -227,6 +227,8 @@ class StreamScorer:
         state = {"batch_id": self.batch_id, "flushed": self.flushed, "watermark_us": self.watermark,
                  "max_seen_us": self.max_seen, "partition_newest_us": self.partition_newest, "counts": self.counts, "budget": self.budget.state(),
                  "committed_at": time.time()}
+        if released.height and self.bundle.plan.fx is not None:  # the store holds reporting-currency amounts
+            released = self.bundle.plan.fx.convert_frame(released)
         rows = released.select(self.store.layout.columns) if released.height else released
         self.log.commit(tag, state, rows, self.pending)
         self._append_rows(rows)
@@ -437,7 +439,14 @@ class StreamScorer:
         if not events.height:
             return pl.DataFrame()
         frame = events.select(list(STAGED_SCHEMA))
-        features = self.bundle.plan.transform(frame, history=self.history(frame))
+        plan = self.bundle.plan
+        if plan.fx is not None:
+            # Converted once here: the store's rows are in the reporting currency already, so
+            # the plan runs without its conversion; the decisions keep the events' own amount.
+            features = plan.without_fx().transform(plan.fx.convert_frame(frame), history=self.history(frame))
+            features = features.with_columns(frame["amount"])
+        else:
+            features = plan.transform(frame, history=self.history(frame))
         self._lap("features")
         decisions = self.bundle.score_features(features, self.top_k, self.explain)
         if self.shadow is not None:  # the same feature values, its own model (timed with the live one's)

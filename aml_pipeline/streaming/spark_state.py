@@ -87,7 +87,11 @@ def side_columns(plan: FeaturePlan) -> tuple[list[str], list[str]]:
 
 
 def refuse_cross_account(plan: FeaturePlan) -> None:
-    """One line naming the first step whose columns need another account's history."""
+    """One line naming the first step whose columns need another account's history (or the
+    plan's currency conversion, which its per-account state has no form of)."""
+    if plan.fx is not None:
+        raise UserError("deploy.state=spark has no form of features.fx (one reporting currency): its per-account "
+                        "state keeps amounts as received; use deploy.state=store (the default)")
     for name, step in plan.steps:
         if step.uses_history and step.kind not in LOCAL_HISTORY_KINDS and hasattr(step, "online"):
             raise UserError(f"deploy.state=spark has no form of features.steps.{name} ({step.kind}): its per-account "

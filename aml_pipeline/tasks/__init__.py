@@ -27,6 +27,7 @@ TASK_EXTRAS = {
     "cases": "workbench",
     "labels": "workbench",
     "workbench": "workbench",
+    "users": "workbench",
 }
 
 

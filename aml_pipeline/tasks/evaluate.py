@@ -109,7 +109,9 @@ def run(cfg: DictConfig) -> dict:
         decisions = bundle.score_features(test, cfg.scoring.top_k, Explain(cfg.scoring.explain).value)
     events = pl.read_parquet(need(layout.validated, "data"))
     threshold_cfg = cfg.features.steps.get("amount", {}) or {}
-    base = baseline_scores(events, bounds["valid_start"], float(threshold_cfg.get("reporting_threshold", 10_000.0)))
+    # the rules' threshold is the amount step's, in the plan's reporting currency when it has one
+    ruled = bundle.plan.fx.convert_frame(events) if bundle.plan.fx is not None else events
+    base = baseline_scores(ruled, bounds["valid_start"], float(threshold_cfg.get("reporting_threshold", 10_000.0)))
     base = test.select("event_id").join(base, on="event_id", how="left")
     y = test["label"].to_numpy()
     score = decisions["score"].to_numpy()

@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> dict:
 
     layout = Layout.of(cfg)
     start = time.perf_counter()
-    plan = FeaturePlan.from_config(cfg.features.steps)
+    plan = FeaturePlan.from_features_config(cfg.features)
     if engine_name(cfg) == "spark":
         # engine=spark: the same plan compiled to Spark writes the same file (aml_pipeline/spark/tasks.py).
         require_extra("spark", why="engine=spark")
