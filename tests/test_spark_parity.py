@@ -456,6 +456,59 @@ def test_crafted_cases_are_present():
         assert not set(test[column]) <= set(train[column]), f"no {column} unseen in training"
 
 
+# ----------------------------------------------------------------------------- features.fx
+#: A plan whose values depend on amounts in every way: a threshold band, windows, matching.
+FX_STEPS = {"time": {}, "amount": {"trailing_window": "24h", "reporting_threshold": 1000.0, "band": 0.2},
+            "rolling": {"windows": ["1h", "24h"], "sides": ["src", "dst"], "flows": ["in", "out"], "aggs": ["sum", "max"]},
+            "flow": {"windows": ["24h"], "lookback": "7d", "habit": "7d"}, "categories": {"kind": "category_codes"}}
+
+
+def test_fx_conversion_spark_equals_polars(spark, tmp_path):
+    """``features.fx``: Spark converts at its entry (a map lookup) and runs the account
+    partitions without the conversion; polars converts in the plan. Fitted state and every
+    column bit for bit, the rows keeping their own amount; then a fitted fx plan applied
+    with history rows; a currency with no rate is refused naming it."""
+    from aml_pipeline.errors import UserError
+    from aml_pipeline.spark.features import SparkFeatures
+    from aml_pipeline.spark.tasks import build_features as spark_build_features
+
+    events = synthetic_events()
+    codes = sorted(set(events["currency"]) - {"USD"})
+    assert len(codes) >= 3
+    fx = {"currency": "USD", "rates": {c: round(0.37 + 0.61 * i, 4) for i, c in enumerate(codes)}}
+    events.write_parquet(tmp_path / "events.parquet")
+    p_plan, s_plan = FeaturePlan.from_config(FX_STEPS, fx), FeaturePlan.from_config(FX_STEPS, fx)
+    p_out, _ = build_features(events, p_plan, SPLIT)
+    s_df, _, engine = spark_build_features(spark.read.parquet(str(tmp_path / "events.parquet")), s_plan, SPLIT,
+                                           "accounts", str(tmp_path / "work"), 3)
+    s_out = pl.from_arrow(s_df.toArrow()).sort("event_time", "event_id")
+    engine.release()
+    assert s_plan.to_dict() == p_plan.to_dict() and "fx" in s_plan.to_dict()
+    case = StepCase(name="fx", spec={}, kind="fx", columns=p_plan.feature_columns(), used_by=["fx"])
+    assert not differences(case, p_out, s_out), "\n".join(differences(case, p_out, s_out))
+    assert s_out.columns == p_out.columns
+    assert s_out.select(events.columns).equals(p_out.select(events.columns))  # the events' own amounts
+    # without the conversion the values differ: the test can fail
+    plain, _ = build_features(events, FeaturePlan.from_config(FX_STEPS), SPLIT)
+    assert differences(case, plain, s_out)
+    # a fitted fx plan (a bundle's) applied with history rows
+    train = p_out.filter(pl.col("split") == "train").select(events.columns)
+    later = p_out.filter(pl.col("split") != "train").select(events.columns)
+    train.write_parquet(tmp_path / "train.parquet")
+    later.write_parquet(tmp_path / "later.parquet")
+    expected = p_plan.transform(later, history=train)
+    applied = SparkFeatures(FeaturePlan.from_dict(json.loads(json.dumps(p_plan.to_dict()))), spark, passes="accounts",
+                            workdir=str(tmp_path / "apply"), account_partitions=3)
+    got = pl.from_arrow(applied.transform(spark.read.parquet(str(tmp_path / "later.parquet")),
+                                          history=spark.read.parquet(str(tmp_path / "train.parquet"))).toArrow())
+    applied.release()
+    assert not differences(case, expected, got), "\n".join(differences(case, expected, got))
+    short = FeaturePlan.from_config(FX_STEPS, {"currency": "USD", "rates": {c: r for c, r in fx["rates"].items() if c != codes[0]}})
+    n = events.filter(pl.col("currency") == codes[0]).height
+    with pytest.raises(UserError, match=rf"no rate to USD: {codes[0]} \({n}\); add features\.fx\.rates\.{codes[0]}"):
+        SparkFeatures(short, spark, passes="accounts").transform(spark.read.parquet(str(tmp_path / "events.parquet")))
+
+
 # ----------------------------------------------------------------------------- refusal
 def test_step_without_spark_compilation_runs_only_per_account_partition(spark):
     from dataclasses import dataclass as dc

@@ -57,6 +57,8 @@ from aml_pipeline.timeutil import duration_us
 
 #: The feature table's row order (``task=features`` writes it sorted so).
 TABLE_ORDER = ["event_time", "event_id"]
+#: The event's own amount while the features see it converted (``features.fx``).
+GIVEN = "_amount_given"
 #: Values of ``engine.passes``: ``accounts`` (default) and the compiled pass evaluators.
 PASS_EVALUATORS = ("accounts", *EVALUATORS)
 DAY_US = 86_400_000_000
@@ -656,7 +658,11 @@ class SparkFeatures:
         if passes not in PASS_EVALUATORS:
             raise ConfigError(f"engine.passes={passes!r}: allowed: {', '.join(PASS_EVALUATORS)}")
         check_compiled(plan, passes)
-        self.plan = plan
+        #: ``features.fx``: converted once, at this engine's entry (:meth:`_convert`); the
+        #: steps (here, in the compiled passes and in the account partitions) then run the
+        #: plan without it, sharing its steps, so fits still land in ``plan``.
+        self.fx = plan.fx
+        self.plan = plan.without_fx()
         #: How the history steps are evaluated (``engine.passes``): ``accounts`` runs the
         #: plan's own polars steps per account partition (:mod:`.accounts`), ``arrow`` and
         #: ``window`` evaluate compiled passes (:func:`~.windows.run_passes`).
@@ -833,6 +839,21 @@ class SparkFeatures:
         outputs = self.plan.feature_columns()
         return frame.select(*[F.col(f"`{c}`") for c in frame.columns if c not in outputs], *outputs)
 
+    def _convert(self, frame: DataFrame, what: str) -> DataFrame:
+        """``amount`` in the reporting currency, the event's own amount kept in ``GIVEN``
+        (restored by :meth:`_given`): the same multiplication as the polars engine's."""
+        if "currency" not in frame.columns:
+            raise ConfigError("features.fx needs column 'currency', which the source does not provide; "
+                              "set features.fx=null or map the source's currency column")
+        self.fx.check_spark(frame, what)
+        return frame.withColumns({GIVEN: F.col("amount"), "amount": self.fx.spark_amount()})
+
+    def _given(self, frame: DataFrame) -> DataFrame:
+        """The rows keep their own amount; only the features saw it converted. The account
+        partitions' files hold the converted one, so the result is read back, not published."""
+        self.sorted_files = None
+        return frame.withColumn("amount", F.col(GIVEN)).drop(GIVEN)
+
     def fit_transform(self, events: DataFrame, train: Column) -> DataFrame:
         """Fit on the rows where ``train`` is true, return the features of every row.
 
@@ -840,12 +861,20 @@ class SparkFeatures:
         here (eagerly); the returned frame reads their results.
         """
         check_columns(self.plan, events.where(train))
-        return self._run(self._prepare(events, None, train), train, history=False)
+        if self.fx is None:
+            return self._run(self._prepare(events, None, train), train, history=False)
+        events = self._convert(events, "events")
+        return self._given(self._run(self._prepare(events, None, train), train, history=False))
 
     def transform(self, events: DataFrame, history: DataFrame | None = None) -> DataFrame:
         """Features of ``events`` with the plan's fitted state; ``history`` rows are not returned."""
         check_columns(self.plan, events)
-        return self._run(self._prepare(events, history, None), None, history=history is not None)
+        if self.fx is None:
+            return self._run(self._prepare(events, history, None), None, history=history is not None)
+        events = self._convert(events, "events")
+        if history is not None:
+            history = self._convert(history, "history events")
+        return self._given(self._run(self._prepare(events, history, None), None, history=history is not None))
 
 
 def spark_features(plan: FeaturePlan, spark: SparkSession, engine, workdir: str | None) -> SparkFeatures:
