@@ -1,7 +1,7 @@
 """The money flow around an account, drawn as inline SVG on the server.
 
-A pure function of the nodes and transfers the case database returns
-(:func:`aml_pipeline.cases.money_flow`): no JavaScript library, no request to anything, so
+A pure function of the nodes and transfers :mod:`aml_pipeline.workbench.evidence` gathers
+from the run's transactions: no JavaScript library, no request to anything, so
 the picture is in the page an investigator saves or prints, and the same input always gives
 the same bytes (the tests compare them).
 
