@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 import polars as pl
 import pytest
 
@@ -15,11 +16,17 @@ from aml_pipeline.features.fx import FxTable
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.serving.scorer import BadRequest, DecisionLog, Scorer, make_engine
 from aml_pipeline.store import warm_from_parquet
-from aml_pipeline.store.engine import Event, OnlineFeatures, PolarsFeatures, gather, plan_needs
+from aml_pipeline.store.engine import Event, OnlineFeatures, PolarsFeatures, gather, plan_needs, to_us
 from aml_pipeline.store.memory import MemoryStore
+from aml_pipeline.streaming.budget import AlertBudget
+from aml_pipeline.streaming.job import fx_rules
+from aml_pipeline.streaming.outputs import FileOutputs
+from aml_pipeline.streaming.records import RawRecord
+from aml_pipeline.streaming.scorer import StreamScorer
 from aml_pipeline.streaming.spark_state import refuse_cross_account
 from aml_pipeline.tasks import run_task
 from aml_pipeline.tasks.data import ingest
+from aml_pipeline.validation.rules import build_rules
 from tests.conftest import compose_config
 from tests.test_store import assert_same_features, request_values
 
@@ -160,47 +167,88 @@ def test_online_engines_equal_batch(world, engine, tmp_path):
         plan.fx.convert_values({**request_values(after.row(0, named=True)), "currency": "JPY"})
 
 
-# ----------------------------------------------------------------------------- task=score
-def test_score_task_and_service_with_fx_bundle_score_like_training(tmp_path):
+# ----------------------------------------------------------------------------- scorers
+@pytest.fixture(scope="module")
+def fx_run(tmp_path_factory):
+    """data -> features -> train with features.fx on a small world (a few seconds):
+    the bundle, the feature table, the validated events and the training-time test scores."""
+    root = tmp_path_factory.mktemp("fx_run")
     rates = "{" + ", ".join(f"{k}: {v}" for k, v in RATES.items()) + "}"
-    run = ["source.n_accounts=200", "source.days=14", "source.laundering_rate=0.05", "features=streaming_local",
-           "model.params.n_estimators=20", f"features.fx={{currency: USD, rates: {rates}}}",
-           f"paths.data_dir={tmp_path / 'data'}", f"paths.models_dir={tmp_path / 'models'}",
-           f"paths.reports_dir={tmp_path / 'reports'}"]
+    args = ["source.n_accounts=200", "source.days=14", "source.laundering_rate=0.05", "features=streaming_local",
+            "model.params.n_estimators=20", f"features.fx={{currency: USD, rates: {rates}}}",
+            f"paths.data_dir={root / 'data'}", f"paths.models_dir={root / 'models'}", f"paths.reports_dir={root / 'reports'}"]
     for task in ("data", "features", "train"):
-        run_task(compose_config([*run, f"task={task}"]))
-    bundle = ModelBundle.load(tmp_path / "models" / "bundle")
-    assert bundle.plan.fx == FxTable("USD", RATES)
-    table = pl.read_parquet(tmp_path / "data/features/features.parquet")
-    validated = pl.read_parquet(tmp_path / "data/validated/transactions.parquet")
+        run_task(compose_config([*args, f"task={task}"]))
+    bundle = ModelBundle.load(root / "models" / "bundle")
+    table = pl.read_parquet(root / "data/features/features.parquet")
     trained = bundle.score_features(table.filter(pl.col("split") == "test"), 5, "none")
-    out = run_task(compose_config([*run, "task=score", f"bundle={tmp_path / 'models' / 'bundle'}",
-                                   f"input={tmp_path / 'data/validated/transactions.parquet'}",
-                                   f"output={tmp_path / 'scores.parquet'}"]))
-    scored = pl.read_parquet(out["output"]).join(trained.select("event_id", pl.col("score").alias("trained")), on="event_id")
-    assert scored.height == trained.height > 50
-    assert all(math.isclose(a, b, rel_tol=0, abs_tol=1e-9) for a, b in zip(scored["score"], scored["trained"]))
-    # the feature table keeps each event's own amount
-    own = table.join(validated.select("event_id", pl.col("amount").alias("given")), on="event_id")
-    assert own["amount"].equals(own["given"], check_names=False)
-    assert validated.filter(pl.col("currency") != "USD").height > 0
+    return SimpleNamespace(root=root, args=args, bundle=bundle, table=table, validated=root / "data/validated/transactions.parquet",
+                           events=pl.read_parquet(root / "data/validated/transactions.parquet"), trained=trained,
+                           expected=dict(zip(trained["event_id"], trained["score"])),
+                           test_start=table.filter(pl.col("split") == "test")["event_time"].min())
 
-    # the online service with the same bundle: the store warmed from parquet (converted), each
-    # request converted before its features, the decision log keeping the request's own amount
-    test_start = table.filter(pl.col("split") == "test")["event_time"].min()
+
+def test_score_task_with_fx_bundle_scores_like_training(fx_run):
+    assert fx_run.bundle.plan.fx == FxTable("USD", RATES)
+    out = run_task(compose_config([*fx_run.args, "task=score", f"bundle={fx_run.root / 'models' / 'bundle'}",
+                                   f"input={fx_run.validated}", f"output={fx_run.root / 'scores.parquet'}"]))
+    scored = pl.read_parquet(out["output"])
+    both = scored.join(fx_run.trained.select("event_id", pl.col("score").alias("trained")), on="event_id")
+    assert both.height == fx_run.trained.height > 50
+    assert all(math.isclose(a, b, rel_tol=0, abs_tol=1e-9) for a, b in zip(both["score"], both["trained"]))
+    # the feature table keeps each event's own amount
+    own = fx_run.table.join(fx_run.events.select("event_id", pl.col("amount").alias("given")), on="event_id")
+    assert own["amount"].equals(own["given"], check_names=False)
+    assert fx_run.events.filter(pl.col("currency") != "USD").height > 0
+
+
+def test_service_with_fx_bundle_scores_like_training(fx_run, tmp_path):
+    """The store warmed from parquet (converted), each request converted before its
+    features, the decision log keeping the request's own amount; no rate: a 422."""
+    bundle = fx_run.bundle
     needs = plan_needs(bundle.plan)
     store = MemoryStore(needs.layout())
-    warm_from_parquet(store, tmp_path / "data/validated/transactions.parquet", test_start, bundle.plan.fx)
+    warm_from_parquet(store, fx_run.validated, fx_run.test_start, bundle.plan.fx)
     scorer = Scorer(bundle, store, needs, make_engine("online", bundle, needs, []), DecisionLog(tmp_path / "log.jsonl"))
-    expected = dict(zip(trained["event_id"], trained["score"]))
-    live = validated.filter(pl.col("event_time") >= test_start).head(40)
+    live = fx_run.events.filter(pl.col("event_time") >= fx_run.test_start).head(40)
     for row in live.iter_rows(named=True):
         decision = scorer.score(request_values(row))
-        assert math.isclose(decision["score"], expected[row["event_id"]], rel_tol=0, abs_tol=1e-9)
+        assert math.isclose(decision["score"], fx_run.expected[row["event_id"]], rel_tol=0, abs_tol=1e-9)
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [d["event"]["amount"] for d in logged] == live["amount"].to_list()
     with pytest.raises(BadRequest, match="currency='JPY' has no rate to USD"):
         scorer.score({**request_values(live.row(0, named=True)), "event_id": "jpy", "currency": "JPY"})
+
+
+def test_stream_with_fx_bundle_scores_like_training(fx_run, tmp_path):
+    """The micro-batch scorer on the embedded store: the same scores as training, the
+    alerts' own amounts, and a record in a currency with no rate dead-lettered (no_fx_rate)."""
+    bundle = fx_run.bundle
+    needs = plan_needs(bundle.plan)
+    store = MemoryStore(needs.layout())
+    warm_from_parquet(store, fx_run.validated, fx_run.test_start, bundle.plan.fx)
+    currencies = [*compose_config([]).validation.currencies]
+    assert "JPY" in currencies  # valid, but the bundle has no rate for it
+    rules = build_rules(currencies, False) + fx_rules(bundle.plan)
+    scorer = StreamScorer(bundle, store, needs, FileOutputs(tmp_path / "out"), rules, tmp_path / "state", 0,
+                          AlertBudget("jurisdiction", "1d", 10_000), start_watermark_us=to_us(fx_run.test_start),
+                          write_decisions=True, progress=False)
+    live = fx_run.events.filter(pl.col("event_time") >= fx_run.test_start)
+    lines = [json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in request_values(r).items()})
+             for r in live.iter_rows(named=True)]
+    lines.insert(3, lines[3].replace(live["event_id"][3], "in-yen").replace(f'"{live["currency"][3]}"', '"JPY"'))
+    for i in range(0, len(lines), 100):
+        scorer.process(i // 100, [RawRecord(t, {"file": "part-0.jsonl", "line": i + n + 1}) for n, t in enumerate(lines[i:i + 100])])
+    scorer.flush()
+    decisions = pl.concat([pl.read_parquet(p) for p in sorted((tmp_path / "out/decisions").glob("part-*.parquet"))])
+    assert decisions.height == live.height
+    assert all(math.isclose(s, fx_run.expected[e], rel_tol=0, abs_tol=1e-9)
+               for e, s in zip(decisions["event_id"], decisions["score"]))
+    dead = [json.loads(x) for p in sorted((tmp_path / "out/dead_letter").glob("*")) for x in p.read_text().splitlines()]
+    assert [(d["event_id"], d["reasons"]) for d in dead] == [("in-yen", ["no_fx_rate"])]
+    given = dict(zip(live["event_id"], live["amount"]))
+    alerts = [json.loads(x) for p in sorted((tmp_path / "out/alerts").glob("*")) for x in p.read_text().splitlines()]
+    assert alerts and all(a["amount"] == given[a["event_id"]] for a in alerts)  # the event's own amount
 
 
 def test_state_spark_refuses_fx_by_name():

@@ -34,6 +34,7 @@ from aml_pipeline.errors import UserError
 from aml_pipeline.progress import table
 from aml_pipeline.schema import ALL_COLUMNS
 from aml_pipeline.streaming.records import RawRecord
+from aml_pipeline.validation.rules import Rule
 
 
 def _value(v: Any) -> Any:
@@ -152,6 +153,16 @@ def stream_outputs(cfg: DictConfig):
                         OmegaConf.to_container(d.topics, resolve=True))
 
 
+def fx_rules(plan) -> list:
+    """With ``features.fx``, a record in a currency the bundle has no rate for is a dead
+    letter (``no_fx_rate``), like any other record the stream cannot score, rather than an
+    error that stops the stream."""
+    if plan.fx is None:
+        return []
+    return [Rule("no_fx_rate", "in_set", "currency", f"the currency has no rate to {plan.fx.currency} in the bundle's "
+                 "features.fx", values=tuple(plan.fx.rates))]
+
+
 def build_scorer(cfg: DictConfig):
     """(scorer, store, source kind). Raises UserError for anything a user can fix."""
     from aml_pipeline.export.bundle_export import exported_model
@@ -186,7 +197,7 @@ def build_scorer(cfg: DictConfig):
     checkpoint = settle_checkpoint(cfg, bundle, source, epoch)
     outputs = stream_outputs(cfg)
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
-    rules = build_rules(currencies, require_label=False, max_future_skew_us=skew_us)
+    rules = build_rules(currencies, require_label=False, max_future_skew_us=skew_us) + fx_rules(bundle.plan)
     state_dir = Path(d.checkpoint) / "scorer"
     saved = StateLog(state_dir).load()
     fresh = saved is None
