@@ -42,6 +42,7 @@ EXTRAS = {
     "sqlalchemy": "workbench",
     "alembic": "workbench",
     "jinja2": "workbench",
+    "matplotlib": "plots",
 }
 
 

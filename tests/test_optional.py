@@ -106,7 +106,8 @@ def test_every_task_module_imports_in_the_core_or_names_its_extra(tmp_path):
 @pytest.mark.slow
 def test_the_pipeline_runs_in_the_core_and_says_mlflow_was_not_logged(tmp_path):
     """data -> features -> train -> evaluate with no extra at all: the bundle and the reports
-    are written, and one line says MLflow is not installed (the default mlflow.enabled=true)."""
+    are written, and one line each says MLflow (the default mlflow.enabled=true) and the plots
+    are not installed."""
     res = run_core(tmp_path, ["+experiment=quickstart", "source.n_accounts=800", "source.days=30",
                               "source.laundering_rate=0.02", "model.params.n_estimators=50", "evaluation=fast"])
     assert res.returncode == 0, res.stderr[-3000:]
@@ -114,7 +115,10 @@ def test_the_pipeline_runs_in_the_core_and_says_mlflow_was_not_logged(tmp_path):
     assert notice == ["mlflow.enabled: MLflow is not installed, so this run is not logged or registered "
                       "(pip install 'aml_pipeline[mlflow]'; or mlflow.enabled=false)"]
     assert (tmp_path / "models" / "bundle" / "manifest.json").is_file()
-    assert {p.name for p in (tmp_path / "reports").iterdir()} >= {"metrics.json", "pr_curve.png", "summary.md"}
+    reports = {p.name for p in (tmp_path / "reports").iterdir()}
+    assert reports >= {"metrics.json", "summary.md"} and "pr_curve.png" not in reports  # no plots extra: no pictures
+    assert [line for line in res.stderr.splitlines() if line.startswith("plots:")] == [
+        "plots: matplotlib is not installed, so the reports have no pictures (pip install 'aml_pipeline[plots]')"]
     assert not (tmp_path / "mlruns").exists()
     # a models:/ bundle needs the registry: one line again
     res = run_core(tmp_path, ["task=score", "bundle=models:/aml-scorer@challenger"])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,7 @@ from aml_pipeline.evaluation.metrics import (
     roc_auc,
 )
 from aml_pipeline.evaluation.thresholds import DEFAULT_KEY, apply_thresholds, jurisdiction_labels
+from aml_pipeline.optional import install_hint, installed
 
 #: Display names of the baselines, in report order.
 BASELINE_LABELS = {"raw_windows": "raw+windows", "raw": "raw", "rules": "rules"}
@@ -174,6 +176,22 @@ def write_metrics_json(path, metrics: Mapping) -> Path:
 
 
 # ----------------------------------------------------------------------------- plots
+def plots_installed() -> bool:
+    """Whether matplotlib (the ``plots`` extra) is there; without it a report is written
+    without its pictures, and one line on stderr says so (once per process)."""
+    if installed("matplotlib"):
+        return True
+    global _SAID_NO_PLOTS
+    if not _SAID_NO_PLOTS:
+        print(f"plots: matplotlib is not installed, so the reports have no pictures ({install_hint('plots')})",
+              file=sys.stderr)
+        _SAID_NO_PLOTS = True
+    return False
+
+
+_SAID_NO_PLOTS = False
+
+
 def _new_figure(width=7.0, height=5.0):
     from matplotlib.figure import Figure  # imported lazily: matplotlib is slow to import
 
@@ -432,8 +450,11 @@ def write_reports(reports_dir, metrics: Mapping, context: Mapping, y, score, bas
     points = {"model operating point": metrics.get("operating_point")}
     if metrics.get("baseline"):
         points["baseline (any rule fired)"] = metrics["baseline"].get("operating_point")
-    plot_pr_curve(paths["pr_curve"], y, score, baseline_score=baseline_score, operating_points=points,
-                  learned_scores=learned_scores)
-    plot_feature_importance(paths["feature_importance"], importance)
+    if plots_installed():
+        plot_pr_curve(paths["pr_curve"], y, score, baseline_score=baseline_score, operating_points=points,
+                      learned_scores=learned_scores)
+        plot_feature_importance(paths["feature_importance"], importance)
+    else:
+        del paths["pr_curve"], paths["feature_importance"]
     paths["summary"].write_text(summary_markdown(metrics, context), encoding="utf-8")
     return {name: str(p) for name, p in paths.items()}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aml_pipeline.evaluation.report import write_metrics_json
+from aml_pipeline.evaluation.report import plots_installed, write_metrics_json
 
 PLOTS = {"psi": "psi_per_feature.png", "score": "score_distribution.png", "alert_rate": "alert_rate.png",
          "precision": "precision_over_time.png"}
@@ -107,7 +107,9 @@ def plot_precision(path: Path, performance: dict | None) -> Path:
     return _save(fig, path)
 
 
-def _img(path: Path) -> str:
+def _img(path: Path | None) -> str:
+    if path is None:  # no plots extra: the page keeps its tables
+        return ""
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
@@ -163,12 +165,12 @@ color:{COLOURS['alert'] if report['drift_detected'] else COLOURS['ok']}}} img{{m
 (sha256 {html.escape(str(report['bundle']['bundle_hash'])[:12])}); window {html.escape(str(w['start']))} to
 {html.escape(str(w['end']))}, {w['events']:,} events; reference: validation window {html.escape(str(report['reference']['start']))}
 to {html.escape(str(report['reference']['end']))}, {report['reference']['events']:,} events.</p>
-<h2>Drift</h2>{_img(plots['psi'])}{_img(plots['score'])}
+<h2>Drift</h2>{_img(plots.get('psi'))}{_img(plots.get('score'))}
 {_table(['column', 'kind', 'PSI', 'JS', 'missing (ref)', 'missing', 'out of range', 'new categories', 'status'], rows)}
 <h2>Alerts</h2><p>{v['alerts']:,} alerts over {v['events']:,} events ({_f(v['alert_rate'], True)};
-reference {_f(v['reference_alert_rate'], True)}).</p>{_img(plots['alert_rate'])}
+reference {_f(v['reference_alert_rate'], True)}).</p>{_img(plots.get('alert_rate'))}
 {_table(['jurisdiction', 'events', 'alerts', 'alert rate', 'reference rate'], jur)}
-<h2>Performance over mature labels</h2>{perf}{_img(plots['precision'])}
+<h2>Performance over mature labels</h2>{perf}{_img(plots.get('precision'))}
 {shadow}
 </body></html>
 """
@@ -178,10 +180,12 @@ def write_report(directory: str | Path, report: dict, levels: tuple[float, float
     """monitor.json, the four plots and monitor.html under ``directory`` (replaced file by file)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    plots = {"psi": plot_psi(d / PLOTS["psi"], report["drift"], levels),
-             "score": plot_score(d / PLOTS["score"], report["drift"]),
-             "alert_rate": plot_alert_rate(d / PLOTS["alert_rate"], report["alerts"]),
-             "precision": plot_precision(d / PLOTS["precision"], report.get("performance"))}
+    plots = {}
+    if plots_installed():
+        plots = {"psi": plot_psi(d / PLOTS["psi"], report["drift"], levels),
+                 "score": plot_score(d / PLOTS["score"], report["drift"]),
+                 "alert_rate": plot_alert_rate(d / PLOTS["alert_rate"], report["alerts"]),
+                 "precision": plot_precision(d / PLOTS["precision"], report.get("performance"))}
     json_path = write_metrics_json(d / "monitor.json", report)
     page = d / "monitor.html"
     page.write_text(render_html(report, plots))

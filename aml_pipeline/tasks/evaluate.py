@@ -205,7 +205,7 @@ def _print(metrics: dict, reports: dict, registration: dict, secs: float, learne
     rows += [(f"  recall {t}", f"{v['recall']:.2f} ({v['detected']}/{v['positives']})")
              for t, v in sorted(metrics["per_typology_recall"].items())]
     rows += _instance_rows(metrics.get("instances"))
-    rows.append(("reports", reports["summary"].rsplit("/", 1)[0] + "/ (metrics.json, pr_curve.png, feature_importance.png, summary.md)"))
+    rows.append(("reports", reports["summary"].rsplit("/", 1)[0] + "/ (" + ", ".join(p.rsplit("/", 1)[-1] for p in reports.values()) + ")"))
     if registration:
         rows.append(("registered", f"{registration['model_uri']} = version {registration['version']} (run {registration['run_id'][:12]})"))
     rows.append(("took", f"{secs:.1f}s" + (f" (learned baselines {learned_secs:.1f}s)" if learned_secs >= 0.05 else "")))
