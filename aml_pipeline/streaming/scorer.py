@@ -401,7 +401,7 @@ class StreamScorer:
                        event_time=datetime.fromtimestamp((last["event_time"] + 1_000_000) / 1e6, tz=timezone.utc))
         frame = pl.DataFrame([row], schema=STAGED_SCHEMA, orient="row")
         try:
-            features = self.bundle.plan.transform(frame, history=self.history(frame))
+            features = self.features(frame)
             self.bundle.score_features(features.with_columns(pl.lit("*").alias("jurisdiction")), self.top_k, "all")
         except Exception:  # a plan needing columns the made-up event lacks: the first batch warms up instead
             pass
@@ -435,18 +435,21 @@ class StreamScorer:
         frame = frame.with_columns(pl.col("event_time").cast(pl.Datetime("us")).dt.replace_time_zone("UTC").cast(UTC_TIME))
         return frame.select(pl.col(c) if c in cols else pl.lit(None, d).alias(c) for c, d in STAGED_SCHEMA.items())
 
+    def features(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The plan's features of staged events, the store's rows as history."""
+        plan = self.bundle.plan
+        if plan.fx is None:
+            return plan.transform(frame, history=self.history(frame))
+        # Converted once here: the store's rows are in the reporting currency already, so the
+        # plan runs without its conversion; the decisions keep the events' own amount.
+        features = plan.without_fx().transform(plan.fx.convert_frame(frame), history=self.history(frame))
+        return features.with_columns(frame["amount"])
+
     def score(self, events: pl.DataFrame) -> pl.DataFrame:
         if not events.height:
             return pl.DataFrame()
         frame = events.select(list(STAGED_SCHEMA))
-        plan = self.bundle.plan
-        if plan.fx is not None:
-            # Converted once here: the store's rows are in the reporting currency already, so
-            # the plan runs without its conversion; the decisions keep the events' own amount.
-            features = plan.without_fx().transform(plan.fx.convert_frame(frame), history=self.history(frame))
-            features = features.with_columns(frame["amount"])
-        else:
-            features = plan.transform(frame, history=self.history(frame))
+        features = self.features(frame)
         self._lap("features")
         decisions = self.bundle.score_features(features, self.top_k, self.explain)
         if self.shadow is not None:  # the same feature values, its own model (timed with the live one's)
