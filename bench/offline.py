@@ -88,11 +88,11 @@ def plan_throughput(cfg, events: pl.DataFrame) -> dict:
     Best of three; CPU seconds and the load average beside the wall time, because on a
     shared machine the wall time also measures the neighbours.
     """
-    plan = FeaturePlan.from_config(cfg.features.steps)
+    plan = FeaturePlan.from_features_config(cfg.features)
     runs = []
     for _ in range(3):
         cpu = time.process_time()
-        _, wall = timed(lambda: FeaturePlan.from_config(cfg.features.steps).fit_transform(events))
+        _, wall = timed(lambda: FeaturePlan.from_features_config(cfg.features).fit_transform(events))
         runs.append((wall, time.process_time() - cpu))
     best = min(w for w, _ in runs)
     return {"events": events.height, "columns": len(plan.feature_columns()), "seconds": round(best, 3),
