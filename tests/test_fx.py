@@ -16,7 +16,8 @@ from aml_pipeline.features.fx import FxTable
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.serving.scorer import BadRequest, DecisionLog, Scorer, make_engine
 from aml_pipeline.store import warm_from_parquet
-from aml_pipeline.store.engine import Event, OnlineFeatures, PolarsFeatures, gather, plan_needs, to_us
+from aml_pipeline.store.engine import Event, OnlineFeatures, PolarsFeatures, gather, plan_needs
+from aml_pipeline.timeutil import to_us
 from aml_pipeline.store.memory import MemoryStore
 from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.job import fx_rules
@@ -65,6 +66,8 @@ def test_unknown_currency_is_an_error_in_batch_and_per_event():
         fx.convert_frame(frame)
     with pytest.raises(ValueError, match="currency='JPY' has no rate to USD"):
         fx.convert_values({"amount": 1.0, "currency": "JPY"})
+    with pytest.raises(UserError, match=r"no rate to USD: no currency \(1\); map the source's currency column"):
+        fx.convert_frame(_frame([("a", 1.0, None), ("b", 1.0, "EUR")]))
 
 
 @pytest.mark.parametrize("cfg, key", [

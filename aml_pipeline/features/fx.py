@@ -106,10 +106,11 @@ class FxTable:
         return frame.with_columns(pl.col("amount") * rate)
 
     def _missing_message(self, counts: Mapping[Any, int], what: str) -> str:
-        listed = ", ".join(f"{c} ({n:,})" for c, n in counts.items())
-        first = next((c for c in counts if isinstance(c, str) and CODE.match(c)), "XXX")
-        return (f"features.fx: {what} in currencies with no rate to {self.currency}: {listed}; "
-                f"add features.fx.rates.{first} ({self.currency} per one {first})")
+        listed = ", ".join(f"{'no currency' if c is None else c} ({n:,})" for c, n in counts.items())
+        first = next((c for c in counts if isinstance(c, str)), None)
+        fix = (f"add features.fx.rates.{first} ({self.currency} per one {first})" if first is not None
+               else "map the source's currency column")
+        return f"features.fx: {what} in currencies with no rate to {self.currency}: {listed}; {fix}"
 
     # -- one event --------------------------------------------------------------------------
     def convert_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
