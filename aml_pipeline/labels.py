@@ -14,29 +14,16 @@ escalation, then a decision): the latest known at a given instant is the one tha
 
 from __future__ import annotations
 
-import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
-from aml_pipeline.errors import ConfigError, UserError
+from aml_pipeline.errors import UserError
 
 COLUMNS = ("event_id", "label", "labelled_at")
 #: What ``task=labels`` writes, in this order.
 EXPORT_COLUMNS = ("event_id", "account", "label", "labelled_at", "source")
-_DURATION = re.compile(r"(\d+)(s|m|h|d|w)")
-_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_delay(text: str, key: str = "monitor.label_delay") -> timedelta:
-    """A duration such as 30d, 12h, 1d12h (units s, m, h, d, w), or a one-line ConfigError."""
-    s = str(text).strip()
-    parts = _DURATION.findall(s)
-    if not parts or "".join(n + u for n, u in parts) != s:
-        raise ConfigError(f"{key}={text!r} is not a duration; use digits and units s, m, h, d, w (e.g. 30d, 12h)")
-    return sum((timedelta(**{_UNIT[u]: int(n)}) for n, u in parts), timedelta())
-
 
 
 def read_labels(path: str | Path, key: str = "monitor.labels") -> pl.DataFrame:

@@ -76,7 +76,7 @@ def features_cpu(run_dir: Path, n: int) -> float:
     import polars as pl
 
     from aml_pipeline.bundle import ModelBundle
-    from aml_pipeline.store import parse_time
+    from aml_pipeline.timeutil import parse_time
     from aml_pipeline.store.engine import Event, OnlineFeatures, gather, plan_needs
     from aml_pipeline.store.memory import MemoryStore
 

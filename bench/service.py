@@ -391,7 +391,7 @@ def bench_alternative(run_dir: Path, test_start: str, events, window, n: int) ->
     from aml_pipeline.bundle import ModelBundle
     from aml_pipeline.schema import ValidatedTransactions, conform
     from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
-    from aml_pipeline.store import parse_time
+    from aml_pipeline.timeutil import parse_time
     from aml_pipeline.store.engine import Event, OnlineFeatures, PolarsFeatures, gather, plan_needs
     from aml_pipeline.store.memory import MemoryStore
 

@@ -24,7 +24,8 @@ from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.monitoring.distances import js_distance, psi
 from aml_pipeline.monitoring.drift import Levels, categorical_drift, numeric_drift
 from aml_pipeline.monitoring.histograms import categorical_reference, merge, merge_groups, numeric_reference
-from aml_pipeline.monitoring.labels import parse_delay, performance
+from aml_pipeline.monitoring.labels import performance
+from aml_pipeline.timeutil import config_duration
 from aml_pipeline.monitoring.window import read_window
 from aml_pipeline.sources.synthetic import SyntheticSource
 from aml_pipeline.tasks import run_task
@@ -104,18 +105,18 @@ def test_label_maturity_by_hand():
                            "score": [0.9, 0.8, 0.7, 0.1], "alert": [True, True, True, False]})
     labels = pl.DataFrame({"event_id": ["a", "b", "c"], "label": [1, 1, 1],
                            "labelled_at": [day(25), day(50), day(22)]}).with_columns(pl.col("label").cast(pl.Int8))
-    p = performance(window, labels, day(45), parse_delay("30d"))
+    p = performance(window, labels, day(45), config_duration("30d", "monitor.label_delay"))
     assert (p["events"], p["immature_events"], p["immature_share"]) == (4, 2, 0.5)
     assert (p["mature_events"], p["positives"], p["alerts"], p["true_alerts"]) == (2, 1, 2, 1)
     assert p["precision"] == 0.5 and p["recall"] == 1.0 and p["labels_known"] == 2
     assert p["mature_until"] == day(15).isoformat()
     # a day later every label has arrived, but only what is mature counts: c (day 20) is not yet
-    later = performance(window, labels, day(50), parse_delay("30d"))
+    later = performance(window, labels, day(50), config_duration("30d", "monitor.label_delay"))
     assert later["mature_events"] == 3 and later["true_alerts"] == 3 and later["precision"] == 1.0
     assert later["labels_after_delay"] == 1  # b: labelled 40 days after it happened, past the 30-day delay
-    assert parse_delay("1d12h") == timedelta(hours=36)
+    assert config_duration("1d12h", "monitor.label_delay") == timedelta(hours=36)
     with pytest.raises(ConfigError, match="monitor.label_delay='30 days' is not a duration"):
-        parse_delay("30 days")
+        config_duration("30 days", "monitor.label_delay")
 
 
 def test_shift_default_is_byte_identical_and_changes_only_what_it_says():
@@ -314,7 +315,8 @@ def _scorer(world, log_path, shadow_dir=None, shadow_uri="shadow"):
     from aml_pipeline.serving.scorer import DecisionLog, Scorer, make_engine, single_threaded
     from aml_pipeline.serving.server import request_columns
     from aml_pipeline.serving.shadow import Shadow
-    from aml_pipeline.store import parse_time, warm_from_parquet
+    from aml_pipeline.store import warm_from_parquet
+    from aml_pipeline.timeutil import parse_time
     from aml_pipeline.store.engine import plan_needs
     from aml_pipeline.store.memory import MemoryStore
 

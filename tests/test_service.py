@@ -102,7 +102,8 @@ class ThreadService:
         from aml_pipeline.serving.metrics import Metrics
         from aml_pipeline.serving.scorer import DecisionLog, Scorer, make_engine, single_threaded
         from aml_pipeline.serving.server import request_columns
-        from aml_pipeline.store import parse_time, warm_from_parquet
+        from aml_pipeline.store import warm_from_parquet
+        from aml_pipeline.timeutil import parse_time
         from aml_pipeline.store.engine import plan_needs
         from aml_pipeline.store.memory import MemoryStore
 

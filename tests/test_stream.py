@@ -282,8 +282,10 @@ def test_stream_refuses_bad_options_in_one_line(run, tmp_path):
 def _scorer(run, state_dir: Path, out: Path, snapshot_every: int, idle_timeout_s: float = 60.0):
     """The micro-batch scorer as task=stream builds it, on the embedded store (no Spark)."""
     from aml_pipeline.features.windows import duration_us
-    from aml_pipeline.store import parse_time, warm_from_parquet
-    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store import warm_from_parquet
+    from aml_pipeline.timeutil import parse_time
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.timeutil import to_us
     from aml_pipeline.store.memory import MemoryStore
     from aml_pipeline.streaming.outputs import FileOutputs
     from aml_pipeline.streaming.scorer import StateLog, StreamScorer
@@ -339,7 +341,8 @@ def test_columnar_history_selects_what_the_store_returns(run):
     import random as rnd
 
     from aml_pipeline.store import warm_from_parquet
-    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.timeutil import to_us
     from aml_pipeline.store.memory import MemoryStore
     from aml_pipeline.streaming.history import RecentRows
 

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from aml_pipeline.cases.db import CaseDB
-from aml_pipeline.cases.models import AuditEvent, User, utcnow
+from aml_pipeline.cases.models import AuditEvent, User
+from aml_pipeline.timeutil import utcnow
 from aml_pipeline.cases.views import AuditEntry, _jsonable
 
 #: The name entries carry when no user acted (ingestion from a score file or a stream).

@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session
 from aml_pipeline.cases.audit import record
 from aml_pipeline.cases.db import CaseDB, write_lock
 from aml_pipeline.cases.errors import CaseError, InvalidTransition, NotFound, PermissionDenied
-from aml_pipeline.cases.models import DECISION_WORDS, DECISIONS, Case, Disposition, User, utcnow
+from aml_pipeline.cases.models import DECISION_WORDS, DECISIONS, Case, Disposition, User
 from aml_pipeline.cases.users import resolve_user
 from aml_pipeline.cases.views import CaseSummary, DispositionView
+from aml_pipeline.timeutil import utcnow
 
 MAX_NOTE = 10_000
 

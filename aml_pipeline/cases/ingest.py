@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import SimpleNamespace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Optional
 
 import polars as pl
@@ -30,8 +30,9 @@ import sqlalchemy as sa
 from aml_pipeline.cases.audit import SYSTEM
 from aml_pipeline.cases.db import CaseDB, write_lock
 from aml_pipeline.cases.errors import CaseError
-from aml_pipeline.cases.models import ACTIVE_STATUSES, Alert, AuditEvent, Case, utcnow
+from aml_pipeline.cases.models import ACTIVE_STATUSES, Alert, AuditEvent, Case
 from aml_pipeline.cases.views import IngestResult
+from aml_pipeline.timeutil import as_utc, config_duration, utcnow
 
 REQUIRED = ("event_id", "event_time", "score")
 #: Columns of a decision kept on the alert row itself.
@@ -58,9 +59,7 @@ def parse_period(period: Any) -> Optional[timedelta]:
         return None
     if isinstance(period, timedelta):
         return period
-    from aml_pipeline.labels import parse_delay
-
-    return parse_delay(str(period), "cases.period")
+    return config_duration(period, "cases.period")
 
 
 def _clean(v: Any) -> Any:
@@ -74,7 +73,7 @@ def _utc(t: Any) -> datetime:
         t = datetime.fromisoformat(t.replace("Z", "+00:00"))
     if not isinstance(t, datetime):
         raise CaseError(f"event_time {t!r} is not an instant")
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return as_utc(t)
 
 
 def _rows(alerts: Any, subject: str) -> list[dict]:

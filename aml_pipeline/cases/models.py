@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from aml_pipeline.cases.errors import AuditIsAppendOnly
+from aml_pipeline.timeutil import as_utc, utcnow
 
 
 class UTCDateTime(sa.types.TypeDecorator):
@@ -46,11 +47,7 @@ class UTCDateTime(sa.types.TypeDecorator):
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+        return as_utc(value)
 
 
 class Base(DeclarativeBase):

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from aml_pipeline.evaluation.metrics import pr_auc
-from aml_pipeline.labels import COLUMNS, parse_delay, read_labels
+from aml_pipeline.labels import COLUMNS, read_labels
 
-# read_labels and parse_delay live with the rest of the labels-file code, which training
-# (source.labels) and the workbench's export use too.
-__all__ = ["COLUMNS", "mature_frame", "parse_delay", "performance", "read_labels"]
+# read_labels lives with the rest of the labels-file code, which training (source.labels)
+# and the workbench's export use too.
+__all__ = ["COLUMNS", "mature_frame", "performance", "read_labels"]
 
 
 def mature_frame(window: pl.DataFrame, labels: pl.DataFrame, as_of: datetime, delay: timedelta) -> pl.DataFrame:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.timeutil import config_duration_us
 
 FSYNC = ("always", "interval", "never")
 
@@ -122,19 +123,11 @@ def open_decision_log(path: str | Path, policy, default: Callable[[Any], Any] | 
     """The log ``deploy.decision_log`` names, with ``deploy.decision_log_policy`` (None: defaults)."""
     if policy is None:
         return DecisionLog(path, default=default)
-    from aml_pipeline.features.windows import duration_us
-
     def seconds(key: str, allow_zero: bool) -> float:
         text = policy.get(key)
         if text in (None, 0, "0") and allow_zero:
             return 0.0
-        try:
-            us = duration_us(str(text))
-        except Exception:
-            us = -1
-        if us < 0 or (us == 0 and not allow_zero):
-            raise UserError(f"deploy.decision_log_policy.{key}={text!r} is not a duration such as 1s or 1d")
-        return us / 1e6
+        return config_duration_us(text, f"deploy.decision_log_policy.{key}", allow_zero) / 1e6
 
     fsync = str(getattr(policy.get("fsync"), "value", policy.get("fsync")))
     return DecisionLog(path, fsync=fsync, fsync_interval_s=seconds("fsync_interval", False),

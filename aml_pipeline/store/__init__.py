@@ -19,19 +19,13 @@ from aml_pipeline.features.fx import FxTable
 
 from aml_pipeline.store.base import OnlineStore, Reading, StoreLayout
 from aml_pipeline.store.memory import MemoryStore
-from aml_pipeline.timeutil import duration_us, parse_time  # noqa: F401 - parse_time: the stream's import until it moves
+from aml_pipeline.timeutil import config_duration_us
 
-__all__ = ["OnlineStore", "Reading", "StoreLayout", "MemoryStore", "open_store", "retention_us", "warm_from_parquet", "parse_time"]
+__all__ = ["OnlineStore", "Reading", "StoreLayout", "MemoryStore", "open_store", "retention_us", "warm_from_parquet"]
 
 
 def _ttl_seconds(text: str) -> float:
-    try:
-        us = duration_us(str(text))
-    except Exception:
-        us = 0
-    if us <= 0:
-        raise UserError(f"deploy.store.dedup_ttl={text!r} is not a duration such as 7d or 30d")
-    return us / 1e6
+    return config_duration_us(text, "deploy.store.dedup_ttl") / 1e6
 
 
 def _short(us: int) -> str:
@@ -51,13 +45,8 @@ def retention_us(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> int:
     text = store_cfg.get("retention") if hasattr(store_cfg, "get") else getattr(store_cfg, "retention", None)
     if text is None or str(text).lower() in ("null", "none", ""):
         return 0
-    try:
-        us = duration_us(str(text))
-    except Exception:
-        us = 0
+    us = config_duration_us(text, "deploy.store.retention")
     minimum = layout.window_us + int(lateness_us)
-    if us <= 0:
-        raise UserError(f"deploy.store.retention={text!r} is not a duration such as 30d (or null: never forget)")
     if us <= minimum and lateness_us:
         raise UserError(f"deploy.store.retention={text} must be longer than the longest feature window plus the allowed "
                         f"lateness: more than {_short(minimum)} ({_short(layout.window_us)} + {_short(lateness_us)})")

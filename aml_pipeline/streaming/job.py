@@ -34,23 +34,12 @@ from aml_pipeline.errors import UserError
 from aml_pipeline.progress import table
 from aml_pipeline.schema import ALL_COLUMNS
 from aml_pipeline.streaming.records import RawRecord
+from aml_pipeline.timeutil import config_duration_us
 from aml_pipeline.validation.rules import Rule
 
 
 def _value(v: Any) -> Any:
     return getattr(v, "value", v)
-
-
-def _duration_us(text: str, key: str, allow_zero: bool = True) -> int:
-    from aml_pipeline.features.windows import duration_us
-
-    try:
-        us = duration_us(str(text))
-    except Exception:
-        us = -1
-    if us < 0 or (us == 0 and not allow_zero):
-        raise UserError(f"{key}={text!r} is not a duration such as 30s, 10m or 1d")
-    return us
 
 
 def kind(cfg: DictConfig) -> str:
@@ -122,17 +111,17 @@ def kafka_records(table) -> list[RawRecord]:
 def check_shared_options(cfg: DictConfig):
     """The options both state modes read, checked before any work: (allowed lateness in µs,
     warm_until or None). Raises UserError naming the key."""
-    from aml_pipeline.store import parse_time
+    from aml_pipeline.timeutil import parse_time
 
     d = cfg.deploy
-    lateness = _duration_us(d.allowed_lateness, "deploy.allowed_lateness")
+    lateness = config_duration_us(d.allowed_lateness, "deploy.allowed_lateness", allow_zero=True)
     if int(d.model_threads) < 0:
         raise UserError(f"deploy.model_threads={d.model_threads} must be >= 0 (0 = one per core)")
     if d.budget.key not in ALL_COLUMNS:
         raise UserError(f"deploy.budget.key={d.budget.key!r} is not a transaction column; e.g. merchant, region, jurisdiction")
     if int(d.budget.cap) < 0:
         raise UserError("deploy.budget.cap must be >= 0 (0 = no budget)")
-    _duration_us(d.budget.window, "deploy.budget.window", allow_zero=False)
+    config_duration_us(d.budget.window, "deploy.budget.window")
     until = parse_time(d.warm_until, "deploy.warm_until") if d.warm_until else None
     if d.warm_from and not Path(d.warm_from).is_file():
         raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
@@ -169,7 +158,8 @@ def build_scorer(cfg: DictConfig):
     from aml_pipeline.registry import resolve_bundle
     from aml_pipeline.serving.scorer import set_threads
     from aml_pipeline.store import open_store, warm_from_parquet
-    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.timeutil import to_us
     from aml_pipeline.store.redis_store import RedisStore
     from aml_pipeline.streaming.budget import AlertBudget
     from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
@@ -185,7 +175,7 @@ def build_scorer(cfg: DictConfig):
     skew_us = future_skew_us(cfg.validation.get("max_future_skew", "1h"))
     if source == "kafka":
         source_options(cfg)
-    idle_timeout_s = _duration_us(d.idle_timeout, "deploy.idle_timeout", allow_zero=False) / 1e6
+    idle_timeout_s = config_duration_us(d.idle_timeout, "deploy.idle_timeout") / 1e6
     bundle = resolve_bundle(cfg.bundle, cfg)
     set_threads(bundle, int(d.model_threads))
     # deploy.model_runtime: scores from an export the manifest verified (explanations stay native)

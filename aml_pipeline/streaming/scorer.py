@@ -49,11 +49,12 @@ from aml_pipeline.errors import UserError
 from aml_pipeline.jsonl import replace_durably
 from aml_pipeline.schema import UTC_TIME
 from aml_pipeline.store.base import T, OnlineStore
-from aml_pipeline.store.engine import PlanNeeds, to_us
+from aml_pipeline.store.engine import PlanNeeds
 from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.history import RecentRows
 from aml_pipeline.streaming.outputs import Outputs
 from aml_pipeline.streaming.records import STAGED_SCHEMA, RawRecord, check
+from aml_pipeline.timeutil import to_us
 from aml_pipeline.validation.rules import Rule
 
 #: The stages of a micro-batch, as timed in the progress line and the summary.
@@ -559,6 +560,6 @@ def _tag(batch_id: int) -> str:
 def _iso(t_us: int | None) -> str | None:
     if t_us is None:
         return None
-    from aml_pipeline.store.engine import from_us
+    from aml_pipeline.timeutil import from_us
 
     return from_us(int(t_us)).isoformat()

@@ -109,7 +109,7 @@ def refuse_cross_account(plan: FeaturePlan) -> None:
 def _payload(row: dict[str, Any], position: dict | None = None, record: str | None = None) -> str:
     out = {c: row.get(c) for c in _EVENT_COLUMNS}
     t = row["event_time"]
-    from aml_pipeline.store.engine import to_us
+    from aml_pipeline.timeutil import to_us
 
     out["event_time"] = to_us(t)
     if position is not None:
@@ -213,7 +213,8 @@ def account_features(engine, account: str, history: list[tuple], due: list[tuple
     :func:`side_columns`)."""
     from bisect import bisect_left
 
-    from aml_pipeline.store.engine import Event, History, from_us
+    from aml_pipeline.store.engine import Event, History
+    from aml_pipeline.timeutil import from_us
 
     rows = sorted([(r[1], r[0], r[2], r[3], r[4]) for r in history]
                   + [(e, t, s, d, a) for t, e, s, d, a in (_history_row(p) for _, _, _, p in due)],
@@ -479,7 +480,8 @@ def build(cfg: DictConfig):
     """(scorer, info): the checks of ``state: store`` plus the plan's refusal, before Spark starts."""
     from aml_pipeline.registry import resolve_bundle
     from aml_pipeline.serving.scorer import set_threads
-    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.timeutil import to_us
     from aml_pipeline.streaming.budget import AlertBudget
     from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
     from aml_pipeline.streaming.job import _value, check_shared_options, kind, source_options, stream_outputs
@@ -523,7 +525,7 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
     """The warm-up file as the operator's initial state: each event once per account it touches."""
     if not cfg.deploy.warm_from:
         return None, 0
-    from aml_pipeline.store.engine import to_us
+    from aml_pipeline.timeutil import to_us
 
     frame = pl.read_parquet(cfg.deploy.warm_from)
     if until is not None:

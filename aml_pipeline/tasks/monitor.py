@@ -21,13 +21,13 @@ from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.monitoring.agreement import agreement
 from aml_pipeline.monitoring.drift import Levels, drift_report, levels_of
 from aml_pipeline.monitoring.histograms import REFERENCE_BINS
-from aml_pipeline.monitoring.labels import parse_delay, performance, read_labels
+from aml_pipeline.monitoring.labels import performance, read_labels
 from aml_pipeline.monitoring.report import write_report
 from aml_pipeline.monitoring.volume import alert_volume
 from aml_pipeline.monitoring.window import read_window
 from aml_pipeline.progress import status, table
 from aml_pipeline.registry import resolve_bundle
-from aml_pipeline.timeutil import config_time
+from aml_pipeline.timeutil import config_duration, config_time
 
 #: Exit code when drift crosses an alert level (2 stays "the command was wrong").
 DRIFT_EXIT = 3
@@ -46,7 +46,7 @@ def check(cfg: DictConfig) -> Levels:
     if not 2 <= int(m.bins) <= REFERENCE_BINS:
         raise ConfigError(f"monitor.bins must be between 2 and {REFERENCE_BINS} (the reference keeps {REFERENCE_BINS} "
                           f"quantile bins; got {m.bins})")
-    parse_delay(m.label_delay)
+    config_duration(m.label_delay, "monitor.label_delay", allow_zero=True)
     if not cfg.bundle:
         raise ConfigError("bundle: task=monitor needs the bundle that scored the window (bundle=models:/aml-scorer@challenger "
                           "or a folder)")
@@ -82,7 +82,7 @@ def monitor(cfg: DictConfig) -> dict:
     perf = None
     if m.labels:
         as_of = config_time(m.as_of, "monitor.as_of") if m.as_of else window["event_time"].max()
-        perf = performance(window, read_labels(m.labels), as_of, parse_delay(m.label_delay))
+        perf = performance(window, read_labels(m.labels), as_of, config_duration(m.label_delay, "monitor.label_delay", allow_zero=True))
     drifted = [*(["score"] if drift["score"]["status"] == "alert" else []), *drift["drifted_columns"]]
     report = {
         "judged": judged, "drift_detected": drift["drift"], "drifted": drifted, "warned": drift["warned_columns"],

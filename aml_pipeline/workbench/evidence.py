@@ -13,7 +13,7 @@ page says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.timeutil import as_utc
 
 COLUMNS = ("event_id", "event_time", "src_account", "dst_account", "amount", "currency", "channel")
 
@@ -34,10 +35,6 @@ class Transfer:
     amount: float
     currency: Optional[str]
     channel: Optional[str]
-
-
-def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 class Transactions:
@@ -86,8 +83,8 @@ class Transactions:
         if idx is None:
             return np.empty(0, dtype=np.int64)
         t = self._times[idx]
-        lo = np.searchsorted(t, int(_utc(start).timestamp() * 1_000_000), "left")
-        hi = np.searchsorted(t, int(_utc(end).timestamp() * 1_000_000), "right")
+        lo = np.searchsorted(t, int(as_utc(start).timestamp() * 1_000_000), "left")
+        hi = np.searchsorted(t, int(as_utc(end).timestamp() * 1_000_000), "right")
         return idx[lo:hi]
 
     def _transfers(self, rows: Iterable[int]) -> list[Transfer]:
@@ -95,7 +92,7 @@ class Transactions:
         if not rows:
             return []
         part = self.frame[rows]
-        return [Transfer(r[0], _utc(r[1]), str(r[2]), str(r[3]), float(r[4]), r[5], r[6]) for r in part.iter_rows()]
+        return [Transfer(r[0], as_utc(r[1]), str(r[2]), str(r[3]), float(r[4]), r[5], r[6]) for r in part.iter_rows()]
 
     def account(self, account: str, start: datetime, end: datetime, limit: int = 500) -> tuple[list[Transfer], int]:
         """The account's transfers (sent and received) from ``start`` to ``end``, newest

@@ -9,20 +9,12 @@ from __future__ import annotations
 
 import signal
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from aml_pipeline.errors import ConfigError
-from aml_pipeline.labels import parse_delay
-
-
-def _duration(value, key: str) -> timedelta:
-    span = parse_delay(str(value), key)
-    if span <= timedelta(0):
-        raise ConfigError(f"{key}={value!r} must be longer than zero")
-    return span
+from aml_pipeline.timeutil import config_duration as _duration
 
 
 def secret_path(cfg: DictConfig, db) -> Path:

@@ -52,7 +52,8 @@ def api(small):
     from aml_pipeline.serving.metrics import Metrics
     from aml_pipeline.serving.scorer import DecisionLog, Scorer, make_engine, single_threaded
     from aml_pipeline.serving.server import request_columns
-    from aml_pipeline.store import parse_time, warm_from_parquet
+    from aml_pipeline.store import warm_from_parquet
+    from aml_pipeline.timeutil import parse_time
     from aml_pipeline.store.engine import plan_needs
     from aml_pipeline.store.memory import MemoryStore
 
@@ -153,8 +154,10 @@ def test_api_any_body_is_scored_or_refused_long(api, data):
 
 # ----------------------------------------------------------------------------- stream micro-batches
 def _stream_scorer(small, out):
-    from aml_pipeline.store import parse_time, warm_from_parquet
-    from aml_pipeline.store.engine import plan_needs, to_us
+    from aml_pipeline.store import warm_from_parquet
+    from aml_pipeline.timeutil import parse_time
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.timeutil import to_us
     from aml_pipeline.store.memory import MemoryStore
     from aml_pipeline.streaming.budget import AlertBudget
     from aml_pipeline.streaming.outputs import FileOutputs
