@@ -145,6 +145,20 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A throwaway local PostgreSQL server (Debian's), one per module; ``new_database()`` per test."""
+    from aml_pipeline.testing.local_postgres import LocalPostgres
+
+    if not LocalPostgres.available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing (.ci/run installs Debian's postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
+    server = LocalPostgres().start()
+    yield server
+    server.stop()
+
+
 # ----------------------------------------------------------------------------- Kafka broker
 @pytest.fixture(scope="session")
 def kafka_broker():

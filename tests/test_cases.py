@@ -31,21 +31,6 @@ def alert(event_id: str, account: str, hours: float, score: float, amount: float
             "run_id": "r1", "config_hash": "c0ffee", "bundle_hash": "b0", **extra}
 
 
-@pytest.fixture(scope="module")
-def postgres_server():
-    import os
-
-    from aml_pipeline.testing.local_postgres import LocalPostgres
-
-    if not LocalPostgres.available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is missing (.ci/run installs Debian's postgresql)")
-        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    server = LocalPostgres().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path):
     if request.param == "sqlite":

@@ -6,7 +6,6 @@ The browser walk-through is tests/test_workbench_browser.py."""
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -41,19 +40,6 @@ def _alerts(tx: pl.DataFrame) -> pl.DataFrame:
                           config_hash=pl.lit("c0ffee1234567890"),
                           reasons=pl.lit(["forwarded 96 % of an inflow received 40 minutes earlier"]),
                           top_features=pl.lit([{"feature": "pass_through_share", "value": 0.96, "contribution": 1.2}])))
-
-
-@pytest.fixture(scope="module")
-def postgres_server():
-    from aml_pipeline.testing.local_postgres import LocalPostgres
-
-    if not LocalPostgres.available():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is missing (.ci/run installs Debian's postgresql)")
-        pytest.skip("PostgreSQL is not installed (apt-get install -y postgresql)")
-    server = LocalPostgres().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
