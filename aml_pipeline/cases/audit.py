@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from aml_pipeline.cases.db import CaseDB
+from aml_pipeline.cases.lookup import resolve_user
 from aml_pipeline.cases.models import AuditEvent, User
 from aml_pipeline.timeutil import utcnow
 from aml_pipeline.cases.views import AuditEntry, _jsonable
@@ -67,8 +68,6 @@ def log_action(db: CaseDB, user: Any, action: str, *, entity: str = "session", e
     failed log-in, label export...). ``user`` is a user (id, username, UserView) or None
     for an unknown one (then ``after`` may name who tried; ``actor`` names a program, e.g.
     ``task=labels``, instead of ``anonymous``)."""
-    from aml_pipeline.cases.users import resolve_user
-
     with db.session() as s:
         u = resolve_user(s, user, require_active=False) if user is not None else None
         entry = record(s, action, user=u, entity=entity, entity_id=entity_id, case_id=case_id, before=before,

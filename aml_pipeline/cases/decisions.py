@@ -24,7 +24,7 @@ from aml_pipeline.cases.audit import record
 from aml_pipeline.cases.db import CaseDB, write_lock
 from aml_pipeline.cases.errors import CaseError, InvalidTransition, NotFound, PermissionDenied
 from aml_pipeline.cases.models import DECISION_WORDS, DECISIONS, Case, Disposition, User
-from aml_pipeline.cases.users import resolve_user
+from aml_pipeline.cases.lookup import resolve_user
 from aml_pipeline.cases.views import CaseSummary, DispositionView
 from aml_pipeline.timeutil import utcnow
 

@@ -11,11 +11,11 @@ import re
 from typing import Any, Optional
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from aml_pipeline.cases.audit import record
 from aml_pipeline.cases.db import CaseDB
-from aml_pipeline.cases.errors import CaseError, NotFound, PermissionDenied
+from aml_pipeline.cases.errors import CaseError
+from aml_pipeline.cases.lookup import resolve_user
 from aml_pipeline.cases.models import ROLES, User
 from aml_pipeline.cases.passwords import hash_password, verify_password
 from aml_pipeline.cases.views import UserView
@@ -24,22 +24,6 @@ USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 8
 #: Verified against when the user does not exist, so a missing user costs as long as a wrong password.
 _DUMMY_HASH = hash_password("not-a-real-password")
-
-
-def resolve_user(session: Session, user: Any, *, require_active: bool = True) -> User:
-    """The ORM user for an id, a username or a :class:`UserView`; NotFound / PermissionDenied."""
-    key = getattr(user, "id", user)
-    if isinstance(key, int) and not isinstance(key, bool):
-        found = session.get(User, key)
-    elif isinstance(key, str):
-        found = session.scalar(sa.select(User).where(User.username == key))
-    else:
-        raise NotFound(f"user {user!r}: give an id, a username or a user")
-    if found is None:
-        raise NotFound(f"no user {key!r}")
-    if require_active and not found.active:
-        raise PermissionDenied(f"user {found.username!r} is deactivated")
-    return found
 
 
 def _check_role(role: str) -> str:
