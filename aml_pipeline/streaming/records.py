@@ -15,7 +15,8 @@ record is parsed on its own, and a failure is that record's reason:
 
 - ``invalid_utf8``: the bytes are not UTF-8 (the dead letter keeps them as base64);
 - ``record_too_large``: over :data:`MAX_RECORD_BYTES` (a transaction is well under 2 KB);
-- ``json_too_deep``: nesting too deep for the parser;
+- ``json_too_deep``: objects or arrays nested deeper than :data:`MAX_JSON_DEPTH` (counted,
+  not left to the parser, whose limit moves with the interpreter's recursion limit and stack);
 - ``unparseable_record``: not a JSON object, or a value that cannot be staged;
 - ``invalid_label``: a label present but not 0/1 (live events need none; a wrong one is
   refused, not dropped silently);
@@ -51,6 +52,8 @@ TOO_DEEP = "json_too_deep"
 INVALID_LABEL = "invalid_label"
 #: The largest record parsed (bytes of UTF-8); larger ones are dead letters, unparsed.
 MAX_RECORD_BYTES = 64 * 1024
+#: Deepest nesting of objects and arrays a record may have (a transaction is flat).
+MAX_JSON_DEPTH = 64
 #: The most of a record's original a dead letter keeps whole (bytes); the rest is hashed.
 DEAD_RECORD_BYTES = 16 * 1024
 #: Columns of a staged batch: every canonical and extra column, typed.
@@ -132,12 +135,41 @@ def _loads(text: str | None) -> dict[str, Any] | None:
     return _load(text)[0]
 
 
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether objects/arrays nest deeper than ``limit`` (brackets inside strings ignored).
+
+    Only a text with more than ``limit`` opening brackets can; for those (rare) the text is
+    walked once, so the answer never depends on where the parser runs."""
+    if text.count("{") + text.count("[") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "}]":
+            depth -= 1
+    return False
+
+
 def _load(text: str | None) -> tuple[dict[str, Any] | None, str | None]:
     """(the JSON object, None) or (None, the reason it is not one)."""
     if text is None:
         return None, INVALID_UTF8
     if len(text) > MAX_RECORD_BYTES or (len(text) * 4 > MAX_RECORD_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES):
         return None, TOO_LARGE
+    if _nesting_exceeds(text, MAX_JSON_DEPTH):
+        return None, TOO_DEEP
     try:
         obj = json.loads(text)
     except RecursionError:

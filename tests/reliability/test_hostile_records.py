@@ -163,3 +163,24 @@ def test_paysim_steps_beyond_any_time_are_invalid_not_wrapped(tmp_path):
         result = _paysim(tmp_path, bad, name=f"s{step}.csv")
         assert result.quarantine["reasons"].to_list() == [["invalid_event_time"]], step
     assert GOOD  # the corpus' valid record is shared with the fuzzers
+
+
+def test_nesting_depth_is_counted_not_left_to_the_parser():
+    """json_too_deep does not depend on the interpreter's recursion limit or on how deep the
+    parser's caller sits (a scorer process with a library that raised the limit parsed a
+    1,000-deep record that another process refused): the depth is counted."""
+    import sys
+
+    from aml_pipeline.streaming.records import MAX_JSON_DEPTH, TOO_DEEP, _load
+
+    deep = '{"a":' * 1000 + "1" + "}" * 1000
+    limit = sys.getrecursionlimit()
+    try:
+        sys.setrecursionlimit(50_000)
+        assert _load(deep)[1] == TOO_DEEP and _load("[" * 1000 + "]" * 1000)[1] == TOO_DEEP
+    finally:
+        sys.setrecursionlimit(limit)
+    edge = '{"a":' * (MAX_JSON_DEPTH - 1) + "[1]" + "}" * (MAX_JSON_DEPTH - 1)
+    assert _load(edge)[1] is None and _load(edge.replace("[1]", "[[1]]"))[1] == TOO_DEEP
+    braces_in_text = '{"note": "' + "{[" * 500 + '\\" still text {", "amount": 1}'
+    assert _load(braces_in_text) == ({"note": "{[" * 500 + '" still text {', "amount": 1}, None)
