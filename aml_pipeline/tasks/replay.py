@@ -21,6 +21,7 @@ possible), ``replay.limit`` the earliest N events only.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import datetime, timezone
@@ -37,6 +38,8 @@ from aml_pipeline.progress import err, table
 from aml_pipeline.schema import ALL_COLUMNS, REQUIRED_COLUMNS
 from aml_pipeline.tasks.layout import Layout
 
+#: Where the Kafka client's own log lines go.
+KAFKA_LOG = logging.getLogger("aml_pipeline.kafka")
 PUBLISHED_AT = "published_at"
 
 
@@ -129,12 +132,14 @@ def publish_kafka(lines: list[str], keys: list[str], rc: DictConfig, on_progress
     from confluent_kafka.admin import AdminClient, NewTopic
 
     options = {str(k): str(v) for k, v in (OmegaConf.to_container(rc.options) or {}).items()}
+    # The client's own log lines go through logging (Hydra's handlers), not straight to
+    # stderr from its threads, where they would trail the one-line error below.
     conf = {"bootstrap.servers": rc.bootstrap_servers, "acks": "all", "enable.idempotence": True,
-            "linger.ms": 5 if rc.rate else 20, **options}
+            "linger.ms": 5 if rc.rate else 20, "logger": KAFKA_LOG, **options}
     try:
-        producer = Producer(conf)
         admin = AdminClient({k: v for k, v in conf.items() if k not in ("acks", "enable.idempotence", "linger.ms")})
         topics = admin.list_topics(timeout=10).topics
+        producer = Producer(conf)
     except KafkaException as exc:
         raise UserError(f"replay: cannot reach Kafka at replay.bootstrap_servers={rc.bootstrap_servers}: "
                         f"{exc.args[0].str() if exc.args else exc}") from None
