@@ -94,7 +94,6 @@ def test_help_lists_every_task_and_every_option_of_every_group(tmp_path):
     import re
 
     from aml_pipeline.config import Task
-    from tests.conftest import ROOT
 
     res = run_cli(["--help"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -12,7 +12,6 @@ event stays however old), idempotent appends, and Redis state surviving a restar
 from __future__ import annotations
 
 import math
-import os
 from datetime import datetime, timedelta, timezone
 
 import polars as pl
