@@ -16,10 +16,9 @@ who and when) as an MLflow run and tags on the versions; the task also writes it
 from __future__ import annotations
 
 import getpass
-import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 from omegaconf import DictConfig
@@ -28,7 +27,6 @@ from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.lifecycle.gate import figures, judge, precision_targets
 from aml_pipeline.lineage import git_commit
 from aml_pipeline.registry import alias_version, log_record, resolve_bundle, set_alias
-from aml_pipeline.spark.session import engine_name
 
 
 class PromotionBlocked(UserError):
@@ -100,53 +98,24 @@ def rescore(bundle, events: pl.DataFrame, start: datetime) -> pl.DataFrame:
     return decisions.select("event_id", "event_time", "score", "jurisdiction").join(window.select("event_id", "label"), on="event_id")
 
 
-def rescore_spark(cfg: DictConfig, bundles: dict[str, Any], path: str, window: pl.DataFrame,
-                  start: datetime) -> dict[str, pl.DataFrame]:
-    """``engine=spark``: each bundle's features and scores computed by Spark over the whole
-    input (the events before ``start`` are the history, as in :func:`rescore`), the same
-    feature code Spark scoring runs (``task=score engine=spark``); only the window's
-    decisions (event, time, score, jurisdiction) come back to the driver, joined to its labels.
-    Bundles with the same feature plan (a retrain on the same features) share one feature
-    computation, kept (``persist``) while each scores it."""
-    from pyspark.sql import functions as F
-
-    from aml_pipeline.spark import io
-    from aml_pipeline.spark.features import spark_features
-    from aml_pipeline.spark.scoring import score_frame
-    from aml_pipeline.spark.session import get_session
-
-    spark = get_session(cfg.engine, cfg.paths.data_dir)
-    events = spark.read.parquet(str(Path(path).resolve()))
-    labels = window.select("event_id", "label")
-    by_plan: dict[str, list[str]] = {}
-    for role, bundle in bundles.items():
-        by_plan.setdefault(json.dumps(bundle.plan.to_dict(), sort_keys=True, default=str), []).append(role)
-    out = {}
-    folder = Path(cfg.paths.data_dir) / "promote"
-    for roles in by_plan.values():
-        engine = spark_features(bundles[roles[0]].plan, spark, cfg.engine, io.staging_dir(folder / "features", "features"))
-        try:
-            features = engine.transform(events).persist()
-            for role in roles:
-                target = folder / f"{role}.parquet"
-                decisions = (score_frame(bundles[role], features, 0, "none")
-                             .filter(F.col("event_time") >= F.lit(start))
-                             .select("event_id", "event_time", "score", "jurisdiction"))
-                io.publish(decisions, target, sort_by=["event_time", "event_id"], what="promote")
-                out[role] = pl.read_parquet(target).join(labels, on="event_id")
-            features.unpersist()
-        finally:
-            engine.release()
-    return out
-
-
 def _version_block(role: str, alias: str, info: dict, bundle, figs: dict | None) -> dict[str, Any]:
     return {"role": role, "alias": alias, "version": info["version"], "run_id": info["run_id"],
             "bundle_sha256": bundle.bundle_hash, "config_hash": bundle.lineage.get("config_hash"),
             "test_start": bundle.lineage.get("test_start"), "figures": figs}
 
 
-def promote(cfg: DictConfig, default_input: Path) -> dict[str, Any]:
+#: How the versions are re-scored: (bundles by role, the labelled events, their file, the
+#: window's start) -> each role's decisions on the window (event_id, event_time, score,
+#: jurisdiction, label). The engine's task chooses it (polars: :func:`rescore_all`).
+Rescorer = Callable[[dict[str, Any], pl.DataFrame, str, datetime], dict[str, pl.DataFrame]]
+
+
+def rescore_all(bundles: dict[str, Any], events: pl.DataFrame, source: str, start: datetime) -> dict[str, pl.DataFrame]:
+    """Each bundle's decisions on the window, in process (:func:`rescore`)."""
+    return {role: rescore(b, events, start) for role, b in bundles.items()}
+
+
+def promote(cfg: DictConfig, default_input: Path, rescorer: Rescorer = rescore_all) -> dict[str, Any]:
     """Gate the challenger against the champion; move the alias when it passes. Returns the record."""
     p = cfg.promote
     check_config(p)
@@ -170,11 +139,7 @@ def promote(cfg: DictConfig, default_input: Path) -> dict[str, Any]:
         bundles["champion"] = resolve_bundle(f"models:/{name}/{champ_info['version']}", cfg)
     start = window_start(cfg, bundles)
     events, source = load_events(cfg, default_input)
-    if engine_name(cfg) == "spark":
-        t = pl.lit(start).cast(events.schema["event_time"])
-        scored = rescore_spark(cfg, bundles, source, events.filter(pl.col("event_time") >= t), start)
-    else:
-        scored = {role: rescore(b, events, start) for role, b in bundles.items()}
+    scored = rescorer(bundles, events, source, start)
     judged = {role: s.filter(pl.col("label").is_not_null()) for role, s in scored.items()}
     lab = judged["challenger"]
     if lab.height == 0 or int(lab["label"].sum()) == 0:

@@ -18,8 +18,10 @@ column from ``transform``); the thresholds and the trace columns are then added 
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -27,12 +29,16 @@ import polars as pl
 import pyarrow as pa
 from omegaconf import DictConfig
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.config import Explain
 from aml_pipeline.models.mllib import SCORE, MLlibClassifier
 from aml_pipeline.progress import status, table
+from aml_pipeline.spark import io
+from aml_pipeline.spark.features import spark_features
+from aml_pipeline.spark.session import get_session
 
 #: Python-worker cache: bundle hash -> loaded bundle (workers are reused across tasks).
 _LOADED: dict[str, ModelBundle] = {}
@@ -201,3 +207,37 @@ def run_score(cfg: DictConfig) -> dict:
 
 
 __all__ = ["bundle_files", "run_score", "score_frame"]
+
+
+def rescore_bundles(cfg: DictConfig, bundles: dict, events: pl.DataFrame, path: str,
+                    start: datetime) -> dict[str, pl.DataFrame]:
+    """``task=promote engine=spark``: each bundle's features and scores computed by Spark over
+    the whole input at ``path`` (the events before ``start`` are the history, as in
+    :func:`aml_pipeline.lifecycle.promote.rescore`), the same
+    feature code Spark scoring runs (``task=score engine=spark``); only the window's
+    decisions (event, time, score, jurisdiction) come back to the driver, joined to its labels.
+    Bundles with the same feature plan (a retrain on the same features) share one feature
+    computation, kept (``persist``) while each scores it."""
+    spark = get_session(cfg.engine, cfg.paths.data_dir)
+    labels = events.filter(pl.col("event_time") >= pl.lit(start).cast(events.schema["event_time"])).select("event_id", "label")
+    frame = spark.read.parquet(str(Path(path).resolve()))
+    by_plan: dict[str, list[str]] = {}
+    for role, bundle in bundles.items():
+        by_plan.setdefault(json.dumps(bundle.plan.to_dict(), sort_keys=True, default=str), []).append(role)
+    out = {}
+    folder = Path(cfg.paths.data_dir) / "promote"
+    for roles in by_plan.values():
+        engine = spark_features(bundles[roles[0]].plan, spark, cfg.engine, io.staging_dir(folder / "features", "features"))
+        try:
+            features = engine.transform(frame).persist()
+            for role in roles:
+                target = folder / f"{role}.parquet"
+                decisions = (score_frame(bundles[role], features, 0, "none")
+                             .filter(F.col("event_time") >= F.lit(start))
+                             .select("event_id", "event_time", "score", "jurisdiction"))
+                io.publish(decisions, target, sort_by=["event_time", "event_id"], what="promote")
+                out[role] = pl.read_parquet(target).join(labels, on="event_id")
+            features.unpersist()
+        finally:
+            engine.release()
+    return out
