@@ -1,4 +1,4 @@
-"""The Kafka connector (aml_pipeline.streaming.kafka) against a real local Apache Kafka broker
+"""The Kafka connector (aml_pipeline.kafka) against a real local Apache Kafka broker
 (KRaft, the session's ``kafka_broker``); the two broker wrappers' own tests also run noida-db.
 
 Streaming reads must deliver every record exactly once into Spark across restarts from the
@@ -16,18 +16,18 @@ from datetime import datetime
 import pytest
 
 from aml_pipeline.errors import ConfigError
-from aml_pipeline.testing.broker import KafkaBroker, LocalBroker
-from aml_pipeline.streaming.kafka import (
+from aml_pipeline.kafka import (
     FORMAT,
     SCHEMA,
     RangeFetcher,
     RangeReader,
-    _prorate,
     error_message,
     register,
     validate_sink_options,
     validate_source_options,
 )
+from aml_pipeline.kafka.offsets import prorate
+from aml_pipeline.testing.broker import KafkaBroker, LocalBroker
 from tests.conftest import spark_kafka_jars_or_fail, start_local_spark
 
 
@@ -143,9 +143,9 @@ def test_prorate_shares_the_limit_by_backlog():
     a, b, c = ("t", 0), ("t", 1), ("t", 2)
     start = {a: 0, b: 10, c: 5}
     end = {a: 60, b: 40, c: 5}  # backlogs 60, 30, 0
-    assert _prorate(start, end, 30) == {a: 20, b: 20, c: 5}
-    assert _prorate(start, end, 1000) == end
-    capped = _prorate(start, end, 7)
+    assert prorate(start, end, 30) == {a: 20, b: 20, c: 5}
+    assert prorate(start, end, 1000) == end
+    capped = prorate(start, end, 7)
     assert sum(capped[tp] - start[tp] for tp in end) == 7
 
 

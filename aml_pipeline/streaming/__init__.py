@@ -1,5 +1,6 @@
-"""Streaming: the Kafka connector (source and sink for Spark) and the streaming scorer.
+"""Streaming: the streaming scorer (Spark Structured Streaming over the online store).
 
-``aml_pipeline.streaming.kafka`` holds the connector; the local brokers the tests,
-benchmarks and docs start live in ``aml_pipeline.testing.broker`` (not in the wheel).
+The Kafka connector it reads and writes with (``format("aml_kafka")``) is the separate,
+general-purpose :mod:`aml_pipeline.kafka`; the local brokers the tests, benchmarks and docs
+start live in ``aml_pipeline.testing.broker`` (not in the wheel).
 """

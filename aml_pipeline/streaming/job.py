@@ -283,7 +283,7 @@ def _source(spark, cfg: DictConfig, source: str):
         return df.selectExpr("value", "_metadata.file_path AS path")
     connector = str(_value(d.connector))
     if connector == "python":
-        from aml_pipeline.streaming.kafka import FORMAT, register
+        from aml_pipeline.kafka import FORMAT, register
 
         register(spark)
         fmt = FORMAT
@@ -324,14 +324,14 @@ def kafka_reader(cfg: DictConfig) -> str | None:
 
 def source_options(cfg: DictConfig) -> dict[str, str]:
     """The Kafka source's options (Spark's names, plus ``aml.reader`` for our connector),
-    checked; the scorer's :class:`~aml_pipeline.streaming.kafka.RangeFetcher` reads with them too."""
+    checked; the scorer's :class:`~aml_pipeline.kafka.RangeFetcher` reads with them too."""
     d = cfg.deploy
     options = {"kafka.bootstrap.servers": str(d.bootstrap_servers), "subscribe": str(d.topics.input),
                "startingOffsets": str(d.starting_offsets)}
     options.update({str(k): str(v) for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items()})
     reader = kafka_reader(cfg)
     if reader is not None:
-        from aml_pipeline.streaming.kafka import validate_source_options
+        from aml_pipeline.kafka import validate_source_options
 
         options = {"aml.reader": reader, **options}
         validate_source_options(options)
@@ -341,12 +341,12 @@ def source_options(cfg: DictConfig) -> dict[str, str]:
 def batch_records(cfg: DictConfig, source: str):
     """(records of a micro-batch's DataFrame, close): whole files, Kafka records, or (reader
     ``ranges``) the records of the micro-batch's offset ranges, read here by a
-    :class:`~aml_pipeline.streaming.kafka.RangeFetcher` open for the whole query."""
+    :class:`~aml_pipeline.kafka.RangeFetcher` open for the whole query."""
     if source == "file":
         return (lambda df: file_records(df.toArrow())), lambda: None
     if kafka_reader(cfg) != "ranges":
         return (lambda df: kafka_records(df.toArrow())), lambda: None
-    from aml_pipeline.streaming.kafka import RangeFetcher
+    from aml_pipeline.kafka import RangeFetcher
 
     fetcher = RangeFetcher(source_options(cfg))
     return (lambda df: kafka_records(fetcher.read(df.toArrow()))), fetcher.close
