@@ -59,9 +59,13 @@ ACCOUNTS_PER_MILLION = 20_000
 SHUFFLE_PARTITIONS: int | None = None
 
 
+#: --override: extra Hydra overrides for every child (e.g. a smaller plan).
+EXTRA: list[str] = []
+
+
 def overrides(rows: int, master: str) -> list[str]:
     out = OUT / "spark" / str(rows)
-    return [
+    return [*EXTRA,
         f"source.n_accounts={max(200, round(ACCOUNTS_PER_MILLION * rows / 1_000_000))}",
         f"paths.data_dir={out}/data", f"paths.reports_dir={out}/reports", f"paths.models_dir={out}/models",
         f"mlflow.tracking_uri=sqlite:///{out}/mlruns/mlflow.db", f"mlflow.artifact_location={out}/mlruns/artifacts",
@@ -186,7 +190,6 @@ def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: b
     from omegaconf import open_dict
 
     from aml_pipeline.spark.session import get_session
-    from aml_pipeline.tasks import train
 
     cfg = compose([*overrides(rows, master), "engine=spark", f"engine.passes={passes}", "model=spark_gbt",
                    f"model.params.maxIter={gbt_iter}",
@@ -200,6 +203,8 @@ def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: b
         warm = {"features_seconds": round(warm_secs, 2), "features_breakdown": warm_breakdown}
     result, train_secs = {}, None
     if train_too:
+        from aml_pipeline.tasks import train
+
         with open_dict(cfg):
             cfg.task = "train"
         result, train_secs = timed(lambda: train.run(cfg))
@@ -216,13 +221,15 @@ def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: b
 def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool, again: bool) -> dict:
     from omegaconf import open_dict
 
-    from aml_pipeline.tasks import features, train
+    from aml_pipeline.tasks import features
 
     cfg = compose([*overrides(rows, master), "engine=polars", "model=lightgbm"])
     bounds, feat_secs = timed(lambda: features.run(cfg))
     warm = {"features_seconds": round(timed(lambda: features.run(cfg))[1], 2)} if again else None
     result, train_secs = {}, None
     if train_too:
+        from aml_pipeline.tasks import train
+
         with open_dict(cfg):
             cfg.task = "train"
         result, train_secs = timed(lambda: train.run(cfg))
@@ -248,6 +255,7 @@ def run_child(kind: str, rows: int, args, passes: str = "accounts", again: bool 
         cmd.append("--again")
     if args.shuffle_partitions:
         cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
+    cmd += [f"--override={o}" for o in args.override]
     print(f"\n=== {kind}{f' (engine.passes={passes})' if kind == 'spark' else ''}, {rows:,} rows", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -268,18 +276,21 @@ def main() -> None:
     ap.add_argument("--skip-train", action="store_true", help="features only: no MLlib GBT or LightGBM training")
     ap.add_argument("--shuffle-partitions", type=int,
                     help="engine.shuffle_partitions for Spark (default: the config's, 8); e.g. 64 at 10M rows")
+    ap.add_argument("--override", action="append", default=[],
+                    help="an extra Hydra override for every run (repeatable), e.g. --override='~features.steps.paths'")
     ap.add_argument("--child", choices=sorted(CHILDREN))
     ap.add_argument("--child-out")
     ap.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     global SHUFFLE_PARTITIONS
     SHUFFLE_PARTITIONS = args.shuffle_partitions
+    EXTRA[:] = args.override
     if args.child:
         result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter, args.passes[0], not args.skip_train,
                                       args.again)
         Path(args.child_out).write_text(json.dumps(result, indent=2) + "\n")
         return
-    report: dict = {"cores": os.cpu_count(), "master": args.master, "passes": args.passes,
+    report: dict = {"cores": os.cpu_count(), "master": args.master, "passes": args.passes, "overrides": args.override,
                     "shuffle_partitions": args.shuffle_partitions, "sizes": {}}
     for i, rows in enumerate(args.rows):
         size: dict = {"data": run_child("data", rows, args)}
