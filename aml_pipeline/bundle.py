@@ -28,15 +28,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from aml_pipeline.decisions import DecisionBuilder, feature_matrix
 from aml_pipeline.errors import UserError
-from aml_pipeline.evaluation.thresholds import apply_thresholds
 from aml_pipeline.features.plan import FeaturePlan
-from aml_pipeline.features.reasons import reasons_column
 from aml_pipeline.models.classifiers import Classifier, load_classifier
 from aml_pipeline.schema import ALL_COLUMNS, REQUIRED_COLUMNS
 
 MANIFEST = "manifest.json"
-TOP_FEATURES = pl.List(pl.Struct({"feature": pl.String, "value": pl.Float64, "contribution": pl.Float64}))
 FORMAT_VERSION = 1
 
 
@@ -46,11 +44,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def feature_matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
-    """Feature columns as a float64 matrix, nulls as NaN (what every classifier takes)."""
-    return frame.select(pl.col(c).cast(pl.Float64) for c in columns).to_numpy().astype(np.float64, copy=False)
 
 
 @dataclass
@@ -134,51 +127,6 @@ class ModelBundle:
         """Scores of rows that already carry the plan's feature columns."""
         return self.model.predict_proba(feature_matrix(features, self.feature_columns()))
 
-    def top_features(self, features: pl.DataFrame, k: int = 5) -> pl.Series:
-        """Per row, the k features that pushed the score most: name, value, contribution.
-
-        Contributions are the model's own (LightGBM SHAP values, logistic-regression terms,
-        in log-odds). Classifiers without per-row attributions list the globally most
-        important features with this row's values and a null contribution.
-        """
-        cols = self.feature_columns()
-        X = feature_matrix(features, cols)
-        if X.shape[0] == 0:
-            return pl.Series("top_features", [], TOP_FEATURES)
-        contrib = self.model.contributions(X)
-        k = min(k, len(cols))
-        if contrib is not None:
-            order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :k]
-            picked = np.take_along_axis(contrib, order, axis=1)
-        else:
-            importance = self.model.feature_importance() or {}
-            ranking = np.argsort([-importance.get(c, 0.0) for c in cols], kind="stable")[:k]
-            order = np.tile(ranking, (X.shape[0], 1))
-            picked = np.full(order.shape, np.nan)
-        values = np.take_along_axis(X, order, axis=1)
-        names = np.asarray(cols, dtype=object)[order]
-        n = X.shape[0]
-        flat = pl.DataFrame({
-            "row": np.repeat(np.arange(n), k),
-            "feature": names.reshape(-1).astype(str),
-            "value": values.reshape(-1),
-            "contribution": picked.reshape(-1),
-        }).with_columns(pl.col("value").fill_nan(None), pl.col("contribution").fill_nan(None))
-        nested = flat.group_by("row", maintain_order=True).agg(pl.struct("feature", "value", "contribution").alias("top_features"))
-        return nested["top_features"].cast(TOP_FEATURES)
-
-    def explanations(self, features: pl.DataFrame, alert: np.ndarray, explain: str, k: int) -> pl.Series:
-        """Top features for the rows ``explain`` selects (all, alerts, none); null elsewhere."""
-        n = features.height
-        if explain == "all":
-            return self.top_features(features, k)
-        if explain != "alerts" or not alert.any():
-            return pl.Series("top_features", [None] * n, TOP_FEATURES)
-        idx = np.flatnonzero(alert)
-        explained = pl.DataFrame({"row": idx, "top_features": self.top_features(features[idx], k)})
-        rows = pl.DataFrame({"row": np.arange(n)})
-        return rows.join(explained, on="row", how="left", maintain_order="left")["top_features"]
-
     @property
     def trace(self) -> dict[str, str | None]:
         """What every decision carries to point back at its model: name, version (once
@@ -191,6 +139,11 @@ class ModelBundle:
             "bundle_hash": self.bundle_hash,
         }
 
+    def decisions(self, top_k: int = 5, explain: str = "alerts") -> DecisionBuilder:
+        """The builder of this bundle's decision records (:mod:`aml_pipeline.decisions`), with
+        the model and trace the bundle holds now."""
+        return DecisionBuilder(self.model, self.feature_columns(), self.thresholds, self.trace, top_k, explain)
+
     def score_features(self, features: pl.DataFrame, top_k: int = 5, explain: str = "alerts") -> pl.DataFrame:
         """Decisions for rows with feature columns: score, threshold, alert and their trace.
 
@@ -198,19 +151,7 @@ class ModelBundle:
         their top contributing features (per-row SHAP costs ~1000x a prediction) and the
         reasons in plain words written from them (:mod:`aml_pipeline.features.reasons`).
         """
-        score = self.predict_features(features)
-        threshold, alert = apply_thresholds(score, features["jurisdiction"].to_numpy(), self.thresholds)
-        trace = self.trace
-        tops = self.explanations(features, alert, str(explain), top_k).alias("top_features")
-        out = features.select("event_id", "event_time", "jurisdiction").with_columns(
-            pl.Series("score", score, pl.Float64),
-            pl.Series("threshold", threshold, pl.Float64),
-            pl.Series("alert", alert, pl.Boolean),
-            tops,
-            reasons_column(tops, features),
-            *[pl.lit(v, pl.String).alias(k) for k, v in trace.items()],
-        )
-        return out.hstack(features.select(self.feature_columns()).get_columns())
+        return self.decisions(top_k, explain).frame(features)
 
     def score(self, events: pl.DataFrame, history: pl.DataFrame | None = None, top_k: int = 5,
               explain: str = "alerts") -> pl.DataFrame:

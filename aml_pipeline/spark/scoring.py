@@ -86,13 +86,7 @@ def _decide(bundle: ModelBundle, frame: pl.DataFrame, top_k: int, explain: str, 
     if not given_score:
         return bundle.score_features(frame, top_k, explain)
     # MLlib: the score came from Spark; thresholds, explanations (global importances) and trace as usual.
-    score = frame[SCORE].to_numpy()
-    original = bundle.predict_features
-    bundle.predict_features = lambda _f: score  # type: ignore[method-assign]
-    try:
-        return bundle.score_features(frame.drop(SCORE), top_k, explain)
-    finally:
-        bundle.predict_features = original  # type: ignore[method-assign]
+    return bundle.decisions(top_k, explain).frame(frame.drop(SCORE), score=frame[SCORE].to_numpy())
 
 
 def score_frame(bundle: ModelBundle, features: DataFrame, top_k: int = 5, explain: str = "alerts") -> DataFrame:
