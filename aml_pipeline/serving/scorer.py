@@ -6,7 +6,8 @@ events and their counterparties'), computes the plan's features with the configu
 engine, scores the feature vector with the model's single-row path on this thread
 (``predict_one``; LightGBM capped at one thread: with its default threads a call takes
 ~16 ms instead of ~60 µs when the other core is busy), applies the jurisdiction's
-threshold exactly as ``task=score`` does, appends the decision to the decision log, then
+threshold and writes the decision record with ``task=score``'s own builder
+(:mod:`aml_pipeline.decisions`), appends the decision to the decision log, then
 appends the event to both accounts' histories and remembers the decision under its id.
 
 A known event id (a client retry, a replayed stream) returns the stored decision with
@@ -15,7 +16,6 @@ A known event id (a client retry, a replayed stream) returns the stored decision
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -27,8 +27,6 @@ import numpy as np
 
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
-from aml_pipeline.evaluation.thresholds import apply_thresholds
-from aml_pipeline.features.reasons import reasons_and_hint
 from aml_pipeline.serving.decision_log import DecisionLog as _DecisionLog
 from aml_pipeline.store.base import OnlineStore
 from aml_pipeline.store.engine import Event, OnlineFeatures, PlanNeeds, PolarsFeatures, gather
@@ -73,26 +71,6 @@ def set_threads(bundle: ModelBundle, threads: int) -> None:
             pass
 
 
-def top_features(bundle: ModelBundle, x: np.ndarray, k: int) -> list[dict[str, Any]]:
-    """The k features that pushed this score most (as :meth:`ModelBundle.top_features`, one row)."""
-    cols = bundle.feature_columns()
-    k = min(k, len(cols))
-    contrib = bundle.model.contributions(x.reshape(1, -1))
-    if contrib is not None:
-        order = np.argsort(-np.abs(contrib[0]), kind="stable")[:k]
-        picked = contrib[0][order]
-    else:
-        importance = bundle.model.feature_importance() or {}
-        order = np.argsort([-importance.get(c, 0.0) for c in cols], kind="stable")[:k]
-        picked = np.full(k, np.nan)
-    out = []
-    for i, c in zip(order, picked):
-        v = float(x[i])
-        out.append({"feature": cols[i], "value": None if math.isnan(v) else v,
-                    "contribution": None if math.isnan(float(c)) else float(c)})
-    return out
-
-
 def _json_value(v: Any) -> Any:
     if isinstance(v, datetime):
         return v.astimezone(timezone.utc).isoformat()
@@ -121,22 +99,18 @@ class Scorer:
         self.shadow = shadow
         self.columns = bundle.feature_columns()
         self.model = bundle.model
-        self.trace = bundle.trace
-        self._thresholds: dict[str, float] = {}
+        self.decisions = bundle.decisions(top_k, explain)
+        self.trace = self.decisions.trace
         self._store_errors = _store_errors()
         self._lock = threading.Lock()  # one decision at a time: the store's read-score-append is a unit
 
     # -- pieces -----------------------------------------------------------------------------
     def threshold(self, jurisdiction: str) -> float:
         """The jurisdiction's threshold, looked up by the offline code once and cached."""
-        t = self._thresholds.get(jurisdiction)
-        if t is None:
-            try:
-                value, _ = apply_thresholds(np.zeros(1), np.array([jurisdiction], dtype=object), self.bundle.thresholds)
-            except ValueError as exc:
-                raise BadRequest("jurisdiction", str(exc)) from None
-            t = self._thresholds[jurisdiction] = float(value[0])
-        return t
+        try:
+            return self.decisions.threshold(jurisdiction)
+        except ValueError as exc:
+            raise BadRequest("jurisdiction", str(exc)) from None
 
     def vector(self, features: dict[str, Any]) -> np.ndarray:
         return np.array([NAN if (v := features[c]) is None else v for c in self.columns], dtype=np.float64)
@@ -146,7 +120,7 @@ class Scorer:
         x = np.zeros(len(self.columns))
         self.model.predict_one(x)
         if self.explain != "none":
-            top_features(self.bundle, x, self.top_k)
+            self.decisions.top_features_of(x)
         if self.shadow is not None:
             self.shadow.warm_up(len(self.columns))
 
@@ -177,22 +151,10 @@ class Scorer:
         features = self.engine.compute(ev, history)
         x = self.vector(features)
         score = float(self.model.predict_one(x))
-        alert = bool(score >= threshold)
-        explain = self.explain == "all" or (self.explain == "alerts" and alert)
-        tops = top_features(self.bundle, x, self.top_k) if explain else None
-        decision = {
-            "event_id": ev.event_id,
-            "event_time": ev.time.isoformat(),
-            "score": score,
-            "alert": alert,
-            "decision": "alert" if alert else "no_alert",
-            "threshold": threshold,
-            "jurisdiction": jurisdiction,
-            "top_features": tops,
-            "reasons": reasons_and_hint(tops, {**event, **features})[0] if explain else None,
-            **self.trace,
-            "feature_engine": self.engine.name,
-        }
+        # the reasons read the features first, then the event's own values
+        decision = self.decisions.record(ev.event_id, ev.time.isoformat(), jurisdiction, score, threshold, x,
+                                         features, event)
+        decision["feature_engine"] = self.engine.name
         shadow = self.shadow.decide(x, jurisdiction) if self.shadow is not None else {}
         self.log.write({**decision, **shadow, "logged_at": time.time(), "features": features, "event": event})
         self.store.commit(ev.row(self.needs.extra_columns), decision)
