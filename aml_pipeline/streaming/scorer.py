@@ -45,6 +45,7 @@ from typing import Any
 import polars as pl
 
 from aml_pipeline.bundle import ModelBundle
+from aml_pipeline.decisions import ALERT_FIELDS
 from aml_pipeline.errors import UserError
 from aml_pipeline.jsonl import replace_durably
 from aml_pipeline.schema import UTC_TIME
@@ -474,18 +475,11 @@ class StreamScorer:
         key = self.budget.key
         kept, deferred = [], []
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(scored_at)) + f".{int(scored_at % 1 * 1e6):06d}+00:00"
-        for d in flagged.select("event_id", "event_time", "jurisdiction", "score", "threshold", "top_features",
-                                 "reasons").iter_rows(named=True):
+        for d in flagged.select(ALERT_FIELDS).iter_rows(named=True):
             e = ev[d["event_id"]]
             record = {
                 "alert_id": alert_id(d["event_id"], self.trace["model_name"], self.trace["model_version"], self.trace["bundle_hash"]),
-                "event_id": d["event_id"],
-                "event_time": d["event_time"],
-                "score": d["score"],
-                "threshold": d["threshold"],
-                "jurisdiction": d["jurisdiction"],
-                "top_features": d["top_features"],
-                "reasons": d["reasons"],
+                **d,
                 **{c: e.get(c) for c in ALERT_EVENT_COLUMNS},
                 **self.trace,
                 "scored_at": when,
