@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 from mlflow.pyfunc import PythonModel
 
+from aml_pipeline.features.reasons import one_line
 from aml_pipeline.schema import ALL_COLUMNS
 
 BUNDLE_ARTIFACT = "bundle"
@@ -49,22 +50,12 @@ def canonical_events(frame: Any) -> pl.DataFrame:
     return events.with_columns(casts)
 
 
-def reasons(top: list[dict] | None) -> str:
-    """Top contributing features as one readable line: ``feature=value (+contribution)``."""
-    parts = []
-    for t in top or []:
-        value = "null" if t["value"] is None else f"{t['value']:.6g}"
-        contrib = "" if t["contribution"] is None else f" ({t['contribution']:+.3f})"
-        parts.append(f"{t['feature']}={value}{contrib}")
-    return "; ".join(parts)
-
-
 def decide(bundle, frame: Any, top_k: int = 5) -> pl.DataFrame:
     """One decision per input row, in input order: event_id, score, threshold, alert, reasons."""
     events = canonical_events(frame)
     decided = bundle.score(events, top_k=top_k, explain="all")
     out = decided.select("event_id", "score", "threshold", "alert").with_columns(
-        pl.Series("reasons", [reasons(t) for t in decided["top_features"].to_list()], pl.String))
+        pl.Series("reasons", [one_line(t) for t in decided["top_features"].to_list()], pl.String))
     return events.select("event_id").join(out, on="event_id", how="left", maintain_order="left")
 
 

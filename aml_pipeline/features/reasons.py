@@ -395,3 +395,14 @@ def reasons_column(top_features, frame):
         for i, tf, row in zip(idx, tops, rows):
             out[i] = reasons_and_hint(tf, row)[0]
     return pl.Series("reasons", out, pl.List(pl.String))
+
+
+def one_line(top_features: Iterable[Mapping[str, Any]] | None) -> str:
+    """Top features as one compact line, ``feature=value (+contribution); ...`` (the
+    ``reasons`` string of the registered MLflow model's output, :mod:`aml_pipeline.pyfunc`)."""
+    parts = []
+    for t in top_features or []:
+        value = "null" if t["value"] is None else f"{t['value']:.6g}"
+        contrib = "" if t["contribution"] is None else f" ({t['contribution']:+.3f})"
+        parts.append(f"{t['feature']}={value}{contrib}")
+    return "; ".join(parts)
