@@ -64,6 +64,7 @@ class DecisionBuilder:
         self.trace = {k: trace[k] for k in TRACE_FIELDS}
         self.k = max(0, min(int(top_k), len(self.columns)))
         self.explain = str(getattr(explain, "value", explain))
+        self._all, self._alerts = self.explain == "all", self.explain == "alerts"
         self._names = pl.Series("feature", self.columns, pl.String)
         self._ranking: np.ndarray | None = None
         self._threshold: dict[str, float] = {}
@@ -112,11 +113,10 @@ class DecisionBuilder:
         return [{"feature": self.columns[i], "value": None if v != v else v, "contribution": None if c != c else c}
                 for i, v, c in zip(idx.tolist(), x[idx].tolist(), contrib[0].tolist())]
 
-    def explained(self, alert: np.ndarray) -> np.ndarray:
-        """Which decisions carry top features and reasons."""
-        if self.explain == "all":
-            return np.ones(alert.shape, dtype=bool)
-        return alert if self.explain == "alerts" else np.zeros(alert.shape, dtype=bool)
+    def explains(self, alert):
+        """Whether a decision carries top features and reasons (``alert``: a bool, or an
+        array of them for a batch)."""
+        return self._all | (alert & self._alerts)
 
     # -- batches -----------------------------------------------------------------------------
     def frame(self, features: pl.DataFrame, score: np.ndarray | None = None) -> pl.DataFrame:
@@ -127,7 +127,7 @@ class DecisionBuilder:
         if score is None:
             score = self.model.predict_proba(X)
         threshold, alert = apply_thresholds(score, features["jurisdiction"].to_numpy(), self.thresholds)
-        explained = self.explained(alert)
+        explained = self.explains(alert)
         if explained.all():
             tops = self.top_features(X)
         elif explained.any():  # per-row contributions cost ~1000x a prediction: only where shown
@@ -154,7 +154,7 @@ class DecisionBuilder:
         values the reasons may read besides the top features (the first holding a name
         wins); they are read only when the decision is explained."""
         alert = score >= threshold
-        tops = self.top_features_of(x) if self.explain == "all" or (alert and self.explain == "alerts") else None
+        tops = self.top_features_of(x) if self.explains(alert) else None
         return {
             "event_id": event_id,
             "event_time": event_time,
