@@ -199,6 +199,45 @@ def test_baseline_model_follows_the_configured_model(compose_cfg):
     assert other.params == {} and other.seed == 3
 
 
+def test_baselines_see_the_plans_reporting_currency(compose_cfg, tmp_path):
+    """With ``features.fx`` the baselines see converted amounts, exactly as if the amounts
+    had been converted by hand, and ``task=evaluate`` passes the plan's table to them."""
+    from aml_pipeline.errors import UserError
+    from aml_pipeline.features.fx import FxTable
+    from aml_pipeline.tasks.evaluate import learned
+
+    events = _split_events()
+    fx = FxTable("USD", {"EUR": 1.08})
+    by_hand = events.with_columns(pl.when(pl.col("currency") == "EUR").then(pl.col("amount") * 1.08)
+                                  .otherwise(pl.col("amount")).alias("amount"))
+    converted, numeric, categorical = baseline_table(events, "raw_windows", fx)
+    assert converted.equals(baseline_table(by_hand, "raw_windows")[0])
+    assert (numeric, categorical) == baseline_table(by_hand, "raw_windows")[1:]
+    plain = baseline_table(events, "raw_windows")[0]
+    eur = (events["currency"] == "EUR").to_numpy()
+    assert np.allclose(converted["amount"].to_numpy()[eur], 1.08 * plain["amount"].to_numpy()[eur])
+    assert converted["amount"].to_numpy()[~eur].tolist() == plain["amount"].to_numpy()[~eur].tolist()
+    assert not converted["src_out_sum_7d"].equals(plain["src_out_sum_7d"])  # the windows add converted amounts
+    assert converted["currency"].to_list() == events["currency"].to_list()  # the currency stays a column
+
+    spec = BaselineModel(params=SPEC.params, early_stopping_rounds=SPEC.early_stopping_rounds)
+    blocks, scores = learned_baselines(events, ["raw_windows"], InverseFrequency(), spec, [0.5], fx=fx)
+    hand_blocks, hand_scores = learned_baselines(by_hand, ["raw_windows"], InverseFrequency(), spec, [0.5])
+    assert blocks == hand_blocks and scores["raw_windows"].equals(hand_scores["raw_windows"])
+    with pytest.raises(UserError, match="EUR"):  # a currency with no rate is an error, never 1:1
+        learned_baselines(events, ["raw"], InverseFrequency(), spec, [0.5], fx=FxTable("USD", {}))
+
+    # the task's path: events without split, the split read from the feature table
+    features = tmp_path / "features.parquet"
+    events.select("event_id", "split").write_parquet(features)
+    test = events.filter(pl.col("split") == "test")
+    cfg = compose_cfg(["evaluation.baselines=[raw_windows]", "model.params.n_estimators=60", "model.params.num_threads=1"])
+    task_blocks, task_scores = learned(cfg, events.drop("split"), features, test, fx)
+    hand_task = learned(cfg, by_hand.drop("split"), features, test)
+    assert task_blocks == hand_task[0] and np.array_equal(task_scores["raw_windows"], hand_task[1]["raw_windows"])
+    assert task_blocks != learned(cfg, events.drop("split"), features, test)[0]
+
+
 def test_evaluation_config_switch(compose_cfg):
     assert [b.value for b in compose_cfg([]).evaluation.baselines] == ["raw", "raw_windows"]
     assert list(compose_cfg(["evaluation=fast"]).evaluation.baselines) == []

@@ -26,7 +26,10 @@ Fairness rules, the same as the plan's (otherwise the lift would flatter one sid
 * the run's class weighting (``weighting`` group) and, when the configured model is
   LightGBM, its parameters (``model.params``, ``model.early_stopping_rounds``, ``seed``):
   the lift then measures the features, not a tuning difference. For other models the
-  LightGBM defaults of :class:`~aml_pipeline.models.classifiers.LightGBMClassifier` apply.
+  LightGBM defaults of :class:`~aml_pipeline.models.classifiers.LightGBMClassifier` apply;
+* the plan's reporting currency (``features.fx``): when the plan converts amounts, both
+  baselines see the same converted ``amount`` (and window sums of it) as the plan's steps,
+  so a baseline is not left adding yen to pounds while the plan compares like with like.
 
 Everything here is a pure function of a frame of canonical events with a ``split`` column;
 ``task=evaluate`` does the reading and writing.
@@ -44,6 +47,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.evaluation.metrics import pr_auc, recall_at_precision, roc_auc
+from aml_pipeline.features.fx import FxTable
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.features.rolling import RollingAggregates
 from aml_pipeline.models.classifiers import LightGBMClassifier, _safe_lightgbm_names
@@ -182,10 +186,15 @@ class FittedBaseline:
         return self.model.predict_proba(self.matrix(frame))
 
 
-def baseline_table(events: pl.DataFrame, name: str) -> tuple[pl.DataFrame, list[str], list[str]]:
-    """(frame with ``split``, ``label`` and the baseline's columns, numeric, categorical)."""
+def baseline_table(events: pl.DataFrame, name: str, fx: FxTable | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """(frame with ``split``, ``label`` and the baseline's columns, numeric, categorical).
+
+    ``fx``: the plan's reporting currency (``features.fx``), or None; with it, ``amount``
+    and the window sums are in that currency, as the plan's steps see them."""
     if name not in NAMES:
         raise ValueError(f"unknown learned baseline {name!r}; allowed: {', '.join(NAMES)}")
+    if fx is not None:
+        events = fx.convert_frame(events)
     raw = raw_frame(events)
     numeric = list(RAW_NUMERIC)
     if name == "raw_windows":
@@ -231,12 +240,14 @@ def baseline_block(fitted: FittedBaseline, table: pl.DataFrame, report_precision
 
 
 def learned_baselines(events: pl.DataFrame, names: Iterable[str], weighting: Weighting, spec: BaselineModel,
-                      report_precisions: Iterable[float], progress=None) -> tuple[dict[str, dict], dict[str, pl.DataFrame]]:
+                      report_precisions: Iterable[float], progress=None,
+                      fx: FxTable | None = None) -> tuple[dict[str, dict], dict[str, pl.DataFrame]]:
     """Fit and judge each named baseline; returns (name -> metrics, name -> test scores).
 
     ``events``: canonical events of every split, with ``split`` (train/valid/test) and
     ``label``. ``progress(message)`` is an optional context manager factory (the task
-    passes :func:`aml_pipeline.progress.status`).
+    passes :func:`aml_pipeline.progress.status`). ``fx``: the plan's reporting currency
+    (the fitted plan's ``fx``), or None to use amounts as given.
     """
     blocks: dict[str, dict] = {}
     scores: dict[str, pl.DataFrame] = {}
@@ -245,7 +256,7 @@ def learned_baselines(events: pl.DataFrame, names: Iterable[str], weighting: Wei
         name = str(getattr(name, "value", name))
         ctx = progress(f"evaluate: learned baseline {name} (LightGBM, rounds chosen on validation)") if progress else nullcontext()
         with ctx:
-            table, numeric, categorical = baseline_table(events, name)
+            table, numeric, categorical = baseline_table(events, name, fx)
             fitted = fit_baseline(table, name, numeric, categorical, weighting, spec)
             blocks[name], scores[name] = baseline_block(fitted, table, report_precisions)
     return blocks, scores

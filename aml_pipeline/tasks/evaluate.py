@@ -74,8 +74,9 @@ def canonical_example(test: pl.DataFrame, bundle: ModelBundle) -> pl.DataFrame:
     return example.with_columns(pl.col("event_time").dt.convert_time_zone("UTC").dt.replace_time_zone(None))
 
 
-def learned(cfg: DictConfig, events: pl.DataFrame, features_path, test: pl.DataFrame) -> tuple[dict, dict]:
-    """The configured learned baselines: (name -> metrics, name -> scores in ``test``'s order)."""
+def learned(cfg: DictConfig, events: pl.DataFrame, features_path, test: pl.DataFrame, fx=None) -> tuple[dict, dict]:
+    """The configured learned baselines: (name -> metrics, name -> scores in ``test``'s order);
+    ``fx``: the plan's reporting currency, so they see the amounts the plan sees."""
     names = [str(getattr(n, "value", n)) for n in cfg.evaluation.baselines]
     if not names:
         return {}, {}
@@ -83,7 +84,7 @@ def learned(cfg: DictConfig, events: pl.DataFrame, features_path, test: pl.DataF
     frame = events.join(splits, on="event_id", how="inner").sort("event_time", "event_id")
     blocks, scores = learned_baselines(frame, names, build(cfg.weighting, "weighting"),
                                        BaselineModel.from_config(cfg.model, cfg.seed),
-                                       list(cfg.thresholds.report_precisions), progress=status)
+                                       list(cfg.thresholds.report_precisions), progress=status, fx=fx)
     order = test.select("event_id")
     return blocks, {n: order.join(s, on="event_id", how="left", maintain_order="left")["score"].to_numpy()
                     for n, s in scores.items()}
@@ -116,7 +117,7 @@ def run(cfg: DictConfig) -> dict:
     y = test["label"].to_numpy()
     score = decisions["score"].to_numpy()
     learned_start = time.perf_counter()
-    learned_blocks, learned_scores = learned(cfg, events, layout.features, test)
+    learned_blocks, learned_scores = learned(cfg, events, layout.features, test, bundle.plan.fx)
     learned_secs = time.perf_counter() - learned_start
     metrics = evaluation_report(y, score, test["jurisdiction"].to_numpy(), test["typology"].to_numpy(), bundle.thresholds,
                                 list(cfg.thresholds.report_precisions), baseline_score=base["baseline_score"].to_numpy(),
