@@ -52,6 +52,12 @@ class RangeReader:
         #: tp -> offset the partition's consumer delivers next (after the stashed messages).
         self.fetch: dict[TP, int] = {}
         self.stash: dict[TP, list] = {}
+        #: The last error a consumer's client reported (it retries by itself: a wrong SASL
+        #: password or an unreachable broker shows only here), named when a read times out.
+        self.client_error: str | None = None
+
+    def _on_client_error(self, err) -> None:
+        self.client_error = err.str()
 
     def pause(self) -> None:
         """Stop fetching until the next read (the consumers keep their connections and the
@@ -108,7 +114,7 @@ class RangeReader:
     def _fetching(self, tp: TP):
         """The partition's consumer, assigned from the offset after what it delivered (and stashed)."""
         if tp not in self.consumers:
-            self.consumers[tp] = consumer(self.client)
+            self.consumers[tp] = consumer(self.client, error_cb=self._on_client_error)
         if tp not in self.assigned:
             self.consumers[tp].assign([TopicPartition(tp[0], tp[1], self.fetch[tp])])
             self.assigned.add(tp)
@@ -152,7 +158,7 @@ class RangeReader:
             take(msg, msg.offset())
             if len(out) >= ARROW_BATCH:
                 yield None
-        last_progress, client_error = time.monotonic(), None
+        last_progress, self.client_error = time.monotonic(), None
         cons = self._fetching(tp) if expected < end else None
         while expected < end:
             msgs = cons.consume(num_messages=min(10_000, max(1, end - expected)), timeout=1.0)
@@ -165,7 +171,7 @@ class RangeReader:
                         # the group coordinator of every consumer (group.id is mandatory)
                         # though this one never joins or commits, and retries by itself.
                         # Seen as "FindCoordinator response error" on long reads.
-                        client_error = err.str()
+                        self.client_error = err.str()
                         continue
                     raise RuntimeError(f"Kafka read of {tp[0]}-{tp[1]} failed: {err.str()}")
                 progressed = True
@@ -179,7 +185,7 @@ class RangeReader:
             elif (time.monotonic() - last_progress) * 1000 >= self.poll_timeout_ms:
                 raise TimeoutError(f"no records from {tp[0]}-{tp[1]} at offset {expected} for {self.poll_timeout_ms} ms "
                                    f"(kafkaConsumer.pollTimeoutMs); planned range ends at {end}"
-                                   + (f"; the client last reported: {client_error}" if client_error else ""))
+                                   + (f"; the client last reported: {self.client_error}" if self.client_error else ""))
 
 
 def data_loss(fail: bool, tp: TP, expected: int, got: int) -> None:
