@@ -1,17 +1,19 @@
-"""The Kafka connector (aml_pipeline.kafka) against a real local Apache Kafka broker
-(KRaft, the session's ``kafka_broker``); the two broker wrappers' own tests also run noida-db.
+"""The Kafka connector, aml_pipeline.kafka, on its own against a real local Apache Kafka broker
+(KRaft, the session's ``kafka_broker``): topics are written and checked with plain
+confluent-kafka clients, never with the connector itself.
 
 Streaming reads must deliver every record exactly once into Spark across restarts from the
-checkpoint; the sink must put back what it was given; bad options must fail naming the option.
+checkpoint; the sink must put back what it was given; bad options must fail naming the option;
+the readers work outside Spark; the package stands alone (nothing of the AML pipeline above it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
-import time
-import uuid
-from datetime import datetime
+import subprocess
+import sys
 
 import pytest
 
@@ -22,61 +24,15 @@ from aml_pipeline.kafka import (
     RangeFetcher,
     RangeReader,
     error_message,
+    produce_batches,
     register,
     validate_sink_options,
     validate_source_options,
 )
 from aml_pipeline.kafka.offsets import prorate
-from aml_pipeline.testing.broker import KafkaBroker, LocalBroker
-from tests.conftest import spark_kafka_jars_or_fail, start_local_spark
-
-
-def _topic(prefix: str = "t") -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-def produce(bootstrap: str, topic: str, records: list[tuple[str | None, str]], partition: int | None = None) -> None:
-    from confluent_kafka import Producer
-
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
-    errors = []
-    for key, value in records:
-        kwargs = {"partition": partition} if partition is not None else {}
-        producer.produce(topic, key=key, value=value, on_delivery=lambda e, m: e and errors.append(e), **kwargs)
-    assert producer.flush(30) == 0 and not errors
-
-
-def consume_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, bytes]]:
-    """Every record of ``topic`` as (partition, offset, key, value), read with a plain consumer."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "check", "enable.auto.commit": False})
-    out = []
-    try:
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        for p in sorted(meta.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high <= low:
-                continue
-            consumer.assign([TopicPartition(topic, p, low)])
-            while True:
-                msg = consumer.poll(10)
-                assert msg is not None, f"timed out reading {topic}-{p}"
-                assert msg.error() is None, msg.error()
-                out.append((p, msg.offset(), msg.key(), msg.value()))
-                if msg.offset() >= high - 1:
-                    break
-    finally:
-        consumer.close()
-    return out
-
-
-def create(bootstrap: str, topic: str, partitions: int) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # keep the client alive until the result
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(15)
-
+from aml_pipeline.testing.broker import KafkaBroker
+from tests.conftest import ROOT, spark_kafka_jars_or_fail, start_local_spark
+from tests.kafka_topics import consume_all, create, fresh_topic, produce
 
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
@@ -149,56 +105,6 @@ def test_prorate_shares_the_limit_by_backlog():
     assert sum(capped[tp] - start[tp] for tp in end) == 7
 
 
-# ----------------------------------------------------------------------------- broker
-
-
-#: The two local brokers: Apache Kafka (the tests' broker) and noida-db (no Java needed).
-BROKERS = pytest.mark.parametrize("kind", ["KafkaBroker", "LocalBroker"])
-
-
-@BROKERS
-def test_local_broker_starts_creates_topics_and_stops(kind):
-    with {"KafkaBroker": KafkaBroker, "LocalBroker": LocalBroker}[kind]({"a": 3, "b": 1}) as broker:
-        port = broker.port
-        produce(broker.bootstrap, "a", [(None, "x")] * 3)
-        from confluent_kafka.admin import AdminClient
-
-        topics = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics
-        assert len(topics["a"].partitions) == 3 and len(topics["b"].partitions) == 1
-        proc, data = broker.proc, broker._data_dir
-        assert broker.start_seconds < 60
-    assert proc.poll() is not None and not data.exists()
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-
-
-@BROKERS
-def test_local_broker_dies_with_the_process_that_started_it(tmp_path, kind):
-    """A test run killed with SIGKILL must not leave a broker behind."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    script = (f"from aml_pipeline.testing.broker import {kind}; import time\n"
-              f"b = {kind}(data_dir={str(tmp_path / 'broker')!r}).start(); print(b.proc.pid, b.port, flush=True); time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    pid, port = map(int, parent.stdout.readline().split())
-    socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        pytest.fail("the broker outlived the process that started it")
-
-
 # ----------------------------------------------------------------------------- source (Spark)
 
 
@@ -218,7 +124,7 @@ def _format(reader: str) -> tuple[str, dict]:
 @READERS
 def test_stream_reads_each_record_once_across_restarts(spark, kafka_broker, tmp_path, reader):
     fmt, options = _format(reader)
-    topic = _topic("raw")
+    topic = fresh_topic("raw")
     create(kafka_broker, topic, 3)
     first = [(f"k{i % 11}", json.dumps({"i": i})) for i in range(300)]
     produce(kafka_broker, topic, first)
@@ -250,7 +156,7 @@ def test_stream_reads_each_record_once_across_restarts(spark, kafka_broker, tmp_
 def test_ranges_reader_plans_ranges_that_tile_the_topic_and_the_fetcher_reads_them(spark, kafka_broker, tmp_path):
     """aml.reader=ranges: each micro-batch's rows are its offset ranges; across a restart they
     cover every offset exactly once, and RangeFetcher turns them into the records, in order."""
-    topic = _topic("ranges")
+    topic = fresh_topic("ranges")
     create(kafka_broker, topic, 3)
     produce(kafka_broker, topic, [(f"k{i % 7}", json.dumps({"i": i})) for i in range(200)])
     out, ck = tmp_path / "out", tmp_path / "ck"
@@ -299,7 +205,7 @@ def test_ranges_reader_plans_ranges_that_tile_the_topic_and_the_fetcher_reads_th
 def test_driver_reader_reads_an_uncommitted_micro_batch_again_after_a_failure(spark, kafka_broker, tmp_path):
     """A micro-batch planned (in the offset log) but not committed is read again on restart,
     between the same offsets, by a new source process (readBetweenOffsets)."""
-    topic = _topic("again")
+    topic = fresh_topic("again")
     create(kafka_broker, topic, 2)
     produce(kafka_broker, topic, [(f"k{i % 5}", f"v{i}") for i in range(60)])
     ck = tmp_path / "ck"
@@ -329,7 +235,7 @@ def test_driver_reader_reads_an_uncommitted_micro_batch_again_after_a_failure(sp
 
 @pytest.mark.slow
 def test_starting_offsets_latest_skips_what_was_there(spark, kafka_broker, tmp_path):
-    topic = _topic("latest")
+    topic = fresh_topic("latest")
     produce(kafka_broker, topic, [(None, f"old{i}") for i in range(10)])
     out, ck = tmp_path / "out", tmp_path / "ck"
     stream_to_parquet(spark, kafka_broker, topic, out, ck, startingOffsets="latest")
@@ -341,7 +247,7 @@ def test_starting_offsets_latest_skips_what_was_there(spark, kafka_broker, tmp_p
 
 @pytest.mark.slow
 def test_topic_created_after_the_query_started_is_read_from_its_start(spark, kafka_broker, tmp_path):
-    topic = _topic("later")
+    topic = fresh_topic("later")
     out, ck = tmp_path / "out", tmp_path / "ck"
     stream_to_parquet(spark, kafka_broker, topic, out, ck, startingOffsets="latest")  # no such topic yet
     produce(kafka_broker, topic, [(None, f"v{i}") for i in range(4)])  # auto-created
@@ -352,7 +258,7 @@ def test_topic_created_after_the_query_started_is_read_from_its_start(spark, kaf
 @pytest.mark.slow
 @pytest.mark.parametrize("reader", ["driver", "tasks"])
 def test_starting_offsets_json_and_max_offsets_per_trigger(spark, kafka_broker, tmp_path, reader):
-    topic = _topic("json")
+    topic = fresh_topic("json")
     create(kafka_broker, topic, 2)
     produce(kafka_broker, topic, [(None, f"a{i}") for i in range(100)], partition=0)
     produce(kafka_broker, topic, [(None, f"b{i}") for i in range(40)], partition=1)
@@ -370,7 +276,7 @@ def test_range_reader_keeps_one_consumer_across_ranges_and_seeks_back_for_a_repl
     it fetched past the last range; a range starting elsewhere (a replayed micro-batch) seeks."""
     from pyspark.sql.types import StructType
 
-    topic = _topic("range")
+    topic = fresh_topic("range")
     create(kafka_broker, topic, 2)
     produce(kafka_broker, topic, [(None, f"a{i}") for i in range(50)], partition=0)
     produce(kafka_broker, topic, [(None, f"b{i}") for i in range(30)], partition=1)
@@ -408,7 +314,7 @@ def test_range_reader_keeps_what_it_fetched_ahead_when_it_pauses(kafka_broker):
     fetching, and a replayed range still seeks back."""
     from pyspark.sql.types import StructType
 
-    topic = _topic("prefetch")
+    topic = fresh_topic("prefetch")
     create(kafka_broker, topic, 1)
     produce(kafka_broker, topic, [(None, f"a{i}") for i in range(200)], partition=0)
     reader = RangeReader({"bootstrap.servers": kafka_broker}, poll_timeout_ms=20_000, prefetch=50)
@@ -435,7 +341,7 @@ def test_range_reader_keeps_what_it_fetched_ahead_when_it_pauses(kafka_broker):
 
 @pytest.mark.slow
 def test_batch_read_between_offsets(spark, kafka_broker):
-    topic = _topic("batch")
+    topic = fresh_topic("batch")
     produce(kafka_broker, topic, [(f"k{i}", f"v{i}") for i in range(20)])
     df = (spark.read.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker).option("subscribe", topic)
           .option("startingOffsets", json.dumps({topic: {"0": 5}}))
@@ -463,7 +369,7 @@ def test_recreated_topic_is_data_loss_unless_allowed(spark, kafka_broker, tmp_pa
     from confluent_kafka.admin import AdminClient
 
     fmt, options = _format(reader)
-    topic = _topic("loss")
+    topic = fresh_topic("loss")
     produce(kafka_broker, topic, [(None, f"old{i}") for i in range(10)])
     out, ck = tmp_path / "out", tmp_path / "ck"
     stream_to_parquet(spark, kafka_broker, topic, out, ck, fmt, **options)
@@ -500,7 +406,7 @@ def test_recreated_topic_is_data_loss_unless_allowed(spark, kafka_broker, tmp_pa
 
 @pytest.mark.slow
 def test_batch_sink_writes_keys_and_values(spark, kafka_broker):
-    topic = _topic("sink")
+    topic = fresh_topic("sink")
     df = spark.createDataFrame([(f"acct{i % 5}", json.dumps({"n": i})) for i in range(200)], "key string, value string")
     df.write.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker).option("topic", topic).mode("append").save()
     got = consume_all(kafka_broker, topic)
@@ -509,7 +415,7 @@ def test_batch_sink_writes_keys_and_values(spark, kafka_broker):
 
 @pytest.mark.slow
 def test_stream_sink_topic_column_and_binary_value(spark, kafka_broker, tmp_path):
-    source, alerts, dead = _topic("src"), _topic("alerts"), _topic("dlq")
+    source, alerts, dead = fresh_topic("src"), fresh_topic("alerts"), fresh_topic("dlq")
     produce(kafka_broker, source, [(f"k{i}", str(i)) for i in range(60)])
     df = (spark.readStream.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
           .option("subscribe", source).option("startingOffsets", "earliest").load()
@@ -528,106 +434,150 @@ def test_stream_sink_topic_column_and_binary_value(spark, kafka_broker, tmp_path
     assert both.count() == 60 and {r.topic for r in both.select("topic").distinct().collect()} == {alerts, dead}
 
 
-# ----------------------------------------------------------------------------- task=replay
 
 
-@pytest.fixture(scope="module")
-def validated(tmp_path_factory):
-    """A small validated parquet (PaySim sample through task=data)."""
-    from aml_pipeline.tasks import run_task
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import CONF, DATA
-
-    out = tmp_path_factory.mktemp("replay_data")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "task=data", "source=paysim", f"source.path={DATA / 'paysim_head3000.csv'}", f"paths.data_dir={out}"])
-    GlobalHydra.instance().clear()
-    run_task(cfg)
-    return out / "validated" / "transactions.parquet"
+# ----------------------------------------------------------------------------- on its own
 
 
-def _replay(compose_cfg, validated, *overrides):
-    from aml_pipeline.tasks import run_task
-
-    return run_task(compose_cfg(["task=replay", f"input={validated}", *overrides]))
-
-
-@pytest.mark.slow
-def test_replay_publishes_every_row_in_event_time_order(compose_cfg, validated, kafka_broker):
-    import polars as pl
-    from datetime import datetime
-
-    topic = _topic("replay")
-    events = pl.read_parquet(validated).sort(["event_time", "event_id"], maintain_order=True)
-    before = datetime.now().timestamp()
-    result = _replay(compose_cfg, validated, f"replay.bootstrap_servers={kafka_broker}", f"replay.topic={topic}")
-    assert result["published"] == events.height
-    got = consume_all(kafka_broker, topic)
-    assert len(got) == events.height
-    records = [json.loads(v) for _, _, _, v in got]
-    assert [r["event_id"] for r in records] == events["event_id"].to_list()  # one partition: offset order = event-time order
-    assert [k.decode() for _, _, k, _ in got] == events["src_account"].to_list()
-    first = records[0]
-    assert first["event_time"] == events["event_time"][0].strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-    assert datetime.fromisoformat(first["published_at"]).timestamp() >= before - 1
-    assert first["amount"] == events["amount"][0]
+def test_the_package_imports_nothing_of_the_pipeline_above_it():
+    """aml_pipeline.kafka is general purpose: besides itself it may import aml_pipeline.errors
+    only (checked in the source, and in a fresh interpreter's modules after the import)."""
+    package = ROOT / "aml_pipeline" / "kafka"
+    found = set()
+    for path in package.glob("*.py"):
+        found |= set(re.findall(r"^\s*(?:from|import) (aml_pipeline(?:\.\w+)*)", path.read_text(), re.M))
+    assert {m for m in found if not m.startswith("aml_pipeline.kafka")} == {"aml_pipeline.errors"}
+    code = ("import sys, aml_pipeline.kafka; "
+            "print(sorted(m for m in sys.modules if m.startswith('aml_pipeline.') and not m.startswith('aml_pipeline.kafka')))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['aml_pipeline.errors']"
 
 
-@pytest.mark.slow
-def test_replay_timestamps_are_publish_time_and_rate_is_held(compose_cfg, validated, kafka_broker, spark):
-    topic = _topic("paced")
-    start = time.time()
-    _replay(compose_cfg, validated, f"replay.bootstrap_servers={kafka_broker}", f"replay.topic={topic}",
-            "replay.rate=200", "replay.limit=100", "replay.partitions=2")
-    took = time.time() - start
-    assert 0.45 <= took < 10  # 100 events at 200/s: about half a second
-    rows = (spark.read.format(FORMAT).option("kafka.bootstrap.servers", kafka_broker)
-            .option("subscribe", topic).load().collect())
-    assert len(rows) == 100 and {r.partition for r in rows} <= {0, 1}
-    for r in rows:
-        published = json.loads(r.value)["published_at"]
-        kafka_ms = int(r.timestamp.timestamp() * 1000)
-        assert abs(kafka_ms - datetime.fromisoformat(published).timestamp() * 1000) <= 1  # CreateTime = publish time
-        assert r.timestampType == 0
+def test_client_options_pass_through_and_managed_ones_are_refused():
+    conf = validate_sink_options({"kafka.bootstrap.servers": "h:1", "kafka.security.protocol": "SASL_SSL",
+                                  "kafka.sasl.mechanism": "SCRAM-SHA-512", "topic": "x"}, ["value"])
+    assert conf == {"bootstrap.servers": "h:1", "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"}
+    with pytest.raises(ConfigError, match="option kafka.enable.auto.commit is not supported: the connector manages it"):
+        validate_source_options({"kafka.bootstrap.servers": "h:1", "kafka.enable.auto.commit": "true", "subscribe": "x"})
+    with pytest.raises(ConfigError, match="invalid kafka.\\* option: .*security.protocol"):
+        produce_batches({"bootstrap.servers": "h:1", "security.protocol": "carrier-pigeon"}, "x", iter(()))
+    with pytest.raises(ConfigError, match="invalid kafka.\\* option: .*no.such.setting"):
+        RangeFetcher({"kafka.bootstrap.servers": "h:1", "kafka.no.such.setting": "1", "subscribe": "x"}).read(
+            _ranges([("x", 0, 0, 1)]))
 
 
-def test_replay_to_files(compose_cfg, validated, tmp_path):
-    import polars as pl
+def _ranges(rows: list[tuple[str, int, int, int]]):
+    import pyarrow as pa
 
-    from aml_pipeline.tasks.replay import iter_lines
-
-    _replay(compose_cfg, validated, "replay.target=file", f"replay.directory={tmp_path / 'in'}", "replay.batch_size=700")
-    files = sorted((tmp_path / "in").glob("*.jsonl"))
-    events = pl.read_parquet(validated)
-    assert len(files) == -(-events.height // 700) and not list((tmp_path / "in").glob(".*"))
-    ids = [json.loads(line)["event_id"] for line in iter_lines(tmp_path / "in")]
-    assert ids == events.sort(["event_time", "event_id"], maintain_order=True)["event_id"].to_list()
+    return pa.Table.from_pylist([{"topic": t, "partition": p, "startOffset": s, "endOffset": e} for t, p, s, e in rows])
 
 
-def test_replay_reads_the_configured_source_when_nothing_is_validated(compose_cfg, tmp_path):
-    from aml_pipeline.tasks import run_task
-    from aml_pipeline.tasks.replay import iter_lines
-    from tests.conftest import DATA
+def _batch(rows: list[dict]):
+    import pyarrow as pa
 
-    result = run_task(compose_cfg(["task=replay", "source=paysim", f"source.path={DATA / 'paysim_head3000.csv'}",
-                                   f"paths.data_dir={tmp_path / 'data'}", "replay.target=file", "replay.limit=50"]))
-    lines = list(iter_lines(tmp_path / "data" / "stream" / "in"))  # replay.directory defaults under paths.data_dir
-    assert result["published"] == len(lines) == 50
-    times = [json.loads(x)["event_time"] for x in lines]
-    assert times == sorted(times) and all(t.endswith("+00:00") for t in times)
+    return pa.RecordBatch.from_pylist(rows)
 
 
-@pytest.mark.slow
-def test_replay_unreachable_broker_is_one_line_error(validated, tmp_path):
-    from tests.conftest import run_cli
+def test_produce_and_read_ranges_without_spark(kafka_broker):
+    """The sink's producer and the fetcher's reader on their own: what produce_batches wrote
+    (keys, partitions, a topic column) comes back from RangeFetcher range by range, in order."""
+    topic, other = fresh_topic("plain"), fresh_topic("plain_other")
+    create(kafka_broker, topic, 2)
+    rows = [{"key": f"k{i}", "value": json.dumps({"i": i}), "partition": i % 2} for i in range(40)]
+    assert produce_batches({"bootstrap.servers": kafka_broker}, topic, iter([_batch(rows[:25]), _batch(rows[25:])])) == 40
+    assert produce_batches({"bootstrap.servers": kafka_broker}, None,
+                           iter([_batch([{"value": b"raw", "topic": other}])])) == 1  # a topic column, binary value
+    assert [(k, v) for _, _, k, v in consume_all(kafka_broker, other)] == [(None, b"raw")]
+    published = consume_all(kafka_broker, topic)
+    assert sorted((p, k.decode()) for p, _, k, _ in published) == sorted((i % 2, f"k{i}") for i in range(40))
 
+    fetcher = RangeFetcher({"kafka.bootstrap.servers": kafka_broker, "subscribe": topic})
+    try:
+        first = fetcher.read(_ranges([(topic, 0, 0, 10), (topic, 1, 0, 5)]))
+        rest = fetcher.read(_ranges([(topic, 0, 10, 20), (topic, 1, 5, 20)]))
+    finally:
+        fetcher.close()
+    assert first.schema.names == [f.name for f in SCHEMA.fields]
+    assert first.column("partition").to_pylist() == [0] * 10 + [1] * 5
+    got = [(p, o, k, v) for t in (first, rest)
+           for p, o, k, v in zip(*(t.column(c).to_pylist() for c in ("partition", "offset", "key", "value")))]
+    assert sorted(got) == sorted(published)
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    res = run_cli(["task=replay", f"input={validated}", f"replay.bootstrap_servers=127.0.0.1:{port}"], cwd=tmp_path)
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1].startswith("error: replay: cannot reach Kafka at replay.bootstrap_servers=")
+        return s.getsockname()[1]
+
+
+class SaslKafkaBroker(KafkaBroker):
+    """The tests' Apache Kafka with a second listener that takes SASL/PLAIN (user ``alice``)."""
+
+    def __init__(self):
+        super().__init__(settings={"sasl.enabled.mechanisms": "PLAIN"})
+        self.sasl_port: int | None = None
+
+    def _command(self) -> list[str]:
+        command = super()._command()  # writes server.properties: add the listener to it
+        self.sasl_port = free_port()
+        config = self._data_dir / "server.properties"
+        props = dict(line.split("=", 1) for line in config.read_text().splitlines() if "=" in line)
+        props["listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+        props["advertised.listeners"] += f",SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+        props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
+            'org.apache.kafka.common.security.plain.PlainLoginModule required '
+            'username="admin" password="admin-secret" user_admin="admin-secret" user_alice="alice-secret";')
+        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return command
+
+
+@pytest.mark.slow
+def test_sasl_options_reach_the_producer_and_the_readers(spark, tmp_path):
+    """kafka.security.protocol / kafka.sasl.* go to every client the connector opens: the sink
+    writes and both readers read through a listener that takes only SASL/PLAIN, and a wrong
+    password fails with the broker's reason instead of hanging."""
+    with SaslKafkaBroker() as broker:
+        sasl = {"kafka.bootstrap.servers": f"127.0.0.1:{broker.sasl_port}", "kafka.security.protocol": "SASL_PLAINTEXT",
+                "kafka.sasl.mechanism": "PLAIN", "kafka.sasl.username": "alice"}
+        good = {**sasl, "kafka.sasl.password": "alice-secret"}
+        topic = fresh_topic("sasl")
+        create(broker.bootstrap, topic, 1)
+        df = spark.createDataFrame([(f"k{i}", f"v{i}") for i in range(30)], "key string, value string")
+        writer = df.write.format(FORMAT).option("topic", topic).mode("append")
+        for k, v in good.items():
+            writer = writer.option(k, v)
+        writer.save()
+        assert sorted(v.decode() for _, _, _, v in consume_all(broker.bootstrap, topic)) == sorted(f"v{i}" for i in range(30))
+
+        reader = spark.read.format(FORMAT).option("subscribe", topic)
+        for k, v in good.items():
+            reader = reader.option(k, v)
+        assert sorted(r.value.decode() for r in reader.load().collect()) == sorted(f"v{i}" for i in range(30))
+        fetcher = RangeFetcher({**good, "subscribe": topic})
+        try:
+            assert fetcher.read(_ranges([(topic, 0, 0, 30)])).num_rows == 30
+        finally:
+            fetcher.close()
+
+        wrong = RangeFetcher({**sasl, "kafka.sasl.password": "guess", "subscribe": topic,
+                              "kafkaConsumer.pollTimeoutMs": "5000"})
+        try:
+            with pytest.raises(TimeoutError, match="Authentication failed"):
+                wrong.read(_ranges([(topic, 0, 0, 30)]))
+        finally:
+            wrong.close()
+
+
+@pytest.mark.slow
+def test_the_docs_example_runs(spark, kafka_broker, capsys):
+    """docs/kafka.md's example, as it is, on the tests' broker (its topics renamed fresh) and
+    this module's session (the example's getOrCreate() returns it): it prints what it says."""
+    page = (ROOT / "docs" / "kafka.md").read_text()
+    example = re.search(r"## Example\n.*?```python\n(.*?)```", page, re.S).group(1)
+    expected = re.search(r"print\(.*\)  # (.*)$", example, re.M).group(1)
+    topic = fresh_topic("payments")
+    code = example.replace("127.0.0.1:9092", kafka_broker).replace('"payments', f'"{topic}')
+    assert code.count(kafka_broker) == 1 and code.count(topic) == 4
+    exec(compile(code, "docs/kafka.md", "exec"), {"__name__": "docs_example"})
+    assert capsys.readouterr().out.strip().splitlines()[-1] == expected
