@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from aml_pipeline.errors import ConfigError, UserError
+from aml_pipeline.optional import EXTRAS, MissingExtra, install_hint
 
 PACKAGE = "aml_pipeline"
 TARGET = "_target_"
@@ -55,15 +56,19 @@ REGISTRY: dict[str, tuple[tuple[str, str], ...]] = {
         ("aml_pipeline.models.classifiers", "HistGradientBoostingClassifier"),
         ("aml_pipeline.models.classifiers", "LogisticRegressionClassifier"),
         ("aml_pipeline.models.classifiers", "RandomForestClassifier"),
-        ("aml_pipeline.models.mllib", "SparkGBTClassifier"),
-        ("aml_pipeline.models.mllib", "SparkRandomForestClassifier"),
-        ("aml_pipeline.models.mllib", "SparkLogisticRegression"),
+        ("aml_pipeline.spark.mllib", "SparkGBTClassifier"),
+        ("aml_pipeline.spark.mllib", "SparkRandomForestClassifier"),
+        ("aml_pipeline.spark.mllib", "SparkLogisticRegression"),
     ),
     "weighting": (
         ("aml_pipeline.models.weighting", "NoWeighting"),
         ("aml_pipeline.models.weighting", "InverseFrequency"),
         ("aml_pipeline.models.weighting", "SqrtInverseFrequency"),
         ("aml_pipeline.models.weighting", "FixedPositive"),
+    ),
+    "engine": (
+        ("aml_pipeline.engines.polars", "PolarsEngine"),
+        ("aml_pipeline.spark.engine", "SparkEngine"),
     ),
     # every entry of hydra.callbacks (Hydra instantiates them before the job starts)
     "hydra.callbacks": (("aml_pipeline.sweep", "SweepSummary"),),
@@ -116,8 +121,11 @@ def _resolve(target: str) -> Any:
     return obj
 
 
-def check_target(target: Any, path: tuple) -> Any:
-    """The registered object ``target`` resolves to, or ConfigError naming the key and the allowed targets."""
+def check_target(target: Any, path: tuple, option: str | None = None) -> Any:
+    """The registered object ``target`` resolves to, or ConfigError naming the key and the allowed targets.
+
+    ``option``: the node's ``name`` (``engine=spark``), for the one line that names the extra
+    to install when the target needs a package an extra brings."""
     group = slot(path)
     key = _key((*path, TARGET))
     if group is None:
@@ -133,6 +141,10 @@ def check_target(target: Any, path: tuple) -> Any:
         raise ConfigError(f"{key}={target!r} is not an allowed target ({exc}); allowed for {group}: {allowed(group)}") from None
     except ImportError as exc:
         missing = getattr(exc, "name", None) or str(exc).splitlines()[0]
+        extra = EXTRAS.get(str(missing).split(".", 1)[0])
+        if extra is not None:
+            why = f"{path[0]}={option}" if option else key
+            raise MissingExtra(f"{why} needs the '{extra}' extra: {install_hint(extra)}") from None
         raise ConfigError(f"{key}={target!r} (conf/{group}/<option>.yaml) needs the package {missing!r}, which is not installed") from None
     found = (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None))
     if found not in REGISTRY[group]:
@@ -164,7 +176,8 @@ def check_targets(cfg: Any, base: tuple = ()) -> list[str]:
         for k, value in _children(node):
             if k == TARGET:
                 if path not in HYDRA_PLUGINS:
-                    check_target(value, path)
+                    name = node.get("name") if OmegaConf.is_dict(node) or isinstance(node, dict) else None
+                    check_target(value, path, getattr(name, "value", name))
                     seen.append(_key((*path, TARGET)))
             else:
                 walk(value, (*path, k))
@@ -186,7 +199,8 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     if not target:
         raise ConfigError(f"{where} has no _target_; allowed for {key}: {allowed(key)}")
     check_targets(node, (key,))  # the node's own target and no nested one, before anything is built
-    obj = check_target(target, (key,))
+    name = node.get("name")
+    obj = check_target(target, (key,), getattr(name, "value", name))
     try:
         args = list(_plain(node.get("_args_")) or [])
         params = {str(k): _plain(node[k]) for k in node.keys() if k not in SPECIAL and k not in TASK_KEYS.get(key, ())}

@@ -559,6 +559,8 @@ class EngineConfig:
     Every other key applies to ``name: spark`` only and is ignored by polars.
     """
 
+    #: The engine object the tasks call (:mod:`aml_pipeline.engines`), from the registry.
+    _target_: str = "aml_pipeline.engines.polars.PolarsEngine"
     name: EngineName = EngineName.polars
     #: Spark master URL: local[*], local[2], spark://host:7077, yarn, k8s://https://host:6443.
     master: str = "local[*]"

@@ -70,7 +70,7 @@ def run_stage(cfg) -> None:
     """
     from aml_pipeline.registry import write_registration
     from aml_pipeline.tasks import run_task
-    from aml_pipeline.tasks.layout import Layout
+    from aml_pipeline.layout import Layout
 
     if cfg.task == Task.monitor.value:  # the test window evaluate scored, against the bundle it trained
         layout = Layout.of(cfg)

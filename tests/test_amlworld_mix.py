@@ -27,7 +27,7 @@ from bench.amlworld_mix import (  # noqa: E402
     to_usd,
 )
 from aml_pipeline.sources.synthetic import COUNTRIES, FX_PER_USD, PERSON  # noqa: E402
-from aml_pipeline.tasks.data import ingest  # noqa: E402
+from aml_pipeline.ingest import ingest  # noqa: E402
 
 SLICE = Path(__file__).resolve().parent / "data" / "amlworld" / "HI-Medium_head353_Patterns.txt"
 SEED, ACCOUNTS, DAYS = 3, 400, 21

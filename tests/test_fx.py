@@ -26,7 +26,7 @@ from aml_pipeline.streaming.records import RawRecord
 from aml_pipeline.streaming.scorer import StreamScorer
 from aml_pipeline.streaming.spark_state import refuse_cross_account
 from aml_pipeline.tasks import run_task
-from aml_pipeline.tasks.data import ingest
+from aml_pipeline.ingest import ingest
 from aml_pipeline.validation.rules import build_rules
 from tests.conftest import compose_config
 from tests.test_store import assert_same_features, request_values

@@ -24,7 +24,7 @@ from omegaconf import open_dict
 from aml_pipeline.build import build
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import ConfigError, UserError
-from aml_pipeline.models.mllib import MLLIB_CLASSIFIERS
+from aml_pipeline.spark.mllib import MLLIB_CLASSIFIERS
 from aml_pipeline.models.weighting import WEIGHTINGS
 
 SMALL = ["source.n_accounts=300", "source.days=20", "source.laundering_rate=0.02", "seed=7"]
@@ -50,7 +50,7 @@ def test_spark_model_yaml_builds_and_matches_class_defaults(compose_cfg, option)
     cfg = compose_cfg([f"model={option}", "seed=11"])
     model = build(cfg.model, "model")
     cls = MLLIB_CLASSIFIERS[option]
-    assert type(model) is cls and model.seed == 11 and model.name == option and model.trains_on_spark
+    assert type(model) is cls and model.seed == 11 and model.name == option and model.engine == "aml_pipeline.spark.engine.SparkEngine"
     assert OmegaConf.to_container(cfg.model.params) == cls.default_params
     assert (cfg.model.early_stopping_rounds > 0) == cls.supports_early_stopping
 
@@ -58,8 +58,15 @@ def test_spark_model_yaml_builds_and_matches_class_defaults(compose_cfg, option)
 def test_bundle_loader_knows_the_mllib_classes():
     from aml_pipeline.models.classifiers import load_classifier
 
-    with pytest.raises(UserError, match="known: .*lightgbm.*spark_gbt, spark_lr, spark_rf"):
+    with pytest.raises(UserError, match="known: .*lightgbm.*spark_gbt, spark_rf, spark_lr"):
         load_classifier(".", {"class": "nope"})
+
+
+def test_the_core_knows_the_mllib_classes_by_name_only():
+    """models/ lists the Spark engine's classifiers as (module, class) strings; they must match."""
+    from aml_pipeline.models.classifiers import ENGINE_CLASSIFIERS
+
+    assert ENGINE_CLASSIFIERS == {name: (cls.__module__, cls.__qualname__) for name, cls in MLLIB_CLASSIFIERS.items()}
 
 
 @pytest.mark.parametrize("name", sorted(WEIGHTINGS))

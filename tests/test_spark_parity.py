@@ -1,7 +1,7 @@
 """The Spark engine against the polars engine: same events in, same values out.
 
 Features: every step of every plan in ``conf/features/*.yaml`` (composed with Hydra, so
-``paysim`` inherits ``default``) runs through ``aml_pipeline.tasks.features.build_features``
+``paysim`` inherits ``default``) runs through ``aml_pipeline.engines.polars.build_features``
 (polars) and ``aml_pipeline.spark.tasks.build_features`` (Spark) on two event sets:
 
 - the simulator (``SyntheticSource(n_accounts=400, days=14, seed=3)``) plus crafted events
@@ -65,7 +65,7 @@ from aml_pipeline.sources.paysim import PaySimSource  # noqa: E402
 from aml_pipeline.sources.synthetic import SyntheticSource  # noqa: E402
 from aml_pipeline.sources.tabular import TabularSource  # noqa: E402
 from aml_pipeline.split import assign  # noqa: E402
-from aml_pipeline.tasks.features import build_features  # noqa: E402
+from aml_pipeline.engines.polars import build_features  # noqa: E402
 from aml_pipeline.validation import build_rules, validate  # noqa: E402
 from tests.conftest import start_local_spark  # noqa: E402
 
@@ -656,16 +656,17 @@ def test_tasks_with_engine_spark_write_the_polars_files(spark, tmp_path):
 
 
 def test_engine_config_composes():
-    from aml_pipeline.spark.session import REQUIRED_CONF, engine_name, spark_conf
+    from aml_pipeline.engines import engine_of
+    from aml_pipeline.spark.session import REQUIRED_CONF, spark_conf
 
     cfg = _compose(["engine=spark", 'engine.master="spark://host:7077"', "+engine.conf.spark.executor.instances=4"])
-    assert engine_name(cfg) == "spark"
+    assert engine_of(cfg).name == "spark"
     conf = spark_conf(cfg.engine)
     assert conf["spark.master"] == "spark://host:7077"
     assert conf["spark.executor.instances"] == "4"
     assert conf["spark.sql.shuffle.partitions"] == str(cfg.engine.shuffle_partitions)
     for key, value in REQUIRED_CONF.items():
         assert conf[key] == value
-    assert engine_name(_compose([])) == "polars"
+    assert engine_of(_compose([])).name == "polars"
     with pytest.raises(Exception, match="engine.name"):
         _compose(["engine.name=flink"])

@@ -37,7 +37,7 @@ def _store(kind: str, layout: StoreLayout, redis_server, name: str):
 
 
 def _fitted(compose_cfg, overrides: list[str], train_share: float = 0.6):
-    from aml_pipeline.tasks.data import ingest
+    from aml_pipeline.ingest import ingest
 
     cfg = compose_cfg(overrides)
     frame = ingest(cfg).result.valid.sort("event_time", maintain_order=True)

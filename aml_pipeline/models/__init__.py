@@ -2,24 +2,19 @@
 
 Both are config groups (``conf/model/``, ``conf/weighting/``). Classifiers save to a bundle
 folder (LightGBM text / skops, never pickle) and load back through :func:`load_classifier`,
-which only knows the classes registered in :data:`CLASSIFIERS`.
+which only knows the classes registered in :data:`CLASSIFIERS` (and the engines' classifiers
+of :data:`ENGINE_CLASSIFIERS`, e.g. the MLlib models in :mod:`aml_pipeline.spark.mllib`).
 """
 
 from aml_pipeline.models.classifiers import (
     CLASSIFIERS,
+    ENGINE_CLASSIFIERS,
     Classifier,
     HistGradientBoostingClassifier,
     LightGBMClassifier,
     LogisticRegressionClassifier,
     RandomForestClassifier,
     load_classifier,
-)
-from aml_pipeline.models.mllib import (
-    MLLIB_CLASSIFIERS,
-    MLlibClassifier,
-    SparkGBTClassifier,
-    SparkLogisticRegression,
-    SparkRandomForestClassifier,
 )
 from aml_pipeline.models.weighting import (
     WEIGHTINGS,
@@ -33,7 +28,7 @@ from aml_pipeline.models.weighting import (
 
 __all__ = [
     "CLASSIFIERS",
-    "MLLIB_CLASSIFIERS",
+    "ENGINE_CLASSIFIERS",
     "WEIGHTINGS",
     "Classifier",
     "FixedPositive",
@@ -41,12 +36,8 @@ __all__ = [
     "InverseFrequency",
     "LightGBMClassifier",
     "LogisticRegressionClassifier",
-    "MLlibClassifier",
     "NoWeighting",
     "RandomForestClassifier",
-    "SparkGBTClassifier",
-    "SparkLogisticRegression",
-    "SparkRandomForestClassifier",
     "SqrtInverseFrequency",
     "Weighting",
     "binary_labels",

@@ -1,4 +1,4 @@
-"""The classifier contract every model of :mod:`.classifiers` and :mod:`.mllib` follows.
+"""The classifier contract every model of :mod:`.classifiers` and :mod:`aml_pipeline.spark.mllib` follows.
 
 :class:`Classifier` holds the numpy API (fit, predict_proba, predict_one, contributions,
 save/load) and its checks; the two modules build on it without importing each other.
@@ -80,6 +80,9 @@ class Classifier(ABC):
     default_params: ClassVar[dict[str, Any]]
     #: Whether ``early_stopping_rounds`` and the validation set are used.
     supports_early_stopping: ClassVar[bool] = False
+    #: The engine this classifier must train on, as its ``_target_`` (None: the configured
+    #: ``engine``); :func:`aml_pipeline.engines.trainer_of` honours it.
+    engine: ClassVar[str | None] = None
 
     def __init__(self, early_stopping_rounds: int = 50, params: dict | None = None, seed: int = 42) -> None:
         self.early_stopping_rounds = _check_rounds(early_stopping_rounds)

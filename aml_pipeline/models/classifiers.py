@@ -22,6 +22,7 @@ ranks models by; it is used by LightGBM (native) and HGB (warm-start loop, see
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,7 +42,6 @@ from sklearn.preprocessing import StandardScaler
 
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.models.base import SEED_HINT, WEIGHTING_HINT, Classifier, refuse_reserved
-from aml_pipeline.models.mllib import MLLIB_CLASSIFIERS  # the Spark MLlib registry (model=spark_*)
 
 # ----------------------------------------------------------------------------- LightGBM
 def _lightgbm_aliases() -> dict[str, str] | None:
@@ -441,23 +441,35 @@ CLASSIFIERS: dict[str, type[Classifier]] = {
 }
 
 
+#: Classifiers that an engine brings, by registry key -> (module, class): imported only when
+#: a bundle names one, so this package never imports an engine (the Spark engine's MLlib
+#: models, :mod:`aml_pipeline.spark.mllib`, whose own registry must match this one).
+ENGINE_CLASSIFIERS: dict[str, tuple[str, str]] = {
+    "spark_gbt": ("aml_pipeline.spark.mllib", "SparkGBTClassifier"),
+    "spark_rf": ("aml_pipeline.spark.mllib", "SparkRandomForestClassifier"),
+    "spark_lr": ("aml_pipeline.spark.mllib", "SparkLogisticRegression"),
+}
+
+
 def load_classifier(directory: Path, meta: dict[str, Any]) -> Classifier:
     """Restore a saved classifier, choosing its class from :data:`CLASSIFIERS` only.
 
     A bundle can name a class but never an import path, so a crafted ``meta`` cannot make
-    us import or run anything outside this module (and :mod:`.mllib`'s registry).
+    us import or run anything outside this module (and the fixed :data:`ENGINE_CLASSIFIERS`).
     """
-
-    known = {**CLASSIFIERS, **MLLIB_CLASSIFIERS}
     name = meta.get("class")
-    if not isinstance(name, str) or name not in known:
+    if not isinstance(name, str) or (name not in CLASSIFIERS and name not in ENGINE_CLASSIFIERS):
         raise UserError(f"the bundle's model class {name!r} is unknown to this version of aml_pipeline; "
-                        f"known: {', '.join(known)}")
-    return known[name].load(Path(directory), meta)
+                        f"known: {', '.join([*CLASSIFIERS, *ENGINE_CLASSIFIERS])}")
+    if name in CLASSIFIERS:
+        return CLASSIFIERS[name].load(Path(directory), meta)
+    module, qualname = ENGINE_CLASSIFIERS[name]
+    return getattr(importlib.import_module(module), qualname).load(Path(directory), meta)
 
 
 __all__ = [
     "CLASSIFIERS",
+    "ENGINE_CLASSIFIERS",
     "Classifier",
     "HistGradientBoostingClassifier",
     "LightGBMClassifier",

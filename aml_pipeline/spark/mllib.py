@@ -1,9 +1,9 @@
 """Spark MLlib classifiers (``model=spark_gbt | spark_lr | spark_rf``): train where the data is.
 
-The classifiers of :mod:`.classifiers` train on a numpy matrix on the driver; these train
+The classifiers of :mod:`aml_pipeline.models.classifiers` train on a numpy matrix on the driver; these train
 on a Spark DataFrame of the feature table (``task=train`` reads ``features.parquet`` with
 Spark and never collects it, see :mod:`aml_pipeline.spark.train`). They keep the
-pipeline's :class:`~.classifiers.Classifier` API so the bundle, evaluation, thresholds
+pipeline's :class:`~aml_pipeline.models.base.Classifier` API so the bundle, evaluation, thresholds
 and the MLflow registry treat them like any other model:
 
 * ``fit_frame(train, valid, feature_names, class_weights)``: the distributed fit. Sample
@@ -46,6 +46,7 @@ import numpy as np
 from aml_pipeline.errors import ConfigError
 from aml_pipeline.models.base import SEED_HINT, WEIGHTING_HINT, Classifier, refuse_reserved
 from aml_pipeline.optional import require_extra
+from aml_pipeline.spark.session import get_session
 
 SCORE = "score"
 _ROW = "_row"
@@ -70,8 +71,6 @@ def _active_spark():
 
     spark = SparkSession.getActiveSession()
     if spark is None:
-        from aml_pipeline.spark.session import get_session
-
         spark = get_session({"master": "local[2]", "shuffle_partitions": 2})
     return spark
 
@@ -87,8 +86,8 @@ class MLlibClassifier(Classifier):
     library = "pyspark.ml"
     library_version = _pyspark_version()
     model_file = "model.spark.zip"
-    #: ``task=train`` sends classifiers with this flag to the Spark trainer.
-    trains_on_spark: ClassVar[bool] = True
+    #: MLlib trains on the feature table in Spark, whatever ``engine`` says.
+    engine: ClassVar[str | None] = "aml_pipeline.spark.engine.SparkEngine"
     #: Class name in ``pyspark.ml.classification``.
     estimator: ClassVar[str]
     _reserved: ClassVar[dict[str, str]] = {

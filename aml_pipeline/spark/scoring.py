@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -34,11 +33,14 @@ from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.config import Explain
-from aml_pipeline.models.mllib import SCORE, MLlibClassifier
-from aml_pipeline.progress import status, table
+from aml_pipeline.features.plan import FeaturePlan
+from aml_pipeline.ingest import ingest, input_file
+from aml_pipeline.progress import status
 from aml_pipeline.spark import io
 from aml_pipeline.spark.features import spark_features
+from aml_pipeline.spark.mllib import SCORE, MLlibClassifier
 from aml_pipeline.spark.session import get_session
+from aml_pipeline.spark.tasks import stage
 
 #: Python-worker cache: bundle hash -> loaded bundle (workers are reused across tasks).
 _LOADED: dict[str, ModelBundle] = {}
@@ -140,8 +142,6 @@ def _mllib_state(bundle: ModelBundle) -> dict:
 
 
 def _mllib_bundle(state: dict) -> ModelBundle:
-    from aml_pipeline.features.plan import FeaturePlan
-
     return ModelBundle(name=state["name"], model=state["model"], plan=FeaturePlan.from_dict(state["plan"]),  # type: ignore[arg-type]
                        thresholds=state["thresholds"], lineage=state["lineage"], bundle_hash=state["hash"])
 
@@ -149,35 +149,18 @@ def _mllib_bundle(state: dict) -> ModelBundle:
 # ----------------------------------------------------------------------------- task=score
 def _events(cfg: DictConfig, spark) -> tuple[DataFrame, str | None]:
     """The input as a Spark frame: the parquet file read by Spark, or the configured source staged."""
-    from aml_pipeline.errors import UserError
-
-    if cfg.input:
-        p = Path(cfg.input)
-        if not p.exists():
-            raise UserError(f"input={p}: no such file (a parquet file in the canonical schema, e.g. data/validated/transactions.parquet)")
-        return spark.read.parquet(str(p)), None
-    from aml_pipeline.spark.tasks import stage
-    from aml_pipeline.tasks.data import ingest
-
-    valid = ingest(cfg).result.valid
-    frame, path = stage(spark, valid, Path(cfg.paths.data_dir))
-    return frame.drop("_staged_row"), path
+    path = input_file(cfg)
+    if path is not None:
+        return spark.read.parquet(str(path)), None
+    frame, staged = stage(spark, ingest(cfg).result.valid, Path(cfg.paths.data_dir))
+    return frame.drop("_staged_row"), staged
 
 
-def run_score(cfg: DictConfig) -> dict:
-    """``task=score`` with ``engine=spark``: features and scores computed by Spark, one parquet file out."""
-    from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.spark import io
-    from aml_pipeline.spark.features import spark_features
-    from aml_pipeline.spark.session import get_session
-    from aml_pipeline.tasks.layout import Layout
-
-    start = time.perf_counter()
+def score_to(cfg: DictConfig, bundle: ModelBundle, out: Path) -> tuple[int, int]:
+    """``task=score`` with ``engine=spark``: features and scores computed by Spark into ``out``;
+    returns (events, alerts)."""
     spark = get_session(cfg.engine, cfg.paths.data_dir)
-    with status(f"score: loading bundle {cfg.bundle}"):
-        bundle = resolve_bundle(cfg.bundle, cfg)
     events, staged = _events(cfg, spark)
-    out = Path(cfg.output) if cfg.output else Layout.of(cfg).data_dir / "scores" / "scores.parquet"
     engine = spark_features(bundle.plan, spark, cfg.engine, io.staging_dir(out, "features"))
     with status(f"score (spark {spark.sparkContext.master}): features and scores"):
         try:
@@ -187,20 +170,10 @@ def run_score(cfg: DictConfig) -> dict:
             engine.release()
             if staged:
                 io.remove(staged)
-    alerts = int(pl.scan_parquet(out).select(pl.col("alert").sum()).collect().item())
-    secs = time.perf_counter() - start
-    table("score (spark)", [
-        ("bundle", f"{bundle.registry.get('name', bundle.name)} version {bundle.registry.get('version', 'unregistered')} "
-                   f"(sha256 {bundle.bundle_hash[:12]})"),
-        ("events", f"{rows:,}"),
-        ("alerts", f"{alerts:,} ({alerts / max(rows, 1):.3%})"),
-        ("took", f"{secs:.1f}s"),
-        ("output", str(out)),
-    ])
-    return {"events": rows, "alerts": alerts, "output": str(out)}
+    return rows, int(pl.scan_parquet(out).select(pl.col("alert").sum()).collect().item())
 
 
-__all__ = ["bundle_files", "run_score", "score_frame"]
+__all__ = ["bundle_files", "rescore_bundles", "score_frame", "score_to"]
 
 
 def rescore_bundles(cfg: DictConfig, bundles: dict, events: pl.DataFrame, path: str,

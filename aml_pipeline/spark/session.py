@@ -118,13 +118,6 @@ def stop_session() -> None:
         spark.stop()
 
 
-def engine_name(cfg: DictConfig) -> str:
-    """``cfg.engine.name`` as text (polars when the config has no engine group)."""
-    engine = cfg.get("engine") if hasattr(cfg, "get") else None
-    name = engine.get("name", "polars") if engine is not None else "polars"
-    return getattr(name, "value", str(name))
-
-
 def pass_evaluator(engine: Mapping[str, Any] | DictConfig | None) -> str:
     """``engine.passes`` as text: how the history steps are evaluated (accounts by default)."""
     value = engine.get("passes", "accounts") if engine is not None else "accounts"

@@ -36,7 +36,7 @@ from aml_pipeline.spark.session import get_session, pass_evaluator
 from aml_pipeline.spark.split import assign
 from aml_pipeline.spark.validation import ORDER, SparkValidationResult, validate
 from aml_pipeline.spark.windows import micros
-from aml_pipeline.tasks.layout import Layout, need
+from aml_pipeline.layout import Layout, need
 from aml_pipeline.validation.rules import rules_from_config
 from aml_pipeline.timeutil import from_us
 from aml_pipeline.validation.summary import print_summary, summary_record
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 def build_features(events: DataFrame, plan: FeaturePlan, split_cfg: DictConfig, passes: str = "accounts",
                    workdir: str | None = None, account_partitions: int | None = None
                    ) -> tuple[DataFrame, dict, SparkFeatures]:
-    """Spark twin of :func:`aml_pipeline.tasks.features.build_features` (fits ``plan``).
+    """Spark twin of :func:`aml_pipeline.engines.polars.build_features` (fits ``plan``).
 
     Returns the feature table (events + split + features), the window bounds, and the
     compiled plan (call its ``release()`` once the table is written). ``passes``: how the
@@ -106,7 +106,7 @@ def check_validated(valid: DataFrame) -> None:
 
 
 def spark_summary(source: Source, r: SparkValidationResult, seconds: float, outputs: dict[str, str]) -> dict:
-    """The summary.json of :func:`aml_pipeline.tasks.data.summarise`, computed in Spark."""
+    """The summary.json of :func:`aml_pipeline.engines.polars.summarise`, computed in Spark."""
     valid = r.valid
     row = valid.agg(
         F.sum((F.col("label") == 1).cast("long")).alias("pos"),

@@ -25,12 +25,12 @@ from aml_pipeline.evaluation.metrics import pr_auc, roc_auc
 from aml_pipeline.evaluation.thresholds import apply_thresholds, choose_thresholds
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.lineage import lineage
-from aml_pipeline.models.mllib import SCORE, MLlibClassifier
+from aml_pipeline.spark.mllib import SCORE, MLlibClassifier
 from aml_pipeline.monitoring.reference import build_reference, categorical_columns
 from aml_pipeline.progress import status
 from aml_pipeline.spark import io
 from aml_pipeline.spark.session import get_session
-from aml_pipeline.tasks.layout import Layout, need
+from aml_pipeline.layout import Layout, need
 
 
 def class_counts(frame) -> tuple[int, int]:
@@ -55,7 +55,7 @@ def reference_of(scored, cols: list[str], plan: FeaturePlan, thresholds: dict, r
 
 
 def train_bundle(cfg: DictConfig, model: MLlibClassifier, plan: FeaturePlan, layout: Layout) -> ModelBundle:
-    """Spark twin of :func:`aml_pipeline.tasks.train.train_bundle` for MLlib classifiers."""
+    """Spark twin of :func:`aml_pipeline.engines.polars.train_bundle` for MLlib classifiers."""
     spark = get_session(cfg.engine, cfg.paths.data_dir)
     sc = spark.sparkContext
     scratch = str(Path(cfg.paths.data_dir).resolve() / io.STAGING)

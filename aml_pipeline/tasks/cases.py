@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.progress import status, table
-from aml_pipeline.tasks.layout import Layout
+from aml_pipeline.layout import Layout
 
 
 def open_case_db(cfg: DictConfig):

@@ -29,7 +29,7 @@ from aml_pipeline.evaluation.thresholds import apply_thresholds
 from aml_pipeline.progress import status, table
 from aml_pipeline.registry import log_and_register, tracking_on, write_registration
 from aml_pipeline.sweep import job_registration
-from aml_pipeline.tasks.layout import Layout, need
+from aml_pipeline.layout import Layout, need
 
 
 def baseline_scores(events: pl.DataFrame, valid_start: str, reporting_threshold: float) -> pl.DataFrame:

@@ -21,7 +21,7 @@ from aml_pipeline.errors import UserError
 from aml_pipeline.export.bundle_export import export_bundle
 from aml_pipeline.export.runtimes import require
 from aml_pipeline.progress import status, table
-from aml_pipeline.tasks.layout import Layout, need
+from aml_pipeline.layout import Layout, need
 
 
 def run(cfg: DictConfig) -> dict:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from aml_pipeline.progress import table
 from aml_pipeline.tasks.cases import open_case_db
-from aml_pipeline.tasks.layout import Layout
+from aml_pipeline.layout import Layout
 
 
 def run(cfg: DictConfig) -> dict:

@@ -11,16 +11,14 @@ A blocked promotion prints one line and exits with code 3; the alias stays where
 
 from __future__ import annotations
 
-import functools
 import json
 
 from omegaconf import DictConfig
 
-from aml_pipeline.lifecycle.promote import PromotionBlocked, promote, rescore_all
-from aml_pipeline.optional import require_extra
+from aml_pipeline.engines import engine_of
+from aml_pipeline.layout import Layout
+from aml_pipeline.lifecycle.promote import PromotionBlocked, promote
 from aml_pipeline.progress import status, table
-from aml_pipeline.spark.session import engine_name
-from aml_pipeline.tasks.layout import Layout
 
 
 def _fmt(x) -> str:
@@ -29,12 +27,7 @@ def _fmt(x) -> str:
 
 def run(cfg: DictConfig) -> dict:
     layout = Layout.of(cfg)
-    rescorer = rescore_all
-    if engine_name(cfg) == "spark":  # the engine's form of the re-scoring, chosen here like every task's
-        require_extra("spark", why="engine=spark")
-        from aml_pipeline.spark.scoring import rescore_bundles
-
-        rescorer = functools.partial(rescore_bundles, cfg)
+    rescorer = engine_of(cfg).rescorer(cfg)
     with status("promote: re-scoring challenger and champion on the judged window"):
         record = promote(cfg, layout.validated, rescorer)
     out = layout.reports_dir / "promote.json"

@@ -36,7 +36,7 @@ from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.optional import require
 from aml_pipeline.progress import err, table
 from aml_pipeline.schema import ALL_COLUMNS, REQUIRED_COLUMNS
-from aml_pipeline.tasks.layout import Layout
+from aml_pipeline.layout import Layout
 
 #: Where the Kafka client's own log lines go.
 KAFKA_LOG = logging.getLogger("aml_pipeline.kafka")

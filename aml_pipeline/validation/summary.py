@@ -1,6 +1,6 @@
 """summary.json of a data run: the layout every engine writes and the table it prints.
 
-Each engine (polars in :mod:`aml_pipeline.tasks.data`, Spark in :mod:`aml_pipeline.spark.tasks`)
+Each engine (polars in :mod:`aml_pipeline.engines.polars`, Spark in :mod:`aml_pipeline.spark.tasks`)
 counts its own way; the record and its printout are one piece of code, so the two files
 cannot drift apart.
 """
