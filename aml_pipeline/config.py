@@ -546,12 +546,6 @@ class EngineName(str, Enum):
     spark = "spark"  # the same rules and feature plan compiled to Spark (aml_pipeline/spark, docs/spark.md)
 
 
-class PassEvaluator(str, Enum):
-    accounts = "accounts"  # the plan's own polars steps per account partition, with the 2-hop halo (the default)
-    arrow = "arrow"  # each pass: hash shuffle by key, windows computed in Python over Arrow (numpy)
-    window = "window"  # each pass: Spark's Window operator (shuffle + sort of the stacked rows, running frames)
-
-
 @dataclass
 class EngineConfig:
     """Which engine runs the validation split (task=data) and the feature plan (task=features).
@@ -577,11 +571,9 @@ class EngineConfig:
     #: cluster master (local masters need none). On a cluster it must be a shared path
     #: (hdfs://, s3a://, ...).
     checkpoint_dir: Optional[str] = None
-    #: How the Spark engine evaluates the history steps (docs/spark.md): accounts (default),
-    #: arrow or window; all give identical values.
-    passes: PassEvaluator = PassEvaluator.accounts
-    #: With passes=accounts: how many account partitions (null: one per 500,000 events, at
-    #: least the default parallelism). Each is one Python task holding its events at once.
+    #: How many account partitions the Spark engine runs the feature steps in (null: one
+    #: per 500,000 events, at least the default parallelism). Each is one Python task
+    #: holding its events at once.
     account_partitions: Optional[int] = None
 
 

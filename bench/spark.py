@@ -1,8 +1,8 @@
 """Spark benchmark: the Spark engine beside polars on the same events, and its driver memory.
 
 Usage: python bench/spark.py [--rows 1000000 [10000000 ...]] [--master local[2]] [--gbt-iter 50]
-                              [--passes accounts [arrow window]] [--skip-train] [--shuffle-partitions N]
-                              [--no-second-run]
+                              [--skip-train] [--shuffle-partitions N] [--no-second-run]
+                              [--override HYDRA_OVERRIDE ...]
 
 For each size (the default synthetic source scaled like bench/offline.py: 20,000 accounts
 per million transactions; ``task=data`` with polars writes the validated events once):
@@ -11,10 +11,9 @@ per million transactions; ``task=data`` with polars writes the validated events 
    - Spark session start-up seconds (the JVM launch, separately);
    - the feature plan (``task=features``: split, fit on the training window, every row's
      features, one parquet file): wall seconds and events/s, split into the small jobs
-     before (split, column checks, fits), the account partitions (``engine.passes=accounts``:
-     the sizes job, the partitions job with the rows it shipped, the time buckets job) or
-     the one Spark job that computes every compiled pass and writes the sorted part files,
-     and the copy into one file; the JVM's CPU seconds for it (comparable across machine
+     before (split, column checks, fits), the account partitions (the sizes job, the
+     partitions job with the rows it shipped, the time buckets job) and the copy into one
+     file; the JVM's CPU seconds for it (comparable across machine
      loads, unlike wall time);
    - first size only (unless ``--no-second-run``): the same feature run once more in the
      same process, which no longer pays the first run's fixed costs (the JVM's code
@@ -31,10 +30,8 @@ per million transactions; ``task=data`` with polars writes the validated events 
    same features on the driver: wall seconds, events/s; the Spark/polars ratio of the
    feature time, for the first runs and for the second runs.
 
-``--passes`` picks how the history steps are evaluated (``engine.passes``: ``accounts``, the
-default, ``arrow`` or ``window``); with several, each runs in its own fresh process on the
-same data, one after the other, and a ratio line compares the first two (wall and JVM CPU
-seconds).
+``--override`` adds a Hydra override to every run (repeatable), e.g. a smaller plan with
+``--override='~features.steps.paths'``.
 
 Figures go to stdout and ``bench/out/spark.json``; data under ``bench/out/spark/``.
 """
@@ -146,15 +143,15 @@ def print_breakdown(b: dict | None) -> None:
               f"{d['partitions']} partitions {d['partitions_seconds']:.1f} s ({d['rows_shipped']:,} rows for "
               f"{d['events']:,} events, {d['history_rows']:,} history only), {d['buckets']} time buckets "
               f"{d['buckets_seconds']:.1f} s")
-    else:
-        print(f"    passes + sort + write      {b['spark_passes_sort_write']:.1f} s (one Spark job computes the whole plan)")
+    if b.get("spark_sort_write"):
+        print(f"    sort + write               {b['spark_sort_write']:.1f} s (steps after the partitions, e.g. target encodings)")
     print(f"    copy into one file         {b['copy_to_one_file']:.1f} s")
     print(f"    JVM CPU                    {b['jvm_cpu_seconds']:.1f} s")
     print(f"    Python workers' CPU        {b.get('python_workers_cpu_seconds', 0.0):.1f} s (Arrow UDFs, mapInArrow)")
 
 
 # ----------------------------------------------------------------------------- child processes
-def child_data(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool, again: bool) -> dict:
+def child_data(rows: int, master: str, gbt_iter: int, train_too: bool, again: bool) -> dict:
     from aml_pipeline.tasks import data
 
     cfg = compose(overrides(rows, master))
@@ -180,18 +177,18 @@ def spark_features_run(cfg, jvm_pid: int) -> tuple[dict, float, dict]:
     breakdown = {"split_checks_fit": round(feat_secs - write - copy - parts, 2),
                  "account_partitions": round(parts, 2) if run else None,
                  "account_partitions_detail": {k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()} or None,
-                 "spark_passes_sort_write": round(write, 2),
+                 "spark_sort_write": round(write, 2),
                  "copy_to_one_file": round(copy, 2), "jvm_cpu_seconds": round(feat_cpu, 1),
                  "python_workers_cpu_seconds": round(workers_cpu, 1)}
     return bounds, feat_secs, breakdown
 
 
-def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool, again: bool) -> dict:
+def child_spark(rows: int, master: str, gbt_iter: int, train_too: bool, again: bool) -> dict:
     from omegaconf import open_dict
 
     from aml_pipeline.spark.session import get_session
 
-    cfg = compose([*overrides(rows, master), "engine=spark", f"engine.passes={passes}", "model=spark_gbt",
+    cfg = compose([*overrides(rows, master), "engine=spark", "model=spark_gbt",
                    f"model.params.maxIter={gbt_iter}",
                    *([f"engine.shuffle_partitions={SHUFFLE_PARTITIONS}"] if SHUFFLE_PARTITIONS else [])])
     spark, startup = timed(lambda: get_session(cfg.engine, cfg.paths.data_dir))
@@ -209,7 +206,7 @@ def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: b
             cfg.task = "train"
         result, train_secs = timed(lambda: train.run(cfg))
     events = sum(bounds["rows"].values())
-    return {"master": master, "passes": passes, "session_start_seconds": round(startup, 2),
+    return {"master": master, "session_start_seconds": round(startup, 2),
             "features_seconds": round(feat_secs, 2), "features_events_per_second": round(events / feat_secs),
             "features_breakdown": breakdown, "second_run": warm, "gbt_train_seconds": train_secs and round(train_secs, 2),
             "gbt_trees": result.get("best_iteration"),
@@ -218,7 +215,7 @@ def child_spark(rows: int, master: str, gbt_iter: int, passes: str, train_too: b
             "events": events, "load_average": os.getloadavg()[0]}
 
 
-def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: bool, again: bool) -> dict:
+def child_polars(rows: int, master: str, gbt_iter: int, train_too: bool, again: bool) -> dict:
     from omegaconf import open_dict
 
     from aml_pipeline.tasks import features
@@ -243,12 +240,12 @@ def child_polars(rows: int, master: str, gbt_iter: int, passes: str, train_too: 
 CHILDREN = {"data": child_data, "spark": child_spark, "polars": child_polars}
 
 
-def run_child(kind: str, rows: int, args, passes: str = "accounts", again: bool = False) -> dict:
+def run_child(kind: str, rows: int, args, again: bool = False) -> dict:
     """One measurement in a fresh process (a fresh JVM; peak memory of that run only)."""
-    out = OUT / "spark" / (f"{kind}-{passes}-{rows}.json" if kind == "spark" else f"{kind}-{rows}.json")
+    out = OUT / "spark" / f"{kind}-{rows}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--child", kind, "--rows", str(rows), "--master", args.master,
-           "--gbt-iter", str(args.gbt_iter), "--passes", passes, "--child-out", str(out)]
+           "--gbt-iter", str(args.gbt_iter), "--child-out", str(out)]
     if args.skip_train:
         cmd.append("--skip-train")
     if again:
@@ -256,7 +253,7 @@ def run_child(kind: str, rows: int, args, passes: str = "accounts", again: bool 
     if args.shuffle_partitions:
         cmd += ["--shuffle-partitions", str(args.shuffle_partitions)]
     cmd += [f"--override={o}" for o in args.override]
-    print(f"\n=== {kind}{f' (engine.passes={passes})' if kind == 'spark' else ''}, {rows:,} rows", flush=True)
+    print(f"\n=== {kind}, {rows:,} rows", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     result = json.loads(out.read_text())
@@ -269,8 +266,6 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--gbt-iter", type=int, default=50)
-    ap.add_argument("--passes", nargs="+", choices=["accounts", "arrow", "window"], default=["accounts"],
-                    help="history-step evaluator(s) (engine.passes); several run one after the other, each in a fresh process")
     ap.add_argument("--no-second-run", action="store_true",
                     help="first size: skip the second feature run in the same process (which shows the first run's fixed costs)")
     ap.add_argument("--skip-train", action="store_true", help="features only: no MLlib GBT or LightGBM training")
@@ -286,66 +281,51 @@ def main() -> None:
     SHUFFLE_PARTITIONS = args.shuffle_partitions
     EXTRA[:] = args.override
     if args.child:
-        result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter, args.passes[0], not args.skip_train,
-                                      args.again)
+        result = CHILDREN[args.child](args.rows[0], args.master, args.gbt_iter, not args.skip_train, args.again)
         Path(args.child_out).write_text(json.dumps(result, indent=2) + "\n")
         return
-    report: dict = {"cores": os.cpu_count(), "master": args.master, "passes": args.passes, "overrides": args.override,
+    report: dict = {"cores": os.cpu_count(), "master": args.master, "overrides": args.override,
                     "shuffle_partitions": args.shuffle_partitions, "sizes": {}}
     for i, rows in enumerate(args.rows):
         size: dict = {"data": run_child("data", rows, args)}
         again = i == 0 and not args.no_second_run
-        size["spark"] = {passes: run_child("spark", rows, args, passes, again) for passes in args.passes}
+        size["spark"] = s = run_child("spark", rows, args, again)
         if i == 0:
-            size["polars"] = run_child("polars", rows, args, again=again)
-            p = size["polars"]
-            size["spark_vs_polars_feature_time"] = {
-                passes: round(s["features_seconds"] / p["features_seconds"], 2) for passes, s in size["spark"].items()}
+            size["polars"] = p = run_child("polars", rows, args, again=again)
+            size["spark_vs_polars_feature_time"] = round(s["features_seconds"] / p["features_seconds"], 2)
             if again:
-                size["spark_vs_polars_feature_time_second_run"] = {
-                    passes: round(s["second_run"]["features_seconds"] / p["second_run"]["features_seconds"], 2)
-                    for passes, s in size["spark"].items()}
+                size["spark_vs_polars_feature_time_second_run"] = round(
+                    s["second_run"]["features_seconds"] / p["second_run"]["features_seconds"], 2)
             if not args.skip_train:
-                size["gbt_vs_lightgbm_train_time"] = {
-                    passes: round(s["gbt_train_seconds"] / p["lightgbm_train_seconds"], 2) for passes, s in size["spark"].items()}
+                size["gbt_vs_lightgbm_train_time"] = round(s["gbt_train_seconds"] / p["lightgbm_train_seconds"], 2)
         report["sizes"][str(rows)] = size
         OUT.mkdir(parents=True, exist_ok=True)
         (OUT / "spark.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n=== Spark engine benchmark (bench/out/spark.json)")
     for rows, size in report["sizes"].items():
-        for passes, s in size["spark"].items():
-            print(f"{int(rows):>12,} rows requested, {s['events']:,} events, master {s['master']}, "
-                  f"engine.passes={passes}, load average {s['load_average']:.1f}")
-            print(f"  Spark session start          {s['session_start_seconds']:.1f} s")
-            print(f"  features, Spark              {s['features_seconds']:.1f} s ({s['features_events_per_second']:,} events/s)")
-            print_breakdown(s.get("features_breakdown"))
-            if "polars" in size:
-                p = size["polars"]
-                print(f"  features, polars             {p['features_seconds']:.1f} s ({p['features_events_per_second']:,} events/s)"
-                      f"  -> Spark / polars = {size['spark_vs_polars_feature_time'][passes]}x")
-            if s.get("second_run"):
-                w = s["second_run"]
-                print(f"  features, Spark, second run  {w['features_seconds']:.1f} s (same JVM and Python workers: "
-                      f"the first run's fixed costs were {s['features_seconds'] - w['features_seconds']:.1f} s)")
-                print_breakdown(w["features_breakdown"])
-                if "polars" in size and p.get("second_run"):
-                    print(f"  features, polars, second run {p['second_run']['features_seconds']:.1f} s"
-                          f"  -> Spark / polars = {size['spark_vs_polars_feature_time_second_run'][passes]}x")
-                if p.get("lightgbm_train_seconds") is not None:
-                    print(f"  train, LightGBM (driver)     {p['lightgbm_train_seconds']:.1f} s")
-            if s.get("gbt_train_seconds") is not None:
-                print(f"  train, MLlib GBT             {s['gbt_train_seconds']:.1f} s ({s['gbt_trees']} trees)")
-            print(f"  peak driver memory           Python {s['peak_rss_mb']['python_driver']:.0f} MB + JVM {s['peak_rss_mb']['jvm']:.0f} MB")
-        if len(size["spark"]) > 1:
-            (a, sa), (b, sb) = list(size["spark"].items())[:2]
-            ca, cb = (x["features_breakdown"]["jvm_cpu_seconds"] for x in (sa, sb))
-            wa, wb = (x["features_breakdown"].get("python_workers_cpu_seconds", 0.0) for x in (sa, sb))
-            print(f"  {b} / {a}: features wall {sb['features_seconds'] / sa['features_seconds']:.2f}x "
-                  f"({sb['features_seconds']:.1f} s / {sa['features_seconds']:.1f} s), "
-                  f"JVM CPU {cb / ca if ca else float('nan'):.2f}x ({cb:.1f} s / {ca:.1f} s), "
-                  f"JVM + Python workers' CPU {(cb + wb) / (ca + wa) if ca + wa else float('nan'):.2f}x "
-                  f"({cb + wb:.1f} s / {ca + wa:.1f} s)")
-
+        s = size["spark"]
+        print(f"{int(rows):>12,} rows requested, {s['events']:,} events, master {s['master']}, "
+              f"load average {s['load_average']:.1f}")
+        print(f"  Spark session start          {s['session_start_seconds']:.1f} s")
+        print(f"  features, Spark              {s['features_seconds']:.1f} s ({s['features_events_per_second']:,} events/s)")
+        print_breakdown(s.get("features_breakdown"))
+        if "polars" in size:
+            p = size["polars"]
+            print(f"  features, polars             {p['features_seconds']:.1f} s ({p['features_events_per_second']:,} events/s)"
+                  f"  -> Spark / polars = {size['spark_vs_polars_feature_time']}x")
+        if s.get("second_run"):
+            w = s["second_run"]
+            print(f"  features, Spark, second run  {w['features_seconds']:.1f} s (same JVM and Python workers: "
+                  f"the first run's fixed costs were {s['features_seconds'] - w['features_seconds']:.1f} s)")
+            print_breakdown(w["features_breakdown"])
+            if "polars" in size and p.get("second_run"):
+                print(f"  features, polars, second run {p['second_run']['features_seconds']:.1f} s"
+                      f"  -> Spark / polars = {size['spark_vs_polars_feature_time_second_run']}x")
+            if p.get("lightgbm_train_seconds") is not None:
+                print(f"  train, LightGBM (driver)     {p['lightgbm_train_seconds']:.1f} s")
+        if s.get("gbt_train_seconds") is not None:
+            print(f"  train, MLlib GBT             {s['gbt_train_seconds']:.1f} s ({s['gbt_trees']} trees)")
+        print(f"  peak driver memory           Python {s['peak_rss_mb']['python_driver']:.0f} MB + JVM {s['peak_rss_mb']['jvm']:.0f} MB")
 
 if __name__ == "__main__":
     main()

@@ -43,21 +43,13 @@ def test_wrong_enum_value_lists_allowed_values(compose_cfg):
     assert "label_rule" in text and "both" in text and "either" in text
 
 
-def test_wrong_spark_pass_evaluator_lists_allowed_values(compose_cfg):
-    assert compose_cfg(["engine=spark"]).engine.passes.value == "accounts"  # the default
+def test_removed_spark_pass_evaluator_is_refused_by_name(compose_cfg):
+    """engine.passes (the compiled arrow/window evaluators) is gone: an old override fails naming the key."""
     assert compose_cfg(["engine=spark"]).engine.account_partitions is None
-    assert compose_cfg(["engine=spark", "engine.passes=window"]).engine.passes.value == "window"
     with pytest.raises(ConfigCompositionException) as exc:
-        compose_cfg(["engine=spark", "engine.passes=fast"])
+        compose_cfg(["engine=spark", "engine.passes=arrow"])
     text = str(exc.value.__cause__ or exc.value)
-    assert "engine.passes" in text and "expected one of [accounts, arrow, window]" in text
-    pytest.importorskip("pyspark")
-    from aml_pipeline.features.plan import FeaturePlan
-    from aml_pipeline.spark.features import SparkFeatures
-
-    with pytest.raises(ConfigError) as err:  # refused before any Spark session is needed
-        SparkFeatures(FeaturePlan.from_config({"time": {}}), passes="fast")
-    assert str(err.value) == "engine.passes='fast': allowed: accounts, arrow, window"
+    assert "passes" in text and "EngineConfig" in text
 
 
 def test_wrong_task_lists_allowed_values(compose_cfg):

@@ -12,13 +12,13 @@ pytest.importorskip("pyspark")
 
 from aml_pipeline.features.plan import FeaturePlan  # noqa: E402
 from aml_pipeline.spark.accounts import partitionable, split_plan  # noqa: E402
-from aml_pipeline.spark.features import SPARK_STEPS  # noqa: E402
+from aml_pipeline.spark.features import spark_fit  # noqa: E402
 
 INPUTS = ["event_id", "event_time", "src_account", "dst_account", "amount", "channel", "currency", "label", "split"]
 
 
 def fitted_in_spark(step) -> bool:
-    return SPARK_STEPS[step.kind].fit is not None
+    return spark_fit(step) is not None
 
 
 def names(steps) -> list[str]:

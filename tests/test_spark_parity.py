@@ -15,10 +15,10 @@ Features: every step of every plan in ``conf/features/*.yaml`` (composed with Hy
 - the real PaySim slices in ``tests/data`` (the only source with balances, for ``balance``;
   2,708 events share the first instant).
 
-The per-step comparisons run the compiled passes (``engine.passes=arrow``; ``window`` once
-on the crafted events); the default, ``engine.passes=accounts`` (the polars steps per
-partition of accounts), runs every step on both event sets in 3 account partitions, and
-once more applying a fitted plan with history rows.
+Spark runs the plan's own polars steps per partition of accounts (3 partitions here, so
+most events have their sender and receiver in different partitions and 2-hop paths cross
+partitions), target encodings after them through their Spark form; every step runs on
+both event sets, and once more applying a fitted plan with history rows.
 
 A step configuration that appears in several plans runs once per event set (its values
 depend only on its parameters and the events); configurations whose columns clash (two
@@ -58,7 +58,6 @@ from aml_pipeline.config import register_configs  # noqa: E402
 from aml_pipeline.errors import ConfigError  # noqa: E402
 from aml_pipeline.features.base import STEPS, FeatureStep  # noqa: E402
 from aml_pipeline.features.plan import FeaturePlan  # noqa: E402
-from aml_pipeline.spark.features import SPARK_STEPS  # noqa: E402
 from aml_pipeline.features.windows import duration_us  # noqa: E402
 from aml_pipeline.schema import conform  # noqa: E402
 from aml_pipeline.sources.paysim import PaySimSource  # noqa: E402
@@ -78,7 +77,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
 DATA = Path(__file__).resolve().parent / "data"
 SPLIT = OmegaConf.create({"method": "fraction", "train": 0.6, "valid": 0.2, "valid_start": None, "test_start": None})
-BY_EVENTS = OmegaConf.create({"method": "events", "train": 0.6, "valid": 0.2, "valid_start": None, "test_start": None})
 RULES = build_rules(["USD"], require_label=True)
 REL = 1e-9
 
@@ -138,9 +136,6 @@ def label_delay_cases() -> list[StepCase]:
 
 
 CASES = step_cases() + label_delay_cases()
-#: The cases with a compiled Spark form (``engine.passes=arrow|window``); the others run only
-#: per account partition, where test_account_partitions_give_the_polars_values checks them.
-COMPILED = [c for c in CASES if c.kind in SPARK_STEPS]
 
 
 def runs_for(cases: list[StepCase]) -> list[dict[str, dict]]:
@@ -250,11 +245,11 @@ class EngineRun:
     polars_state: dict[str, dict] = field(default_factory=dict)
     spark_state: dict[str, dict] = field(default_factory=dict)
     bounds: list[tuple[dict, dict]] = field(default_factory=list)
-    account_stats: list[dict] = field(default_factory=list)  # engine.passes=accounts: per plan run
+    account_stats: list[dict] = field(default_factory=list)  # the account partitions' figures, per plan run
 
 
-def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path, passes: str = "arrow",
-                split=SPLIT, partitions: int | None = None) -> EngineRun:
+def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path, split=SPLIT,
+                partitions: int | None = 3) -> EngineRun:
     from aml_pipeline.spark.tasks import build_features as spark_build_features
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -264,7 +259,7 @@ def run_engines(spark, events: pl.DataFrame, cases: list[StepCase], folder: Path
     for i, steps in enumerate(runs_for(cases)):
         p_plan, s_plan = FeaturePlan.from_config(steps), FeaturePlan.from_config(steps)
         p_out, p_bounds = build_features(events, p_plan, split)
-        s_df, s_bounds, engine = spark_build_features(spark.read.parquet(str(path)), s_plan, split, passes,
+        s_df, s_bounds, engine = spark_build_features(spark.read.parquet(str(path)), s_plan, split,
                                                       str(folder / f"work{i}"), partitions)
         result.account_stats.append(dict(engine.account_stats))
         try:
@@ -287,14 +282,14 @@ def missing_columns(events: pl.DataFrame, case: StepCase) -> list[str]:
 @pytest.fixture(scope="module")
 def synthetic_run(spark, tmp_path_factory) -> EngineRun:
     events = synthetic_events()
-    usable = [c for c in COMPILED if not missing_columns(events, c)]
+    usable = [c for c in CASES if not missing_columns(events, c)]
     return run_engines(spark, events, usable, tmp_path_factory.mktemp("synthetic"))
 
 
 @pytest.fixture(scope="module")
 def paysim_run(spark, tmp_path_factory) -> EngineRun:
     events = paysim_events()
-    usable = [c for c in COMPILED if not missing_columns(events, c)]
+    usable = [c for c in CASES if not missing_columns(events, c)]
     return run_engines(spark, events, usable, tmp_path_factory.mktemp("paysim"))
 
 
@@ -339,7 +334,7 @@ def differences(case: StepCase, polars_out: pl.DataFrame, spark_out: pl.DataFram
 
 
 @pytest.mark.parametrize("dataset", ["synthetic", "paysim"])
-@pytest.mark.parametrize("case", COMPILED, ids=[c.name for c in COMPILED])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_step_parity(request, dataset: str, case: StepCase):
     run: EngineRun = request.getfixturevalue(f"{dataset}_run")
     if case.name not in run.polars:
@@ -362,38 +357,12 @@ def test_split_and_table_shape(request, dataset: str):
         assert s.sort("event_time", "event_id").select(run.events.columns, "split").equals(p.select(run.events.columns, "split"))
 
 
-def test_window_evaluator_parity_on_crafted_events(spark, tmp_path):
-    """``engine.passes=window`` (Spark's Window operator; the module's other tests run the
-    default, ``arrow``): every step of the ``full`` plan on the crafted events alone (split
-    by event counts, so that every window has events), against polars."""
-    events = crafted_events()
-    usable = [c for c in COMPILED if any(u.startswith("full.") for u in c.used_by) and not missing_columns(events, c)]
-    assert len(runs_for(usable)) == 1  # one plan, one Spark job
-    run = run_engines(spark, events, usable, tmp_path, passes="window", split=BY_EVENTS)
-    problems = [p for c in usable for p in differences(c, run.polars[c.name], run.spark[c.name])]
-    problems += [f"step {c.name!r}: fitted state differs" for c in usable if run.spark_state[c.name] != run.polars_state[c.name]]
-    assert not problems, "\n".join(problems)
-
-
 @pytest.mark.parametrize("dataset", ["synthetic", "paysim"])
-def test_account_partitions_give_the_polars_values(request, spark, tmp_path, dataset: str):
-    """``engine.passes=accounts`` (the default): every step of every plan on both event sets,
-    cut into 3 account partitions, so most events have their sender and receiver in
-    different partitions and 2-hop paths cross partitions (their first hops arrive as
-    halo rows): the same fitted state and bit-identical columns as polars, and the same
-    split. Target encodings run compiled after the partitions."""
-    events = request.getfixturevalue(f"{dataset}_run").events
-    usable = [c for c in CASES if not missing_columns(events, c)]
-    run = run_engines(spark, events, usable, tmp_path, passes="accounts", partitions=3)
-    problems = [p for c in usable for p in differences(c, run.polars[c.name], run.spark[c.name])]
-    problems += [f"step {c.name!r}: fitted state differs" for c in usable if run.spark_state[c.name] != run.polars_state[c.name]]
-    assert not problems, "\n".join(problems)
-    for p_bounds, s_bounds in run.bounds:
-        assert s_bounds == p_bounds
-    for name in run.polars:
-        p, s = run.polars[name], run.spark[name]
-        assert s.columns == p.columns
-        assert s.sort("event_time", "event_id").select(events.columns, "split").equals(p.select(events.columns, "split"))
+def test_account_partitions_ship_each_event_and_the_halo(request, dataset: str):
+    """Every event reaches its sender's partition, and its receiver's when that is another
+    one; the 2-hop paths' first hops arrive as history-only (halo) rows."""
+    run: EngineRun = request.getfixturevalue(f"{dataset}_run")
+    events = run.events
     for stats in filter(None, run.account_stats):  # a plan of target encodings alone has no partition steps
         assert stats["partitions"] == 3 and stats["events"] == events.height
         # every event once from its sender's partition, again from its receiver's when
@@ -403,8 +372,7 @@ def test_account_partitions_give_the_polars_values(request, spark, tmp_path, dat
         assert any(stats["history_rows"] > 0 for stats in run.account_stats)
 
 
-@pytest.mark.parametrize("passes", ["arrow", "accounts"])
-def test_applying_a_polars_fitted_plan_with_history(spark, tmp_path, passes: str):
+def test_applying_a_polars_fitted_plan_with_history(spark, tmp_path):
     """A plan fitted by polars (a bundle's plan.json) applied by Spark to later events, with
     the training events as history-only rows: polars' ``plan.transform(later, history=train)``."""
     from aml_pipeline.spark.features import SparkFeatures
@@ -412,15 +380,14 @@ def test_applying_a_polars_fitted_plan_with_history(spark, tmp_path, passes: str
     events, _ = assign(synthetic_events().sort("event_time", "event_id"), SPLIT)
     train = events.filter(pl.col("split") == "train").drop("split")
     later = events.filter(pl.col("split") != "train").drop("split")
-    cases = COMPILED if passes == "arrow" else CASES  # the compiled passes refuse the uncompiled kinds
-    steps = {c.name: c.spec for c in cases if c.kind != "balance" and c.name in runs_for(cases)[0]}
+    steps = {c.name: c.spec for c in CASES if c.kind != "balance" and c.name in runs_for(CASES)[0]}
     fitted = FeaturePlan.from_config(steps)
     fitted.fit_transform(train)
     expected = FeaturePlan.from_dict(json.loads(json.dumps(fitted.to_dict()))).transform(later, history=train)
     train.write_parquet(tmp_path / "train.parquet")
     later.write_parquet(tmp_path / "later.parquet")
     plan = FeaturePlan.from_dict(json.loads(json.dumps(fitted.to_dict())))
-    engine = SparkFeatures(plan, spark, passes=passes, workdir=str(tmp_path / "work"), account_partitions=3)
+    engine = SparkFeatures(plan, spark, workdir=str(tmp_path / "work"), account_partitions=3)
     out = engine.transform(spark.read.parquet(str(tmp_path / "later.parquet")), history=spark.read.parquet(str(tmp_path / "train.parquet")))
     got = pl.from_arrow(out.toArrow())
     engine.release()
@@ -480,7 +447,7 @@ def test_fx_conversion_spark_equals_polars(spark, tmp_path):
     p_plan, s_plan = FeaturePlan.from_config(FX_STEPS, fx), FeaturePlan.from_config(FX_STEPS, fx)
     p_out, _ = build_features(events, p_plan, SPLIT)
     s_df, _, engine = spark_build_features(spark.read.parquet(str(tmp_path / "events.parquet")), s_plan, SPLIT,
-                                           "accounts", str(tmp_path / "work"), 3)
+                                           str(tmp_path / "work"), 3)
     s_out = pl.from_arrow(s_df.toArrow()).sort("event_time", "event_id")
     engine.release()
     assert s_plan.to_dict() == p_plan.to_dict() and "fx" in s_plan.to_dict()
@@ -497,7 +464,7 @@ def test_fx_conversion_spark_equals_polars(spark, tmp_path):
     train.write_parquet(tmp_path / "train.parquet")
     later.write_parquet(tmp_path / "later.parquet")
     expected = p_plan.transform(later, history=train)
-    applied = SparkFeatures(FeaturePlan.from_dict(json.loads(json.dumps(p_plan.to_dict()))), spark, passes="accounts",
+    applied = SparkFeatures(FeaturePlan.from_dict(json.loads(json.dumps(p_plan.to_dict()))), spark,
                             workdir=str(tmp_path / "apply"), account_partitions=3)
     got = pl.from_arrow(applied.transform(spark.read.parquet(str(tmp_path / "later.parquet")),
                                           history=spark.read.parquet(str(tmp_path / "train.parquet"))).toArrow())
@@ -506,11 +473,13 @@ def test_fx_conversion_spark_equals_polars(spark, tmp_path):
     short = FeaturePlan.from_config(FX_STEPS, {"currency": "USD", "rates": {c: r for c, r in fx["rates"].items() if c != codes[0]}})
     n = events.filter(pl.col("currency") == codes[0]).height
     with pytest.raises(UserError, match=rf"no rate to USD: {codes[0]} \({n}\); add features\.fx\.rates\.{codes[0]}"):
-        SparkFeatures(short, spark, passes="accounts").transform(spark.read.parquet(str(tmp_path / "events.parquet")))
+        SparkFeatures(short, spark).transform(spark.read.parquet(str(tmp_path / "events.parquet")))
 
 
 # ----------------------------------------------------------------------------- refusal
-def test_step_without_spark_compilation_runs_only_per_account_partition(spark):
+def test_step_without_a_spark_form_runs_per_account_partition_unless_fitted(spark):
+    """A stateless kind with no Spark form runs as its polars code per account partition;
+    one with fitted state and no Spark fit is refused by name, before any work."""
     from dataclasses import dataclass as dc
 
     from aml_pipeline.spark.features import SparkFeatures
@@ -528,14 +497,22 @@ def test_step_without_spark_compilation_runs_only_per_account_partition(spark):
         def transform(self, frame):
             return frame.with_columns((pl.col("amount") * 2).alias("amount_x2"))
 
-    STEPS[Doubler.kind] = Doubler
+    @dc
+    class FittedDoubler(Doubler):
+        kind = "fitted_doubler_for_test"
+
+        def fit(self, frame):
+            self.factor_ = 2.0
+            return self
+
+    STEPS[Doubler.kind], STEPS[FittedDoubler.kind] = Doubler, FittedDoubler
     try:
-        plan = FeaturePlan.from_config({"time": {}, "twice": {"kind": "doubler_for_test"}})
-        with pytest.raises(ConfigError, match=r"features\.steps\.twice \(doubler_for_test\).*no compilation.*passes=accounts"):
-            SparkFeatures(plan, spark, passes="arrow")
-        SparkFeatures(plan, spark)  # engine.passes=accounts runs the step's own polars code per partition
+        SparkFeatures(FeaturePlan.from_config({"time": {}, "twice": {"kind": "doubler_for_test"}}), spark)
+        plan = FeaturePlan.from_config({"time": {}, "twice": {"kind": "fitted_doubler_for_test"}})
+        with pytest.raises(ConfigError, match=r"^features\.steps\.twice \(fitted_doubler_for_test\): .*needs a Spark fit"):
+            SparkFeatures(plan, spark)
     finally:
-        del STEPS[Doubler.kind]
+        del STEPS[Doubler.kind], STEPS[FittedDoubler.kind]
 
 
 # ----------------------------------------------------------------------------- validation

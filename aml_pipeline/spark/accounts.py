@@ -1,10 +1,11 @@
 """Account partitions: the polars plan's own steps, run by Spark one partition of accounts at a time.
 
-**Problem.** Compiled to Spark passes, a history feature costs a shuffle of every stacked
-history row per key, and the graph's 2-hop paths (~10 per event) travel through Spark as
-rows: 25x the polars engine's time at 1M events on one machine.
+**Problem.** Compiled to Spark passes, a history feature cost a shuffle of every stacked
+history row per key, and the graph's 2-hop paths (~10 per event) travelled through Spark
+as rows: 25x the polars engine's time at 1M events on one machine (those compiled passes
+were removed once this path served every step; docs/benchmarks.md).
 
-**Solution** (``engine.passes: accounts``, the default). Every history feature of an event
+**Solution**. Every history feature of an event
 reads only (a) its sender's events, (b) its receiver's events and (c) for the 2-hop paths
 ``a -> x -> b`` that end at one of them, the payments ``a -> x`` into each intermediary
 ``x`` shortly before ``x`` paid ``b``. So the accounts are hashed into ``P`` partitions,
@@ -28,7 +29,7 @@ driver only concatenates them: nothing is collected but counts.
 
 Steps that cannot run this way (target encodings, whose training rows get
 time-respecting values from every earlier label; steps fitted on a computed column) run
-after, compiled to Spark as before (:mod:`aml_pipeline.spark.features`).
+after, through their Spark forms (:mod:`aml_pipeline.spark.features`).
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ from aml_pipeline.features.base import FeatureStep
 from aml_pipeline.features.plan import FeaturePlan
 
 from aml_pipeline.spark.io import ROW_GROUP_ROWS
-from aml_pipeline.spark.windows import T
 from aml_pipeline.timeutil import duration_us
 
+T = "_t"  # event time in microseconds since the epoch (long)
 IQ = "_is_query"  # True for events to return, False for history-only rows
 PART, ROLE, SALT = "_part", "_role", "_salt"
 #: What a row is in its partition: history only, or an event returned with its sender's

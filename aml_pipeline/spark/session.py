@@ -117,8 +117,3 @@ def stop_session() -> None:
     if spark is not None:
         spark.stop()
 
-
-def pass_evaluator(engine: Mapping[str, Any] | DictConfig | None) -> str:
-    """``engine.passes`` as text: how the history steps are evaluated (accounts by default)."""
-    value = engine.get("passes", "accounts") if engine is not None else "accounts"
-    return getattr(value, "value", str(value))

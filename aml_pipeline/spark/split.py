@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.split import SPLITS, cut_times
-from aml_pipeline.spark.windows import kth_smallest, micros
+from aml_pipeline.spark.features import kth_smallest, micros
 from aml_pipeline.timeutil import from_us, to_us
 
 

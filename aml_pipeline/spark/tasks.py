@@ -31,11 +31,10 @@ from aml_pipeline.progress import status
 from aml_pipeline.schema import REQUIRED_COLUMNS
 from aml_pipeline.sources.base import Source
 from aml_pipeline.spark import io
-from aml_pipeline.spark.features import TABLE_ORDER, SparkFeatures
-from aml_pipeline.spark.session import get_session, pass_evaluator
+from aml_pipeline.spark.features import TABLE_ORDER, SparkFeatures, micros
+from aml_pipeline.spark.session import get_session
 from aml_pipeline.spark.split import assign
 from aml_pipeline.spark.validation import ORDER, SparkValidationResult, validate
-from aml_pipeline.spark.windows import micros
 from aml_pipeline.layout import Layout, need
 from aml_pipeline.validation.rules import rules_from_config
 from aml_pipeline.timeutil import from_us
@@ -45,18 +44,17 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- features
-def build_features(events: DataFrame, plan: FeaturePlan, split_cfg: DictConfig, passes: str = "accounts",
+def build_features(events: DataFrame, plan: FeaturePlan, split_cfg: DictConfig,
                    workdir: str | None = None, account_partitions: int | None = None
                    ) -> tuple[DataFrame, dict, SparkFeatures]:
     """Spark twin of :func:`aml_pipeline.engines.polars.build_features` (fits ``plan``).
 
     Returns the feature table (events + split + features), the window bounds, and the
-    compiled plan (call its ``release()`` once the table is written). ``passes``: how the
-    history steps are evaluated (``engine.passes``); with ``accounts`` they are computed
-    here, into files under ``workdir``, and the table reads them.
+    plan on Spark (call its ``release()`` once the table is written). The steps run per
+    account partition are computed here, into files under ``workdir``, and the table reads them.
     """
     events, bounds = assign(events, split_cfg)
-    engine = SparkFeatures(plan, events.sparkSession, passes=passes, workdir=workdir,
+    engine = SparkFeatures(plan, events.sparkSession, workdir=workdir,
                            account_partitions=account_partitions)
     return engine.fit_transform(events, F.col("split") == "train"), bounds, engine
 
@@ -67,7 +65,7 @@ def run_features(cfg: DictConfig, plan: FeaturePlan, layout: Layout) -> tuple[di
     events = spark.read.parquet(str(need(layout.validated, "data")))
     partitions = cfg.engine.get("account_partitions")
     with status(f"features (spark {spark.sparkContext.master}): fitting and computing {len(plan.steps)} steps"):
-        features, bounds, engine = build_features(events, plan, cfg.split, pass_evaluator(cfg.engine),
+        features, bounds, engine = build_features(events, plan, cfg.split,
                                                   io.staging_dir(layout.features, "features"),
                                                   int(partitions) if partitions else None)
         try:
