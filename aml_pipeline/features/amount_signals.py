@@ -10,8 +10,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
+import math
+
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import timeline
+from aml_pipeline.features.windows import fixed_to_float, ieee_divide, timeline, window_stats
+from aml_pipeline.timeutil import duration_us
 
 
 @register
@@ -71,3 +74,23 @@ class AmountSignals(FeatureStep):
         tl = timeline(frame)
         out = out.hstack([tl.series(f"mean_{w}", tl.aggregate("out", "src", w, "mean"), pl.Float64)])
         return out.with_columns((a / pl.col(f"mean_{w}")).alias("amount_vs_src_mean")).drop(f"mean_{w}")
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The same columns for one event: its amount and the sender's sent rows."""
+        T, A = col["event_time"], col["amount"]
+        width = duration_us(self.trailing_window)
+        threshold = self.reporting_threshold
+        lo = self.reporting_threshold * (1 - self.band)
+
+        def compute(ev, h, out: dict) -> None:
+            a = ev.amount
+            cents = round(a * 100)
+            out["log_amount"] = math.log1p(a)
+            out["round_100"] = int(cents % 10_000 == 0)
+            out["round_1000"] = int(cents % 100_000 == 0)
+            out["whole_amount"] = int(cents % 100 == 0)
+            out["near_threshold"] = int(a >= lo and a < threshold)
+            n, s, _ = window_stats(h.sent.get(ev.src, ()), ev.t, [width], T, A)[0]
+            out["amount_vs_src_mean"] = ieee_divide(a, fixed_to_float(s) / n) if n else None
+        return compute

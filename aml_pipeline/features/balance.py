@@ -49,3 +49,28 @@ class BalanceConsistency(FeatureStep):
             (db == 0).cast(pl.Int8).alias("dst_was_empty"),
             pl.when(sb > 0).then(a / sb).alias("amount_to_src_balance"),
         )
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The same columns for one event, from its own balances."""
+
+        def compute(ev, h, out: dict) -> None:
+            v = ev.values
+            a = ev.amount
+            sb, sa, db, da = (v.get(c) for c in BALANCES)
+            out["src_balance_error"] = None if sb is None or sa is None else sb - a - sa
+            out["dst_balance_error"] = None if db is None or da is None else db + a - da
+            emptied = _and(None if sa is None else sa == 0, None if sb is None else sb > 0)
+            out["src_emptied"] = None if emptied is None else int(emptied)
+            out["dst_was_empty"] = None if db is None else int(db == 0)
+            out["amount_to_src_balance"] = a / sb if sb is not None and sb > 0 else None
+        return compute
+
+
+def _and(x: bool | None, y: bool | None) -> bool | None:
+    """Kleene AND, as polars combines booleans with nulls."""
+    if x is False or y is False:
+        return False
+    if x is None or y is None:
+        return None
+    return True

@@ -108,6 +108,17 @@ class TargetEncoding(FeatureStep):
             for c in self.columns
         )
 
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The frozen table's rate of the event's ids (the prior for an unseen id)."""
+        tables = {c: dict(self.tables_[c]) for c in self.columns}
+        prior = self.prior_
+
+        def compute(ev, h, out: dict) -> None:
+            for c, m in tables.items():
+                out[f"te_{c}"] = m.get(ev.values.get(c), prior)
+        return compute
+
 
 @register
 @dataclass
@@ -137,6 +148,16 @@ class CategoryCodes(FeatureStep):
             pl.col(c).replace_strict({v: i for i, v in enumerate(self.vocab_[c])}, default=-1, return_dtype=pl.Int32).alias(f"code_{c}")
             for c in self.columns
         )
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The event's values' codes (-1 for an unseen value)."""
+        maps = {c: {v: i for i, v in enumerate(self.vocab_[c])} for c in self.columns}
+
+        def compute(ev, h, out: dict) -> None:
+            for c, m in maps.items():
+                out[f"code_{c}"] = m.get(ev.values.get(c), -1)
+        return compute
 
 
 @register
@@ -181,3 +202,14 @@ class Bucketing(FeatureStep):
                 bucket = bucket + (pl.col(c) >= e).cast(pl.Int32)
             exprs.append(pl.when(pl.col(c).is_null()).then(None).otherwise(bucket).cast(pl.Int32).alias(f"bucket_{c}"))
         return frame.with_columns(exprs)
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The event's values' buckets (null stays null)."""
+        edges = {c: list(self.edges_[c]) for c in self.columns}
+
+        def compute(ev, h, out: dict) -> None:
+            for c, es in edges.items():
+                v = ev.values.get(c)
+                out[f"bucket_{c}"] = None if v is None else sum(1 for e in es if v >= e)
+        return compute

@@ -23,13 +23,15 @@ and the memory, and fixing the hub list at fit time keeps every engine identical
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import DST, SRC, FeatureStep, register
-from aml_pipeline.features.windows import FLOWS, SIDES, Index, Timeline, duration_in, search, timeline
+from aml_pipeline.features.windows import (FLOWS, SIDES, Index, Timeline, duration_in, fixed_sum, fixed_to_float,
+                                           ieee_divide, search, timeline)
 from aml_pipeline.timeutil import duration_us
 
 
@@ -249,3 +251,74 @@ class CounterpartyGraph(FeatureStep):
         name = f"src_pass_through_{w}"
         cols[name] = frame.select(pl.col("amount"), cols["_sent"], cols["_got"]).select(ratio.alias(name)).to_series()
         return frame.hstack([cols[c] for c in self.output_columns()])
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The same columns for one event from its accounts' rows and the received rows of
+        the accounts that paid them (the store's 1-hop expansion, hubs left out)."""
+        T, S, D, A = col["event_time"], col["src_account"], col["dst_account"], col["amount"]
+        w = self.window
+        width = duration_us(w)
+        hubs = frozenset(getattr(self, "hubs_", []) or [])
+
+        def two_hop(h, target: str, lo: int, origin: str | None) -> tuple[int, int]:
+            """Paths a -> x -> target visible now; and how many start at ``origin`` (3-cycles).
+
+            A second hop x -> target at s2 (lo < s2 < t) counts the first hops a -> x with
+            lo <= s1 < s2 (s2 - s1 < window follows from s1 >= t - window and s2 < t), a being
+            neither target nor x. Rows are time-ordered, so each second hop costs two bisections
+            on x's times, minus the (rare) excluded first hops before it.
+            """
+            by_x: dict[str, list[int]] = {}
+            for e2 in h.received.get(target, ()):
+                x = e2[S]
+                if e2[T] > lo and x != target and x not in hubs:
+                    by_x.setdefault(x, []).append(e2[T])
+            paths = cycles = 0
+            received = h.received
+            for x, seconds in by_x.items():
+                rows = received.get(x, ())
+                if not rows:
+                    continue
+                if len(seconds) == 1:  # the common case: one scan, stopping at the second hop
+                    s2 = seconds[0]
+                    for r in rows:
+                        s1 = r[T]
+                        if s1 >= s2:
+                            break
+                        if s1 >= lo:
+                            a = r[S]
+                            if a != target and a != x:
+                                paths += 1
+                                if a == origin:
+                                    cycles += 1
+                    continue
+                times = [r[T] for r in rows]
+                srcs = [r[S] for r in rows]
+                i0 = bisect_left(times, lo)
+                excluded = [i for i, a in enumerate(srcs) if a == target or a == x]
+                starts = [i for i, a in enumerate(srcs) if a == origin] if origin not in (None, x, target) else []
+                for s2 in seconds:
+                    k = bisect_left(times, s2)
+                    if k <= i0:
+                        continue
+                    paths += (k - i0) - (bisect_left(excluded, k) - bisect_left(excluded, i0))
+                    if starts:
+                        cycles += bisect_left(starts, k) - bisect_left(starts, i0)
+            return paths, cycles
+
+        def compute(ev, h, out: dict) -> None:
+            lo = ev.t - width
+            for side, acc in (("src", ev.src), ("dst", ev.dst)):
+                for flow, table, cp in (("in", h.received, S), ("out", h.sent, D)):
+                    out[f"{side}_{flow}_degree_{w}"] = len({r[cp] for r in table.get(acc, ()) if r[T] >= lo})
+            sent = fixed_sum(r[A] for r in h.sent.get(ev.src, ()) if r[T] >= lo)
+            got = fixed_to_float(fixed_sum(r[A] for r in h.received.get(ev.src, ()) if r[T] >= lo))
+            out[f"src_pass_through_{w}"] = ieee_divide(fixed_to_float(sent) + ev.amount, got) if got > 0 else None
+            out[f"reciprocal_{w}"] = sum(1 for r in h.received.get(ev.src, ()) if r[T] >= lo and r[S] == ev.dst)
+            src_paths, cycles = two_hop(h, ev.src, lo, ev.dst)
+            dst_paths, _ = two_hop(h, ev.dst, lo, None)
+            out[f"cycle3_{w}"] = cycles
+            out[f"dst_2hop_in_{w}"] = dst_paths
+            out[f"src_2hop_in_{w}"] = src_paths
+        return compute

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, timeline
+from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, fixed_to_float, timeline, window_stats
 from aml_pipeline.timeutil import duration_us
 
 
@@ -71,6 +71,33 @@ class RollingAggregates(FeatureStep):
             tl.series(f"{side}_{flow}_{agg}_{w}", tl.aggregate(flow, side, w, agg), dtype)
             for (side, flow, agg, w), dtype in zip(self._combos(), self.output_columns().values())
         ])
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The same columns for one event from its accounts' sent and received rows."""
+        T, A = col["event_time"], col["amount"]
+        order = sorted(range(len(self.windows)), key=lambda i: duration_us(self.windows[i]))
+        widths = [duration_us(self.windows[i]) for i in order]
+        names = [self.windows[i] for i in order]
+
+        def compute(ev, h, out: dict) -> None:
+            for side in self.sides:
+                acc = ev.src if side == "src" else ev.dst
+                for flow in self.flows:
+                    rows = (h.sent if flow == "out" else h.received).get(acc, ())
+                    for w, (n, s, mx) in zip(names, window_stats(rows, ev.t, widths, T, A)):
+                        total = fixed_to_float(s)
+                        for agg in self.aggs:
+                            key = f"{side}_{flow}_{agg}_{w}"
+                            if agg == "count":
+                                out[key] = n
+                            elif agg == "sum":
+                                out[key] = total
+                            elif agg == "mean":
+                                out[key] = total / n if n > 0 else None
+                            else:
+                                out[key] = mx
+        return compute
 
     def _combos(self) -> list[tuple[str, str, str, str]]:
         """(side, flow, agg, window) in the order of :meth:`output_columns`."""

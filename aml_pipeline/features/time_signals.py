@@ -55,3 +55,16 @@ class TimeSignals(FeatureStep):
             secs = to_microseconds(tl.queries(side).t - prev, tl.unit) / 1e6
             cols += tl.columns(side, {f"{side}_secs_since_prev": (np.where(found, secs, np.nan), pl.Float64)})
         return out.hstack(cols)
+
+    # -- per-event form ----------------------------------------------------------------------
+    def online(self, col: dict[str, int]):
+        """The same columns for one event: its own time and each account's latest event
+        before it (the store keeps it beyond the window)."""
+
+        def compute(ev, h, out: dict) -> None:
+            out["hour"] = ev.time.hour
+            out["weekday"] = ev.time.isoweekday()
+            for side, acc in (("src", ev.src), ("dst", ev.dst)):
+                prev = h.latest.get(acc)
+                out[f"{side}_secs_since_prev"] = None if prev is None else (ev.t - prev) / 1e6
+        return compute
