@@ -30,9 +30,11 @@ from typing import Callable, Iterator
 
 import polars as pl
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aml_pipeline.config import ReplayTarget
 from aml_pipeline.errors import ConfigError, UserError
+from aml_pipeline.ingest import ingest
 from aml_pipeline.optional import require
 from aml_pipeline.progress import err, table
 from aml_pipeline.schema import ALL_COLUMNS, REQUIRED_COLUMNS
@@ -54,8 +56,6 @@ def load_events(cfg: DictConfig) -> tuple[pl.DataFrame, str]:
     default = Layout.of(cfg).validated
     if default.is_file():
         return pl.read_parquet(default), str(default)
-    from aml_pipeline.tasks.data import ingest
-
     return ingest(cfg).result.valid, "the configured source, validated as in task=data"
 
 
@@ -109,8 +109,6 @@ class _Progress:
     def __init__(self, total: int, what: str):
         self.total, self.start, self.progress = total, time.perf_counter(), None
         if err.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
             self.progress = Progress(TextColumn(f"replay → {what}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err, transient=True)
             self.task = self.progress.add_task("replay", total=total, rate="")
