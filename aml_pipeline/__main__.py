@@ -19,6 +19,10 @@ import os
 from pathlib import Path
 
 import hydra
+from hydra._internal import callbacks as hydra_callbacks
+from hydra._internal import utils as hydra_utils
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from aml_pipeline import CONF_DIR as PACKAGE_CONF
@@ -36,8 +40,6 @@ register_configs()
 def _check_before_hydra_callbacks() -> None:
     """Hydra builds ``hydra.callbacks`` from the composed config before our job runs: check
     the whole config first, so a copied config cannot run code through them either."""
-    from hydra._internal import callbacks as hydra_callbacks
-
     original = hydra_callbacks.Callbacks.__init__
     if getattr(original, "checked_targets", False):
         return
@@ -86,9 +88,6 @@ def _one_line_config_errors() -> None:
     itself, before our job runs, over four or more lines; every other error a user can fix
     is one line. Its report function is wrapped so these print as one line and exit 2;
     ``HYDRA_FULL_ERROR=1`` still gives Hydra's full report."""
-    from hydra._internal import utils as hydra_utils
-    from hydra.errors import CompactHydraException
-
     original = hydra_utils.run_and_report
     if getattr(original, "one_line", False):
         return
@@ -137,8 +136,6 @@ def _mask_log_lines(cfg: DictConfig) -> None:
 
 def _mask_hydra_copies(cfg: DictConfig) -> None:
     """Mask the run's secrets in the config copies Hydra wrote for this job (and the sweep)."""
-    from hydra.core.hydra_config import HydraConfig
-
     values = secret_values(config_container(cfg))
     if not values:
         return

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 from mlflow.pyfunc import PythonModel
 
+from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.features.reasons import one_line
 from aml_pipeline.schema import ALL_COLUMNS
 
@@ -68,8 +69,6 @@ class TransactionScorer(PythonModel):
         self.bundle = None
 
     def load_context(self, context) -> None:
-        from aml_pipeline.bundle import ModelBundle
-
         self.bundle = ModelBundle.load(context.artifacts[BUNDLE_ARTIFACT], expected_hash=self.bundle_sha256)
 
     def predict(self, context, model_input, params=None):

@@ -19,6 +19,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from omegaconf import OmegaConf
+
 MASK = "***"
 
 #: A key whose last dotted/underscored name ends in one of these holds a secret.
@@ -106,8 +108,6 @@ def scrub(text: str, values: Iterable[str]) -> str:
 
 def config_container(cfg: Any) -> Any:
     """A resolved plain copy of an OmegaConf config (or a plain container as is)."""
-    from omegaconf import OmegaConf
-
     if OmegaConf.is_config(cfg):
         try:
             return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -118,6 +118,4 @@ def config_container(cfg: Any) -> Any:
 
 def redacted_yaml(cfg: Any) -> str:
     """The resolved config as YAML, secrets masked: what we log as the run's config."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_yaml(OmegaConf.create(redact(config_container(cfg))))

@@ -17,7 +17,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aml_pipeline.config import AppConfig, Task
 from aml_pipeline.errors import UserError
+from aml_pipeline.layout import Layout
 from aml_pipeline.progress import fail
+from aml_pipeline.registry import write_registration
+from aml_pipeline.tasks import run_task
 
 PARAMS = Path("params.yaml")
 
@@ -68,10 +71,6 @@ def run_stage(cfg) -> None:
     not survive from an earlier run that did register. So it is removed first and, with
     MLflow off, replaced by a record saying nothing was registered.
     """
-    from aml_pipeline.registry import write_registration
-    from aml_pipeline.tasks import run_task
-    from aml_pipeline.layout import Layout
-
     if cfg.task == Task.monitor.value:  # the test window evaluate scored, against the bundle it trained
         layout = Layout.of(cfg)
         cfg.bundle = cfg.bundle or str(layout.bundle)

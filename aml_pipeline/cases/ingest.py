@@ -32,6 +32,7 @@ from aml_pipeline.cases.db import CaseDB, write_lock
 from aml_pipeline.cases.errors import CaseError
 from aml_pipeline.cases.models import ACTIVE_STATUSES, Alert, AuditEvent, Case
 from aml_pipeline.cases.views import IngestResult
+from aml_pipeline.features.reasons import reasons_and_hint
 from aml_pipeline.timeutil import as_utc, config_duration, utcnow
 
 REQUIRED = ("event_id", "event_time", "score")
@@ -104,8 +105,6 @@ def _rows(alerts: Any, subject: str) -> list[dict]:
 
 
 def _reasons(row: dict) -> tuple[list[str], Optional[str]]:
-    from aml_pipeline.features.reasons import reasons_and_hint
-
     given = row.get("reasons")
     hint = row.get("typology_hint")
     if given is not None and hint is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import polars as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.lifecycle.gate import figures, judge, precision_targets
@@ -202,6 +202,4 @@ def _user() -> str:
 
 
 def _plain(node) -> dict:
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(node, resolve=True, enum_to_str=True)

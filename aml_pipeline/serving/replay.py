@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import polars as pl
 
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
@@ -37,8 +38,6 @@ def read_decisions(path: str | Path) -> Iterator[dict[str, Any]]:
     if p.is_dir():
         parts = sorted(p.glob("part-*.parquet"))
         if parts:
-            import polars as pl
-
             for f in parts:
                 yield from pl.read_parquet(f).iter_rows(named=True)
             return

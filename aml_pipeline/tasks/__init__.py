@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from aml_pipeline.config import Task
 from aml_pipeline.optional import require_extra
+from aml_pipeline.sweep import summarise_folder
 
 STAGES = (Task.data, Task.features, Task.train, Task.evaluate)
 
@@ -45,9 +48,6 @@ def _all(cfg: DictConfig) -> dict:
 
 def _isolate_multirun_job(cfg: DictConfig) -> None:
     """In a sweep (-m) each job writes under its own output folder, never over another's."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
     job_dir = HydraConfig.get().runtime.output_dir
@@ -63,7 +63,5 @@ def run_task(cfg: DictConfig) -> object:
     if task == Task.all:
         return _all(cfg)
     if task == Task.sweep_summary:
-        from aml_pipeline.sweep import summarise_folder
-
         return summarise_folder(cfg)
     return _module(task).run(cfg)
