@@ -22,11 +22,13 @@ import warnings
 import json
 import logging
 import tempfile
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
 from aml_pipeline.optional import install_hint, installed, require_extra
 from aml_pipeline.secrets import redact, redacted_yaml
@@ -95,9 +97,8 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
     alias = cfg.mlflow.alias if alias == "" else alias
     with _quiet():
         mlflow = _client(cfg.mlflow)
-        from mlflow.models import infer_signature
-
-        from aml_pipeline.pyfunc import TransactionScorer
+        # the mlflow extra: the pyfunc subclasses MLflow's PythonModel at its top
+        from aml_pipeline.pyfunc import TransactionScorer, decide
 
         exp_id = _experiment_id(mlflow, cfg.mlflow)
         nested = {"parent_run_id": parent_run_id, "nested": True} if parent_run_id else {}
@@ -111,12 +112,9 @@ def log_and_register(cfg: DictConfig, bundle_dir: Path, bundle_hash: str, report
             signature = example = None
             python_model = TransactionScorer(bundle_hash)
             if input_example is not None:  # canonical transactions in, decisions out
-                from aml_pipeline.bundle import ModelBundle
-                from aml_pipeline.pyfunc import decide
-
                 example = input_example.to_pandas()
                 decided = decide(ModelBundle.load(bundle_dir, expected_hash=bundle_hash), input_example).to_pandas()
-                signature = infer_signature(example, decided)
+                signature = mlflow.models.infer_signature(example, decided)
             info = mlflow.pyfunc.log_model(
                 name=BUNDLE_ARTIFACT,
                 python_model=python_model,
@@ -201,12 +199,10 @@ def end_parent_run(cfg: DictConfig, run_id: str, metrics: dict[str, float], tags
 
 def _requirements(bundle_dir: Path) -> list[str]:
     """What loading the bundle needs: the stack, plus pyspark for MLlib-trained models."""
-    from importlib.metadata import version
-
     pins = ["polars", "numpy", "lightgbm", "scikit-learn", "skops", "mlflow"]
     if any(bundle_dir.glob("*.spark.zip")):
         pins.append("pyspark")
-    return [f"aml_pipeline=={version('aml_pipeline')}"] + [f"{p}=={version(p)}" for p in pins]
+    return [f"aml_pipeline=={metadata.version('aml_pipeline')}"] + [f"{p}=={metadata.version(p)}" for p in pins]
 
 
 def _find_bundle(root: Path) -> Path:
@@ -217,8 +213,6 @@ def _find_bundle(root: Path) -> Path:
 
 def resolve_bundle(ref: str, cfg: DictConfig):
     """Load a bundle from a folder, ``runs:/<run id>/bundle`` or ``models:/<name>@<alias>|/<version>``."""
-    from aml_pipeline.bundle import ModelBundle
-
     if not ref:
         raise UserError("no bundle given: set bundle=<folder> or bundle=models:/<name>@<alias>")
     if "://" not in ref and ":/" not in ref:

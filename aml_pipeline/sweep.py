@@ -23,7 +23,9 @@ from typing import Any
 
 import polars as pl
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from aml_pipeline.errors import UserError
@@ -98,10 +100,18 @@ def _fmt(x: float | None) -> str:
 PARENT_RUN_FILE = "mlflow_parent_run.txt"
 
 
-def _multirun_dir() -> Path | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+def _registry():
+    """:mod:`aml_pipeline.registry`, for a sweep that logs to MLflow.
 
+    Imported here, not at the top, for start-up time: the command line imports this module
+    (for :func:`job_objective`) before every task, and the registry loads the model bundle's
+    stack (LightGBM, scikit-learn, SHAP), which a sweep's callbacks need only with MLflow on."""
+    from aml_pipeline import registry  # start-up time, see above
+
+    return registry
+
+
+def _multirun_dir() -> Path | None:
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     return Path(HydraConfig.get().sweep.dir)
@@ -142,11 +152,10 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _mlflow_on(config):
             return
-        from aml_pipeline.registry import start_parent_run
-
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        run_id = start_parent_run(config, f"sweep {sweep_dir.name}", {"aml.record": "sweep", "sweep_dir": str(sweep_dir)})
+        run_id = _registry().start_parent_run(config, f"sweep {sweep_dir.name}",
+                                              {"aml.record": "sweep", "sweep_dir": str(sweep_dir)})
         (sweep_dir / PARENT_RUN_FILE).write_text(run_id + "\n")
         self._open = (config, run_id)
         atexit.register(self._fail_if_open)
@@ -157,11 +166,9 @@ class SweepSummary(Callback):
             return
         config, run_id = self._open
         self._open = None
-        from aml_pipeline.registry import end_parent_run
-
         try:
-            end_parent_run(config, run_id, {}, {"aml.sweep_outcome": "the sweep ended before its summary (a job failed "
-                                                "or it was interrupted)"}, [], status="FAILED")
+            _registry().end_parent_run(config, run_id, {}, {"aml.sweep_outcome": "the sweep ended before its summary "
+                                                            "(a job failed or it was interrupted)"}, [], status="FAILED")
         except Exception as exc:  # the tracking store is gone: nothing left to close
             out.print(f"sweep: could not mark MLflow run {run_id} FAILED: {exc}")
 
@@ -182,19 +189,18 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _alias_best(config: DictConfig, table: pl.DataFrame, sweep_dir: Path, parent_run_id: str) -> None:
-        from aml_pipeline.registry import end_parent_run, set_alias
-
+        registry = _registry()
         best = best_job(table, sweep_dir)
         tags: dict[str, Any] = {}
         if best is not None:
             row, reg = best
             alias = config.mlflow.alias
-            set_alias(config, alias, reg["version"], {"sweep_dir": str(sweep_dir), "sweep_job": row["job"]})
+            registry.set_alias(config, alias, reg["version"], {"sweep_dir": str(sweep_dir), "sweep_job": row["job"]})
             tags = {"best_job": row["job"], "best_version": reg["version"], "best_overrides": row["overrides"]}
             out.print(f"models:/{reg['name']}@{alias} = version {reg['version']} (job {row['job']}, "
                       f"best validation PR-AUC {_fmt(row['valid_pr_auc'])})")
-        end_parent_run(config, parent_run_id, {"best_valid_pr_auc": best[0]["valid_pr_auc"] if best else None}, tags,
-                       [sweep_dir / "sweep_summary.md", sweep_dir / "sweep_summary.csv"])
+        registry.end_parent_run(config, parent_run_id, {"best_valid_pr_auc": best[0]["valid_pr_auc"] if best else None},
+                                tags, [sweep_dir / "sweep_summary.md", sweep_dir / "sweep_summary.csv"])
 
 
 def _mlflow_on(config: DictConfig) -> bool:
@@ -211,9 +217,6 @@ def job_objective(result: object) -> object:
     it, so it must be the validation number, never a test one. Outside a sweep the task's
     own result is returned unchanged.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return result
     return validation_metrics(Path(HydraConfig.get().runtime.output_dir)).get(RANK_BY)
