@@ -22,11 +22,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 
 from aml_pipeline.bundle import MANIFEST, ModelBundle, sha256_file
 from aml_pipeline.export.base import ExportError, max_abs_error
-from aml_pipeline.export.runtimes import FORMATS, scorer, write
+from aml_pipeline.export.runtimes import FORMATS, ExportedModel, scorer, write
 
 
 def _versions(fmt: str) -> dict[str, str]:
@@ -49,8 +50,6 @@ def export_bundle(directory: Path, fmt: str, X_valid: np.ndarray, tolerance: flo
                           f"only LightGBM models are exported")
     if X_valid.shape[0] == 0:
         raise ExportError("export: the validation window has no rows to check parity on")
-    import lightgbm as lgb
-
     model_txt = directory / meta["file"]
     booster = lgb.Booster(model_file=str(model_txt))
     native = bundle.model.predict_proba(X_valid)
@@ -74,8 +73,6 @@ def export_bundle(directory: Path, fmt: str, X_valid: np.ndarray, tolerance: flo
 
 def exported_model(bundle: ModelBundle, runtime: str):
     """The bundle's classifier scoring through its ``runtime`` export (``native``: itself)."""
-    from aml_pipeline.export.runtimes import ExportedModel
-
     if runtime == "native":
         return bundle.model
     entry = bundle.exports.get(runtime)

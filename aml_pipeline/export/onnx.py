@@ -85,7 +85,7 @@ def tree_arrays(dump: dict) -> dict[str, list]:
 
 def convert(booster: Any, n_features: int):
     """An ONNX ModelProto: float64 [N, n_features] in, float64 [N] probability out."""
-    import onnx
+    import onnx  # the export extra (runtimes.require checks it first)
     from onnx import TensorProto, helper, numpy_helper
 
     dump = booster.dump_model()
@@ -122,7 +122,7 @@ class OnnxScorer:
     """Scores float64 feature matrices with an exported ``model.onnx`` (one session)."""
 
     def __init__(self, path: str, threads: int = 1):
-        import onnxruntime as ort
+        import onnxruntime as ort  # the export extra (runtimes.require checks it first)
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(int(threads), 1)

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
 
 from aml_pipeline.export.base import ExportError
+from aml_pipeline.export.onnx import OnnxScorer, convert
 from aml_pipeline.optional import install_hint
 
 INSTALL = install_hint("export")
@@ -34,66 +36,57 @@ FORMATS: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 
-def require(fmt: str) -> None:
-    """Import the format's libraries, or one line naming what to install."""
+def require(fmt: str) -> ModuleType:
+    """Import the format's libraries, or one line naming what to install; the format's own
+    library (the one place lleaves and treelite are imported; onnx's is :mod:`.onnx`)."""
     if fmt not in FORMATS:
         raise ExportError(f"export.format={fmt!r}; allowed: {', '.join(FORMATS)}")
+    modules = []
     for module in FORMATS[fmt][1]:
         try:
-            importlib.import_module(module)
+            modules.append(importlib.import_module(module))
         except ImportError:
             raise ExportError(f"export.format={fmt} needs the Python package {module!r}: {INSTALL} "
                               f"(or pip install {FORMATS[fmt][2]})") from None
+    return modules[0]
 
 
 def write(fmt: str, model_txt: Path, booster: Any, n_features: int, directory: Path) -> Path:
     """Write the export of ``booster`` (whose text model is ``model_txt``) into ``directory``."""
-    require(fmt)
+    library = require(fmt)  # lleaves or treelite below (onnx's libraries are used in .onnx)
     path = directory / FORMATS[fmt][0]
     if fmt == "onnx":
-        from aml_pipeline.export.onnx import convert
-
         path.write_bytes(convert(booster, n_features).SerializeToString())
     elif fmt == "lleaves":
-        import lleaves
-
         path.unlink(missing_ok=True)
         try:
-            lleaves.Model(model_file=str(model_txt)).compile(cache=str(path))
+            library.Model(model_file=str(model_txt)).compile(cache=str(path))
         except AttributeError as exc:  # llvmlite >= 0.45 dropped the pass-manager API lleaves 1.3 uses
             raise ExportError(f"export.format=lleaves: lleaves cannot compile with this llvmlite ({exc}); "
                               f"pip install 'llvmlite<0.45'") from None
     elif fmt == "treelite":
-        import treelite
-
-        treelite.frontend.load_lightgbm_model(str(model_txt)).serialize(str(path))
+        library.frontend.load_lightgbm_model(str(model_txt)).serialize(str(path))
     return path
 
 
 def scorer(fmt: str, path: Path, model_txt: Path) -> "ExportScorer":
     """A scorer over an export file that the bundle's manifest has already verified."""
-    require(fmt)
+    library = require(fmt)  # lleaves or treelite below (onnx's libraries are used in .onnx)
     if fmt == "onnx":
-        from aml_pipeline.export.onnx import OnnxScorer
-
         s = OnnxScorer(str(path))
         return ExportScorer(fmt, s.predict, s.predict_one)
     if fmt == "lleaves":
-        import lleaves
-
-        model = lleaves.Model(model_file=str(model_txt))
+        model = library.Model(model_file=str(model_txt))
         model.compile(cache=str(path))  # the cache exists: loaded, not compiled again
 
         def predict(X: np.ndarray) -> np.ndarray:
             return model.predict(np.ascontiguousarray(X, dtype=np.float64), n_jobs=1)
 
         return ExportScorer(fmt, predict, lambda x: float(predict(x.reshape(1, -1))[0]))
-    import treelite
-
-    tm = treelite.Model.deserialize(str(path))
+    tm = library.Model.deserialize(str(path))
 
     def gtil(X: np.ndarray) -> np.ndarray:
-        return treelite.gtil.predict(tm, np.ascontiguousarray(X, dtype=np.float64), nthread=1).reshape(-1)
+        return library.gtil.predict(tm, np.ascontiguousarray(X, dtype=np.float64), nthread=1).reshape(-1)
 
     return ExportScorer(fmt, gtil, lambda x: float(gtil(x.reshape(1, -1))[0]))
 
