@@ -192,15 +192,19 @@ def plots_installed() -> bool:
 _SAID_NO_PLOTS = False
 
 
-def _new_figure(width=7.0, height=5.0):
-    from matplotlib.figure import Figure  # imported lazily: matplotlib is slow to import
+def new_figure(width=7.0, height=5.0):
+    """A figure and its one axes: the one place matplotlib is imported (the monitor's report too).
+
+    Lazily: matplotlib is the ``plots`` extra (callers check :func:`plots_installed` first)
+    and slow to import."""
+    from matplotlib.figure import Figure  # the plots extra
 
     fig = Figure(figsize=(width, height))
     return fig, fig.add_subplot(1, 1, 1)
 
 
 def _message_figure(path, title: str, message: str) -> Path:
-    fig, ax = _new_figure(6.0, 3.0)
+    fig, ax = new_figure(6.0, 3.0)
     ax.set_axis_off()
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, fontsize=11)
@@ -243,7 +247,7 @@ def plot_pr_curve(path, y, score, baseline_score=None, thresholds=None, operatin
     y, score = as_labels(y), as_scores(score)
     if y.size == 0 or y.sum() == 0:
         return _message_figure(path, "Precision-recall curve", "Not defined: no positive labels.")
-    fig, ax = _new_figure()
+    fig, ax = new_figure()
     recall, precision = _curve(y, score)
     ax.step(recall, precision, where="post", label=f"model (AP {_fmt(pr_auc(y, score))})", color="C0")
     if baseline_score is not None:
@@ -279,7 +283,7 @@ def plot_feature_importance(path, importance: Mapping[str, float] | None, top: i
         return _message_figure(path, "Feature importance", "Not available for this classifier.")
     items = sorted(items, key=lambda kv: abs(kv[1]), reverse=True)[:top]
     names, values = [k for k, _ in reversed(items)], [v for _, v in reversed(items)]
-    fig, ax = _new_figure(7.0, max(2.5, 0.28 * len(items) + 1.2))
+    fig, ax = new_figure(7.0, max(2.5, 0.28 * len(items) + 1.2))
     ax.barh(np.arange(len(items)), values, color="C0")
     ax.set_yticks(np.arange(len(items)), labels=names, fontsize=8)
     ax.set(xlabel="importance", title=f"Feature importance (top {len(items)})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aml_pipeline.evaluation.report import plots_installed, write_metrics_json
+from aml_pipeline.evaluation.report import new_figure, plots_installed, write_metrics_json
 
 PLOTS = {"psi": "psi_per_feature.png", "score": "score_distribution.png", "alert_rate": "alert_rate.png",
          "precision": "precision_over_time.png"}
@@ -21,10 +21,7 @@ COLOURS = {"ok": "#4c9a2a", "warn": "#e0a000", "alert": "#c0392b", "excluded": "
 
 
 def _figure(width=8.0, height=4.5):
-    from matplotlib.figure import Figure  # imported lazily: matplotlib is slow to import
-
-    fig = Figure(figsize=(width, height))
-    return fig, fig.add_subplot(1, 1, 1)
+    return new_figure(width, height)
 
 
 def _save(fig, path: Path) -> Path:
