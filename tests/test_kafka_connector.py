@@ -34,6 +34,7 @@ from aml_pipeline.testing.broker import KafkaBroker
 from tests.conftest import ROOT, spark_kafka_jars_or_fail, start_local_spark
 from tests.kafka_topics import consume_all, create, fresh_topic, produce
 
+
 @pytest.fixture(scope="module")
 def spark(tmp_path_factory):
     session = start_local_spark(tmp_path_factory)
