@@ -135,6 +135,51 @@ def test_a_four_hop_cycle_returns_to_its_origin_by_hand():
     assert_column(out, "dst_return_7d", {"c4": 0})
 
 
+def test_longer_cycles_with_decaying_amounts_close_at_their_origin_by_hand():
+    rows = [
+        # five hops, each passing on 92 %: the close is 71.6 % of what O5 paid out
+        ("a1", at("09:00"), "O5", "A5", 1000.0), ("a2", at("10:00"), "A5", "B5", 920.0),
+        ("a3", at("11:00"), "B5", "C5", 846.0), ("a4", at("12:00"), "C5", "D5", 778.0),
+        ("a5", at("13:00"), "D5", "O5", 716.0),
+        # seven hops of 90 % over three days: 53.1 %, still above 0.85 ** 5 = 0.444
+        ("b1", at("09:00", day=7), "P0", "P1", 1000.0), ("b2", at("15:00", day=7), "P1", "P2", 900.0),
+        ("b3", at("09:00", day=8), "P2", "P3", 810.0), ("b4", at("16:00", day=8), "P3", "P4", 729.0),
+        ("b5", at("10:00", day=9), "P4", "P5", 656.0), ("b6", at("11:00", day=9), "P5", "P6", 590.0),
+        ("b7", at("12:00", day=9), "P6", "P0", 531.0),
+        # eight hops of 86 %: 35 % comes back, below 0.444 (beyond cycle_hops)
+        ("c1", at("09:00", day=10), "Q0", "Q1", 1000.0), ("c2", at("10:00", day=10), "Q1", "Q2", 860.0),
+        ("c3", at("11:00", day=10), "Q2", "Q3", 740.0), ("c4", at("12:00", day=10), "Q3", "Q4", 637.0),
+        ("c5", at("13:00", day=10), "Q4", "Q5", 548.0), ("c6", at("14:00", day=10), "Q5", "Q6", 472.0),
+        ("c7", at("15:00", day=10), "Q6", "Q7", 406.0), ("c8", at("16:00", day=10), "Q7", "Q0", 350.0),
+        # innocent: a friend repays a loan directly (a 2-cycle, the graph step's reciprocal) ...
+        ("f1", at("09:00", day=11), "F1", "F2", 500.0), ("f2", at("09:00", day=12), "F2", "F1", 480.0),
+        # ... and a salary after the rent: no money returns, but its amount is in the band
+        ("s1", at("09:00", day=11), "S", "L", 1000.0), ("s2", at("18:00", day=11), "E", "S", 700.0),
+    ]
+    out = run(rows, {"paths": {}})
+    assert_column(out, "dst_return_7d", {"a5": 1, "b7": 1, "c8": 0, "f2": 0, "a1": 0, "a4": 0, "b6": 0})
+    # seen from its two ends only, dst_return cannot tell the salary from a return ...
+    assert_column(out, "dst_return_7d", {"s2": 1})
+    # ... the forwarding chain ending in the payment does: the cycles' closing hops pass on
+    # what their sender received from a payer that had forwarded too (2), the repaid loan
+    # what its sender received a day before (1), the salary nothing
+    assert_column(out, "src_fwd_chain_48h", {"a5": 2, "b7": 2, "c8": 2, "f2": 1, "s2": 0})
+    out = run(rows, {"paths": {"cycle_hops": 8}})  # 0.85 ** 7 = 0.3206: the eighth hop's 35 % is a return
+    assert_column(out, "dst_return_7d", {"a5": 1, "b7": 1, "c8": 1})
+
+
+def test_a_forward_across_currencies_is_seen_in_one_reporting_currency():
+    # O pays 1,000 USD to E1, who passes on 820 EUR (891 USD: 89 %) to E2, who pays 740 EUR back to O
+    rows = [("h1", at("09:00"), "O", "E1", 1000.0), ("h2", at("15:00"), "E1", "E2", 820.0),
+            ("h3", at("09:00", day=7), "E2", "O", 740.0)]
+    frame = events(rows, currency=["USD", "EUR", "EUR"])
+    plain = FeaturePlan.from_config({"paths": {}}).fit_transform(frame)
+    assert_column(plain, "src_fwd_chain_48h", {"h2": 0, "h3": 1})  # 820 / 1000 in mixed units: no forward
+    fx = FeaturePlan.from_config({"paths": {}}, {"currency": "USD", "rates": {"EUR": 1.0869565217}})
+    converted = fx.fit_transform(frame)
+    assert_column(converted, "src_fwd_chain_48h", {"h2": 1, "h3": 2})  # like with like: a three-hop chain
+    assert_column(converted, "dst_return_7d", {"h3": 1})
+
 def test_paths_never_go_through_a_hub():
     # H pays three distinct receivers in training: a hub when max_intermediary_degree is 2
     rows = [
