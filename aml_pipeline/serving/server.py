@@ -17,16 +17,35 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import socket
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
+# The serve extra: this module loads only for task=serve, after tasks.TASK_EXTRAS checked it
+# (and in the service's worker processes that task starts), so uvicorn and FastAPI (.app)
+# are imported at the top.
+import uvicorn
 from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.errors import UserError
-from aml_pipeline.progress import table
+from aml_pipeline.export.bundle_export import exported_model
+from aml_pipeline.progress import fail, table
+from aml_pipeline.registry import resolve_bundle
+from aml_pipeline.schema import CANONICAL_FIELDS, EXTRA_FIELDS
+from aml_pipeline.serving.app import ServiceState, create_app
+from aml_pipeline.serving.decision_log import open_decision_log
+from aml_pipeline.serving.metrics import Metrics
+from aml_pipeline.serving.replay import replay
+from aml_pipeline.serving.schemas import NOT_IN_REQUESTS
+from aml_pipeline.serving.scorer import Scorer, _json_value, make_engine, single_threaded
+from aml_pipeline.serving.shadow import load_shadow
+from aml_pipeline.serving.workers import check_port, check_workers, has_module, reuse_port_socket, run_workers
+from aml_pipeline.store import open_store, warm_from_parquet
+from aml_pipeline.store.engine import plan_needs
+from aml_pipeline.timeutil import parse_time
+from aml_pipeline.validation.rules import future_skew_us
 
 
 def _value(v: Any) -> Any:
@@ -43,31 +62,12 @@ def api_key(cfg: DictConfig) -> str:
     return str(key)
 
 
-def _check_port(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            raise UserError(f"deploy.host/port {host}:{port}: cannot listen there ({exc.strerror})") from None
-
-
 def request_columns(bundle) -> list[str]:
-    from aml_pipeline.serving.schemas import NOT_IN_REQUESTS
-    from aml_pipeline.schema import CANONICAL_FIELDS, EXTRA_FIELDS
-
     return [f.name for f in CANONICAL_FIELDS + EXTRA_FIELDS if f.name not in NOT_IN_REQUESTS]
 
 
 def build(cfg: DictConfig):
     """Everything but the HTTP server: (bundle, store, needs, engine). Raises UserError."""
-    from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.serving.scorer import make_engine, single_threaded
-    from aml_pipeline.store import open_store
-    from aml_pipeline.store.engine import plan_needs
-
-    from aml_pipeline.export.bundle_export import exported_model
-
     bundle = resolve_bundle(cfg.bundle, cfg)
     single_threaded(bundle)
     # deploy.model_runtime: scores from an export the manifest verified (explanations stay native)
@@ -79,9 +79,6 @@ def build(cfg: DictConfig):
 
 
 def _warm(cfg: DictConfig, store, fx=None) -> tuple[int, float]:
-    from aml_pipeline.store import warm_from_parquet
-    from aml_pipeline.timeutil import parse_time
-
     if not cfg.deploy.warm_from:
         return 0, 0.0
     until = parse_time(cfg.deploy.warm_until, "deploy.warm_until") if cfg.deploy.warm_until else None
@@ -91,8 +88,6 @@ def _warm(cfg: DictConfig, store, fx=None) -> tuple[int, float]:
 
 
 def _replay(cfg: DictConfig, bundle) -> dict:
-    from aml_pipeline.serving.replay import replay
-
     results = replay(bundle, cfg.deploy.decision_log, cfg.deploy.replay)
     for r in results:
         mark = "same" if r["same"] else "DIFFERS"
@@ -120,31 +115,21 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
     command itself, which starts them when there are several: :mod:`aml_pipeline.serving.workers`)."""
     d = cfg.deploy
     if d.replay:
-        from aml_pipeline.registry import resolve_bundle
-
         return _replay(cfg, resolve_bundle(cfg.bundle, cfg))
     key = None if d.warm_only else api_key(cfg)
     if d.warm_from and not os.path.isfile(d.warm_from):
         raise UserError(f"deploy.warm_from={d.warm_from}: no such file (validated parquet, e.g. data/validated/transactions.parquet)")
     if d.warm_until:
-        from aml_pipeline.timeutil import parse_time
-
         parse_time(d.warm_until, "deploy.warm_until")
     if worker is None and not d.warm_only:
-        from aml_pipeline.serving.workers import check_workers, run_workers
-
-        _check_port(d.host, int(d.port))
+        check_port(d.host, int(d.port))
         n = check_workers(cfg)
         if n > 1:
             return run_workers(cfg, n, key, (lambda: _warm_shared(cfg)) if d.warm_from else None)
     sockets = None
     if worker is not None:
-        from aml_pipeline.serving.workers import reuse_port_socket
-
         sockets = [reuse_port_socket(d.host, int(d.port))]
     bundle, store, needs, engine = build(cfg)
-    from aml_pipeline.serving.shadow import load_shadow
-
     shadow = None if d.warm_only else load_shadow(cfg, bundle)  # deploy.shadow: logged, never alerts
 
     if d.warm_only:
@@ -152,21 +137,12 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
         table("warm", [("store", str(store.stats())), ("events added", f"{n:,}"), ("took", f"{secs:.1f}s")])
         return {"warmed": n}
 
-    import uvicorn
-
-    from aml_pipeline.serving.app import ServiceState, create_app
-    from aml_pipeline.serving.metrics import Metrics
-    from aml_pipeline.serving.decision_log import open_decision_log
-    from aml_pipeline.serving.scorer import Scorer, _json_value
-
     state = ServiceState(key, d.max_body_bytes, Metrics())
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
-    from aml_pipeline.validation.rules import future_skew_us
-
     app = create_app(state, currencies, bundle.plan.required_columns(), int(d.max_batch),
                      max_future_skew_us=future_skew_us(cfg.validation.get("max_future_skew", "1h")))
-    http = "httptools" if _has("httptools") else "h11"
-    loop = "uvloop" if _has("uvloop") else "asyncio"
+    http = "httptools" if has_module("httptools") else "h11"
+    loop = "uvloop" if has_module("uvloop") else "asyncio"
     config = uvicorn.Config(app, host=d.host, port=int(d.port), log_level=str(d.log_level).lower(), access_log=False,
                             http=http, loop=loop, lifespan="off", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
@@ -193,8 +169,6 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
         except UserError as exc:
             failure.append(str(exc))
         except Exception as exc:  # a bug: keep the traceback in the log, stop serving
-            import traceback
-
             traceback.print_exc()
             failure.append(f"start-up failed: {exc!r}")
         if failure:
@@ -218,17 +192,9 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
     return {"served": True}
 
 
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 def worker_main(argv: list[str]) -> None:
     """One of ``deploy.workers`` processes (``python -m aml_pipeline.serving.server CONFIG
     INDEX``): the ordinary service on a SO_REUSEPORT socket (errors: one line, exit 2)."""
-    from aml_pipeline.progress import fail
-
     cfg = OmegaConf.load(argv[0])
     try:
         serve(cfg, worker=int(argv[1]))

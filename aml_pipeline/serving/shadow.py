@@ -25,6 +25,8 @@ import polars as pl
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
 from aml_pipeline.evaluation.thresholds import apply_thresholds
+from aml_pipeline.registry import resolve_bundle
+from aml_pipeline.serving.scorer import single_threaded
 
 
 def _plan_text(bundle: ModelBundle) -> str:
@@ -77,9 +79,6 @@ def load_shadow(cfg, live: ModelBundle) -> Shadow | None:
     uri = cfg.deploy.get("shadow")
     if not uri:
         return None
-    from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.serving.scorer import single_threaded
-
     bundle = resolve_bundle(str(uri), cfg)
     single_threaded(bundle)
     return Shadow(bundle, live, str(uri))

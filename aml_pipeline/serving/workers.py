@@ -19,6 +19,7 @@ processes renaming the same file would lose lines.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -67,6 +68,21 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
         raise UserError(f"deploy.host/port {host}:{port}: cannot listen there ({exc.strerror})") from None
     sock.set_inheritable(True)
     return sock
+
+
+def check_port(host: str, port: int) -> None:
+    """One line if nothing can listen on ``host:port`` (the service's and the workbench's check)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"deploy.host/port {host}:{port}: cannot listen there ({exc.strerror})") from None
+
+
+def has_module(module: str) -> bool:
+    """Whether ``module`` is installed, without importing it (uvicorn's optional httptools, uvloop)."""
+    return importlib.util.find_spec(module) is not None
 
 
 def run_workers(cfg: DictConfig, n: int, key: str, warm: Callable[[], tuple[int, float]] | None) -> dict:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from aml_pipeline.serving.server import serve
+
 
 def run(cfg: DictConfig) -> dict:
-    from aml_pipeline.serving.server import serve
-
     return serve(cfg)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+# Spark and the streaming package load only for this task: its module loads after the
+# stream extra was checked (tasks.TASK_EXTRAS).
+from aml_pipeline.streaming import job, spark_state
+
 
 def run(cfg: DictConfig) -> dict:
-    # Spark and the streaming package load only for this task.
-    from aml_pipeline.streaming import job, spark_state
-
     if job.uses_spark_state(cfg):
         job.refuse_store_only_options(cfg)
         return spark_state.run(cfg)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from aml_pipeline.workbench.server import serve
+
 
 def run(cfg: DictConfig) -> dict:
-    from aml_pipeline.workbench.server import serve
-
     return serve(cfg)

@@ -11,10 +11,18 @@ import signal
 import sys
 from pathlib import Path
 
+# The workbench extra: this module loads only for task=workbench, after tasks.TASK_EXTRAS
+# checked it, so uvicorn, FastAPI (.app) and SQLAlchemy (cases) are imported at the top.
+import uvicorn
 from omegaconf import DictConfig
 
+from aml_pipeline.cases import list_users, open_db
 from aml_pipeline.errors import ConfigError
+from aml_pipeline.serving.workers import check_port, has_module
 from aml_pipeline.timeutil import config_duration as _duration
+from aml_pipeline.workbench.app import Settings, create_app
+from aml_pipeline.workbench.evidence import Transactions
+from aml_pipeline.workbench.security import session_secret
 
 
 def secret_path(cfg: DictConfig, db) -> Path:
@@ -38,8 +46,6 @@ def refresh_statistics(db) -> None:
 
 
 def settings_of(cfg: DictConfig, secret: str):
-    from aml_pipeline.workbench.app import Settings
-
     w = cfg.workbench
     if int(w.page_size) < 1 or int(w.page_size) > 500:
         raise ConfigError(f"workbench.page_size={w.page_size}: between 1 and 500")
@@ -53,11 +59,6 @@ def settings_of(cfg: DictConfig, secret: str):
 
 def build(cfg: DictConfig):
     """(app, db, description): everything but the HTTP server. Raises UserError."""
-    from aml_pipeline.cases import list_users, open_db
-    from aml_pipeline.workbench.app import create_app
-    from aml_pipeline.workbench.evidence import Transactions
-    from aml_pipeline.workbench.security import session_secret
-
     w = cfg.workbench
     settings_of(cfg, "x" * 32)  # durations and sizes, before anything is opened
     db = open_db(w.db_url)
@@ -77,15 +78,11 @@ def build(cfg: DictConfig):
 
 
 def serve(cfg: DictConfig) -> dict:
-    import uvicorn
-
-    from aml_pipeline.serving.server import _check_port, _has
-
     w = cfg.workbench
-    _check_port(w.host, int(w.port))
+    check_port(w.host, int(w.port))
     app, db, about = build(cfg)
     config = uvicorn.Config(app, host=w.host, port=int(w.port), log_level=str(w.log_level).lower(), access_log=False,
-                            http="httptools" if _has("httptools") else "h11", lifespan="off",
+                            http="httptools" if has_module("httptools") else "h11", lifespan="off",
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     print(f"workbench on http://{w.host}:{w.port} [{about}]", file=sys.stderr, flush=True)
