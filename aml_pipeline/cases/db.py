@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Iterator
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from aml_pipeline.errors import ConfigError
 
@@ -73,9 +76,6 @@ class CaseDB:
 
     def migrate(self) -> str:
         """Upgrade the schema to the newest migration; returns the revision it is at."""
-        from alembic import command
-        from alembic.config import Config
-
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         quiet = logging.getLogger("alembic")  # its INFO lines would fill every task's output
@@ -138,8 +138,7 @@ def open_db(url: str | Path | None = None, *, migrate: bool = True, echo: bool =
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         else:
-            from sqlalchemy.pool import StaticPool  # one shared in-memory database
-
+            # one shared in-memory database
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
         kwargs.setdefault("connect_args", {"check_same_thread": False})
     else:

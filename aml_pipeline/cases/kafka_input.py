@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from aml_pipeline.cases.inputs import alert_row
 from aml_pipeline.errors import UserError
+from aml_pipeline.optional import require
 
 
 def consume(bootstrap_servers: str, topics: list[str], group_id: str, on_rows: Callable[[list[dict], str], None], *,
@@ -22,6 +23,8 @@ def consume(bootstrap_servers: str, topics: list[str], group_id: str, on_rows: C
             idle_seconds: float = 10.0, batch_size: int = 1000, config: Optional[dict] = None) -> dict:
     """Read ``topics`` and hand each batch of alert rows to ``on_rows(rows, source)``;
     returns counts (records, batches, undecodable records skipped)."""
+    # the stream extra's Kafka client, needed only here: a missing one is one line
+    require("confluent_kafka", why="task=cases from Kafka (cases.kafka.bootstrap_servers)")
     from confluent_kafka import Consumer, KafkaError, KafkaException
 
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group_id, "enable.auto.commit": False,

@@ -18,24 +18,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+# The workbench extra (SQLAlchemy, Alembic): task=cases, labels and users load this module
+# only after tasks.TASK_EXTRAS checked it.
+from aml_pipeline.cases import ingest_alerts, list_cases, open_db
+from aml_pipeline.cases.inputs import alert_files, jsonl_rows, read_parquet_alerts
+from aml_pipeline.cases.kafka_input import consume
 from aml_pipeline.errors import UserError
 from aml_pipeline.progress import status, table
 from aml_pipeline.layout import Layout
 
 
 def open_case_db(cfg: DictConfig):
-    """The configured case database (the workbench extra's packages guarded here)."""
-    try:
-        from aml_pipeline.cases import open_db
-    except ImportError as exc:  # pragma: no cover - the extra is part of the test install
-        raise UserError(f"the case database needs the workbench extra ({exc.name} is missing): "
-                        f"pip install -e '.[workbench]'") from None
+    """The configured case database."""
     return open_db(cfg.cases.db)
 
 
 def _ingest_rows(db, rows, cfg, source: str):
-    from aml_pipeline.cases import ingest_alerts
-
     return ingest_alerts(db, rows, period=cfg.cases.period, subject=str(getattr(cfg.cases.subject, "value",
                                                                                  cfg.cases.subject)),
                          source=source, actor="task=cases")
@@ -48,8 +46,6 @@ def _add(total: dict, res) -> None:
 
 def ingest_path(db, cfg: DictConfig, path: Path, seen: dict[Path, tuple[float, int]] | None = None) -> dict:
     """Ingest one input (file or folder); with ``seen``, only folder files new or changed since."""
-    from aml_pipeline.cases.inputs import alert_files, jsonl_rows, read_parquet_alerts
-
     subject = str(getattr(cfg.cases.subject, "value", cfg.cases.subject))
     total: dict = {}
     if path.is_dir():
@@ -70,8 +66,6 @@ def ingest_path(db, cfg: DictConfig, path: Path, seen: dict[Path, tuple[float, i
 
 def run_kafka(cfg: DictConfig, db) -> tuple[dict, str]:
     """Ingest from the streaming scorer's Kafka topics (cases.kafka)."""
-    from aml_pipeline.cases.kafka_input import consume
-
     k = cfg.cases.kafka
     total: dict = {}
 
@@ -96,8 +90,6 @@ def run(cfg: DictConfig) -> dict:
         try:
             with status("cases: reading Kafka"):
                 total, where = run_kafka(cfg, db)
-            from aml_pipeline.cases import list_cases
-
             active = list_cases(db, page_size=1).total
         finally:
             db.close()
@@ -123,8 +115,6 @@ def run(cfg: DictConfig) -> dict:
                 _add_dict(total, new)
                 print(f"cases: +{new['alerts_added']:,} alerts, {new['cases_opened']:,} cases opened, "
                       f"{new['cases_updated']:,} updated", flush=True)
-        from aml_pipeline.cases import list_cases
-
         active = list_cases(db, page_size=1).total
     finally:
         db.close()

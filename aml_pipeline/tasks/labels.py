@@ -14,14 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from aml_pipeline.cases import export_labels, log_action
 from aml_pipeline.progress import table
 from aml_pipeline.tasks.cases import open_case_db
 from aml_pipeline.layout import Layout
 
 
 def run(cfg: DictConfig) -> dict:
-    from aml_pipeline.cases import export_labels, log_action
-
     start = time.perf_counter()
     out = Path(cfg.output) if cfg.output else Layout.of(cfg).data_dir / "labels" / "labels.parquet"
     db = open_case_db(cfg)

@@ -17,6 +17,7 @@ import sys
 
 from omegaconf import DictConfig
 
+from aml_pipeline.cases import create_user, list_users, set_active, set_password
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.progress import table
 from aml_pipeline.tasks.cases import open_case_db
@@ -40,8 +41,6 @@ def read_password(env_name: str, username: str) -> str:
 
 
 def run(cfg: DictConfig) -> dict:
-    from aml_pipeline.cases import create_user, list_users, set_active, set_password
-
     u = cfg.users
     action = _value(u.action)
     if action != "list" and not u.name:
