@@ -487,6 +487,7 @@ def test_step_without_a_spark_form_runs_per_account_partition_unless_fitted(spar
     @dc
     class Doubler(FeatureStep):
         kind = "doubler_for_test"
+        engines = ("polars", "spark")
 
         def required_columns(self):
             return ["amount"]

@@ -32,6 +32,7 @@ class AmountSignals(FeatureStep):
     band: float = 0.1
 
     kind = "amount"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

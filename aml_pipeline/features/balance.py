@@ -27,6 +27,7 @@ class BalanceConsistency(FeatureStep):
     """
 
     kind = "balance"
+    engines = ("polars", "online", "spark")
 
     def required_columns(self) -> list[str]:
         return ["amount", *BALANCES]

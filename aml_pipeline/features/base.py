@@ -46,6 +46,14 @@ class FeatureStep(ABC):
     per_event: ClassVar[bool] = True
     #: True when the step's values depend on other events (needs history when streaming).
     uses_history: ClassVar[bool] = False
+    #: The engines that compute this kind, each checked against the others on random event
+    #: streams by tests/test_feature_conformance.py: ``"polars"`` (``transform``, the
+    #: reference; every kind has it), ``"online"`` (``online()``: the service and the
+    #: streaming scorer, event by event from the store's rows) and ``"spark"`` (the polars
+    #: step per account partition, plus a Spark fit or transform in
+    #: aml_pipeline/spark/features.py where that cannot serve). An engine a kind does not
+    #: declare refuses it by name.
+    engines: ClassVar[tuple[str, ...]] = ()
 
     # -- contract ---------------------------------------------------------------------
     @abstractmethod
@@ -72,9 +80,9 @@ class FeatureStep(ABC):
 
         By convention a history step's ``dst_*`` columns read the receiver's history and
         every other column the sender's (``reciprocal_*`` and ``cycle3_*`` too: the payments
-        back to the sender, the paths into it). The Spark engine's account partitions
-        (``engine.passes: accounts``) rely on it: each column is taken from the partition
-        that holds that account's whole history.
+        back to the sender, the paths into it). The Spark engine's account partitions rely
+        on it: each column is taken from the partition that holds that account's whole
+        history.
         """
         if not self.uses_history:
             return None

@@ -63,6 +63,7 @@ class InflowBurst(FeatureStep):
     max_rows: int = 50
 
     kind = "burst"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

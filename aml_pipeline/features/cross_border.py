@@ -36,6 +36,7 @@ class CrossBorder(FeatureStep):
     max_rows: int = 200
 
     kind = "cross_border"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

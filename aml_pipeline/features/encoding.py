@@ -37,6 +37,7 @@ class TargetEncoding(FeatureStep):
     label_delay: str = "30d"
 
     kind = "target_encoding"
+    engines = ("polars", "online", "spark")
 
     def __post_init__(self) -> None:
         if self.smoothing < 0:
@@ -132,6 +133,7 @@ class CategoryCodes(FeatureStep):
     columns: list[str] = field(default_factory=lambda: ["channel", "currency"])
 
     kind = "category_codes"
+    engines = ("polars", "online", "spark")
 
     def required_columns(self) -> list[str]:
         return list(self.columns)
@@ -173,6 +175,7 @@ class Bucketing(FeatureStep):
     n_buckets: int = 10
 
     kind = "bucketing"
+    engines = ("polars", "online", "spark")
 
     def __post_init__(self) -> None:
         if self.n_buckets < 2:

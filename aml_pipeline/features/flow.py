@@ -68,6 +68,7 @@ class FlowMatching(FeatureStep):
     habit: str = "30d"
 
     kind = "flow"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

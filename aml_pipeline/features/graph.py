@@ -108,6 +108,7 @@ class CounterpartyGraph(FeatureStep):
     max_intermediary_degree: int = 50
 
     kind = "graph"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

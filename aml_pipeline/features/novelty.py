@@ -43,6 +43,7 @@ class Novelty(FeatureStep):
     new_windows: list[str] = field(default_factory=lambda: ["24h", "7d"])
 
     kind = "novelty"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

@@ -73,6 +73,7 @@ class TemporalPaths(FeatureStep):
     cycle_hops: int = 6
 
     kind = "paths"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

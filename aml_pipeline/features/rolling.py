@@ -28,6 +28,7 @@ class RollingAggregates(FeatureStep):
     aggs: list[str] = field(default_factory=lambda: ["count", "sum", "mean", "max"])
 
     kind = "rolling"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

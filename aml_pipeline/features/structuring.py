@@ -44,6 +44,7 @@ class CashStructuring(FeatureStep):
     max_rows: int = 200
 
     kind = "structuring"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ class TimeSignals(FeatureStep):
     """
 
     kind = "time"
+    engines = ("polars", "online", "spark")
     uses_history = True
 
     def required_columns(self) -> list[str]:

@@ -16,8 +16,10 @@ only where that cannot serve:
   earlier label, not the plain ``transform``) and a step fitted on a column an earlier
   step computes (``bucketing`` of ``log_amount``).
 
-A step that can run neither way is refused before any work, naming the step. Values are
-bit-identical to polars' (``tests/test_spark_parity.py``).
+A step kind declares ``"spark"`` among its ``engines``
+(:attr:`~aml_pipeline.features.base.FeatureStep.engines`); one that does not, or that
+cannot run as declared, is refused before any work, naming the step. Values are
+bit-identical to polars' (``tests/test_spark_parity.py``, ``tests/test_feature_conformance.py``).
 
 Offline (``task=features``) the training rows and the later rows are transformed in one
 pass over all events, which gives the polars engine's values because a row only ever sees
@@ -323,16 +325,21 @@ def target_encoding(step, frame: DataFrame, ctx: Context) -> DataFrame:
 
 # ----------------------------------------------------------------------------- the plan
 def check_spark(plan: FeaturePlan) -> None:
-    """Refuse, naming the step, a step the Spark engine cannot run: one that can neither
-    run per account partition nor after them (no Spark form here)."""
+    """Refuse, naming the step, a step the Spark engine cannot run: a kind that does not
+    declare ``"spark"`` among its engines, or one that declares it but can neither run per
+    account partition nor after them (no Spark form here)."""
     for name, step in plan.steps:
+        if "spark" not in step.engines:
+            raise ConfigError(
+                f"features.steps.{name} ({step.kind}): step kind {step.kind!r} does not run on Spark "
+                f"(its engines: {', '.join(step.engines) or 'none'}); run it with engine=polars")
         form = SPARK_STEPS.get(step.kind)
         per_partition = partitionable(step) and (not _has_fit(step) or (form is not None and form.fit is not None))
         compiled = form is not None and form.transform is not None and (form.fit is not None or not _has_fit(step))
         if not (per_partition or compiled):
             need = "a Spark fit of its state" if partitionable(step) else "a Spark transform (its training values are not its plain transform)"
             raise ConfigError(
-                f"features.steps.{name} ({step.kind}): step kind {step.kind!r} needs "
+                f"features.steps.{name} ({step.kind}): step kind {step.kind!r} declares engine 'spark' but needs "
                 f"{need} in aml_pipeline/spark/features.py (Spark forms: {', '.join(sorted(SPARK_STEPS))}); "
                 f"run it with engine=polars")
         for attr in ("window", "trailing_window"):

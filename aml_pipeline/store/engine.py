@@ -144,7 +144,7 @@ class OnlineFeatures:
 
     def __init__(self, plan: FeaturePlan):
         for name, step in plan.steps:
-            if not callable(getattr(step, "online", None)):
+            if "online" not in step.engines or not callable(getattr(step, "online", None)):
                 raise UserError(f"deploy.engine=online has no per-event form of features.steps.{name} ({step.kind}); "
                                 "use deploy.engine=polars")
         self.plan = plan
