@@ -19,9 +19,22 @@ from aml_pipeline.features.fx import FxTable
 from aml_pipeline.features.windows import scored_events, shared_timelines, timeline
 from aml_pipeline.timeutil import duration_us
 
-# Import the step modules so their @register decorators fill STEPS.
-from aml_pipeline.features import (amount_signals, balance, burst, cross_border, encoding, flow, graph,  # noqa: F401,E402
-                                   novelty, paths, rolling, structuring, time_signals)
+
+def _import_kinds() -> None:
+    """Import every module of this package, so that each feature kind's ``@register`` fills
+    STEPS: a new kind is one module in aml_pipeline/features/ (docs/features.md, "Adding a
+    feature kind")."""
+    import importlib
+    import pkgutil
+
+    from aml_pipeline import features
+
+    for module in pkgutil.iter_modules(features.__path__):
+        if module.name != "plan":
+            importlib.import_module(f"{features.__name__}.{module.name}")
+
+
+_import_kinds()
 
 
 class FeaturePlan:
