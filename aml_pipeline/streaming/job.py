@@ -31,6 +31,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.kafka import FORMAT, RangeFetcher, register, validate_source_options
 from aml_pipeline.progress import table
 from aml_pipeline.schema import ALL_COLUMNS
 from aml_pipeline.streaming.records import RawRecord
@@ -283,8 +284,6 @@ def _source(spark, cfg: DictConfig, source: str):
         return df.selectExpr("value", "_metadata.file_path AS path")
     connector = str(_value(d.connector))
     if connector == "python":
-        from aml_pipeline.kafka import FORMAT, register
-
         register(spark)
         fmt = FORMAT
     else:
@@ -331,8 +330,6 @@ def source_options(cfg: DictConfig) -> dict[str, str]:
     options.update({str(k): str(v) for k, v in (OmegaConf.to_container(d.options, resolve=True) or {}).items()})
     reader = kafka_reader(cfg)
     if reader is not None:
-        from aml_pipeline.kafka import validate_source_options
-
         options = {"aml.reader": reader, **options}
         validate_source_options(options)
     return options
@@ -346,8 +343,6 @@ def batch_records(cfg: DictConfig, source: str):
         return (lambda df: file_records(df.toArrow())), lambda: None
     if kafka_reader(cfg) != "ranges":
         return (lambda df: kafka_records(df.toArrow())), lambda: None
-    from aml_pipeline.kafka import RangeFetcher
-
     fetcher = RangeFetcher(source_options(cfg))
     return (lambda df: kafka_records(fetcher.read(df.toArrow()))), fetcher.close
 
