@@ -93,7 +93,7 @@ def refuse_cross_account(plan: FeaturePlan) -> None:
         raise UserError("deploy.state=spark has no form of features.fx (one reporting currency): its per-account "
                         "state keeps amounts as received; use deploy.state=store (the default)")
     for name, step in plan.steps:
-        if step.uses_history and step.kind not in LOCAL_HISTORY_KINDS and hasattr(step, "online"):
+        if step.uses_history and step.kind not in LOCAL_HISTORY_KINDS and step.kind != "graph":
             raise UserError(f"deploy.state=spark has no form of features.steps.{name} ({step.kind}): its per-account "
                             "state keeps the core columns only; use deploy.state=store (the default)")
         if step.uses_history and step.kind not in LOCAL_HISTORY_KINDS:
