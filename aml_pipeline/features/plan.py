@@ -7,7 +7,10 @@ work, so a step that cannot run on a source (balances on AMLworld) fails with on
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -24,14 +27,9 @@ def _import_kinds() -> None:
     """Import every module of this package, so that each feature kind's ``@register`` fills
     STEPS: a new kind is one module in aml_pipeline/features/ (docs/features.md, "Adding a
     feature kind")."""
-    import importlib
-    import pkgutil
-
-    from aml_pipeline import features
-
-    for module in pkgutil.iter_modules(features.__path__):
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name != "plan":
-            importlib.import_module(f"{features.__name__}.{module.name}")
+            importlib.import_module(f"{__package__}.{module.name}")
 
 
 _import_kinds()
