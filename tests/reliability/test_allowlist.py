@@ -77,9 +77,10 @@ def test_every_shipped_option_and_experiment_passes_the_walk(compose_cfg):
             else:
                 overrides = [f"{group}={option}"] + (["source.path=x"] if group == "source" and option != "synthetic" else [])
             cfg = compose_cfg(overrides)
-            assert set(check_targets(cfg)) == {"source._target_", "model._target_", "weighting._target_"}, (group, option)
+            assert set(check_targets(cfg)) == {"source._target_", "model._target_", "weighting._target_",
+                                               "engine._target_"}, (group, option)
             checked += 1
-    for group in ("source", "model", "weighting"):
+    for group in ("source", "model", "weighting", "engine"):
         for option in groups[group]:
             extra = ["source.path=x"] if group == "source" and option != "synthetic" else []
             assert build(compose_cfg([f"{group}={option}", *extra])[group], group) is not None
