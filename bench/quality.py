@@ -33,6 +33,12 @@ slices in ``tests/data``; the figures used IBM's three 20K samples
 (``--amlsim-dir <datasets>/amlsim``). Their labels are per account (the early format), so
 instance recall is not available there.
 
+``--fx`` runs the simulated worlds with one reporting currency (``features.fx``: USD, at the
+simulator's own fixed rates, ``sources/synthetic.py``), as a bank with a multi-currency
+ledger would configure it: the plan's steps (and the learned baselines) then compare a
+forward in euros with the dollars it came from. Without it amounts are used as given, as in
+the quickstart.
+
 Every model is chosen on the validation window (early stopping), never on test. Figures go
 to stdout and ``bench/out/quality.json``.
 """
@@ -52,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from aml_pipeline import CONF_DIR  # noqa: E402
 from aml_pipeline.config import register_configs  # noqa: E402
+from aml_pipeline.sources.synthetic import CURRENCIES, FX_PER_USD  # noqa: E402
 from aml_pipeline.tasks import data, evaluate, features, train  # noqa: E402
 from bench.amlworld_mix import build_mixed, parquet_overrides  # noqa: E402
 from bench.offline import output_overrides  # noqa: E402
@@ -84,6 +91,12 @@ def run_pipeline(name: str, overrides: list[str]) -> dict:
     metrics["_seconds"] = time.perf_counter() - start
     metrics["_valid_pr_auc"] = (manifest.get("metrics") or {}).get("valid_pr_auc")
     return metrics
+
+
+def fx_override() -> str:
+    """``features.fx``: USD per one unit of each of the simulator's currencies (its own rates)."""
+    rates = {code: round(1.0 / float(per_usd), 10) for code, per_usd in zip(CURRENCIES, FX_PER_USD) if code != "USD"}
+    return "features.fx={currency: USD, rates: {" + ", ".join(f"{c}: {r!r}" for c, r in sorted(rates.items())) + "}}"
 
 
 def summary(metrics: dict) -> dict:
@@ -142,6 +155,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--events", type=int, default=500_000, help="transactions per simulated world (about)")
     ap.add_argument("--plan", default="default", help="features=<plan> for every run")
+    ap.add_argument("--fx", action="store_true", help="simulated worlds with features.fx (USD at the simulator's rates)")
     ap.add_argument("--amlsim", action="store_true", help="also AMLSim outputs (see --amlsim-dir)")
     ap.add_argument("--amlsim-dir", type=Path, default=TEST_DATA, help="a folder of AMLSim output folders")
     ap.add_argument("--amlworld", action="store_true", help="also AMLworld's attempts inside the first seed's world")
@@ -155,7 +169,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         name = f"realistic-seed{seed}"
         metrics = run_pipeline(name, ["+experiment=quickstart", f"features={args.plan}", f"source.n_accounts={accounts}",
-                                      f"source.days={DAYS}", f"seed={seed}"])
+                                      f"source.days={DAYS}", f"seed={seed}", *([fx_override()] if args.fx else [])])
         results[name] = summary(metrics)
         print(header, flush=True)
         print_row(name, results[name])
