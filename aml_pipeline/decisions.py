@@ -64,7 +64,8 @@ class DecisionBuilder:
         self.trace = {k: trace[k] for k in TRACE_FIELDS}
         self.k = max(0, min(int(top_k), len(self.columns)))
         self.explain = str(getattr(explain, "value", explain))
-        self._all, self._alerts = self.explain == "all", self.explain == "alerts"
+        #: whether a decision is explained, by its alert flag (False, True)
+        self._explained = (self.explain == "all", self.explain in ("all", "alerts"))
         self._names = pl.Series("feature", self.columns, pl.String)
         self._ranking: np.ndarray | None = None
         self._threshold: dict[str, float] = {}
@@ -113,10 +114,10 @@ class DecisionBuilder:
         return [{"feature": self.columns[i], "value": None if v != v else v, "contribution": None if c != c else c}
                 for i, v, c in zip(idx.tolist(), x[idx].tolist(), contrib[0].tolist())]
 
-    def explains(self, alert):
-        """Whether a decision carries top features and reasons (``alert``: a bool, or an
-        array of them for a batch)."""
-        return self._all | (alert & self._alerts)
+    def explains(self, alert: np.ndarray) -> np.ndarray:
+        """Which decisions of a batch carry top features and reasons, by their alert flags."""
+        no, yes = self._explained
+        return np.where(alert, yes, no)
 
     # -- batches -----------------------------------------------------------------------------
     def frame(self, features: pl.DataFrame, score: np.ndarray | None = None) -> pl.DataFrame:
@@ -154,7 +155,7 @@ class DecisionBuilder:
         values the reasons may read besides the top features (the first holding a name
         wins); they are read only when the decision is explained."""
         alert = score >= threshold
-        tops = self.top_features_of(x) if self.explains(alert) else None
+        tops = self.top_features_of(x) if self._explained[alert] else None
         return {
             "event_id": event_id,
             "event_time": event_time,

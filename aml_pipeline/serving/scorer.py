@@ -101,6 +101,7 @@ class Scorer:
         self.model = bundle.model
         self.decisions = bundle.decisions(top_k, explain)
         self.trace = self.decisions.trace
+        self._threshold = self.decisions.threshold
         self._store_errors = _store_errors()
         self._lock = threading.Lock()  # one decision at a time: the store's read-score-append is a unit
 
@@ -108,7 +109,7 @@ class Scorer:
     def threshold(self, jurisdiction: str) -> float:
         """The jurisdiction's threshold, looked up by the offline code once and cached."""
         try:
-            return self.decisions.threshold(jurisdiction)
+            return self._threshold(jurisdiction)
         except ValueError as exc:
             raise BadRequest("jurisdiction", str(exc)) from None
 
