@@ -50,8 +50,10 @@ class FeatureStep(ABC):
     #: streams by tests/test_feature_conformance.py: ``"polars"`` (``transform``, the
     #: reference; every kind has it), ``"online"`` (``online()``: the service and the
     #: streaming scorer, event by event from the store's rows) and ``"spark"`` (the polars
-    #: step per account partition, plus a Spark fit or transform in
-    #: aml_pipeline/spark/features.py where that cannot serve). An engine a kind does not
+    #: step per account partition, plus, where that cannot serve, the kind's Spark form:
+    #: ``spark_fit(train, ctx)`` for fitted state, ``spark_transform(frame, ctx)`` for a
+    #: step run after the partitions; methods of the step, given pyspark and their helpers
+    #: by ``ctx``, :class:`aml_pipeline.spark.features.Context`). An engine a kind does not
     #: declare refuses it by name.
     engines: ClassVar[tuple[str, ...]] = ()
 

@@ -2,6 +2,13 @@
 
 All three keep their fitted state as plain JSON (value -> number maps, bucket edges) in
 the bundle. Values never seen in training get a documented fallback (the prior, -1).
+
+Each also has its Spark form (``spark_fit``, ``spark_transform``): the fit learnt in Spark
+(the same JSON), and the transform run after the Spark engine's account partitions (target
+encodings, whose training rows are time-respecting; a step fitted on a column an earlier
+step computes). pyspark is not imported here: the forms get ``pyspark.sql.functions``,
+``Window`` and the shared helpers from their context
+(:class:`aml_pipeline.spark.features.Context`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,9 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.windows import _FIXED_WINDOW
+from aml_pipeline.timeutil import duration_us
+
+DAY_US = 86_400_000_000
 
 
 @register
@@ -120,6 +130,87 @@ class TargetEncoding(FeatureStep):
                 out[f"te_{c}"] = m.get(ev.values.get(c), prior)
         return compute
 
+    # -- Spark form --------------------------------------------------------------------------
+    def spark_fit(self, train, ctx) -> dict:
+        """:meth:`fit` in Spark: the same prior and tables from the training rows."""
+        F, T = ctx.functions, ctx.T
+        if "label" not in train.columns:
+            raise ValueError("target_encoding needs labelled training data (column 'label')")
+        # The labels known when the training window closes (at its last event): polars' fit.
+        last = train.agg(F.max(T).alias("_last")).first()["_last"]
+        arrived = F.col(T) + F.lit(duration_us(self.label_delay))
+        labelled = train.where(F.col("label").isNotNull() & (arrived <= F.lit(last)))
+        row = labelled.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("label").cast("long")).alias("p")).first()
+        n, p = int(row["n"]), int(row["p"] or 0)
+        prior = p / n if n else 0.0
+        m = float(self.smoothing)
+        tables = {}
+        for c in self.columns:
+            stats = labelled.groupBy(F.col(f"`{c}`").alias("_id")).agg(
+                F.count(F.lit(1)).alias("_n"), F.sum(F.col("label").cast("long")).alias("_p"))
+            rate = (F.col("_p").cast("double") + F.lit(m * prior)) / (F.col("_n").cast("double") + F.lit(m))
+            tables[c] = {r[0]: r[1] for r in stats.select("_id", rate.alias("_r")).collect()}
+            tables[c] = dict(sorted(tables[c].items(), key=lambda kv: (kv[0] is None, kv[0])))
+        return {"prior_": prior, "tables_": tables}
+
+    def _spark_time_respecting(self, frame, ctx, c: str):
+        """Training rows' encodings from labels arrived strictly before their instant (:meth:`fit_transform`).
+
+        Each label counts at its arrival, ``_t + label_delay``; every row's instant is added with
+        nothing. The prior at each instant is the rate of all training labels arrived before it:
+        running totals over instants, computed per day and offset by the totals of the earlier
+        days (so no single-partition window over the whole table).
+        """
+        F, Window, T = ctx.functions, ctx.Window, ctx.T
+        m = float(self.smoothing)
+        source = ctx.input if c in ctx.input.columns else frame
+        train = source.where(ctx.train)
+        known = F.col("label").isNotNull().cast("long")
+        label = F.coalesce(F.col("label").cast("long"), F.lit(0).cast("long"))
+        zero = F.lit(0).cast("long")
+        ids = F.col(f"`{c}`").alias("_id")
+        timeline = train.select(ids, (F.col(T) + F.lit(duration_us(self.label_delay))).alias(T), known.alias("_n"),
+                                label.alias("_p")).unionByName(train.select(ids, F.col(T), zero.alias("_n"), zero.alias("_p")))
+        day = F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}")
+        inst = timeline.groupBy(T).agg(F.sum("_n").alias("_n"), F.sum("_p").alias("_p")).withColumn("_day", day)
+        in_day = Window.partitionBy("_day").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
+        inst = inst.withColumns({"_n0": F.coalesce(F.sum("_n").over(in_day), F.lit(0)),
+                                 "_p0": F.coalesce(F.sum("_p").over(in_day), F.lit(0))})
+        days = timeline.groupBy(day.alias("_day")).agg(F.sum("_n").alias("_dn"), F.sum("_p").alias("_dp"))
+        earlier = Window.orderBy("_day").rowsBetween(Window.unboundedPreceding, -1)  # one row per day
+        days = days.withColumns({"_dn0": F.coalesce(F.sum("_dn").over(earlier), F.lit(0)),
+                                 "_dp0": F.coalesce(F.sum("_dp").over(earlier), F.lit(0))}).select("_day", "_dn0", "_dp0")
+        priors = inst.join(F.broadcast(days), "_day").select(
+            T, (F.col("_n0") + F.col("_dn0")).alias("_pn"), (F.col("_p0") + F.col("_dp0")).alias("_pp"))
+        priors = priors.select(T, F.when(F.col("_pn") > 0, F.col("_pp").cast("double") / F.col("_pn").cast("double"))
+                               .otherwise(F.lit(0.0)).alias("_prior"))
+
+        by_id = Window.partitionBy("_id").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
+        per_instant = timeline.groupBy("_id", T).agg(F.sum("_n").alias("_n"), F.sum("_p").alias("_p"))
+        per_instant = per_instant.select("_id", T, F.coalesce(F.sum("_n").over(by_id), F.lit(0)).alias("_nb"),
+                                         F.coalesce(F.sum("_p").over(by_id), F.lit(0)).alias("_pb"))
+        rows = train.select(ids, F.col(T)).distinct()
+        values = rows.join(priors, T, "left").join(per_instant, ["_id", T], "left")
+        n = F.coalesce(F.col("_nb"), F.lit(0)).cast("double")
+        p = F.coalesce(F.col("_pb"), F.lit(0)).cast("double")
+        prior = F.col("_prior")
+        rate = F.when(n + F.lit(m) > 0, (p + F.lit(m) * prior) / (n + F.lit(m))).otherwise(prior)
+        return values.select("_id", F.col(T).alias("_te_t"), rate.alias("_te_train"))
+
+    def spark_transform(self, frame, ctx):
+        """The frozen tables; with ``ctx.train``, the training rows' time-respecting values."""
+        F, T = ctx.functions, ctx.T
+        out = frame
+        for c in self.columns:
+            out = ctx.lookup(out, c, self.tables_[c], "double", float(self.prior_), f"te_{c}")
+            if ctx.train is not None:
+                values = self._spark_time_respecting(frame, ctx, c)
+                on = (F.col(f"`{c}`") == F.col("_id")) & (F.col(T) == F.col("_te_t"))
+                out = out.join(values, on, "left").drop("_id", "_te_t")
+                out = out.withColumn(f"te_{c}", F.when(ctx.train, F.col("_te_train")).otherwise(F.col(f"te_{c}"))) \
+                    .drop("_te_train")
+        return ctx.finish(self, frame, out)
+
 
 @register
 @dataclass
@@ -160,6 +251,19 @@ class CategoryCodes(FeatureStep):
             for c, m in maps.items():
                 out[f"code_{c}"] = m.get(ev.values.get(c), -1)
         return compute
+
+    # -- Spark form --------------------------------------------------------------------------
+    def spark_fit(self, train, ctx) -> dict:
+        """:meth:`fit` in Spark: the same sorted vocabularies."""
+        F = ctx.functions
+        row = train.agg(*[F.collect_set(F.col(f"`{c}`")).alias(c) for c in self.columns]).first()  # nulls are skipped
+        return {"vocab_": {c: sorted(row[c]) for c in self.columns}}
+
+    def spark_transform(self, frame, ctx):
+        out = frame
+        for c in self.columns:
+            out = ctx.lookup(out, c, {v: i for i, v in enumerate(self.vocab_[c])}, "int", -1, f"code_{c}")
+        return ctx.finish(self, frame, out)
 
 
 @register
@@ -216,3 +320,26 @@ class Bucketing(FeatureStep):
                 v = ev.values.get(c)
                 out[f"bucket_{c}"] = None if v is None else sum(1 for e in es if v >= e)
         return compute
+
+    # -- Spark form --------------------------------------------------------------------------
+    def spark_fit(self, train, ctx) -> dict:
+        """:meth:`fit` in Spark: polars' linear quantiles (``ctx.quantile_linear``), the same edges."""
+        F = ctx.functions
+        qs = [i / self.n_buckets for i in range(1, self.n_buckets)]
+        edges = {}
+        for c in self.columns:
+            values = train.select(F.col(f"`{c}`").cast("double").alias("_x")).where(F.col("_x").isNotNull())
+            n = values.count()
+            edges[c] = sorted(set(ctx.quantile_linear(values, "_x", n, qs))) if n else []
+        return {"edges_": edges}
+
+    def spark_transform(self, frame, ctx):
+        F = ctx.functions
+        cols = {}
+        for c in self.columns:
+            col = F.col(f"`{c}`")
+            bucket = F.lit(0)
+            for e in self.edges_[c]:
+                bucket = bucket + (col >= F.lit(float(e))).cast("int")
+            cols[f"bucket_{c}"] = F.when(col.isNull(), F.lit(None)).otherwise(bucket)
+        return ctx.finish(self, frame, frame.withColumns(cols))

@@ -86,6 +86,16 @@ def hub_accounts(frame: pl.DataFrame, max_degree: int) -> list[str]:
     return sorted(degree.filter(pl.col("n") > max_degree)["src_account"].to_list())
 
 
+def spark_hubs(train, max_degree: int, ctx) -> list[str]:
+    """:func:`hub_accounts` in Spark (the Spark engine's fit of the graph and paths steps):
+    the same sorted senders, from a Spark DataFrame of the training rows. ``ctx``: the
+    Spark engine's :class:`~aml_pipeline.spark.features.Context` (pyspark is not imported here)."""
+    F = ctx.functions
+    degree = train.groupBy("src_account").agg(F.countDistinct("dst_account").alias("n"))
+    hubs = [r[0] for r in degree.filter(F.col("n") > max_degree).select("src_account").collect()]
+    return sorted(hubs)
+
+
 def hub_mask(tl: Timeline, hubs: list[str]) -> np.ndarray:
     """Per account code of ``tl``: True for a hub (fitted by name; only senders can be
     intermediaries). Memoised per hub list; read from every event of the timeline, history
@@ -143,6 +153,10 @@ class CounterpartyGraph(FeatureStep):
     def fit(self, frame: pl.DataFrame) -> "CounterpartyGraph":
         self.hubs_ = hub_accounts(frame, self.max_intermediary_degree)
         return self
+
+    def spark_fit(self, train, ctx) -> dict:
+        """:meth:`fit` in Spark (the hubs, before the account partitions run)."""
+        return {"hubs_": spark_hubs(train, self.max_intermediary_degree, ctx)}
 
     # -- pieces (numpy on the shared timeline; rows in the order each piece sorts them) ----
     def _reciprocal(self, tl: Timeline, width: int) -> np.ndarray:

@@ -53,7 +53,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.graph import hub_accounts, hub_mask
+from aml_pipeline.features.graph import hub_accounts, hub_mask, spark_hubs
 from aml_pipeline.features.windows import (check_windows, duration_in, expand, last_instants, run_starts,
                                            tail_instants, timeline, window_rows)
 from aml_pipeline.timeutil import duration_us
@@ -109,6 +109,10 @@ class TemporalPaths(FeatureStep):
     def fit(self, frame: pl.DataFrame) -> "TemporalPaths":
         self.hubs_ = hub_accounts(frame, int(self.max_intermediary_degree))
         return self
+
+    def spark_fit(self, train, ctx) -> dict:
+        """:meth:`fit` in Spark: the same hubs as the graph step (:func:`~aml_pipeline.features.graph.spark_hubs`)."""
+        return {"hubs_": spark_hubs(train, self.max_intermediary_degree, ctx)}
 
     # -- batch form ------------------------------------------------------------------------
     def _matches(self, paid: np.ndarray, got: np.ndarray) -> np.ndarray:

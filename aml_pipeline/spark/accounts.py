@@ -29,7 +29,8 @@ driver only concatenates them: nothing is collected but counts.
 
 Steps that cannot run this way (target encodings, whose training rows get
 time-respecting values from every earlier label; steps fitted on a computed column) run
-after, through their Spark forms (:mod:`aml_pipeline.spark.features`).
+after, through their Spark forms (``spark_transform``, written in the kind's module and
+driven by :mod:`aml_pipeline.spark.features`).
 """
 
 from __future__ import annotations

@@ -1,25 +1,31 @@
-"""The feature plan on Spark: the polars steps per account partition, and the Spark forms they need.
+"""The feature plan on Spark: the polars steps per account partition, and the driver of the Spark forms.
 
 The :class:`~aml_pipeline.features.plan.FeaturePlan` (built from ``conf/features/*.yaml``
 or loaded from a bundle's ``plan.json``) stays the one definition of the steps, their
 parameters and their fitted state. :class:`SparkFeatures` runs every step it can as the
 polars engine's own code, per partition of accounts (:mod:`.accounts`), so those values
-are polars' by construction. A step kind needs a *Spark form* here (:data:`SPARK_STEPS`)
-only where that cannot serve:
+are polars' by construction. A step kind has a *Spark form*, written in its own module
+(``aml_pipeline/features/<kind>.py``) as methods of the step, only where that cannot serve:
 
-- a **fit** (``fit``): fitted state learnt from the training rows in Spark (the hub list
-  of ``graph`` and ``paths``, the vocabularies of ``category_codes``, the bucket edges of
-  ``bucketing``, the tables of ``target_encoding``), the *same* JSON polars fits, loaded
-  into the plan's steps before the partitions run;
-- a **transform** (``transform``): the steps that run after the partitions, on their
+- ``spark_fit(train, ctx)``: fitted state learnt from the training rows in Spark (the hub
+  list of ``graph`` and ``paths``, the vocabularies of ``category_codes``, the bucket
+  edges of ``bucketing``, the tables of ``target_encoding``), the *same* JSON polars fits,
+  loaded into the plan's steps before the partitions run;
+- ``spark_transform(frame, ctx)``: the steps that run after the partitions, on their
   result: target encodings (their training rows get time-respecting values from every
-  earlier label, not the plain ``transform``) and a step fitted on a column an earlier
-  step computes (``bucketing`` of ``log_amount``).
+  earlier label, not the plain ``transform``) and a step fitted on a computed column
+  (``bucketing`` of ``log_amount``).
+
+The features package does not import pyspark (an extra): a form gets what it uses from
+its :class:`Context` (``ctx.functions``, ``ctx.Window``, ``ctx.T``, ``ctx.lookup``,
+``ctx.finish``, ``ctx.quantile_linear``, ...). This module is the driver only: it finds
+each step's forms on the step, with no code or registry per kind.
 
 A step kind declares ``"spark"`` among its ``engines``
 (:attr:`~aml_pipeline.features.base.FeatureStep.engines`); one that does not, or that
-cannot run as declared, is refused before any work, naming the step. Values are
-bit-identical to polars' (``tests/test_spark_parity.py``, ``tests/test_feature_conformance.py``).
+cannot run as declared (fitted state and no ``spark_fit``), is refused before any work,
+naming the step. Values are bit-identical to polars' (``tests/test_spark_parity.py``,
+``tests/test_feature_conformance.py``).
 
 Offline (``task=features``) the training rows and the later rows are transformed in one
 pass over all events, which gives the polars engine's values because a row only ever sees
@@ -34,7 +40,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import polars as pl
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -51,7 +57,6 @@ from aml_pipeline.timeutil import duration_us
 TABLE_ORDER = ["event_time", "event_id"]
 #: The event's own amount while the features see it converted (``features.fx``).
 GIVEN = "_amount_given"
-DAY_US = 86_400_000_000
 
 SPARK_TYPES: dict[type, str] = {
     pl.Int8: "tinyint",
@@ -91,116 +96,6 @@ def kth_smallest(frame: DataFrame, column: str, ks: list[int]) -> dict[int, obje
     return dict(found)
 
 
-# ----------------------------------------------------------------------------- context
-@dataclass
-class Context:
-    """What a Spark form may use besides the frame it transforms.
-
-    ``input``: the rows with all their input columns (and the partitions' columns, after
-    them). ``train``: a boolean column marking the training window (fit_transform
-    semantics), or None when only applying fitted state. ``step``: the name of the step
-    being run.
-    """
-
-    spark: SparkSession
-    input: DataFrame
-    train: Column | None = None
-    step: str = ""
-
-
-@dataclass
-class SparkForm:
-    """The Spark form of one step kind: its ``fit`` (fitted state learnt in Spark) and, for
-    kinds that must run after the account partitions, its ``transform``."""
-
-    #: Learns the step's fitted state from the training rows (None: stateless).
-    fit: Callable[[FeatureStep, DataFrame, Context], dict[str, Any]] | None = None
-    #: Adds the step's columns to a Spark DataFrame (None: the kind runs per account partition only).
-    transform: Callable[[FeatureStep, DataFrame, Context], DataFrame] | None = None
-
-
-SPARK_STEPS: dict[str, SparkForm] = {}
-
-
-def spark_form(kind: str, fit: Callable | None = None):
-    """Decorator: register the Spark ``transform`` of step ``kind`` (and its ``fit``)."""
-
-    def deco(fn):
-        SPARK_STEPS[kind] = SparkForm(fit, fn)
-        return fn
-
-    return deco
-
-
-def spark_fit(step: FeatureStep) -> Callable | None:
-    """The Spark fit of a step's kind, or None (stateless, or no Spark form)."""
-    form = SPARK_STEPS.get(step.kind)
-    return form.fit if form is not None else None
-
-
-def _has_fit(step: FeatureStep) -> bool:
-    return type(step).fit is not FeatureStep.fit
-
-
-def _width(step_name: str, window: str) -> int:
-    """A window in microseconds; calendar lengths (months, years) have no fixed width."""
-    if any(unit in window for unit in ("mo", "y", "q")):
-        raise ConfigError(f"features.steps.{step_name}: window {window!r} is a calendar length; "
-                          f"the Spark engine supports fixed durations (us, ms, s, m, h, d, w)")
-    return duration_us(window)
-
-
-def _finish(step: FeatureStep, frame: DataFrame, out: DataFrame) -> DataFrame:
-    """The frame's columns, then the step's columns with their declared types, in order."""
-    outputs = step.output_columns()
-    return out.select(*[F.col(f"`{c}`") for c in frame.columns if c not in outputs],
-                      *[F.col(c).cast(spark_type(d)).alias(c) for c, d in outputs.items()])
-
-
-# ----------------------------------------------------------------------------- graph, paths: the hubs
-def _fit_graph(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
-    degree = train.groupBy("src_account").agg(F.countDistinct("dst_account").alias("n"))
-    hubs = [r[0] for r in degree.filter(F.col("n") > step.max_intermediary_degree).select("src_account").collect()]
-    return {"hubs_": sorted(hubs)}
-
-
-SPARK_STEPS["graph"] = SparkForm(fit=_fit_graph)
-SPARK_STEPS["paths"] = SparkForm(fit=_fit_graph)  # the same hubs as the graph step
-
-
-# ----------------------------------------------------------------------------- encodings
-#: Up to this many entries a fitted map becomes a literal map expression; larger maps
-#: (account ids) are broadcast and joined.
-LITERAL_MAP_MAX = 512
-
-
-def _lookup(frame: DataFrame, ctx: Context, column: str, mapping: dict, value_type: str, default: Any, name: str) -> DataFrame:
-    """``name`` = mapping[column], or ``default`` for a value not in the map (and for null)."""
-    col = F.col(f"`{column}`")
-    if len(mapping) <= LITERAL_MAP_MAX:
-        if not mapping:
-            return frame.withColumn(name, F.lit(default).cast(value_type))
-        literal = F.create_map(*[x for k, v in mapping.items() for x in (F.lit(k), F.lit(v).cast(value_type))])
-        return frame.withColumn(name, F.coalesce(F.try_element_at(literal, col), F.lit(default).cast(value_type)))
-    key_type = dict(frame.dtypes)[column]
-    table = ctx.spark.createDataFrame(list(mapping.items()), f"_key {key_type}, _value {value_type}")
-    joined = frame.join(F.broadcast(table), col == F.col("_key"), "left")
-    return joined.withColumn(name, F.coalesce(F.col("_value"), F.lit(default).cast(value_type))).drop("_key", "_value")
-
-
-def _fit_category_codes(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
-    row = train.agg(*[F.collect_set(F.col(f"`{c}`")).alias(c) for c in step.columns]).first()  # nulls are skipped
-    return {"vocab_": {c: sorted(row[c]) for c in step.columns}}
-
-
-@spark_form("category_codes", fit=_fit_category_codes)
-def category_codes(step, frame: DataFrame, ctx: Context) -> DataFrame:
-    out = frame
-    for c in step.columns:
-        out = _lookup(out, ctx, c, {v: i for i, v in enumerate(step.vocab_[c])}, "int", -1, f"code_{c}")
-    return _finish(step, frame, out)
-
-
 def quantile_linear(values: DataFrame, column: str, n: int, qs: list[float]) -> list[float]:
     """polars' ``quantile(q, interpolation="linear")`` of a column with ``n`` non-null values.
 
@@ -222,126 +117,116 @@ def quantile_linear(values: DataFrame, column: str, n: int, qs: list[float]) -> 
     return result
 
 
-def _fit_bucketing(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
-    qs = [i / step.n_buckets for i in range(1, step.n_buckets)]
-    edges = {}
-    for c in step.columns:
-        values = train.select(F.col(f"`{c}`").cast("double").alias("_x")).where(F.col("_x").isNotNull())
-        n = values.count()
-        edges[c] = sorted(set(quantile_linear(values, "_x", n, qs))) if n else []
-    return {"edges_": edges}
+#: Up to this many entries a fitted map becomes a literal map expression; larger maps
+#: (account ids) are broadcast and joined.
+LITERAL_MAP_MAX = 512
 
 
-@spark_form("bucketing", fit=_fit_bucketing)
-def bucketing(step, frame: DataFrame, ctx: Context) -> DataFrame:
-    cols = {}
-    for c in step.columns:
-        col = F.col(f"`{c}`")
-        bucket = F.lit(0)
-        for e in step.edges_[c]:
-            bucket = bucket + (col >= F.lit(float(e))).cast("int")
-        cols[f"bucket_{c}"] = F.when(col.isNull(), F.lit(None)).otherwise(bucket)
-    return _finish(step, frame, frame.withColumns(cols))
+# ----------------------------------------------------------------------------- context
+@dataclass
+class Context:
+    """What a step's Spark form (``spark_fit``, ``spark_transform``) may use besides the
+    frame it gets: the features package does not import pyspark, so pyspark and the
+    helpers the forms share come from here.
 
-
-def _fit_target_encoding(step, train: DataFrame, ctx: Context) -> dict[str, Any]:
-    if "label" not in train.columns:
-        raise ValueError("target_encoding needs labelled training data (column 'label')")
-    # The labels known when the training window closes (at its last event): polars' fit.
-    last = train.agg(F.max(T).alias("_last")).first()["_last"]
-    arrived = F.col(T) + F.lit(duration_us(step.label_delay))
-    labelled = train.where(F.col("label").isNotNull() & (arrived <= F.lit(last)))
-    row = labelled.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("label").cast("long")).alias("p")).first()
-    n, p = int(row["n"]), int(row["p"] or 0)
-    prior = p / n if n else 0.0
-    m = float(step.smoothing)
-    tables = {}
-    for c in step.columns:
-        stats = labelled.groupBy(F.col(f"`{c}`").alias("_id")).agg(
-            F.count(F.lit(1)).alias("_n"), F.sum(F.col("label").cast("long")).alias("_p"))
-        rate = (F.col("_p").cast("double") + F.lit(m * prior)) / (F.col("_n").cast("double") + F.lit(m))
-        tables[c] = {r[0]: r[1] for r in stats.select("_id", rate.alias("_r")).collect()}
-        tables[c] = dict(sorted(tables[c].items(), key=lambda kv: (kv[0] is None, kv[0])))
-    return {"prior_": prior, "tables_": tables}
-
-
-def _time_respecting(step, frame: DataFrame, ctx: Context, c: str) -> DataFrame:
-    """Training rows' encodings from labels arrived strictly before their instant (polars' fit_transform).
-
-    Each label counts at its arrival, ``_t + label_delay``; every row's instant is added with
-    nothing. The prior at each instant is the rate of all training labels arrived before it:
-    running totals over instants, computed per day and offset by the totals of the earlier
-    days (so no single-partition window over the whole table).
+    ``input``: the rows with all their input columns (and the partitions' columns, after
+    them). ``train``: a boolean column marking the training window (fit_transform
+    semantics), or None when only applying fitted state. ``step``: the name of the step
+    being run.
     """
-    m = float(step.smoothing)
-    source = ctx.input if c in ctx.input.columns else frame
-    train = source.where(ctx.train)
-    known = F.col("label").isNotNull().cast("long")
-    label = F.coalesce(F.col("label").cast("long"), F.lit(0).cast("long"))
-    zero = F.lit(0).cast("long")
-    ids = F.col(f"`{c}`").alias("_id")
-    timeline = train.select(ids, (F.col(T) + F.lit(duration_us(step.label_delay))).alias(T), known.alias("_n"),
-                            label.alias("_p")).unionByName(train.select(ids, F.col(T), zero.alias("_n"), zero.alias("_p")))
-    day = F.expr(f"({T} - pmod({T}, {DAY_US})) div {DAY_US}")
-    inst = timeline.groupBy(T).agg(F.sum("_n").alias("_n"), F.sum("_p").alias("_p")).withColumn("_day", day)
-    in_day = Window.partitionBy("_day").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
-    inst = inst.withColumns({"_n0": F.coalesce(F.sum("_n").over(in_day), F.lit(0)),
-                             "_p0": F.coalesce(F.sum("_p").over(in_day), F.lit(0))})
-    days = timeline.groupBy(day.alias("_day")).agg(F.sum("_n").alias("_dn"), F.sum("_p").alias("_dp"))
-    earlier = Window.orderBy("_day").rowsBetween(Window.unboundedPreceding, -1)  # one row per day
-    days = days.withColumns({"_dn0": F.coalesce(F.sum("_dn").over(earlier), F.lit(0)),
-                             "_dp0": F.coalesce(F.sum("_dp").over(earlier), F.lit(0))}).select("_day", "_dn0", "_dp0")
-    priors = inst.join(F.broadcast(days), "_day").select(
-        T, (F.col("_n0") + F.col("_dn0")).alias("_pn"), (F.col("_p0") + F.col("_dp0")).alias("_pp"))
-    priors = priors.select(T, F.when(F.col("_pn") > 0, F.col("_pp").cast("double") / F.col("_pn").cast("double"))
-                           .otherwise(F.lit(0.0)).alias("_prior"))
 
-    by_id = Window.partitionBy("_id").orderBy(T).rowsBetween(Window.unboundedPreceding, -1)
-    per_instant = timeline.groupBy("_id", T).agg(F.sum("_n").alias("_n"), F.sum("_p").alias("_p"))
-    per_instant = per_instant.select("_id", T, F.coalesce(F.sum("_n").over(by_id), F.lit(0)).alias("_nb"),
-                                     F.coalesce(F.sum("_p").over(by_id), F.lit(0)).alias("_pb"))
-    rows = train.select(ids, F.col(T)).distinct()
-    values = rows.join(priors, T, "left").join(per_instant, ["_id", T], "left")
-    n = F.coalesce(F.col("_nb"), F.lit(0)).cast("double")
-    p = F.coalesce(F.col("_pb"), F.lit(0)).cast("double")
-    prior = F.col("_prior")
-    rate = F.when(n + F.lit(m) > 0, (p + F.lit(m) * prior) / (n + F.lit(m))).otherwise(prior)
-    return values.select("_id", F.col(T).alias("_te_t"), rate.alias("_te_train"))
+    spark: SparkSession
+    input: DataFrame
+    train: Column | None = None
+    step: str = ""
+
+    #: ``pyspark.sql.functions``.
+    functions: ClassVar[Any] = F
+    #: ``pyspark.sql.Window``.
+    Window: ClassVar[Any] = Window
+    #: The column of every frame a form gets holding the event time in microseconds since
+    #: the epoch (long), as the polars engine counts it.
+    T: ClassVar[str] = T
+
+    @staticmethod
+    def spark_type(dtype: pl.DataType) -> str:
+        """The Spark SQL type of a polars dtype (:func:`spark_type`)."""
+        return spark_type(dtype)
+
+    @staticmethod
+    def kth_smallest(frame: DataFrame, column: str, ks: list[int]) -> dict[int, object]:
+        """:func:`kth_smallest`."""
+        return kth_smallest(frame, column, ks)
+
+    @staticmethod
+    def quantile_linear(values: DataFrame, column: str, n: int, qs: list[float]) -> list[float]:
+        """:func:`quantile_linear`: polars' linear quantiles, computed in Spark."""
+        return quantile_linear(values, column, n, qs)
+
+    def lookup(self, frame: DataFrame, column: str, mapping: dict, value_type: str, default: Any, name: str) -> DataFrame:
+        """``name`` = mapping[column], or ``default`` for a value not in the map (and for null)."""
+        col = F.col(f"`{column}`")
+        if len(mapping) <= LITERAL_MAP_MAX:
+            if not mapping:
+                return frame.withColumn(name, F.lit(default).cast(value_type))
+            literal = F.create_map(*[x for k, v in mapping.items() for x in (F.lit(k), F.lit(v).cast(value_type))])
+            return frame.withColumn(name, F.coalesce(F.try_element_at(literal, col), F.lit(default).cast(value_type)))
+        key_type = dict(frame.dtypes)[column]
+        table = self.spark.createDataFrame(list(mapping.items()), f"_key {key_type}, _value {value_type}")
+        joined = frame.join(F.broadcast(table), col == F.col("_key"), "left")
+        return joined.withColumn(name, F.coalesce(F.col("_value"), F.lit(default).cast(value_type))).drop("_key", "_value")
+
+    @staticmethod
+    def finish(step: FeatureStep, frame: DataFrame, out: DataFrame) -> DataFrame:
+        """``frame``'s columns, then the step's columns from ``out`` with their declared types, in order."""
+        outputs = step.output_columns()
+        return out.select(*[F.col(f"`{c}`") for c in frame.columns if c not in outputs],
+                          *[F.col(c).cast(spark_type(d)).alias(c) for c, d in outputs.items()])
 
 
-@spark_form("target_encoding", fit=_fit_target_encoding)
-def target_encoding(step, frame: DataFrame, ctx: Context) -> DataFrame:
-    out = frame
-    for c in step.columns:
-        out = _lookup(out, ctx, c, step.tables_[c], "double", float(step.prior_), f"te_{c}")
-        if ctx.train is not None:
-            values = _time_respecting(step, frame, ctx, c)
-            on = (F.col(f"`{c}`") == F.col("_id")) & (F.col(T) == F.col("_te_t"))
-            out = out.join(values, on, "left").drop("_id", "_te_t")
-            out = out.withColumn(f"te_{c}", F.when(ctx.train, F.col("_te_train")).otherwise(F.col(f"te_{c}"))) \
-                .drop("_te_train")
-    return _finish(step, frame, out)
+def spark_fit(step: FeatureStep) -> Callable[[DataFrame, Context], dict[str, Any]] | None:
+    """The step's Spark fit (its ``spark_fit`` method), or None (stateless, or none written)."""
+    return getattr(step, "spark_fit", None)
+
+
+def spark_transform(step: FeatureStep) -> Callable[[DataFrame, Context], DataFrame] | None:
+    """The step's Spark transform (its ``spark_transform`` method), or None: the step runs
+    per account partition only."""
+    return getattr(step, "spark_transform", None)
+
+
+def _has_fit(step: FeatureStep) -> bool:
+    return type(step).fit is not FeatureStep.fit
+
+
+def _width(step_name: str, window: str) -> int:
+    """A window in microseconds; calendar lengths (months, years) have no fixed width."""
+    if any(unit in window for unit in ("mo", "y", "q")):
+        raise ConfigError(f"features.steps.{step_name}: window {window!r} is a calendar length; "
+                          f"the Spark engine supports fixed durations (us, ms, s, m, h, d, w)")
+    return duration_us(window)
 
 
 # ----------------------------------------------------------------------------- the plan
 def check_spark(plan: FeaturePlan) -> None:
     """Refuse, naming the step, a step the Spark engine cannot run: a kind that does not
     declare ``"spark"`` among its engines, or one that declares it but can neither run per
-    account partition nor after them (no Spark form here)."""
+    account partition (fitted state and no ``spark_fit``) nor after them (no
+    ``spark_transform``)."""
     for name, step in plan.steps:
         if "spark" not in step.engines:
             raise ConfigError(
                 f"features.steps.{name} ({step.kind}): step kind {step.kind!r} does not run on Spark "
                 f"(its engines: {', '.join(step.engines) or 'none'}); run it with engine=polars")
-        form = SPARK_STEPS.get(step.kind)
-        per_partition = partitionable(step) and (not _has_fit(step) or (form is not None and form.fit is not None))
-        compiled = form is not None and form.transform is not None and (form.fit is not None or not _has_fit(step))
-        if not (per_partition or compiled):
-            need = "a Spark fit of its state" if partitionable(step) else "a Spark transform (its training values are not its plain transform)"
+        fit, transform = spark_fit(step), spark_transform(step)
+        fitted = not _has_fit(step) or fit is not None
+        if not ((partitionable(step) or transform is not None) and fitted):
+            need = ("a Spark fit of its state (a spark_fit method)" if partitionable(step) or transform is not None
+                    else "a Spark transform (a spark_transform method: its training values are not its plain "
+                         "transform)")
             raise ConfigError(
                 f"features.steps.{name} ({step.kind}): step kind {step.kind!r} declares engine 'spark' but needs "
-                f"{need} in aml_pipeline/spark/features.py (Spark forms: {', '.join(sorted(SPARK_STEPS))}); "
-                f"run it with engine=polars")
+                f"{need} in its kind's module; run it with engine=polars")
         for attr in ("window", "trailing_window"):
             if hasattr(step, attr):
                 _width(name, getattr(step, attr))
@@ -447,8 +332,7 @@ class SparkFeatures:
         ``train``: the training-window flag when fitting."""
         local, rest = split_plan(self.plan, inputs, lambda step: spark_fit(step) is not None)
         for name, step in rest:
-            form = SPARK_STEPS.get(step.kind)
-            if form is None or form.transform is None:
+            if spark_transform(step) is None:
                 raise ConfigError(f"features.steps.{name} ({step.kind}) reads a column that a step after the account "
                                   f"partitions computes, and has no Spark transform; move it before that step")
         if not local:
@@ -457,7 +341,7 @@ class SparkFeatures:
             fit = spark_fit(step)
             if train is not None and fit is not None:
                 self.ctx.step = name
-                step.load_state(fit(step, prepared.where(F.col(TRAIN)), self.ctx))
+                step.load_state(fit(prepared.where(F.col(TRAIN)), self.ctx))
         runner = AccountPartitions(local, self.spark, self._workdir(), self.account_partitions)
         order = TABLE_ORDER if all(c in inputs for c in TABLE_ORDER) else None
         files = runner.run(prepared, inputs, order)
@@ -490,10 +374,10 @@ class SparkFeatures:
             return self._plan_order(frame)
         for name, step in steps:
             ctx.step = name
-            form = SPARK_STEPS[step.kind]
-            if fitting and form.fit is not None:
-                step.load_state(form.fit(step, frame.where(train), ctx))
-            frame = form.transform(step, frame, ctx)
+            fit = spark_fit(step)
+            if fitting and fit is not None:
+                step.load_state(fit(frame.where(train), ctx))
+            frame = step.spark_transform(frame, ctx)
         if not fitting:
             frame = frame.where(F.col(IQ))
         # The partitions' columns came first: plan order again.
