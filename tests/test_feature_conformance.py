@@ -5,7 +5,7 @@ new kind is picked up as soon as its module is imported by the plan. Each kind d
 engines (``FeatureStep.engines``): ``polars`` (the batch ``transform``, the reference),
 ``online`` (``online()``, event by event through the real online store: memory backend,
 as the service and the streaming scorer use it) and ``spark`` (the polars steps per account
-partition, with the Spark forms of ``aml_pipeline/spark/features.py`` where needed). A kind
+partition, with the kind's own Spark form, ``spark_fit``/``spark_transform``, where needed). A kind
 that declares none, or not ``polars``, fails; an engine a kind does not declare refuses it
 by name in one line.
 
