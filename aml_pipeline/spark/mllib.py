@@ -55,6 +55,8 @@ _WEIGHT = "_weight"
 _VALID = "_is_valid"
 _FEATURES = "_features"
 _PIPELINE_HINT = "set by the pipeline"
+#: What needs pyspark here, in the one line that names the extra when it is missing.
+_WHY = "an MLlib model (model=spark_*)"
 
 
 def _pyspark_version() -> str:
@@ -64,12 +66,23 @@ def _pyspark_version() -> str:
         return "unknown"
 
 
+def _pyspark():
+    """pyspark, with the ML and SQL modules the classifiers use, imported here only: a bundle
+    holding an MLlib model loads without pyspark (:func:`~aml_pipeline.models.classifiers.load_classifier`),
+    and whatever needs Spark checks the spark extra first (one line naming the pip command)."""
+    require_extra("spark", why=_WHY)
+    import pyspark.ml.classification
+    import pyspark.ml.feature
+    import pyspark.ml.functions
+    import pyspark.ml.param
+    import pyspark.sql.functions
+
+    return pyspark
+
+
 def _active_spark():
     """The running SparkSession, or a local one (scoring a small matrix outside a Spark task)."""
-    require_extra("spark", why="an MLlib model (model=spark_*)")
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.getActiveSession()
+    spark = _pyspark().sql.SparkSession.getActiveSession()
     if spark is None:
         spark = get_session({"master": "local[2]", "shuffle_partitions": 2})
     return spark
@@ -108,15 +121,12 @@ class MLlibClassifier(Classifier):
     # -- configuration ----------------------------------------------------------------------
     @classmethod
     def estimator_class(cls):
-        from pyspark.ml import classification
-
-        return getattr(classification, cls.estimator)
+        return getattr(_pyspark().ml.classification, cls.estimator)
 
     @classmethod
     def estimator_params(cls) -> dict[str, Any]:
         """name -> ``Param`` of the estimator, read from the class (no JVM is started)."""
-        from pyspark.ml.param import Param
-
+        Param = _pyspark().ml.param.Param
         est = cls.estimator_class()
         return {n: getattr(est, n) for n in dir(est) if isinstance(getattr(est, n, None), Param)}
 
@@ -146,8 +156,7 @@ class MLlibClassifier(Classifier):
     # -- training on Spark --------------------------------------------------------------------
     def _inputs(self, frame, feature_names: list[str]):
         """Feature columns renamed ``_x<i>``, null/NaN/±inf as the training medians."""
-        from pyspark.sql import functions as F
-
+        F = _pyspark().sql.functions
         cols = {}
         for i, name in enumerate(feature_names):
             x = F.col(f"`{name}`").cast("double")
@@ -156,8 +165,7 @@ class MLlibClassifier(Classifier):
         return frame.withColumns(cols)
 
     def _fit_medians(self, train, feature_names: list[str]) -> list[float]:
-        from pyspark.sql import functions as F
-
+        F = _pyspark().sql.functions
         cols = []
         for i, name in enumerate(feature_names):
             x = F.col(f"`{name}`").cast("double")
@@ -169,10 +177,8 @@ class MLlibClassifier(Classifier):
     def fit_frame(self, train, valid, feature_names: list[str], class_weights: tuple[float, float] | None,
                   label: str = "label", scratch: str | None = None) -> "MLlibClassifier":
         """Train on Spark rows ``train`` (``valid``: early stopping, GBT); nothing is collected."""
-        from pyspark.ml import Pipeline
-        from pyspark.ml.feature import VectorAssembler
-        from pyspark.sql import functions as F
-
+        pyspark = _pyspark()
+        F = pyspark.sql.functions
         self.feature_names = [str(n) for n in feature_names]
         self.best_iteration = None
         self.medians = self._fit_medians(train, self.feature_names)
@@ -193,8 +199,8 @@ class MLlibClassifier(Classifier):
         estimator = self.estimator_class()()
         for key, value in args.items():  # not every Param is a constructor argument (probabilityCol of GBT)
             estimator.set(estimator.getParam(key), value)
-        pipeline = Pipeline(stages=[VectorAssembler(inputCols=inputs, outputCol=_FEATURES, handleInvalid="error"),
-                                    estimator])
+        pipeline = pyspark.ml.Pipeline(stages=[
+            pyspark.ml.feature.VectorAssembler(inputCols=inputs, outputCol=_FEATURES, handleInvalid="error"), estimator])
         fitted = pipeline.fit(rows)
         self.best_iteration = self._iterations(fitted.stages[-1]) if use_valid else None
         self._set_model(fitted, scratch)
@@ -244,13 +250,12 @@ class MLlibClassifier(Classifier):
 
     def predict_frame(self, frame, out: str = SCORE):
         """``frame`` with a ``score`` column (P(label=1)), computed by Spark."""
-        from pyspark.ml.functions import vector_to_array
-        from pyspark.sql import functions as F
-
+        pyspark = _pyspark()
         model = self._pipeline()
         keep = frame.columns
         scored = model.transform(self._inputs(frame, self.feature_names))
-        return scored.withColumn(out, vector_to_array(F.col("_probability"))[1]).select(*keep, out)
+        probability = pyspark.ml.functions.vector_to_array(pyspark.sql.functions.col("_probability"))
+        return scored.withColumn(out, probability[1]).select(*keep, out)
 
     def _predict(self, X: np.ndarray) -> np.ndarray:
         if X.shape[0] == 0:
@@ -287,9 +292,7 @@ class MLlibClassifier(Classifier):
 
     def _restore(self, path: Path):
         """Unzip beside the bundle folder (Spark reads the parts with its own file system) and load."""
-        require_extra("spark", why="an MLlib model (model=spark_*)")
-        from pyspark.ml import PipelineModel
-
+        PipelineModel = _pyspark().ml.PipelineModel
         _active_spark()
         folder = Path(tempfile.mkdtemp(prefix="mllib-", dir=path.parent.parent))
         try:

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from aml_pipeline.optional import require
+
 #: Conf the engine needs; applied after ``engine.conf`` so a user value cannot break parity.
 REQUIRED_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
@@ -79,6 +81,13 @@ def spark_conf(engine: Mapping[str, Any] | DictConfig) -> dict[str, str]:
     return conf
 
 
+def _session_class():
+    """pyspark's ``SparkSession``, imported here only: :mod:`.mllib` imports this module, and
+    a bundle holding an MLlib model loads without pyspark (it needs the extra when it scores)."""
+    sql = require("pyspark.sql", why="a Spark session (engine=spark, model=spark_*, task=stream)", extra="spark")
+    return sql.SparkSession
+
+
 def get_session(engine: Mapping[str, Any] | DictConfig, data_dir: str | None = None):
     """The SparkSession for ``engine`` (created once per process, reused after).
 
@@ -86,11 +95,9 @@ def get_session(engine: Mapping[str, Any] | DictConfig, data_dir: str | None = N
     to ``<data_dir>/_spark/checkpoints`` (local masters use local checkpoints, which need
     no directory). Memory settings take effect only when this call starts the JVM.
     """
-    from pyspark.sql import SparkSession
-
     # Hydra sets Python logging to INFO; py4j would report every connection it closes.
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    builder = SparkSession.builder
+    builder = _session_class().builder
     for key, value in spark_conf(engine).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -111,9 +118,7 @@ def get_session(engine: Mapping[str, Any] | DictConfig, data_dir: str | None = N
 
 def stop_session() -> None:
     """Stop the active session, if any (at exit, or between tests that need a fresh JVM)."""
-    from pyspark.sql import SparkSession
-
-    spark = SparkSession.getActiveSession()
+    spark = _session_class().getActiveSession()
     if spark is not None:
         spark.stop()
 

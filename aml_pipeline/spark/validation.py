@@ -17,13 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import reduce
 
+import polars as pl
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
 from aml_pipeline.schema import ALL_COLUMNS, RAW_PREFIX, READ_ERROR, SOURCE_FILE, SOURCE_LINE, SOURCE_TEXT
-from aml_pipeline.validation.polars_engine import wall_clock_us
+from aml_pipeline.validation.polars_engine import record_json, wall_clock_us
 from aml_pipeline.validation.rules import Rule
 
 ORDER = "_staged_row"
@@ -95,10 +96,6 @@ def _json_records(rows: pa.Array) -> pa.Array:
 
     Runs only on quarantined rows (Spark evaluates it after the filter).
     """
-    import polars as pl
-
-    from aml_pipeline.validation.polars_engine import record_json
-
     frame = pl.from_arrow(pa.RecordBatch.from_struct_array(rows))
     if isinstance(frame, pl.Series):
         frame = frame.to_frame()
