@@ -27,6 +27,7 @@ from collections.abc import Iterable
 import polars as pl
 
 from aml_pipeline.store.base import Row, StoreLayout
+from aml_pipeline.streaming.records import STAGED_SCHEMA
 
 #: Trim when the frame has grown by this factor since the last trim.
 GROWTH = 1.5
@@ -41,8 +42,6 @@ class RecentRows:
         self.trimmed_at = max(self.frame.height, 1)
 
     def _frame_of(self, rows: list[Row]) -> pl.DataFrame:
-        from aml_pipeline.streaming.records import STAGED_SCHEMA
-
         schema = {c: (pl.Int64 if c == "event_time" else STAGED_SCHEMA[c]) for c in self.layout.columns}
         return pl.DataFrame(rows, schema=schema, orient="row").unique("event_id", keep="first", maintain_order=True)
 

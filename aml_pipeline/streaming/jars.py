@@ -18,6 +18,7 @@ processes resolving at once (pytest's workers) take turns on a lock file. Failur
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import os
 import shutil
@@ -138,8 +139,6 @@ def spark_kafka_jars(spark_version: str | None = None, fetch: bool = True) -> tu
 def main(argv: list[str] | None = None) -> None:
     """``python -m aml_pipeline.streaming.jars``: resolve (and cache) the broker's and the
     connector's jars now, e.g. in CI before the tests; prints where they are."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m aml_pipeline.streaming.jars", description=main.__doc__)
     parser.add_argument("what", nargs="*", metavar="kafka|spark-kafka", help="what to resolve (default: both)")
     args = parser.parse_args(argv)

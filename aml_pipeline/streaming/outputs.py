@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from confluent_kafka import Producer
 
 from aml_pipeline.jsonl import replace_durably
 
@@ -159,8 +160,6 @@ class KafkaOutputs(Outputs):
     :func:`record_key`, labelled by :func:`record_headers`, idempotent (``acks=all``)."""
 
     def __init__(self, bootstrap_servers: str, topics: dict[str, str], config: dict[str, Any] | None = None):
-        from confluent_kafka import Producer
-
         self.topics = topics
         conf = {"bootstrap.servers": bootstrap_servers, "linger.ms": 5, "enable.idempotence": True,
                 "acks": "all", **(config or {})}

@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from aml_pipeline.serving.shadow import Shadow
+from aml_pipeline.serving.shadow import Shadow, load_shadow
 from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs, Outputs
 
 #: The live decision's fields each shadow record carries beside the shadow's.
@@ -98,8 +98,6 @@ def shadow_outputs(cfg, source: str) -> Outputs:
 
 def load_stream_shadow(cfg, live, source: str) -> StreamShadow | None:
     """``deploy.shadow`` loaded and checked against the live bundle (None when not set)."""
-    from aml_pipeline.serving.shadow import load_shadow
-
     shadow = load_shadow(cfg, live)
     if shadow is None:
         return None
