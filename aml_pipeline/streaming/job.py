@@ -16,10 +16,16 @@ Start-up, in order; any failure before the query starts is one line and exit cod
 
 On exit (``once`` done, SIGTERM or SIGINT) the held events are released (the watermark
 moves past the newest event) and ``<reports_dir>/stream_summary.json`` is written.
+
+``deploy.state=spark`` (:mod:`.spark_state`) runs its own query with what this module
+shares: the option checks, the connector, the source, the session and the query's control
+(:func:`micro_batch`, :func:`await_query`, :func:`finish`). It imports them from here, at
+its top; this module never imports it, so the two load one way.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -27,19 +33,35 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from aml_pipeline.errors import UserError
+from aml_pipeline.export.bundle_export import exported_model
 from aml_pipeline.kafka import FORMAT, RangeFetcher, register, validate_source_options
 from aml_pipeline.progress import table
+from aml_pipeline.registry import resolve_bundle
 from aml_pipeline.schema import ALL_COLUMNS
+from aml_pipeline.serving.scorer import set_threads
+from aml_pipeline.spark.session import flatten_conf, get_session
+from aml_pipeline.store import open_store, warm_from_parquet
+from aml_pipeline.store.engine import plan_needs
+from aml_pipeline.store.redis_store import RedisStore
+from aml_pipeline.streaming.budget import AlertBudget
+from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
+from aml_pipeline.streaming.jars import JarsUnavailable, pyspark_version, spark_kafka_jars
+from aml_pipeline.streaming.metrics import linger, metrics_options, start_metrics
+from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
 from aml_pipeline.streaming.records import RawRecord
-from aml_pipeline.timeutil import config_duration_us
-from aml_pipeline.validation.rules import Rule
+from aml_pipeline.streaming.scorer import StateLog, StreamScorer
+from aml_pipeline.streaming.shadow import load_stream_shadow
+from aml_pipeline.timeutil import config_duration_us, parse_time, to_us
+from aml_pipeline.validation.rules import Rule, build_rules, future_skew_us
 
 
-def _value(v: Any) -> Any:
+def option_value(v: Any) -> Any:
+    """A config value as itself, an enum member of the typed config as its value."""
     return getattr(v, "value", v)
 
 
@@ -82,8 +104,6 @@ def file_records(table) -> list[RawRecord]:
 
 def _file_lines(path: str) -> list[bytes] | None:
     """The lines of a file (a path or ``file:`` URI) as bytes, or None when it cannot be read."""
-    from urllib.parse import unquote, urlparse
-
     u = urlparse(path)
     local = unquote(u.path) if u.scheme in ("file", "") else None
     try:
@@ -112,8 +132,6 @@ def kafka_records(table) -> list[RawRecord]:
 def check_shared_options(cfg: DictConfig):
     """The options both state modes read, checked before any work: (allowed lateness in µs,
     warm_until or None). Raises UserError naming the key."""
-    from aml_pipeline.timeutil import parse_time
-
     d = cfg.deploy
     lateness = config_duration_us(d.allowed_lateness, "deploy.allowed_lateness", allow_zero=True)
     if int(d.model_threads) < 0:
@@ -134,8 +152,6 @@ def check_shared_options(cfg: DictConfig):
 def stream_outputs(cfg: DictConfig):
     """Where a streaming deployment writes its outputs: files under ``deploy.output``, or
     topics on ``deploy.output_bootstrap_servers`` (default: the input's brokers)."""
-    from aml_pipeline.streaming.outputs import FileOutputs, KafkaOutputs
-
     d = cfg.deploy
     if kind(cfg) == "file":
         return FileOutputs(d.output)
@@ -155,19 +171,6 @@ def fx_rules(plan) -> list:
 
 def build_scorer(cfg: DictConfig):
     """(scorer, store, source kind). Raises UserError for anything a user can fix."""
-    from aml_pipeline.export.bundle_export import exported_model
-    from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.serving.scorer import set_threads
-    from aml_pipeline.store import open_store, warm_from_parquet
-    from aml_pipeline.store.engine import plan_needs
-    from aml_pipeline.timeutil import to_us
-    from aml_pipeline.store.redis_store import RedisStore
-    from aml_pipeline.streaming.budget import AlertBudget
-    from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
-    from aml_pipeline.streaming.scorer import StateLog, StreamScorer
-    from aml_pipeline.streaming.shadow import load_stream_shadow
-    from aml_pipeline.validation.rules import build_rules, future_skew_us
-
     d = cfg.deploy
     source = kind(cfg)
     if uses_spark_state(cfg):
@@ -180,7 +183,7 @@ def build_scorer(cfg: DictConfig):
     bundle = resolve_bundle(cfg.bundle, cfg)
     set_threads(bundle, int(d.model_threads))
     # deploy.model_runtime: scores from an export the manifest verified (explanations stay native)
-    bundle.model = exported_model(bundle, str(_value(d.get("model_runtime", "native"))))
+    bundle.model = exported_model(bundle, str(option_value(d.get("model_runtime", "native"))))
     needs = plan_needs(bundle.plan)
     store = open_store(d.store, needs.layout(), lateness)
     # deploy.reset, then this run's fingerprint recorded or compared (and Redis's epoch): before any state is read
@@ -194,7 +197,7 @@ def build_scorer(cfg: DictConfig):
     fresh = saved is None
     scorer = StreamScorer(bundle, store, needs, outputs, rules, state_dir,
                           lateness, AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
-                          start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
+                          start_watermark_us=to_us(until) if until else None, explain=str(option_value(d.explain)),
                           top_k=int(d.top_k), write_decisions=bool(d.write_decisions), stream=str(Path(d.checkpoint).resolve()),
                           progress=bool(d.progress), snapshot_every=int(d.snapshot_every),
                           idle_timeout_s=idle_timeout_s)
@@ -220,8 +223,6 @@ SPARK_KAFKA = "spark-sql-kafka-0-10_2.13"
 def _has_user_jars(cfg: DictConfig) -> bool:
     """Spark's connector already on the session's classpath through ``engine.conf``
     (``spark.jars.packages`` or ``spark.jars`` naming it, as ``spark-submit --packages`` does)."""
-    from aml_pipeline.spark.session import flatten_conf
-
     conf = flatten_conf(OmegaConf.to_container(cfg.engine.conf, resolve=True) or {})
     return any("spark-sql-kafka" in str(conf.get(k) or "") for k in ("spark.jars.packages", "spark.jars"))
 
@@ -234,9 +235,7 @@ def choose_connector(cfg: DictConfig) -> dict[str, Any]:
     or the user's own (``engine.conf``); unavailable jars are an error naming the reason.
     ``auto`` (the default): ``spark`` when its jars can be had, else ``python``, our data
     source. Returns ``{"name", "jars", "version", "why"}``; ``why`` is the notice's reason."""
-    from aml_pipeline.streaming.jars import JarsUnavailable, pyspark_version, spark_kafka_jars
-
-    wanted = str(_value(cfg.deploy.connector))
+    wanted = str(option_value(cfg.deploy.connector))
     if wanted == "python":
         return {"name": "python", "jars": [], "version": None, "why": "deploy.connector=python"}
     if _has_user_jars(cfg):
@@ -273,7 +272,8 @@ def settle_connector(cfg: DictConfig) -> dict[str, Any] | None:
     return choice
 
 
-def _source(spark, cfg: DictConfig, source: str):
+def stream_source(spark, cfg: DictConfig, source: str):
+    """The query's input DataFrame: the directory's files, or the Kafka topic through the chosen connector."""
     d = cfg.deploy
     if source == "file":
         Path(d.input).mkdir(parents=True, exist_ok=True)
@@ -282,7 +282,7 @@ def _source(spark, cfg: DictConfig, source: str):
             reader = reader.option("maxFilesPerTrigger", int(d.max_files_per_trigger))
         df = reader.load(str(Path(d.input).resolve()))
         return df.selectExpr("value", "_metadata.file_path AS path")
-    connector = str(_value(d.connector))
+    connector = str(option_value(d.connector))
     if connector == "python":
         register(spark)
         fmt = FORMAT
@@ -309,10 +309,10 @@ def kafka_reader(cfg: DictConfig) -> str | None:
     ``ranges`` for ``state=store``, ``driver`` for ``state=spark``); None with Spark's connector
     (``deploy.connector=auto`` counts as ours until :func:`settle_connector` has decided)."""
     d = cfg.deploy
-    if str(_value(d.connector)) == "spark":
+    if str(option_value(d.connector)) == "spark":
         return None
-    state = str(_value(d.get("state")))
-    reader = str(_value(d.reader))
+    state = str(option_value(d.get("state")))
+    reader = str(option_value(d.reader))
     if reader == "auto":
         return "driver" if state == "spark" else "ranges"
     if reader == "ranges" and state == "spark":
@@ -354,8 +354,6 @@ def stream_engine(cfg: DictConfig) -> dict[str, Any]:
     Why the default is C1 only: in a store-mode scorer the driver's JVM only moves each
     micro-batch's records (the scoring is Python), yet C2 spent ~17 CPU-s compiling in the
     first minute of the latency benchmark, on a 2-core machine shared with the broker."""
-    from aml_pipeline.spark.session import flatten_conf
-
     engine = OmegaConf.to_container(cfg.engine, resolve=True)
     extra = str(cfg.deploy.get("jvm_options") or "").strip()
     if extra:
@@ -369,8 +367,6 @@ def stream_engine(cfg: DictConfig) -> dict[str, Any]:
 def stream_session(cfg: DictConfig):
     """The Spark session of a streaming query (:func:`stream_engine`), started after the
     scorer is built; what both built is then moved out of the garbage collector's way."""
-    from aml_pipeline.spark.session import get_session
-
     session = get_session(stream_engine(cfg), cfg.paths.data_dir)
     freeze_startup_objects()
     return session
@@ -381,8 +377,6 @@ def freeze_startup_objects() -> None:
     client: ~330,000 tracked objects in the benchmark's scorer), so the collector's full
     passes skip it for the rest of the run. A full pass happens every few dozen
     micro-batches; over those objects it took ~170 ms inside one micro-batch, frozen ~2 ms."""
-    import gc
-
     gc.collect()
     gc.freeze()
 
@@ -392,26 +386,24 @@ def refuse_store_only_options(cfg: DictConfig) -> None:
     bundle and an export runtime are the ``state=store`` scorer's, refused here by name."""
     d = cfg.deploy
     for key, off in (("metrics_port", None), ("shadow", None), ("model_runtime", "native")):
-        value = _value(d.get(key, off))
+        value = option_value(d.get(key, off))
         if value != off:
             raise UserError(f"deploy.{key}={value} is not available with deploy.state=spark; use deploy.state=store")
 
 
 def uses_spark_state(cfg: DictConfig) -> bool:
     """``deploy.state=spark``: Spark's own state store, a query of its own (:mod:`.spark_state`)."""
-    return str(_value(cfg.deploy.get("state"))) == "spark"
+    return str(option_value(cfg.deploy.get("state"))) == "spark"
 
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream`` with ``deploy.state=store``: the scorer over the online feature store."""
-    from aml_pipeline.streaming.metrics import linger, metrics_options, start_metrics
-
     d = cfg.deploy
     start = time.perf_counter()
     metrics_opts = metrics_options(cfg)  # deploy.metrics_port (None: off), checked before any work
     settle_connector(cfg)
     scorer, store, source, info = build_scorer(cfg)
-    metrics = start_metrics(metrics_opts, scorer, str(_value(d.model_runtime))) if metrics_opts else None
+    metrics = start_metrics(metrics_opts, scorer, str(option_value(d.model_runtime))) if metrics_opts else None
     spark = stream_session(cfg)
     to_records, close_records = batch_records(cfg, source)
     failure: list[BaseException] = []
@@ -425,7 +417,7 @@ def run(cfg: DictConfig) -> dict:
 
     each_batch = micro_batch(score_batch, busy, stopped, failure)
 
-    writer = (_source(spark, cfg, source).writeStream.foreachBatch(each_batch)
+    writer = (stream_source(spark, cfg, source).writeStream.foreachBatch(each_batch)
               .option("checkpointLocation", str(Path(d.checkpoint).resolve() / "spark"))
               .queryName("aml_stream"))
     writer = writer.trigger(availableNow=True) if d.once else writer.trigger(processingTime=str(d.trigger))
@@ -433,7 +425,7 @@ def run(cfg: DictConfig) -> dict:
           f"(sha256 {(scorer.trace['bundle_hash'] or '')[:12]}) from {source} [store {store.backend}, "
           f"+{info['warmed']:,} events warmed, resuming after batch {info['resumed_after_batch']}]",
           file=sys.stderr, flush=True)
-    extras = [*([f"model runtime {_value(d.model_runtime)}"] if str(_value(d.model_runtime)) != "native" else []),
+    extras = [*([f"model runtime {option_value(d.model_runtime)}"] if str(option_value(d.model_runtime)) != "native" else []),
               *([f"shadow version {scorer.shadow.trace['shadow_model_version']}"] if scorer.shadow else []),
               *([f"metrics on {metrics.url}"] if metrics else [])]
     if extras:
@@ -548,7 +540,7 @@ def finish(cfg: DictConfig, scorer, source: str, store: str, stopped: list[int],
     batches = trigger_durations(query) if query is not None else []
     summary = {**scorer.summary(), "source": source, "store": store, "outputs": scorer.outputs.describe(),
                "reader": kafka_reader(cfg) if source == "kafka" else None,
-               "connector": str(_value(cfg.deploy.connector)) if source == "kafka" else None,
+               "connector": str(option_value(cfg.deploy.connector)) if source == "kafka" else None,
                "stopped_by": signal.Signals(stopped[-1]).name if stopped else ("once" if cfg.deploy.once else "end"),
                "seconds": round(time.perf_counter() - start, 3),
                "spark_seconds": {k: round(sum(b.get(k, 0) for b in batches) / 1000, 3) for k in SPARK_PHASES},

@@ -244,7 +244,8 @@ def original(rec: RawRecord) -> dict[str, Any]:
     return d
 
 
-def _dead(rec: RawRecord, reasons: list[str], event_id: str | None) -> dict[str, Any]:
+def dead_letter(rec: RawRecord, reasons: list[str], event_id: str | None) -> dict[str, Any]:
+    """The dead letter of ``rec``: its id (when short enough), the reasons, its position and the record."""
     if event_id is not None and len(event_id) > DEAD_RECORD_BYTES:
         event_id = None  # the record (truncated, hashed) still holds it
     return {"event_id": event_id, "reasons": reasons, **rec.position, **original(rec)}
@@ -292,7 +293,7 @@ def check(records: list[RawRecord], rules: list[Rule], known_ids: set[str] | Non
     valid = staged[keep] if keep else staged.clear()
     return Checked(valid=valid, valid_positions=[records[ok[j]].position for j in keep],
                    valid_texts=[records[ok[j]].text for j in keep],
-                   dead=[_dead(records[i], rs, e) for i, rs, e in dead])
+                   dead=[dead_letter(records[i], rs, e) for i, rs, e in dead])
 
 
 def empty_events() -> pl.DataFrame:

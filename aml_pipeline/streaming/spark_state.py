@@ -51,17 +51,33 @@ import sys
 import threading
 import time
 import uuid
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any, Iterator
 
+import pandas as pd
 import polars as pl
+import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
+from pyspark.sql.streaming import StatefulProcessor
 
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.jsonl import replace_durably
-from aml_pipeline.streaming.records import DUPLICATE, STAGED_SCHEMA, RawRecord, _dead
-from aml_pipeline.streaming.scorer import StreamScorer, _tag
+from aml_pipeline.registry import resolve_bundle
+from aml_pipeline.schema import UTC_TIME
+from aml_pipeline.serving.scorer import set_threads
+from aml_pipeline.store import retention_us
+from aml_pipeline.store.engine import Event, History, OnlineFeatures, plan_needs
+from aml_pipeline.streaming.budget import AlertBudget
+from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
+from aml_pipeline.streaming.job import (await_query, check_shared_options, file_records, finish, kafka_records, kind,
+                                        micro_batch, option_value, settle_connector, source_options, stream_outputs,
+                                        stream_session, stream_source)
+from aml_pipeline.streaming.records import DUPLICATE, STAGED_SCHEMA, RawRecord, check, dead_letter
+from aml_pipeline.streaming.scorer import StateLog, StreamScorer, _tag
+from aml_pipeline.timeutil import from_us, to_us
+from aml_pipeline.validation.rules import build_rules, future_skew_us
 
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
 #: Step kinds whose columns need only the event and one of its accounts' own history.
@@ -108,10 +124,7 @@ def refuse_cross_account(plan: FeaturePlan) -> None:
 # ----------------------------------------------------------------------------- stage (executors)
 def _payload(row: dict[str, Any], position: dict | None = None, record: str | None = None) -> str:
     out = {c: row.get(c) for c in _EVENT_COLUMNS}
-    t = row["event_time"]
-    from aml_pipeline.timeutil import to_us
-
-    out["event_time"] = to_us(t)
+    out["event_time"] = to_us(row["event_time"])
     if position is not None:
         out["_position"] = json.dumps(position, sort_keys=True)
         out["_record"] = record
@@ -122,12 +135,6 @@ def make_stage(source: str, currencies: list[str], max_future_skew_us: int | Non
     """The ``mapInArrow`` function: one micro-batch's raw rows -> staged rows (:data:`STAGED`)."""
 
     def stage(batches: Iterator) -> Iterator:
-        import pyarrow as pa
-
-        from aml_pipeline.streaming.job import file_records, kafka_records
-        from aml_pipeline.streaming.records import check
-        from aml_pipeline.validation.rules import build_rules
-
         batches = list(batches)
         if not batches:  # a micro-batch without data (Spark runs them to move the watermark on)
             return
@@ -159,8 +166,6 @@ def make_stage(source: str, currencies: list[str], max_future_skew_us: int | Non
 
 
 def _staged_batch(cols: dict[str, list]):
-    import pyarrow as pa
-
     return pa.RecordBatch.from_pydict({
         "account": pa.array(cols["account"], pa.string()), "role": pa.array(cols["role"], pa.string()),
         "kind": pa.array(cols["kind"], pa.string()), "event_id": pa.array(cols["event_id"], pa.string()),
@@ -170,8 +175,6 @@ def _staged_batch(cols: dict[str, list]):
 
 def stage_control(batches: Iterator) -> Iterator:
     """Flush markers (``{"flush_us": t}``) -> one control row whose time moves the watermark."""
-    import pyarrow as pa
-
     table = pa.Table.from_batches(list(batches))
     cols: dict[str, list] = {k: [] for k in ("account", "role", "kind", "event_id", "t", "wm", "payload")}
     for text in table.column("value").to_pylist():
@@ -187,8 +190,6 @@ def stage_control(batches: Iterator) -> Iterator:
 # ----------------------------------------------------------------------------- the stateful processor
 def _frame(payloads: list[str]) -> pl.DataFrame:
     """Staged JSON payloads -> canonical events frame (plus ``_position``/``_record`` when present)."""
-    from aml_pipeline.schema import UTC_TIME
-
     rows = [json.loads(p) for p in payloads]
     extra = {c: pl.String for c in ("_position", "_record") if rows and c in rows[0]}
     schema = {**STAGED_SCHEMA, "event_time": pl.Int64, **extra}
@@ -211,11 +212,6 @@ def account_features(engine, account: str, history: list[tuple], due: list[tuple
     online service runs, given this account's rows only: the columns of this account's side
     are exact, the other side's are read from the other account's state (see
     :func:`side_columns`)."""
-    from bisect import bisect_left
-
-    from aml_pipeline.store.engine import Event, History
-    from aml_pipeline.timeutil import from_us
-
     rows = sorted([(r[1], r[0], r[2], r[3], r[4]) for r in history]
                   + [(e, t, s, d, a) for t, e, s, d, a in (_history_row(p) for _, _, _, p in due)],
                   key=lambda r: (r[1], r[0]))
@@ -239,15 +235,10 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
     With ``retention_us``, an account holding no events whose newest row is older than the
     watermark minus the retention is cleared (one timer at newest + retention); it emits
     one ``evicted`` row, so the driver counts what Spark's state forgot."""
-    import pandas as pd
-    from pyspark.sql.streaming import StatefulProcessor
-
     out_cols = ["kind", "event_id", "role", "t", "n", "payload", "features"]
 
     class AccountProcessor(StatefulProcessor):
         def init(self, handle) -> None:
-            from aml_pipeline.store.engine import OnlineFeatures
-
             self.handle = handle
             plan = FeaturePlan.from_dict(plan_dict)
             self.engine = OnlineFeatures(plan)
@@ -299,12 +290,12 @@ def make_processor(plan_dict: dict, window_us: int, start_watermark_us: int | No
             known = {h[1] for h in held} | {r[1] for r in history if r[0] >= wm - window_us}
             out, new, n_in, newest = [], [], 0, None
             for pdf in rows:
-                for kind, role, event_id, t, payload in zip(pdf["kind"], pdf["role"], pdf["event_id"], pdf["t"], pdf["payload"]):
+                for row_kind, role, event_id, t, payload in zip(pdf["kind"], pdf["role"], pdf["event_id"], pdf["t"], pdf["payload"]):
                     t = int(t)
-                    if kind == "dead":
+                    if row_kind == "dead":
                         out.append(("dead", event_id, "", t, 1, payload, None))
                         continue
-                    if kind != "event":  # the flush marker: it only moved the watermark
+                    if row_kind != "event":  # the flush marker: it only moved the watermark
                         continue
                     first_side = role in ("src", "both")  # the side that reports the event once
                     newest = t if newest is None else max(newest, t)
@@ -407,7 +398,7 @@ class SparkStateScorer(StreamScorer):
         for r in rows:
             if r["kind"] == "duplicate":
                 p = json.loads(r["payload"])
-                dead.append(_dead(RawRecord(p["_record"], json.loads(p["_position"])), [DUPLICATE], r["event_id"]))
+                dead.append(dead_letter(RawRecord(p["_record"], json.loads(p["_position"])), [DUPLICATE], r["event_id"]))
         dead.sort(key=lambda d: (str(d.get("file") or d.get("topic") or ""), d.get("line") or d.get("partition") or 0,
                                  d.get("offset") or 0))
         late_rows = [r for r in rows if r["kind"] == "late"]
@@ -478,15 +469,6 @@ class SparkStateScorer(StreamScorer):
 # ----------------------------------------------------------------------------- building and running
 def build(cfg: DictConfig):
     """(scorer, info): the checks of ``state: store`` plus the plan's refusal, before Spark starts."""
-    from aml_pipeline.registry import resolve_bundle
-    from aml_pipeline.serving.scorer import set_threads
-    from aml_pipeline.store.engine import plan_needs
-    from aml_pipeline.timeutil import to_us
-    from aml_pipeline.streaming.budget import AlertBudget
-    from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
-    from aml_pipeline.streaming.job import _value, check_shared_options, kind, source_options, stream_outputs
-    from aml_pipeline.streaming.scorer import StateLog
-
     d = cfg.deploy
     source = kind(cfg)
     lateness, until = check_shared_options(cfg)
@@ -498,8 +480,6 @@ def build(cfg: DictConfig):
     set_threads(bundle, int(d.model_threads))
     needs = plan_needs(bundle.plan)  # refuses steps that cannot run per event, or need unbounded history
     refuse_cross_account(bundle.plan)
-    from aml_pipeline.store import retention_us
-
     retention = retention_us(d.store, needs.layout(), lateness)
     outputs = stream_outputs(cfg)
     state_dir = Path(d.checkpoint) / "scorer"
@@ -507,14 +487,12 @@ def build(cfg: DictConfig):
     fresh = StateLog(state_dir).load() is None
     scorer = SparkStateScorer(bundle, None, needs, outputs, [], state_dir, lateness,
                               AlertBudget(d.budget.key, d.budget.window, int(d.budget.cap)),
-                              start_watermark_us=to_us(until) if until else None, explain=str(_value(d.explain)),
+                              start_watermark_us=to_us(until) if until else None, explain=str(option_value(d.explain)),
                               top_k=int(d.top_k), write_decisions=bool(d.write_decisions),
                               stream=str(Path(d.checkpoint).resolve()), progress=bool(d.progress), snapshot_every=0)
     scorer.retention_us = retention
     last = scorer.restore()
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
-    from aml_pipeline.validation.rules import future_skew_us
-
     skew_us = future_skew_us(cfg.validation.get("max_future_skew", "1h"))
     return scorer, {"source": source, "fresh": fresh, "resumed_after_batch": last, "currencies": currencies, "skew_us": skew_us,
                     "window_us": needs.window_us, "retention_us": retention, "start_us": to_us(until) if until else None, "until": until,
@@ -525,8 +503,6 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
     """The warm-up file as the operator's initial state: each event once per account it touches."""
     if not cfg.deploy.warm_from:
         return None, 0
-    from aml_pipeline.timeutil import to_us
-
     frame = pl.read_parquet(cfg.deploy.warm_from)
     if until is not None:
         frame = frame.filter(pl.col("event_time") < until)
@@ -543,8 +519,6 @@ def _initial_state(spark, cfg: DictConfig, until, columns: list[str]):
 
 def run(cfg: DictConfig) -> dict:
     """``task=stream deploy.state=spark``: build, run until done or stopped, flush, summarise."""
-    from aml_pipeline.streaming.job import _source, await_query, finish, micro_batch, settle_connector, stream_session
-
     d = cfg.deploy
     start = time.perf_counter()
     settle_connector(cfg)
@@ -567,7 +541,7 @@ def run(cfg: DictConfig) -> dict:
     each_batch = micro_batch(score_batch, busy, stopped, failure)
 
     lateness_ms = scorer.lateness_us // 1000
-    staged = (_source(spark, cfg, source).coalesce(1)
+    staged = (stream_source(spark, cfg, source).coalesce(1)
               .mapInArrow(make_stage(source, info["currencies"], info["skew_us"]), STAGED))
     marks = (spark.readStream.format("text").option("wholetext", "true").option("pathGlobFilter", "*.json")
              .load(str(control)).mapInArrow(stage_control, STAGED))
