@@ -8,9 +8,9 @@ module imports each such package in one place (one function), or at its top when
 module loads only after its extra was checked (``tasks.TASK_EXTRAS``, ``optional.require``).
 The standard library is not checked.
 
-Anything else inside a function is listed in :data:`ALLOWED` with its reason: an import
-cycle, start-up time, or a file its owners have not hoisted yet ("not yet hoisted": those
-entries go as the files are cleaned; a new function-level import anywhere fails here).
+Anything else inside a function is listed in :data:`ALLOWED` with its reason (an import
+cycle, start-up time, an extra's module); a new function-level import anywhere fails here,
+and an entry whose import has gone fails too.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ PACKAGE = ROOT / "aml_pipeline"
 #: Packages only an extra installs (its own modules and what they pull in: starlette, py4j, ...).
 OPTIONAL = frozenset(BLOCKED)
 
-NOT_YET = "not yet hoisted"
-
 #: Folders exempt as a whole, with why.
 WHOLE = {
     "aml_pipeline/testing/": "test harnesses (not in the wheel): each starts a server a test needs and imports "
@@ -45,24 +43,13 @@ ALLOWED: dict[tuple[str, str], str] = {
         "the mlflow extra: the pyfunc subclasses MLflow's PythonModel at its top; imported after _client checked it",
     ("aml_pipeline/models/classifiers.py", "lightgbm.basic"):
         "a private LightGBM name, imported inside a try so that a LightGBM without it only skips the alias check",
-    # Files other engineers are changing now; they hoist these themselves.
-    ("aml_pipeline/features/plan.py", "aml_pipeline.features"): NOT_YET,
-    ("aml_pipeline/features/reasons.py", "polars"): NOT_YET,
-    ("aml_pipeline/serving/scorer.py", "threadpoolctl"): NOT_YET,
-    ("aml_pipeline/spark/windows.py", "numpy"): NOT_YET,
-    ("aml_pipeline/spark/windows.py", "polars"): NOT_YET,
-    ("aml_pipeline/spark/windows.py", "aml_pipeline.features.windows"): NOT_YET,
-    ("aml_pipeline/store/__init__.py", "aml_pipeline.store.redis_store"): NOT_YET,
-    ("aml_pipeline/streaming/scorer.py", "aml_pipeline.timeutil"): NOT_YET,
+    ("aml_pipeline/store/__init__.py", "aml_pipeline.store.redis_store"):
+        "the serve extra's redis client: redis_store imports redis at its top, and only backend=redis needs it",
 }
 
 #: Modules that import one extra's package inside several functions (one place each is the
-#: rule); files other engineers are changing now.
-SEVERAL_PLACES: dict[tuple[str, str], str] = {
-    ("aml_pipeline/features/fx.py", "pyspark"): NOT_YET,
-    ("aml_pipeline/spark/windows.py", "pyarrow"): NOT_YET,
-    ("aml_pipeline/spark/windows.py", "pyspark"): NOT_YET,
-}
+#: rule), with why; none today.
+SEVERAL_PLACES: dict[tuple[str, str], str] = {}
 
 
 def _imported(node: ast.Import | ast.ImportFrom, package: str) -> list[str]:
@@ -134,11 +121,11 @@ def test_an_extra_is_imported_in_one_function_per_module():
 
 
 def test_every_allowance_names_its_reason_and_is_still_needed():
-    """Each entry says why; one with a reason of its own (a cycle, start-up time, an extra) goes
-    when its import does. "Not yet hoisted" entries may outlive theirs while their files change."""
+    """Each entry says why, and goes when its import does."""
     assert all(reason.strip() for reason in (*ALLOWED.values(), *SEVERAL_PLACES.values(), *WHOLE.values()))
     present = {(rel, module) for rel, _, module, _ in function_level_imports()}
-    stale = [key for key, reason in ALLOWED.items() if reason != NOT_YET and key not in present]
+    stale = [key for key in ALLOWED if key not in present]
+    stale += [key for key in SEVERAL_PLACES if not any((rel, _top(module)) == key for rel, module in present)]
     assert not stale, f"these imports are no longer inside a function; remove their ALLOWED entries: {stale}"
     assert all((PACKAGE.parent / folder).is_dir() for folder in WHOLE)
 

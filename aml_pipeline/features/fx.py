@@ -129,17 +129,23 @@ class FxTable:
     # -- Spark ----------------------------------------------------------------------------
     def spark_amount(self):
         """A Spark Column: ``amount`` times the rate of ``currency`` (null where none)."""
-        from pyspark.sql import functions as F
-
+        F = _spark_functions()
         pairs = [x for code, rate in self.rates.items() for x in (F.lit(code), F.lit(rate))]
         return F.col("amount") * F.create_map(*pairs)[F.col("currency")]
 
     def check_spark(self, frame, what: str = "events") -> None:
         """Raise the batch UserError when ``frame`` holds currencies with no rate."""
-        from pyspark.sql import functions as F
-
+        F = _spark_functions()
         missing = (frame.where(~F.col("currency").isin(list(self.rates)) | F.col("currency").isNull())
                    .groupBy("currency").count().collect())
         if missing:
             counts = {r["currency"]: r["count"] for r in sorted(missing, key=lambda r: (-r["count"], str(r["currency"])))}
             raise UserError(self._missing_message(counts, what))
+
+
+def _spark_functions():
+    """``pyspark.sql.functions``, imported here only: the Spark engine calls the two Spark
+    forms above after it checked the spark extra; the other engines never reach them."""
+    from pyspark.sql import functions
+
+    return functions

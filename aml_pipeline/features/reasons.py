@@ -20,6 +20,8 @@ import math
 import re
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+import polars as pl
+
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SIDE = {"src": "the sender", "dst": "the receiver"}
 WINDOW_WORDS = {"1h": "hour", "24h": "24 h", "7d": "7 days", "14d": "14 days", "30d": "30 days", "48h": "48 h"}
@@ -384,8 +386,6 @@ def reasons_and_hint(top_features: Iterable[Mapping[str, Any]] | None,
 def reasons_column(top_features, frame):
     """The ``reasons`` column of a decision frame: a list of sentences for each row with
     top features (null elsewhere), reading sibling feature values from ``frame``."""
-    import polars as pl
-
     n = top_features.len()
     out: list = [None] * n
     idx = [i for i, v in enumerate(top_features.is_not_null().to_list()) if v]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.errors import UserError
@@ -63,12 +64,7 @@ def set_threads(bundle: ModelBundle, threads: int) -> None:
             params.pop(key)
         params["num_threads"] = int(threads) if threads > 0 else (os.cpu_count() or 1)
     if threads > 0:
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(int(threads))
-        except Exception:  # pragma: no cover - threadpoolctl ships with scikit-learn
-            pass
+        threadpool_limits(int(threads))
 
 
 def _json_value(v: Any) -> Any:

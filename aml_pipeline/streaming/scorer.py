@@ -39,6 +39,7 @@ import hashlib
 import json
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.history import RecentRows
 from aml_pipeline.streaming.outputs import Outputs
 from aml_pipeline.streaming.records import STAGED_SCHEMA, RawRecord, check
-from aml_pipeline.timeutil import to_us
+from aml_pipeline.timeutil import from_us, to_us
 from aml_pipeline.validation.rules import Rule
 
 #: The stages of a micro-batch, as timed in the progress line and the summary.
@@ -195,7 +196,7 @@ class StreamScorer:
         self.pending = pl.read_parquet(self.log.dir / state["pending_file"])
         logs = self.log.committed_rows(state["tag"])
         if not rebuild_store:
-            logs = [p for p in logs if p.stem.startswith(f"rows-{_tag(self.batch_id)}")]
+            logs = [p for p in logs if p.stem.startswith(f"rows-{batch_tag(self.batch_id)}")]
         elif state.get("snapshot"):  # the store as it was at the snapshot (the caller did not warm it)
             self._append_rows(pl.read_parquet(self.log.dir / state["snapshot"]))
         for p in logs:
@@ -293,7 +294,7 @@ class StreamScorer:
                       .filter(~late_mask))
         self.pending = pl.concat([self.pending, accepted], how="vertical")
         batch = {"records_in": len(records), "dead_lettered": len(checked.dead), "late": late.height}
-        out = self._release(_tag(batch_id), batch_id, self.watermark, checked.dead, self._late_records(late), len(records))
+        out = self._release(batch_tag(batch_id), batch_id, self.watermark, checked.dead, self._late_records(late), len(records))
         batch.update(out)
         self._report(batch_id, batch, time.perf_counter() - t0)
         return batch
@@ -331,7 +332,7 @@ class StreamScorer:
         self._mark = t0
         self.watermark = (self.max_seen or 0) + 1
         self.flushed = True
-        out = self._release(f"{_tag(self.batch_id)}-flush", self.batch_id, self.watermark, [], [], 0)
+        out = self._release(f"{batch_tag(self.batch_id)}-flush", self.batch_id, self.watermark, [], [], 0)
         self._report(self.batch_id, out, time.perf_counter() - t0, flush=True)
         return out
 
@@ -388,8 +389,6 @@ class StreamScorer:
     def warm_up(self, currency: str) -> None:
         """Run the feature, model and SHAP paths once on a made-up event (nothing is written or
         stored), so the first micro-batch does not pay for lazy set-up."""
-        from datetime import datetime, timezone
-
         row = {c: None for c in STAGED_SCHEMA}
         row.update(event_id="_warm_up", event_time=datetime(2000, 1, 1, tzinfo=timezone.utc), src_account="_a",
                    dst_account="_b", amount=1.0, currency=currency, channel="unknown", jurisdiction="_")
@@ -547,13 +546,12 @@ def source_partition(position: dict[str, Any]) -> str:
     return f"{position['topic']}:{position['partition']}" if "partition" in position else "files"
 
 
-def _tag(batch_id: int) -> str:
+def batch_tag(batch_id: int) -> str:
+    """A micro-batch's id as the fixed-width text that names its files (so they sort in order)."""
     return f"{batch_id:012d}"
 
 
 def _iso(t_us: int | None) -> str | None:
     if t_us is None:
         return None
-    from aml_pipeline.timeutil import from_us
-
     return from_us(int(t_us)).isoformat()

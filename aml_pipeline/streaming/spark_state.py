@@ -75,7 +75,7 @@ from aml_pipeline.streaming.job import (await_query, check_shared_options, file_
                                         micro_batch, option_value, settle_connector, source_options, stream_outputs,
                                         stream_session, stream_source)
 from aml_pipeline.streaming.records import DUPLICATE, STAGED_SCHEMA, RawRecord, check, dead_letter
-from aml_pipeline.streaming.scorer import StateLog, StreamScorer, _tag
+from aml_pipeline.streaming.scorer import StateLog, StreamScorer, batch_tag
 from aml_pipeline.timeutil import from_us, to_us
 from aml_pipeline.validation.rules import build_rules, future_skew_us
 
@@ -418,7 +418,7 @@ class SparkStateScorer(StreamScorer):
         self.held += accepted - events.height
         records_in = len(dead) + len(late) + accepted
         batch = {"records_in": records_in, "dead_lettered": len(dead), "late": len(late)}
-        batch.update(self._emit(_tag(batch_id), batch_id, events, dead, late, records_in))
+        batch.update(self._emit(batch_tag(batch_id), batch_id, events, dead, late, records_in))
         self._report(batch_id, batch, time.perf_counter() - t0)
         return batch
 
