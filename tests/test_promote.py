@@ -202,6 +202,19 @@ def test_a_sweep_that_dies_closes_its_parent_run_as_failed(tmp_path):
     assert "ended before its summary" in run.data.tags["aml.sweep_outcome"]
 
 
+def test_a_version_registered_before_the_pyfunc_moved_still_unpickles():
+    """MLflow pickles the Python model by its class's import path; versions registered before
+    the move name aml_pipeline.lifecycle.pyfunc, which must still resolve to the same class."""
+    import pickle
+
+    from aml_pipeline.pyfunc import TransactionScorer
+
+    data = pickle.dumps(TransactionScorer("ab" * 32, top_k=3), protocol=0)  # text opcodes: names without lengths
+    assert b"aml_pipeline.pyfunc\nTransactionScorer" in data
+    old = pickle.loads(data.replace(b"aml_pipeline.pyfunc\n", b"aml_pipeline.lifecycle.pyfunc\n"))
+    assert type(old) is TransactionScorer and old.bundle_sha256 == "ab" * 32 and old.top_k == 3
+
+
 def test_the_registered_model_takes_canonical_transactions(world):
     """MLflow's own loader: canonical transactions in; score, threshold, alert, reasons out,
     as the bundle decides them; hyper-parameters and weighting logged as params."""
