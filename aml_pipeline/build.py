@@ -121,11 +121,17 @@ def _resolve(target: str) -> Any:
     return obj
 
 
-def check_target(target: Any, path: tuple, option: str | None = None) -> Any:
+def _option(node: Any) -> str | None:
+    """The config node's ``name`` as text (``spark`` of ``engine=spark``), if it has one."""
+    name = node.get("name") if OmegaConf.is_dict(node) or isinstance(node, dict) else None
+    return getattr(name, "value", name)
+
+
+def check_target(target: Any, path: tuple, node: Any = None) -> Any:
     """The registered object ``target`` resolves to, or ConfigError naming the key and the allowed targets.
 
-    ``option``: the node's ``name`` (``engine=spark``), for the one line that names the extra
-    to install when the target needs a package an extra brings."""
+    ``node``: the config node holding the target; its ``name`` (``engine=spark``) makes the one
+    line that names the extra to install when the target needs a package an extra brings."""
     group = slot(path)
     key = _key((*path, TARGET))
     if group is None:
@@ -143,6 +149,7 @@ def check_target(target: Any, path: tuple, option: str | None = None) -> Any:
         missing = getattr(exc, "name", None) or str(exc).splitlines()[0]
         extra = EXTRAS.get(str(missing).split(".", 1)[0])
         if extra is not None:
+            option = _option(node)
             why = f"{path[0]}={option}" if option else key
             raise MissingExtra(f"{why} needs the '{extra}' extra: {install_hint(extra)}") from None
         raise ConfigError(f"{key}={target!r} (conf/{group}/<option>.yaml) needs the package {missing!r}, which is not installed") from None
@@ -176,8 +183,7 @@ def check_targets(cfg: Any, base: tuple = ()) -> list[str]:
         for k, value in _children(node):
             if k == TARGET:
                 if path not in HYDRA_PLUGINS:
-                    name = node.get("name") if OmegaConf.is_dict(node) or isinstance(node, dict) else None
-                    check_target(value, path, getattr(name, "value", name))
+                    check_target(value, path, node)
                     seen.append(_key((*path, TARGET)))
             else:
                 walk(value, (*path, k))
@@ -199,8 +205,7 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     if not target:
         raise ConfigError(f"{where} has no _target_; allowed for {key}: {allowed(key)}")
     check_targets(node, (key,))  # the node's own target and no nested one, before anything is built
-    name = node.get("name")
-    obj = check_target(target, (key,), getattr(name, "value", name))
+    obj = check_target(target, (key,), node)
     try:
         args = list(_plain(node.get("_args_")) or [])
         params = {str(k): _plain(node[k]) for k in node.keys() if k not in SPECIAL and k not in TASK_KEYS.get(key, ())}
