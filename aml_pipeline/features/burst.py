@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import check_windows, tail_instants, timeline, window_rows
+from aml_pipeline.features.windows import check_windows, since, tail_instants, timeline, window_rows
 from aml_pipeline.timeutil import duration_us
 
 #: Log amounts are kept in units of 2**-16 (about 1.5e-5).
@@ -142,7 +142,7 @@ class InflowBurst(FeatureStep):
             rows = h.received.get(ev.dst, ())
             for w, width in windows:
                 lo = ev.t - width
-                recent = [r for r in rows if r[T] >= lo]
+                recent = since(rows, lo, T)
                 out[f"dst_in_senders_{w}"] = len({r[S] for r in recent})
                 q = [round(math.log1p(r[A]) * SCALE) for r in recent if r[A] is not None]
                 n, s, ss = len(q), sum(q), sum(v * v for v in q)
@@ -150,7 +150,7 @@ class InflowBurst(FeatureStep):
             a = ev.amount
             for w, width in alike_windows:
                 for name, rows in (("dst_in_alike", h.received.get(ev.dst, ())), ("src_out_alike", h.sent.get(ev.src, ()))):
-                    kept = tail_instants(list(rows), ev.t - width, cap, T)
+                    kept = tail_instants(rows, ev.t - width, cap, T)
                     out[f"{name}_{w}"] = sum(1 for r in kept if r[A] is not None and low * a <= r[A] <= high * a)
         return compute
 

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import check_windows, distinct_per_group, tail_instants, timeline, window_rows
+from aml_pipeline.features.windows import check_windows, distinct_per_group, since, tail_instants, timeline, window_rows
 from aml_pipeline.timeutil import duration_us
 
 
@@ -98,7 +98,7 @@ class CrossBorder(FeatureStep):
             for w, width in windows:
                 lo = ev.t - width
                 for side, acc in (("src", ev.src), ("dst", ev.dst)):
-                    kept = tail_instants(list(h.received.get(acc, ())), lo, cap, T)
+                    kept = tail_instants(h.received.get(acc, ()), lo, cap, T)
                     out[f"{side}_in_countries_{w}"] = len({r[C] for r in kept if r[C] is not None})
-                out[f"src_in_risk_{w}"] = sum(1 for r in h.received.get(ev.src, ()) if r[T] >= lo and r[C] in risk)
+                out[f"src_in_risk_{w}"] = sum(1 for r in since(h.received.get(ev.src, ()), lo, T) if r[C] in risk)
         return compute

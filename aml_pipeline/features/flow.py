@@ -51,7 +51,7 @@ import polars as pl
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.novelty import pair_prior
 from aml_pipeline.features.windows import (check_windows, duration_in, expand, fixed_sum, fixed_to_float,
-                                           last_instants, last_per_group, run_starts, tail_instants, timeline,
+                                           last_instants, last_per_group, run_starts, since, tail_instants, timeline,
                                            to_microseconds, window_rows)
 from aml_pipeline.timeutil import duration_us
 
@@ -171,21 +171,27 @@ class FlowMatching(FeatureStep):
         cap = int(self.max_inflows)
         windows = [(w, duration_us(w)) for w in self.windows]
         first, habit = duration_us(self.windows[0]), duration_us(self.habit)
+        reach = lookback + max(width for _, width in windows)  # a matched inflow's own look-back
 
-        def forwards(acc: str, h, since: int) -> int:
-            """The account's payments at or after ``since`` that matched one of its inflows."""
-            got = h.received.get(acc, ())
+        def forwards(acc: str, h, start: int) -> int:
+            """The account's payments at or after ``start`` that matched one of its inflows."""
+            got = since(h.received.get(acc, ()), start - first, T)  # the inflows those payments may pass on
             times = [r[T] for r in got]
             n = 0
-            for p in h.sent.get(acc, ()):
-                if p[T] < since or p[A] is None:
+            for p in since(h.sent.get(acc, ()), start, T):
+                paid = p[A]
+                if paid is None:
                     continue
                 # tail_instants(got[:k], p[T] - first, cap) by bisection on the times, without copies
                 k = bisect_left(times, p[T])
                 i = bisect_left(times, p[T] - first, 0, k)
                 if k - i > cap:
                     i = bisect_left(times, times[k - cap], i, k - cap)
-                n += any((r := got[j])[A] is not None and low * r[A] <= p[A] <= high * r[A] for j in range(i, k))
+                for r in got[i:k]:  # a loop, not any(<generator>): this runs for every payment of the habit window
+                    x = r[A]
+                    if x is not None and low * x <= paid <= high * x:
+                        n += 1
+                        break
             return n
 
         def compute(ev, h, out: dict) -> None:
@@ -195,19 +201,20 @@ class FlowMatching(FeatureStep):
             sent = h.sent.get(ev.src, ())
             a = ev.amount
             payers: dict = {}
-            for r in rows:
+            for r in since(rows, ev.t - reach, T):
                 payers.setdefault(r[S], []).append(r[T])
+            dst_got, dst_gave = h.received.get(ev.dst, ()), h.sent.get(ev.dst, ())
             for w, width in windows:
                 lo = ev.t - width
-                inflows = [r[A] for r in rows if r[T] >= lo and r[A] is not None]
+                inflows = [r[A] for r in since(rows, lo, T) if r[A] is not None]
                 total = fixed_to_float(fixed_sum(inflows))
                 out[f"src_fwd_share_{w}"] = a / total if inflows and total > 0 else None
-                paid = fixed_to_float(fixed_sum(r[A] for r in sent if r[T] >= lo and r[A] is not None))
+                paid = fixed_to_float(fixed_sum(r[A] for r in since(sent, lo, T) if r[A] is not None))
                 out[f"src_fwd_drain_{w}"] = (paid + a) / total if total > 0 else None
-                got = fixed_to_float(fixed_sum(r[A] for r in h.received.get(ev.dst, ()) if r[T] >= lo and r[A] is not None))
-                gave = fixed_to_float(fixed_sum(r[A] for r in h.sent.get(ev.dst, ()) if r[T] >= lo and r[A] is not None))
+                got = fixed_to_float(fixed_sum(r[A] for r in since(dst_got, lo, T) if r[A] is not None))
+                gave = fixed_to_float(fixed_sum(r[A] for r in since(dst_gave, lo, T) if r[A] is not None))
                 out[f"dst_drain_{w}"] = gave / got if got > 0 else None
-                hits = [r for r in tail_instants(list(rows), lo, cap, T)
+                hits = [r for r in tail_instants(rows, lo, cap, T)
                         if r[A] is not None and low * r[A] <= a <= high * r[A]]
                 out[f"src_fwd_matches_{w}"] = len(hits)
                 out[f"src_fwd_lag_{w}"] = (ev.t - max(r[T] for r in hits)) / 1e6 if hits else None

@@ -31,7 +31,7 @@ import polars as pl
 
 from aml_pipeline.features.base import DST, SRC, FeatureStep, register
 from aml_pipeline.features.windows import (FLOWS, SIDES, Index, Timeline, duration_in, fixed_sum, fixed_to_float,
-                                           ieee_divide, search, timeline)
+                                           ieee_divide, search, since, timeline)
 from aml_pipeline.timeutil import duration_us
 
 
@@ -285,9 +285,9 @@ class CounterpartyGraph(FeatureStep):
             on x's times, minus the (rare) excluded first hops before it.
             """
             by_x: dict[str, list[int]] = {}
-            for e2 in h.received.get(target, ()):
+            for e2 in since(h.received.get(target, ()), lo + 1, T):  # e2[T] > lo
                 x = e2[S]
-                if e2[T] > lo and x != target and x not in hubs:
+                if x != target and x not in hubs:
                     by_x.setdefault(x, []).append(e2[T])
             paths = cycles = 0
             received = h.received
@@ -297,40 +297,39 @@ class CounterpartyGraph(FeatureStep):
                     continue
                 if len(seconds) == 1:  # the common case: one scan, stopping at the second hop
                     s2 = seconds[0]
-                    for r in rows:
-                        s1 = r[T]
-                        if s1 >= s2:
+                    for r in since(rows, lo, T):
+                        if r[T] >= s2:
                             break
-                        if s1 >= lo:
-                            a = r[S]
-                            if a != target and a != x:
-                                paths += 1
-                                if a == origin:
-                                    cycles += 1
+                        a = r[S]
+                        if a != target and a != x:
+                            paths += 1
+                            if a == origin:
+                                cycles += 1
                     continue
+                rows = since(rows, lo, T)  # the first hops start at lo
                 times = [r[T] for r in rows]
                 srcs = [r[S] for r in rows]
-                i0 = bisect_left(times, lo)
                 excluded = [i for i, a in enumerate(srcs) if a == target or a == x]
                 starts = [i for i, a in enumerate(srcs) if a == origin] if origin not in (None, x, target) else []
                 for s2 in seconds:
                     k = bisect_left(times, s2)
-                    if k <= i0:
+                    if k == 0:
                         continue
-                    paths += (k - i0) - (bisect_left(excluded, k) - bisect_left(excluded, i0))
+                    paths += k - bisect_left(excluded, k)
                     if starts:
-                        cycles += bisect_left(starts, k) - bisect_left(starts, i0)
+                        cycles += bisect_left(starts, k)
             return paths, cycles
 
         def compute(ev, h, out: dict) -> None:
             lo = ev.t - width
             for side, acc in (("src", ev.src), ("dst", ev.dst)):
                 for flow, table, cp in (("in", h.received, S), ("out", h.sent, D)):
-                    out[f"{side}_{flow}_degree_{w}"] = len({r[cp] for r in table.get(acc, ()) if r[T] >= lo})
-            sent = fixed_sum(r[A] for r in h.sent.get(ev.src, ()) if r[T] >= lo)
-            got = fixed_to_float(fixed_sum(r[A] for r in h.received.get(ev.src, ()) if r[T] >= lo))
+                    out[f"{side}_{flow}_degree_{w}"] = len({r[cp] for r in since(table.get(acc, ()), lo, T)})
+            src_sent, src_got = since(h.sent.get(ev.src, ()), lo, T), since(h.received.get(ev.src, ()), lo, T)
+            sent = fixed_sum(r[A] for r in src_sent)
+            got = fixed_to_float(fixed_sum(r[A] for r in src_got))
             out[f"src_pass_through_{w}"] = ieee_divide(fixed_to_float(sent) + ev.amount, got) if got > 0 else None
-            out[f"reciprocal_{w}"] = sum(1 for r in h.received.get(ev.src, ()) if r[T] >= lo and r[S] == ev.dst)
+            out[f"reciprocal_{w}"] = sum(1 for r in src_got if r[S] == ev.dst)
             src_paths, cycles = two_hop(h, ev.src, lo, ev.dst)
             dst_paths, _ = two_hop(h, ev.dst, lo, None)
             out[f"cycle3_{w}"] = cycles

@@ -30,7 +30,7 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.graph import _pair_index
-from aml_pipeline.features.windows import SIDES, check_windows, duration_in, search, timeline, to_microseconds
+from aml_pipeline.features.windows import SIDES, check_windows, duration_in, search, since, timeline, to_microseconds
 from aml_pipeline.timeutil import duration_us
 
 
@@ -98,16 +98,17 @@ class Novelty(FeatureStep):
         def compute(ev, h, out: dict) -> None:
             sent = h.sent.get(ev.src, ())
             lo = ev.t - lookback
-            out[f"pair_prior_{L}"] = sum(1 for r in sent if r[T] >= lo and r[D] == ev.dst)
+            out[f"pair_prior_{L}"] = sum(1 for r in since(sent, lo, T) if r[D] == ev.dst)
             for side, acc in (("src", ev.src), ("dst", ev.dst)):  # rows are time-ordered: the first in range is the oldest
                 times = [x for x in (first_at(h.sent.get(acc, ()), T, lo), first_at(h.received.get(acc, ()), T, lo))
                          if x is not None]
                 out[f"{side}_age_{L}"] = (ev.t - min(times)) / 1e6 if times else None
             tables = {"src_new_payees": (sent, D), "src_new_payers": (h.received.get(ev.src, ()), S),
                       "dst_new_payers": (h.received.get(ev.dst, ()), S)}
-            widest = max((width for _, width in windows), default=0)
+            start = ev.t - max((width for _, width in windows), default=0)
             for name, (rows, other) in tables.items():
-                new = new_relationship_times(rows, other, T, ev.t - widest, lookback)  # once for every window
+                # a row before start - lookback can be no counted row's prior within the lookback
+                new = new_relationship_times(since(rows, start - lookback, T), other, T, start, lookback)
                 for w, width in windows:
                     out[f"{name}_{w}"] = len(new) - bisect_left(new, ev.t - width)
         return compute
@@ -115,42 +116,38 @@ class Novelty(FeatureStep):
 
 def first_at(rows, T: int, lo: int) -> int | None:
     """The time of the first of time-ordered ``rows`` at or after ``lo`` (None: none)."""
-    for r in rows:
-        if r[T] >= lo:
-            return r[T]
-    return None
-
-
-def new_relationships(rows, other: int, T: int, start: int, lookback: int) -> int:
-    """Of one account's time-ordered rows, those at or after ``start`` whose counterparty
-    (at index ``other``) has no row in the ``lookback`` before them: the per-event form of
-    ``pair_prior == 0`` counted over a window."""
-    return len(new_relationship_times(rows, other, T, start, lookback))
+    rest = since(rows, lo, T)
+    return rest[0][T] if rest else None
 
 
 def new_relationship_times(rows, other: int, T: int, start: int, lookback: int) -> list[int]:
-    """The times (ascending) of the rows :func:`new_relationships` counts, in one pass.
+    """The times (ascending) of one account's time-ordered rows at or after ``start`` whose
+    counterparty (at index ``other``) has no row in the ``lookback`` before them: the
+    per-event form of ``pair_prior == 0``, counted over a window as the tail of this list
+    after the window's start.
 
-    Why one pass: a request needs this for several windows and three tables, on accounts
-    with thousands of rows. Rows are time-ordered, so a row is new exactly when the latest
-    earlier instant of its counterparty (same-instant rows never count) is missing or older
-    than ``lookback``: one dict of (latest instant, the instant before it) per counterparty
-    replaces sorted time lists and bisections, and a narrower window's count is the tail of
-    this list after its start."""
+    Why this shape: a request needs it for several windows and three tables, on accounts
+    with thousands of rows. A row is new exactly when the latest earlier instant of its
+    counterparty (same-instant rows never count) is missing or older than ``lookback``.
+    Before ``start`` only each counterparty's latest time matters (one dict built in C);
+    from ``start`` on, one dict of (latest instant, the instant before it) per counterparty
+    replaces sorted time lists and bisections."""
+    i = bisect_left(rows, start, key=lambda r: r[T])
+    latest_before = {r[other]: r[T] for r in rows[:i]}  # time-ordered: the last write is the latest
     last: dict = {}
     new = []
-    for r in rows:
+    for r in rows[i:]:
         t, cp = r[T], r[other]
         seen = last.get(cp)
         if seen is None:
-            prior = None
-            last[cp] = (t, None)
+            prior = latest_before.get(cp)
+            last[cp] = (t, prior)
         elif seen[0] < t:
             prior = seen[0]
             last[cp] = (t, prior)
         else:  # the same instant as the counterparty's latest row
             prior = seen[1]
-        if t >= start and (prior is None or prior < t - lookback):
+        if prior is None or prior < t - lookback:
             new.append(t)
     return new
 

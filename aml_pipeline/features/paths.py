@@ -46,7 +46,6 @@ payers' histories (:meth:`TemporalPaths.two_hop`).
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,7 +53,7 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.graph import hub_accounts, hub_mask, spark_hubs
-from aml_pipeline.features.windows import (check_windows, duration_in, expand, last_instants, run_starts,
+from aml_pipeline.features.windows import (before, check_windows, duration_in, expand, last_instants, run_starts,
                                            tail_instants, timeline, window_rows)
 from aml_pipeline.timeutil import duration_us
 
@@ -235,14 +234,12 @@ class TemporalPaths(FeatureStep):
             return paid is not None and got is not None and low * got <= paid <= high * got
 
         def inflows(h, acc: str, since: int, until: int) -> list:
-            rows = h.received.get(acc, ())
-            before = rows[:bisect_left([r[T] for r in rows], until)]
-            return tail_instants(list(before), since, cap, T)
+            return tail_instants(before(h.received.get(acc, ()), until, T), since, cap, T)
 
         def compute(ev, h, out: dict) -> None:
             t, u, v = ev.t, ev.src, ev.dst
             depth = 0
-            for r1 in tail_instants(list(h.received.get(u, ())), t - lag, cap, T):
+            for r1 in tail_instants(h.received.get(u, ()), t - lag, cap, T):
                 x = r1[S]
                 if x == u or not passes(ev.amount, r1[A]):
                     continue
@@ -253,7 +250,7 @@ class TemporalPaths(FeatureStep):
                     break
             if u == v:
                 depth = 0  # a self-payment passes nothing on
-            into = tail_instants(list(h.received.get(v, ())), t - width, cap, T)
+            into = tail_instants(h.received.get(v, ()), t - width, cap, T)
             fwd = 0
             for r2 in into:
                 y = r2[S]
@@ -261,7 +258,7 @@ class TemporalPaths(FeatureStep):
                     fwd += 1
             routes = 0
             if u not in hubs:
-                origins = {r[S] for r in tail_instants(list(h.received.get(u, ())), t - width, cap, T)} - {u, v}
+                origins = {r[S] for r in tail_instants(h.received.get(u, ()), t - width, cap, T)} - {u, v}
                 if origins:
                     via: dict[str, set] = {}
                     for r2 in into:
@@ -272,7 +269,7 @@ class TemporalPaths(FeatureStep):
                             if r0[S] != v and r0[S] != y:
                                 via.setdefault(r0[S], set()).add(y)
                     routes = max(1 + len(via.get(a, ())) for a in origins)
-            out[names[3]] = sum(1 for r in tail_instants(list(h.sent.get(v, ())), t - width, cap, T)
+            out[names[3]] = sum(1 for r in tail_instants(h.sent.get(v, ()), t - width, cap, T)
                                 if r[D] != u and r[D] != v and r[A] is not None
                                 and back_low * r[A] <= ev.amount <= back_high * r[A])
             out[names[0]], out[names[1]], out[names[2]] = depth, fwd, routes

@@ -27,7 +27,7 @@ import polars as pl
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.windows import (check_windows, distinct_per_group, expand, fixed_running_sums,
                                            fixed_sum, fixed_to_float, fixed_window_sums, last_instants, run_starts,
-                                           search, tail_instants, timeline)
+                                           search, since, tail_instants, timeline)
 from aml_pipeline.timeutil import duration_us
 
 
@@ -120,13 +120,14 @@ class CashStructuring(FeatureStep):
         cap = int(self.max_rows)
         cash = {c.lower() for c in self.cash_channels}
         low, top = self._bounds()
+        widest = max(width for _, width in windows)
 
         def compute(ev, h, out: dict) -> None:
-            deposits = [r for r in h.received.get(ev.dst, ())  # the band first: it rules out most rows cheaply
+            deposits = [r for r in since(h.received.get(ev.dst, ()), ev.t - widest, T)  # the band first: it rules out most rows cheaply
                         if r[A] is not None and low <= r[A] < top and r[C] is not None and r[C].lower() in cash]
             for w, width in windows:
                 lo = ev.t - width
-                recent = [r for r in deposits if r[T] >= lo]
+                recent = since(deposits, lo, T)
                 kept = tail_instants(recent, lo, cap, T)
                 out[f"dst_cash_band_count_{w}"] = len(recent)
                 out[f"dst_cash_band_sum_{w}"] = fixed_to_float(fixed_sum(r[A] for r in recent))

@@ -18,11 +18,13 @@ import time
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Any
 
 from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
 
 _EMPTY: list = []
+_TIME = itemgetter(T)
 
 
 class _Set:
@@ -128,9 +130,10 @@ class MemoryStore(OnlineStore):
             table = self._received
             received = reading.received
             for acc in accounts:
-                for r in received[acc]:
+                rows = received[acc]  # time-ordered: the expansion's rows are its tail
+                for r in rows[bisect_left(rows, expand_start_us, key=_TIME):]:
                     x = r[SRC]
-                    if x in received or r[T] < expand_start_us or x in hubs:
+                    if x in received or x in hubs:
                         continue
                     got = table.get(x)
                     received[x] = _EMPTY if got is None else got.between(expand_start_us, end_us)
