@@ -202,12 +202,16 @@ def bench_noop(payloads: Path, rate: float, seconds: float) -> dict:
             except Exception:
                 time.sleep(0.1)
         service = type("Noop", (), {"port": port})()
+        run_client(service, payloads, 0, int(rate * 5), rate, 5)  # warm-up, not recorded (as the service's)
+        cpu0 = cpu_seconds([proc.pid])
         r = run_client(service, payloads, 0, int(rate * seconds), rate, seconds)
+        r["server_cpu_ms_per_request"] = round((cpu_seconds([proc.pid]) - cpu0) * 1e3 / max(r["answered"], 1), 3)
     finally:
         proc.terminate()
         proc.wait()
     print(f"  no-op  {rate:6.0f}/s  p50 {r['p50_ms']:7.2f}  p95 {r['p95_ms']:7.2f}  p99 {r['p99_ms']:7.2f}  "
-          f"max {r['max_ms']:8.2f} ms  (the machine's floor: same stack and client, constant answer)", flush=True)
+          f"max {r['max_ms']:8.2f} ms  (the machine's floor: same stack and client, constant answer; "
+          f"cpu {r['server_cpu_ms_per_request']:.2f} ms/req)", flush=True)
     return r
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 import polars as pl
@@ -172,21 +173,21 @@ class FlowMatching(FeatureStep):
         windows = [(w, duration_us(w)) for w in self.windows]
         first, habit = duration_us(self.windows[0]), duration_us(self.habit)
         reach = lookback + max(width for _, width in windows)  # a matched inflow's own look-back
+        time_of = itemgetter(T)
 
         def forwards(acc: str, h, start: int) -> int:
             """The account's payments at or after ``start`` that matched one of its inflows."""
             got = since(h.received.get(acc, ()), start - first, T)  # the inflows those payments may pass on
-            times = [r[T] for r in got]
             n = 0
             for p in since(h.sent.get(acc, ()), start, T):
                 paid = p[A]
                 if paid is None:
                     continue
-                # tail_instants(got[:k], p[T] - first, cap) by bisection on the times, without copies
-                k = bisect_left(times, p[T])
-                i = bisect_left(times, p[T] - first, 0, k)
+                # tail_instants(got[:k], p[T] - first, cap) by bisection on the rows' times, without copies
+                k = bisect_left(got, p[T], key=time_of)
+                i = bisect_left(got, p[T] - first, 0, k, key=time_of)
                 if k - i > cap:
-                    i = bisect_left(times, times[k - cap], i, k - cap)
+                    i = bisect_left(got, got[k - cap][T], i, k - cap, key=time_of)
                 for r in got[i:k]:  # a loop, not any(<generator>): this runs for every payment of the habit window
                     x = r[A]
                     if x is not None and low * x <= paid <= high * x:
