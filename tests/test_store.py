@@ -278,6 +278,58 @@ def test_redis_cache_stays_exact_with_two_writers(synthetic, redis_server):
     assert len(mine._cache) > 100  # the cache was in use
 
 
+@pytest.mark.parametrize("feed", [RedisStore.FEED, 1])
+def test_redis_workers_follow_each_others_appends_from_the_feed(synthetic, redis_server, monkeypatch, feed):
+    """Two scorers sharing the requests (deploy.workers=2): each brings its copies up to the
+    other's appends from the store's change feed in the same read call, never checking
+    versions or fetching a copy again, and stays bit for bit what Redis holds; with a feed
+    too short to reach back (feed=1 behind two appends) a scorer reads its copies again, as
+    exact."""
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    layout = needs.layout()
+    monkeypatch.setattr(RedisStore, "FEED", feed)
+    prefix = f"feed{feed}:"
+    first = RedisStore(layout, redis_server.url, prefix=prefix)
+    first.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
+               .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    second = RedisStore(layout, redis_server.url, prefix=prefix)
+    uncached = RedisStore(layout, redis_server.url, prefix=prefix, cache_size=0)
+    calls = {store: {"followed": 0, "versioned": 0} for store in (first, second)}
+
+    def counting(store, name, key):
+        method = getattr(store, name)
+
+        def counted(*args, **kwargs):
+            calls[store][key] += 1
+            return method(*args, **kwargs)
+        monkeypatch.setattr(store, name, counted)
+
+    for store in (first, second):
+        counting(store, "_follow", "followed")
+        counting(store, "_read", "versioned")
+    engine = OnlineFeatures(plan)
+    events = list(frame.filter(pl.col("event_time") >= cut).head(300).iter_rows(named=True))
+    for n, row in enumerate(events):
+        ev = Event(request_values(row))
+        scorer = first if n % 3 == 0 else second  # the kernel hands each request to either worker
+        _, history = gather(scorer, needs, ev)
+        assert engine.compute(ev, history) == engine.compute(ev, gather(uncached, needs, ev)[1]), ev.event_id
+        assert scorer.commit(ev.row(needs.extra_columns), None)
+    checked = 0
+    for scorer in (first, second):  # every current copy is exactly Redis's set
+        for acc, entry in scorer._cache.items():
+            if entry.version == int(scorer._r.get(f"{prefix}v:{acc}")):
+                assert [list(r) for r in entry.received] == uncached.read_received([acc], 0, 2**62)[acc], acc
+                checked += 1
+    assert checked > 100
+    if feed == 1:  # one entry never reaches back over second's two appends: copies are read again
+        assert calls[first]["followed"] == 0 and calls[first]["versioned"] >= 99
+    else:  # first holds every account (its warm-up): each read but its first follows second's two appends
+        assert calls[first] == {"followed": 99, "versioned": 0}, calls[first]
+        assert calls[second]["followed"] > 0  # second reads with versions only accounts it holds no copy of
+
+
 def test_redis_warm_holds_exact_copies_only_of_new_accounts(synthetic, redis_server):
     """A warm-up keeps the sets it wrote as cached copies (no cold read of a merchant's
     thousands of rows on its first request), but only for accounts Redis had no rows of:
@@ -305,8 +357,9 @@ def test_redis_warm_holds_exact_copies_only_of_new_accounts(synthetic, redis_ser
 
 def test_redis_single_writer_reads_skip_version_checks_and_stay_exact(synthetic, redis_server):
     """Alone on the store, a scorer reads with one O(1) call (its copies are current while
-    the store's generation is the one its own writes led to); the first write of another
-    scorer turns that off, and a scorer starting on a warm store turns it on again."""
+    the store's generation is the one its own writes led to); another scorer's write comes
+    with the next read (the change feed) and keeps it so, and a scorer starting on a warm
+    store is on it after one read."""
     plan, frame, cut = synthetic
     needs = plan_needs(plan)
     layout = needs.layout()
@@ -335,10 +388,11 @@ def test_redis_single_writer_reads_skip_version_checks_and_stay_exact(synthetic,
         assert mine._generation is not None
     assert calls["fast"] >= 100  # most reads took the fast path
     other = RedisStore(layout, redis_server.url, prefix="alone:")
-    step(other, after[150])  # another writer: mine's copies may now be stale
+    step(other, after[150])  # another writer: mine's copies are a change behind
+    fast_before = calls["fast"]
     for row in after[151:250]:
-        step(mine, row)  # still exact: back to version checks
-    assert mine._generation is None
+        step(mine, row)  # still exact: the other's append came with the first read (the feed)
+    assert mine._generation is not None and calls["fast"] - fast_before >= 90
     restarted = RedisStore(layout, redis_server.url, prefix="alone:")  # empty cache: in sync after one read
     for row in after[250:]:
         step(restarted, row)

@@ -9,6 +9,8 @@ Keys (``prefix`` first, ``aml:`` by default):
 - ``s:<event id>``: the event id was appended (expires after ``dedup_ttl``);
 - ``d:<event id>``: the decision taken for it, JSON (same expiry);
 - ``g``: how many times any set changed (the store's *generation*);
+- ``c``: the change feed, the latest appends oldest first (at most ``FEED``), each
+  ``[generation, version of src, version of dst, row, [accounts forgotten]]``;
 - ``epoch``: a random id made when the store is empty (a flushed store gets a new one);
 - ``meta``: the store layout (window, row columns), checked when a scorer connects.
 - with a retention (``deploy.store.retention``): ``n``, the newest event time appended;
@@ -32,11 +34,18 @@ writer came in between), else drops them. A scorer alone on the store thus reads
 no rows; with several, versions keep every copy exact. A new ``epoch`` (flushed store)
 empties the cache. Single-instance Redis only: a script touches keys of several accounts.
 
-A scorer alone on the store need not even check versions. Every change bumps the
-generation ``g``; while the generation is the one the scorer's own writes led to, every copy
-it holds is current, and a read is one O(1) script call (the stored decision, else "nothing
-changed"), however many accounts paid a merchant. The first generation it did not expect
-(another writer) turns this off, and reads go back to checking versions.
+A scorer need not even check versions. Every change bumps the generation ``g`` and every
+append is written to the feed ``c`` under it. A scorer remembers a generation up to which
+it has followed the feed: what any copy it holds lacks is in the feed after it. A read is
+then one script call: the stored decision, else the feed entries since (none for a scorer
+alone on the store), which the scorer applies to the copies it holds, with the same
+insert-and-trim, in generation order, each only when it is exactly the next version of that
+copy (its own appends are already there); an account the retention forgot is dropped.
+However many accounts paid a merchant and however many workers share the store
+(``deploy.workers``), no version is checked and no row is fetched twice. When the feed no
+longer reaches back that far (a scorer idle for ``FEED`` appends, a warm-up or an
+eviction, which change sets without feed entries, a flushed store), the scorer drops its
+copies and reads with versions once, from which it follows the feed again.
 """
 
 from __future__ import annotations
@@ -91,9 +100,9 @@ end
 """
 
 # KEYS: seen, sent set of src, received set of dst, decision, version of src, version of dst;
-# ARGV: member, t, window, ttl, decision, retention (0 = none), prefix, src, dst, event id.
-# Versions count the changes of an account's sets. Returns {appended, v_src, v_dst, g,
-# accounts forgotten...}.
+# ARGV: member, t, window, ttl, decision, retention (0 = none), prefix, src, dst, event id,
+# feed length. Versions count the changes of an account's sets. Returns {appended, v_src,
+# v_dst, g, accounts forgotten...}.
 _APPEND = _TRIM + _EVICT_FN + """
 local window = tonumber(ARGV[3])
 local retention = tonumber(ARGV[6])
@@ -121,7 +130,12 @@ if retention > 0 then
 end
 local vs = redis.call('INCR', KEYS[5])
 local vd = redis.call('INCR', KEYS[6])
-local out = {1, vs, vd, redis.call('INCR', KEYS[7])}
+local g = redis.call('INCR', KEYS[7])
+local forgot = {}
+for i, acc in ipairs(gone) do forgot[i] = cjson.encode(acc) end
+redis.call('RPUSH', p .. 'c', string.format('[%d,%d,%d,', g, vs, vd) .. ARGV[1] .. ',[' .. table.concat(forgot, ',') .. ']]')
+redis.call('LTRIM', p .. 'c', -tonumber(ARGV[11]), -1)
+local out = {1, vs, vd, g}
 for _, acc in ipairs(gone) do out[#out + 1] = acc end
 return out
 """
@@ -133,16 +147,21 @@ if #gone > 0 or (ids or 0) > 0 then redis.call('INCR', ARGV[1] .. 'g') end
 return {#gone, ids or 0}
 """
 
-# The single-writer read: ARGV prefix, event id, the client's epoch, the generation it
-# expects. Returns the stored decision (JSON), '1' when nothing changed since, else '0'.
+# The feed-following read: ARGV prefix, event id, the client's epoch, the generation it has
+# followed the feed to. Returns the stored decision (a JSON object), '1' when nothing changed
+# since, the feed's entries since (a JSON array) when the feed holds every one of them,
+# else '0'.
 _READ_FAST = """
 local p = ARGV[1]
 local d = redis.call('GET', p .. 'd:' .. ARGV[2])
 if d then return d end
-if (redis.call('GET', p .. 'epoch') or '') == ARGV[3] and (redis.call('GET', p .. 'g') or '0') == ARGV[4] then
-  return '1'
-end
-return '0'
+if (redis.call('GET', p .. 'epoch') or '') ~= ARGV[3] then return '0' end
+local n = tonumber(redis.call('GET', p .. 'g') or '0') - tonumber(ARGV[4])
+if n == 0 then return '1' end
+if n < 0 then return '0' end
+local entries = redis.call('LRANGE', p .. 'c', -n, -1)
+if #entries ~= n or tonumber(string.match(entries[1], '^%[(%d+),')) ~= tonumber(ARGV[4]) + 1 then return '0' end
+return '[' .. table.concat(entries, ',') .. ']'
 """
 
 # One round trip for what a query needs. ARGV: prefix, event id, the client's epoch, the
@@ -267,6 +286,9 @@ class _Entry:
 
 class RedisStore(OnlineStore):
     backend = "redis"
+    #: Appends the feed ``c`` keeps (module doc): how far behind a scorer may fall and still
+    #: catch up without reading its copies again (~150 bytes each).
+    FEED = 10_000
 
     def __init__(self, layout: StoreLayout, url: str, prefix: str = "aml:", dedup_ttl_s: float = 30 * 86400.0,
                  cache_size: int = 20_000):
@@ -290,8 +312,9 @@ class RedisStore(OnlineStore):
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self.cache_size = cache_size
         self._epoch = None
-        #: The generation at which every cached copy is known current (None: unknown, so
-        #: reads check versions); see the module doc.
+        #: The generation up to which this scorer has followed the feed: what any copy it
+        #: holds lacks is in the feed after it (None: unknown, so reads check versions);
+        #: see the module doc.
         self._generation: int | None = None
         self._p = prefix.encode()
         self.ping()
@@ -378,10 +401,21 @@ class RedisStore(OnlineStore):
         return found
 
     def _seen_generation(self, generation: int, cache_was_empty: bool) -> None:
-        """A reply's rows are current at ``generation``: keep the single-writer fast path on
-        only if every other copy is current there too (nothing changed, or no other copies)."""
-        if self._generation != generation:
-            self._generation = generation if cache_was_empty else None
+        """A reply's rows are current at ``generation``. Copies fetched while following the
+        feed keep it followed (the feed after our generation holds what they lack, and
+        changes they already have are skipped); with nothing else held, the feed is followed
+        from here."""
+        if self._generation is None and cache_was_empty:
+            self._generation = generation
+
+    def _follow(self, entries: list) -> None:
+        """Apply the feed's entries (oldest first) to the copies we hold."""
+        cache = self._cache
+        for generation, v_src, v_dst, row, gone in entries:
+            for acc in gone:
+                cache.pop(acc, None)
+            self._apply(row, v_src, v_dst)
+            self._generation = generation
 
     def _fetch_received(self, accounts: list[str]) -> None:
         """Cache the whole received sets of ``accounts`` (the 1-hop expansion's misses)."""
@@ -392,17 +426,25 @@ class RedisStore(OnlineStore):
         self._seen_generation(generation, cache_was_empty)
 
     def _read_cached(self, event_id: str, held: list[_Entry], accounts: list[str], start_us: int, end_us: int,
-                     expand_start_us: int | None, guess: set[str]) -> Reading | None:
-        """The fast path: one O(1) call, the rows from our copies; None when something changed."""
+                     expand_start_us: int | None, guess: set[str], hubs: frozenset[str]) -> Reading | None:
+        """The fast path: one call (the stored decision, or the feed since our generation), the
+        rows from our copies; None when the copies must be read with versions."""
         got = self._read_fast(args=[self.prefix, event_id, self._epoch or "", self._generation])
-        if got != b"1":
-            if got == b"0":
-                self._generation = None
-                return None
+        if got == b"0":  # the feed does not reach back far enough: read the copies again
+            self._cache.clear()
+            self._generation = None
+            return None
+        if got[:1] == b"{":
             out = Reading()
             out.decision = json.loads(got)
             return out
         cache = self._cache
+        if got != b"1":  # other writers' appends since: bring our copies up to them
+            self._follow(json.loads(got))
+            if any(cache.get(acc) is not entry for acc, entry in zip(accounts, held)):
+                return None  # a query account was forgotten by the retention
+            if expand_start_us is not None:
+                guess = self._neighbours(held, accounts, expand_start_us, end_us, hubs)
         missing = [x for x in guess if x not in cache]
         if missing:
             self._fetch_received(sorted(missing))
@@ -427,9 +469,14 @@ class RedisStore(OnlineStore):
         if expand_start_us is not None:  # from the copies we hold; the script finds the others' own
             guess = self._neighbours([e for e in held if e is not None], accounts, expand_start_us, end_us, hubs)
         if self._generation is not None and all(e is not None for e in held):
-            reading = self._read_cached(event_id, held, accounts, start_us, end_us, expand_start_us, guess)
+            reading = self._read_cached(event_id, held, accounts, start_us, end_us, expand_start_us, guess, hubs)
             if reading is not None:
                 return reading
+            held = [e if e is not None and e.sent is not None else None for e in map(cache.get, accounts)]
+        if self._generation is None and cache:  # copies we cannot bring up to date: start over
+            cache.clear()
+            held = [None] * len(accounts)
+            guess = set()
         cache_was_empty = not cache
         args = [self.prefix, event_id, self._epoch or "", "" if expand_start_us is None else expand_start_us, end_us,
                 len(accounts)]
@@ -491,38 +538,28 @@ class RedisStore(OnlineStore):
         keys = [self._k("s", row[ID]), self._k("o", row[SRC]), self._k("i", row[DST]), self._k("d", row[ID]),
                 self._k("v", row[SRC]), self._k("v", row[DST]), self._p + b"g"]
         args = [_dumps(list(row)), row[T], self.layout.window_us, self.ttl, _dumps(decision) if decision is not None else "",
-                self.retention_us, self.prefix, row[SRC], row[DST], row[ID]]
+                self.retention_us, self.prefix, row[SRC], row[DST], row[ID], self.FEED]
         appended, v_src, v_dst, generation, *gone = self._append(keys=keys, args=args)
         for acc in gone:  # forgotten by the retention: our copies of them are gone too
             self._cache.pop(acc.decode() if isinstance(acc, bytes) else acc, None)
         if appended:
-            self._mirror(row, int(v_src), int(v_dst))
-            # our own change, and the only one since: every copy stays current
-            expected = self._generation is not None and int(generation) == self._generation + 1
-            self._generation = int(generation) if expected else None
+            self._apply(row, int(v_src), int(v_dst))
+            if self._generation is not None and int(generation) == self._generation + 1:
+                self._generation = int(generation)  # our own change, and the only one since
         return bool(appended)
 
-    def _mirror(self, row: Row, v_src: int, v_dst: int) -> None:
-        """Apply our own append to the cached sets, if no other writer came in between."""
+    def _apply(self, row: Row, v_src: int, v_dst: int) -> None:
+        """Apply one append (ours, or the feed's) to the copies of its two accounts that are
+        exactly one version behind it; a copy that already has it is left alone, and so is
+        one further behind (the feed brings it the changes in between first). A self-payment
+        bumps one counter twice (``v_dst == v_src + 1``), so taking the sides in order works."""
         cache, w = self._cache, self.layout.window_us
-        src, dst = row[SRC], row[DST]
-        if src == dst:  # both versions were bumped on the same counter
-            entry = cache.get(src)
-            if entry is not None and entry.version + 2 == v_dst and entry.sent is not None:
-                entry.add(row, w, sent=True)
-                entry.add(row, w, sent=False)
-                entry.version = v_dst
-            else:
-                cache.pop(src, None)
-            return
-        for acc, version, sent in ((src, v_src, True), (dst, v_dst, False)):
+        for acc, version, sent in ((row[SRC], v_src, True), (row[DST], v_dst, False)):
             entry = cache.get(acc)
-            if entry is None:
+            if entry is None or entry.version + 1 != version:
                 continue
-            if entry.version + 1 != version or (sent and entry.sent is None):
-                del cache[acc]  # another writer touched it, or we never held that set
-                continue
-            entry.add(row, w, sent=sent)
+            if not (sent and entry.sent is None):  # a received-only copy: the sent side is not held
+                entry.add(row, w, sent=sent)
             entry.version = version
 
     def warm(self, rows: Iterable[Row]) -> int:
