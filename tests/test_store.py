@@ -330,6 +330,35 @@ def test_redis_workers_follow_each_others_appends_from_the_feed(synthetic, redis
         assert calls[second]["followed"] > 0  # second reads with versions only accounts it holds no copy of
 
 
+def test_redis_preload_lets_a_new_worker_read_without_fetching(synthetic, redis_server, monkeypatch):
+    """A worker that starts on a warm store reads its copies before serving (preload): its
+    requests then fetch no sets, follow the other worker's appends from the feed and stay
+    exact; only events of accounts the store had no rows of need a versioned read."""
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    layout = needs.layout()
+    writer = RedisStore(layout, redis_server.url, prefix="preload:")
+    writer.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
+                .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    known = set(writer._cache)
+    fresh = RedisStore(layout, redis_server.url, prefix="preload:")
+    assert fresh.preload() == len(known) and set(fresh._cache) == known
+    uncached = RedisStore(layout, redis_server.url, prefix="preload:", cache_size=0)
+    reads = []
+    versioned = fresh._read
+    monkeypatch.setattr(fresh, "_read", lambda *a, **k: (reads.append(1), versioned(*a, **k))[1])
+    engine = OnlineFeatures(plan)
+    unknown = 0
+    for n, row in enumerate(frame.filter(pl.col("event_time") >= cut).head(200).iter_rows(named=True)):
+        ev = Event(request_values(row))
+        scorer = fresh if n % 2 else writer
+        if scorer is fresh and not {ev.src, ev.dst} <= set(fresh._cache):
+            unknown += 1
+        assert engine.compute(ev, gather(scorer, needs, ev)[1]) == engine.compute(ev, gather(uncached, needs, ev)[1])
+        scorer.commit(ev.row(needs.extra_columns), None)
+    assert len(reads) == unknown < 30
+
+
 def test_redis_warm_holds_exact_copies_only_of_new_accounts(synthetic, redis_server):
     """A warm-up keeps the sets it wrote as cached copies (no cold read of a merchant's
     thousands of rows on its first request), but only for accounts Redis had no rows of:

@@ -152,6 +152,8 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
         try:
             state.detail = "warming the store"
             n, secs = _warm(cfg, store, bundle.plan.fx)
+            state.detail = "reading the store"
+            preloaded = store.preload()
             log = open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value)
             scorer = Scorer(bundle, store, needs, engine, log, explain=str(_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)
@@ -161,7 +163,8 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
             state.set_ready(scorer)
             print(f"serving {scorer.trace['model_name']} version {scorer.trace['model_version']} "
                   f"(sha256 {bundle.bundle_hash[:12]}) on http://{d.host}:{d.port} "
-                  f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s, engine {engine.name}, "
+                  f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s"
+                  + (f", copies of {preloaded:,} accounts read" if preloaded else "") + f", engine {engine.name}, "
                   f"model runtime {getattr(bundle.model, 'runtime', 'native')}"
                   + (f", shadow version {shadow.trace['shadow_model_version']}" if shadow else "")
                   + (f", worker {worker} pid {os.getpid()}" if worker is not None else "") + "]",

@@ -151,6 +151,11 @@ class OnlineStore(ABC):
     def stats(self) -> dict[str, Any]:
         """Small description for /health and logs."""
 
+    def preload(self) -> int:
+        """Read what a scorer keeps near it before it serves (a store outside the process:
+        its cached copies); returns how many accounts. The embedded store has nothing to read."""
+        return 0
+
     def close(self) -> None:  # pragma: no cover - trivial
         pass
 

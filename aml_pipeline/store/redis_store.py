@@ -665,6 +665,44 @@ class RedisStore(OnlineStore):
             self._cache[acc] = _Entry(versions[acc], sent, received)
             self._cache.move_to_end(acc)
 
+    def preload(self) -> int:
+        """Hold copies of up to ``cache_size`` accounts before serving, so a new process (one of
+        ``deploy.workers``, or a service restarted on a kept store) does not fetch a merchant's
+        sets on the requests that first touch it. The generation is read first: the copies,
+        read afterwards, lack only appends the feed after it holds. Accounts already held
+        are kept. Returns how many accounts were read."""
+        cache = self._cache
+        if self._generation is None:
+            cache.clear()  # copies of unknown currency (see read_expanded)
+        p = self._r.pipeline(transaction=True)
+        p.get(self._p + b"epoch")
+        p.get(self._p + b"g")
+        epoch, generation = p.execute()
+        if self._epoch != (epoch or b"").decode():
+            cache.clear()
+            self._epoch = (epoch or b"").decode()
+        if not cache:
+            self._generation = int(generation or 0)
+        accounts, pattern = [], self._p + b"v:*"
+        for key in self._r.scan_iter(match=pattern, count=1000):
+            acc = key[len(self._p) + 2:].decode()
+            if acc not in cache:
+                accounts.append(acc)
+            if len(cache) + len(accounts) >= self.cache_size:
+                break
+        for i in range(0, len(accounts), 500):
+            batch = accounts[i:i + 500]
+            p = self._r.pipeline(transaction=True)  # each account's version and sets together
+            for acc in batch:
+                p.get(self._k("v", acc))
+                p.zrange(self._k("o", acc), 0, -1)
+                p.zrange(self._k("i", acc), 0, -1)
+            got = p.execute()
+            sets = self._decode([x for n, x in enumerate(got) if n % 3])
+            for n, acc in enumerate(batch):
+                cache[acc] = _Entry(int(got[3 * n] or 0), sets[2 * n], sets[2 * n + 1])
+        return len(accounts)
+
     # -- misc -----------------------------------------------------------------------------
     def epoch(self) -> str | None:
         """The store's epoch (module doc), or None once it is gone: a FLUSHALL, or a Redis
