@@ -1,6 +1,8 @@
 """Where a request's CPU goes in the scoring service, end to end, under cProfile.
 
 Usage: python bench/profile_service.py [--run-dir DIR] [--requests 3000] [--rate 200]
+       python bench/profile_service.py --scorer-only 3000    # the decision in process, per event
+       python bench/profile_service.py --features-only 600   # the online features, per event
 
 Runs the real service (``task=serve``, memory store, warmed with the events before the test
 window of bench/service.py's quickstart run) under ``python -m cProfile``, sends
@@ -101,6 +103,50 @@ def features_cpu(run_dir: Path, n: int) -> float:
     return total * 1e3 / max(n, 1)
 
 
+def scorer_cpu(run_dir: Path, n: int) -> dict:
+    """The service's whole decision (store read, features, model, decision log, append) per
+    test-window event, in process, one pass in time order on the embedded store warmed as
+    the service warms it (garbage collector frozen after the warm-up, as the service does):
+    the per-event distribution, and the accounts of the heaviest events."""
+    import gc
+    import statistics
+    import time
+    from collections import Counter
+
+    import polars as pl
+
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
+    from aml_pipeline.store.engine import OnlineFeatures, plan_needs
+    from aml_pipeline.store.memory import MemoryStore
+    from aml_pipeline.timeutil import parse_time
+
+    test_start, events, window = bench.test_window(run_dir)
+    bundle = ModelBundle.load(run_dir / "models/bundle")
+    single_threaded(bundle)
+    needs = plan_needs(bundle.plan)
+    store = MemoryStore(needs.layout())
+    before = events.filter(pl.col("event_time") < parse_time(test_start, "test_start")).sort("event_time")
+    store.warm(before.select(needs.layout().columns).with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
+            for r in window.head(n).iter_rows(named=True)]
+    with tempfile.TemporaryDirectory(prefix="aml_profile_") as tmp:
+        scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(tmp) / "decisions.jsonl"))
+        scorer.warm_up()
+        gc.collect()
+        gc.freeze()
+        took = []
+        for r in rows:
+            t0 = time.process_time()
+            scorer.score(r)
+            took.append(time.process_time() - t0)
+    q = statistics.quantiles(took, n=100)
+    heaviest = Counter(rows[i]["dst_account"] for i in sorted(range(len(took)), key=lambda i: -took[i])[:len(took) // 100])
+    return {"events": len(took), "mean_ms": round(statistics.fmean(took) * 1e3, 3), "p50_ms": round(q[49] * 1e3, 2),
+            "p90_ms": round(q[89] * 1e3, 2), "p99_ms": round(q[98] * 1e3, 2), "max_ms": round(max(took) * 1e3, 2),
+            "heaviest_1pct_receivers": heaviest.most_common(3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, default=bench.OUT / "service_run")
@@ -108,7 +154,16 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--features-only", type=int, default=0, metavar="N",
                     help="only the feature engine's CPU per event over N events (min of 5 runs each)")
+    ap.add_argument("--scorer-only", type=int, default=0, metavar="N",
+                    help="only the whole decision's CPU per event over N events, in process (one pass)")
     args = ap.parse_args()
+    if args.scorer_only:
+        bench.ensure_run(args.run_dir)
+        r = scorer_cpu(args.run_dir, args.scorer_only)
+        print(f"scorer, in process: {r['mean_ms']:.3f} ms CPU per event (mean over {r['events']}); p50 {r['p50_ms']} "
+              f"p90 {r['p90_ms']} p99 {r['p99_ms']} max {r['max_ms']} ms; the heaviest 1% go to "
+              + ", ".join(f"{acc} ({k})" for acc, k in r["heaviest_1pct_receivers"]))
+        return
     if args.features_only:
         bench.ensure_run(args.run_dir)
         ms = features_cpu(args.run_dir, args.features_only)
