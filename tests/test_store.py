@@ -257,16 +257,22 @@ def test_commit_is_idempotent_by_event_id(backend, redis_server):
     assert store.read("e1", ["a"], 0, 2_000_000).decision == {"score": 0.5}
 
 
+def warmed_redis(synthetic, redis_server, prefix: str) -> tuple:
+    """(needs, a Redis store on ``prefix`` warmed with the events before the cut, an uncached
+    reader of the same store): the scene of the tests of cached copies."""
+    plan, frame, cut = synthetic
+    needs = plan_needs(plan)
+    store = RedisStore(needs.layout(), redis_server.url, prefix=prefix)
+    store.warm(frame.filter(pl.col("event_time") < cut).select(needs.layout().columns)
+               .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    return needs, store, RedisStore(needs.layout(), redis_server.url, prefix=prefix, cache_size=0)
+
+
 def test_redis_cache_stays_exact_with_two_writers(synthetic, redis_server):
     """A scorer's cached copies follow appends by another scorer (versions), bit for bit."""
     plan, frame, cut = synthetic
-    needs = plan_needs(plan)
-    layout = needs.layout()
-    mine = RedisStore(layout, redis_server.url, prefix="two:")
-    other = RedisStore(layout, redis_server.url, prefix="two:")
-    uncached = RedisStore(layout, redis_server.url, prefix="two:", cache_size=0)
-    mine.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
-              .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    needs, mine, uncached = warmed_redis(synthetic, redis_server, "two:")
+    other = RedisStore(needs.layout(), redis_server.url, prefix="two:")
     engine = OnlineFeatures(plan)
     after = frame.filter(pl.col("event_time") >= cut).head(400)
     for n, row in enumerate(after.iter_rows(named=True)):
@@ -286,15 +292,10 @@ def test_redis_workers_follow_each_others_appends_from_the_feed(synthetic, redis
     too short to reach back (feed=1 behind two appends) a scorer reads its copies again, as
     exact."""
     plan, frame, cut = synthetic
-    needs = plan_needs(plan)
-    layout = needs.layout()
     monkeypatch.setattr(RedisStore, "FEED", feed)
     prefix = f"feed{feed}:"
-    first = RedisStore(layout, redis_server.url, prefix=prefix)
-    first.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
-               .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
-    second = RedisStore(layout, redis_server.url, prefix=prefix)
-    uncached = RedisStore(layout, redis_server.url, prefix=prefix, cache_size=0)
+    needs, first, uncached = warmed_redis(synthetic, redis_server, prefix)
+    second = RedisStore(needs.layout(), redis_server.url, prefix=prefix)
     calls = {store: {"followed": 0, "versioned": 0} for store in (first, second)}
 
     def counting(store, name, key):
@@ -335,15 +336,10 @@ def test_redis_preload_lets_a_new_worker_read_without_fetching(synthetic, redis_
     requests then fetch no sets, follow the other worker's appends from the feed and stay
     exact; only events of accounts the store had no rows of need a versioned read."""
     plan, frame, cut = synthetic
-    needs = plan_needs(plan)
-    layout = needs.layout()
-    writer = RedisStore(layout, redis_server.url, prefix="preload:")
-    writer.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
-                .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    needs, writer, uncached = warmed_redis(synthetic, redis_server, "preload:")
     known = set(writer._cache)
-    fresh = RedisStore(layout, redis_server.url, prefix="preload:")
+    fresh = RedisStore(needs.layout(), redis_server.url, prefix="preload:")
     assert fresh.preload() == len(known) and set(fresh._cache) == known
-    uncached = RedisStore(layout, redis_server.url, prefix="preload:", cache_size=0)
     reads = []
     versioned = fresh._read
     monkeypatch.setattr(fresh, "_read", lambda *a, **k: (reads.append(1), versioned(*a, **k))[1])
@@ -390,12 +386,8 @@ def test_redis_single_writer_reads_skip_version_checks_and_stay_exact(synthetic,
     with the next read (the change feed) and keeps it so, and a scorer starting on a warm
     store is on it after one read."""
     plan, frame, cut = synthetic
-    needs = plan_needs(plan)
+    needs, mine, uncached = warmed_redis(synthetic, redis_server, "alone:")
     layout = needs.layout()
-    mine = RedisStore(layout, redis_server.url, prefix="alone:")
-    mine.warm(frame.filter(pl.col("event_time") < cut).select(layout.columns)
-              .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
-    uncached = RedisStore(layout, redis_server.url, prefix="alone:", cache_size=0)
     engine = OnlineFeatures(plan)
     after = list(frame.filter(pl.col("event_time") >= cut).head(300).iter_rows(named=True))
     calls = {"fast": 0}
