@@ -10,7 +10,8 @@ Keys (``prefix`` first, ``aml:`` by default):
 - ``d:<event id>``: the decision taken for it, JSON (same expiry);
 - ``g``: how many times any set changed (the store's *generation*);
 - ``c``: the change feed, the latest appends oldest first (at most ``FEED``), each
-  ``[generation, version of src, version of dst, row, [accounts forgotten]]``;
+  ``[generation, version of src, version of dst, src made, dst made, row, [accounts
+  forgotten]]`` ("made": the account had no rows before, see the append script);
 - ``epoch``: a random id made when the store is empty (a flushed store gets a new one);
 - ``meta``: the store layout (window, row columns), checked when a scorer connects.
 - with a retention (``deploy.store.retention``): ``n``, the newest event time appended;
@@ -102,7 +103,9 @@ end
 # KEYS: seen, sent set of src, received set of dst, decision, version of src, version of dst;
 # ARGV: member, t, window, ttl, decision, retention (0 = none), prefix, src, dst, event id,
 # feed length. Versions count the changes of an account's sets. Returns {appended, v_src,
-# v_dst, g, accounts forgotten...}.
+# v_dst, g, src made, dst made, accounts forgotten...}: "made" when the account's version
+# key was made anew (it had no rows: new, or forgotten by the retention), so its version
+# jumped to the generation instead of rising by one.
 _APPEND = _TRIM + _EVICT_FN + """
 local window = tonumber(ARGV[3])
 local retention = tonumber(ARGV[6])
@@ -116,6 +119,7 @@ for i = 2, 3 do
   trim(KEYS[i], window)
 end
 local gone = {}
+local made = {0, 0}
 if retention > 0 then
   local newest = redis.call('GET', p .. 'n')
   if not newest or tonumber(ARGV[2]) > tonumber(newest) then redis.call('SET', p .. 'n', ARGV[2]) end
@@ -124,7 +128,10 @@ if retention > 0 then
   redis.call('ZADD', p .. 'e', ARGV[2], ARGV[10])
   local g = redis.call('GET', KEYS[7]) or '0'
   for i = 5, 6 do
-    if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SET', KEYS[i], g) end
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+      redis.call('SET', KEYS[i], g)
+      made[i - 4] = 1
+    end
   end
   gone = evict(p, retention, 64)
 end
@@ -133,9 +140,10 @@ local vd = redis.call('INCR', KEYS[6])
 local g = redis.call('INCR', KEYS[7])
 local forgot = {}
 for i, acc in ipairs(gone) do forgot[i] = cjson.encode(acc) end
-redis.call('RPUSH', p .. 'c', string.format('[%d,%d,%d,', g, vs, vd) .. ARGV[1] .. ',[' .. table.concat(forgot, ',') .. ']]')
+redis.call('RPUSH', p .. 'c', string.format('[%d,%d,%d,%d,%d,', g, vs, vd, made[1], made[2]) .. ARGV[1] ..
+  ',[' .. table.concat(forgot, ',') .. ']]')
 redis.call('LTRIM', p .. 'c', -tonumber(ARGV[11]), -1)
-local out = {1, vs, vd, g}
+local out = {1, vs, vd, g, made[1], made[2]}
 for _, acc in ipairs(gone) do out[#out + 1] = acc end
 return out
 """
@@ -411,10 +419,10 @@ class RedisStore(OnlineStore):
     def _follow(self, entries: list) -> None:
         """Apply the feed's entries (oldest first) to the copies we hold."""
         cache = self._cache
-        for generation, v_src, v_dst, row, gone in entries:
+        for generation, v_src, v_dst, made_src, made_dst, row, gone in entries:
             for acc in gone:
                 cache.pop(acc, None)
-            self._apply(row, v_src, v_dst)
+            self._apply(row, v_src, v_dst, made_src, made_dst)
             self._generation = generation
 
     def _fetch_received(self, accounts: list[str]) -> None:
@@ -539,23 +547,28 @@ class RedisStore(OnlineStore):
                 self._k("v", row[SRC]), self._k("v", row[DST]), self._p + b"g"]
         args = [_dumps(list(row)), row[T], self.layout.window_us, self.ttl, _dumps(decision) if decision is not None else "",
                 self.retention_us, self.prefix, row[SRC], row[DST], row[ID], self.FEED]
-        appended, v_src, v_dst, generation, *gone = self._append(keys=keys, args=args)
+        appended, v_src, v_dst, generation, *made_gone = self._append(keys=keys, args=args)
+        made, gone = made_gone[:2], made_gone[2:]
         for acc in gone:  # forgotten by the retention: our copies of them are gone too
             self._cache.pop(acc.decode() if isinstance(acc, bytes) else acc, None)
         if appended:
-            self._apply(row, int(v_src), int(v_dst))
+            self._apply(row, int(v_src), int(v_dst), int(made[0]), int(made[1]))
             if self._generation is not None and int(generation) == self._generation + 1:
                 self._generation = int(generation)  # our own change, and the only one since
         return bool(appended)
 
-    def _apply(self, row: Row, v_src: int, v_dst: int) -> None:
+    def _apply(self, row: Row, v_src: int, v_dst: int, made_src: int = 0, made_dst: int = 0) -> None:
         """Apply one append (ours, or the feed's) to the copies of its two accounts that are
         exactly one version behind it; a copy that already has it is left alone, and so is
-        one further behind (the feed brings it the changes in between first). A self-payment
-        bumps one counter twice (``v_dst == v_src + 1``), so taking the sides in order works."""
+        one further behind (the feed brings it the changes in between first). An account
+        whose version was made anew had no rows before this append, so its copy starts
+        empty. A self-payment bumps one counter twice (``v_dst == v_src + 1``), so taking
+        the sides in order works."""
         cache, w = self._cache, self.layout.window_us
-        for acc, version, sent in ((row[SRC], v_src, True), (row[DST], v_dst, False)):
+        for acc, version, sent, made in ((row[SRC], v_src, True, made_src), (row[DST], v_dst, False, made_dst)):
             entry = cache.get(acc)
+            if entry is not None and made:
+                entry = cache[acc] = _Entry(version - 1, None if entry.sent is None else [], [])
             if entry is None or entry.version + 1 != version:
                 continue
             if not (sent and entry.sent is None):  # a received-only copy: the sent side is not held

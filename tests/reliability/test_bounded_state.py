@@ -145,15 +145,18 @@ def bursty():
     return plan, frame
 
 
-def _online(plan, frame, store, warm: int = 0) -> dict:
-    """Warm the store with the first ``warm`` events, then score the rest one by one."""
+def _online(plan, frame, store, warm: int = 0, other=None) -> dict:
+    """Warm the store with the first ``warm`` events, then score the rest one by one (taking
+    turns with ``other``, a second scorer on the same store, when given)."""
     needs = plan_needs(plan)
     engine = OnlineFeatures(plan)
     if warm:
         store.warm(frame.head(warm).select(needs.layout().columns)
                    .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
     out = {}
-    for row in frame.slice(warm).iter_rows(named=True):
+    scorers = (store,) if other is None else (store, other)
+    for n, row in enumerate(frame.slice(warm).iter_rows(named=True)):
+        store = scorers[n % len(scorers)]
         ev = Event(row)
         decision, history = gather(store, needs, ev)
         assert decision is None
@@ -162,15 +165,19 @@ def _online(plan, frame, store, warm: int = 0) -> dict:
     return out
 
 
-@pytest.mark.parametrize("backend,warm", [("memory", 0), ("redis", 0), ("memory", 3000), ("redis", 3000)])
+@pytest.mark.parametrize("backend,warm", [("memory", 0), ("redis", 0), ("memory", 3000), ("redis", 3000),
+                                          ("redis2", 0), ("redis2", 3000)])
 def test_features_equal_a_batch_recomputation_with_expiry_active(bursty, backend, warm, redis_server):
+    """``redis2``: two scorers share the store and the requests (deploy.workers=2): each
+    follows the other's appends and evictions from the change feed."""
     plan, frame = bursty
     needs = plan_needs(plan)
     assert needs.window_us == DAY
     layout = StoreLayout(needs.window_us, needs.extra_columns, retention_us=RETENTION)
     store = MemoryStore(layout) if backend == "memory" else RedisStore(layout, redis_server.url,
-                                                                          prefix=f"parity{warm}:")
-    got = _online(plan, frame, store, warm)
+                                                                          prefix=f"{backend}parity{warm}:")
+    other = RedisStore(layout, redis_server.url, prefix=f"{backend}parity{warm}:") if backend == "redis2" else None
+    got = _online(plan, frame, store, warm, other)
     ref = plan.transform(frame).slice(warm)
     gaps = {"src": "src_secs_since_prev", "dst": "dst_secs_since_prev"}
     windowed = [c for c in plan.feature_columns() if c not in gaps.values()]
