@@ -178,6 +178,12 @@ class CounterpartyGraph(FeatureStep):
         each first hop a -> x at s1, the second hops are x's payments in (s1, s1 + window):
         one contiguous slice of the ``out`` view, found by binary search and expanded, so
         no join ever pairs hops that are too far apart.
+
+        With history rows beside the scored ones (the stream's micro-batches, the online
+        polars engine) only paths ending at an account of a scored event are ever read (the
+        counts into it, the cycles its payment closes), so first hops with no such second
+        hop are not expanded and the other paths are dropped: the same counts, from a
+        fraction of the paths when the history holds weeks of the accounts' payers.
         """
         vin, vout = tl.view("in"), tl.view("out")
         x, a, s1 = vin.acc, vin.cp, vin.t
@@ -185,11 +191,20 @@ class CounterpartyGraph(FeatureStep):
         hi = vout.index.before(vout.index.key(x, s1 + width))  # strictly before s1 + window
         # a -> x must be a real hop (no self-payment) through a non-hub
         count = np.where(~is_hub[x] & (a != x), np.maximum(hi - lo, 0), 0)
+        wanted = None
+        if tl.query is not None:
+            wanted = np.zeros(tl.n_accounts, dtype=bool)
+            wanted[tl.src[tl.query]] = True
+            wanted[tl.dst[tl.query]] = True
+            ends_wanted = np.concatenate([[0], np.cumsum(wanted[vout.cp])])
+            count = np.where(ends_wanted[np.maximum(hi, lo)] > ends_wanted[lo], count, 0)
         first = np.repeat(np.arange(tl.n), count)
         second = np.arange(first.size) - np.repeat(np.cumsum(count) - count - lo, count)
         # Three distinct accounts: a == b is a 2-cycle (reciprocal_), x == b a self-payment.
         b = vout.cp[second]
         keep = (b != vout.acc[second]) & (a[first] != b)
+        if wanted is not None:
+            keep &= wanted[b]
         return first[keep], second[keep]
 
     def _paths_into(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> dict[str, np.ndarray]:
