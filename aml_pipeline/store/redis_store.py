@@ -567,7 +567,7 @@ class RedisStore(OnlineStore):
         cache, w = self._cache, self.layout.window_us
         for acc, version, sent, made in ((row[SRC], v_src, True, made_src), (row[DST], v_dst, False, made_dst)):
             entry = cache.get(acc)
-            if entry is not None and made:
+            if entry is not None and made and entry.version < version:  # (a copy read since is ahead)
                 entry = cache[acc] = _Entry(version - 1, None if entry.sent is None else [], [])
             if entry is None or entry.version + 1 != version:
                 continue
