@@ -16,6 +16,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+def option_value(v: Any) -> Any:
+    """A config value as itself, an enum member of the typed config (below) as its value."""
+    return getattr(v, "value", v)
+
+
 class Task(str, Enum):
     data = "data"  # read, validate, quarantine
     features = "features"  # split by time, fit the feature plan on train, write feature tables

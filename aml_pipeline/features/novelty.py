@@ -30,7 +30,8 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.graph import _pair_index
-from aml_pipeline.features.windows import SIDES, check_windows, duration_in, search, since, timeline, to_microseconds
+from aml_pipeline.features.windows import (SIDES, before, check_windows, duration_in, search, since, timeline,
+                                           to_microseconds)
 from aml_pipeline.timeutil import duration_us
 
 
@@ -132,11 +133,10 @@ def new_relationship_times(rows, other: int, T: int, start: int, lookback: int) 
     Before ``start`` only each counterparty's latest time matters (one dict built in C);
     from ``start`` on, one dict of (latest instant, the instant before it) per counterparty
     replaces sorted time lists and bisections."""
-    i = bisect_left(rows, start, key=lambda r: r[T])
-    latest_before = {r[other]: r[T] for r in rows[:i]}  # time-ordered: the last write is the latest
+    latest_before = {r[other]: r[T] for r in before(rows, start, T)}  # time-ordered: the last write is the latest
     last: dict = {}
     new = []
-    for r in rows[i:]:
+    for r in since(rows, start, T):
         t, cp = r[T], r[other]
         seen = last.get(cp)
         if seen is None:

@@ -840,9 +840,7 @@ def tail_instants(rows: list, lo: int, cap: int, t: int = 1) -> list:
     """Per-event form of :func:`last_instants`: of time-ordered ``rows`` (time at index ``t``),
     those at or after ``lo``, the latest ``cap`` of them plus the rest of the earliest
     kept instant."""
-    i = len(rows)
-    while i > 0 and rows[i - 1][t] >= lo:
-        i -= 1
+    i = bisect_left(rows, lo, key=itemgetter(t))  # where since(rows, lo, t) starts
     if len(rows) - i > cap:
         j = len(rows) - cap
         first = rows[j][t]

@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
 
 # The serve extra: this module loads only for task=serve, after tasks.TASK_EXTRAS checked it
 # (and in the service's worker processes that task starts), so uvicorn and FastAPI (.app)
@@ -29,6 +28,7 @@ from typing import Any
 import uvicorn
 from omegaconf import DictConfig, OmegaConf
 
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.export.bundle_export import exported_model
 from aml_pipeline.progress import fail, table
@@ -47,9 +47,6 @@ from aml_pipeline.store.engine import plan_needs
 from aml_pipeline.timeutil import parse_time
 from aml_pipeline.validation.rules import future_skew_us
 
-
-def _value(v: Any) -> Any:
-    return getattr(v, "value", v)
 
 
 def api_key(cfg: DictConfig) -> str:
@@ -71,9 +68,9 @@ def build(cfg: DictConfig):
     bundle = resolve_bundle(cfg.bundle, cfg)
     single_threaded(bundle)
     # deploy.model_runtime: scores from an export the manifest verified (explanations stay native)
-    bundle.model = exported_model(bundle, str(_value(cfg.deploy.get("model_runtime", "native"))))
+    bundle.model = exported_model(bundle, str(option_value(cfg.deploy.get("model_runtime", "native"))))
     needs = plan_needs(bundle.plan)
-    engine = make_engine(str(_value(cfg.deploy.feature_engine)), bundle, needs, request_columns(bundle))
+    engine = make_engine(str(option_value(cfg.deploy.feature_engine)), bundle, needs, request_columns(bundle))
     store = open_store(cfg.deploy.store, needs.layout())
     return bundle, store, needs, engine
 
@@ -155,7 +152,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
             state.detail = "reading the store"
             preloaded = store.preload()
             log = open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value)
-            scorer = Scorer(bundle, store, needs, engine, log, explain=str(_value(d.explain)),
+            scorer = Scorer(bundle, store, needs, engine, log, explain=str(option_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)
             scorer.warm_up()
             gc.collect()

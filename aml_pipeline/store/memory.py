@@ -18,13 +18,12 @@ import time
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable
-from operator import itemgetter
 from typing import Any
 
+from aml_pipeline.features.windows import since
 from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
 
 _EMPTY: list = []
-_TIME = itemgetter(T)
 
 
 class _Set:
@@ -130,8 +129,7 @@ class MemoryStore(OnlineStore):
             table = self._received
             received = reading.received
             for acc in accounts:
-                rows = received[acc]  # time-ordered: the expansion's rows are its tail
-                for r in rows[bisect_left(rows, expand_start_us, key=_TIME):]:
+                for r in since(received[acc], expand_start_us, T):  # the expansion's rows: the tail
                     x = r[SRC]
                     if x in received or x in hubs:
                         continue

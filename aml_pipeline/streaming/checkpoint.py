@@ -35,6 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.windows import duration_us
 from aml_pipeline.jsonl import replace_durably
@@ -57,9 +58,6 @@ PARTS = {
 RESET_PARTS = ("spark", "scorer", "control", FINGERPRINT)
 
 
-def _value(v: Any) -> Any:
-    return getattr(v, "value", v)
-
 
 def fingerprint(cfg: DictConfig, bundle, source: str, store_location: str) -> dict[str, str]:
     """The parts of :data:`PARTS` for this configuration, as short comparable texts
@@ -77,12 +75,12 @@ def fingerprint(cfg: DictConfig, bundle, source: str, store_location: str) -> di
         "plan_hash": hashlib.sha256(plan.encode()).hexdigest(),
         "allowed_lateness": _short(duration_us(str(d.allowed_lateness))),
         "budget": budget,
-        "state": str(_value(d.get("state", "store"))),
+        "state": str(option_value(d.get("state", "store"))),
         "store": store_location,
         "source": src,
     }
     if source == "kafka":
-        out["connector"] = str(_value(d.connector))
+        out["connector"] = str(option_value(d.connector))
     return out
 
 
@@ -90,7 +88,7 @@ def store_location(store_cfg, state: str) -> str:
     """The store part of the fingerprint: backend and where its data is (no password)."""
     if state == "spark":
         return "spark state (RocksDB, in the checkpoint)"
-    backend = str(_value(store_cfg.backend))
+    backend = str(option_value(store_cfg.backend))
     if backend == "redis":
         return f"redis {redact_url(str(store_cfg.redis_url))} prefix {store_cfg.prefix}"
     return "memory (rebuilt from the checkpoint)"
@@ -128,7 +126,7 @@ def reset(cfg: DictConfig, source: str) -> list[str]:
     what = ", ".join(removed) if removed else "nothing there yet"
     print(f"deploy.reset=true: cleared {root} ({what}); the stream starts over", file=sys.stderr, flush=True)
     store = d.get("store")
-    if store is not None and str(_value(d.get("state", "store"))) == "store" and str(_value(store.backend)) == "redis":
+    if store is not None and str(option_value(d.get("state", "store"))) == "store" and str(option_value(store.backend)) == "redis":
         print(f"deploy.reset=true: the Redis store ({redact_url(str(store.redis_url))}, prefix {store.prefix}) keeps its "
               "rows; events it already holds are dead letters as duplicates: use a new deploy.store.prefix to start it "
               "over too", file=sys.stderr, flush=True)
@@ -153,7 +151,7 @@ def settle(cfg: DictConfig, bundle, source: str, store_epoch: str | None = None)
     d = cfg.deploy
     root = Path(str(d.checkpoint))
     removed = reset(cfg, source) if bool(d.get("reset", False)) else []
-    state = str(_value(d.get("state", "store")))
+    state = str(option_value(d.get("state", "store")))
     mine = fingerprint(cfg, bundle, source, store_location(d.get("store"), state))
     saved = load(root)
     if saved is None:

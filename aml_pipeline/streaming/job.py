@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlparse
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.export.bundle_export import exported_model
 from aml_pipeline.kafka import FORMAT, RangeFetcher, register, validate_source_options
@@ -58,11 +59,6 @@ from aml_pipeline.streaming.scorer import StateLog, StreamScorer
 from aml_pipeline.streaming.shadow import load_stream_shadow
 from aml_pipeline.timeutil import config_duration_us, parse_time, to_us
 from aml_pipeline.validation.rules import Rule, build_rules, future_skew_us
-
-
-def option_value(v: Any) -> Any:
-    """A config value as itself, an enum member of the typed config as its value."""
-    return getattr(v, "value", v)
 
 
 def kind(cfg: DictConfig) -> str:

@@ -61,6 +61,7 @@ import pyarrow as pa
 from omegaconf import DictConfig, OmegaConf
 from pyspark.sql.streaming import StatefulProcessor
 
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.jsonl import replace_durably
@@ -72,7 +73,7 @@ from aml_pipeline.store.engine import Event, History, OnlineFeatures, plan_needs
 from aml_pipeline.streaming.budget import AlertBudget
 from aml_pipeline.streaming.checkpoint import settle as settle_checkpoint
 from aml_pipeline.streaming.job import (await_query, check_shared_options, file_records, finish, kafka_records, kind,
-                                        micro_batch, option_value, settle_connector, source_options, stream_outputs,
+                                        micro_batch, settle_connector, source_options, stream_outputs,
                                         stream_session, stream_source)
 from aml_pipeline.streaming.records import DUPLICATE, STAGED_SCHEMA, RawRecord, check, dead_letter
 from aml_pipeline.streaming.scorer import StateLog, StreamScorer, batch_tag

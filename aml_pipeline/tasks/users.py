@@ -18,13 +18,10 @@ import sys
 from omegaconf import DictConfig
 
 from aml_pipeline.cases import create_user, list_users, set_active, set_password
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.progress import table
 from aml_pipeline.tasks.cases import open_case_db
-
-def _value(v) -> str:
-    return str(getattr(v, "value", v))
-
 
 def read_password(env_name: str, username: str) -> str:
     """The new password: from the environment, else typed twice at a terminal."""
@@ -42,7 +39,7 @@ def read_password(env_name: str, username: str) -> str:
 
 def run(cfg: DictConfig) -> dict:
     u = cfg.users
-    action = _value(u.action)
+    action = str(option_value(u.action))
     if action != "list" and not u.name:
         raise ConfigError(f"task=users users.action={action} needs users.name=<user name>")
     db = open_case_db(cfg)
@@ -53,7 +50,7 @@ def run(cfg: DictConfig) -> dict:
                   or [("(none)", "task=users users.name=NAME users.role=analyst|supervisor adds one")])
             return {"users": [{"name": v.username, "role": v.role, "active": v.active} for v in users]}
         if action == "add":
-            view = create_user(db, u.name, read_password(u.password_env, u.name), _value(u.role))
+            view = create_user(db, u.name, read_password(u.password_env, u.name), str(option_value(u.role)))
         elif action == "password":
             view = set_password(db, u.name, read_password(u.password_env, u.name))
         else:
