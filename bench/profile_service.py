@@ -75,19 +75,10 @@ def features_cpu(run_dir: Path, n: int) -> float:
     the service does): a before/after figure for per-event feature changes."""
     import time
 
-    import polars as pl
-
-    from aml_pipeline.bundle import ModelBundle
-    from aml_pipeline.timeutil import parse_time
-    from aml_pipeline.store.engine import Event, OnlineFeatures, gather, plan_needs
-    from aml_pipeline.store.memory import MemoryStore
+    from aml_pipeline.store.engine import Event, OnlineFeatures, gather
 
     test_start, events, window = bench.test_window(run_dir)
-    bundle = ModelBundle.load(run_dir / "models/bundle")
-    needs = plan_needs(bundle.plan)
-    store = MemoryStore(needs.layout())
-    before = events.filter(pl.col("event_time") < parse_time(test_start, "test_start")).sort("event_time")
-    store.warm(before.select(needs.layout().columns).with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
     engine = OnlineFeatures(bundle.plan)
     total = 0.0
     for r in window.head(n).iter_rows(named=True):
@@ -113,21 +104,12 @@ def scorer_cpu(run_dir: Path, n: int) -> dict:
     import time
     from collections import Counter
 
-    import polars as pl
-
-    from aml_pipeline.bundle import ModelBundle
     from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
-    from aml_pipeline.store.engine import OnlineFeatures, plan_needs
-    from aml_pipeline.store.memory import MemoryStore
-    from aml_pipeline.timeutil import parse_time
+    from aml_pipeline.store.engine import OnlineFeatures
 
     test_start, events, window = bench.test_window(run_dir)
-    bundle = ModelBundle.load(run_dir / "models/bundle")
+    bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
     single_threaded(bundle)
-    needs = plan_needs(bundle.plan)
-    store = MemoryStore(needs.layout())
-    before = events.filter(pl.col("event_time") < parse_time(test_start, "test_start")).sort("event_time")
-    store.warm(before.select(needs.layout().columns).with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
     rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
             for r in window.head(n).iter_rows(named=True)]
     with tempfile.TemporaryDirectory(prefix="aml_profile_") as tmp:

@@ -383,6 +383,24 @@ def bench_backend(backend: str, run_dir: Path, test_start: str, payloads: Path, 
     return out
 
 
+def warmed_memory_store(run_dir: Path, test_start: str, events):
+    """(bundle, needs, store): the run's bundle and the embedded store warmed as the service
+    warms it, with every event before the test window: the in-process measurements' start."""
+    import polars as pl
+
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.store.engine import plan_needs
+    from aml_pipeline.store.memory import MemoryStore
+    from aml_pipeline.timeutil import parse_time
+
+    bundle = ModelBundle.load(run_dir / "models/bundle")
+    needs = plan_needs(bundle.plan)
+    store = MemoryStore(needs.layout())
+    before = events.filter(pl.col("event_time") < parse_time(test_start, "test_start")).sort("event_time")
+    store.warm(before.select(needs.layout().columns).with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    return bundle, needs, store
+
+
 #: Requests the pyfunc alternative scores (each scores the event's whole history, seconds).
 PYFUNC_REQUESTS = 20
 
@@ -398,19 +416,12 @@ def bench_alternative(run_dir: Path, test_start: str, events, window, n: int) ->
 
     import polars as pl
 
-    from aml_pipeline.bundle import ModelBundle
     from aml_pipeline.schema import ValidatedTransactions, conform
     from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
-    from aml_pipeline.timeutil import parse_time
-    from aml_pipeline.store.engine import Event, OnlineFeatures, gather, plan_needs
-    from aml_pipeline.store.memory import MemoryStore
+    from aml_pipeline.store.engine import Event, OnlineFeatures, gather
 
-    bundle = ModelBundle.load(run_dir / "models/bundle")
+    bundle, needs, store = warmed_memory_store(run_dir, test_start, events)
     single_threaded(bundle)
-    needs = plan_needs(bundle.plan)
-    store = MemoryStore(needs.layout())
-    before = events.filter(pl.col("event_time") < parse_time(test_start, "test_start"))
-    store.warm(before.sort("event_time").select(needs.layout().columns).with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
     with tempfile.TemporaryDirectory() as d:
         scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(d) / "log.jsonl"))
         rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id")}
