@@ -53,8 +53,8 @@ import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
 from aml_pipeline.features.graph import hub_accounts, hub_mask, spark_hubs
-from aml_pipeline.features.windows import (before, check_windows, duration_in, expand, last_instants, run_starts,
-                                           tail_instants, timeline, window_rows)
+from aml_pipeline.features.windows import (before, check_windows, distinct_pairs, duration_in, expand, last_instants,
+                                           run_starts, tail_instants, timeline, window_rows)
 from aml_pipeline.timeutil import duration_us
 
 
@@ -210,7 +210,7 @@ class TemporalPaths(FeatureStep):
         w2, pos2 = self._inflows_before(tl, y, qd.t[which] - width, vin.t[pos])
         a = vin.cp[pos2]
         ok = (a != qd.acc[which[w2]]) & (a != y[w2])
-        route = np.unique(np.stack([row[w2[ok]] * n + a[ok], y[w2[ok]]]), axis=1)[0] if ok.any() else np.zeros(0, np.int64)
+        route = distinct_pairs(row[w2[ok]] * n + a[ok], y[w2[ok]])  # one per distinct intermediary y
         keys, counts = np.unique(route, return_counts=True)
         at = np.minimum(np.searchsorted(keys, origins), max(keys.size - 1, 0))
         found = keys[at] == origins if keys.size else np.zeros(origins.size, dtype=bool)

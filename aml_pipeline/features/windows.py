@@ -816,11 +816,26 @@ def last_per_group(which: np.ndarray, values: np.ndarray, groups: int, fill) -> 
     return out
 
 
+def distinct_pairs(major: np.ndarray, minor: np.ndarray) -> np.ndarray:
+    """The ``major`` of each distinct (major, minor) pair of non-negative integers, ascending.
+
+    One sort of ``major * span + minor`` where that fits in 63 bits (a 2-D ``np.unique``
+    sorts rows as opaque bytes, ~5x slower), else a lexsort."""
+    if not major.size:
+        return np.zeros(0, np.int64)
+    major, minor = major.astype(np.int64, copy=False), minor.astype(np.int64, copy=False)
+    span = int(minor.max()) + 1
+    if int(major.max()) < (1 << 62) // span:
+        return np.unique(major * span + minor) // span
+    order = np.lexsort((minor, major))
+    major, minor = major[order], minor[order]
+    return major[np.r_[True, (major[1:] != major[:-1]) | (minor[1:] != minor[:-1])]]
+
+
 def distinct_per_group(which: np.ndarray, codes: np.ndarray, groups: int) -> np.ndarray:
     """Distinct non-negative ``codes`` per group number (negative codes are nulls)."""
     keep = codes >= 0
-    pairs = np.unique(np.stack([which[keep], codes[keep]]), axis=1) if keep.any() else np.zeros((2, 0), np.int64)
-    return np.bincount(pairs[0], minlength=groups)
+    return np.bincount(distinct_pairs(which[keep], codes[keep]), minlength=groups)
 
 
 def since(rows, lo: int, t: int = 1):
