@@ -42,7 +42,6 @@ def test_engine_spark_builds_the_spark_engine(compose_cfg):
 
     engine = engine_of(compose_cfg(["engine=spark", "engine.master='local[2]'"]))
     assert type(engine) is SparkEngine and isinstance(engine, Engine)
-    assert engine.settings["master"] == "local[2]"
 
 
 def test_an_engine_target_outside_the_registry_is_refused_naming_the_allowed(compose_cfg):
@@ -98,3 +97,12 @@ def test_lower_layers_never_import_the_spark_engine(layer):
     offenders = {p.relative_to(PACKAGE).as_posix(): sorted(m for m in _imports(p) if m.startswith("aml_pipeline.spark"))
                  for p in paths}
     assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_engine_spark_refuses_an_export_runtime_before_loading_the_bundle(compose_cfg, tmp_path):
+    from aml_pipeline.tasks import score
+
+    missing = tmp_path / "no-bundle-here"
+    cfg = compose_cfg(["task=score", "engine=spark", "deploy.model_runtime=onnx", f"bundle={missing}"])
+    with pytest.raises(ConfigError, match=r"deploy\.model_runtime=onnx: engine=spark scores with the native model only"):
+        score.run(cfg)

@@ -35,7 +35,7 @@ from aml_pipeline.build import build
 from aml_pipeline.bundle import ModelBundle
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.layout import Layout
-from aml_pipeline.lifecycle.promote import Rescorer
+from aml_pipeline.lifecycle.promote import Rescorer  # the type of Engine.rescorer's answer
 
 
 class Engine(ABC):
@@ -45,8 +45,13 @@ class Engine(ABC):
     name: ClassVar[str]
 
     def __init__(self, **settings: Any) -> None:
-        #: The engine group's values (master, memory ...); the methods read them from ``cfg.engine``.
-        self.settings = settings
+        """The engine group's values (master, memory ...) arrive as keyword arguments, as
+        every built option's do; the stages read them from ``cfg.engine``, which holds the
+        same values, so the engine keeps none of its own."""
+
+    def check_runtime(self, runtime: str) -> None:
+        """Refuse a ``deploy.model_runtime`` this engine's score stage cannot use, before
+        the bundle is loaded (ConfigError); every runtime by default."""
 
     @abstractmethod
     def data(self, cfg: DictConfig) -> dict:

@@ -43,10 +43,13 @@ class SparkEngine(Engine):
             return train_bundle(cfg, model, plan, layout)
         return PolarsEngine().train(cfg, model, plan, layout)
 
-    def score(self, cfg: DictConfig, bundle: ModelBundle, runtime: str, out: Path) -> tuple[int, int]:
+    def check_runtime(self, runtime: str) -> None:
         if runtime != "native":
             raise ConfigError(f"deploy.model_runtime={runtime}: engine=spark scores with the native model only "
                               f"(use engine=polars for an export)")
+
+    def score(self, cfg: DictConfig, bundle: ModelBundle, runtime: str, out: Path) -> tuple[int, int]:
+        self.check_runtime(runtime)
         return score_to(cfg, bundle, out)
 
     def rescorer(self, cfg: DictConfig) -> Rescorer:

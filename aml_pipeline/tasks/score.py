@@ -32,6 +32,7 @@ def run(cfg: DictConfig) -> dict:
     chosen = cfg.deploy.get("model_runtime", "native")
     runtime = str(getattr(chosen, "value", chosen))  # an enum member in a typed config
     engine = engine_of(cfg)
+    engine.check_runtime(runtime)  # before a bundle is loaded for nothing
     start = time.perf_counter()
     with status(f"score: loading bundle {cfg.bundle}"):
         bundle = resolve_bundle(cfg.bundle, cfg)
