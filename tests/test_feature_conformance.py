@@ -40,6 +40,7 @@ from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.schema import conform
 from aml_pipeline.store.engine import Event, OnlineFeatures, gather, plan_needs
 from aml_pipeline.store.memory import MemoryStore
+from tests.feature_kinds import Doubler, registered
 
 ENGINES = ("polars", "online", "spark")
 KINDS = sorted(STEPS)
@@ -190,42 +191,20 @@ def test_every_kind_declares_its_engines():
 
 
 def test_an_undeclared_engine_refuses_the_kind_by_name():
-    from dataclasses import dataclass
-
-    @dataclass
-    class PolarsOnly(FeatureStep):
-        kind = "polars_only_for_test"
-        engines = ("polars",)
-
-        def required_columns(self):
-            return ["amount"]
-
-        def output_columns(self):
-            return {"amount_x2": pl.Float64}
-
-        def transform(self, frame):
-            return frame.with_columns((pl.col("amount") * 2).alias("amount_x2"))
-
-        def online(self, col):  # present, but not declared: still refused
-            return lambda ev, h, out: out.update(amount_x2=ev.amount * 2)
-
-    STEPS[PolarsOnly.kind] = PolarsOnly
-    try:
-        plan = FeaturePlan.from_config({"time": {}, "twice": {"kind": PolarsOnly.kind}})
+    with registered(Doubler):  # declares polars only; its online() is there but undeclared
+        plan = FeaturePlan.from_config({"time": {}, "twice": {"kind": Doubler.kind}})
         with pytest.raises(UserError) as online:
             OnlineFeatures(plan)
         assert str(online.value) == ("deploy.engine=online has no per-event form of features.steps.twice "
-                                     "(polars_only_for_test); use deploy.engine=polars")
+                                     "(doubler_for_test); use deploy.engine=polars")
         pytest.importorskip("pyspark")
         from aml_pipeline.spark.features import SparkFeatures
 
         with pytest.raises(ConfigError) as spark:  # refused before any Spark session is needed
             SparkFeatures(plan)
-        assert str(spark.value) == ("features.steps.twice (polars_only_for_test): step kind 'polars_only_for_test' "
+        assert str(spark.value) == ("features.steps.twice (doubler_for_test): step kind 'doubler_for_test' "
                                     "does not run on Spark (its engines: polars); run it with engine=polars")
         assert "\n" not in str(online.value) + str(spark.value)
-    finally:
-        del STEPS[PolarsOnly.kind]
 
 
 # ----------------------------------------------------------------------------- online

@@ -56,7 +56,6 @@ pytest.importorskip("pyspark")
 from aml_pipeline import CONF_DIR
 from aml_pipeline.config import register_configs  # noqa: E402
 from aml_pipeline.errors import ConfigError  # noqa: E402
-from aml_pipeline.features.base import STEPS, FeatureStep  # noqa: E402
 from aml_pipeline.features.plan import FeaturePlan  # noqa: E402
 from aml_pipeline.features.windows import duration_us  # noqa: E402
 from aml_pipeline.schema import conform  # noqa: E402
@@ -67,6 +66,7 @@ from aml_pipeline.split import assign  # noqa: E402
 from aml_pipeline.engines.polars import build_features  # noqa: E402
 from aml_pipeline.validation import build_rules, validate  # noqa: E402
 from tests.conftest import start_local_spark  # noqa: E402
+from tests.feature_kinds import Doubler, registered  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -480,40 +480,28 @@ def test_fx_conversion_spark_equals_polars(spark, tmp_path):
 def test_step_without_a_spark_form_runs_per_account_partition_unless_fitted(spark):
     """A stateless kind with no Spark form runs as its polars code per account partition;
     one with fitted state and no Spark fit is refused by name, before any work."""
-    from dataclasses import dataclass as dc
+    from dataclasses import dataclass
 
     from aml_pipeline.spark.features import SparkFeatures
 
-    @dc
-    class Doubler(FeatureStep):
-        kind = "doubler_for_test"
+    @dataclass
+    class SparkDoubler(Doubler):
+        kind = "spark_doubler_for_test"
         engines = ("polars", "spark")
 
-        def required_columns(self):
-            return ["amount"]
-
-        def output_columns(self):
-            return {"amount_x2": pl.Float64}
-
-        def transform(self, frame):
-            return frame.with_columns((pl.col("amount") * 2).alias("amount_x2"))
-
-    @dc
-    class FittedDoubler(Doubler):
+    @dataclass
+    class FittedDoubler(SparkDoubler):
         kind = "fitted_doubler_for_test"
 
         def fit(self, frame):
             self.factor_ = 2.0
             return self
 
-    STEPS[Doubler.kind], STEPS[FittedDoubler.kind] = Doubler, FittedDoubler
-    try:
-        SparkFeatures(FeaturePlan.from_config({"time": {}, "twice": {"kind": "doubler_for_test"}}), spark)
-        plan = FeaturePlan.from_config({"time": {}, "twice": {"kind": "fitted_doubler_for_test"}})
+    with registered(SparkDoubler, FittedDoubler):
+        SparkFeatures(FeaturePlan.from_config({"time": {}, "twice": {"kind": SparkDoubler.kind}}), spark)
+        plan = FeaturePlan.from_config({"time": {}, "twice": {"kind": FittedDoubler.kind}})
         with pytest.raises(ConfigError, match=r"^features\.steps\.twice \(fitted_doubler_for_test\): .*needs a Spark fit"):
             SparkFeatures(plan, spark)
-    finally:
-        del STEPS[Doubler.kind], STEPS[FittedDoubler.kind]
 
 
 # ----------------------------------------------------------------------------- validation
