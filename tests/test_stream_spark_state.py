@@ -198,7 +198,7 @@ def test_spark_state_killed_mid_stream_restarts_from_its_checkpoint(run, file_ru
     proc.wait()
     killed_at = _committed(base)
     assert 3 <= killed_at < len(run.files) - 1
-    r = run_cli([*args, "deploy.max_files_per_trigger=4"], cwd=run.dir, timeout=900)  # batched differently
+    r = run_cli([*args, "deploy.max_files_per_trigger=8"], cwd=run.dir, timeout=900)  # batched differently
     assert r.returncode == 0, r.stderr[-4000:]
     assert f"resuming after batch {killed_at}" in r.stderr
     summary = json.loads((base / "reports/stream_summary.json").read_text())
