@@ -30,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.optional import EXTRAS, MissingExtra, install_hint
 
@@ -124,7 +125,7 @@ def _resolve(target: str) -> Any:
 def _option(node: Any) -> str | None:
     """The config node's ``name`` as text (``spark`` of ``engine=spark``), if it has one."""
     name = node.get("name") if OmegaConf.is_dict(node) or isinstance(node, dict) else None
-    return getattr(name, "value", name)
+    return option_value(name)
 
 
 def check_target(target: Any, path: tuple, node: Any = None) -> Any:

@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from aml_pipeline.config import option_value
 from aml_pipeline.evaluation.thresholds import apply_thresholds
 from aml_pipeline.features.reasons import reasons_and_hint, reasons_column
 
@@ -63,7 +64,7 @@ class DecisionBuilder:
         self.thresholds = thresholds
         self.trace = {k: trace[k] for k in TRACE_FIELDS}
         self.k = max(0, min(int(top_k), len(self.columns)))
-        self.explain = str(getattr(explain, "value", explain))
+        self.explain = str(option_value(explain))
         #: whether a decision is explained, by its alert flag (False, True)
         self._explained = (self.explain == "all", self.explain in ("all", "alerts"))
         self._names = pl.Series("feature", self.columns, pl.String)

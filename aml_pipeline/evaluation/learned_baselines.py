@@ -46,6 +46,7 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
+from aml_pipeline.config import option_value
 from aml_pipeline.evaluation.metrics import pr_auc, recall_at_precision, roc_auc
 from aml_pipeline.features.fx import FxTable
 from aml_pipeline.features.plan import FeaturePlan
@@ -253,7 +254,7 @@ def learned_baselines(events: pl.DataFrame, names: Iterable[str], weighting: Wei
     scores: dict[str, pl.DataFrame] = {}
     report_precisions = list(report_precisions)
     for name in names:
-        name = str(getattr(name, "value", name))
+        name = str(option_value(name))
         ctx = progress(f"evaluate: learned baseline {name} (LightGBM, rounds chosen on validation)") if progress else nullcontext()
         with ctx:
             table, numeric, categorical = baseline_table(events, name, fx)

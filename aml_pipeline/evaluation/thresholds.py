@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aml_pipeline.config import ThresholdTarget
+from aml_pipeline.config import ThresholdTarget, option_value
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.evaluation.metrics import PrTable, as_labels, as_scores, at_threshold, pr_table
 
@@ -62,7 +62,7 @@ def _get(obj, key: str, default=None):
 def _parse_rule(raw, where: str) -> Rule:
     """Check one rule early so a typo names its config key instead of failing later."""
     target_raw = _get(raw, "target", ThresholdTarget.precision.value)
-    target_raw = getattr(target_raw, "value", target_raw)
+    target_raw = option_value(target_raw)
     try:
         target = ThresholdTarget(str(target_raw))
     except ValueError:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from aml_pipeline.config import option_value
 from aml_pipeline.evaluation.metrics import pr_auc, roc_auc
 from aml_pipeline.evaluation.thresholds import DEFAULT_KEY, apply_thresholds, jurisdiction_labels
 
@@ -119,7 +120,7 @@ def judge(ch: dict, champ: dict | None, targets: dict[str, float], cfg) -> dict[
     """The gate's outcome: passed, every check with its detail, and the failures in one line.
 
     ``targets``: jurisdiction -> precision target (the challenger's, :func:`precision_targets`)."""
-    mode = str(getattr(cfg.jurisdiction_precision, "value", cfg.jurisdiction_precision))
+    mode = str(option_value(cfg.jurisdiction_precision))
     checks = [_pr_auc_check(ch, champ, float(cfg.pr_auc_epsilon)),
               _volume_check(ch, champ, float(cfg.alert_volume_tolerance)),
               *_jurisdiction_checks(ch, champ, targets, mode, float(cfg.precision_slack),

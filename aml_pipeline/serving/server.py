@@ -48,7 +48,6 @@ from aml_pipeline.timeutil import parse_time
 from aml_pipeline.validation.rules import future_skew_us
 
 
-
 def api_key(cfg: DictConfig) -> str:
     key = cfg.deploy.api_key or os.environ.get("AML_API_KEY")
     if not key:

@@ -32,6 +32,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 
 
@@ -43,7 +44,7 @@ def check_workers(cfg: DictConfig) -> int:
         raise UserError(f"deploy.workers={n!r}; allowed: a whole number >= 1")
     if n == 1:
         return 1
-    backend = str(getattr(d.store.backend, "value", d.store.backend))
+    backend = str(option_value(d.store.backend))
     if backend != "redis":
         raise UserError(f"deploy.workers={n} needs deploy.store.backend=redis (got {backend}): each process would "
                         f"hold its own embedded history and compute wrong features; allowed: workers=1 with memory")

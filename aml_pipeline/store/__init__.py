@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.fx import FxTable
 
@@ -59,7 +60,7 @@ def retention_us(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> int:
 def open_store(store_cfg, layout: StoreLayout, lateness_us: int = 0) -> OnlineStore:
     """The backend ``store_cfg.backend`` names (``memory`` or ``redis``), bounded by
     ``deploy.store.retention`` (checked against the window and ``lateness_us``)."""
-    backend = str(getattr(store_cfg.backend, "value", store_cfg.backend))
+    backend = str(option_value(store_cfg.backend))
     ttl = _ttl_seconds(store_cfg.dedup_ttl)
     layout = replace(layout, retention_us=retention_us(store_cfg, layout, lateness_us))
     if backend == "memory":

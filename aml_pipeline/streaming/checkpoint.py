@@ -58,7 +58,6 @@ PARTS = {
 RESET_PARTS = ("spark", "scorer", "control", FINGERPRINT)
 
 
-
 def fingerprint(cfg: DictConfig, bundle, source: str, store_location: str) -> dict[str, str]:
     """The parts of :data:`PARTS` for this configuration, as short comparable texts
     (durations normalised: ``24h`` and ``1d`` are the same)."""

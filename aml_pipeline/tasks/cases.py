@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from aml_pipeline.cases import ingest_alerts, list_cases, open_db
 from aml_pipeline.cases.inputs import alert_files, jsonl_rows, read_parquet_alerts
 from aml_pipeline.cases.kafka_input import consume
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.progress import status, table
 from aml_pipeline.layout import Layout
@@ -46,7 +47,7 @@ def _add(total: dict, res) -> None:
 
 def ingest_path(db, cfg: DictConfig, path: Path, seen: dict[Path, tuple[float, int]] | None = None) -> dict:
     """Ingest one input (file or folder); with ``seen``, only folder files new or changed since."""
-    subject = str(getattr(cfg.cases.subject, "value", cfg.cases.subject))
+    subject = str(option_value(cfg.cases.subject))
     total: dict = {}
     if path.is_dir():
         for f in alert_files(path):

@@ -17,7 +17,7 @@ from datetime import datetime
 import polars as pl
 from omegaconf import DictConfig
 
-from aml_pipeline.config import Explain
+from aml_pipeline.config import Explain, option_value
 
 from aml_pipeline.build import build
 from aml_pipeline.bundle import ModelBundle
@@ -77,7 +77,7 @@ def canonical_example(test: pl.DataFrame, bundle: ModelBundle) -> pl.DataFrame:
 def learned(cfg: DictConfig, events: pl.DataFrame, features_path, test: pl.DataFrame, fx=None) -> tuple[dict, dict]:
     """The configured learned baselines: (name -> metrics, name -> scores in ``test``'s order);
     ``fx``: the plan's reporting currency, so they see the amounts the plan sees."""
-    names = [str(getattr(n, "value", n)) for n in cfg.evaluation.baselines]
+    names = [str(option_value(n)) for n in cfg.evaluation.baselines]
     if not names:
         return {}, {}
     splits = pl.scan_parquet(features_path).select("event_id", "split").collect()

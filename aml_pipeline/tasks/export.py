@@ -17,6 +17,7 @@ import polars as pl
 from omegaconf import DictConfig
 
 from aml_pipeline.bundle import MANIFEST, ModelBundle, feature_matrix
+from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.export.bundle_export import export_bundle
 from aml_pipeline.export.runtimes import require
@@ -25,7 +26,7 @@ from aml_pipeline.layout import Layout, need
 
 
 def run(cfg: DictConfig) -> dict:
-    fmt = str(getattr(cfg.export.format, "value", cfg.export.format))
+    fmt = str(option_value(cfg.export.format))
     tolerance = float(cfg.export.tolerance)
     if not tolerance >= 0:
         raise UserError(f"export.tolerance={cfg.export.tolerance}: must be >= 0")

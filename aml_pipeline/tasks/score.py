@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from aml_pipeline.config import option_value
 from aml_pipeline.engines import engine_of
 from aml_pipeline.layout import Layout
 from aml_pipeline.progress import status, table
@@ -30,7 +31,7 @@ from aml_pipeline.registry import resolve_bundle
 
 def run(cfg: DictConfig) -> dict:
     chosen = cfg.deploy.get("model_runtime", "native")
-    runtime = str(getattr(chosen, "value", chosen))  # an enum member in a typed config
+    runtime = str(option_value(chosen))
     engine = engine_of(cfg)
     engine.check_runtime(runtime)  # before a bundle is loaded for nothing
     start = time.perf_counter()
