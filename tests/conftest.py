@@ -37,8 +37,18 @@ LONGEST_FIRST = ("test_stream_spark_state.py", "test_stream_kafka.py", "test_dvc
 #: same session. If they cannot be had, the tests that need them fail saying why
 #: (spark_kafka_jars_or_fail). Subprocesses (run_cli) do not inherit it:
 #: the scorer adds the jars itself.
+#: JIT settings for the short-lived Spark drivers of the tests (in process and in every
+#: ``run_cli`` subprocess, which inherits the environment): the client JIT only and the serial
+#: collector start a driver faster and run these small jobs no slower (two streaming tests
+#: measured 111-112 s without, 98-107 s with). ``SPARK_SUBMIT_OPTS`` is read by Spark's
+#: launcher alone, so the session's own ``spark.driver.extraJavaOptions`` stay as they are.
+TEST_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+
 def pytest_configure(config):
     from aml_pipeline.streaming.jars import JarsUnavailable, spark_kafka_jars
+
+    os.environ.setdefault("SPARK_SUBMIT_OPTS", TEST_JVM_OPTS)
 
     try:
         jars, _ = spark_kafka_jars()
