@@ -30,13 +30,6 @@ LONGEST_FIRST = ("test_stream_spark_state.py", "test_stream_kafka.py", "test_dvc
                  "test_allowlist.py", "test_bounded_state.py", "test_bounded_state_spark.py", "test_secret_leaks.py")
 
 
-#: Spark's own Kafka connector (spark-sql-kafka-0-10) for the in-process Spark sessions of the
-#: tests: its jars (resolved with mvn on first use, cached under .cache/jars/) go on the JVM's
-#: classpath when pyspark launches it (PYSPARK_SUBMIT_ARGS, read once per process, whichever
-#: test module starts Spark first), so format("kafka") and our format("aml_kafka") run in the
-#: same session. If they cannot be had, the tests that need them fail saying why
-#: (spark_kafka_jars_or_fail). Subprocesses (run_cli) do not inherit it:
-#: the scorer adds the jars itself.
 #: JIT settings for the short-lived Spark drivers of the tests (in process and in every
 #: ``run_cli`` subprocess, which inherits the environment): the client JIT only and the serial
 #: collector start a driver faster and run these small jobs no slower (two streaming tests
@@ -45,6 +38,13 @@ LONGEST_FIRST = ("test_stream_spark_state.py", "test_stream_kafka.py", "test_dvc
 TEST_JVM_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 
 
+#: Spark's own Kafka connector (spark-sql-kafka-0-10) for the in-process Spark sessions of the
+#: tests: its jars (resolved with mvn on first use, cached under .cache/jars/) go on the JVM's
+#: classpath when pyspark launches it (PYSPARK_SUBMIT_ARGS, read once per process, whichever
+#: test module starts Spark first), so format("kafka") and our format("aml_kafka") run in the
+#: same session. If they cannot be had, the tests that need them fail saying why
+#: (spark_kafka_jars_or_fail). Subprocesses (run_cli) do not inherit it:
+#: the scorer adds the jars itself.
 def pytest_configure(config):
     from aml_pipeline.streaming.jars import JarsUnavailable, spark_kafka_jars
 

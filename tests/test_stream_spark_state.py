@@ -187,7 +187,7 @@ def _started_until_committed(run, base, args: list[str], batch: int, files: list
 @pytest.mark.slow
 def test_spark_state_killed_mid_stream_restarts_from_its_checkpoint(run, file_run):
     """SIGKILL (scorer and JVM) after a few micro-batches, restart: Spark's state comes back from
-    the checkpoint (four files per micro-batch from then on), no batch is counted twice, and the
+    the checkpoint (eight files per micro-batch from then on), no batch is counted twice, and the
     alerts and counts are the uninterrupted run's."""
     import signal
 
@@ -221,7 +221,7 @@ def test_spark_state_stops_cleanly_on_sigterm_mid_stream(run):
 
     base = run.dir / "sigterm"
     args = spark_args(run, "sigterm", "deploy.trigger='1 second'", "deploy.max_files_per_trigger=1")
-    files = run.files[:6]  # three files still wait when the stop comes: the release must read them
+    files = run.files[:6]  # files still wait when the stop comes: the release must read them
     proc = _started_until_committed(run, base, args, 2, files=files)
     try:
         proc.send_signal(signal.SIGTERM)  # the next micro-batch is already running (a file waits for each)
