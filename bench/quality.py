@@ -112,8 +112,23 @@ def summary(metrics: dict) -> dict:
         "threshold_p05": at_p.get("threshold"),
         "instance_recall": {t: v["recall"] for t, v in sorted(per_typology.items())},
         "instances": {t: f"{v['detected']}/{v['instances']}" for t, v in sorted(per_typology.items())},
+        "instance_counts": {t: [v["detected"], v["instances"]] for t, v in sorted(per_typology.items())},
         "seconds": round(metrics["_seconds"], 1),
     }
+
+
+def pooled_instance_recall(runs) -> dict[str, tuple[float, int, int]]:
+    """Per typology: (recall, detected, instances) over the instances of several runs
+    together, each run at its own precision-0.5 threshold. A test window holds 3-13
+    instances of a typology, so one instance moves a single world's figure by 0.1-0.3;
+    the worlds together give the steadier figure beside the per-world ones."""
+    total: dict[str, list[int]] = {}
+    for s in runs:
+        for t, (hit, n) in s.get("instance_counts", {}).items():
+            acc = total.setdefault(t, [0, 0])
+            acc[0] += hit
+            acc[1] += n
+    return {t: (hit / n, hit, n) for t, (hit, n) in sorted(total.items()) if n}
 
 
 def fmt(x) -> str:
@@ -202,8 +217,13 @@ def main() -> None:
         print(f"\nlift over raw+windows >= {LIFT_TARGET} on every seed: {'met' if min(lifts) >= LIFT_TARGET else 'NOT met'} "
               f"(min {min(lifts):.2f}x)")
         short = {t: r for t, r in worst.items() if r < INSTANCE_TARGET}
-        print(f"instance recall >= {INSTANCE_TARGET} for every typology at precision 0.5: "
+        print(f"instance recall >= {INSTANCE_TARGET} for every typology at precision 0.5, on every seed: "
               f"{'met' if not short else 'NOT met: ' + ', '.join(f'{t} {r:.2f}' for t, r in short.items())}")
+        pooled = pooled_instance_recall(worlds.values())
+        low = {t: r for t, (r, _, _) in pooled.items() if r < INSTANCE_TARGET}
+        print(f"instance recall >= {INSTANCE_TARGET} for every typology at precision 0.5, the {len(worlds)} worlds' "
+              f"instances together: {'met' if not low else 'NOT met: ' + ', '.join(f'{t} {r:.2f}' for t, r in low.items())}\n"
+              + ", ".join(f"{t} {r:.2f} ({hit}/{n})" for t, (r, hit, n) in pooled.items()))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT.parent / "quality.json").write_text(json.dumps(results, indent=2))
 
