@@ -51,7 +51,7 @@ TOL = 1e-9
 PARAMS: dict[str, dict] = {
     "target_encoding": {"label_delay": "2h", "smoothing": 2.0},
     "cross_border": {"risk_countries": ["KP", "IR"], "max_rows": 4},
-    "graph": {"max_intermediary_degree": 10},
+    "graph": {"max_intermediary_degree": 10, "max_rows": 3},
     "paths": {"max_intermediary_degree": 10, "max_rows": 3},
     "flow": {"max_inflows": 3},
     "burst": {"max_rows": 4},

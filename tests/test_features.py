@@ -517,6 +517,32 @@ def test_graph_cycles_and_two_hop_paths_by_hand():
         assert_column(out, col, {eid: exp[i] for eid, exp in CYCLE_EXPECTED.items()})
 
 
+CAP_ROWS = [
+    ("c1", at("10:00"), "A", "X", 1.0),
+    ("c2", at("10:01"), "B", "X", 1.0),
+    ("c3", at("10:05"), "C", "Y", 1.0),
+    ("c4", at("10:10"), "X", "T", 1.0),  # A -> X -> T and B -> X -> T
+    ("c5", at("10:20"), "Y", "T", 1.0),  # C -> Y -> T: T's latest inflow
+    ("c6", at("10:30"), "T", "A", 1.0),  # closes A -> X -> T
+    ("c7", at("10:30"), "T", "C", 1.0),  # closes C -> Y -> T
+    ("c8", at("10:30"), "Q", "T", 1.0),
+]
+
+
+def test_graph_follows_only_the_latest_max_rows_inflows_by_hand():
+    """With ``max_rows`` 1 only T's latest inflow (Y -> T) is a second hop: its paths count
+    and its 3-cycle closes; X -> T's two paths and the cycle through X are left out."""
+    frame = events(CAP_ROWS)
+    every = plan_of(graph={"window": "1h"}).fit_transform(frame)
+    assert_column(every, "src_2hop_in_1h", {"c6": 3, "c7": 3})
+    assert_column(every, "dst_2hop_in_1h", {"c8": 3})
+    assert_column(every, "cycle3_1h", {"c6": 1, "c7": 1})
+    latest = plan_of(graph={"window": "1h", "max_rows": 1}).fit_transform(frame)
+    assert_column(latest, "src_2hop_in_1h", {"c6": 1, "c7": 1})
+    assert_column(latest, "dst_2hop_in_1h", {"c8": 1})
+    assert_column(latest, "cycle3_1h", {"c6": 0, "c7": 1})
+
+
 HUB_ROWS = [
     ("h1", at("10:00"), "S", "X", 1.0),
     ("h2", at("10:10"), "X", "T", 1.0),

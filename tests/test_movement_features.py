@@ -284,6 +284,7 @@ def test_cross_border_countries_and_risk_list_by_hand():
     ("paths", {"hop_lag": "soon"}, r"hop_lag"),
     ("paths", {"band": [1.0, 0.5]}, r"band"),
     ("paths", {"cycle_hops": 1}, r"cycle_hops"),
+    ("graph", {"max_rows": 0}, r"max_rows"),
 ])
 def test_bad_parameters_name_the_key(kind, params, match):
     with pytest.raises(ConfigError, match=rf"features\.steps\.{kind}.*{match}"):
@@ -297,6 +298,9 @@ def test_every_step_has_a_per_event_form():
     assert set(needs.extra_columns) == {"channel", "src_country", "dst_country"}  # structuring: no branch_column by default
     assert needs.window_us == 37 * 86_400 * 10**6  # novelty: 30 days of look-back plus its 7-day window
     assert needs.expand_us == 9 * 86_400 * 10**6  # paths: the payers' inflows, 7 days plus the 48 h hop lag
+    assert needs.expand_rows == 20  # paths follows the payers of each account's latest 20 inflows
+    with_graph = plan_needs(FeaturePlan.from_config({"paths": {}, "graph": {"max_rows": 30}}))
+    assert with_graph.expand_rows == 30  # the most any 2-hop step reads
 
 
 def test_per_event_forms_equal_the_batch_forms_on_simulated_data():

@@ -96,6 +96,11 @@ class FeatureStep(ABC):
         None for every other step."""
         return None
 
+    def two_hop_rows(self) -> int | None:
+        """For :meth:`two_hop` steps: the most of an account's latest inflows (whole
+        instants) whose payers the paths follow; None when every inflow's are."""
+        return None
+
     def fit(self, frame: pl.DataFrame) -> "FeatureStep":
         """Learn state from the training window. Stateless steps need not override."""
         return self

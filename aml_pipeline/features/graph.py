@@ -12,6 +12,11 @@ strictly before the event:
   payment closes a 3-cycle;
 - ``dst_2hop_in_{w}`` / ``src_2hop_in_{w}``: earlier time-ordered 2-hop paths a → x → account
   ending at the receiver / sender: high for the sink of scatter-gather and for layering.
+  Only paths whose second hop is one of the account's latest ``max_rows`` inflows of the
+  window count (cut at whole instants, as the movement steps cut theirs), and ``cycle3``
+  closes only those into the sender: a merchant paid by a thousand customers then costs
+  the same bounded work as anyone, in every engine, while a laundering sink, paid by a
+  few dozen at most, keeps every path.
 
 A 2-hop path a → x → b is two payments a → x at s1 and x → b at s2 between three distinct
 accounts with s1 < s2 and s2 − s1 < window; it is visible to an event at t when s2 < t
@@ -31,7 +36,7 @@ import polars as pl
 
 from aml_pipeline.features.base import DST, SRC, FeatureStep, register
 from aml_pipeline.features.windows import (FLOWS, SIDES, Index, Timeline, duration_in, fixed_sum, fixed_to_float,
-                                           ieee_divide, search, since, timeline)
+                                           ieee_divide, search, since, tail_instants, timeline)
 from aml_pipeline.timeutil import duration_us
 
 
@@ -54,9 +59,9 @@ def _pair_index(tl: Timeline) -> tuple[np.ndarray, np.ndarray, Index]:
 def _lookup(labels: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(which x are in the sorted ``labels``, their positions there) for unsorted ``x``.
 
-    Most 2-hop paths close no cycle, so a hashed bitmap of ``labels`` (~8 bits per label)
-    rules almost all of them out with one lookup each; only the candidates are binary
-    searched (random binary searches of millions of keys cost ~7x more).
+    Most pairs looked up never paid each other, so a hashed bitmap of ``labels`` (~8 bits
+    per label) rules almost all of them out with one lookup each; only the candidates are
+    binary searched (random binary searches of millions of keys cost ~7x more).
     """
     bits = max(10, int(8 * max(labels.size, 1)).bit_length())
     mult, shift = np.uint64(0x9E3779B97F4A7C15), np.uint64(64 - bits)
@@ -112,10 +117,12 @@ def hub_mask(tl: Timeline, hubs: list[str]) -> np.ndarray:
 @register
 @dataclass
 class CounterpartyGraph(FeatureStep):
-    """Degrees, pass-through, 2- and 3-cycles and 2-hop in-paths over ``window``."""
+    """Degrees, pass-through, 2- and 3-cycles and 2-hop in-paths over ``window`` (the paths
+    through each account's latest ``max_rows`` inflows)."""
 
     window: str = "7d"
     max_intermediary_degree: int = 50
+    max_rows: int = 50
 
     kind = "graph"
     engines = ("polars", "online", "spark")
@@ -130,6 +137,8 @@ class CounterpartyGraph(FeatureStep):
             raise ValueError(f"window: {self.window!r} is not a duration such as 24h or 7d")
         if self.max_intermediary_degree < 1:
             raise ValueError("max_intermediary_degree must be >= 1")
+        if int(self.max_rows) < 1:
+            raise ValueError("max_rows must be >= 1")
 
     def required_columns(self) -> list[str]:
         return ["event_time", "src_account", "dst_account", "amount"]
@@ -149,6 +158,9 @@ class CounterpartyGraph(FeatureStep):
 
     def two_hop(self) -> tuple[str, list[str]] | None:
         return self.window, list(getattr(self, "hubs_", []) or [])
+
+    def two_hop_rows(self) -> int | None:
+        return int(self.max_rows)
 
     def fit(self, frame: pl.DataFrame) -> "CounterpartyGraph":
         self.hubs_ = hub_accounts(frame, self.max_intermediary_degree)
@@ -207,17 +219,44 @@ class CounterpartyGraph(FeatureStep):
             keep &= wanted[b]
         return first[keep], second[keep]
 
-    def _paths_into(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> dict[str, np.ndarray]:
-        """Per side: paths ending at the side's account visible at t (s2 < t <= s1 + window).
+    def _last_visible(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> np.ndarray:
+        """Per path a -> x -> b: the last instant an event of b counts it, s2 < t <= this.
 
-        Count = (paths whose second hop is before t) - (paths with s1 + window before t),
-        for the account: the first is a running sum, in the ``in`` view, of the number of
-        paths each payment ends; the second needs one sort of the paths' ends.
+        Its first hop must lie inside the window (t <= s1 + window), and its second hop
+        among b's latest ``max_rows`` inflows before t, which it stops being once b has
+        received ``max_rows`` more rows after the instant of s2: from just after the time
+        of the (max_rows)-th row past that instant's run (never, if b has none such).
+        """
+        vin, vout = tl.view("in"), tl.view("out")
+
+        def build() -> np.ndarray:
+            keys = vin.index.keys
+            runs = np.flatnonzero(keys[1:] != keys[:-1]) + 1  # where each (account, instant) run starts
+            run_end = np.append(runs, keys.size)[np.searchsorted(runs, np.arange(keys.size), "right")]
+            cut = run_end + int(self.max_rows) - 1
+            inside = cut < keys.size
+            inside[inside] = vin.acc[cut[inside]] == vin.acc[inside]
+            last = np.full(keys.size, np.iinfo(np.int64).max // 4, dtype=np.int64)
+            last[inside] = vin.t[cut[inside]]
+            by_row = np.empty(tl.n, dtype=np.int64)
+            by_row[vin.order] = last
+            return by_row
+
+        until = tl.memo(("last_second_hop", int(self.max_rows)), build)
+        return np.minimum(vin.t[first] + width, until[vout.order[second]])
+
+    def _paths_into(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> dict[str, np.ndarray]:
+        """Per side: paths ending at the side's account visible at t (s2 < t <= the path's
+        :meth:`_last_visible`).
+
+        Count = (paths whose second hop is before t) - (paths last visible before t), for
+        the account: the first is a running sum, in the ``in`` view, of the number of paths
+        each payment ends; the second needs one sort of the paths' ends.
         """
         vin, vout = tl.view("in"), tl.view("out")
         ending = np.bincount(vout.order[second], minlength=tl.n)[vin.order]
         started = np.concatenate([[0], np.cumsum(ending)])
-        ends = np.sort(vin.index.key(vout.cp[second], vin.t[first] + width))
+        ends = np.sort(vin.index.key(vout.cp[second], self._last_visible(tl, first, second, width)))
         return {side: started[tl.before("in", side)] - search(ends, tl.queries(side).keys, "left") for side in SIDES}
 
     def _cycles(self, tl: Timeline, first: np.ndarray, second: np.ndarray, width: int) -> np.ndarray:
@@ -229,7 +268,7 @@ class CounterpartyGraph(FeatureStep):
         found, g = _lookup(labels, closes)
         first, second = first[found], second[found]
         starts = np.sort(index.key(g, vout.t[second]))
-        ends = np.sort(index.key(g, vin.t[first] + width))
+        ends = np.sort(index.key(g, self._last_visible(tl, first, second, width)))
         keys = index.keys if tl.query is None else index.keys[tl.query[rows]]
         return search(starts, keys, "left") - search(ends, keys, "left")
 
@@ -251,7 +290,7 @@ class CounterpartyGraph(FeatureStep):
         w = self.window
         tl = timeline(frame)
         width = duration_in(w, tl.unit)
-        key = (width, tuple(self.hubs_))
+        key = (width, int(self.max_rows), tuple(self.hubs_))
 
         def paths() -> tuple[np.ndarray, np.ndarray]:
             return tl.memo(("paths", *key), lambda: self._two_hop_paths(tl, width, hub_mask(tl, self.hubs_)))
@@ -289,18 +328,20 @@ class CounterpartyGraph(FeatureStep):
         T, S, D, A = col["event_time"], col["src_account"], col["dst_account"], col["amount"]
         w = self.window
         width = duration_us(w)
+        cap = int(self.max_rows)
         hubs = frozenset(getattr(self, "hubs_", []) or [])
 
         def two_hop(h, target: str, lo: int, origin: str | None) -> tuple[int, int]:
             """Paths a -> x -> target visible now; and how many start at ``origin`` (3-cycles).
 
-            A second hop x -> target at s2 (lo < s2 < t) counts the first hops a -> x with
-            lo <= s1 < s2 (s2 - s1 < window follows from s1 >= t - window and s2 < t), a being
-            neither target nor x. Rows are time-ordered, so each second hop costs two bisections
-            on x's times, minus the (rare) excluded first hops before it.
+            A second hop x -> target at s2, one of target's latest ``max_rows`` inflows at or
+            after lo, counts the first hops a -> x with lo <= s1 < s2 (s2 - s1 < window
+            follows from s1 >= t - window and s2 < t), a being neither target nor x. Rows are
+            time-ordered, so each second hop costs two bisections on x's times, minus the
+            (rare) excluded first hops before it.
             """
             by_x: dict[str, list[int]] = {}
-            for e2 in since(h.received.get(target, ()), lo + 1, T):  # e2[T] > lo
+            for e2 in tail_instants(h.received.get(target, ()), lo, cap, T):
                 x = e2[S]
                 if x != target and x not in hubs:
                     by_x.setdefault(x, []).append(e2[T])

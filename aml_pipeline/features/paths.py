@@ -105,6 +105,9 @@ class TemporalPaths(FeatureStep):
     def two_hop(self) -> tuple[str, list[str]] | None:
         return f"{self._reach_us()}us", list(getattr(self, "hubs_", []) or [])
 
+    def two_hop_rows(self) -> int | None:
+        return int(self.max_rows)
+
     def fit(self, frame: pl.DataFrame) -> "TemporalPaths":
         self.hubs_ = hub_accounts(frame, int(self.max_intermediary_degree))
         return self

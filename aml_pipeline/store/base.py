@@ -28,6 +28,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aml_pipeline.features.windows import since, tail_instants
+
 #: Positions in a row.
 ID, T, SRC, DST, AMOUNT = 0, 1, 2, 3, 4
 CORE_COLUMNS = ("event_id", "event_time", "src_account", "dst_account", "amount")
@@ -98,6 +100,17 @@ def latest_of(sent: Sequence[Row], received: Sequence[Row]) -> int | None:
     return a if b is None or a >= b else b
 
 
+def payers(received: Iterable[list[Row]], start_us: int, cap: int | None) -> set[str]:
+    """The senders of time-ordered received rows at or after ``start``, of each list's latest
+    ``cap`` rows only (plus the rest of the earliest kept instant) when ``cap`` is set: the
+    accounts a 1-hop expansion reads. The 2-hop steps follow no other inflow, so a merchant
+    paid by thousands costs as much to read as anyone."""
+    found: set[str] = set()
+    for rows in received:
+        found.update(r[SRC] for r in (since(rows, start_us, T) if cap is None else tail_instants(rows, start_us, cap, T)))
+    return found
+
+
 class OnlineStore(ABC):
     """Per-account event histories for online feature computation (see module doc)."""
 
@@ -114,14 +127,16 @@ class OnlineStore(ABC):
         """
 
     def read_expanded(self, event_id: str, accounts: Sequence[str], start_us: int, end_us: int,
-                      expand_start_us: int | None, hubs: frozenset[str]) -> Reading:
+                      expand_start_us: int | None, hubs: frozenset[str], expand_rows: int | None = None) -> Reading:
         """:meth:`read`, plus the received rows in ``[expand_start, end)`` of every account
         that paid a query account in that span (the 1-hop expansion), hubs and the query
-        accounts excepted. Backends may do it in one round trip."""
+        accounts excepted; with ``expand_rows``, only the payers of each query account's
+        latest ``expand_rows`` inflows of the span (whole instants: :func:`payers`).
+        Backends may do it in one round trip."""
         reading = self.read(event_id, accounts, start_us, end_us)
         if reading.decision is not None or expand_start_us is None:
             return reading
-        neighbours = {r[SRC] for acc in accounts for r in reading.received[acc] if r[T] >= expand_start_us}
+        neighbours = payers([reading.received[acc] for acc in accounts], expand_start_us, expand_rows)
         neighbours.difference_update(accounts)
         neighbours.difference_update(hubs)
         if neighbours:

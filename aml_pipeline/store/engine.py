@@ -74,6 +74,9 @@ class PlanNeeds:
     expand_us: int  # received rows of in-neighbours in [t - expand, t); 0 = no expansion
     hubs: frozenset[str]  # accounts never expanded (hubs of every graph step)
     extra_columns: tuple[str, ...]  # row columns beyond the core five that history steps read
+    #: expand only the payers of each account's latest this many inflows (whole instants) in
+    #: the expansion's span: the most any 2-hop step reads (None: every inflow's payers)
+    expand_rows: int | None = None
 
     def layout(self) -> StoreLayout:
         return StoreLayout(self.window_us, self.extra_columns)
@@ -81,7 +84,7 @@ class PlanNeeds:
 
 def plan_needs(plan: FeaturePlan) -> PlanNeeds:
     """Derive the store's window and expansion from the plan; refuse what it cannot serve."""
-    window, expand, hubs, extra = 0, 0, None, []
+    window, expand, hubs, extra, rows = 0, 0, None, [], []
     for name, step in plan.steps:
         if not step.per_event:
             raise UserError(f"features.steps.{name} ({step.kind}) cannot be computed event by event; "
@@ -103,7 +106,9 @@ def plan_needs(plan: FeaturePlan) -> PlanNeeds:
             expand = max(expand, duration_us(hop[0]))
             step_hubs = frozenset(hop[1])
             hubs = step_hubs if hubs is None else hubs & step_hubs
-    return PlanNeeds(window, expand, hubs or frozenset(), tuple(extra))
+            rows.append(step.two_hop_rows())
+    expand_rows = None if not rows or None in rows else max(rows)
+    return PlanNeeds(window, expand, hubs or frozenset(), tuple(extra), expand_rows)
 
 
 class History:
@@ -129,7 +134,7 @@ def gather(store: OnlineStore, needs: PlanNeeds, event: Event) -> tuple[dict | N
     t = event.t
     accounts = (event.src,) if event.src == event.dst else (event.src, event.dst)
     expand = t - needs.expand_us if needs.expand_us else None
-    reading = store.read_expanded(event.event_id, accounts, t - needs.window_us, t, expand, needs.hubs)
+    reading = store.read_expanded(event.event_id, accounts, t - needs.window_us, t, expand, needs.hubs, needs.expand_rows)
     if reading.decision is not None:
         return reading.decision, None
     return None, History(reading.sent, reading.received, reading.latest)

@@ -20,8 +20,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-from aml_pipeline.features.windows import since
-from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
+from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, payers, trim_start
 
 _EMPTY: list = []
 
@@ -120,7 +119,7 @@ class MemoryStore(OnlineStore):
             return out
 
     def read_expanded(self, event_id: str, accounts, start_us: int, end_us: int,
-                      expand_start_us: int | None, hubs: frozenset[str]) -> Reading:
+                      expand_start_us: int | None, hubs: frozenset[str], expand_rows: int | None = None) -> Reading:
         """One pass: read the query accounts, then slice each new in-neighbour's received rows."""
         with self._lock:
             reading = self.read(event_id, accounts, start_us, end_us)
@@ -128,13 +127,11 @@ class MemoryStore(OnlineStore):
                 return reading
             table = self._received
             received = reading.received
-            for acc in accounts:
-                for r in since(received[acc], expand_start_us, T):  # the expansion's rows: the tail
-                    x = r[SRC]
-                    if x in received or x in hubs:
-                        continue
-                    got = table.get(x)
-                    received[x] = _EMPTY if got is None else got.between(expand_start_us, end_us)
+            for x in payers([received[acc] for acc in accounts], expand_start_us, expand_rows):
+                if x in received or x in hubs:
+                    continue
+                got = table.get(x)
+                received[x] = _EMPTY if got is None else got.between(expand_start_us, end_us)
             return reading
 
     def read_received(self, accounts: Iterable[str], start_us: int, end_us: int) -> dict[str, list[Row]]:

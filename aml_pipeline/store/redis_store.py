@@ -61,7 +61,7 @@ from typing import Any
 from aml_pipeline.errors import UserError
 from aml_pipeline.optional import require
 from aml_pipeline.secrets import redact_url
-from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, trim_start
+from aml_pipeline.store.base import DST, ID, SRC, T, OnlineStore, Reading, Row, StoreLayout, latest_of, payers, trim_start
 from aml_pipeline.store.memory import MemoryStore
 
 # Trim one set: keep rows within window of the newest, and all rows at the two latest instants.
@@ -399,11 +399,11 @@ class RedisStore(OnlineStore):
         return out
 
     @staticmethod
-    def _neighbours(entries, accounts, expand_start_us: int, end_us: int, hubs: frozenset[str]) -> set[str]:
-        """Accounts that paid a query account in [expand_start, end), hubs and query accounts excepted."""
-        found: set[str] = set()
-        for entry in entries:
-            found.update(r[SRC] for r in entry.received_between(expand_start_us, end_us))
+    def _neighbours(entries, accounts, expand_start_us: int, end_us: int, hubs: frozenset[str],
+                    expand_rows: int | None) -> set[str]:
+        """Accounts that paid a query account in [expand_start, end) (of its latest
+        ``expand_rows`` inflows there, when set), hubs and query accounts excepted."""
+        found = payers([entry.received_between(expand_start_us, end_us) for entry in entries], expand_start_us, expand_rows)
         found.difference_update(accounts)
         found.difference_update(hubs)
         return found
@@ -434,7 +434,8 @@ class RedisStore(OnlineStore):
         self._seen_generation(generation, cache_was_empty)
 
     def _read_cached(self, event_id: str, held: list[_Entry], accounts: list[str], start_us: int, end_us: int,
-                     expand_start_us: int | None, guess: set[str], hubs: frozenset[str]) -> Reading | None:
+                     expand_start_us: int | None, guess: set[str], hubs: frozenset[str],
+                     expand_rows: int | None) -> Reading | None:
         """The fast path: one call (the stored decision, or the feed since our generation), the
         rows from our copies; None when the copies must be read with versions."""
         got = self._read_fast(args=[self.prefix, event_id, self._epoch or "", self._generation])
@@ -452,7 +453,7 @@ class RedisStore(OnlineStore):
             if any(cache.get(acc) is not entry for acc, entry in zip(accounts, held)):
                 return None  # a query account was forgotten by the retention
             if expand_start_us is not None:
-                guess = self._neighbours(held, accounts, expand_start_us, end_us, hubs)
+                guess = self._neighbours(held, accounts, expand_start_us, end_us, hubs, expand_rows)
         missing = [x for x in guess if x not in cache]
         if missing:
             self._fetch_received(sorted(missing))
@@ -468,16 +469,18 @@ class RedisStore(OnlineStore):
         return out
 
     def read_expanded(self, event_id: str, accounts, start_us: int, end_us: int,
-                      expand_start_us: int | None, hubs: frozenset[str]) -> Reading:
+                      expand_start_us: int | None, hubs: frozenset[str], expand_rows: int | None = None) -> Reading:
         accounts = list(dict.fromkeys(accounts))
         cache = self._cache
         held = [cache.get(acc) for acc in accounts]
         held = [e if e is not None and e.sent is not None else None for e in held]
         guess: set[str] = set()
         if expand_start_us is not None:  # from the copies we hold; the script finds the others' own
-            guess = self._neighbours([e for e in held if e is not None], accounts, expand_start_us, end_us, hubs)
+            guess = self._neighbours([e for e in held if e is not None], accounts, expand_start_us, end_us, hubs,
+                                    expand_rows)
         if self._generation is not None and all(e is not None for e in held):
-            reading = self._read_cached(event_id, held, accounts, start_us, end_us, expand_start_us, guess, hubs)
+            reading = self._read_cached(event_id, held, accounts, start_us, end_us, expand_start_us, guess, hubs,
+                                        expand_rows)
             if reading is not None:
                 return reading
             held = [e if e is not None and e.sent is not None else None for e in map(cache.get, accounts)]
@@ -515,7 +518,7 @@ class RedisStore(OnlineStore):
             out.received[acc] = entry.received_between(start_us, end_us)
             out.latest[acc] = entry.latest_before(end_us)
         if expand_start_us is not None:
-            neighbours = self._neighbours(entries, accounts, expand_start_us, end_us, hubs)
+            neighbours = self._neighbours(entries, accounts, expand_start_us, end_us, hubs, expand_rows)
             # current: guessed and not reported stale, or found at the version we hold
             current = guess.difference(acc for acc, _ in got["stale"])
             for acc, version in got["found"]:
