@@ -13,7 +13,7 @@ import polars as pl
 import math
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import fixed_to_float, ieee_divide, timeline, window_stats
+from aml_pipeline.features.windows import fixed_to_float, ieee_divide, timeline
 from aml_pipeline.timeutil import duration_us
 
 
@@ -79,7 +79,6 @@ class AmountSignals(FeatureStep):
     # -- per-event form ----------------------------------------------------------------------
     def online(self, col: dict[str, int]):
         """The same columns for one event: its amount and the sender's sent rows."""
-        T, A = col["event_time"], col["amount"]
         width = duration_us(self.trailing_window)
         threshold = self.reporting_threshold
         lo = self.reporting_threshold * (1 - self.band)
@@ -92,6 +91,6 @@ class AmountSignals(FeatureStep):
             out["round_1000"] = int(cents % 100_000 == 0)
             out["whole_amount"] = int(cents % 100 == 0)
             out["near_threshold"] = int(a >= lo and a < threshold)
-            n, s, _ = window_stats(h.sent.get(ev.src, ()), ev.t, [width], T, A)[0]
+            n, s = h.window_sum(ev.src, "out", ev.t, width)
             out["amount_vs_src_mean"] = ieee_divide(a, fixed_to_float(s) / n) if n else None
         return compute

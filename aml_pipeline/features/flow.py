@@ -50,8 +50,9 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.carried import CarriedFolds
 from aml_pipeline.features.novelty import pair_prior
-from aml_pipeline.features.windows import (check_windows, duration_in, expand, fixed_sum, fixed_to_float,
+from aml_pipeline.features.windows import (check_windows, duration_in, expand, fixed_to_float,
                                            last_instants, last_per_group, run_starts, since, tail_instants, timeline,
                                            to_microseconds, window_rows)
 from aml_pipeline.timeutil import duration_us
@@ -175,50 +176,58 @@ class FlowMatching(FeatureStep):
         reach = lookback + max(width for _, width in windows)  # a matched inflow's own look-back
         time_of = itemgetter(T)
 
-        def forwards(acc: str, h, start: int) -> int:
-            """The account's payments at or after ``start`` that matched one of its inflows."""
-            got = since(h.received.get(acc, ()), start - first, T)  # the inflows those payments may pass on
-            n = 0
-            for p in since(h.sent.get(acc, ()), start, T):
-                paid = p[A]
-                if paid is None:
-                    continue
-                # tail_instants(got[:k], p[T] - first, cap) by bisection on the rows' times, without copies
-                k = bisect_left(got, p[T], key=time_of)
-                i = bisect_left(got, p[T] - first, 0, k, key=time_of)
-                if k - i > cap:
-                    i = bisect_left(got, got[k - cap][T], i, k - cap, key=time_of)
-                for r in got[i:k]:  # a loop, not any(<generator>): this runs for every payment of the habit window
-                    x = r[A]
-                    if x is not None and low * x <= paid <= high * x:
-                        n += 1
-                        break
-            return n
+        def matched(state: list, p, got) -> None:
+            """One payment into the fold: its time, when it passes on one of the account's
+            latest ``max_inflows`` inflows (whole instants) of the ``windows[0]`` before it."""
+            paid = p[A]
+            if paid is None:
+                return
+            # tail_instants(got[:k], p[T] - first, cap) by bisection on the rows' times, without copies
+            k = bisect_left(got, p[T], key=time_of)
+            i = bisect_left(got, p[T] - first, 0, k, key=time_of)
+            if k - i > cap:
+                i = bisect_left(got, got[k - cap][T], i, k - cap, key=time_of)
+            for r in got[i:k]:  # a loop, not any(<generator>)
+                x = r[A]
+                if x is not None and low * x <= paid <= high * x:
+                    state.append(p[T])
+                    return
+
+        habits = CarriedFolds(list, matched, head=lambda state, rows, got: None)  # payments before the habit window: never read
+
+        def forwards(acc: str, h, t: int) -> int:
+            """The account's payments of the habit window that matched one of its inflows:
+            each payment is judged once, and the judgements carried from request to request."""
+            times = habits.through(acc, h.sent.get(acc, ()), t, since=t - habit - first, also=h.received.get(acc, ()),
+                                   head_until=t - habit)
+            if len(times) > 64 and times[0] < t - habit:
+                del times[:bisect_left(times, t - habit)]
+            return len(times) - bisect_left(times, t - habit)
 
         def compute(ev, h, out: dict) -> None:
-            out[f"src_fwd_habit_{self.habit}"] = forwards(ev.src, h, ev.t - habit)
-            out[f"dst_fwd_habit_{self.habit}"] = forwards(ev.dst, h, ev.t - habit)
+            out[f"src_fwd_habit_{self.habit}"] = forwards(ev.src, h, ev.t)
+            out[f"dst_fwd_habit_{self.habit}"] = forwards(ev.dst, h, ev.t)
             rows = h.received.get(ev.src, ())
-            sent = h.sent.get(ev.src, ())
-            a = ev.amount
-            payers: dict = {}
-            for r in since(rows, ev.t - reach, T):
-                payers.setdefault(r[S], []).append(r[T])
-            dst_got, dst_gave = h.received.get(ev.dst, ()), h.sent.get(ev.dst, ())
+            a, t = ev.amount, ev.t
+            payers: dict | None = None  # per payer of the sender, its times: only when an inflow matches
             for w, width in windows:
-                lo = ev.t - width
-                inflows = [r[A] for r in since(rows, lo, T) if r[A] is not None]
-                total = fixed_to_float(fixed_sum(inflows))
-                out[f"src_fwd_share_{w}"] = a / total if inflows and total > 0 else None
-                paid = fixed_to_float(fixed_sum(r[A] for r in since(sent, lo, T) if r[A] is not None))
+                lo = t - width
+                n, total = h.window_sum(ev.src, "in", t, width)
+                total = fixed_to_float(total)
+                out[f"src_fwd_share_{w}"] = a / total if n and total > 0 else None
+                paid = fixed_to_float(h.window_sum(ev.src, "out", t, width)[1])
                 out[f"src_fwd_drain_{w}"] = (paid + a) / total if total > 0 else None
-                got = fixed_to_float(fixed_sum(r[A] for r in since(dst_got, lo, T) if r[A] is not None))
-                gave = fixed_to_float(fixed_sum(r[A] for r in since(dst_gave, lo, T) if r[A] is not None))
+                got = fixed_to_float(h.window_sum(ev.dst, "in", t, width)[1])
+                gave = fixed_to_float(h.window_sum(ev.dst, "out", t, width)[1])
                 out[f"dst_drain_{w}"] = gave / got if got > 0 else None
                 hits = [r for r in tail_instants(rows, lo, cap, T)
                         if r[A] is not None and low * r[A] <= a <= high * r[A]]
                 out[f"src_fwd_matches_{w}"] = len(hits)
-                out[f"src_fwd_lag_{w}"] = (ev.t - max(r[T] for r in hits)) / 1e6 if hits else None
-                seen = [payers[r[S]] for r in hits]
+                out[f"src_fwd_lag_{w}"] = (t - max(r[T] for r in hits)) / 1e6 if hits else None
+                if hits and payers is None:
+                    payers = {}
+                    for r in since(rows, t - reach, T):
+                        payers.setdefault(r[S], []).append(r[T])
+                seen = [payers[r[S]] for r in hits] if hits else []
                 out[f"src_fwd_new_{w}"] = sum(bisect_left(s, r[T]) == bisect_left(s, r[T] - lookback) for r, s in zip(hits, seen))
         return compute

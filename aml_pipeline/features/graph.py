@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import DST, SRC, FeatureStep, register
-from aml_pipeline.features.windows import (FLOWS, SIDES, Index, Timeline, duration_in, fixed_sum, fixed_to_float,
+from aml_pipeline.features.windows import (FLOWS, SIDES, Index, Timeline, duration_in, fixed_to_float,
                                            ieee_divide, search, since, tail_instants, timeline)
 from aml_pipeline.timeutil import duration_us
 
@@ -325,7 +325,7 @@ class CounterpartyGraph(FeatureStep):
     def online(self, col: dict[str, int]):
         """The same columns for one event from its accounts' rows and the received rows of
         the accounts that paid them (the store's 1-hop expansion, hubs left out)."""
-        T, S, D, A = col["event_time"], col["src_account"], col["dst_account"], col["amount"]
+        T, S, D = col["event_time"], col["src_account"], col["dst_account"]
         w = self.window
         width = duration_us(w)
         cap = int(self.max_rows)
@@ -381,9 +381,9 @@ class CounterpartyGraph(FeatureStep):
             for side, acc in (("src", ev.src), ("dst", ev.dst)):
                 for flow, table, cp in (("in", h.received, S), ("out", h.sent, D)):
                     out[f"{side}_{flow}_degree_{w}"] = len({r[cp] for r in since(table.get(acc, ()), lo, T)})
-            src_sent, src_got = since(h.sent.get(ev.src, ()), lo, T), since(h.received.get(ev.src, ()), lo, T)
-            sent = fixed_sum(r[A] for r in src_sent)
-            got = fixed_to_float(fixed_sum(r[A] for r in src_got))
+            src_got = since(h.received.get(ev.src, ()), lo, T)
+            sent = h.window_sum(ev.src, "out", ev.t, width)[1]
+            got = fixed_to_float(h.window_sum(ev.src, "in", ev.t, width)[1])
             out[f"src_pass_through_{w}"] = ieee_divide(fixed_to_float(sent) + ev.amount, got) if got > 0 else None
             out[f"reciprocal_{w}"] = sum(1 for r in src_got if r[S] == ev.dst)
             src_paths, cycles = two_hop(h, ev.src, lo, ev.dst)

@@ -29,8 +29,9 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
+from aml_pipeline.features.carried import CarriedFolds
 from aml_pipeline.features.graph import _pair_index
-from aml_pipeline.features.windows import (SIDES, before, check_windows, duration_in, search, since, timeline,
+from aml_pipeline.features.windows import (SIDES, check_windows, duration_in, search, since, timeline,
                                            to_microseconds)
 from aml_pipeline.timeutil import duration_us
 
@@ -91,10 +92,53 @@ class Novelty(FeatureStep):
 
     # -- per-event form ----------------------------------------------------------------------
     def online(self, col: dict[str, int]):
-        """The same columns for one event from its accounts' sent and received rows."""
+        """The same columns for one event from its accounts' sent and received rows.
+
+        Whether a row is new depends only on its account's earlier rows, so the new rows'
+        times are folded once per row and carried from request to request
+        (:class:`~aml_pipeline.features.carried.CarriedFolds`): a merchant's month of
+        inflows is not gone through again for each payment it receives."""
         T, S, D = col["event_time"], col["src_account"], col["dst_account"]
         L, lookback = self.lookback, duration_us(self.lookback)
         windows = [(w, duration_us(w)) for w in self.new_windows]
+
+        widest = max((width for _, width in windows), default=0)
+
+        def folder(other: int) -> CarriedFolds:
+            def step(state, r, _also) -> None:
+                """One row into (latest instant per counterparty, the instant before it, times of the new rows)."""
+                last, prev, new = state
+                t, cp = r[T], r[other]
+                seen = last.get(cp)
+                if seen is None:
+                    prior = None
+                    last[cp] = t
+                elif seen < t:
+                    prior = prev[cp] = seen
+                    last[cp] = t
+                else:  # the same instant as the counterparty's latest row
+                    prior = prev.get(cp)
+                if prior is None or prior < t - lookback:
+                    new.append(t)
+
+            def head(state, rows, _also) -> None:
+                """Rows before every window a request will count: only each counterparty's latest instant matters."""
+                state[0].update({r[other]: r[T] for r in rows})  # time-ordered: the last write is the latest
+
+            return CarriedFolds(lambda: ({}, {}, []), step, head=head)
+
+        by_payee, by_payer = folder(D), folder(S)
+
+        def new_times(folds: CarriedFolds, acc: str, rows, t: int) -> list[int]:
+            last, prev, new = folds.through(acc, rows, t, head_until=t - widest)
+            if len(new) > 64 and new[0] < t - widest:  # times no window reaches any more
+                del new[:bisect_left(new, t - widest)]
+            if rows and len(last) > 2 * len(rows) + 64:  # payers older than every row: new again anyway
+                oldest = rows[0][T]
+                for cp in [cp for cp, latest in last.items() if latest < oldest]:
+                    del last[cp]
+                    prev.pop(cp, None)
+            return new
 
         def compute(ev, h, out: dict) -> None:
             sent = h.sent.get(ev.src, ())
@@ -104,12 +148,10 @@ class Novelty(FeatureStep):
                 times = [x for x in (first_at(h.sent.get(acc, ()), T, lo), first_at(h.received.get(acc, ()), T, lo))
                          if x is not None]
                 out[f"{side}_age_{L}"] = (ev.t - min(times)) / 1e6 if times else None
-            tables = {"src_new_payees": (sent, D), "src_new_payers": (h.received.get(ev.src, ()), S),
-                      "dst_new_payers": (h.received.get(ev.dst, ()), S)}
-            start = ev.t - max((width for _, width in windows), default=0)
-            for name, (rows, other) in tables.items():
-                # a row before start - lookback can be no counted row's prior within the lookback
-                new = new_relationship_times(since(rows, start - lookback, T), other, T, start, lookback)
+            tables = {"src_new_payees": (by_payee, ev.src, sent), "src_new_payers": (by_payer, ev.src, h.received.get(ev.src, ())),
+                      "dst_new_payers": (by_payer, ev.dst, h.received.get(ev.dst, ()))}
+            for name, (folds, acc, rows) in tables.items():
+                new = new_times(folds, acc, rows, ev.t)
                 for w, width in windows:
                     out[f"{name}_{w}"] = len(new) - bisect_left(new, ev.t - width)
         return compute
@@ -119,37 +161,6 @@ def first_at(rows, T: int, lo: int) -> int | None:
     """The time of the first of time-ordered ``rows`` at or after ``lo`` (None: none)."""
     rest = since(rows, lo, T)
     return rest[0][T] if rest else None
-
-
-def new_relationship_times(rows, other: int, T: int, start: int, lookback: int) -> list[int]:
-    """The times (ascending) of one account's time-ordered rows at or after ``start`` whose
-    counterparty (at index ``other``) has no row in the ``lookback`` before them: the
-    per-event form of ``pair_prior == 0``, counted over a window as the tail of this list
-    after the window's start.
-
-    Why this shape: a request needs it for several windows and three tables, on accounts
-    with thousands of rows. A row is new exactly when the latest earlier instant of its
-    counterparty (same-instant rows never count) is missing or older than ``lookback``.
-    Before ``start`` only each counterparty's latest time matters (one dict built in C);
-    from ``start`` on, one dict of (latest instant, the instant before it) per counterparty
-    replaces sorted time lists and bisections."""
-    latest_before = {r[other]: r[T] for r in before(rows, start, T)}  # time-ordered: the last write is the latest
-    last: dict = {}
-    new = []
-    for r in since(rows, start, T):
-        t, cp = r[T], r[other]
-        seen = last.get(cp)
-        if seen is None:
-            prior = latest_before.get(cp)
-            last[cp] = (t, prior)
-        elif seen[0] < t:
-            prior = seen[0]
-            last[cp] = (t, prior)
-        else:  # the same instant as the counterparty's latest row
-            prior = seen[1]
-        if prior is None or prior < t - lookback:
-            new.append(t)
-    return new
 
 
 def pair_prior(tl, lookback: str) -> np.ndarray:

@@ -8,12 +8,15 @@ in-and-out flow that a single transaction cannot reveal.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, fixed_to_float, timeline, window_stats
+from aml_pipeline.features.carried import totals_folds
+from aml_pipeline.features.windows import AGGS, FLOWS, SIDES, fixed_to_float, timeline
 from aml_pipeline.timeutil import duration_us
 
 
@@ -75,18 +78,27 @@ class RollingAggregates(FeatureStep):
 
     # -- per-event form ----------------------------------------------------------------------
     def online(self, col: dict[str, int]):
-        """The same columns for one event from its accounts' sent and received rows."""
+        """The same columns for one event from its accounts' sent and received rows: the
+        rows' running sums and maxima are folded once per row and carried from request to
+        request (:func:`~aml_pipeline.features.carried.totals_folds`), so a window costs
+        two bisections however many payments a merchant had in it."""
         T, A = col["event_time"], col["amount"]
-        order = sorted(range(len(self.windows)), key=lambda i: duration_us(self.windows[i]))
-        widths = [duration_us(self.windows[i]) for i in order]
-        names = [self.windows[i] for i in order]
+        windows = [(w, duration_us(w)) for w in self.windows]
+        widest = max(width for _, width in windows)
+        folds = {flow: totals_folds(A) for flow in self.flows}
+        time_of = itemgetter(T)
 
         def compute(ev, h, out: dict) -> None:
+            t = ev.t
             for side in self.sides:
                 acc = ev.src if side == "src" else ev.dst
                 for flow in self.flows:
                     rows = (h.sent if flow == "out" else h.received).get(acc, ())
-                    for w, (n, s, mx) in zip(names, window_stats(rows, ev.t, widths, T, A)):
+                    totals = folds[flow].through(acc, rows, t, head_until=t - widest)
+                    totals.forget(len(rows))
+                    for w, width in windows:
+                        n, s, mx = totals.latest(len(rows) - bisect_left(rows, t - width, key=time_of))
+                        h.keep_sum(acc, flow, width, n, s)
                         total = fixed_to_float(s)
                         for agg in self.aggs:
                             key = f"{side}_{flow}_{agg}_{w}"

@@ -876,30 +876,6 @@ def fixed_to_float(total: int) -> float:
     return float(total) / FIXED_POINT
 
 
-def window_stats(rows: list, t: int, widths: list[int], T: int, A: int) -> list[tuple[int, int, float | None]]:
-    """Per-event form of the windowed count / exact sum / max: for time-ordered ``rows``
-    (time at index ``T``, amount at ``A``), the (count, fixed-point sum, max) of the
-    amounts in ``[t - w, t)`` for each width (ascending; one backward scan serves all)."""
-    out: list[tuple[int, int, float | None]] = []
-    n, s, mx = 0, 0, None
-    i = len(rows) - 1
-    fx = FIXED_POINT
-    for w in widths:
-        lo = t - w
-        while i >= 0:
-            r = rows[i]
-            if r[T] < lo:
-                break
-            a = r[A]
-            n += 1
-            s += round(a * fx)  # the batch (a * 2**60).round(0).cast(Int128); Python rounds half to even too
-            if mx is None or a > mx:
-                mx = a
-            i -= 1
-        out.append((n, s, mx))
-    return out
-
-
 def ieee_divide(a: float, b: float) -> float:
     """``a / b`` as polars divides floats (IEEE: inf or NaN where Python raises)."""
     try:

@@ -40,7 +40,8 @@ import polars as pl
 from aml_pipeline.errors import UserError
 from aml_pipeline.features.plan import FeaturePlan
 from aml_pipeline.schema import ALL_COLUMNS, UTC_TIME
-from aml_pipeline.store.base import CORE_COLUMNS, DST, SRC, T, OnlineStore, Row, StoreLayout
+from aml_pipeline.features.windows import fixed_sum, since
+from aml_pipeline.store.base import AMOUNT, CORE_COLUMNS, DST, SRC, T, OnlineStore, Row, StoreLayout
 from aml_pipeline.timeutil import duration_us, from_us, to_us
 
 class Event:
@@ -114,10 +115,27 @@ def plan_needs(plan: FeaturePlan) -> PlanNeeds:
 class History:
     """The rows one event's features may use, all strictly before the event."""
 
-    __slots__ = ("sent", "received", "latest")
+    __slots__ = ("sent", "received", "latest", "_sums")
 
     def __init__(self, sent: dict[str, list[Row]], received: dict[str, list[Row]], latest: dict[str, int | None]):
         self.sent, self.received, self.latest = sent, received, latest
+        self._sums: dict[tuple, tuple[int, int]] = {}
+
+    def window_sum(self, acc: str, flow: str, t: int, width: int) -> tuple[int, int]:
+        """(rows, exact fixed-point sum of their amounts) of the account's sent (``out``)
+        or received (``in``) rows in ``[t - width, t)``: several steps read the same
+        windows (velocity, forwarding, pass-through), and a merchant's week of inflows is
+        summed once per event. ``t`` is this history's event time."""
+        key = (acc, flow, width)
+        got = self._sums.get(key)
+        if got is None:
+            rows = since((self.sent if flow == "out" else self.received).get(acc, ()), t - width, T)
+            got = self._sums[key] = (len(rows), fixed_sum(r[AMOUNT] for r in rows))
+        return got
+
+    def keep_sum(self, acc: str, flow: str, width: int, count: int, total: int) -> None:
+        """Note a window's (rows, fixed-point sum) that a step computed its own way."""
+        self._sums[(acc, flow, width)] = (count, total)
 
     def rows(self) -> list[Row]:
         """Every distinct row (by event id), for the polars engine's history frame."""
