@@ -33,6 +33,7 @@ from aml_pipeline.features.windows import FIXED_POINT
 
 #: Row positions of the event id and time (the store's core columns).
 ID, T = 0, 1
+_BY_TIME = itemgetter(T)
 
 
 class Fold:
@@ -79,12 +80,14 @@ class CarriedFolds:
             return None
         if fold.head_until is not None and (head_until is None or head_until < fold.head_until):
             return None  # this request reads rows the fold only went through in its head
-        by_time = itemgetter(T)
         last = fold.times[-1]
-        j = bisect_right(rows, last, key=by_time)
-        if not j or rows[j - 1][ID] != fold.last_id or j - bisect_left(rows, since, key=by_time) != _count(fold.times, since):
+        j = bisect_right(rows, last, key=_BY_TIME)
+        if not j or rows[j - 1][ID] != fold.last_id:
             return None
-        if also is not None and (bisect_left(also, last, key=by_time) - bisect_left(also, since, key=by_time)
+        first = 0 if since <= rows[0][T] else bisect_left(rows, since, key=_BY_TIME)
+        if j - first != _count(fold.times, since):
+            return None
+        if also is not None and (bisect_left(also, last, key=_BY_TIME) - bisect_left(also, since, key=_BY_TIME)
                                  != _count(fold.also_times, since)):
             return None
         return j
@@ -98,7 +101,7 @@ class CarriedFolds:
         if since is None:
             since = rows[0][T] if rows else t
         j = self._carries(fold, rows, t, since, also, head_until)
-        by_time = itemgetter(T)
+        by_time = _BY_TIME
         if j is None:
             fold = self._folds[key] = Fold(self._start())
             self.restarts += 1
