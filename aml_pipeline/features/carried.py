@@ -55,6 +55,18 @@ def _count(times: list[int], since: int) -> int:
     return len(times) - bisect_left(times, since)
 
 
+def skip(_state: Any, _rows: list, _also: Any) -> None:
+    """The head of a fold whose rows before the head add nothing: only later rows' values
+    are read (payments before the habit window, deposits before the widest window)."""
+
+
+def drop_before(values: list, lo: int, key: Callable[[Any], int] | None = None) -> None:
+    """Forget a fold's time-ordered entries before ``lo`` (by ``key``), once there are
+    enough of them to be worth the copy: no request reads them any more."""
+    if len(values) > 64 and (values[0] if key is None else key(values[0])) < lo:
+        del values[:bisect_left(values, lo, key=key)]
+
+
 class CarriedFolds:
     """Per key (an account and a direction), the fold over its rows so far.
 
@@ -101,20 +113,19 @@ class CarriedFolds:
         if since is None:
             since = rows[0][T] if rows else t
         j = self._carries(fold, rows, t, since, also, head_until)
-        by_time = _BY_TIME
         if j is None:
             fold = self._folds[key] = Fold(self._start())
             self.restarts += 1
             j = 0
             if self._head is not None and head_until is not None:
-                j = bisect_left(rows, head_until, key=by_time)
+                j = bisect_left(rows, head_until, key=_BY_TIME)
                 fold.head_until = head_until
                 self._head(fold.state, rows[:j], also)
-                fold.times.extend(map(by_time, rows[:j]))
+                fold.times.extend(map(_BY_TIME, rows[:j]))
                 if j:
                     fold.last_id = rows[j - 1][ID]
                     if also is not None:
-                        fold.also_times.extend(map(by_time, also[:bisect_left(also, fold.times[-1], key=by_time)]))
+                        fold.also_times.extend(map(_BY_TIME, also[:bisect_left(also, fold.times[-1], key=_BY_TIME)]))
         else:
             self._folds.move_to_end(key)
         step, state, times = self._step, fold.state, fold.times
@@ -124,8 +135,8 @@ class CarriedFolds:
                 step(state, r, also)
                 times.append(r[T])
             if also is not None:  # the second list's rows from the old last time to the new
-                begin = 0 if before is None else bisect_left(also, before, key=by_time)
-                fold.also_times.extend(map(by_time, also[begin:bisect_left(also, times[-1], key=by_time)]))
+                begin = 0 if before is None else bisect_left(also, before, key=_BY_TIME)
+                fold.also_times.extend(map(_BY_TIME, also[begin:bisect_left(also, times[-1], key=_BY_TIME)]))
             fold.last_id = rows[-1][ID]
             self.folded += len(rows) - j
         if len(times) > 2 * len(rows) + 64:  # forget the times no request reaches any more

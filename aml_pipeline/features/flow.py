@@ -50,7 +50,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.carried import CarriedFolds
+from aml_pipeline.features.carried import CarriedFolds, drop_before, skip
 from aml_pipeline.features.novelty import pair_prior
 from aml_pipeline.features.windows import (check_windows, duration_in, expand, fixed_to_float,
                                            last_instants, last_per_group, run_starts, since, tail_instants, timeline,
@@ -193,15 +193,14 @@ class FlowMatching(FeatureStep):
                     state.append(p[T])
                     return
 
-        habits = CarriedFolds(list, matched, head=lambda state, rows, got: None)  # payments before the habit window: never read
+        habits = CarriedFolds(list, matched, head=skip)  # payments before the habit window: never read
 
         def forwards(acc: str, h, t: int) -> int:
             """The account's payments of the habit window that matched one of its inflows:
             each payment is judged once, and the judgements carried from request to request."""
             times = habits.through(acc, h.sent.get(acc, ()), t, since=t - habit - first, also=h.received.get(acc, ()),
                                    head_until=t - habit)
-            if len(times) > 64 and times[0] < t - habit:
-                del times[:bisect_left(times, t - habit)]
+            drop_before(times, t - habit)
             return len(times) - bisect_left(times, t - habit)
 
         def compute(ev, h, out: dict) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.carried import CarriedFolds
+from aml_pipeline.features.carried import CarriedFolds, drop_before
 from aml_pipeline.features.graph import _pair_index
 from aml_pipeline.features.windows import (SIDES, check_windows, duration_in, search, since, timeline,
                                            to_microseconds)
@@ -131,8 +131,7 @@ class Novelty(FeatureStep):
 
         def new_times(folds: CarriedFolds, acc: str, rows, t: int) -> list[int]:
             last, prev, new = folds.through(acc, rows, t, head_until=t - widest)
-            if len(new) > 64 and new[0] < t - widest:  # times no window reaches any more
-                del new[:bisect_left(new, t - widest)]
+            drop_before(new, t - widest)  # times no window reaches any more
             if rows and len(last) > 2 * len(rows) + 64:  # payers older than every row: new again anyway
                 oldest = rows[0][T]
                 for cp in [cp for cp, latest in last.items() if latest < oldest]:

@@ -20,14 +20,13 @@ put the threshold in the currency of the data.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from operator import itemgetter
 
 import polars as pl
 
 from aml_pipeline.features.base import FeatureStep, register
-from aml_pipeline.features.carried import CarriedFolds
+from aml_pipeline.features.carried import CarriedFolds, drop_before, skip
 from aml_pipeline.features.windows import (check_windows, distinct_per_group, expand, fixed_running_sums,
                                            fixed_sum, fixed_to_float, fixed_window_sums, last_instants, run_starts,
                                            search, since, tail_instants, timeline)
@@ -132,12 +131,11 @@ class CashStructuring(FeatureStep):
 
         # each received row is judged once, the judgements carried from request to request
         # (rows before the widest window are never read: the head skips them)
-        folds = CarriedFolds(list, deposit, head=lambda kept, rows, _also: None)
+        folds = CarriedFolds(list, deposit, head=skip)
 
         def compute(ev, h, out: dict) -> None:
             kept = folds.through(ev.dst, h.received.get(ev.dst, ()), ev.t, head_until=ev.t - widest)
-            if len(kept) > 64 and kept[0][T] < ev.t - widest:
-                del kept[:bisect_left(kept, ev.t - widest, key=itemgetter(T))]
+            drop_before(kept, ev.t - widest, key=itemgetter(T))
             deposits = since(kept, ev.t - widest, T)
             for w, width in windows:
                 lo = ev.t - width
