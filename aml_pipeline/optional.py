@@ -30,6 +30,7 @@ EXTRAS = {
     "uvloop": "serve",
     "redis": "serve",
     "prometheus_client": "serve",
+    "orjson": "serve",
     "confluent_kafka": "stream",
     "mlflow": "mlflow",
     "pandas": "mlflow",
@@ -50,8 +51,8 @@ EXTRAS = {
 #: checked where they are used, e.g. redis only for deploy.store.backend=redis).
 EXTRA_MODULES = {
     "spark": ("pyspark", "pyarrow"),
-    "serve": ("fastapi", "uvicorn"),
-    "stream": ("pyspark", "pyarrow", "confluent_kafka"),
+    "serve": ("fastapi", "uvicorn", "orjson"),
+    "stream": ("pyspark", "pyarrow", "confluent_kafka", "orjson"),
     "mlflow": ("mlflow", "pandas"),
     "tune": ("optuna",),
     "workbench": ("sqlalchemy", "alembic", "jinja2", "fastapi", "uvicorn"),

@@ -111,6 +111,30 @@ def test_predict_one_matches_batch(fitted, data, name):
     np.testing.assert_allclose(single, batch, rtol=0, atol=1e-12)
 
 
+def test_lightgbm_single_row_fast_path_gives_the_boosters_own_score(fitted, data):
+    """predict_one runs the C library's single-row path (models/lightgbm_row.py): the same
+    double as Booster.predict, missing values included; a copy sets up its own."""
+    import copy
+
+    from aml_pipeline.models.lightgbm_row import single_row_predictor
+
+    model = fitted["lightgbm"]
+    booster = model._model
+    assert single_row_predictor(booster) is not None  # this LightGBM exposes the path
+    X, _ = data
+    rows = X[TEST][:200].copy()
+    rows[np.random.default_rng(1).random(rows.shape) < 0.3] = np.nan
+    expected = booster.predict(rows, num_threads=1)
+    got = np.array([model.predict_one(r) for r in rows])
+    assert np.array_equal(got, expected)
+    assert model.__dict__["_row_predictor"][1] is not None  # it took the fast path
+    twin = copy.deepcopy(model)
+    assert "_row_predictor" not in twin.__dict__
+    assert twin.predict_one(rows[0]) == expected[0]
+    with pytest.raises(ValueError, match="features"):
+        model.predict_one(rows[0][:-1])
+
+
 @pytest.mark.parametrize("name", ["lightgbm", "sklearn_hgb", "sklearn_rf"])
 def test_training_is_deterministic(fitted, data, name):
     X, y = data

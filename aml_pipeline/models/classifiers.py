@@ -42,6 +42,7 @@ from sklearn.preprocessing import StandardScaler
 
 from aml_pipeline.errors import ConfigError, UserError
 from aml_pipeline.models.base import SEED_HINT, WEIGHTING_HINT, Classifier, refuse_reserved
+from aml_pipeline.models.lightgbm_row import single_row_predictor
 
 # ----------------------------------------------------------------------------- LightGBM
 def _lightgbm_aliases() -> dict[str, str] | None:
@@ -170,8 +171,18 @@ class LightGBMClassifier(Classifier):
     def _predict(self, X: np.ndarray) -> np.ndarray:
         return self._model.predict(X, num_threads=self._threads())
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the single-row path holds C handles: a copy sets up its own on first use
+        return {k: v for k, v in self.__dict__.items() if k != "_row_predictor"}
+
     def _predict_one(self, row: np.ndarray) -> float:
-        return self._model.predict(row, num_threads=1)[0]
+        # the C library's single-row path, set up once per Booster (lightgbm_row: same score, ~5x less time)
+        fast = self.__dict__.get("_row_predictor")
+        if fast is None or fast[0] is not self._model:
+            fast = self._row_predictor = (self._model, single_row_predictor(self._model))
+        if fast[1] is None:
+            return self._model.predict(row, num_threads=1)[0]
+        return fast[1](row)
 
     def raw_score(self, X) -> np.ndarray:
         """Log-odds per row (what the contributions plus bias add up to)."""

@@ -20,14 +20,13 @@ store's read-score-append must not interleave, so a second thread would only add
 # request models are built at start-up for the deployment's currencies and plan.
 
 import hmac
-import json
 import logging
-import math
 import os
 import time
 import traceback
 from typing import Any, Optional
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -77,30 +76,13 @@ class ServiceState:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_nan_safe).encode()
-
-
-def _nan_safe(obj: Any) -> Any:  # pragma: no cover - only non-JSON types reach here
-    return str(obj)
-
-
-def _clean(obj: Any) -> Any:
-    """NaN/inf are not JSON: a feature that is NaN is reported as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clean(v) for v in obj]
-    return obj
+    """JSON bytes by orjson: NaN/inf (a degenerate feature) become null, datetimes ISO 8601,
+    anything else unexpected its ``str``."""
+    return orjson.dumps(obj, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _json(obj: Any, status: int = 200) -> Response:
-    try:
-        body = _dumps(obj)
-    except ValueError:  # a NaN somewhere (a degenerate feature): send it as null
-        body = _dumps(_clean(obj))
-    return Response(content=body, status_code=status, media_type="application/json")
+    return Response(content=_dumps(obj), status_code=status, media_type="application/json")
 
 
 def _error(status: int, message: str, **extra: Any) -> Response:
