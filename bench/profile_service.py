@@ -97,13 +97,13 @@ def features_cpu(run_dir: Path, n: int) -> float:
 def scorer_cpu(run_dir: Path, n: int) -> dict:
     """The service's whole decision (store read, features, model, decision log, append) per
     test-window event, in process, one pass in time order on the embedded store warmed as
-    the service warms it (garbage collector frozen after the warm-up, as the service does):
+    the service warms it (the service's garbage-collector policy, aml_pipeline/gc_policy.py):
     the per-event distribution, and the accounts of the heaviest events."""
-    import gc
     import statistics
     import time
     from collections import Counter
 
+    from aml_pipeline.gc_policy import freeze_long_lived
     from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
     from aml_pipeline.store.engine import OnlineFeatures
 
@@ -115,8 +115,7 @@ def scorer_cpu(run_dir: Path, n: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="aml_profile_") as tmp:
         scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(tmp) / "decisions.jsonl"))
         scorer.warm_up()
-        gc.collect()
-        gc.freeze()
+        freeze_long_lived()
         took = []
         for r in rows:
             t0 = time.process_time()

@@ -11,7 +11,9 @@
 
 A pure ASGI guard in front of the routes answers 401 (missing or wrong ``X-API-Key``) and
 413 (body over ``deploy.max_body_bytes``, judged on Content-Length and on the bytes
-actually received) before any parsing, and times every request for the metrics. Scoring
+actually received) before any parsing, and times every request for the metrics. It answers
+``POST /score`` itself, with the route's own function: FastAPI's routing and dependency
+layers cost about as much as validating the body, on the path that takes every payment. Scoring
 runs on the event loop's thread, one request at a time: the work is CPU-bound and the
 store's read-score-append must not interleave, so a second thread would only add handoffs.
 """
@@ -25,6 +27,7 @@ import os
 import time
 import traceback
 from typing import Any, Optional
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Request
@@ -59,6 +62,9 @@ class ServiceState:
         self.status = "starting"
         self.detail: Optional[str] = "loading"
         self.jurisdictions: frozenset[str] = frozenset()
+        #: path -> handler(body, query string, t0) -> Response that the Guard calls itself for
+        #: a POST, past FastAPI's routing (create_app fills it: /score)
+        self.direct: dict[str, Any] = {}
 
     @property
     def ready(self) -> bool:
@@ -158,6 +164,10 @@ class Guard:
                         return {"type": "http.request", "body": body, "more_body": False}
                     return await receive()
 
+                direct = state.direct.get(path) if scope["method"] == "POST" else None
+                if direct is not None:  # the hot path: no routing, no dependency solving
+                    response = direct(body, scope.get("query_string", b""), t0)
+                    return await response(scope, receive_body, send_timed)
                 return await self.app(scope, receive_body, send_timed)
             return await self.app(scope, receive, send_timed)
         except Exception:
@@ -208,8 +218,9 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
         state.metrics.decision({**result, "jurisdiction": j if j in state.jurisdictions else "*"})
         return result
 
-    def include_features(request: Request) -> bool:
-        return request.query_params.get("include_features", "false").lower() in ("1", "true", "yes")
+    def include_features(query: bytes) -> bool:
+        value = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("include_features", "false")
+        return value.lower() in ("1", "true", "yes")
 
     # The body is parsed by pydantic-core straight from bytes (model_validate_json) rather
     # than through FastAPI's dependency machinery: same models, same errors, ~0.2 ms less
@@ -223,22 +234,30 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
     @app.post("/score", response_model=Decision, responses=errors, openapi_extra=body_doc("Transaction"),
               summary="Score one transaction")
     async def score(request: Request):
+        # The Guard answers POST /score with score_body itself (state.direct, ~0.1 ms less a
+        # request than through FastAPI's routing); this route is its OpenAPI entry.
+        return score_body(await request.body(), request.scope.get("query_string", b""), request.scope[T0])
+
+    def score_body(body: bytes, query: bytes, t0: float) -> Response:
+        """POST /score from the raw body and query string; ``t0``: when the request came in."""
         if not state.ready:
             return not_ready()
         try:
-            tx = Transaction.model_validate_json(await request.body())
+            tx = Transaction.model_validate_json(body)
         except ValidationError as exc:
             return invalid(exc.errors(include_url=False, include_input=False))
         try:
-            result = decide(tx.model_dump(), include_features(request))
+            result = decide(tx.model_dump(), include_features(query))
         except BadRequest as exc:
             state.metrics.error("validation")
             return _error(422, f"invalid request: {exc}", fields=[exc.field])
         except ServiceUnavailable as exc:
             state.metrics.error("unavailable")
             return _error(503, redact_url(str(exc)))
-        result["latency_ms"] = (time.perf_counter() - request.scope[T0]) * 1e3
+        result["latency_ms"] = (time.perf_counter() - t0) * 1e3
         return _json(result)
+
+    state.direct["/score"] = score_body
 
     @app.post("/score/batch", response_model=BatchResponse, responses=errors, openapi_extra=body_doc("BatchRequest"),
               summary="Score several transactions (in event-time order)")
@@ -249,7 +268,7 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
             batch = BatchRequest.model_validate_json(await request.body())
         except ValidationError as exc:
             return invalid(exc.errors(include_url=False, include_input=False))
-        include = include_features(request)
+        include = include_features(request.scope.get("query_string", b""))
         txs = batch.transactions
         order = sorted(range(len(txs)), key=lambda i: txs[i].event_time)
         results: list[Any] = [None] * len(txs)

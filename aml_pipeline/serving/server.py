@@ -14,7 +14,6 @@ Start-up, in order; any failure before serving is one line and exit code 2:
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
+from aml_pipeline.gc_policy import freeze_long_lived
 from aml_pipeline.export.bundle_export import exported_model
 from aml_pipeline.progress import fail, table
 from aml_pipeline.registry import resolve_bundle
@@ -154,8 +154,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
             scorer = Scorer(bundle, store, needs, engine, log, explain=str(option_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)
             scorer.warm_up()
-            gc.collect()
-            gc.freeze()  # the warmed store is long-lived: keep full collections from walking it
+            freeze_long_lived()  # the warmed store and the folds are long-lived: keep full collections off them
             state.set_ready(scorer)
             print(f"serving {scorer.trace['model_name']} version {scorer.trace['model_version']} "
                   f"(sha256 {bundle.bundle_hash[:12]}) on http://{d.host}:{d.port} "

@@ -25,7 +25,6 @@ its top; this module never imports it, so the two load one way.
 
 from __future__ import annotations
 
-import gc
 import json
 import signal
 import sys
@@ -40,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
 from aml_pipeline.export.bundle_export import exported_model
+from aml_pipeline.gc_policy import freeze_long_lived
 from aml_pipeline.kafka import FORMAT, RangeFetcher, register, validate_source_options
 from aml_pipeline.progress import table
 from aml_pipeline.registry import resolve_bundle
@@ -364,17 +364,10 @@ def stream_session(cfg: DictConfig):
     """The Spark session of a streaming query (:func:`stream_engine`), started after the
     scorer is built; what both built is then moved out of the garbage collector's way."""
     session = get_session(stream_engine(cfg), cfg.paths.data_dir)
-    freeze_startup_objects()
+    # what start-up built (~330,000 tracked objects in the benchmark's scorer: the bundle, a warmed
+    # store, Spark's client) is frozen; a full pass over it took ~170 ms inside one micro-batch
+    freeze_long_lived()
     return session
-
-
-def freeze_startup_objects() -> None:
-    """``gc.freeze()`` what start-up built (the bundle, a warmed embedded store, Spark's
-    client: ~330,000 tracked objects in the benchmark's scorer), so the collector's full
-    passes skip it for the rest of the run. A full pass happens every few dozen
-    micro-batches; over those objects it took ~170 ms inside one micro-batch, frozen ~2 ms."""
-    gc.collect()
-    gc.freeze()
 
 
 def refuse_store_only_options(cfg: DictConfig) -> None:
