@@ -306,9 +306,17 @@ def test_redis_workers_follow_each_others_appends_from_the_feed(synthetic, redis
             return method(*args, **kwargs)
         monkeypatch.setattr(store, name, counted)
 
+    def counting_script(store, name, key):  # the scripts go through the store's _call
+        call, script = store._call, getattr(store, name)
+
+        def counted(called, *args, **kwargs):
+            calls[store][key] += called is script
+            return call(called, *args, **kwargs)
+        monkeypatch.setattr(store, "_call", counted)
+
     for store in (first, second):
         counting(store, "_follow", "followed")
-        counting(store, "_read", "versioned")
+        counting_script(store, "_read", "versioned")
     engine = OnlineFeatures(plan)
     events = list(frame.filter(pl.col("event_time") >= cut).head(300).iter_rows(named=True))
     for n, row in enumerate(events):
@@ -391,13 +399,13 @@ def test_redis_single_writer_reads_skip_version_checks_and_stay_exact(synthetic,
     engine = OnlineFeatures(plan)
     after = list(frame.filter(pl.col("event_time") >= cut).head(300).iter_rows(named=True))
     calls = {"fast": 0}
-    fast = mine._read_fast
+    call = mine._call
 
-    def counted(*args, **kwargs):
-        calls["fast"] += 1
-        return fast(*args, **kwargs)
+    def counted(script, *args, **kwargs):
+        calls["fast"] += script is mine._read_fast
+        return call(script, *args, **kwargs)
 
-    mine._read_fast = counted
+    mine._call = counted
 
     def step(store, row):
         ev = Event(request_values(row))
@@ -463,3 +471,26 @@ def test_plan_needs_and_refusals(synthetic):
         from types import SimpleNamespace
 
         open_store(SimpleNamespace(backend="mongo", dedup_ttl="1d"), needs.layout())
+
+
+def test_redis_request_path_survives_a_script_flush_and_a_dropped_connection(synthetic, redis_server):
+    """The read and append scripts run on the store's own connection (redis_store._ScriptCalls):
+    a Redis that forgot its scripts gets them again, a connection the server closed is made
+    again, and the answers stay those of a fresh store."""
+    import redis
+
+    plan, frame, cut = synthetic
+    needs, mine, uncached = warmed_redis(synthetic, redis_server, "flush:")
+    engine = OnlineFeatures(plan)
+    admin = redis.Redis.from_url(redis_server.url)
+    events = list(frame.filter(pl.col("event_time") >= cut).head(30).iter_rows(named=True))
+    for n, row in enumerate(events):
+        if n == 10:
+            admin.script_flush()
+        if n == 20:
+            killed = admin.client_kill_filter(laddr=None, _type="normal", skipme=True)
+            assert killed >= 1
+        ev = Event(request_values(row))
+        assert engine.compute(ev, gather(mine, needs, ev)[1]) == engine.compute(ev, gather(uncached, needs, ev)[1])
+        assert mine.commit(ev.row(needs.extra_columns), {"event_id": ev.event_id})
+    assert not mine.commit(ev.row(needs.extra_columns), None)  # the last one again: refused, not appended twice

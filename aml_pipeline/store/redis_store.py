@@ -58,6 +58,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
+
 from aml_pipeline.errors import UserError
 from aml_pipeline.optional import require
 from aml_pipeline.secrets import redact_url
@@ -246,8 +248,54 @@ return 1
 """
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+def _dumps(obj: Any) -> bytes:
+    """Compact JSON (orjson): a row as the sets' member, a decision as ``d:<id>``."""
+    return orjson.dumps(obj)
+
+
+class _ScriptCalls:
+    """EVALSHA of the request path's scripts on a connection of the store's own.
+
+    ``Script.__call__`` costs ~90 µs of CPU a call in redis-py's command machinery (the
+    pool, the retry wrapper, argument checks) around ~25 µs of sending and reading, and a
+    request makes two calls (the read, the append). Here the command is packed and sent on
+    one connection and the reply read back, with what that machinery would have done for
+    these calls: a script Redis no longer holds (restart, ``SCRIPT FLUSH``) is loaded
+    again, and a dropped connection is reconnected and the call sent again, twice at most,
+    as redis-py's default retry does (both scripts can run twice safely: the read changes
+    nothing, the append is refused for an event id already appended). The store is used
+    by one request at a time (the scorer's lock), so one connection serves.
+    """
+
+    def __init__(self, client):
+        self._client = client
+        self._conn = None
+        errors = require("redis", why="deploy.store.backend=redis").exceptions
+        self._retry_on = (errors.ConnectionError, errors.TimeoutError)
+        self._no_script = errors.NoScriptError
+
+    def __call__(self, script, keys: list = (), args: list = ()) -> Any:
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._client.connection_pool.make_connection()
+        command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        error: Exception | None = None
+        for _ in range(3):
+            try:
+                conn.send_packed_command(command)
+                return conn.read_response()
+            except self._no_script as exc:
+                error = exc
+                self._client.script_load(script.script)
+            except self._retry_on as exc:
+                error = exc
+                conn.disconnect()
+        raise error
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
 
 
 class _Entry:
@@ -316,6 +364,7 @@ class RedisStore(OnlineStore):
         self._read = self._r.register_script(_READ)
         self._read_fast = self._r.register_script(_READ_FAST)
         self._received_script = self._r.register_script(_RECEIVED)
+        self._call = _ScriptCalls(self._r)
         #: account -> its whole sets at a version (see the module doc): most reads ship no rows.
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self.cache_size = cache_size
@@ -355,11 +404,11 @@ class RedisStore(OnlineStore):
     # -- reads ----------------------------------------------------------------------------
     @staticmethod
     def _decode(chunks: list[list[bytes]]) -> list[list[Row]]:
-        """Decode many member lists with one json.loads call."""
+        """Decode many member lists with one orjson.loads call."""
         flat = [m for chunk in chunks for m in chunk]
         if not flat:
             return [[] for _ in chunks]
-        rows = json.loads(b"[" + b",".join(flat) + b"]")
+        rows = orjson.loads(b"[" + b",".join(flat) + b"]")
         out, i = [], 0
         for chunk in chunks:
             out.append(rows[i:i + len(chunk)])
@@ -428,7 +477,7 @@ class RedisStore(OnlineStore):
     def _fetch_received(self, accounts: list[str]) -> None:
         """Cache the whole received sets of ``accounts`` (the 1-hop expansion's misses)."""
         cache_was_empty = not self._cache
-        generation, sets = json.loads(self._received_script(args=[self.prefix, *accounts]))
+        generation, sets = orjson.loads(self._call(self._received_script, args=[self.prefix, *accounts]))
         for acc, version, rows in sets:
             self._cache[acc] = _Entry(version, None, rows)
         self._seen_generation(generation, cache_was_empty)
@@ -438,18 +487,18 @@ class RedisStore(OnlineStore):
                      expand_rows: int | None) -> Reading | None:
         """The fast path: one call (the stored decision, or the feed since our generation), the
         rows from our copies; None when the copies must be read with versions."""
-        got = self._read_fast(args=[self.prefix, event_id, self._epoch or "", self._generation])
+        got = self._call(self._read_fast, args=[self.prefix, event_id, self._epoch or "", self._generation])
         if got == b"0":  # the feed does not reach back far enough: read the copies again
             self._cache.clear()
             self._generation = None
             return None
         if got[:1] == b"{":
             out = Reading()
-            out.decision = json.loads(got)
+            out.decision = orjson.loads(got)
             return out
         cache = self._cache
         if got != b"1":  # other writers' appends since: bring our copies up to them
-            self._follow(json.loads(got))
+            self._follow(orjson.loads(got))
             if any(cache.get(acc) is not entry for acc, entry in zip(accounts, held)):
                 return None  # a query account was forgotten by the retention
             if expand_start_us is not None:
@@ -496,7 +545,7 @@ class RedisStore(OnlineStore):
         for x in guess:
             entry = cache.get(x)
             args += [x, entry.version if entry is not None else ""]
-        got = json.loads(self._read(args=args))
+        got = orjson.loads(self._call(self._read, args=args))
         out = Reading()
         if "decision" in got:
             out.decision = got["decision"]
@@ -550,7 +599,7 @@ class RedisStore(OnlineStore):
                 self._k("v", row[SRC]), self._k("v", row[DST]), self._p + b"g"]
         args = [_dumps(list(row)), row[T], self.layout.window_us, self.ttl, _dumps(decision) if decision is not None else "",
                 self.retention_us, self.prefix, row[SRC], row[DST], row[ID], self.FEED]
-        appended, v_src, v_dst, generation, *made_gone = self._append(keys=keys, args=args)
+        appended, v_src, v_dst, generation, *made_gone = self._call(self._append, keys=keys, args=args)
         made, gone = made_gone[:2], made_gone[2:]
         for acc in gone:  # forgotten by the retention: our copies of them are gone too
             self._cache.pop(acc.decode() if isinstance(acc, bytes) else acc, None)
@@ -677,7 +726,7 @@ class RedisStore(OnlineStore):
             self._epoch = (self._r.get(self._p + b"epoch") or b"").decode()
         recent = sorted(sets, key=lambda a: max((s[-1][T] for s in sets[a] if s), default=0))[-self.cache_size:]
         for acc in recent:
-            sent, received = json.loads(_dumps([[list(r) for r in s] for s in sets[acc]]))
+            sent, received = orjson.loads(_dumps([[list(r) for r in s] for s in sets[acc]]))
             self._cache[acc] = _Entry(versions[acc], sent, received)
             self._cache.move_to_end(acc)
 
@@ -734,6 +783,7 @@ class RedisStore(OnlineStore):
         return out
 
     def close(self) -> None:
+        self._call.close()
         self._r.close()
 
     # -- bulk access for micro-batch scorers (the streaming scorer) -------------------------
