@@ -356,11 +356,13 @@ def test_openapi_health_metrics(memory_service):
         metrics = c.get("/metrics").text
     with client(memory_service) as c:
         health = c.get("/health").json()
+        assert c.get("/score").status_code == 405  # the Guard answers only POST /score itself
     tx_schema = spec["components"]["schemas"]["Transaction"]
     assert tx_schema["additionalProperties"] is False
     assert {"event_id", "event_time", "amount", "currency"} <= set(tx_schema["required"])
     assert spec["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
     assert "Decision" in spec["components"]["schemas"] and "/score/batch" in spec["paths"]
+    assert spec["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/Transaction")
     assert health["status"] == "ready" and health["feature_engine"] == "online" and health["store"]["backend"] == "memory"
     for name in ('aml_requests_total{endpoint="/score",status="200"}', "aml_request_latency_seconds_bucket",
                  "aml_decisions_total", "aml_errors_total", "aml_ready 1.0"):
