@@ -494,3 +494,18 @@ def test_redis_request_path_survives_a_script_flush_and_a_dropped_connection(syn
         assert engine.compute(ev, gather(mine, needs, ev)[1]) == engine.compute(ev, gather(uncached, needs, ev)[1])
         assert mine.commit(ev.row(needs.extra_columns), {"event_id": ev.event_id})
     assert not mine.commit(ev.row(needs.extra_columns), None)  # the last one again: refused, not appended twice
+
+
+def test_redis_commands_are_packed_as_redis_py_packs_them():
+    """The request path packs its EVALSHA itself (redis_store._resp_command): byte for byte
+    what redis-py's own packer sends, for every kind of argument it is given."""
+    import redis
+
+    from aml_pipeline.store.redis_store import _resp_command
+
+    args = ("EVALSHA", "0" * 40, 3, b"aml:s:e1", "aml:o:caf\u00e9", "", 1_754_000_000_000_000, -7, 0.1, 1e16,
+            b'["e1",1,"a","b",10.5]' * 400)
+    assert _resp_command(*args) == b"".join(redis.Connection().pack_command(*args))
+    for bad in (None, True):
+        with pytest.raises(TypeError):
+            _resp_command("GET", bad)

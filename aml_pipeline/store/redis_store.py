@@ -253,6 +253,24 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
+def _resp_command(*parts: Any) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings. Values are
+    encoded as redis-py's encoder does (str as UTF-8, int in decimal, float by ``repr``),
+    in a fraction of its time for a command of a dozen arguments."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        if isinstance(part, str):
+            part = part.encode()
+        elif isinstance(part, bool) or part is None:
+            raise TypeError(f"cannot send {part!r} to Redis")
+        elif isinstance(part, int):
+            part = b"%d" % part
+        elif isinstance(part, float):
+            part = repr(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
 class _ScriptCalls:
     """EVALSHA of the request path's scripts on a connection of the store's own.
 
@@ -278,11 +296,11 @@ class _ScriptCalls:
         conn = self._conn
         if conn is None:
             conn = self._conn = self._client.connection_pool.make_connection()
-        command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        command = _resp_command(b"EVALSHA", script.sha, len(keys), *keys, *args)
         error: Exception | None = None
         for _ in range(3):
             try:
-                conn.send_packed_command(command)
+                conn.send_packed_command((command,))
                 return conn.read_response()
             except self._no_script as exc:
                 error = exc
