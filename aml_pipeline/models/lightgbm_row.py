@@ -44,15 +44,18 @@ class _FastConfig:
         self._out_ptr = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
         self._out_len = ctypes.c_int64()
         self._n = booster.num_feature()
+        # the row is copied into a buffer of our own, whose address is taken once
+        self._row = np.zeros(self._n, dtype=np.float64)
+        self._row_ptr = ctypes.c_void_p(self._row.ctypes.data)
+        self._out_len_ref = ctypes.byref(self._out_len)
         self._lock = threading.Lock()
 
     def __call__(self, row: np.ndarray) -> float:
-        """P(label=1) of one float64 row (length = the model's features)."""
-        if row.dtype != np.float64 or not row.flags.c_contiguous or row.size != self._n:
-            row = np.ascontiguousarray(row, dtype=np.float64).reshape(-1)
+        """P(label=1) of one row of the model's features (float64: copied as is)."""
         with self._lock:
+            self._row[:] = np.ravel(row)
             _check(self._lib, self._lib.LGBM_BoosterPredictForMatSingleRowFast(
-                self._handle, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len), self._out_ptr))
+                self._handle, self._row_ptr, self._out_len_ref, self._out_ptr))
             return float(self._out[0])
 
     def __del__(self):
