@@ -3,6 +3,7 @@
 Usage: python bench/profile_service.py [--run-dir DIR] [--requests 3000] [--rate 200]
        python bench/profile_service.py --scorer-only 3000    # the decision in process, per event
        python bench/profile_service.py --features-only 600   # the online features, per event
+       python bench/profile_service.py --parts 1000          # three request parts, each beside the obvious way
 
 Runs the real service (``task=serve``, memory store, warmed with the events before the test
 window of bench/service.py's quickstart run) under ``python -m cProfile``, sends
@@ -128,6 +129,75 @@ def scorer_cpu(run_dir: Path, n: int) -> dict:
             "heaviest_1pct_receivers": heaviest.most_common(3)}
 
 
+def _cpu_us(fn, items, passes: int = 5) -> float:
+    """CPU µs per item of ``fn(item)`` over ``items``, the fastest of ``passes`` passes."""
+    import time
+
+    best = float("inf")
+    for _ in range(passes):
+        t0 = time.process_time()
+        for item in items:
+            fn(item)
+        best = min(best, time.process_time() - t0)
+    return best * 1e6 / max(len(items), 1)
+
+
+def parts_cpu(run_dir: Path, n: int) -> list[tuple[str, str, float, str, float]]:
+    """Three parts of a request, each beside the obvious way, on ``n`` test-window events:
+    the model's single-row score (``Booster.predict`` on a 1-row matrix vs the C library's
+    single-row path, aml_pipeline/models/lightgbm_row.py), the decision log's line
+    (``json.dumps`` vs orjson) and a Redis script call (redis-py's ``Script.__call__`` vs
+    the store's own connection, aml_pipeline/store/redis_store.py) on a throwaway
+    redis-server. Rows: (part, obvious way, µs, ours, µs)."""
+    import json
+
+    import orjson
+
+    from aml_pipeline.serving.decision_log import LINE
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer, _json_value, single_threaded
+    from aml_pipeline.store.engine import OnlineFeatures
+    from aml_pipeline.store.redis_store import _READ_FAST, _ScriptCalls
+    from aml_pipeline.testing.local_redis import LocalRedis
+
+    test_start, events, window = bench.test_window(run_dir)
+    bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
+    single_threaded(bundle)
+    rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
+            for r in window.head(n).iter_rows(named=True)]
+    with tempfile.TemporaryDirectory(prefix="aml_parts_") as tmp:
+        scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(tmp) / "decisions.jsonl"))
+        scorer.warm_up()
+        records = []
+        for r in rows:
+            out = scorer.score(r, include_features=True)
+            records.append({**out, "logged_at": 0.0, "event": r})
+        xs = [scorer.vector(rec["features"]) for rec in records]
+        model = bundle.model
+        booster = model._model
+        obvious_model = _cpu_us(lambda x: booster.predict(x.reshape(1, -1), num_threads=1)[0], xs)
+        ours_model = _cpu_us(model.predict_one, xs)
+        assert all(model.predict_one(x) == booster.predict(x.reshape(1, -1), num_threads=1)[0] for x in xs)
+        obvious_log = _cpu_us(lambda rec: json.dumps(rec, separators=(",", ":"), default=_json_value), records)
+        ours_log = _cpu_us(lambda rec: orjson.dumps(rec, default=_json_value, option=LINE), records)
+        server = LocalRedis(Path(tmp) / "redis").start()
+        try:
+            import redis
+
+            client = redis.Redis.from_url(server.url)
+            script = client.register_script(_READ_FAST)
+            calls = _ScriptCalls(client)
+            args = [["aml:", f"e{i}", "epoch", 0] for i in range(len(xs))]
+            obvious_redis = _cpu_us(lambda a: script(args=a), args)
+            ours_redis = _cpu_us(lambda a: calls(script, args=a), args)
+            assert all(script(args=a) == calls(script, args=a) for a in args[:50])
+            calls.close()
+        finally:
+            server.stop()
+    return [("model, one row (LightGBM)", "Booster.predict", obvious_model, "single-row C path", ours_model),
+            ("decision log line", "json.dumps", obvious_log, "orjson", ours_log),
+            ("Redis script call (CPU in the service)", "redis-py Script()", obvious_redis, "the store's connection", ours_redis)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", type=Path, default=bench.OUT / "service_run")
@@ -137,7 +207,15 @@ def main() -> None:
                     help="only the feature engine's CPU per event over N events (min of 5 runs each)")
     ap.add_argument("--scorer-only", type=int, default=0, metavar="N",
                     help="only the whole decision's CPU per event over N events, in process (one pass)")
+    ap.add_argument("--parts", type=int, default=0, metavar="N",
+                    help="three request parts beside the obvious way, CPU per call over N events (fastest of 5 passes)")
     args = ap.parse_args()
+    if args.parts:
+        bench.ensure_run(args.run_dir)
+        print(f"| part | the obvious way | µs | ours | µs | ratio |\n|---|---|---:|---|---:|---:|")
+        for part, obvious, a, ours, b in parts_cpu(args.run_dir, args.parts):
+            print(f"| {part} | {obvious} | {a:.1f} | {ours} | {b:.1f} | {a / b:.1f}x |")
+        return
     if args.scorer_only:
         bench.ensure_run(args.run_dir)
         r = scorer_cpu(args.run_dir, args.scorer_only)

@@ -147,3 +147,27 @@ def test_the_policy_comes_from_the_composed_config(tmp_path):
                           "deploy.decision_log_policy.fsync_interval=soon"])
     with pytest.raises(UserError, match=r"^deploy.decision_log_policy.fsync_interval='soon' is not a duration"):
         open_decision_log(tmp_path / "f.jsonl", bad.deploy.decision_log_policy)
+
+
+def test_lines_are_strict_json_with_missing_features_as_null(tmp_path):
+    """A NaN feature is written as null (strict JSON any reader takes), datetimes as ISO 8601
+    in UTC, numpy numbers as numbers, non-ASCII as UTF-8; replay reads it back."""
+    from datetime import datetime, timedelta, timezone
+
+    import numpy as np
+
+    log = DecisionLog(tmp_path / "d.jsonl")
+    at = datetime(2025, 1, 1, 2, 0, 0, 250_000, tzinfo=timezone(timedelta(hours=2)))
+    log.write({**decision(1), "features": {"f": float("nan"), "g": np.float64(0.5), "h": None},
+               "event": {"event_time": at, "merchant": "caf\u00e9"}})
+    log.close()
+    line = (tmp_path / "d.jsonl").read_text(encoding="utf-8")
+    assert line.endswith("\n") and line.count("\n") == 1
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    record = json.loads(line, parse_constant=refuse)
+    assert record["features"] == {"f": None, "g": 0.5, "h": None}
+    assert record["event"] == {"event_time": "2025-01-01T00:00:00.250000+00:00", "merchant": "caf\u00e9"}
+    assert [d["event_id"] for d in read_decisions(tmp_path / "d.jsonl")] == ["e1"]
