@@ -149,14 +149,20 @@ class DecisionBuilder:
         return out.hstack(features.select(self.columns).get_columns())
 
     # -- one event (the online service) ------------------------------------------------------
+    def explained(self, score: float, threshold: float) -> bool:
+        """Whether the decision on a score carries top features and reasons."""
+        return self._explained[score >= threshold]
+
     def record(self, event_id: str, event_time: str, jurisdiction: str, score: float, threshold: float,
-               x: np.ndarray, *rows: Mapping[str, Any]) -> dict[str, Any]:
+               x: np.ndarray, *rows: Mapping[str, Any], tops: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The decision on one event as the service answers and logs it: ``score`` of the
         feature vector ``x`` against ``threshold`` (:meth:`threshold`). ``rows`` hold the
         values the reasons may read besides the top features (the first holding a name
-        wins); they are read only when the decision is explained."""
+        wins); they are read only when the decision is explained. ``tops``: the top features
+        (:meth:`top_features_of` ``x``) when the caller computed them already."""
         alert = score >= threshold
-        tops = self.top_features_of(x) if self._explained[alert] else None
+        if tops is None and self._explained[alert]:
+            tops = self.top_features_of(x)
         return {
             "event_id": event_id,
             "event_time": event_time,

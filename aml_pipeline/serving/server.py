@@ -188,7 +188,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
     if failure:
         raise UserError(failure[0])
     if state.scorer is not None:
-        state.scorer.log.close()
+        state.scorer.close()
     store.close()
     return {"served": True}
 
