@@ -10,6 +10,10 @@ threshold and writes the decision record with ``task=score``'s own builder
 (:mod:`aml_pipeline.decisions`), appends the decision to the decision log, then
 appends the event to both accounts' histories and remembers the decision under its id.
 
+On the event loop (:meth:`Scorer.score_async`, the ``/score`` path) an explained decision
+is appended first and explained on a worker thread, so the requests behind an alert are
+decided meanwhile (see that method).
+
 A known event id (a client retry, a replayed stream) returns the stored decision with
 ``replayed: true`` and changes nothing. MLflow's pyfunc wrapper and pandera never run here.
 """
