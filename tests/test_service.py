@@ -535,7 +535,8 @@ def test_workers_share_the_redis_store_with_one_process_answers(run, redis_serve
 
 def test_explanations_off_the_critical_section_give_the_same_decisions(run, tmp_path):
     """Scorer.score_async (the /score path) appends an explained event, then computes its
-    SHAP values on a worker thread while later events are decided. With ``explain: all``
+    SHAP values on a worker thread (on a copy of the model: LightGBM would make the next
+    score wait for it on one Booster) while later events are decided. With ``explain: all``
     every decision takes that path; started one after the other without waiting for the
     explanations, they must equal the one-at-a-time decisions field for field, be logged
     once each, and an event id sent again gets its stored decision, explanation included."""
@@ -554,8 +555,10 @@ def test_explanations_off_the_critical_section_give_the_same_decisions(run, tmp_
         needs = plan_needs(bundle.plan)
         store = MemoryStore(needs.layout())
         warm_from_parquet(store, run.events, parse_time(run.test_start, "test_start"))
-        return Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(tmp_path / f"{name}.jsonl"),
+        made = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(tmp_path / f"{name}.jsonl"),
                       explain="all")
+        made.warm_up()
+        return made
 
     events = [{**{k: v for k, v in r.items() if k not in NOT_REQUEST and v is not None}}
               for r in run.window.head(150).iter_rows(named=True)]
@@ -574,7 +577,8 @@ def test_explanations_off_the_critical_section_give_the_same_decisions(run, tmp_
     *got, again = asyncio.run(pipelined())
     overlapped.close()
     one_by_one.close()
-    assert overlapped._explainer is not None  # the thread did the explaining
+    assert overlapped._explainer is not None  # the thread did the explaining, on its own Booster
+    assert overlapped._explaining.model._model is not overlapped.model._model
     assert all(g["top_features"] for g in got)
     for e, want, have in zip(events, expected, got):
         assert have == want, e["event_id"]

@@ -21,6 +21,7 @@ A known event id (a client retry, a replayed stream) returns the stored decision
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from aml_pipeline.bundle import ModelBundle
+from aml_pipeline.decisions import DecisionBuilder
 from aml_pipeline.errors import UserError
 from aml_pipeline.serving.decision_log import DecisionLog as _DecisionLog
 from aml_pipeline.store.base import OnlineStore
@@ -108,6 +110,7 @@ class Scorer:
         self._store_errors = _store_errors()
         self._lock = threading.Lock()  # one decision at a time: the store's read-score-append is a unit
         self._explainer: ThreadPoolExecutor | None = None  # score_async's SHAP thread, started on the first alert
+        self._explaining: DecisionBuilder | None = None  # its builder, on a copy of the model (warm_up)
 
     # -- pieces -----------------------------------------------------------------------------
     def threshold(self, jurisdiction: str) -> float:
@@ -121,11 +124,16 @@ class Scorer:
         return np.array([NAN if (v := features[c]) is None else v for c in self.columns], dtype=np.float64)
 
     def warm_up(self) -> None:
-        """Run the model paths once so the first request does not pay for lazy set-up."""
+        """Run the model paths once so the first request does not pay for lazy set-up; make
+        the explanation thread's own copy of the model (:meth:`score_async`)."""
         x = np.zeros(len(self.columns))
         self.model.predict_one(x)
         if self.explain != "none":
             self.decisions.top_features_of(x)
+            b = self.bundle
+            self._explaining = DecisionBuilder(_own_copy(self.model), b.feature_columns(), b.thresholds, b.trace,
+                                               self.top_k, self.explain)
+            self._explaining.top_features_of(x)
         if self.shadow is not None:
             self.shadow.warm_up(len(self.columns))
 
@@ -163,7 +171,8 @@ class Scorer:
             self.store.commit(begun.row, None)
         if self._explainer is None:
             self._explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aml-explain")
-        tops = await asyncio.get_running_loop().run_in_executor(self._explainer, self.decisions.top_features_of, begun.x)
+        explaining = self._explaining or self.decisions
+        tops = await asyncio.get_running_loop().run_in_executor(self._explainer, explaining.top_features_of, begun.x)
         with self._lock, self._store_calls():
             return self._finish(begun, include_features, tops)
 
@@ -228,6 +237,19 @@ class _Scored:
                  threshold: float, row: tuple):
         self.ev, self.event, self.features, self.x = ev, event, features, x
         self.score, self.threshold, self.row = score, threshold, row
+
+
+def _own_copy(model: Any) -> Any:
+    """The model for the explanation thread: a copy with a Booster of its own. LightGBM runs a
+    single-row prediction under a Booster's exclusive lock and a matrix prediction (SHAP)
+    under its shared one, so on one Booster the next request's score would wait for the
+    explanation to end. Same trees, same contributions. An export's scorer is left alone: the
+    native model explains (:class:`aml_pipeline.export.runtimes.ExportedModel`)."""
+    native = getattr(model, "_native", model)
+    try:
+        return copy.deepcopy(native)
+    except Exception:  # a model that cannot be copied explains on the one Booster, in turn
+        return native
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
