@@ -4,6 +4,7 @@ Usage: python bench/profile_service.py [--run-dir DIR] [--requests 3000] [--rate
        python bench/profile_service.py --scorer-only 3000    # the decision in process, per event
        python bench/profile_service.py --features-only 600   # the online features, per event
        python bench/profile_service.py --parts 1000          # three request parts, each beside the obvious way
+       python bench/profile_service.py --gc 15000            # garbage-collector pauses: our policy beside a plain freeze
 
 Runs the real service (``task=serve``, memory store, warmed with the events before the test
 window of bench/service.py's quickstart run) under ``python -m cProfile``, sends
@@ -36,11 +37,11 @@ PARTS = [
     ("  API key, body, timing (Guard)", [("serving/app.py", "__call__")]),
     ("  pydantic: validate the JSON body", [("pydantic/main.py", "model_validate_json")]),
     ("  pydantic: model_dump", [("pydantic/main.py", "model_dump")]),
-    ("  scorer: whole decision", [("serving/scorer.py", "score")]),
+    ("  scorer: whole decision", [("serving/scorer.py", "score_async")]),
     ("    store read (gather)", [("store/engine.py", "gather")]),
     ("    features (online engine)", [("store/engine.py", "compute")]),
     ("    model predict_one", [("", "predict_one")]),
-    ("    explanation (SHAP, alerts)", [("serving/scorer.py", "top_features")]),
+    ("    explanation (SHAP, alerts: on its own thread, which cProfile does not follow)", [("decisions.py", "top_features_of")]),
     ("    decision log write", [("serving/decision_log.py", "write")]),
     ("    store append (commit)", [("", "commit")]),
     ("  metrics", [("serving/metrics.py", "request"), ("serving/metrics.py", "decision")]),
@@ -148,7 +149,7 @@ def parts_cpu(run_dir: Path, n: int) -> list[tuple[str, str, float, str, float]]
     single-row path, aml_pipeline/models/lightgbm_row.py), the decision log's line
     (``json.dumps`` vs orjson) and a Redis script call (redis-py's ``Script.__call__`` vs
     the store's own connection, aml_pipeline/store/redis_store.py) on a throwaway
-    redis-server. Rows: (part, obvious way, µs, ours, µs)."""
+    redis-server; and, alone, one row's explanation. Rows: (part, obvious way, µs, ours, µs)."""
     import json
 
     import orjson
@@ -177,6 +178,7 @@ def parts_cpu(run_dir: Path, n: int) -> list[tuple[str, str, float, str, float]]
         obvious_model = _cpu_us(lambda x: booster.predict(x.reshape(1, -1), num_threads=1)[0], xs)
         ours_model = _cpu_us(model.predict_one, xs)
         assert all(model.predict_one(x) == booster.predict(x.reshape(1, -1), num_threads=1)[0] for x in xs)
+        shap_us = _cpu_us(scorer.decisions.top_features_of, xs[:100], passes=2)
         obvious_log = _cpu_us(lambda rec: json.dumps(rec, separators=(",", ":"), default=_json_value), records)
         ours_log = _cpu_us(lambda rec: orjson.dumps(rec, default=_json_value, option=LINE), records)
         server = LocalRedis(Path(tmp) / "redis").start()
@@ -195,7 +197,60 @@ def parts_cpu(run_dir: Path, n: int) -> list[tuple[str, str, float, str, float]]
             server.stop()
     return [("model, one row (LightGBM)", "Booster.predict", obvious_model, "single-row C path", ours_model),
             ("decision log line", "json.dumps", obvious_log, "orjson", ours_log),
-            ("Redis script call (CPU in the service)", "redis-py Script()", obvious_redis, "the store's connection", ours_redis)]
+            ("Redis script call (CPU in the service)", "redis-py Script()", obvious_redis, "the store's connection", ours_redis),
+            ("explanation of one row (TreeSHAP, top features)", "", shap_us, "", 0.0)]
+
+
+def gc_pauses(run_dir: Path, n: int) -> dict[str, dict]:
+    """The garbage collector's pauses over ``n`` test-window decisions in process, twice on
+    fresh warmed stores: with ``gc.freeze()`` once after the warm-up (the obvious way), and
+    with the scorers' policy (aml_pipeline/gc_policy.py: the survivors of every full
+    collection frozen too). Per generation: collections, total and largest pause (ms)."""
+    import gc
+    import time
+
+    from aml_pipeline import gc_policy
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
+    from aml_pipeline.store.engine import OnlineFeatures
+
+    test_start, events, window = bench.test_window(run_dir)
+    rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
+            for r in window.head(n).iter_rows(named=True)]
+    out = {}
+    for way in ("gc.freeze() after the warm-up", "gc_policy.freeze_long_lived()"):
+        bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
+        single_threaded(bundle)
+        pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        started: list[float] = []
+
+        def timed(phase: str, info: dict) -> None:
+            if phase == "start":
+                started.append(time.perf_counter())
+            elif started:
+                pauses[info["generation"]].append((time.perf_counter() - started.pop()) * 1e3)
+
+        with tempfile.TemporaryDirectory(prefix="aml_gc_") as tmp:
+            scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(tmp) / "d.jsonl"))
+            scorer.warm_up()
+            if way.startswith("gc_policy"):
+                gc_policy.freeze_long_lived()
+            else:
+                gc.collect()
+                gc.freeze()
+            gc.callbacks.append(timed)  # after the policy's hook: a full collection's pause includes its freeze
+            try:
+                for r in rows:
+                    scorer.score(r)
+            finally:
+                gc.callbacks.remove(timed)
+                if gc_policy._freeze_after_full in gc.callbacks:
+                    gc.callbacks.remove(gc_policy._freeze_after_full)
+                scorer.close()
+        gc.unfreeze()
+        gc.collect()
+        out[way] = {f"gen{g}": {"collections": len(p), "total_ms": round(sum(p), 1), "max_ms": round(max(p, default=0), 1)}
+                    for g, p in pauses.items()}
+    return out
 
 
 def main() -> None:
@@ -209,12 +264,25 @@ def main() -> None:
                     help="only the whole decision's CPU per event over N events, in process (one pass)")
     ap.add_argument("--parts", type=int, default=0, metavar="N",
                     help="three request parts beside the obvious way, CPU per call over N events (fastest of 5 passes)")
+    ap.add_argument("--gc", type=int, default=0, metavar="N",
+                    help="the garbage collector's pauses over N decisions, our policy beside a plain freeze")
     args = ap.parse_args()
+    if args.gc:
+        bench.ensure_run(args.run_dir)
+        print(f"| way | full collections | largest / total (ms) | young collections | largest / total (ms) |\n|---|---:|---:|---:|---:|")
+        for way, g in gc_pauses(args.run_dir, args.gc).items():
+            young = [g["gen0"], g["gen1"]]
+            print(f"| {way} | {g['gen2']['collections']} | {g['gen2']['max_ms']} / {g['gen2']['total_ms']} | "
+                  f"{sum(y['collections'] for y in young)} | {max(y['max_ms'] for y in young)} / "
+                  f"{round(sum(y['total_ms'] for y in young), 1)} |")
+        return
     if args.parts:
         bench.ensure_run(args.run_dir)
         print(f"| part | the obvious way | µs | ours | µs | ratio |\n|---|---|---:|---|---:|---:|")
-        for part, obvious, a, ours, b in parts_cpu(args.run_dir, args.parts):
-            print(f"| {part} | {obvious} | {a:.1f} | {ours} | {b:.1f} | {a / b:.1f}x |")
+        *rows, (part, _, shap, _, _) = parts_cpu(args.run_dir, args.parts)
+        for part_, obvious, a, ours, b in rows:
+            print(f"| {part_} | {obvious} | {a:.1f} | {ours} | {b:.1f} | {a / b:.1f}x |")
+        print(f"\n{part}: {shap:.0f} µs of CPU per row (on the explanation thread, alerts only)")
         return
     if args.scorer_only:
         bench.ensure_run(args.run_dir)

@@ -176,7 +176,7 @@ class LightGBMClassifier(Classifier):
         return {k: v for k, v in self.__dict__.items() if k != "_row_predictor"}
 
     def _predict_one(self, row: np.ndarray) -> float:
-        # the C library's single-row path, set up once per Booster (lightgbm_row: same score, ~5x less time)
+        # the C library's single-row path, set up once per Booster (lightgbm_row: same score, half the CPU)
         fast = self.__dict__.get("_row_predictor")
         if fast is None or fast[0] is not self._model:
             fast = self._row_predictor = (self._model, single_row_predictor(self._model))

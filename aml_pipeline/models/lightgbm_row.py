@@ -1,13 +1,16 @@
 """One row through a LightGBM Booster by the C library's single-row fast path.
 
-Why: ``Booster.predict`` on one row spends ~130 µs in Python around a ~20 µs tree walk: it
-builds an inner predictor, parses the parameter string and checks the array every call.
+Why: ``Booster.predict`` on one row spends most of its time in Python around the tree
+walk: it builds an inner predictor, parses the parameter string and checks the array every
+call.
 LightGBM's C API has a path made for online scoring:
 ``LGBM_BoosterPredictForMatSingleRowFastInit`` fixes the model, the prediction type, the
 iterations, the column count and the parameters once, and
-``LGBM_BoosterPredictForMatSingleRowFast`` then scores one float64 row with a single call
-(~25 µs here). It runs the same C++ predictor over the same trees, so the score is the
-same double (tests/test_models.py compares them on rows with missing values).
+``LGBM_BoosterPredictForMatSingleRowFast`` then scores one float64 row with a single call:
+``python bench/profile_service.py --parts 1000`` gives 28 instead of 55 µs of CPU per row
+of the quickstart's test window. It runs the same C++ predictor over the same trees, so
+the score is the same double (tests/test_models.py compares them on rows with missing
+values; the bench asserts it on every row it times).
 
 The fast path goes through ``lightgbm.basic._LIB``, the package's handle on its own C
 library; it is not public API. If a LightGBM release moves it, :func:`single_row_predictor`

@@ -12,8 +12,8 @@ once; ``fsync`` says when the OS is made to put it on disk:
 - ``never``: the OS decides (the default, as before; a killed process loses nothing, a
   power loss what the OS had not written).
 
-Lines are serialised by orjson (~5x faster than the standard library on a decision with
-its features): NaN is written as ``null`` (valid JSON; readers take both as missing), and
+Lines are serialised by orjson (12 instead of 53 µs of CPU per decision with its features
+than ``json.dumps``: ``python bench/profile_service.py --parts 1000``): NaN is written as ``null`` (valid JSON; readers take both as missing), and
 datetimes go through the log's ``default`` (ISO 8601, as before). Each line reaches the
 file in one ``write`` on an ``O_APPEND`` file: whole, even with several workers.
 

@@ -152,9 +152,9 @@ class Scorer:
         ``explain: alerts``) gets its SHAP values on a worker thread after its event is
         appended, so the next requests are decided meanwhile.
 
-        Why: one row's TreeSHAP takes ~5 ms (the bundle's ~330 trees), against ~1 ms for a
-        whole decision; computed in the store's critical section it held every request
-        queued behind an alert. The event is history for later events from the append on
+        Why: one row's TreeSHAP takes ~5 ms of CPU on the quickstart bundle (``python
+        bench/profile_service.py --parts 1000``), several whole decisions; computed in the
+        store's critical section it held every request queued behind an alert. The event is history for later events from the append on
         (their features read it as before); its decision is logged, stored for replays
         and answered once explained, as before. A request for the same event id in
         between is decided again from the same rows (its own row is never its history) and
