@@ -96,6 +96,23 @@ def features_cpu(run_dir: Path, n: int) -> float:
     return total * 1e3 / max(n, 1)
 
 
+def warmed_scorer(run_dir: Path, n: int, log_dir: Path):
+    """(scorer, requests): the service's scorer on the embedded store warmed as the service
+    warms it, its model paths run once, and the first ``n`` test-window events as request
+    values (the decision log goes to ``log_dir``)."""
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
+    from aml_pipeline.store.engine import OnlineFeatures
+
+    test_start, events, window = bench.test_window(run_dir)
+    bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
+    single_threaded(bundle)
+    rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
+            for r in window.head(n).iter_rows(named=True)]
+    scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(log_dir) / "decisions.jsonl"))
+    scorer.warm_up()
+    return scorer, rows
+
+
 def scorer_cpu(run_dir: Path, n: int) -> dict:
     """The service's whole decision (store read, features, model, decision log, append) per
     test-window event, in process, one pass in time order on the embedded store warmed as
@@ -106,17 +123,9 @@ def scorer_cpu(run_dir: Path, n: int) -> dict:
     from collections import Counter
 
     from aml_pipeline.gc_policy import freeze_long_lived
-    from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
-    from aml_pipeline.store.engine import OnlineFeatures
 
-    test_start, events, window = bench.test_window(run_dir)
-    bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
-    single_threaded(bundle)
-    rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
-            for r in window.head(n).iter_rows(named=True)]
     with tempfile.TemporaryDirectory(prefix="aml_profile_") as tmp:
-        scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(tmp) / "decisions.jsonl"))
-        scorer.warm_up()
+        scorer, rows = warmed_scorer(run_dir, n, Path(tmp))
         freeze_long_lived()
         took = []
         for r in rows:
@@ -155,25 +164,18 @@ def parts_cpu(run_dir: Path, n: int) -> list[tuple[str, str, float, str, float]]
     import orjson
 
     from aml_pipeline.serving.decision_log import LINE
-    from aml_pipeline.serving.scorer import DecisionLog, Scorer, _json_value, single_threaded
-    from aml_pipeline.store.engine import OnlineFeatures
+    from aml_pipeline.serving.scorer import _json_value
     from aml_pipeline.store.redis_store import _READ_FAST, _ScriptCalls
     from aml_pipeline.testing.local_redis import LocalRedis
 
-    test_start, events, window = bench.test_window(run_dir)
-    bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
-    single_threaded(bundle)
-    rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
-            for r in window.head(n).iter_rows(named=True)]
     with tempfile.TemporaryDirectory(prefix="aml_parts_") as tmp:
-        scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(tmp) / "decisions.jsonl"))
-        scorer.warm_up()
+        scorer, rows = warmed_scorer(run_dir, n, Path(tmp))
+        model = scorer.model
         records = []
         for r in rows:
             out = scorer.score(r, include_features=True)
             records.append({**out, "logged_at": 0.0, "event": r})
         xs = [scorer.vector(rec["features"]) for rec in records]
-        model = bundle.model
         booster = model._model
         obvious_model = _cpu_us(lambda x: booster.predict(x.reshape(1, -1), num_threads=1)[0], xs)
         ours_model = _cpu_us(model.predict_one, xs)
@@ -210,16 +212,9 @@ def gc_pauses(run_dir: Path, n: int) -> dict[str, dict]:
     import time
 
     from aml_pipeline import gc_policy
-    from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
-    from aml_pipeline.store.engine import OnlineFeatures
 
-    test_start, events, window = bench.test_window(run_dir)
-    rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
-            for r in window.head(n).iter_rows(named=True)]
     out = {}
     for way in ("gc.freeze() after the warm-up", "gc_policy.freeze_long_lived()"):
-        bundle, needs, store = bench.warmed_memory_store(run_dir, test_start, events)
-        single_threaded(bundle)
         pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
         started: list[float] = []
 
@@ -230,8 +225,7 @@ def gc_pauses(run_dir: Path, n: int) -> dict[str, dict]:
                 pauses[info["generation"]].append((time.perf_counter() - started.pop()) * 1e3)
 
         with tempfile.TemporaryDirectory(prefix="aml_gc_") as tmp:
-            scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(tmp) / "d.jsonl"))
-            scorer.warm_up()
+            scorer, rows = warmed_scorer(run_dir, n, Path(tmp))
             if way.startswith("gc_policy"):
                 gc_policy.freeze_long_lived()
             else:
@@ -269,7 +263,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.gc:
         bench.ensure_run(args.run_dir)
-        print(f"| way | full collections | largest / total (ms) | young collections | largest / total (ms) |\n|---|---:|---:|---:|---:|")
+        print("| way | full collections | largest / total (ms) | young collections | largest / total (ms) |\n|---|---:|---:|---:|---:|")
         for way, g in gc_pauses(args.run_dir, args.gc).items():
             young = [g["gen0"], g["gen1"]]
             print(f"| {way} | {g['gen2']['collections']} | {g['gen2']['max_ms']} / {g['gen2']['total_ms']} | "
@@ -278,7 +272,7 @@ def main() -> None:
         return
     if args.parts:
         bench.ensure_run(args.run_dir)
-        print(f"| part | the obvious way | µs | ours | µs | ratio |\n|---|---|---:|---|---:|---:|")
+        print("| part | the obvious way | µs | ours | µs | ratio |\n|---|---|---:|---|---:|---:|")
         *rows, (part, _, shap, _, _) = parts_cpu(args.run_dir, args.parts)
         for part_, obvious, a, ours, b in rows:
             print(f"| {part_} | {obvious} | {a:.1f} | {ours} | {b:.1f} | {a / b:.1f}x |")
