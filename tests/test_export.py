@@ -7,6 +7,8 @@ score within 1e-6 of LightGBM's, checked here again on the test window the expor
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import shutil
 from types import SimpleNamespace
@@ -104,8 +106,17 @@ def test_serving_from_an_export_gives_the_same_decisions(run, fmt, tmp_path):
         assert getattr(bundle.model, "runtime", "native") == runtime
         warm_from_parquet(store, validated, run.test_start)
         scorer = Scorer(bundle, store, needs, engine, DecisionLog(tmp_path / f"{runtime}.jsonl"), explain="alerts")
+        scorer.warm_up()  # the explanation thread's model: a copy of the native one, not the export
+        assert getattr(scorer._explaining.model, "runtime", "native") == "native"
         cols = [c for c in request_columns(bundle) if c in events.columns]
-        return [scorer.score({c: r[c] for c in cols}) for r in events.iter_rows(named=True)]
+
+        async def each() -> list[dict]:  # the service's path: alerts explained on the thread
+            return [await scorer.score_async({c: r[c] for c in cols}) for r in events.iter_rows(named=True)]
+
+        try:
+            return asyncio.run(each())
+        finally:
+            scorer.close()
 
     native, exported = decisions("native"), decisions(fmt)
     assert len(native) == len(exported) == events.height

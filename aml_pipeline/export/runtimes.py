@@ -109,6 +109,11 @@ class ExportedModel:
         self._export = export
         self.runtime = export.format
 
+    @property
+    def native(self) -> Any:
+        """The bundle's own classifier (what explains)."""
+        return self._native
+
     def predict_proba(self, X) -> np.ndarray:
         return self._export.predict(np.asarray(X, dtype=np.float64))
 

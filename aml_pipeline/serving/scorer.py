@@ -154,9 +154,9 @@ class Scorer:
 
         Why: one row's TreeSHAP takes ~5 ms of CPU on the quickstart bundle (``python
         bench/profile_service.py --parts 1000``), several whole decisions; computed in the
-        store's critical section it held every request queued behind an alert. The event is history for later events from the append on
-        (their features read it as before); its decision is logged, stored for replays
-        and answered once explained, as before. A request for the same event id in
+        store's critical section it held every request queued behind an alert. The event
+        is history for later events from the append on (their features read it as before);
+        its decision is logged, stored for replays and answered once explained, as before. A request for the same event id in
         between is decided again from the same rows (its own row is never its history) and
         gets the same decision; a crash in between leaves the event appended and
         undecided, and the client's retry decides it (the append is not repeated).
@@ -245,7 +245,7 @@ def _own_copy(model: Any) -> Any:
     under its shared one, so on one Booster the next request's score would wait for the
     explanation to end. Same trees, same contributions. An export's scorer is left alone: the
     native model explains (:class:`aml_pipeline.export.runtimes.ExportedModel`)."""
-    native = getattr(model, "_native", model)
+    native = getattr(model, "native", model)
     try:
         return copy.deepcopy(native)
     except Exception:  # a model that cannot be copied explains on the one Booster, in turn
