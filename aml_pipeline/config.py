@@ -397,6 +397,9 @@ class DeployConfig:
     #: Warm the store before serving: validated parquet, events strictly before warm_until.
     warm_from: Optional[str] = None
     warm_until: Optional[str] = None
+    #: Before serving, run the feature steps once for this many of the store's busiest
+    #: accounts, so their first requests find the carried folds built (0: none).
+    prime_accounts: int = 10_000
     #: Warm the store and exit without serving (Redis backend: warm once, serve many times).
     warm_only: bool = False
     #: Re-score logged decisions and exit: an event id, "alerts" or "all".

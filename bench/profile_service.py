@@ -2,6 +2,7 @@
 
 Usage: python bench/profile_service.py [--run-dir DIR] [--requests 3000] [--rate 200]
        python bench/profile_service.py --scorer-only 3000    # the decision in process, per event
+       python bench/profile_service.py --scorer-only 3000 --prime 10000   # ... and again with the accounts primed
        python bench/profile_service.py --features-only 600   # the online features, per event
        python bench/profile_service.py --parts 1000          # three request parts, each beside the obvious way
        python bench/profile_service.py --gc 15000            # garbage-collector pauses: our policy beside a plain freeze
@@ -96,10 +97,11 @@ def features_cpu(run_dir: Path, n: int) -> float:
     return total * 1e3 / max(n, 1)
 
 
-def warmed_scorer(run_dir: Path, n: int, log_dir: Path):
+def warmed_scorer(run_dir: Path, n: int, log_dir: Path, prime: int = 0):
     """(scorer, requests): the service's scorer on the embedded store warmed as the service
-    warms it, its model paths run once, and the first ``n`` test-window events as request
-    values (the decision log goes to ``log_dir``)."""
+    warms it (``prime``: then the feature steps run for that many of its busiest accounts,
+    as ``deploy.prime_accounts`` does), its model paths run once, and the first ``n``
+    test-window events as request values (the decision log goes to ``log_dir``)."""
     from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
     from aml_pipeline.store.engine import OnlineFeatures
 
@@ -108,12 +110,14 @@ def warmed_scorer(run_dir: Path, n: int, log_dir: Path):
     single_threaded(bundle)
     rows = [{k: v for k, v in r.items() if k not in ("label", "typology", "instance_id") and v is not None}
             for r in window.head(n).iter_rows(named=True)]
-    scorer = Scorer(bundle, store, needs, OnlineFeatures(bundle.plan), DecisionLog(Path(log_dir) / "decisions.jsonl"))
+    engine = OnlineFeatures(bundle.plan)
+    engine.prime(store, needs, prime)
+    scorer = Scorer(bundle, store, needs, engine, DecisionLog(Path(log_dir) / "decisions.jsonl"))
     scorer.warm_up()
     return scorer, rows
 
 
-def scorer_cpu(run_dir: Path, n: int) -> dict:
+def scorer_cpu(run_dir: Path, n: int, prime: int = 0) -> dict:
     """The service's whole decision (store read, features, model, decision log, append) per
     test-window event, in process, one pass in time order on the embedded store warmed as
     the service warms it (the service's garbage-collector policy, aml_pipeline/gc_policy.py):
@@ -125,7 +129,7 @@ def scorer_cpu(run_dir: Path, n: int) -> dict:
     from aml_pipeline.gc_policy import freeze_long_lived
 
     with tempfile.TemporaryDirectory(prefix="aml_profile_") as tmp:
-        scorer, rows = warmed_scorer(run_dir, n, Path(tmp))
+        scorer, rows = warmed_scorer(run_dir, n, Path(tmp), prime)
         freeze_long_lived()
         took = []
         for r in rows:
@@ -256,6 +260,8 @@ def main() -> None:
                     help="only the feature engine's CPU per event over N events (min of 5 runs each)")
     ap.add_argument("--scorer-only", type=int, default=0, metavar="N",
                     help="only the whole decision's CPU per event over N events, in process (one pass)")
+    ap.add_argument("--prime", type=int, default=0, metavar="N",
+                    help="with --scorer-only: run it again with the busiest N accounts primed first (the service's default: 10000)")
     ap.add_argument("--parts", type=int, default=0, metavar="N",
                     help="three request parts beside the obvious way, CPU per call over N events (fastest of 5 passes)")
     ap.add_argument("--gc", type=int, default=0, metavar="N",
@@ -284,6 +290,10 @@ def main() -> None:
         print(f"scorer, in process: {r['mean_ms']:.3f} ms CPU per event (mean over {r['events']}); p50 {r['p50_ms']} "
               f"p90 {r['p90_ms']} p99 {r['p99_ms']} max {r['max_ms']} ms; the heaviest 1% go to "
               + ", ".join(f"{acc} ({k})" for acc, k in r["heaviest_1pct_receivers"]))
+        if args.prime:
+            p = scorer_cpu(args.run_dir, args.scorer_only, args.prime)
+            print(f"  the same, the busiest {args.prime:,} accounts primed first (deploy.prime_accounts): "
+                  f"{p['mean_ms']:.3f} ms; p50 {p['p50_ms']} p90 {p['p90_ms']} p99 {p['p99_ms']} max {p['max_ms']} ms")
         return
     if args.features_only:
         bench.ensure_run(args.run_dir)

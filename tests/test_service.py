@@ -585,3 +585,40 @@ def test_explanations_off_the_critical_section_give_the_same_decisions(run, tmp_
     assert again["replayed"] and again["top_features"] == expected[0]["top_features"]
     logged = [json.loads(line) for line in (tmp_path / "overlapped.jsonl").read_text().splitlines()]
     assert sorted(d["event_id"] for d in logged) == sorted(e["event_id"] for e in events)
+
+
+def test_priming_the_busiest_accounts_changes_no_decision(run, tmp_path):
+    """deploy.prime_accounts: before serving, the feature steps run once for the store's
+    busiest accounts (a made-up self-payment after each one's newest event, nothing
+    appended), so their carried folds are built; the decisions that follow are the same."""
+    from aml_pipeline.bundle import ModelBundle
+    from aml_pipeline.serving.scorer import DecisionLog, Scorer, single_threaded
+    from aml_pipeline.store import warm_from_parquet
+    from aml_pipeline.store.engine import OnlineFeatures, plan_needs
+    from aml_pipeline.store.memory import MemoryStore
+    from aml_pipeline.timeutil import parse_time
+
+    def scorer(name: str, prime: int):
+        bundle = ModelBundle.load(run.bundle_dir)
+        single_threaded(bundle)
+        needs = plan_needs(bundle.plan)
+        store = MemoryStore(needs.layout())
+        warm_from_parquet(store, run.events, parse_time(run.test_start, "test_start"))
+        engine = OnlineFeatures(bundle.plan)
+        busiest = store.busiest(prime)
+        rows_before = sum(len(rows) for _, _, rows in store.sets())
+        primed = engine.prime(store, needs, prime)
+        assert sum(len(rows) for _, _, rows in store.sets()) == rows_before  # nothing appended
+        return Scorer(bundle, store, needs, engine, DecisionLog(tmp_path / f"{name}.jsonl")), primed, busiest
+
+    plain, none_primed, _ = scorer("plain", 0)
+    primed, count, busiest = scorer("primed", 200)
+    assert none_primed == 0 and count == len(busiest) == 200
+    sizes = {}
+    for _, acc, rows in primed.store.sets():
+        sizes[acc] = sizes.get(acc, 0) + len(rows)
+    assert sorted(sizes[a] for a, _ in busiest) == sorted(sizes.values())[-200:]  # the largest (ties in any order)
+    events = [{k: v for k, v in r.items() if k not in NOT_REQUEST and v is not None}
+              for r in run.window.head(300).iter_rows(named=True)]
+    for e in events:
+        assert primed.score(e, include_features=True) == plain.score(e, include_features=True), e["event_id"]

@@ -509,3 +509,32 @@ def test_redis_commands_are_packed_as_redis_py_packs_them():
     for bad in (None, True):
         with pytest.raises(TypeError):
             _resp_command("GET", bad)
+
+
+def test_busiest_accounts_agree_between_the_stores(synthetic, redis_server):
+    """OnlineStore.busiest (what the service primes the feature steps for): the accounts with
+    most rows and each one's newest event time, the same from the embedded store and from a
+    Redis scorer's preloaded copies; priming on Redis appends nothing and changes no feature."""
+    plan, frame, cut = synthetic
+    needs, warmed, uncached = warmed_redis(synthetic, redis_server, "busy:")
+    memory = MemoryStore(needs.layout())
+    memory.warm(frame.filter(pl.col("event_time") < cut).select(needs.layout().columns)
+                .with_columns(pl.col("event_time").dt.epoch("us")).iter_rows())
+    fresh = RedisStore(needs.layout(), redis_server.url, prefix="busy:")
+    fresh.preload()
+    sizes = {}
+    for _, acc, rows in memory.sets():
+        sizes[acc] = sizes.get(acc, 0) + len(rows)
+    top_memory, top_redis = dict(memory.busiest(20)), dict(fresh.busiest(20))
+    assert sorted(sizes[a] for a in top_memory) == sorted(sizes.values())[-20:]
+    assert sorted(sizes[a] for a in top_redis) == sorted(sizes[a] for a in top_memory)
+    for acc in set(top_memory) & set(top_redis):
+        assert top_memory[acc] == top_redis[acc]
+    generation = fresh._r.get(fresh._p + b"g")
+    primed, plain = OnlineFeatures(plan), OnlineFeatures(plan)
+    assert primed.prime(fresh, needs, 20) == 20
+    assert fresh._r.get(fresh._p + b"g") == generation  # nothing appended
+    for row in frame.filter(pl.col("event_time") >= cut).head(100).iter_rows(named=True):
+        ev = Event(request_values(row))
+        assert primed.compute(ev, gather(fresh, needs, ev)[1]) == plain.compute(ev, gather(uncached, needs, ev)[1])
+        assert fresh.commit(ev.row(needs.extra_columns), None)

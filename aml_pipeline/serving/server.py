@@ -133,6 +133,9 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
         table("warm", [("store", str(store.stats())), ("events added", f"{n:,}"), ("took", f"{secs:.1f}s")])
         return {"warmed": n}
 
+    prime_accounts = d.get("prime_accounts", 0)
+    if not isinstance(prime_accounts, int) or isinstance(prime_accounts, bool) or prime_accounts < 0:
+        raise UserError(f"deploy.prime_accounts={prime_accounts!r}; allowed: a whole number >= 0 (0: none)")
     state = ServiceState(key, d.max_body_bytes, Metrics())
     currencies = list(OmegaConf.to_container(cfg.validation.currencies, resolve=True))
     app = create_app(state, currencies, bundle.plan.required_columns(), int(d.max_batch),
@@ -153,6 +156,8 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
             n, secs = _warm(cfg, store, bundle.plan.fx)
             state.detail = "reading the store"
             preloaded = store.preload()
+            state.detail = "priming the feature steps"
+            primed = engine.prime(store, needs, prime_accounts) if hasattr(engine, "prime") else 0
             log = open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value)
             scorer = Scorer(bundle, store, needs, engine, log, explain=str(option_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)
@@ -162,7 +167,8 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
             print(f"serving {scorer.trace['model_name']} version {scorer.trace['model_version']} "
                   f"(sha256 {bundle.bundle_hash[:12]}) on http://{d.host}:{d.port} "
                   f"[store {store.backend}, +{n:,} events warmed in {secs:.1f}s"
-                  + (f", copies of {preloaded:,} accounts read" if preloaded else "") + f", engine {engine.name}, "
+                  + (f", copies of {preloaded:,} accounts read" if preloaded else "")
+                  + (f", {primed:,} accounts primed" if primed else "") + f", engine {engine.name}, "
                   f"model runtime {getattr(bundle.model, 'runtime', 'native')}"
                   + (f", shadow version {shadow.trace['shadow_model_version']}" if shadow else "")
                   + (f", worker {worker} pid {os.getpid()}" if worker is not None else "") + "]",

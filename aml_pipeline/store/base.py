@@ -171,6 +171,12 @@ class OnlineStore(ABC):
         its cached copies); returns how many accounts. The embedded store has nothing to read."""
         return 0
 
+    def busiest(self, n: int) -> list[tuple[str, int]]:
+        """Up to ``n`` accounts this process holds rows of, most rows first, each with its
+        newest event time (µs): what :meth:`OnlineFeatures.prime` runs the steps for. A store
+        that cannot list them cheaply lists none."""
+        return []
+
     def close(self) -> None:  # pragma: no cover - trivial
         pass
 

@@ -12,6 +12,7 @@ dropped once).
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -258,6 +259,16 @@ class MemoryStore(OnlineStore):
             yield "sent", acc, s.rows
         for acc, s in self._received.items():
             yield "received", acc, s.rows
+
+    def busiest(self, n: int) -> list[tuple[str, int]]:
+        with self._lock:
+            rows: dict[str, int] = {}
+            newest: dict[str, int] = {}
+            for _, acc, set_rows in self.sets():
+                if set_rows:
+                    rows[acc] = rows.get(acc, 0) + len(set_rows)
+                    newest[acc] = max(newest.get(acc, set_rows[-1][T]), set_rows[-1][T])
+            return [(acc, newest[acc]) for acc in heapq.nlargest(n, rows, key=rows.__getitem__)]
 
     def seen_ids(self) -> list[str]:
         return list(self._seen)

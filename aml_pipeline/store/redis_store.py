@@ -787,6 +787,12 @@ class RedisStore(OnlineStore):
                 cache[acc] = _Entry(int(got[3 * n] or 0), sets[2 * n], sets[2 * n + 1])
         return len(accounts)
 
+    def busiest(self, n: int) -> list[tuple[str, int]]:
+        """Of the copies this process holds (:meth:`preload`), the accounts with most rows."""
+        held = [(acc, e) for acc, e in self._cache.items() if e.sent is not None and (e.sent_t or e.received_t)]
+        held.sort(key=lambda item: -(len(item[1].sent_t) + len(item[1].received_t)))
+        return [(acc, max(e.sent_t[-1:] + e.received_t[-1:])) for acc, e in held[:n]]
+
     # -- misc -----------------------------------------------------------------------------
     def epoch(self) -> str | None:
         """The store's epoch (module doc), or None once it is gone: a FLUSHALL, or a Redis
