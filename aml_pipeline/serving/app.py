@@ -13,7 +13,8 @@ A pure ASGI guard in front of the routes answers 401 (missing or wrong ``X-API-K
 413 (body over ``deploy.max_body_bytes``, judged on Content-Length and on the bytes
 actually received) before any parsing, and times every request for the metrics. It answers
 ``POST /score`` itself, with the route's own function: FastAPI's routing and dependency
-layers cost about as much as validating the body, on the path that takes every payment. Scoring
+layers cost several times what validating the body does (``bench/profile_service.py``), on
+the path that takes every payment. Scoring
 runs on the event loop's thread, one request at a time: the work is CPU-bound and the
 store's read-score-append must not interleave, so a second thread would only add handoffs.
 """
@@ -221,6 +222,8 @@ def create_app(state: ServiceState, currencies: list[str], plan_columns: list[st
         return counted(state.scorer.score(values, include))
 
     def include_features(query: bytes) -> bool:
+        if not query:
+            return False
         value = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True)).get("include_features", "false")
         return value.lower() in ("1", "true", "yes")
 

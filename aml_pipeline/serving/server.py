@@ -29,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from aml_pipeline.config import option_value
 from aml_pipeline.errors import UserError
-from aml_pipeline.gc_policy import freeze_long_lived
 from aml_pipeline.export.bundle_export import exported_model
+from aml_pipeline.gc_policy import freeze_long_lived
 from aml_pipeline.progress import fail, table
 from aml_pipeline.registry import resolve_bundle
 from aml_pipeline.schema import CANONICAL_FIELDS, EXTRA_FIELDS
@@ -157,7 +157,7 @@ def serve(cfg: DictConfig, worker: int | None = None) -> dict:
             state.detail = "reading the store"
             preloaded = store.preload()
             state.detail = "priming the feature steps"
-            primed = engine.prime(store, needs, prime_accounts) if hasattr(engine, "prime") else 0
+            primed = engine.prime(store, needs, prime_accounts)
             log = open_decision_log(d.decision_log, d.get("decision_log_policy"), _json_value)
             scorer = Scorer(bundle, store, needs, engine, log, explain=str(option_value(d.explain)),
                             top_k=int(d.top_k), shadow=shadow)

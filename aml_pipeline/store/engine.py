@@ -228,6 +228,10 @@ class PolarsFeatures:
     def frame(self, rows: list[dict]) -> pl.DataFrame:
         return pl.DataFrame(rows, schema=self.schema, orient="row")
 
+    def prime(self, store: OnlineStore, needs: PlanNeeds, accounts: int) -> int:
+        """Nothing to prime: this engine carries no folds from request to request."""
+        return 0
+
     def compute(self, event: Event, history: History) -> dict[str, Any]:
         events = self.frame([event.values])
         hist_rows = []

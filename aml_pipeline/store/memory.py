@@ -267,7 +267,9 @@ class MemoryStore(OnlineStore):
             for _, acc, set_rows in self.sets():
                 if set_rows:
                     rows[acc] = rows.get(acc, 0) + len(set_rows)
-                    newest[acc] = max(newest.get(acc, set_rows[-1][T]), set_rows[-1][T])
+                    t = set_rows[-1][T]
+                    if t > newest.get(acc, t - 1):
+                        newest[acc] = t
             return [(acc, newest[acc]) for acc in heapq.nlargest(n, rows, key=rows.__getitem__)]
 
     def seen_ids(self) -> list[str]:
